@@ -1,0 +1,600 @@
+// Package wal is a write-ahead log of checksummed records on top of
+// github.com/tidwall/wal.
+//
+// tidwall/wal stores each entry as a uvarint length followed by the bytes,
+// with no checksum; it refuses to open a log whose last segment ends in a
+// torn entry, it never fsyncs its directory, and after a failed write its
+// memory and its file may disagree. This package closes those holes:
+//
+//   - every record is framed with a format version, its log index and a
+//     CRC32C (see DecodeFrame); the record size is bounded before any
+//     allocation;
+//   - Append writes a batch of records with a single fsync;
+//   - Open cuts a torn, zero-filled or garbage tail of the last segment back
+//     to the last valid record and logs what it dropped; damage anywhere
+//     else refuses to open with a *CorruptionError naming the segment and
+//     offset;
+//   - the directory is fsynced whenever a segment file appears or vanishes;
+//   - any write or sync error poisons the log (fail-stop): every later call
+//     fails with ErrPoisoned until the log is closed and reopened.
+//
+// A Log is safe for concurrent use.
+package wal
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	twal "github.com/tidwall/wal"
+)
+
+// Errors returned by this package. Match them with errors.Is.
+var (
+	// ErrCorrupt is returned by Open (wrapped in a *CorruptionError) when a
+	// record before the tail fails verification, and by Read when a stored
+	// record fails verification.
+	ErrCorrupt = errors.New("wal: corrupt record")
+	// ErrPoisoned is returned by every call after a write, sync or
+	// truncation error. The on-disk state is unknown until the log is
+	// reopened, which re-verifies it.
+	ErrPoisoned = errors.New("wal: log poisoned by an earlier I/O error; reopen it")
+	// ErrClosed is returned by calls on a closed log.
+	ErrClosed = errors.New("wal: log closed")
+	// ErrRecordTooLarge is returned by Append when a record exceeds
+	// Options.MaxRecordSize. Nothing of the batch is written.
+	ErrRecordTooLarge = errors.New("wal: record too large")
+	// ErrNotFound is returned by Read for an index outside [FirstIndex, LastIndex].
+	ErrNotFound = errors.New("wal: index not found")
+	// ErrOutOfRange is returned by TruncateFront for an index beyond LastIndex+1.
+	ErrOutOfRange = errors.New("wal: index out of range")
+)
+
+// CorruptionError describes damage that Open refuses to repair by itself.
+type CorruptionError struct {
+	Segment string // file path of the damaged segment
+	Offset  int64  // byte offset of the first damaged record in the segment
+	Index   uint64 // log index the damaged record should have had
+	Reason  string
+}
+
+func (e *CorruptionError) Error() string {
+	return fmt.Sprintf("wal: corrupt record at %s offset %d (index %d): %s; "+
+		"records after it are intact, so this is not a torn write: restore the "+
+		"directory from a replica or backup, or cut the log at this record with "+
+		"`sagactl wal repair --force` (which loses every record from it on)",
+		e.Segment, e.Offset, e.Index, e.Reason)
+}
+
+// Unwrap makes errors.Is(err, ErrCorrupt) true.
+func (e *CorruptionError) Unwrap() error { return ErrCorrupt }
+
+// Options configures a Log. The zero value works.
+type Options struct {
+	// SegmentSize is the size at which a segment file is closed and a new one
+	// started. Default 20 MiB.
+	SegmentSize int
+	// MaxRecordSize bounds the payload of one record. Default 8 MiB.
+	MaxRecordSize int
+	// NoSync skips fsync. Only for tests and benchmarks that measure
+	// everything but the disk: a crash of the machine loses acknowledged
+	// records. Default false.
+	NoSync bool
+	// Logger receives the structured line written when Open cuts a torn
+	// tail. Default: slog.Default().
+	Logger *slog.Logger
+
+	// wrap lets tests of this package interpose on the segment store to
+	// inject write and sync failures.
+	wrap func(store) store
+}
+
+// EnsureDefaults fills unset fields with their defaults.
+func (o *Options) EnsureDefaults() {
+	if o.SegmentSize <= 0 {
+		o.SegmentSize = 20 << 20
+	}
+	if o.MaxRecordSize <= 0 {
+		o.MaxRecordSize = 8 << 20
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+}
+
+// store is the seam between this package and tidwall/wal: the operations
+// the Log performs on its segment files. *twal.Log implements it; tests wrap
+// it to inject real errors.
+type store interface {
+	WriteBatch(b *twal.Batch) error
+	Sync() error
+	Read(index uint64) ([]byte, error)
+	FirstIndex() (uint64, error)
+	LastIndex() (uint64, error)
+	TruncateFront(index uint64) error
+	Close() error
+}
+
+// Stats are cumulative counters since Open.
+type Stats struct {
+	Appends   uint64        // Append calls that succeeded
+	Records   uint64        // records appended
+	Bytes     uint64        // bytes appended, framing included
+	Syncs     uint64        // fsyncs of segment files issued by Append
+	DirSyncs  uint64        // fsyncs of the directory
+	SyncTime  time.Duration // total time spent in segment fsyncs
+	TornBytes int64         // bytes cut from the tail by Open
+}
+
+// Log is a write-ahead log of checksummed records. Indexes start at 1 and
+// grow by one per record, with no gaps.
+type Log struct {
+	dir  string
+	opts Options
+
+	mu       sync.RWMutex
+	st       store
+	first    uint64 // index of the first record; last+1 when empty
+	last     uint64 // index of the last record; first-1 when empty
+	poison   error
+	closed   bool
+	batch    twal.Batch
+	scratch  []byte
+	tailSize int // bytes in the tail segment, mirrored from tidwall's rule
+
+	appends, records, bytes, syncs, dirSyncs atomic.Uint64
+	syncNanos                                atomic.Int64
+	tornBytes                                int64
+}
+
+// Open opens or creates the log in dir, verifying every record and cutting
+// a torn tail. It returns a *CorruptionError (errors.Is ErrCorrupt) when
+// damage is found anywhere but the tail of the last segment.
+func Open(dir string, opts Options) (*Log, error) {
+	opts.EnsureDefaults()
+	created := false
+	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
+		created = true
+	}
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return nil, fmt.Errorf("wal: create %s: %w", dir, err)
+	}
+	if created {
+		if err := syncDir(filepath.Dir(dir)); err != nil {
+			return nil, err
+		}
+	}
+	if err := settlePending(dir, opts); err != nil {
+		return nil, err
+	}
+	l := &Log{dir: dir, opts: opts}
+	if err := l.verifyAndRepair(); err != nil {
+		return nil, err
+	}
+	tl, err := twal.Open(dir, l.twalOptions())
+	if err != nil {
+		return nil, fmt.Errorf("wal: open %s after verification: %w", dir, err)
+	}
+	var st store = tl
+	if opts.wrap != nil {
+		st = opts.wrap(st)
+	}
+	l.st = st
+	if l.first, err = st.FirstIndex(); err == nil {
+		l.last, err = st.LastIndex()
+	}
+	if err != nil {
+		_ = st.Close()
+		return nil, fmt.Errorf("wal: read bounds of %s: %w", dir, err)
+	}
+	// tidwall creates the first segment file of a new log: make it durable.
+	if err := syncDir(dir); err != nil {
+		_ = st.Close()
+		return nil, err
+	}
+	return l, nil
+}
+
+func (l *Log) twalOptions() *twal.Options {
+	return &twal.Options{
+		NoSync:           true, // we fsync ourselves, after the write, so a sync error is ours to see
+		SegmentSize:      l.opts.SegmentSize,
+		LogFormat:        twal.Binary,
+		SegmentCacheSize: 2,
+		AllowEmpty:       true,
+		DirPerms:         0o750,
+		FilePerms:        0o640,
+	}
+}
+
+// settlePending lets tidwall finish a truncation that a crash interrupted
+// (its .START/.END files), so that the scan below sees plain segments.
+func settlePending(dir string, opts Options) error {
+	names, err := os.ReadDir(dir)
+	if err != nil {
+		return fmt.Errorf("wal: read %s: %w", dir, err)
+	}
+	pending := false
+	for _, n := range names {
+		if strings.HasSuffix(n.Name(), ".START") || strings.HasSuffix(n.Name(), ".END") {
+			pending = true
+		}
+	}
+	if !pending {
+		return nil
+	}
+	o := (&Log{opts: opts}).twalOptions()
+	tl, err := twal.Open(dir, o)
+	if err == nil {
+		err = tl.Close()
+	}
+	// A torn tail makes tidwall fail after it has settled the renames;
+	// verifyAndRepair deals with the tail.
+	if err != nil && !errors.Is(err, twal.ErrCorrupt) {
+		return fmt.Errorf("wal: settle interrupted truncation in %s: %w", dir, err)
+	}
+	return syncDir(dir)
+}
+
+// segmentFiles lists the segment files of dir in index order.
+func segmentFiles(dir string) ([]segmentFile, error) {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, fmt.Errorf("wal: read %s: %w", dir, err)
+	}
+	var segs []segmentFile
+	for _, e := range ents {
+		name := e.Name()
+		if e.IsDir() || len(name) != 20 {
+			continue
+		}
+		idx, err := strconv.ParseUint(name, 10, 64)
+		if err != nil || idx == 0 {
+			continue
+		}
+		segs = append(segs, segmentFile{path: filepath.Join(dir, name), first: idx})
+	}
+	sort.Slice(segs, func(i, j int) bool { return segs[i].first < segs[j].first })
+	return segs, nil
+}
+
+type segmentFile struct {
+	path  string
+	first uint64
+}
+
+// verifyAndRepair checks every record of every segment. Damage in any but
+// the last segment, or damage in the last segment that is followed by a
+// valid record, is a *CorruptionError. Otherwise the invalid tail of the
+// last segment is cut off (truncate + fsync) and logged.
+func (l *Log) verifyAndRepair() error {
+	segs, err := segmentFiles(l.dir)
+	if err != nil {
+		return err
+	}
+	maxFrame := l.opts.MaxRecordSize + HeaderSize
+	for i, s := range segs {
+		data, err := os.ReadFile(s.path)
+		if err != nil {
+			return fmt.Errorf("wal: read segment %s: %w", s.path, err)
+		}
+		isLast := i == len(segs)-1
+		off, next := 0, s.first
+		for off < len(data) {
+			e, perr := parseEntry(data, off, maxFrame)
+			if perr == nil && e.index != next {
+				perr = fmt.Errorf("record carries index %d, expected %d", e.index, next)
+			}
+			if perr != nil {
+				if !isLast || validFrameAfter(data, off+1, next, maxFrame) {
+					return &CorruptionError{Segment: s.path, Offset: int64(off), Index: next, Reason: perr.Error()}
+				}
+				if err := l.cutTail(s.path, off, len(data), next, perr); err != nil {
+					return err
+				}
+				data = data[:off]
+				break
+			}
+			off = e.end
+			next++
+		}
+		if !isLast && next != segs[i+1].first {
+			return &CorruptionError{Segment: s.path, Offset: int64(len(data)), Index: next,
+				Reason: fmt.Sprintf("segment ends before index %d where the next segment starts", segs[i+1].first)}
+		}
+		if isLast {
+			l.tailSize = len(data)
+		}
+	}
+	return nil
+}
+
+// validFrameAfter reports whether any byte offset from 'from' on starts a
+// valid record whose index is at least minIndex: proof that the damage
+// before it is not a torn final write.
+func validFrameAfter(data []byte, from int, minIndex uint64, maxFrame int) bool {
+	for p := from; p+1+HeaderSize <= len(data); p++ {
+		e, err := parseEntry(data, p, maxFrame)
+		if err == nil && e.index >= minIndex {
+			return true
+		}
+	}
+	return false
+}
+
+func (l *Log) cutTail(path string, off, size int, index uint64, why error) error {
+	f, err := os.OpenFile(path, os.O_WRONLY, 0)
+	if err != nil {
+		return fmt.Errorf("wal: open %s to cut its tail: %w", path, err)
+	}
+	defer f.Close()
+	if err := f.Truncate(int64(off)); err != nil {
+		return fmt.Errorf("wal: cut tail of %s: %w", path, err)
+	}
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("wal: sync %s after cutting its tail: %w", path, err)
+	}
+	l.tornBytes += int64(size - off)
+	l.opts.Logger.Warn("wal: cut torn tail",
+		"segment", path, "offset", off, "bytes_dropped", size-off,
+		"first_dropped_index", index, "reason", why.Error())
+	return nil
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("wal: open directory %s: %w", dir, err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("wal: sync directory %s: %w", dir, err)
+	}
+	return nil
+}
+
+// check returns the error every call must fail with, if any. l.mu held.
+func (l *Log) check() error {
+	if l.closed {
+		return ErrClosed
+	}
+	if l.poison != nil {
+		return fmt.Errorf("%w (cause: %v)", ErrPoisoned, l.poison)
+	}
+	return nil
+}
+
+// Append writes recs as consecutive records with one fsync and returns the
+// index of the first. It returns only after the records are durable. On
+// any I/O error the log is poisoned and the error wraps ErrPoisoned: the
+// records may or may not be on disk, and no later call succeeds until the
+// log is reopened.
+func (l *Log) Append(recs [][]byte) (first uint64, err error) {
+	if len(recs) == 0 {
+		return 0, errors.New("wal: append of an empty batch")
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if err := l.check(); err != nil {
+		return 0, err
+	}
+	for i, r := range recs {
+		if len(r) > l.opts.MaxRecordSize {
+			return 0, fmt.Errorf("%w: record %d of the batch has %d bytes, the maximum is %d",
+				ErrRecordTooLarge, i, len(r), l.opts.MaxRecordSize)
+		}
+	}
+	first = l.last + 1
+	l.batch.Clear()
+	cycled := false
+	var nbytes int
+	for i, r := range recs {
+		l.scratch = appendFrame(l.scratch[:0], first+uint64(i), r)
+		l.batch.Write(first+uint64(i), l.scratch)
+		// Mirror tidwall's segment rule (writeBatch/cycle) to know when a
+		// new segment file appeared and the directory needs an fsync.
+		if i == 0 && l.tailSize > l.opts.SegmentSize {
+			cycled, l.tailSize = true, 0
+		}
+		sz := uvarintLen(uint64(len(l.scratch))) + len(l.scratch)
+		nbytes += sz
+		l.tailSize += sz
+		if l.tailSize >= l.opts.SegmentSize {
+			cycled, l.tailSize = true, 0
+		}
+	}
+	if err := l.st.WriteBatch(&l.batch); err != nil {
+		l.poison = err
+		return 0, fmt.Errorf("%w: write: %v", ErrPoisoned, err)
+	}
+	if !l.opts.NoSync {
+		start := time.Now()
+		err := l.st.Sync()
+		l.syncNanos.Add(int64(time.Since(start)))
+		l.syncs.Add(1)
+		if err != nil {
+			l.poison = err
+			return 0, fmt.Errorf("%w: fsync: %v", ErrPoisoned, err)
+		}
+		if cycled {
+			if err := syncDir(l.dir); err != nil {
+				l.poison = err
+				return 0, fmt.Errorf("%w: %v", ErrPoisoned, err)
+			}
+			l.dirSyncs.Add(1)
+		}
+	}
+	l.last += uint64(len(recs))
+	l.appends.Add(1)
+	l.records.Add(uint64(len(recs)))
+	l.bytes.Add(uint64(nbytes))
+	return first, nil
+}
+
+// Read returns the payload of the record at index, verified.
+func (l *Log) Read(index uint64) ([]byte, error) {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	if err := l.check(); err != nil {
+		return nil, err
+	}
+	return l.readLocked(index)
+}
+
+func (l *Log) readLocked(index uint64) ([]byte, error) {
+	if index < l.first || index > l.last {
+		return nil, fmt.Errorf("%w: %d (log holds [%d, %d])", ErrNotFound, index, l.first, l.last)
+	}
+	frame, err := l.st.Read(index)
+	if err != nil {
+		return nil, fmt.Errorf("wal: read index %d: %w", index, err)
+	}
+	idx, payload, err := DecodeFrame(frame, l.opts.MaxRecordSize)
+	if err == nil && idx != index {
+		err = fmt.Errorf("record carries index %d", idx)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%w: index %d: %v", ErrCorrupt, index, err)
+	}
+	return payload, nil
+}
+
+// Scan calls fn for every record from index 'from' to the last, in order.
+// It stops at the first error, from fn or from reading. The payload passed
+// to fn is owned by fn.
+func (l *Log) Scan(from uint64, fn func(index uint64, payload []byte) error) error {
+	l.mu.RLock()
+	if err := l.check(); err != nil {
+		l.mu.RUnlock()
+		return err
+	}
+	if from < l.first {
+		from = l.first
+	}
+	last := l.last
+	l.mu.RUnlock()
+	for i := from; i <= last; i++ {
+		p, err := l.Read(i)
+		if err != nil {
+			return err
+		}
+		if err := fn(i, p); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// FirstIndex is the index of the first record; LastIndex()+1 when empty.
+func (l *Log) FirstIndex() uint64 {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	return l.first
+}
+
+// LastIndex is the index of the last record; 0 for a new log.
+func (l *Log) LastIndex() uint64 {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	return l.last
+}
+
+// Dir is the directory of the log.
+func (l *Log) Dir() string { return l.dir }
+
+// Err returns the poisoning error, or nil while the log is healthy.
+func (l *Log) Err() error {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	if l.poison != nil {
+		return l.check()
+	}
+	return nil
+}
+
+// TruncateFront removes every record before index, which becomes the
+// first (index may be LastIndex()+1 to empty the log). It is cheapest when
+// index is the first of a segment; otherwise tidwall rewrites the segment
+// holding index. An I/O error poisons the log.
+func (l *Log) TruncateFront(index uint64) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if err := l.check(); err != nil {
+		return err
+	}
+	if index > l.last+1 {
+		return fmt.Errorf("%w: truncate front to %d, last index is %d", ErrOutOfRange, index, l.last)
+	}
+	if index <= l.first {
+		return nil
+	}
+	if err := l.st.TruncateFront(index); err != nil {
+		l.poison = err
+		return fmt.Errorf("%w: truncate front: %v", ErrPoisoned, err)
+	}
+	if err := syncDir(l.dir); err != nil {
+		l.poison = err
+		return fmt.Errorf("%w: %v", ErrPoisoned, err)
+	}
+	l.dirSyncs.Add(1)
+	l.first = index
+	if index == l.last+1 {
+		// tidwall rewrote the tail segment as an empty one.
+		l.tailSize = 0
+	}
+	return nil
+}
+
+// SegmentStarts returns the first index of each segment, in order: the
+// indexes TruncateFront handles without rewriting data.
+func (l *Log) SegmentStarts() ([]uint64, error) {
+	segs, err := segmentFiles(l.dir)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]uint64, len(segs))
+	for i, s := range segs {
+		out[i] = s.first
+	}
+	return out, nil
+}
+
+// Stats returns cumulative counters.
+func (l *Log) Stats() Stats {
+	return Stats{
+		Appends:   l.appends.Load(),
+		Records:   l.records.Load(),
+		Bytes:     l.bytes.Load(),
+		Syncs:     l.syncs.Load(),
+		DirSyncs:  l.dirSyncs.Load(),
+		SyncTime:  time.Duration(l.syncNanos.Load()),
+		TornBytes: l.tornBytes,
+	}
+}
+
+// Close syncs and closes the log. Closing a poisoned log releases its
+// files and returns the poisoning error.
+func (l *Log) Close() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed {
+		return ErrClosed
+	}
+	l.closed = true
+	err := l.st.Close()
+	if l.poison != nil {
+		return fmt.Errorf("%w (cause: %v)", ErrPoisoned, l.poison)
+	}
+	if err != nil {
+		return fmt.Errorf("wal: close: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,456 @@
+package wal
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"testing"
+
+	twal "github.com/tidwall/wal"
+)
+
+var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
+
+func payload(i int) []byte {
+	return []byte(fmt.Sprintf("record-%04d-%s", i, bytes.Repeat([]byte{'x'}, i%7)))
+}
+
+func openT(t *testing.T, dir string, opts Options) *Log {
+	t.Helper()
+	if opts.Logger == nil {
+		opts.Logger = quiet
+	}
+	l, err := Open(dir, opts)
+	if err != nil {
+		t.Fatalf("open %s: %v", dir, err)
+	}
+	return l
+}
+
+// writeN appends n records one batch of 'per' at a time and closes the log.
+func writeN(t *testing.T, dir string, opts Options, n, per int) {
+	t.Helper()
+	l := openT(t, dir, opts)
+	for i := 1; i <= n; i += per {
+		var batch [][]byte
+		for j := i; j < i+per && j <= n; j++ {
+			batch = append(batch, payload(j))
+		}
+		first, err := l.Append(batch)
+		if err != nil {
+			t.Fatalf("append: %v", err)
+		}
+		if first != uint64(i) {
+			t.Fatalf("append returned first index %d, want %d", first, i)
+		}
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func checkRecords(t *testing.T, l *Log, n int) {
+	t.Helper()
+	if got := l.LastIndex(); got != uint64(n) {
+		t.Fatalf("last index %d, want %d", got, n)
+	}
+	seen := 0
+	err := l.Scan(1, func(i uint64, p []byte) error {
+		seen++
+		if !bytes.Equal(p, payload(int(i))) {
+			return fmt.Errorf("record %d = %q, want %q", i, p, payload(int(i)))
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if seen != n {
+		t.Fatalf("scanned %d records, want %d", seen, n)
+	}
+}
+
+func TestAppendReadReopen(t *testing.T) {
+	dir := t.TempDir()
+	// Small segments so that the log spans many files.
+	opts := Options{SegmentSize: 256}
+	writeN(t, dir, opts, 100, 3)
+	segs, _ := segmentFiles(dir)
+	if len(segs) < 5 {
+		t.Fatalf("expected many segments, got %d", len(segs))
+	}
+	l := openT(t, dir, opts)
+	defer l.Close()
+	checkRecords(t, l, 100)
+	// Appending continues the sequence.
+	first, err := l.Append([][]byte{payload(101)})
+	if err != nil || first != 101 {
+		t.Fatalf("append after reopen: %d, %v", first, err)
+	}
+	if st := l.Stats(); st.Syncs != 1 || st.Records != 1 {
+		t.Fatalf("stats after one append: %+v", st)
+	}
+}
+
+func TestBatchIsOneSync(t *testing.T) {
+	l := openT(t, t.TempDir(), Options{})
+	defer l.Close()
+	batch := make([][]byte, 64)
+	for i := range batch {
+		batch[i] = payload(i + 1)
+	}
+	if _, err := l.Append(batch); err != nil {
+		t.Fatal(err)
+	}
+	if st := l.Stats(); st.Syncs != 1 || st.Records != 64 {
+		t.Fatalf("a batch of 64 took %d syncs for %d records", st.Syncs, st.Records)
+	}
+}
+
+func TestRecordTooLargeChangesNothing(t *testing.T) {
+	l := openT(t, t.TempDir(), Options{MaxRecordSize: 16})
+	defer l.Close()
+	_, err := l.Append([][]byte{[]byte("ok"), bytes.Repeat([]byte("y"), 17)})
+	if !errors.Is(err, ErrRecordTooLarge) {
+		t.Fatalf("want ErrRecordTooLarge, got %v", err)
+	}
+	if l.LastIndex() != 0 || l.Err() != nil {
+		t.Fatalf("oversized batch changed the log: last=%d err=%v", l.LastIndex(), l.Err())
+	}
+	if _, err := l.Append([][]byte{[]byte("ok")}); err != nil {
+		t.Fatalf("log unusable after a rejected batch: %v", err)
+	}
+}
+
+// lastSegment returns the path and contents of the last segment file.
+func lastSegment(t *testing.T, dir string) (string, []byte) {
+	t.Helper()
+	segs, err := segmentFiles(dir)
+	if err != nil || len(segs) == 0 {
+		t.Fatalf("segments: %v %v", segs, err)
+	}
+	p := segs[len(segs)-1].path
+	data, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p, data
+}
+
+// entryEnds returns the end offset of every record in a segment.
+func entryEnds(t *testing.T, data []byte) []int {
+	var ends []int
+	for off := 0; off < len(data); {
+		e, err := parseEntry(data, off, 1<<20)
+		if err != nil {
+			t.Fatalf("parse clean segment at %d: %v", off, err)
+		}
+		ends = append(ends, e.end)
+		off = e.end
+	}
+	return ends
+}
+
+func copyDir(t *testing.T, src string) string {
+	t.Helper()
+	dst := t.TempDir()
+	ents, _ := os.ReadDir(src)
+	for _, e := range ents {
+		b, err := os.ReadFile(filepath.Join(src, e.Name()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dst, e.Name()), b, 0o640); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dst
+}
+
+// TestTornTailMatrix cuts the last segment at every byte offset, zero-fills
+// the tail and appends garbage: open must succeed, keep every complete
+// record and accept new appends.
+func TestTornTailMatrix(t *testing.T) {
+	const n = 12
+	clean := t.TempDir()
+	opts := Options{SegmentSize: 200}
+	writeN(t, clean, opts, n, 1)
+	segs, _ := segmentFiles(clean)
+	if len(segs) < 2 {
+		t.Fatalf("want the records spread over several segments, got %d", len(segs))
+	}
+	_, data := lastSegment(t, clean)
+	ends := entryEnds(t, data)
+	firstInLast := n - len(ends) + 1
+	complete := func(size int) int { // records kept when the segment has size bytes
+		k := firstInLast - 1
+		for _, e := range ends {
+			if e <= size {
+				k++
+			}
+		}
+		return k
+	}
+	type damage struct {
+		name string
+		mk   func(data []byte) []byte
+		keep int
+	}
+	var cases []damage
+	for cut := 0; cut < len(data); cut++ {
+		cases = append(cases, damage{fmt.Sprintf("cut@%d", cut),
+			func(d []byte) []byte { return d[:cut] }, complete(cut)})
+	}
+	for _, z := range []int{1, 7, 64, 4096} {
+		cases = append(cases, damage{fmt.Sprintf("zeros%d", z),
+			func(d []byte) []byte { return append(append([]byte{}, d...), make([]byte, z)...) }, n})
+	}
+	garbage := []byte{0x05, 0xde, 0xad, 0xbe, 0xef, 0x01, 0xff, 0x80, 0x80, 0x80, 0x80}
+	cases = append(cases,
+		damage{"garbage", func(d []byte) []byte { return append(append([]byte{}, d...), garbage...) }, n},
+		damage{"huge-length", func(d []byte) []byte {
+			return append(append([]byte{}, d...), 0xff, 0xff, 0xff, 0xff, 0x0f)
+		}, n},
+		damage{"last-record-zeroed", func(d []byte) []byte {
+			c := append([]byte{}, d...)
+			start := ends[len(ends)-2]
+			for i := start; i < len(c); i++ {
+				c[i] = 0
+			}
+			return c
+		}, n - 1},
+	)
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			dir := copyDir(t, clean)
+			p, d := lastSegment(t, dir)
+			if err := os.WriteFile(p, c.mk(d), 0o640); err != nil {
+				t.Fatal(err)
+			}
+			l := openT(t, dir, opts)
+			checkRecords(t, l, c.keep)
+			if _, err := l.Append([][]byte{payload(c.keep + 1)}); err != nil {
+				t.Fatalf("append after repair: %v", err)
+			}
+			if err := l.Close(); err != nil {
+				t.Fatal(err)
+			}
+			l = openT(t, dir, opts)
+			checkRecords(t, l, c.keep+1)
+			l.Close()
+		})
+	}
+}
+
+// TestBitFlipRefusesOpen flips one bit in every byte of an older record,
+// in an older segment and in the last segment before its final record:
+// open must refuse with a *CorruptionError naming the place.
+func TestBitFlipRefusesOpen(t *testing.T) {
+	clean := t.TempDir()
+	opts := Options{SegmentSize: 200}
+	writeN(t, clean, opts, 12, 1)
+	segs, _ := segmentFiles(clean)
+	targets := []struct {
+		seg    string
+		record int // which record of the segment to damage
+	}{
+		{segs[0].path, 0},
+		{segs[len(segs)-1].path, 0},
+	}
+	for _, tg := range targets {
+		data, _ := os.ReadFile(tg.seg)
+		ends := entryEnds(t, data)
+		start := 0
+		if tg.record > 0 {
+			start = ends[tg.record-1]
+		}
+		for off := start; off < ends[tg.record]; off++ {
+			t.Run(fmt.Sprintf("%s@%d", filepath.Base(tg.seg), off), func(t *testing.T) {
+				dir := copyDir(t, clean)
+				p := filepath.Join(dir, filepath.Base(tg.seg))
+				d, _ := os.ReadFile(p)
+				d[off] ^= 0x10
+				if err := os.WriteFile(p, d, 0o640); err != nil {
+					t.Fatal(err)
+				}
+				before, _ := os.ReadFile(p)
+				_, err := Open(dir, Options{SegmentSize: 200, Logger: quiet})
+				var ce *CorruptionError
+				if !errors.As(err, &ce) || !errors.Is(err, ErrCorrupt) {
+					t.Fatalf("open of a log with a flipped bit: want *CorruptionError, got %v", err)
+				}
+				if ce.Segment != p || ce.Offset != int64(start) {
+					t.Fatalf("error names %s@%d, want %s@%d", ce.Segment, ce.Offset, p, start)
+				}
+				after, _ := os.ReadFile(p)
+				if !bytes.Equal(before, after) {
+					t.Fatal("a refused open modified the segment")
+				}
+			})
+		}
+	}
+}
+
+func TestMissingSegmentRefusesOpen(t *testing.T) {
+	dir := t.TempDir()
+	opts := Options{SegmentSize: 200}
+	writeN(t, dir, opts, 30, 1)
+	segs, _ := segmentFiles(dir)
+	if len(segs) < 3 {
+		t.Fatalf("want at least 3 segments, got %d", len(segs))
+	}
+	if err := os.Remove(segs[1].path); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Open(dir, Options{SegmentSize: 200, Logger: quiet}); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("a gap between segments must refuse to open, got %v", err)
+	}
+}
+
+func TestTruncateFront(t *testing.T) {
+	dir := t.TempDir()
+	opts := Options{SegmentSize: 200}
+	writeN(t, dir, opts, 30, 2)
+	l := openT(t, dir, opts)
+	starts, err := l.SegmentStarts()
+	if err != nil || len(starts) < 3 {
+		t.Fatalf("segment starts %v %v", starts, err)
+	}
+	cut := starts[2]
+	if err := l.TruncateFront(cut); err != nil {
+		t.Fatal(err)
+	}
+	if l.FirstIndex() != cut {
+		t.Fatalf("first index %d, want %d", l.FirstIndex(), cut)
+	}
+	if _, err := l.Read(cut - 1); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("read of a truncated index: %v", err)
+	}
+	if err := l.TruncateFront(40); !errors.Is(err, ErrOutOfRange) {
+		t.Fatalf("truncate beyond the end: %v", err)
+	}
+	l.Close()
+	l = openT(t, dir, opts)
+	defer l.Close()
+	if l.FirstIndex() != cut || l.LastIndex() != 30 {
+		t.Fatalf("after reopen [%d,%d], want [%d,30]", l.FirstIndex(), l.LastIndex(), cut)
+	}
+	// Empty the log entirely; appends continue the sequence.
+	if err := l.TruncateFront(31); err != nil {
+		t.Fatal(err)
+	}
+	if first, err := l.Append([][]byte{payload(31)}); err != nil || first != 31 {
+		t.Fatalf("append to an emptied log: %d %v", first, err)
+	}
+}
+
+// faultyStore injects errors at the seam between Log and tidwall/wal.
+type faultyStore struct {
+	store
+	failWriteAfter int // writes that succeed before the next one fails; -1 never
+	partial        bool
+	failSync       bool
+	fileOf         func() *os.File
+}
+
+var errInjected = errors.New("injected I/O error")
+
+func (f *faultyStore) WriteBatch(b *twal.Batch) error {
+	if f.failWriteAfter == 0 {
+		if f.partial {
+			// Let the real write happen, then report failure: memory and
+			// file now disagree, as after a short write.
+			_ = f.store.WriteBatch(b)
+		}
+		return errInjected
+	}
+	f.failWriteAfter--
+	return f.store.WriteBatch(b)
+}
+
+func (f *faultyStore) Sync() error {
+	if f.failSync {
+		return errInjected
+	}
+	return f.store.Sync()
+}
+
+func TestInjectedFailuresPoison(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		fs   faultyStore
+	}{
+		{"write", faultyStore{failWriteAfter: 3}},
+		{"partial-write", faultyStore{failWriteAfter: 3, partial: true}},
+		{"sync", faultyStore{failWriteAfter: -1, failSync: true}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			fs := tc.fs
+			opts := Options{Logger: quiet, wrap: func(s store) store { fs.store = s; return &fs }}
+			l, err := Open(dir, opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			acked := 0
+			var failed error
+			for i := 1; i <= 6; i++ {
+				_, err := l.Append([][]byte{payload(acked + 1)})
+				if err != nil {
+					failed = err
+					break
+				}
+				acked++
+			}
+			if !errors.Is(failed, ErrPoisoned) {
+				t.Fatalf("want the failing append to report ErrPoisoned, got %v", failed)
+			}
+			// Fail-stop: nothing succeeds any more, not even with a healthy disk.
+			fs.failWriteAfter, fs.failSync = -1, false
+			if _, err := l.Append([][]byte{payload(99)}); !errors.Is(err, ErrPoisoned) {
+				t.Fatalf("append after poisoning: %v", err)
+			}
+			if _, err := l.Read(1); !errors.Is(err, ErrPoisoned) && acked > 0 {
+				t.Fatalf("read after poisoning: %v", err)
+			}
+			if err := l.Close(); !errors.Is(err, ErrPoisoned) {
+				t.Fatalf("close of a poisoned log: %v", err)
+			}
+			// Reopen recovers: every acknowledged record is there, and the
+			// unacknowledged one is either wholly there or wholly absent.
+			l = openT(t, dir, Options{})
+			defer l.Close()
+			last := int(l.LastIndex())
+			if last != acked && last != acked+1 {
+				t.Fatalf("after reopen last index %d, acked %d", last, acked)
+			}
+			checkRecords(t, l, last)
+			if _, err := l.Append([][]byte{payload(last + 1)}); err != nil {
+				t.Fatalf("append after reopen: %v", err)
+			}
+		})
+	}
+}
+
+func TestInterruptedTruncationIsSettled(t *testing.T) {
+	dir := t.TempDir()
+	opts := Options{SegmentSize: 200}
+	writeN(t, dir, opts, 20, 1)
+	segs, _ := segmentFiles(dir)
+	// Simulate a crash inside tidwall's TruncateFront after the START file
+	// was renamed into place but before older segments were removed.
+	data, _ := os.ReadFile(segs[1].path)
+	start := filepath.Join(dir, fmt.Sprintf("%020d.START", segs[1].first))
+	if err := os.WriteFile(start, data, 0o640); err != nil {
+		t.Fatal(err)
+	}
+	l := openT(t, dir, opts)
+	defer l.Close()
+	if l.FirstIndex() != segs[1].first || l.LastIndex() != 20 {
+		t.Fatalf("after settling [%d,%d], want [%d,20]", l.FirstIndex(), l.LastIndex(), segs[1].first)
+	}
+}
