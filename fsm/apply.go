@@ -1,0 +1,286 @@
+package fsm
+
+import "fmt"
+
+// Apply returns the state of a saga after record r. s is the current state
+// (nil when the saga does not exist yet). Apply never mutates s: on error it
+// returns s's state untouched (nil, err) and the caller keeps s.
+//
+// Apply is pure and deterministic: the result depends only on (s, r).
+// Define records are not saga transitions: see ApplyDefinition.
+func Apply(s *Saga, r *Record) (*Saga, error) {
+	if err := r.Validate(); err != nil {
+		return nil, err
+	}
+	if r.Kind == KindDefine {
+		return nil, fmt.Errorf("%w: a define record is not a saga transition", ErrInvalidRecord)
+	}
+	if r.Kind == KindSagaStarted {
+		if s != nil {
+			return nil, fmt.Errorf("%w: %s", ErrSagaExists, r.Saga)
+		}
+		return start(r), nil
+	}
+	if s == nil {
+		return nil, fmt.Errorf("%w: %s", ErrUnknownSaga, r.Saga)
+	}
+	if s.ID != r.Saga {
+		return nil, fmt.Errorf("%w: record for saga %s applied to saga %s", ErrInvalidRecord, r.Saga, s.ID)
+	}
+	illegal := func(why string, a ...any) error {
+		return &TransitionError{Saga: s.ID, Kind: r.Kind, State: s.State, Step: r.Step, Reason: fmt.Sprintf(why, a...)}
+	}
+	// Checks shared by every per-step record.
+	needStep := func(states ...SagaState) error {
+		ok := false
+		for _, st := range states {
+			ok = ok || s.State == st
+		}
+		if !ok {
+			return illegal("not allowed in state %s", s.State)
+		}
+		if r.Step >= len(s.Steps) {
+			return illegal("saga has %d steps", len(s.Steps))
+		}
+		if r.Step != s.Current {
+			return illegal("step %d is not the current step %d", r.Step, s.Current)
+		}
+		return nil
+	}
+
+	n := s.Clone()
+	n.Seq++
+	n.UpdatedAt = r.At
+	switch r.Kind {
+	case KindStepStarted:
+		if err := needStep(StateInProgress); err != nil {
+			return nil, err
+		}
+		st := &n.Steps[r.Step]
+		if st.Status != StepRunning {
+			return nil, illegal("step is %s, not running", st.Status)
+		}
+		if r.Attempt != st.Attempts+1 {
+			return nil, illegal("attempt %d does not follow attempt %d", r.Attempt, st.Attempts)
+		}
+		st.Attempts = r.Attempt
+
+	case KindStepCompleted:
+		if err := needStep(StateInProgress); err != nil {
+			return nil, err
+		}
+		st := &n.Steps[r.Step]
+		if st.Status != StepRunning {
+			return nil, illegal("step is %s, not running", st.Status)
+		}
+		st.Status, st.Output, st.EndedAt, st.Err = StepDone, r.Output, r.At, nil
+		if r.Step == len(n.Steps)-1 {
+			n.State, n.Current = StateCompleted, -1
+		} else {
+			n.Current = r.Step + 1
+			runStep(&n.Steps[n.Current], r.At)
+		}
+
+	case KindStepFailed:
+		if err := needStep(StateInProgress); err != nil {
+			return nil, err
+		}
+		st := &n.Steps[r.Step]
+		if st.Status != StepRunning {
+			return nil, illegal("step is %s, not running", st.Status)
+		}
+		if r.Err == nil {
+			return nil, illegal("a failure record needs an error")
+		}
+		st.Status, st.Err, st.EndedAt = StepFailed, r.Err, r.At
+		n.LastError = r.Err
+		beginCompensation(n, r.At)
+
+	case KindAborted:
+		if s.State != StateInProgress {
+			return nil, illegal("only an in-progress saga can be aborted, this one is %s", s.State)
+		}
+		st := &n.Steps[n.Current]
+		// The running step may have taken effect: compensate it too.
+		st.Status, st.Uncertain, st.EndedAt = StepDone, true, r.At
+		n.LastError = &ErrorInfo{Kind: "aborted", Message: abortMessage(r)}
+		beginCompensation(n, r.At)
+
+	case KindCompStarted:
+		if err := needStep(StateCompensating); err != nil {
+			return nil, err
+		}
+		st := &n.Steps[r.Step]
+		if st.Status != StepDone && st.Status != StepCompensating {
+			return nil, illegal("step is %s: only a done step is compensated", st.Status)
+		}
+		if r.Attempt != st.CompAttempts+1 {
+			return nil, illegal("attempt %d does not follow attempt %d", r.Attempt, st.CompAttempts)
+		}
+		if st.Status == StepDone {
+			st.CompRoundStart = r.At
+		}
+		st.Status, st.CompAttempts = StepCompensating, r.Attempt
+
+	case KindCompCompleted:
+		if err := needStep(StateCompensating); err != nil {
+			return nil, err
+		}
+		st := &n.Steps[r.Step]
+		if st.Status != StepCompensating {
+			return nil, illegal("step is %s, not compensating", st.Status)
+		}
+		st.Status, st.CompEndedAt, st.CompErr = StepCompensated, r.At, nil
+		nextCompensation(n, r.At)
+
+	case KindCompFailed:
+		if err := needStep(StateCompensating); err != nil {
+			return nil, err
+		}
+		st := &n.Steps[r.Step]
+		if st.Status != StepCompensating {
+			return nil, illegal("step is %s, not compensating", st.Status)
+		}
+		if r.Err == nil {
+			return nil, illegal("a failure record needs an error")
+		}
+		if r.Attempt != st.CompAttempts {
+			return nil, illegal("attempt %d failed but attempt %d is running", r.Attempt, st.CompAttempts)
+		}
+		st.CompErr = r.Err
+		n.LastError = r.Err
+		if r.Final {
+			n.State = StateStuck
+		}
+
+	case KindRetried:
+		if s.State != StateStuck {
+			return nil, illegal("only a STUCK saga can be retried, this one is %s", s.State)
+		}
+		st := &n.Steps[n.Current]
+		st.CompRoundBase, st.CompRoundStart = st.CompAttempts, r.At
+		n.State = StateCompensating
+
+	case KindResolved:
+		if s.State != StateStuck {
+			return nil, illegal("only a STUCK saga can be resolved by hand, this one is %s", s.State)
+		}
+		if r.Step != s.Current {
+			return nil, illegal("step %d is not the stuck step %d", r.Step, s.Current)
+		}
+		st := &n.Steps[n.Current]
+		st.Status, st.CompEndedAt = StepCompensated, r.At
+		n.State = StateCompensating
+		nextCompensation(n, r.At)
+
+	default:
+		return nil, fmt.Errorf("%w: kind %s is not a saga transition", ErrInvalidRecord, r.Kind)
+	}
+	return n, nil
+}
+
+func abortMessage(r *Record) string {
+	msg := r.Reason
+	if msg == "" {
+		msg = "aborted"
+	}
+	if r.Actor != "" {
+		msg += " (by " + r.Actor + ")"
+	}
+	return msg
+}
+
+func start(r *Record) *Saga {
+	si := r.Start
+	s := &Saga{
+		ID:             r.Saga,
+		Definition:     si.Definition,
+		Version:        si.Version,
+		State:          StateInProgress,
+		Driven:         si.Driven,
+		User:           si.User,
+		IdempotencyKey: si.IdempotencyKey,
+		Input:          si.Input,
+		Meta:           si.Meta,
+		Steps:          make([]Step, len(si.Steps)),
+		Current:        0,
+		Deadline:       si.Deadline,
+		CreatedAt:      r.At,
+		UpdatedAt:      r.At,
+		Seq:            1,
+	}
+	for i, d := range si.Steps {
+		s.Steps[i].StepDef = d
+	}
+	runStep(&s.Steps[0], r.At)
+	return s
+}
+
+func runStep(st *Step, at int64) {
+	st.Status, st.Attempts, st.StartedAt = StepRunning, 1, at
+}
+
+// beginCompensation moves a saga whose forward path ended to COMPENSATING
+// at its highest done step, or to FAILED when nothing needs undoing.
+func beginCompensation(n *Saga, at int64) {
+	n.State = StateCompensating
+	n.Current = len(n.Steps) // nextCompensation searches below it
+	nextCompensation(n, at)
+}
+
+// nextCompensation moves Current to the next done step below it that has a
+// compensation handler; steps without one are marked compensated (nothing
+// to undo). With none left the saga has FAILED.
+func nextCompensation(n *Saga, at int64) {
+	for i := n.Current - 1; i >= 0; i-- {
+		st := &n.Steps[i]
+		if st.Status != StepDone {
+			continue
+		}
+		if st.Compensation == "" {
+			st.Status, st.CompEndedAt = StepCompensated, at
+			continue
+		}
+		n.Current = i
+		return
+	}
+	n.State, n.Current = StateFailed, -1
+}
+
+// Pending reports the compensations still to run for a saga, in the order
+// they will run.
+func Pending(s *Saga) []int {
+	if s.State != StateCompensating && s.State != StateStuck {
+		return nil
+	}
+	var out []int
+	for i := s.Current; i >= 0; i-- {
+		st := s.Steps[i]
+		if (st.Status == StepDone || st.Status == StepCompensating) && st.Compensation != "" {
+			out = append(out, i)
+		}
+	}
+	return out
+}
+
+// ApplyDefinition returns the definition table entry after a define
+// record: d.Version must be one more than the latest version (or 1).
+func ApplyDefinition(latest *Definition, r *Record) (*Definition, error) {
+	if err := r.Validate(); err != nil {
+		return nil, err
+	}
+	if r.Kind != KindDefine {
+		return nil, fmt.Errorf("%w: %s is not a define record", ErrInvalidRecord, r.Kind)
+	}
+	want := 1
+	if latest != nil {
+		want = latest.Version + 1
+	}
+	if r.Def.Version != want {
+		return nil, fmt.Errorf("%w: definition %q version %d, expected version %d",
+			ErrIllegalTransition, r.Def.Name, r.Def.Version, want)
+	}
+	d := *r.Def
+	d.Steps = append([]StepDef(nil), r.Def.Steps...)
+	return &d, nil
+}

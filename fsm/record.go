@@ -1,0 +1,206 @@
+package fsm
+
+import (
+	"fmt"
+	"regexp"
+
+	"github.com/vmihailenco/msgpack/v5"
+)
+
+// RecordVersion is the version written into every record. Decoders accept
+// every version up to it; fields are only ever added, with new tags.
+const RecordVersion = 1
+
+// Kind is the kind of a transition record.
+type Kind uint8
+
+// Record kinds. The numbers are durable: never renumber.
+const (
+	KindDefine        Kind = 1  // a saga definition (store-level, no saga)
+	KindSagaStarted   Kind = 2  // saga created; its first step is running
+	KindStepStarted   Kind = 3  // another attempt of the running step
+	KindStepCompleted Kind = 4  // the running step is done; the next one runs (or the saga completes)
+	KindStepFailed    Kind = 5  // the running step failed; compensation begins
+	KindCompStarted   Kind = 6  // a compensation attempt is about to run
+	KindCompCompleted Kind = 7  // the compensation succeeded; the next one is due (or the saga failed)
+	KindCompFailed    Kind = 8  // a compensation attempt failed; Final means STUCK
+	KindAborted       Kind = 9  // abort (operator, deadline, uncertain step): compensate what was done
+	KindRetried       Kind = 10 // operator: retry a STUCK saga's compensation now, with a fresh budget
+	KindResolved      Kind = 11 // operator: the STUCK compensation was done by hand
+)
+
+var kindNames = map[Kind]string{
+	KindDefine: "define", KindSagaStarted: "saga_started", KindStepStarted: "step_started",
+	KindStepCompleted: "step_completed", KindStepFailed: "step_failed",
+	KindCompStarted: "compensation_started", KindCompCompleted: "compensation_completed",
+	KindCompFailed: "compensation_failed", KindAborted: "aborted", KindRetried: "retried",
+	KindResolved: "resolved",
+}
+
+func (k Kind) String() string {
+	if n, ok := kindNames[k]; ok {
+		return n
+	}
+	return fmt.Sprintf("Kind(%d)", uint8(k))
+}
+
+// StartInfo is the payload of KindSagaStarted: a snapshot of everything the
+// saga needs, so that later redefinitions never change a running saga.
+type StartInfo struct {
+	Definition     string            `msgpack:"d"`
+	Version        int               `msgpack:"v"`
+	Steps          []StepDef         `msgpack:"s"`
+	Driven         bool              `msgpack:"dr,omitempty"`
+	User           string            `msgpack:"u,omitempty"`
+	IdempotencyKey string            `msgpack:"k,omitempty"`
+	Input          []byte            `msgpack:"i,omitempty"`
+	Meta           map[string]string `msgpack:"m,omitempty"`
+	Deadline       int64             `msgpack:"dl,omitempty"`
+}
+
+// Record is one transition. Which fields matter depends on Kind.
+type Record struct {
+	V    uint8  `msgpack:"v"`
+	Kind Kind   `msgpack:"k"`
+	Saga string `msgpack:"s,omitempty"`
+	// At is the proposer's wall clock, unix ns: the only time Apply sees.
+	At      int64      `msgpack:"t"`
+	Step    int        `msgpack:"n,omitempty"`
+	Attempt int        `msgpack:"a,omitempty"`
+	Output  []byte     `msgpack:"o,omitempty"`
+	Err     *ErrorInfo `msgpack:"e,omitempty"`
+	// Final marks the last allowed attempt of a compensation.
+	Final  bool        `msgpack:"f,omitempty"`
+	Actor  string      `msgpack:"u,omitempty"`
+	Reason string      `msgpack:"r,omitempty"`
+	Start  *StartInfo  `msgpack:"st,omitempty"`
+	Def    *Definition `msgpack:"d,omitempty"`
+}
+
+// Encode returns the msgpack encoding of r, stamping the current version.
+func Encode(r *Record) ([]byte, error) {
+	r.V = RecordVersion
+	b, err := msgpack.Marshal(r)
+	if err != nil {
+		return nil, fmt.Errorf("fsm: encode %s record: %w", r.Kind, err)
+	}
+	return b, nil
+}
+
+// Decode parses and structurally validates a record. It never panics.
+func Decode(b []byte) (*Record, error) {
+	var r Record
+	if err := msgpack.Unmarshal(b, &r); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrInvalidRecord, err)
+	}
+	if r.V == 0 || r.V > RecordVersion {
+		return nil, fmt.Errorf("%w: version %d (this build reads up to %d)", ErrUnsupportedVersion, r.V, RecordVersion)
+	}
+	if err := r.Validate(); err != nil {
+		return nil, err
+	}
+	return &r, nil
+}
+
+var idPattern = regexp.MustCompile(`^[A-Za-z0-9._:@-]{1,128}$`)
+
+// ValidID reports whether s may be a saga id or a definition name:
+// 1 to 128 characters among letters, digits and . _ : @ -.
+func ValidID(s string) bool { return idPattern.MatchString(s) }
+
+// Validate checks the structure of a record (not its legality, which
+// depends on the state: see Apply).
+func (r *Record) Validate() error {
+	bad := func(format string, a ...any) error {
+		return fmt.Errorf("%w: %s record: %s", ErrInvalidRecord, r.Kind, fmt.Sprintf(format, a...))
+	}
+	if _, ok := kindNames[r.Kind]; !ok {
+		return fmt.Errorf("%w: unknown kind %d", ErrInvalidRecord, r.Kind)
+	}
+	if r.Kind == KindDefine {
+		if r.Def == nil {
+			return bad("no definition")
+		}
+		return r.Def.Validate()
+	}
+	if !ValidID(r.Saga) {
+		return bad("invalid saga id %q", r.Saga)
+	}
+	if r.Step < 0 {
+		return bad("negative step %d", r.Step)
+	}
+	if r.Kind == KindSagaStarted {
+		if r.Start == nil {
+			return bad("no start info")
+		}
+		d := Definition{Name: r.Start.Definition, Version: r.Start.Version, Steps: r.Start.Steps}
+		if err := d.Validate(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Validate reports every problem of a definition at once.
+func (d *Definition) Validate() error {
+	var probs []string
+	if !ValidID(d.Name) {
+		probs = append(probs, fmt.Sprintf("invalid name %q (1-128 of letters, digits, . _ : @ -)", d.Name))
+	}
+	if d.Version < 0 {
+		probs = append(probs, fmt.Sprintf("negative version %d", d.Version))
+	}
+	if len(d.Steps) == 0 {
+		probs = append(probs, "no steps")
+	}
+	if d.Timeout < 0 {
+		probs = append(probs, "negative timeout")
+	}
+	seen := make(map[string]bool, len(d.Steps))
+	for i, s := range d.Steps {
+		switch {
+		case !ValidID(s.Name):
+			probs = append(probs, fmt.Sprintf("step %d: invalid name %q", i, s.Name))
+		case seen[s.Name]:
+			probs = append(probs, fmt.Sprintf("step %d: name %q used twice", i, s.Name))
+		}
+		seen[s.Name] = true
+		if s.Timeout < 0 {
+			probs = append(probs, fmt.Sprintf("step %q: negative timeout", s.Name))
+		}
+		if s.OnUncertain > UncertainRetry {
+			probs = append(probs, fmt.Sprintf("step %q: unknown uncertain policy %d", s.Name, s.OnUncertain))
+		}
+		for _, rp := range [...]struct {
+			what string
+			p    RetryPolicy
+		}{{"retry", s.Retry}, {"compensation retry", s.CompensationRetry}} {
+			what, p := rp.what, rp.p
+			if p.InitialBackoff < 0 || p.MaxBackoff < 0 || p.MaxAttempts < 0 || p.MaxElapsed < 0 ||
+				p.Multiplier < 0 || p.Jitter < 0 || p.Jitter > 1 {
+				probs = append(probs, fmt.Sprintf("step %q: %s policy has a negative value or a jitter outside [0,1]", s.Name, what))
+			}
+		}
+	}
+	if len(probs) == 0 {
+		return nil
+	}
+	return &DefinitionError{Name: d.Name, Problems: probs}
+}
+
+// DefinitionError lists every problem of a definition.
+type DefinitionError struct {
+	Name     string
+	Problems []string
+}
+
+func (e *DefinitionError) Error() string {
+	s := fmt.Sprintf("fsm: invalid definition %q:", e.Name)
+	for _, p := range e.Problems {
+		s += "\n  - " + p
+	}
+	return s
+}
+
+// Unwrap makes errors.Is(err, ErrInvalidRecord) true.
+func (e *DefinitionError) Unwrap() error { return ErrInvalidRecord }

@@ -1,0 +1,271 @@
+// Package fsm holds the saga state machine: the transition records, their
+// msgpack encoding, the pure Apply function and the Pebble store that keeps
+// the applied state and its indexes.
+//
+// Apply is a pure function of (saga, record): no clock, no randomness, no
+// I/O, no dependence on map order. Times travel inside records. The same
+// sequence of records therefore yields the same state on every node and on
+// every replay.
+package fsm
+
+import (
+	"errors"
+	"fmt"
+)
+
+// SagaState is the state of a saga.
+type SagaState uint8
+
+// Saga states. COMPLETED and FAILED are terminal; STUCK waits for an operator.
+const (
+	StateInProgress   SagaState = 1 // steps are running forward
+	StateCompensating SagaState = 2 // completed steps are being undone, in reverse order
+	StateCompleted    SagaState = 3 // every step completed (terminal)
+	StateFailed       SagaState = 4 // a step failed and every completed step was compensated (terminal)
+	StateStuck        SagaState = 5 // a compensation exhausted its retry budget; an operator must act
+)
+
+var stateNames = [...]string{"", "IN_PROGRESS", "COMPENSATING", "COMPLETED", "FAILED", "STUCK"}
+
+func (s SagaState) String() string {
+	if int(s) < len(stateNames) && s != 0 {
+		return stateNames[s]
+	}
+	return fmt.Sprintf("SagaState(%d)", uint8(s))
+}
+
+// Terminal reports whether no further transition can happen.
+func (s SagaState) Terminal() bool { return s == StateCompleted || s == StateFailed }
+
+// ParseState parses the name of a state ("STUCK", case-sensitive).
+func ParseState(name string) (SagaState, error) {
+	for i, n := range stateNames {
+		if n != "" && n == name {
+			return SagaState(i), nil
+		}
+	}
+	return 0, fmt.Errorf("fsm: unknown saga state %q (want one of IN_PROGRESS, COMPENSATING, COMPLETED, FAILED, STUCK)", name)
+}
+
+// States lists every saga state in order.
+func States() []SagaState {
+	return []SagaState{StateInProgress, StateCompensating, StateCompleted, StateFailed, StateStuck}
+}
+
+// StepStatus is the status of one step.
+//
+//	pending → running → done | failed
+//	done → compensating → compensated
+type StepStatus uint8
+
+// Step statuses.
+const (
+	StepPending      StepStatus = 0
+	StepRunning      StepStatus = 1
+	StepDone         StepStatus = 2
+	StepFailed       StepStatus = 3
+	StepCompensating StepStatus = 4
+	StepCompensated  StepStatus = 5
+)
+
+var stepNames = [...]string{"pending", "running", "done", "failed", "compensating", "compensated"}
+
+func (s StepStatus) String() string {
+	if int(s) < len(stepNames) {
+		return stepNames[s]
+	}
+	return fmt.Sprintf("StepStatus(%d)", uint8(s))
+}
+
+// UncertainPolicy says what recovery does with an engine-driven step that
+// was running when the process stopped: its action may or may not have
+// taken effect.
+type UncertainPolicy uint8
+
+const (
+	// UncertainCompensate aborts the saga and compensates the uncertain step
+	// with the others (its compensation must tolerate an action that never
+	// happened). The default: it never runs an action twice.
+	UncertainCompensate UncertainPolicy = 0
+	// UncertainRetry runs the step's action again with the same
+	// idempotency key.
+	UncertainRetry UncertainPolicy = 1
+)
+
+func (p UncertainPolicy) String() string {
+	if p == UncertainRetry {
+		return "retry"
+	}
+	return "compensate"
+}
+
+// RetryPolicy bounds the attempts of an action or a compensation. Delays
+// grow from InitialBackoff by Multiplier up to MaxBackoff, each reduced by a
+// random fraction up to Jitter. It is stored with the saga, so durations
+// are nanoseconds.
+type RetryPolicy struct {
+	InitialBackoff int64   `msgpack:"ib,omitempty" json:"initial_backoff_ns,omitempty"`
+	MaxBackoff     int64   `msgpack:"mb,omitempty" json:"max_backoff_ns,omitempty"`
+	Multiplier     float64 `msgpack:"mu,omitempty" json:"multiplier,omitempty"`
+	Jitter         float64 `msgpack:"ji,omitempty" json:"jitter,omitempty"`
+	// MaxAttempts is the number of attempts, the first included; 0 means
+	// no bound on the count.
+	MaxAttempts int `msgpack:"ma,omitempty" json:"max_attempts,omitempty"`
+	// MaxElapsed bounds the time from the first attempt; 0 means no bound.
+	MaxElapsed int64 `msgpack:"me,omitempty" json:"max_elapsed_ns,omitempty"`
+}
+
+// StepDef is one step of a saga definition.
+type StepDef struct {
+	// Name is unique within the definition and durable: never derive it
+	// from a function name.
+	Name string `msgpack:"n" json:"name"`
+	// Compensation names the registered handler that undoes the step;
+	// empty means there is nothing to undo.
+	Compensation string `msgpack:"c,omitempty" json:"compensation,omitempty"`
+	// Action names the registered action the engine calls in engine-driven
+	// mode (Run). Empty for steps the caller performs and reports (Advance).
+	Action string `msgpack:"a,omitempty" json:"action,omitempty"`
+	// Retry bounds the attempts of the action.
+	Retry RetryPolicy `msgpack:"r,omitempty" json:"retry,omitempty"`
+	// CompensationRetry bounds the attempts of the compensation before the
+	// saga becomes STUCK.
+	CompensationRetry RetryPolicy `msgpack:"cr,omitempty" json:"compensation_retry,omitempty"`
+	// Timeout bounds one attempt of the action or compensation, in ns; 0: none.
+	Timeout int64 `msgpack:"t,omitempty" json:"timeout_ns,omitempty"`
+	// OnUncertain is what recovery does when the step was running.
+	OnUncertain UncertainPolicy `msgpack:"u,omitempty" json:"on_uncertain,omitempty"`
+}
+
+// Definition is a durable, versioned saga type.
+type Definition struct {
+	Name string `msgpack:"n" json:"name"`
+	// Version is assigned by the engine: 1 for the first definition of a
+	// name, one more for every changed redefinition.
+	Version int       `msgpack:"v" json:"version"`
+	Steps   []StepDef `msgpack:"s" json:"steps"`
+	// Timeout is the saga-level deadline, in ns from the start; past it an
+	// in-progress saga is compensated. 0 means none.
+	Timeout int64 `msgpack:"t,omitempty" json:"timeout_ns,omitempty"`
+}
+
+// ErrorInfo is an error as data: a Go error value does not survive a restart.
+type ErrorInfo struct {
+	Kind      string `msgpack:"k,omitempty" json:"kind,omitempty"`
+	Message   string `msgpack:"m" json:"message"`
+	Retryable bool   `msgpack:"r,omitempty" json:"retryable,omitempty"`
+}
+
+func (e *ErrorInfo) Error() string {
+	if e.Kind != "" {
+		return e.Kind + ": " + e.Message
+	}
+	return e.Message
+}
+
+// Step is the state of one step of a saga.
+type Step struct {
+	StepDef `msgpack:"d"`
+	Status  StepStatus `msgpack:"st"`
+	// Uncertain marks a step that was running when the saga was aborted:
+	// its effect is unknown, so it is compensated with the done steps.
+	Uncertain    bool       `msgpack:"u,omitempty"`
+	Attempts     int        `msgpack:"a,omitempty"`
+	Output       []byte     `msgpack:"o,omitempty"`
+	Err          *ErrorInfo `msgpack:"e,omitempty"`
+	StartedAt    int64      `msgpack:"sa,omitempty"`
+	EndedAt      int64      `msgpack:"ea,omitempty"`
+	CompAttempts int        `msgpack:"ca,omitempty"`
+	// CompRoundBase is CompAttempts when the current retry round began (an
+	// operator retry starts a new round with a fresh budget).
+	CompRoundBase  int        `msgpack:"cb,omitempty"`
+	CompRoundStart int64      `msgpack:"cs,omitempty"`
+	CompErr        *ErrorInfo `msgpack:"ce,omitempty"`
+	CompEndedAt    int64      `msgpack:"cea,omitempty"`
+}
+
+// Saga is the applied state of one saga.
+type Saga struct {
+	ID         string    `msgpack:"id"`
+	Definition string    `msgpack:"df"`
+	Version    int       `msgpack:"dv"`
+	State      SagaState `msgpack:"s"`
+	// Driven is true for engine-driven sagas (Run), false for sagas whose
+	// caller reports each step (Advance).
+	Driven         bool              `msgpack:"dr,omitempty"`
+	User           string            `msgpack:"u,omitempty"`
+	IdempotencyKey string            `msgpack:"ik,omitempty"`
+	Input          []byte            `msgpack:"in,omitempty"`
+	Meta           map[string]string `msgpack:"m,omitempty"`
+	Steps          []Step            `msgpack:"st"`
+	// Current is the step running forward (IN_PROGRESS) or being
+	// compensated (COMPENSATING, STUCK); -1 in a terminal state.
+	Current   int        `msgpack:"c"`
+	LastError *ErrorInfo `msgpack:"le,omitempty"`
+	Deadline  int64      `msgpack:"dl,omitempty"`
+	CreatedAt int64      `msgpack:"ca"`
+	UpdatedAt int64      `msgpack:"ua"`
+	// Seq counts the transitions applied to this saga; the history holds
+	// exactly Seq records.
+	Seq uint64 `msgpack:"sq"`
+}
+
+// Clone returns a deep copy: Apply never mutates its input.
+func (s *Saga) Clone() *Saga {
+	c := *s
+	c.Steps = append([]Step(nil), s.Steps...)
+	// Byte slices and ErrorInfo pointers are never mutated in place, only
+	// replaced, so sharing them is safe.
+	return &c
+}
+
+// Errors returned by Apply and the store. Match them with errors.Is.
+var (
+	// ErrIllegalTransition: the record is not allowed in the saga's current
+	// state (wrapped in a *TransitionError).
+	ErrIllegalTransition = errors.New("fsm: illegal transition")
+	// ErrUnknownSaga: the record names a saga that does not exist.
+	ErrUnknownSaga = errors.New("fsm: unknown saga")
+	// ErrSagaExists: a start record names an existing saga id.
+	ErrSagaExists = errors.New("fsm: saga already exists")
+	// ErrDuplicateKey: a start record carries an idempotency key already
+	// used by another saga (wrapped in a *DuplicateKeyError).
+	ErrDuplicateKey = errors.New("fsm: idempotency key already used")
+	// ErrInvalidRecord: the record is malformed (missing fields, bad
+	// definition, unknown kind).
+	ErrInvalidRecord = errors.New("fsm: invalid record")
+	// ErrUnsupportedVersion: the record was written by a newer format.
+	ErrUnsupportedVersion = errors.New("fsm: unsupported record version")
+	// ErrUnknownDefinition: no such definition (or version).
+	ErrUnknownDefinition = errors.New("fsm: unknown definition")
+)
+
+// TransitionError explains why a record was refused.
+type TransitionError struct {
+	Saga   string
+	Kind   Kind
+	State  SagaState
+	Step   int
+	Reason string
+}
+
+func (e *TransitionError) Error() string {
+	return fmt.Sprintf("fsm: illegal transition %s on saga %s (state %s, step %d): %s",
+		e.Kind, e.Saga, e.State, e.Step, e.Reason)
+}
+
+// Unwrap makes errors.Is(err, ErrIllegalTransition) true.
+func (e *TransitionError) Unwrap() error { return ErrIllegalTransition }
+
+// DuplicateKeyError carries the id of the saga that owns the key.
+type DuplicateKeyError struct {
+	Key      string
+	Existing string
+}
+
+func (e *DuplicateKeyError) Error() string {
+	return fmt.Sprintf("fsm: idempotency key %q already used by saga %s", e.Key, e.Existing)
+}
+
+// Unwrap makes errors.Is(err, ErrDuplicateKey) true.
+func (e *DuplicateKeyError) Unwrap() error { return ErrDuplicateKey }
