@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync/atomic"
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/vfs"
@@ -91,7 +92,7 @@ type StoreOptions struct {
 // avoids writing every transition to disk twice.
 type Store struct {
 	db      *pebble.DB
-	applied uint64
+	applied atomic.Uint64
 	cache   *pebble.Cache
 }
 
@@ -128,7 +129,7 @@ func OpenStore(dir string, o StoreOptions) (*Store, error) {
 			_ = s.Close()
 			return nil, fmt.Errorf("fsm: applied index has %d bytes, want 8", len(v))
 		}
-		s.applied = binary.BigEndian.Uint64(v)
+		s.applied.Store(binary.BigEndian.Uint64(v))
 		closer.Close()
 	}
 	return s, nil
@@ -150,7 +151,7 @@ func (p pebbleLogger) Fatalf(format string, args ...any) {
 }
 
 // AppliedIndex is the log index of the last applied entry.
-func (s *Store) AppliedIndex() uint64 { return s.applied }
+func (s *Store) AppliedIndex() uint64 { return s.applied.Load() }
 
 // Entry is one log entry to apply.
 type Entry struct {
@@ -183,8 +184,8 @@ func (s *Store) ApplyBatch(entries []Entry) ([]Result, error) {
 	defs := make(map[string]*Definition) // latest definitions written by this batch
 	out := make([]Result, len(entries))
 	for i, e := range entries {
-		if e.Index <= s.applied {
-			return nil, fmt.Errorf("fsm: entry index %d is not after the applied index %d", e.Index, s.applied)
+		if i == 0 && e.Index != s.applied.Load()+1 {
+			return nil, fmt.Errorf("fsm: entry index %d does not follow the applied index %d", e.Index, s.applied.Load())
 		}
 		if i > 0 && e.Index != entries[i-1].Index+1 {
 			return nil, fmt.Errorf("fsm: entry index %d does not follow %d", e.Index, entries[i-1].Index)
@@ -258,7 +259,7 @@ func (s *Store) ApplyBatch(entries []Entry) ([]Result, error) {
 	if err := b.Commit(pebble.NoSync); err != nil {
 		return nil, fmt.Errorf("fsm: commit batch: %w", err)
 	}
-	s.applied = last
+	s.applied.Store(last)
 	return out, nil
 }
 

@@ -11,6 +11,7 @@ package fsm
 import (
 	"errors"
 	"fmt"
+	"time"
 )
 
 // SagaState is the state of a saga.
@@ -101,18 +102,18 @@ func (p UncertainPolicy) String() string {
 
 // RetryPolicy bounds the attempts of an action or a compensation. Delays
 // grow from InitialBackoff by Multiplier up to MaxBackoff, each reduced by a
-// random fraction up to Jitter. It is stored with the saga, so durations
-// are nanoseconds.
+// random fraction up to Jitter. Its fields match compensation.Policy, so
+// one converts to the other. Durations are stored as nanoseconds.
 type RetryPolicy struct {
-	InitialBackoff int64   `msgpack:"ib,omitempty" json:"initial_backoff_ns,omitempty"`
-	MaxBackoff     int64   `msgpack:"mb,omitempty" json:"max_backoff_ns,omitempty"`
-	Multiplier     float64 `msgpack:"mu,omitempty" json:"multiplier,omitempty"`
-	Jitter         float64 `msgpack:"ji,omitempty" json:"jitter,omitempty"`
+	InitialBackoff time.Duration `msgpack:"ib,omitempty" json:"initial_backoff,omitempty"`
+	MaxBackoff     time.Duration `msgpack:"mb,omitempty" json:"max_backoff,omitempty"`
+	Multiplier     float64       `msgpack:"mu,omitempty" json:"multiplier,omitempty"`
+	Jitter         float64       `msgpack:"ji,omitempty" json:"jitter,omitempty"`
 	// MaxAttempts is the number of attempts, the first included; 0 means
 	// no bound on the count.
 	MaxAttempts int `msgpack:"ma,omitempty" json:"max_attempts,omitempty"`
 	// MaxElapsed bounds the time from the first attempt; 0 means no bound.
-	MaxElapsed int64 `msgpack:"me,omitempty" json:"max_elapsed_ns,omitempty"`
+	MaxElapsed time.Duration `msgpack:"me,omitempty" json:"max_elapsed,omitempty"`
 }
 
 // StepDef is one step of a saga definition.
@@ -131,8 +132,8 @@ type StepDef struct {
 	// CompensationRetry bounds the attempts of the compensation before the
 	// saga becomes STUCK.
 	CompensationRetry RetryPolicy `msgpack:"cr,omitempty" json:"compensation_retry,omitempty"`
-	// Timeout bounds one attempt of the action or compensation, in ns; 0: none.
-	Timeout int64 `msgpack:"t,omitempty" json:"timeout_ns,omitempty"`
+	// Timeout bounds one attempt of the action or compensation; 0: none.
+	Timeout time.Duration `msgpack:"t,omitempty" json:"timeout,omitempty"`
 	// OnUncertain is what recovery does when the step was running.
 	OnUncertain UncertainPolicy `msgpack:"u,omitempty" json:"on_uncertain,omitempty"`
 }
@@ -144,9 +145,9 @@ type Definition struct {
 	// name, one more for every changed redefinition.
 	Version int       `msgpack:"v" json:"version"`
 	Steps   []StepDef `msgpack:"s" json:"steps"`
-	// Timeout is the saga-level deadline, in ns from the start; past it an
+	// Timeout is the saga-level deadline, from the start; past it an
 	// in-progress saga is compensated. 0 means none.
-	Timeout int64 `msgpack:"t,omitempty" json:"timeout_ns,omitempty"`
+	Timeout time.Duration `msgpack:"t,omitempty" json:"timeout,omitempty"`
 }
 
 // ErrorInfo is an error as data: a Go error value does not survive a restart.
@@ -169,8 +170,8 @@ type Step struct {
 	Status  StepStatus `msgpack:"st"`
 	// Uncertain marks a step that was running when the saga was aborted:
 	// its effect is unknown, so it is compensated with the done steps.
-	Uncertain    bool       `msgpack:"u,omitempty"`
-	Attempts     int        `msgpack:"a,omitempty"`
+	Uncertain    bool       `msgpack:"un,omitempty"`
+	Attempts     int        `msgpack:"at,omitempty"`
 	Output       []byte     `msgpack:"o,omitempty"`
 	Err          *ErrorInfo `msgpack:"e,omitempty"`
 	StartedAt    int64      `msgpack:"sa,omitempty"`

@@ -1,0 +1,440 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"reflect"
+	"strconv"
+	"time"
+
+	"github.com/sagaengine/saga/compensation"
+	"github.com/sagaengine/saga/fsm"
+)
+
+// Definition is a saga type: a name and ordered steps. See fsm.Definition.
+type Definition = fsm.Definition
+
+// StepDef is one step of a Definition. See fsm.StepDef.
+type StepDef = fsm.StepDef
+
+// RetryPolicy bounds attempts. See fsm.RetryPolicy.
+type RetryPolicy = fsm.RetryPolicy
+
+// Define stores a saga definition durably [design_saga_journey] and
+// returns it with its version: 1 for a new name, the latest version when
+// nothing changed, one more when the steps or timeout changed. Every
+// compensation handler and action it names must already be registered
+// (compensation.ErrUnknownName otherwise); a malformed definition returns
+// an *fsm.DefinitionError listing every problem. Sagas already started keep
+// the definition they started with.
+func (e *Engine) Define(ctx context.Context, d Definition) (*Definition, error) {
+	d.Steps = append([]StepDef(nil), d.Steps...)
+	d.Version = 1
+	if err := d.Validate(); err != nil {
+		return nil, err
+	}
+	if err := e.checkNames(d.Steps); err != nil {
+		return nil, err
+	}
+	e.defMu.Lock()
+	defer e.defMu.Unlock()
+	latest, err := e.store.LatestDefinition(d.Name)
+	switch {
+	case errors.Is(err, fsm.ErrUnknownDefinition):
+	case err != nil:
+		return nil, err
+	default:
+		d.Version = latest.Version
+		if reflect.DeepEqual(*latest, d) {
+			return latest, nil
+		}
+		d.Version = latest.Version + 1
+	}
+	res, err := e.propose(ctx, []*fsm.Record{{Kind: fsm.KindDefine, At: e.now(), Def: &d}})
+	if err != nil {
+		return nil, err
+	}
+	if res[0].Err != nil {
+		return nil, res[0].Err
+	}
+	return res[0].Def, nil
+}
+
+func (e *Engine) checkNames(steps []StepDef) error {
+	var handlers, actions []string
+	for _, s := range steps {
+		handlers = append(handlers, s.Compensation)
+		actions = append(actions, s.Action)
+	}
+	return e.opts.Registry.Check(handlers, actions)
+}
+
+// Definition returns the latest version of a definition, or the given
+// version when version > 0.
+func (e *Engine) Definition(ctx context.Context, name string, version int) (*Definition, error) {
+	if version > 0 {
+		return e.store.Definition(name, version)
+	}
+	return e.store.LatestDefinition(name)
+}
+
+// StartOptions are the optional parts of Start and Run.
+type StartOptions struct {
+	// ID is the saga's id; default a new time-ordered id. 1-128 of
+	// letters, digits and . _ : @ -.
+	ID string
+	// IdempotencyKey: a second Start with the same key returns the first
+	// saga's id and starts nothing.
+	IdempotencyKey string
+	// User is the user context recorded with the saga and passed to handlers.
+	User string
+	// Meta is free-form data recorded with the saga.
+	Meta map[string]string
+	// Version selects a definition version; default the latest.
+	Version int
+	// Timeout overrides the definition's saga deadline (from now).
+	Timeout time.Duration
+}
+
+// Start creates a saga of the named definition [execute_saga_journey];
+// its first step is then running. In this mode the caller performs each
+// step and reports it with Advance. It returns the saga's id; with an
+// idempotency key already used, the existing saga's id.
+func (e *Engine) Start(ctx context.Context, definition string, input []byte, o StartOptions) (string, error) {
+	id, _, err := e.start(ctx, definition, input, o, false)
+	return id, err
+}
+
+func (e *Engine) start(ctx context.Context, definition string, input []byte, o StartOptions, driven bool) (id string, created bool, err error) {
+	if o.IdempotencyKey != "" {
+		if owner, err := e.store.KeyOwner(o.IdempotencyKey); err != nil {
+			return "", false, err
+		} else if owner != "" {
+			return owner, false, nil
+		}
+	}
+	var def *Definition
+	if o.Version > 0 {
+		def, err = e.store.Definition(definition, o.Version)
+	} else {
+		def, err = e.store.LatestDefinition(definition)
+	}
+	if err != nil {
+		return "", false, err
+	}
+	if driven {
+		for _, s := range def.Steps {
+			if s.Action == "" {
+				return "", false, fmt.Errorf("%w: %s step %q", ErrNotDriven, def.Name, s.Name)
+			}
+		}
+	}
+	// Handlers are registered per process: check them again, so that a
+	// saga never starts in a process that could not compensate it.
+	if err := e.checkNames(def.Steps); err != nil {
+		return "", false, err
+	}
+	if o.Timeout < 0 {
+		return "", false, fmt.Errorf("%w: negative timeout", ErrInvalidArgument)
+	}
+	id = o.ID
+	if id == "" {
+		id = e.newID()
+	} else if !fsm.ValidID(id) {
+		return "", false, fmt.Errorf("%w: saga id %q (1-128 of letters, digits, . _ : @ -)", ErrInvalidArgument, id)
+	}
+	now := e.now()
+	si := &fsm.StartInfo{
+		Definition: def.Name, Version: def.Version, Steps: e.plan(def.Steps), Driven: driven,
+		User: o.User, IdempotencyKey: o.IdempotencyKey, Input: input, Meta: o.Meta,
+	}
+	timeout := def.Timeout
+	if o.Timeout > 0 {
+		timeout = o.Timeout
+	}
+	if timeout > 0 {
+		si.Deadline = now + int64(timeout)
+	}
+	res, err := e.propose(ctx, []*fsm.Record{{Kind: fsm.KindSagaStarted, Saga: id, At: now, Start: si}})
+	if err != nil {
+		return "", false, err
+	}
+	var dk *fsm.DuplicateKeyError
+	if errors.As(res[0].Err, &dk) {
+		return dk.Existing, false, nil
+	}
+	if res[0].Err != nil {
+		return "", false, res[0].Err
+	}
+	if si.Deadline > 0 {
+		e.armDeadline(id, si.Deadline)
+	}
+	return id, true, nil
+}
+
+// plan snapshots the definition's steps with the engine's default retry
+// policies filled in, so the saga behaves the same after a restart with
+// other defaults.
+func (e *Engine) plan(steps []StepDef) []StepDef {
+	out := append([]StepDef(nil), steps...)
+	for i := range out {
+		if out[i].Retry == (RetryPolicy{}) {
+			out[i].Retry = RetryPolicy(e.opts.DefaultActionRetry)
+		}
+		if out[i].CompensationRetry == (RetryPolicy{}) {
+			out[i].CompensationRetry = RetryPolicy(e.opts.DefaultCompensationRetry)
+		}
+	}
+	return out
+}
+
+func (e *Engine) now() int64 { return e.opts.Clock.Now().UnixNano() }
+
+// newID returns a unique id that sorts by creation time.
+func (e *Engine) newID() string {
+	for {
+		last := e.lastID.Load()
+		ns := e.now()
+		if ns <= last {
+			ns = last + 1
+		}
+		if e.lastID.CompareAndSwap(last, ns) {
+			return fmt.Sprintf("%016x%06x", uint64(ns), rand.Uint32()&0xffffff)
+		}
+	}
+}
+
+// StepResult is a step's outcome reported by the caller.
+type StepResult struct {
+	// Step is the name of the step being reported; it must be the
+	// saga's current step (a stale or duplicate report is refused).
+	Step string
+	// Output is recorded and handed to the step's compensation.
+	Output []byte
+	// Err, if set, fails the step: the engine then compensates every
+	// completed step in reverse order, in the background.
+	Err error
+}
+
+// Advance records the result of the saga's current step [advance_saga_step].
+// On success the next step is running (or the saga is COMPLETED); on
+// failure the saga is COMPENSATING and the engine undoes the completed
+// steps in the background (see Wait).
+func (e *Engine) Advance(ctx context.Context, id string, res StepResult) (*Status, error) {
+	sg, err := e.transition(ctx, id, func(cur *fsm.Saga) ([]*fsm.Record, error) {
+		if cur.Driven {
+			return nil, fmt.Errorf("%w: saga %s is engine-driven; its steps are reported by the engine", ErrInvalidArgument, id)
+		}
+		if cur.State != fsm.StateInProgress {
+			return nil, &fsm.TransitionError{Saga: id, Kind: fsm.KindStepCompleted, State: cur.State, Step: cur.Current,
+				Reason: "the saga is not in progress"}
+		}
+		if name := cur.Steps[cur.Current].Name; res.Step != name {
+			return nil, &fsm.TransitionError{Saga: id, Kind: fsm.KindStepCompleted, State: cur.State, Step: cur.Current,
+				Reason: fmt.Sprintf("reported step %q, but the current step is %q", res.Step, name)}
+		}
+		r := &fsm.Record{Saga: id, At: e.now(), Step: cur.Current}
+		if res.Err == nil {
+			r.Kind, r.Output = fsm.KindStepCompleted, res.Output
+		} else {
+			r.Kind, r.Err = fsm.KindStepFailed, errorInfo(res.Err)
+		}
+		return []*fsm.Record{r}, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	if sg.State == fsm.StateCompensating {
+		e.ensureDriver(id)
+	}
+	return newStatus(sg), nil
+}
+
+func errorInfo(err error) *fsm.ErrorInfo {
+	var ei *fsm.ErrorInfo
+	if errors.As(err, &ei) {
+		return ei
+	}
+	kind := "error"
+	if compensation.IsPermanent(err) {
+		kind = "permanent"
+	}
+	return &fsm.ErrorInfo{Kind: kind, Message: err.Error(), Retryable: !compensation.IsPermanent(err)}
+}
+
+// Run starts a saga whose steps all name actions and drives it: the engine
+// calls each action in order and, when one fails, compensates the
+// completed steps in reverse order. It returns when the saga is COMPLETED,
+// FAILED or STUCK. If ctx ends first, Run returns ctx's error and the saga
+// continues in the background. With an idempotency key already used, Run
+// waits for the existing saga.
+func (e *Engine) Run(ctx context.Context, definition string, input []byte, o StartOptions) (*Status, error) {
+	id, created, err := e.start(ctx, definition, input, o, true)
+	if err != nil {
+		return nil, err
+	}
+	if !created {
+		return e.Wait(ctx, id)
+	}
+	e.ensureDriver(id)
+	return e.Wait(ctx, id)
+}
+
+// Status returns the state of a saga [get_saga_status].
+func (e *Engine) Status(ctx context.Context, id string) (*Status, error) {
+	sg, err := e.store.Get(id)
+	if err != nil {
+		return nil, err
+	}
+	return newStatus(sg), nil
+}
+
+// List returns a page of sagas (by state, by definition) and the cursor of
+// the next page ("" at the end).
+func (e *Engine) List(ctx context.Context, q fsm.Query) ([]*Status, string, error) {
+	sagas, next, err := e.store.List(q)
+	if err != nil {
+		return nil, "", err
+	}
+	out := make([]*Status, len(sagas))
+	for i, sg := range sagas {
+		out[i] = newStatus(sg)
+	}
+	return out, next, nil
+}
+
+// Count returns the number of sagas in each state.
+func (e *Engine) Count(ctx context.Context) (map[fsm.SagaState]int, error) { return e.store.Count() }
+
+// History returns every transition of a saga, in order.
+func (e *Engine) History(ctx context.Context, id string) ([]fsm.HistoryEntry, error) {
+	return e.store.History(id)
+}
+
+// Abort stops an in-progress saga and compensates what it did, including
+// the running step (whose effect is uncertain). Recorded with who and why.
+func (e *Engine) Abort(ctx context.Context, id, actor, reason string) (*Status, error) {
+	return e.operator(ctx, id, fsm.KindAborted, actor, reason)
+}
+
+// Retry makes a STUCK saga retry its compensation now, with a fresh retry
+// budget. Recorded with who and why.
+func (e *Engine) Retry(ctx context.Context, id, actor, reason string) (*Status, error) {
+	return e.operator(ctx, id, fsm.KindRetried, actor, reason)
+}
+
+// Resolve records that an operator undid a STUCK saga's current step by
+// hand; compensation continues with the steps before it.
+func (e *Engine) Resolve(ctx context.Context, id, actor, reason string) (*Status, error) {
+	return e.operator(ctx, id, fsm.KindResolved, actor, reason)
+}
+
+func (e *Engine) operator(ctx context.Context, id string, kind fsm.Kind, actor, reason string) (*Status, error) {
+	if actor == "" {
+		return nil, fmt.Errorf("%w: an operator action needs an actor (who)", ErrInvalidArgument)
+	}
+	sg, err := e.transition(ctx, id, func(cur *fsm.Saga) ([]*fsm.Record, error) {
+		return []*fsm.Record{{Kind: kind, Saga: id, At: e.now(), Step: max(cur.Current, 0), Actor: actor, Reason: reason}}, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	if kind == fsm.KindAborted {
+		e.cancelAction(id)
+	}
+	if sg.State == fsm.StateCompensating {
+		e.ensureDriver(id)
+	}
+	return newStatus(sg), nil
+}
+
+// Wait blocks until the saga is COMPLETED, FAILED or STUCK (or ctx ends)
+// and returns its status.
+func (e *Engine) Wait(ctx context.Context, id string) (*Status, error) {
+	for {
+		e.mu.Lock()
+		sg, err := e.store.Get(id)
+		if err != nil {
+			e.mu.Unlock()
+			return nil, err
+		}
+		if sg.State.Terminal() || sg.State == fsm.StateStuck {
+			e.mu.Unlock()
+			return newStatus(sg), nil
+		}
+		ch := make(chan struct{})
+		e.watchers[id] = append(e.watchers[id], ch)
+		e.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-e.ctx.Done():
+			return nil, ErrClosed
+		}
+	}
+}
+
+// Status is a saga's state for callers and operators.
+type Status struct {
+	ID         string
+	Definition string
+	Version    int
+	State      fsm.SagaState
+	// CurrentStep is the step running (IN_PROGRESS) or being compensated
+	// (COMPENSATING, STUCK); "" in a terminal state.
+	CurrentStep string
+	Completed   []string // steps whose action completed, in order
+	Compensated []string // steps compensated, in the order they were undone
+	// Pending lists the compensations still to run, in order.
+	Pending   []string
+	LastError *fsm.ErrorInfo
+	Steps     []fsm.Step
+	User      string
+	CreatedAt time.Time
+	UpdatedAt time.Time
+	Deadline  time.Time // zero when none
+	Saga      *fsm.Saga // the full applied state
+}
+
+func newStatus(sg *fsm.Saga) *Status {
+	st := &Status{
+		ID: sg.ID, Definition: sg.Definition, Version: sg.Version, State: sg.State,
+		LastError: sg.LastError, Steps: sg.Steps, User: sg.User,
+		CreatedAt: time.Unix(0, sg.CreatedAt), UpdatedAt: time.Unix(0, sg.UpdatedAt), Saga: sg,
+	}
+	if sg.Deadline > 0 {
+		st.Deadline = time.Unix(0, sg.Deadline)
+	}
+	if sg.Current >= 0 && sg.Current < len(sg.Steps) {
+		st.CurrentStep = sg.Steps[sg.Current].Name
+	}
+	for _, s := range sg.Steps {
+		if s.EndedAt > 0 && (s.Status == fsm.StepDone || s.Status == fsm.StepCompensating || s.Status == fsm.StepCompensated) && !s.Uncertain {
+			st.Completed = append(st.Completed, s.Name)
+		}
+	}
+	for i := len(sg.Steps) - 1; i >= 0; i-- {
+		if sg.Steps[i].Status == fsm.StepCompensated {
+			st.Compensated = append(st.Compensated, sg.Steps[i].Name)
+		}
+	}
+	for _, i := range fsm.Pending(sg) {
+		st.Pending = append(st.Pending, sg.Steps[i].Name)
+	}
+	return st
+}
+
+// String is a one-line summary.
+func (s *Status) String() string {
+	out := s.ID + " " + s.Definition + "@v" + strconv.Itoa(s.Version) + " " + s.State.String()
+	if s.CurrentStep != "" {
+		out += " at " + s.CurrentStep
+	}
+	if s.LastError != nil {
+		out += " (" + s.LastError.Error() + ")"
+	}
+	return out
+}

@@ -1,0 +1,412 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/sagaengine/saga/compensation"
+	"github.com/sagaengine/saga/fsm"
+)
+
+// ensureDriver starts the goroutine that moves a saga forward (engine-
+// driven steps) or backward (compensations), unless one already runs.
+func (e *Engine) ensureDriver(id string) {
+	r, _ := e.getRun(id)
+	e.mu.Lock()
+	if r.driving || e.closed || e.ctx.Err() != nil {
+		e.mu.Unlock()
+		return
+	}
+	r.driving = true
+	e.drivers.Add(1)
+	e.mu.Unlock()
+	go func() {
+		defer e.drivers.Done()
+		for {
+			err := e.drive(id)
+			if err != nil && e.ctx.Err() == nil {
+				e.opts.Logger.Error("engine: saga driver stopped", "saga", id, "err", err)
+			}
+			// A transition (an operator retry, an abort) may have made the
+			// saga drivable again just as this driver decided to stop:
+			// check once more under the lock before letting go.
+			e.mu.Lock()
+			sg, gerr := e.store.Get(id)
+			again := err == nil && gerr == nil && e.ctx.Err() == nil && drivable(sg)
+			if !again {
+				r.driving = false
+				if gerr == nil && (sg.State.Terminal()) {
+					if e.runs[id] == r {
+						delete(e.runs, id)
+					}
+				}
+				e.mu.Unlock()
+				return
+			}
+			e.mu.Unlock()
+		}
+	}()
+}
+
+// drivable reports whether the driver has work to do on sg.
+func drivable(sg *fsm.Saga) bool {
+	switch sg.State {
+	case fsm.StateCompensating:
+		return true
+	case fsm.StateInProgress:
+		return sg.Driven
+	}
+	return false
+}
+
+// drive runs one saga until it is terminal, STUCK, waiting for its caller
+// (a manual saga in progress), or the engine closes.
+func (e *Engine) drive(id string) error {
+	for e.ctx.Err() == nil {
+		r, _ := e.getRun(id)
+		r.mu.Lock()
+		sg := r.saga
+		r.mu.Unlock()
+		if sg == nil {
+			var err error
+			if sg, err = e.store.Get(id); err != nil {
+				return err
+			}
+		}
+		if !drivable(sg) {
+			return nil
+		}
+		var err error
+		if sg.State == fsm.StateInProgress {
+			err = e.runAction(r, sg)
+		} else {
+			err = e.runCompensation(sg)
+		}
+		if err != nil {
+			if errors.Is(err, fsm.ErrIllegalTransition) {
+				// The saga moved under us (an abort, a deadline): look again.
+				continue
+			}
+			return err
+		}
+	}
+	return nil
+}
+
+// callCtx returns the context for one action or compensation attempt: it
+// ends when the engine closes, when the step's timeout passes, or when the
+// saga is aborted (for actions).
+func (e *Engine) callCtx(r *run, timeout time.Duration) (context.Context, context.CancelFunc) {
+	ctx, cancelCause := context.WithCancelCause(e.ctx)
+	cancel := func() { cancelCause(context.Canceled) }
+	if timeout > 0 {
+		t := e.opts.Clock.NewTimer(timeout)
+		go func() {
+			select {
+			case <-t.C():
+				cancelCause(errStepTimeout)
+			case <-ctx.Done():
+				t.Stop()
+			}
+		}()
+	}
+	e.mu.Lock()
+	r.cancel = cancel
+	e.mu.Unlock()
+	return ctx, cancel
+}
+
+var errStepTimeout = errors.New("step attempt timed out")
+
+// timedOut reports whether the call's context ended by its step timeout.
+func timedOut(ctx context.Context) bool { return errors.Is(context.Cause(ctx), errStepTimeout) }
+
+func (e *Engine) cancelAction(id string) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if r, ok := e.runs[id]; ok && r.cancel != nil {
+		r.cancel()
+	}
+}
+
+// sleep waits d on the engine's clock; false if the engine closed.
+func (e *Engine) sleep(d time.Duration) bool {
+	if d <= 0 {
+		return e.ctx.Err() == nil
+	}
+	t := e.opts.Clock.NewTimer(d)
+	select {
+	case <-t.C():
+		return true
+	case <-e.ctx.Done():
+		t.Stop()
+		return false
+	}
+}
+
+func (e *Engine) call(sg *fsm.Saga, i int, kind compensation.Kind, attempt int) compensation.Call {
+	st := sg.Steps[i]
+	c := compensation.Call{
+		SagaID: sg.ID, Definition: sg.Definition, Step: st.Name, StepIndex: i, Kind: kind,
+		Input: sg.Input, Attempt: attempt, User: sg.User,
+		IdempotencyKey: compensation.IdempotencyKey(sg.ID, st.Name, kind),
+	}
+	if kind == compensation.KindCompensation {
+		c.Output, c.Uncertain = st.Output, st.Uncertain
+	}
+	return c
+}
+
+// runAction performs one attempt of the current step of an engine-driven
+// saga. The record saying it runs (saga started, previous step completed,
+// or step started for a retry) is already durable.
+func (e *Engine) runAction(r *run, sg *fsm.Saga) error {
+	i := sg.Current
+	st := sg.Steps[i]
+	action, ok := e.opts.Registry.Action(st.Action)
+	if !ok {
+		// Registered at start; a restarted process may have forgotten it.
+		// Fail the step so the saga is compensated rather than hang.
+		return e.failStep(sg, i, &fsm.ErrorInfo{Kind: "unregistered",
+			Message: fmt.Sprintf("action %q is not registered in this process", st.Action)})
+	}
+	ctx, cancel := e.callCtx(r, st.Timeout)
+	out, err := safeAction(ctx, action, e.call(sg, i, compensation.KindAction, st.Attempts))
+	timeout := timedOut(ctx)
+	cancel()
+	if e.ctx.Err() != nil {
+		return nil // closing: the step stays running, uncertain at next Open
+	}
+	if err == nil {
+		_, terr := e.transition(e.ctx, sg.ID, func(cur *fsm.Saga) ([]*fsm.Record, error) {
+			return []*fsm.Record{{Kind: fsm.KindStepCompleted, Saga: sg.ID, At: e.now(), Step: i, Output: out}}, nil
+		})
+		return terr
+	}
+	ei := errorInfo(err)
+	if timeout {
+		ei = &fsm.ErrorInfo{Kind: "timeout", Message: fmt.Sprintf("attempt exceeded the step timeout %v: %v", st.Timeout, err), Retryable: true}
+	}
+	policy := compensation.Policy(st.Retry)
+	elapsed := time.Duration(e.now() - st.StartedAt)
+	delay, retry := policy.Next(st.Attempts, elapsed, e.opts.Rand())
+	if compensation.IsPermanent(err) || !retry {
+		return e.failStep(sg, i, ei)
+	}
+	if !e.sleep(delay) {
+		return nil
+	}
+	_, terr := e.transition(e.ctx, sg.ID, func(cur *fsm.Saga) ([]*fsm.Record, error) {
+		return []*fsm.Record{{Kind: fsm.KindStepStarted, Saga: sg.ID, At: e.now(), Step: i, Attempt: cur.Steps[i].Attempts + 1}}, nil
+	})
+	return terr
+}
+
+func (e *Engine) failStep(sg *fsm.Saga, i int, ei *fsm.ErrorInfo) error {
+	_, err := e.transition(e.ctx, sg.ID, func(cur *fsm.Saga) ([]*fsm.Record, error) {
+		return []*fsm.Record{{Kind: fsm.KindStepFailed, Saga: sg.ID, At: e.now(), Step: i, Err: ei}}, nil
+	})
+	return err
+}
+
+// runCompensation performs one attempt of the current compensation:
+// first a durable "compensation started" record, then the handler, then
+// "completed" (joined with the next compensation's "started" in one
+// record batch) or "failed" (final when the retry budget is spent: STUCK).
+// A compensation found already started (before a restart, or before a
+// failed attempt) is uncertain: it gets a new attempt record and runs again.
+func (e *Engine) runCompensation(sg *fsm.Saga) error {
+	i := sg.Current
+	next, err := e.transition(e.ctx, sg.ID, func(cur *fsm.Saga) ([]*fsm.Record, error) {
+		return []*fsm.Record{{Kind: fsm.KindCompStarted, Saga: sg.ID, At: e.now(), Step: i, Attempt: cur.Steps[i].CompAttempts + 1}}, nil
+	})
+	if err != nil {
+		return err
+	}
+	return e.compensateStarted(next)
+}
+
+// compensateStarted runs the handler of the current step of sg, whose
+// "compensation started" record is durable, and records the outcome.
+func (e *Engine) compensateStarted(sg *fsm.Saga) error {
+	r, _ := e.getRun(sg.ID)
+	i := sg.Current
+	st := sg.Steps[i]
+	h, ok := e.opts.Registry.Handler(st.Compensation)
+	var err error
+	if !ok {
+		err = fmt.Errorf("compensation handler %q is not registered in this process", st.Compensation)
+	} else {
+		ctx, cancel := e.callCtx(r, st.Timeout)
+		err = safeHandler(ctx, h, e.call(sg, i, compensation.KindCompensation, st.CompAttempts))
+		cancel()
+	}
+	if e.ctx.Err() != nil {
+		return nil // closing: re-run at next Open
+	}
+	if err == nil {
+		next, terr := e.transition(e.ctx, sg.ID, func(cur *fsm.Saga) ([]*fsm.Record, error) {
+			recs := []*fsm.Record{{Kind: fsm.KindCompCompleted, Saga: sg.ID, At: e.now(), Step: i}}
+			// Join "k compensated" with "k-1 compensation started": one fsync.
+			after, aerr := fsm.Apply(cur, recs[0])
+			if aerr == nil && after.State == fsm.StateCompensating {
+				j := after.Current
+				recs = append(recs, &fsm.Record{Kind: fsm.KindCompStarted, Saga: sg.ID, At: recs[0].At, Step: j,
+					Attempt: after.Steps[j].CompAttempts + 1})
+			}
+			return recs, nil
+		})
+		if terr != nil {
+			return terr
+		}
+		if next.State == fsm.StateCompensating {
+			return e.compensateStarted(next)
+		}
+		return nil
+	}
+	ei := errorInfo(err)
+	policy := compensation.Policy(st.CompensationRetry)
+	attempts := st.CompAttempts - st.CompRoundBase
+	elapsed := time.Duration(e.now() - st.CompRoundStart)
+	delay, retry := policy.Next(attempts, elapsed, e.opts.Rand())
+	if !ok {
+		retry = false
+	}
+	next, terr := e.transition(e.ctx, sg.ID, func(cur *fsm.Saga) ([]*fsm.Record, error) {
+		return []*fsm.Record{{Kind: fsm.KindCompFailed, Saga: sg.ID, At: e.now(), Step: i,
+			Attempt: cur.Steps[i].CompAttempts, Err: ei, Final: !retry}}, nil
+	})
+	if terr != nil {
+		return terr
+	}
+	if next.State == fsm.StateStuck {
+		e.opts.Logger.Error("engine: saga STUCK: a compensation exhausted its retry budget; an operator must retry or resolve it",
+			"saga", sg.ID, "step", st.Name, "handler", st.Compensation, "attempts", next.Steps[i].CompAttempts, "err", ei.Error())
+		return nil
+	}
+	e.sleep(delay)
+	return nil
+}
+
+// safeAction and safeHandler turn a panic in user code into an error, so
+// one bad handler cannot take the engine down with half-written state.
+func safeAction(ctx context.Context, a compensation.Action, c compensation.Call) (out []byte, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("action %s panicked: %v", c.Step, p)
+		}
+	}()
+	return a(ctx, c)
+}
+
+func safeHandler(ctx context.Context, h compensation.Handler, c compensation.Call) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("compensation of %s panicked: %v", c.Step, p)
+		}
+	}()
+	return h(ctx, c)
+}
+
+// armDeadline schedules the abort of an in-progress saga at its deadline.
+func (e *Engine) armDeadline(id string, deadline int64) {
+	r, _ := e.getRun(id)
+	d := time.Duration(deadline - e.now())
+	t := e.opts.Clock.NewTimer(d)
+	e.mu.Lock()
+	if r.timer != nil {
+		r.timer.Stop()
+	}
+	r.timer = t
+	e.mu.Unlock()
+	go func() {
+		select {
+		case <-t.C():
+		case <-e.ctx.Done():
+			t.Stop()
+			return
+		}
+		sg, err := e.transition(e.ctx, id, func(cur *fsm.Saga) ([]*fsm.Record, error) {
+			if cur.State != fsm.StateInProgress {
+				return nil, errNothingToDo
+			}
+			return []*fsm.Record{{Kind: fsm.KindAborted, Saga: id, At: e.now(), Step: cur.Current,
+				Actor: "engine", Reason: "deadline exceeded"}}, nil
+		})
+		if err != nil {
+			if !errors.Is(err, errNothingToDo) && !errors.Is(err, fsm.ErrUnknownSaga) && e.ctx.Err() == nil {
+				e.opts.Logger.Error("engine: deadline abort failed", "saga", id, "err", err)
+			}
+			return
+		}
+		e.cancelAction(id)
+		if sg.State == fsm.StateCompensating {
+			e.ensureDriver(id)
+		}
+	}()
+}
+
+var errNothingToDo = errors.New("engine: nothing to do")
+
+// resumeAll resumes every non-terminal saga after replay: compensations
+// continue (a compensation started but not recorded done runs again);
+// engine-driven steps that were running are uncertain and handled by
+// their policy; deadlines are re-armed; STUCK sagas wait for an operator.
+func (e *Engine) resumeAll() error {
+	var compensating, inProgress []*fsm.Saga
+	if err := e.store.Each(fsm.StateCompensating, func(sg *fsm.Saga) error {
+		compensating = append(compensating, sg)
+		return nil
+	}); err != nil {
+		return err
+	}
+	if err := e.store.Each(fsm.StateInProgress, func(sg *fsm.Saga) error {
+		inProgress = append(inProgress, sg)
+		return nil
+	}); err != nil {
+		return err
+	}
+	stuck, err := e.store.Count()
+	if err != nil {
+		return err
+	}
+	e.recovery.Stuck = stuck[fsm.StateStuck]
+	for _, sg := range compensating {
+		e.ensureDriver(sg.ID)
+		e.recovery.Resumed++
+	}
+	for _, sg := range inProgress {
+		if sg.Deadline > 0 {
+			e.armDeadline(sg.ID, sg.Deadline)
+		}
+		if !sg.Driven {
+			continue
+		}
+		e.recovery.Resumed++
+		st := sg.Steps[sg.Current]
+		var rec *fsm.Record
+		if st.OnUncertain == fsm.UncertainRetry {
+			rec = &fsm.Record{Kind: fsm.KindStepStarted, Saga: sg.ID, At: e.now(), Step: sg.Current, Attempt: st.Attempts + 1}
+		} else {
+			rec = &fsm.Record{Kind: fsm.KindAborted, Saga: sg.ID, At: e.now(), Step: sg.Current,
+				Actor: "recovery", Reason: fmt.Sprintf("step %q was running when the engine stopped (uncertain)", st.Name)}
+		}
+		// Proposed concurrently: one group commit covers them all.
+		e.drivers.Add(1)
+		go func(id string, rec *fsm.Record) {
+			defer e.drivers.Done()
+			if _, err := e.transition(e.ctx, id, func(*fsm.Saga) ([]*fsm.Record, error) {
+				return []*fsm.Record{rec}, nil
+			}); err != nil {
+				if e.ctx.Err() == nil {
+					e.opts.Logger.Error("engine: resume of uncertain step failed", "saga", id, "err", err)
+				}
+				return
+			}
+			e.ensureDriver(id)
+		}(sg.ID, rec)
+	}
+	return nil
+}

@@ -1,0 +1,615 @@
+// Package engine is the embedded saga engine: the only place where the log
+// (package wal), the state machine (package fsm) and the handlers (package
+// compensation) meet.
+//
+// The ordering contract, which every public call and every handler
+// invocation follows:
+//
+//  1. A transition is appended to the log and fsynced BEFORE it is applied
+//     to the state machine (log before apply).
+//  2. A call that changes state returns success only AFTER its transition
+//     is durable and applied (ack after apply). Its error says whether it
+//     was not applied, or, after an I/O error, that the outcome is unknown
+//     (errors.Is(err, ErrOutcomeUnknown)).
+//  3. A step action or compensation handler is invoked only AFTER a durable
+//     record says it is about to run (persist before side effect). After a
+//     crash such a step is uncertain, and recovery treats it by its
+//     declared policy.
+//  4. After any log write or sync error the engine is poisoned: no further
+//     acknowledgement until it is reopened (fail-stop).
+//
+// Transitions of concurrent sagas share log batches (group commit): one
+// fsync acknowledges every transition that arrived while the previous one
+// was in flight.
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/sagaengine/saga/fsm"
+	"github.com/sagaengine/saga/wal"
+)
+
+// Errors returned by the engine. Errors of the state machine (fsm.ErrUnknownSaga,
+// fsm.ErrIllegalTransition, fsm.ErrUnknownDefinition, fsm.ErrInvalidRecord…)
+// and of the registry (compensation.ErrUnknownName) pass through wrapped.
+// Every error but ErrOutcomeUnknown means "not applied".
+var (
+	// ErrOutcomeUnknown: an I/O error struck while the transition was being
+	// made durable. It may or may not be in the log; reopen the engine and
+	// look at the saga. The engine is poisoned.
+	ErrOutcomeUnknown = errors.New("engine: outcome unknown after an I/O error")
+	// ErrPoisoned: an earlier I/O error stopped the engine (fail-stop);
+	// nothing was applied. Close and reopen it.
+	ErrPoisoned = errors.New("engine: stopped by an earlier I/O error; close and reopen it")
+	// ErrClosed: the engine is closed.
+	ErrClosed = errors.New("engine: closed")
+	// ErrLocked: another process holds the data directory.
+	ErrLocked = errors.New("engine: data directory is locked by another process")
+	// ErrInvalidOptions: Options.Validate found problems.
+	ErrInvalidOptions = errors.New("engine: invalid options")
+	// ErrInvalidArgument: a call's argument is malformed.
+	ErrInvalidArgument = errors.New("engine: invalid argument")
+	// ErrNotDriven: Run or an engine-driven operation on a definition whose
+	// steps have no actions.
+	ErrNotDriven = errors.New("engine: definition has steps without actions")
+	// ErrRecovery: Open found the log and the state inconsistent.
+	ErrRecovery = errors.New("engine: recovery failed")
+)
+
+// IsNotApplied reports whether err guarantees that nothing was applied:
+// true for every non-nil error except ErrOutcomeUnknown.
+func IsNotApplied(err error) bool { return err != nil && !errors.Is(err, ErrOutcomeUnknown) }
+
+// Log is what the engine needs of its log. *wal.Log implements it; see
+// Options.WrapLog.
+type Log interface {
+	// Append makes recs durable as consecutive entries (one fsync) and
+	// returns the index of the first.
+	Append(recs [][]byte) (first uint64, err error)
+	// Scan calls fn for each entry from index from on.
+	Scan(from uint64, fn func(index uint64, payload []byte) error) error
+	FirstIndex() uint64
+	LastIndex() uint64
+	// TruncateFront drops the entries before index.
+	TruncateFront(index uint64) error
+	// SegmentStarts lists the indexes TruncateFront handles cheaply.
+	SegmentStarts() ([]uint64, error)
+	Close() error
+}
+
+// Engine runs sagas durably. It is safe for concurrent use.
+type Engine struct {
+	dir   string
+	opts  Options
+	log   Log
+	wal   *wal.Log // the real log under any wrapper, for Stats
+	store *fsm.Store
+	lock  *os.File
+
+	proposals  chan *proposal
+	commitDone chan struct{}
+	ckpt       chan struct{}
+	ckptDone   chan struct{}
+
+	ctx     context.Context // cancelled by Close: stops drivers and timers
+	cancel  context.CancelFunc
+	drivers sync.WaitGroup
+
+	sendMu   sync.RWMutex
+	mu       sync.Mutex
+	closed   bool
+	poison   error
+	runs     map[string]*run
+	watchers map[string][]chan struct{}
+	defMu    sync.Mutex
+
+	lastID        atomic.Int64
+	sinceCkpt     atomic.Uint64
+	commits       atomic.Uint64
+	committedRecs atomic.Uint64
+	recovery      RecoveryStats
+}
+
+// run is the in-memory companion of a non-terminal saga: it serializes
+// the saga's transitions and caches its latest applied state.
+type run struct {
+	mu      sync.Mutex
+	saga    *fsm.Saga // latest applied state; nil until loaded
+	driving bool      // a driver goroutine (or Run) owns the saga's progress; e.mu
+	cancel  context.CancelFunc
+	timer   interface{ Stop() bool }
+}
+
+type proposal struct {
+	recs []*fsm.Record
+	raw  [][]byte
+	done chan proposalResult
+}
+
+type proposalResult struct {
+	results []fsm.Result
+	err     error
+}
+
+// Open opens the engine in dir, creating it if needed, and recovers: it
+// replays every log entry after the state's applied index, then resumes
+// every saga that is not terminal. It returns once the state is replayed;
+// resumed compensations and engine-driven steps continue in the background.
+func Open(dir string, opts Options) (*Engine, error) {
+	start := time.Now()
+	opts.EnsureDefaults()
+	if err := opts.Validate(); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return nil, fmt.Errorf("engine: create %s: %w", dir, err)
+	}
+	lock, err := lockDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	e := &Engine{
+		dir:        dir,
+		opts:       opts,
+		lock:       lock,
+		runs:       map[string]*run{},
+		watchers:   map[string][]chan struct{}{},
+		proposals:  make(chan *proposal, 1024),
+		commitDone: make(chan struct{}),
+		ckpt:       make(chan struct{}, 1),
+		ckptDone:   make(chan struct{}),
+	}
+	fail := func(err error) (*Engine, error) {
+		if e.store != nil {
+			_ = e.store.CloseNoFlush()
+		}
+		if e.log != nil {
+			_ = e.log.Close()
+		}
+		unlockDir(lock)
+		return nil, err
+	}
+	w, err := wal.Open(filepath.Join(dir, "wal"), opts.WAL)
+	if err != nil {
+		return fail(err)
+	}
+	e.wal, e.log = w, w
+	if opts.WrapLog != nil {
+		e.log = opts.WrapLog(w)
+	}
+	e.store, err = fsm.OpenStore(filepath.Join(dir, "state"), fsm.StoreOptions{
+		Logger: opts.Logger, CacheSize: opts.StoreCacheSize,
+	})
+	if err != nil {
+		return fail(err)
+	}
+	if err := e.replay(); err != nil {
+		return fail(err)
+	}
+	e.ctx, e.cancel = context.WithCancel(context.Background())
+	go e.commitLoop()
+	go e.checkpointLoop()
+	if err := e.resumeAll(); err != nil {
+		_ = e.Close()
+		return nil, err
+	}
+	e.recovery.Duration = time.Since(start)
+	e.opts.Logger.Info("engine: open",
+		"dir", dir, "applied_index", e.recovery.AppliedIndex, "replayed", e.recovery.Replayed,
+		"resumed", e.recovery.Resumed, "stuck", e.recovery.Stuck, "duration", e.recovery.Duration)
+	if h := e.opts.Hooks.OnRecovered; h != nil {
+		h(e.recovery)
+	}
+	return e, nil
+}
+
+func lockDir(dir string) (*os.File, error) {
+	f, err := os.OpenFile(filepath.Join(dir, "LOCK"), os.O_CREATE|os.O_RDWR, 0o640)
+	if err != nil {
+		return nil, fmt.Errorf("engine: open lock file: %w", err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("%w: %s (%v)", ErrLocked, dir, err)
+	}
+	return f, nil
+}
+
+func unlockDir(f *os.File) {
+	_ = syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
+	_ = f.Close()
+}
+
+// replay applies every log entry after the state's applied index.
+func (e *Engine) replay() error {
+	applied := e.store.AppliedIndex()
+	first, last := e.log.FirstIndex(), e.log.LastIndex()
+	e.recovery.AppliedIndex, e.recovery.LastIndex = applied, last
+	if applied > last {
+		return fmt.Errorf("%w: the state has applied index %d but the log ends at %d: "+
+			"acknowledged log entries are missing (was the wal directory replaced?)", ErrRecovery, applied, last)
+	}
+	if applied+1 < first {
+		return fmt.Errorf("%w: the state has applied index %d but the log starts at %d: "+
+			"entries in between are gone (was the state directory replaced?)", ErrRecovery, applied, first)
+	}
+	const chunk = 4096
+	batch := make([]fsm.Entry, 0, chunk)
+	flush := func() error {
+		if len(batch) == 0 {
+			return nil
+		}
+		if _, err := e.store.ApplyBatch(batch); err != nil {
+			return fmt.Errorf("%w: %v", ErrRecovery, err)
+		}
+		e.recovery.Replayed += uint64(len(batch))
+		batch = batch[:0]
+		return nil
+	}
+	err := e.log.Scan(applied+1, func(idx uint64, p []byte) error {
+		r, err := fsm.Decode(p)
+		if err != nil {
+			return fmt.Errorf("%w: log entry %d: %v", ErrRecovery, idx, err)
+		}
+		batch = append(batch, fsm.Entry{Index: idx, Rec: r, Raw: p})
+		if len(batch) == chunk {
+			return flush()
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	if err := flush(); err != nil {
+		return err
+	}
+	e.sinceCkpt.Store(e.recovery.Replayed)
+	return nil
+}
+
+// commitLoop is the single writer: it gathers proposals into one log
+// append (one fsync), applies them, and only then acknowledges them.
+func (e *Engine) commitLoop() {
+	defer close(e.commitDone)
+	var batch []*proposal
+	var raws [][]byte
+	for p := range e.proposals {
+		batch = append(batch[:0], p)
+		n := len(p.recs)
+	gather:
+		for n < e.opts.MaxBatch {
+			select {
+			case q, ok := <-e.proposals:
+				if !ok {
+					break gather
+				}
+				batch = append(batch, q)
+				n += len(q.recs)
+			default:
+				break gather
+			}
+		}
+		e.mu.Lock()
+		poison := e.poison
+		e.mu.Unlock()
+		if poison != nil {
+			for _, q := range batch {
+				q.done <- proposalResult{err: fmt.Errorf("%w (cause: %v)", ErrPoisoned, poison)}
+			}
+			continue
+		}
+		raws = raws[:0]
+		for _, q := range batch {
+			raws = append(raws, q.raw...)
+		}
+		t0 := time.Now()
+		first, err := e.log.Append(raws)
+		appendTime := time.Since(t0)
+		if err != nil {
+			e.failStop(batch, fmt.Errorf("log append: %w", err))
+			continue
+		}
+		entries := make([]fsm.Entry, 0, n)
+		idx := first
+		for _, q := range batch {
+			for i, r := range q.recs {
+				entries = append(entries, fsm.Entry{Index: idx, Rec: r, Raw: q.raw[i]})
+				idx++
+			}
+		}
+		results, err := e.store.ApplyBatch(entries)
+		if err != nil {
+			e.failStop(batch, fmt.Errorf("apply: %w", err))
+			continue
+		}
+		e.commits.Add(1)
+		e.committedRecs.Add(uint64(n))
+		if h := e.opts.Hooks.OnCommit; h != nil {
+			h(n, appendTime)
+		}
+		e.afterApply(entries, results)
+		off := 0
+		for _, q := range batch {
+			q.done <- proposalResult{results: results[off : off+len(q.recs)]}
+			off += len(q.recs)
+		}
+		if e.sinceCkpt.Add(uint64(n)) >= e.opts.CheckpointEvery {
+			select {
+			case e.ckpt <- struct{}{}:
+			default:
+			}
+		}
+	}
+}
+
+// afterApply runs hooks and wakes waiters of sagas that settled.
+func (e *Engine) afterApply(entries []fsm.Entry, results []fsm.Result) {
+	hook := e.opts.Hooks.OnTransition
+	var settled []string
+	for i, res := range results {
+		if res.Err != nil {
+			continue
+		}
+		if hook != nil {
+			hook(TransitionEvent{Index: entries[i].Index, Record: entries[i].Rec, Saga: res.Saga})
+		}
+		if res.Saga != nil && (res.Saga.State.Terminal() || res.Saga.State == fsm.StateStuck) {
+			settled = append(settled, res.Saga.ID)
+		}
+	}
+	if len(settled) == 0 {
+		return
+	}
+	e.mu.Lock()
+	for _, id := range settled {
+		for _, ch := range e.watchers[id] {
+			close(ch)
+		}
+		delete(e.watchers, id)
+	}
+	e.mu.Unlock()
+}
+
+// failStop poisons the engine after an I/O error and answers the batch
+// with ErrOutcomeUnknown.
+func (e *Engine) failStop(batch []*proposal, err error) {
+	e.mu.Lock()
+	first := e.poison == nil
+	if first {
+		e.poison = err
+	}
+	e.mu.Unlock()
+	if first {
+		e.opts.Logger.Error("engine: poisoned by an I/O error; no further transitions until reopened", "err", err)
+		if h := e.opts.Hooks.OnPoisoned; h != nil {
+			h(err)
+		}
+		e.cancel()
+	}
+	for _, q := range batch {
+		q.done <- proposalResult{err: fmt.Errorf("%w: %v", ErrOutcomeUnknown, err)}
+	}
+}
+
+// checkpointLoop flushes the state and truncates the log behind it.
+func (e *Engine) checkpointLoop() {
+	defer close(e.ckptDone)
+	for range e.ckpt {
+		if err := e.checkpoint(); err != nil {
+			e.opts.Logger.Warn("engine: checkpoint failed", "err", err)
+		}
+	}
+}
+
+func (e *Engine) checkpoint() error {
+	applied := e.store.AppliedIndex()
+	if err := e.store.Flush(); err != nil {
+		return err
+	}
+	e.sinceCkpt.Store(0)
+	// Everything up to applied is now in Pebble's files: the log before
+	// applied+1 is no longer needed. Cut at a segment start so nothing is
+	// rewritten.
+	starts, err := e.log.SegmentStarts()
+	if err != nil {
+		return err
+	}
+	cut := uint64(0)
+	for _, s := range starts {
+		if s <= applied+1 {
+			cut = s
+		}
+	}
+	if cut <= e.log.FirstIndex() {
+		return nil
+	}
+	if err := e.log.TruncateFront(cut); err != nil {
+		e.failStop(nil, fmt.Errorf("log truncation: %w", err))
+		return err
+	}
+	e.opts.Logger.Debug("engine: checkpoint", "applied_index", applied, "log_first_index", cut)
+	return nil
+}
+
+// propose submits records, all of one saga (or one definition), as one
+// unit and waits for them to be durable and applied. Once submitted, the
+// proposal is waited for even if ctx ends: abandoning it would turn a
+// known outcome into an unknown one.
+func (e *Engine) propose(ctx context.Context, recs []*fsm.Record) ([]fsm.Result, error) {
+	raw := make([][]byte, len(recs))
+	for i, r := range recs {
+		b, err := fsm.Encode(r)
+		if err != nil {
+			return nil, err
+		}
+		raw[i] = b
+	}
+	p := &proposal{recs: recs, raw: raw, done: make(chan proposalResult, 1)}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	// sendMu (read side) keeps Close from closing the channel under us.
+	// The commit loop never takes it, so a full channel cannot deadlock.
+	e.sendMu.RLock()
+	e.mu.Lock()
+	closed, poison := e.closed, e.poison
+	e.mu.Unlock()
+	switch {
+	case closed:
+		e.sendMu.RUnlock()
+		return nil, ErrClosed
+	case poison != nil:
+		e.sendMu.RUnlock()
+		return nil, fmt.Errorf("%w (cause: %v)", ErrPoisoned, poison)
+	}
+	e.proposals <- p
+	e.sendMu.RUnlock()
+	res := <-p.done
+	return res.results, res.err
+}
+
+// getRun returns the in-memory run of a saga, loading its state.
+func (e *Engine) getRun(id string) (*run, error) {
+	e.mu.Lock()
+	r, ok := e.runs[id]
+	if !ok {
+		r = &run{}
+		e.runs[id] = r
+	}
+	e.mu.Unlock()
+	return r, nil
+}
+
+// transition serializes a change to one saga: under the saga's lock it
+// builds the records from the current state, checks them against the pure
+// state machine (so an illegal change never reaches the log), proposes
+// them and caches the result.
+func (e *Engine) transition(ctx context.Context, id string, build func(cur *fsm.Saga) ([]*fsm.Record, error)) (*fsm.Saga, error) {
+	r, _ := e.getRun(id)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.saga == nil {
+		sg, err := e.store.Get(id)
+		if err != nil {
+			e.dropRun(id, r)
+			return nil, err
+		}
+		r.saga = sg
+	}
+	recs, err := build(r.saga)
+	if err != nil {
+		return nil, err
+	}
+	next := r.saga
+	for _, rec := range recs {
+		if next, err = fsm.Apply(next, rec); err != nil {
+			return nil, err
+		}
+	}
+	results, err := e.propose(ctx, recs)
+	if err != nil {
+		if errors.Is(err, ErrOutcomeUnknown) {
+			r.saga = nil // reload from the store if ever used again
+		}
+		return nil, err
+	}
+	for _, res := range results {
+		if res.Err != nil {
+			// Cannot happen while every change goes through this lock;
+			// the state machine rejected it deterministically.
+			r.saga = nil
+			return nil, res.Err
+		}
+	}
+	r.saga = results[len(results)-1].Saga
+	if r.saga.State.Terminal() {
+		e.dropRun(id, r)
+	}
+	return r.saga, nil
+}
+
+func (e *Engine) dropRun(id string, r *run) {
+	e.mu.Lock()
+	if e.runs[id] == r && !r.driving {
+		delete(e.runs, id)
+		if r.timer != nil {
+			r.timer.Stop()
+		}
+	}
+	e.mu.Unlock()
+}
+
+// Close stops the drivers (an action or compensation in flight sees its
+// context cancelled and is treated as uncertain at the next Open), lets
+// the commit loop finish, flushes the state and closes the log.
+func (e *Engine) Close() error {
+	e.mu.Lock()
+	if e.closed {
+		e.mu.Unlock()
+		return ErrClosed
+	}
+	e.cancel()
+	for _, r := range e.runs {
+		if r.timer != nil {
+			r.timer.Stop()
+		}
+	}
+	e.mu.Unlock()
+	e.drivers.Wait()
+	e.sendMu.Lock()
+	e.mu.Lock()
+	e.closed = true
+	e.mu.Unlock()
+	close(e.proposals)
+	e.sendMu.Unlock()
+	<-e.commitDone
+	close(e.ckpt)
+	<-e.ckptDone
+	var errs []error
+	e.mu.Lock()
+	poisoned := e.poison != nil
+	e.mu.Unlock()
+	if poisoned {
+		// Do not flush a state that may be ahead of an unknown log.
+		errs = append(errs, e.store.CloseNoFlush())
+	} else {
+		errs = append(errs, e.store.Close())
+	}
+	if err := e.log.Close(); err != nil && !poisoned {
+		errs = append(errs, err)
+	}
+	unlockDir(e.lock)
+	return errors.Join(errs...)
+}
+
+// Stats are counters since Open.
+type Stats struct {
+	Commits      uint64 // group commits (log appends)
+	Records      uint64 // records committed
+	LogSyncs     uint64 // fsyncs of the log
+	LogSyncTime  time.Duration
+	AppliedIndex uint64
+	Recovery     RecoveryStats
+}
+
+// Stats returns counters since Open.
+func (e *Engine) Stats() Stats {
+	ws := e.wal.Stats()
+	return Stats{
+		Commits:      e.commits.Load(),
+		Records:      e.committedRecs.Load(),
+		LogSyncs:     ws.Syncs,
+		LogSyncTime:  ws.SyncTime,
+		AppliedIndex: e.store.AppliedIndex(),
+		Recovery:     e.recovery,
+	}
+}

@@ -1,0 +1,146 @@
+package engine
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"time"
+
+	"github.com/sagaengine/saga/compensation"
+	"github.com/sagaengine/saga/fsm"
+	"github.com/sagaengine/saga/wal"
+)
+
+// Options configures an Engine. The zero value works (with an empty
+// registry, which suits sagas whose steps have no compensation). Open
+// copies it and never modifies the caller's value.
+type Options struct {
+	// Registry holds the step actions and compensation handlers that
+	// definitions name. Default: an empty registry.
+	Registry *compensation.Registry
+	// Logger receives the engine's structured logs. Default slog.Default().
+	Logger *slog.Logger
+	// Clock drives backoff, timeouts and deadlines. Default the wall clock.
+	Clock compensation.Clock
+	// Rand returns numbers in [0,1) for backoff jitter. Default math/rand/v2.
+	Rand func() float64
+	// Hooks are called on transitions; see Hooks.
+	Hooks Hooks
+
+	// DefaultCompensationRetry applies to steps whose definition sets no
+	// compensation retry policy. Default compensation.DefaultCompensationPolicy():
+	// backoff from 100ms to 30s for up to 10 minutes, then STUCK.
+	DefaultCompensationRetry compensation.Policy
+	// DefaultActionRetry applies to steps whose definition sets no action
+	// retry policy. Default compensation.DefaultActionPolicy(): one attempt.
+	DefaultActionRetry compensation.Policy
+
+	// MaxBatch bounds the records in one group commit (one log fsync).
+	// Default 4096.
+	MaxBatch int
+	// CheckpointEvery is the number of applied records after which the
+	// state is flushed and the log truncated up to it. Default 262144.
+	CheckpointEvery uint64
+	// WAL configures the saga log (segment size, record size limit).
+	WAL wal.Options
+	// StoreCacheSize is the Pebble block cache in bytes. Default 32 MiB.
+	StoreCacheSize int64
+
+	// WrapLog, if set, receives the log after it is opened and returns
+	// the one the engine uses: a seam for fault injection (failing writes
+	// or syncs) and for benchmarks that add latency to every sync.
+	WrapLog func(Log) Log
+}
+
+// EnsureDefaults fills every unset field with its default.
+func (o *Options) EnsureDefaults() {
+	if o.Registry == nil {
+		o.Registry = compensation.NewRegistry()
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.Clock == nil {
+		o.Clock = compensation.RealClock{}
+	}
+	if o.Rand == nil {
+		o.Rand = rand.Float64
+	}
+	if o.DefaultCompensationRetry.IsZero() {
+		o.DefaultCompensationRetry = compensation.DefaultCompensationPolicy()
+	}
+	if o.DefaultActionRetry.IsZero() {
+		o.DefaultActionRetry = compensation.DefaultActionPolicy()
+	}
+	if o.MaxBatch <= 0 {
+		o.MaxBatch = 4096
+	}
+	if o.CheckpointEvery == 0 {
+		o.CheckpointEvery = 1 << 18
+	}
+	if o.WAL.Logger == nil {
+		o.WAL.Logger = o.Logger
+	}
+}
+
+// Validate reports every problem of the options at once.
+func (o *Options) Validate() error {
+	var errs []error
+	if o.MaxBatch < 0 {
+		errs = append(errs, fmt.Errorf("MaxBatch %d is negative", o.MaxBatch))
+	}
+	if o.StoreCacheSize < 0 {
+		errs = append(errs, fmt.Errorf("StoreCacheSize %d is negative", o.StoreCacheSize))
+	}
+	if o.WAL.SegmentSize < 0 || o.WAL.MaxRecordSize < 0 {
+		errs = append(errs, errors.New("WAL sizes must not be negative"))
+	}
+	for _, p := range []struct {
+		name string
+		p    compensation.Policy
+	}{{"DefaultCompensationRetry", o.DefaultCompensationRetry}, {"DefaultActionRetry", o.DefaultActionRetry}} {
+		rp := fsm.RetryPolicy(p.p)
+		d := fsm.Definition{Name: "options", Steps: []fsm.StepDef{{Name: "x", Retry: rp}}}
+		if d.Validate() != nil {
+			errs = append(errs, fmt.Errorf("%s has a negative value or a jitter outside [0,1]", p.name))
+		}
+	}
+	if len(errs) == 0 {
+		return nil
+	}
+	return fmt.Errorf("%w: %w", ErrInvalidOptions, errors.Join(errs...))
+}
+
+// Hooks are optional callbacks. They run on the engine's commit path, so
+// they must be fast and must not call back into the engine.
+type Hooks struct {
+	// OnTransition is called for every applied transition, after it is
+	// durable and applied and before the caller that proposed it is
+	// acknowledged.
+	OnTransition func(TransitionEvent)
+	// OnCommit is called after each group commit with its size and the
+	// time its log append (write + fsync) took.
+	OnCommit func(records int, appendTime time.Duration)
+	// OnPoisoned is called once when an I/O error stops the engine.
+	OnPoisoned func(err error)
+	// OnRecovered is called once at the end of Open.
+	OnRecovered func(RecoveryStats)
+}
+
+// TransitionEvent describes one applied transition.
+type TransitionEvent struct {
+	Index  uint64      // log index
+	Record *fsm.Record // the transition
+	Saga   *fsm.Saga   // the saga after it (nil for definitions)
+}
+
+// RecoveryStats describes what Open did.
+type RecoveryStats struct {
+	AppliedIndex uint64        // state's applied index found on disk
+	LastIndex    uint64        // log's last index
+	Replayed     uint64        // log entries replayed into the state
+	Resumed      int           // sagas resumed (compensations and engine-driven steps)
+	Stuck        int           // STUCK sagas waiting for an operator
+	Duration     time.Duration // time spent in Open
+}
