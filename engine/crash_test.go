@@ -1,0 +1,335 @@
+package engine
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/sagaengine/saga/compensation"
+	"github.com/sagaengine/saga/fsm"
+	"github.com/sagaengine/saga/wal"
+)
+
+// The crash test: a child process runs a mixed saga workload and is killed
+// with SIGKILL at a random moment, again and again on the same directory.
+// Actions and compensations append to a ledger file (the outside world);
+// the OnTransition hook appends every applied transition to an ack file
+// before its caller is acknowledged. Afterwards the parent checks:
+//   - every transition in the ack file is in the recovered history;
+//   - no side effect happened for a saga the engine does not know;
+//   - after resuming, every saga is COMPLETED or FAILED;
+//   - every step of a FAILED saga whose action ran was compensated, and the
+//     compensations ran in reverse step order (first runs), at least once.
+//
+// SAGA_CRASH_KILLS sets the number of kills (default 20), SAGA_CRASH_SEED
+// the seed (printed on failure).
+
+const crashChildEnv = "SAGA_CRASH_CHILD_DIR"
+
+func crashRegistry(dir string) (*compensation.Registry, func(), error) {
+	ledger, err := os.OpenFile(filepath.Join(dir, "ledger"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o640)
+	if err != nil {
+		return nil, nil, err
+	}
+	write := func(s string) error {
+		_, err := ledger.WriteString(s + "\n")
+		return err
+	}
+	reg := compensation.NewRegistry()
+	_ = reg.RegisterAction("work", func(ctx context.Context, c compensation.Call) ([]byte, error) {
+		// The input names the step that fails ("fail=3"), so the outcome
+		// is the same after a restart.
+		if string(c.Input) == "fail="+strconv.Itoa(c.StepIndex) {
+			return nil, compensation.Permanent(errors.New("injected step failure"))
+		}
+		if err := write(fmt.Sprintf("do %s %d", c.SagaID, c.StepIndex)); err != nil {
+			return nil, err
+		}
+		return []byte(strconv.Itoa(c.StepIndex)), nil
+	})
+	_ = reg.Register("undo", func(ctx context.Context, c compensation.Call) error {
+		// One compensation in ten fails its first attempt, to exercise retries.
+		if c.Attempt == 1 && len(c.SagaID) > 0 && c.SagaID[len(c.SagaID)-1]%10 == 0 {
+			return errors.New("transient compensation failure")
+		}
+		return write(fmt.Sprintf("undo %s %d", c.SagaID, c.StepIndex))
+	})
+	return reg, func() { ledger.Close() }, nil
+}
+
+func crashDefinitions() []Definition {
+	var defs []Definition
+	for n := 3; n <= 10; n++ {
+		d := Definition{Name: fmt.Sprintf("w%d", n)}
+		for k := 0; k < n; k++ {
+			sd := StepDef{Name: fmt.Sprintf("s%d", k), Action: "work", Compensation: "undo",
+				CompensationRetry: RetryPolicy{InitialBackoff: time.Millisecond, MaxBackoff: 5 * time.Millisecond, Multiplier: 2}}
+			if n%2 == 1 {
+				sd.OnUncertain = fsm.UncertainRetry
+			}
+			d.Steps = append(d.Steps, sd)
+		}
+		defs = append(defs, d)
+	}
+	return defs
+}
+
+// TestCrashChild is the child's workload; it only runs under the parent.
+func TestCrashChild(t *testing.T) {
+	dir := os.Getenv(crashChildEnv)
+	if dir == "" {
+		t.Skip("run by TestCrashRecovery in a child process")
+	}
+	seed, _ := strconv.ParseUint(os.Getenv("SAGA_CRASH_CHILD_SEED"), 10, 64)
+	reg, closeLedger, err := crashRegistry(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer closeLedger()
+	acks, err := os.OpenFile(filepath.Join(dir, "acks"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o640)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := Open(filepath.Join(dir, "engine"), Options{
+		Registry: reg, Logger: quiet,
+		// Small segments and frequent checkpoints: kills also land in
+		// segment rotation and log truncation.
+		WAL:             walOptions(4 << 10),
+		CheckpointEvery: 500,
+		Hooks: Hooks{OnTransition: func(ev TransitionEvent) {
+			if ev.Saga != nil {
+				fmt.Fprintf(acks, "ack %s %d %d\n", ev.Saga.ID, ev.Saga.Seq, ev.Index)
+			}
+		}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range crashDefinitions() {
+		if _, err := e.Define(context.Background(), d); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var wg sync.WaitGroup
+	for w := 0; w < 16; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			rng := rand.New(rand.NewPCG(seed, uint64(w)))
+			for {
+				n := 3 + rng.IntN(8)
+				input := "fail=-1"
+				if rng.IntN(5) == 0 { // about one saga in five fails
+					input = "fail=" + strconv.Itoa(rng.IntN(n))
+				}
+				if _, err := e.Run(context.Background(), fmt.Sprintf("w%d", n), []byte(input), StartOptions{}); err != nil {
+					return
+				}
+			}
+		}(w)
+	}
+	wg.Wait() // forever, until SIGKILL
+}
+
+func TestCrashRecovery(t *testing.T) {
+	if os.Getenv(crashChildEnv) != "" {
+		t.Skip("child")
+	}
+	kills := 20
+	if s := os.Getenv("SAGA_CRASH_KILLS"); s != "" {
+		kills, _ = strconv.Atoi(s)
+	}
+	seed := uint64(time.Now().UnixNano())
+	if s := os.Getenv("SAGA_CRASH_SEED"); s != "" {
+		seed, _ = strconv.ParseUint(s, 10, 64)
+	}
+	t.Logf("crash test: %d kills, seed %d (rerun with SAGA_CRASH_SEED=%d)", kills, seed, seed)
+	defer func() {
+		if t.Failed() {
+			fmt.Printf("CRASH TEST FAILED: rerun with SAGA_CRASH_SEED=%d SAGA_CRASH_KILLS=%d\n", seed, kills)
+		}
+	}()
+	rng := rand.New(rand.NewPCG(seed, 0))
+	dir := t.TempDir()
+	for k := 0; k < kills; k++ {
+		cmd := exec.Command(os.Args[0], "-test.run=^TestCrashChild$", "-test.count=1")
+		cmd.Env = append(os.Environ(), crashChildEnv+"="+dir, fmt.Sprintf("SAGA_CRASH_CHILD_SEED=%d", rng.Uint64()))
+		var out strings.Builder
+		cmd.Stdout, cmd.Stderr = &out, &out
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		// A random moment: during open and recovery, or deep in the workload.
+		time.Sleep(time.Duration(20+rng.IntN(400)) * time.Millisecond)
+		_ = cmd.Process.Signal(syscall.SIGKILL)
+		err := cmd.Wait()
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
+			t.Fatalf("kill %d: child ended by itself (%v) before the kill:\n%s", k, err, out.String())
+		}
+		if k%5 == 4 || k == kills-1 {
+			checkAcks(t, dir, seed)
+		}
+	}
+	checkFinal(t, dir)
+}
+
+func walOptions(segment int) wal.Options { return wal.Options{SegmentSize: segment} }
+
+// checkAcks opens the engine in this process and checks every
+// acknowledged transition survived.
+func checkAcks(t *testing.T, dir string, seed uint64) {
+	t.Helper()
+	reg, closeLedger, err := crashRegistry(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer closeLedger()
+	e := openT(t, filepath.Join(dir, "engine"), Options{Registry: reg, WAL: walOptions(4 << 10), CheckpointEvery: 500})
+	defer e.Close()
+	f, err := os.Open(filepath.Join(dir, "acks"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	histories := map[string][]fsm.HistoryEntry{}
+	n := 0
+	for sc.Scan() {
+		var id string
+		var seq, idx uint64
+		if _, err := fmt.Sscanf(sc.Text(), "ack %s %d %d", &id, &seq, &idx); err != nil {
+			continue // a line torn by the kill
+		}
+		h, ok := histories[id]
+		if !ok {
+			if h, err = e.History(ctx, id); err != nil {
+				t.Fatalf("acknowledged saga %s lost: %v (seed %d)", id, err, seed)
+			}
+			histories[id] = h
+		}
+		if uint64(len(h)) < seq || h[seq-1].Index != idx {
+			t.Fatalf("acknowledged transition %s#%d at log index %d lost (history has %d) (seed %d)", id, seq, idx, len(h), seed)
+		}
+		n++
+	}
+	if n == 0 {
+		t.Fatal("the child acknowledged nothing: the test exercised nothing")
+	}
+}
+
+// checkFinal resumes everything, waits for every saga to settle and checks
+// the ledger against the outcomes.
+func checkFinal(t *testing.T, dir string) {
+	reg, closeLedger, err := crashRegistry(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := openT(t, filepath.Join(dir, "engine"), Options{Registry: reg, WAL: walOptions(4 << 10)})
+	states := map[string]*Status{}
+	after := ""
+	for {
+		page, next, err := e.List(ctx, fsm.Query{After: after, Limit: 500})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, st := range page {
+			wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+			final, err := e.Wait(wctx, st.ID)
+			cancel()
+			if err != nil {
+				t.Fatalf("saga %s did not settle: %v", st.ID, err)
+			}
+			if !final.State.Terminal() {
+				t.Fatalf("saga %s ended %s, want COMPLETED or FAILED", st.ID, final.State)
+			}
+			states[st.ID] = final
+		}
+		if next == "" {
+			break
+		}
+		after = next
+	}
+	must(t, e.Close())
+	closeLedger()
+
+	data, err := os.ReadFile(filepath.Join(dir, "ledger"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	did := map[string]map[int]bool{}
+	undone := map[string][]int{}
+	for _, line := range strings.Split(strings.TrimSpace(string(data)), "\n") {
+		var op, id string
+		var step int
+		if _, err := fmt.Sscanf(line, "%s %s %d", &op, &id, &step); err != nil {
+			t.Fatalf("bad ledger line %q", line)
+		}
+		if _, ok := states[id]; !ok {
+			t.Fatalf("side effect %q for a saga the engine does not know: persist-before-side-effect broken", line)
+		}
+		if op == "do" {
+			if did[id] == nil {
+				did[id] = map[int]bool{}
+			}
+			did[id][step] = true
+		} else {
+			undone[id] = append(undone[id], step)
+		}
+	}
+	var completed, failed, compensations int
+	for id, st := range states {
+		switch st.State {
+		case fsm.StateCompleted:
+			completed++
+			if len(undone[id]) > 0 {
+				t.Fatalf("completed saga %s was compensated: %v", id, undone[id])
+			}
+			for k := range st.Steps {
+				if !did[id][k] {
+					t.Fatalf("completed saga %s: step %d never ran", id, k)
+				}
+			}
+		case fsm.StateFailed:
+			failed++
+			var first []int
+			seen := map[int]bool{}
+			for _, s := range undone[id] {
+				if !seen[s] {
+					seen[s] = true
+					first = append(first, s)
+				}
+			}
+			for s := range did[id] {
+				if !seen[s] {
+					t.Fatalf("failed saga %s: step %d ran but was never compensated (undone %v)", id, s, undone[id])
+				}
+			}
+			if !slices.IsSortedFunc(first, func(a, b int) int { return b - a }) {
+				t.Fatalf("failed saga %s: compensations not in reverse order: %v", id, undone[id])
+			}
+			for _, s := range st.Steps {
+				if s.Status == fsm.StepDone || s.Status == fsm.StepCompensating {
+					t.Fatalf("failed saga %s: step %s left %s", id, s.Name, s.Status)
+				}
+			}
+			compensations += len(first)
+		}
+	}
+	t.Logf("%d sagas: %d completed, %d failed, %d compensations", len(states), completed, failed, compensations)
+	if completed == 0 || failed == 0 || compensations == 0 {
+		t.Fatal("the workload did not exercise both outcomes")
+	}
+}

@@ -1,0 +1,161 @@
+package engine
+
+import (
+	"errors"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	"github.com/sagaengine/saga/fsm"
+)
+
+// faultyLog injects an I/O error into the Nth append: either before the
+// real append (nothing written) or after it (written and synced, but the
+// caller is told it failed, as after an fsync error whose data did land).
+type faultyLog struct {
+	Log
+	failAt      int64 // 1-based append number that fails; 0 never
+	afterWrite  bool
+	appends     atomic.Int64
+	failedFirst atomic.Uint64 // first index of the failed append when afterWrite
+}
+
+var errDisk = errors.New("injected: input/output error")
+
+func (f *faultyLog) Append(recs [][]byte) (uint64, error) {
+	n := f.appends.Add(1)
+	if n != f.failAt {
+		return f.Log.Append(recs)
+	}
+	if f.afterWrite {
+		first, err := f.Log.Append(recs)
+		if err == nil {
+			f.failedFirst.Store(first)
+		}
+	}
+	return 0, errDisk
+}
+
+func TestInjectedLogFailureIsFailStop(t *testing.T) {
+	for _, afterWrite := range []bool{false, true} {
+		name := "before-write"
+		if afterWrite {
+			name = "after-write"
+		}
+		t.Run(name, func(t *testing.T) {
+			dir := t.TempDir()
+			reg := registry(t, &journal{}, []string{"a", "b", "c"})
+			e := openT(t, dir, Options{Registry: reg})
+			_, err := e.Define(ctx, def("f", "a", "b", "c"))
+			must(t, err)
+			must(t, e.Close())
+
+			fl := &faultyLog{failAt: 40, afterWrite: afterWrite}
+			var poisonedAt atomic.Bool
+			var lateAcks atomic.Int64
+			e = openT(t, dir, Options{
+				Registry: reg,
+				WrapLog:  func(l Log) Log { fl.Log = l; return fl },
+				Hooks: Hooks{
+					OnPoisoned: func(error) { poisonedAt.Store(true) },
+					OnTransition: func(TransitionEvent) {
+						if poisonedAt.Load() {
+							lateAcks.Add(1)
+						}
+					},
+				},
+			})
+			// 8 workers advance manual sagas; record what was acknowledged.
+			type ack struct {
+				id  string
+				seq uint64
+			}
+			var mu sync.Mutex
+			var acked []ack
+			var unknown, poisoned int
+			var wg sync.WaitGroup
+			for w := 0; w < 8; w++ {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					for k := 0; k < 10; k++ {
+						id, err := e.Start(ctx, "f", nil, StartOptions{})
+						if err != nil {
+							mu.Lock()
+							if errors.Is(err, ErrOutcomeUnknown) {
+								unknown++
+							} else if errors.Is(err, ErrPoisoned) {
+								poisoned++
+							} else {
+								t.Errorf("start: unexpected error %v", err)
+							}
+							mu.Unlock()
+							return
+						}
+						mu.Lock()
+						acked = append(acked, ack{id, 1})
+						mu.Unlock()
+						for _, s := range []string{"a", "b", "c"} {
+							st, err := e.Advance(ctx, id, StepResult{Step: s})
+							mu.Lock()
+							switch {
+							case err == nil:
+								acked = append(acked, ack{id, st.Saga.Seq})
+							case errors.Is(err, ErrOutcomeUnknown):
+								unknown++
+							case errors.Is(err, ErrPoisoned):
+								poisoned++
+							default:
+								t.Errorf("advance: unexpected error %v", err)
+							}
+							mu.Unlock()
+							if err != nil {
+								return
+							}
+						}
+					}
+				}()
+			}
+			wg.Wait()
+			if unknown == 0 {
+				t.Fatal("no call reported ErrOutcomeUnknown for the failed append")
+			}
+			if lateAcks.Load() != 0 {
+				t.Fatalf("%d transitions applied after the log was poisoned", lateAcks.Load())
+			}
+			// Every later call fails fast, without touching the log.
+			appends := fl.appends.Load()
+			if _, err := e.Start(ctx, "f", nil, StartOptions{}); !errors.Is(err, ErrPoisoned) || !IsNotApplied(err) {
+				t.Fatalf("start after poisoning: %v", err)
+			}
+			if fl.appends.Load() != appends {
+				t.Fatal("a poisoned engine appended to the log")
+			}
+			_ = e.Close()
+
+			// Reopen on a healthy disk: every acknowledged transition is there.
+			e = openT(t, dir, Options{Registry: reg})
+			defer e.Close()
+			for _, a := range acked {
+				h, err := e.History(ctx, a.id)
+				if err != nil || uint64(len(h)) < a.seq {
+					t.Fatalf("acknowledged transition %s#%d lost after reopen (history %d, %v)", a.id, a.seq, len(h), err)
+				}
+			}
+			if afterWrite && fl.failedFirst.Load() > 0 && e.Stats().Recovery.LastIndex < fl.failedFirst.Load() {
+				t.Fatal("records written before the injected error vanished")
+			}
+			// And the engine works again.
+			id, err := e.Start(ctx, "f", nil, StartOptions{})
+			must(t, err)
+			for _, s := range []string{"a", "b", "c"} {
+				_, err := e.Advance(ctx, id, StepResult{Step: s})
+				must(t, err)
+			}
+			st, _ := e.Status(ctx, id)
+			if st.State != fsm.StateCompleted {
+				t.Fatal(st.State)
+			}
+		})
+	}
+}
