@@ -96,6 +96,7 @@ type Engine struct {
 	lock  *os.File
 
 	proposals  chan *proposal
+	applyQ     chan appended
 	commitDone chan struct{}
 	ckpt       chan struct{}
 	ckptDone   chan struct{}
@@ -105,6 +106,7 @@ type Engine struct {
 	drivers sync.WaitGroup
 
 	sendMu   sync.RWMutex
+	applyMu  sync.Mutex // orders acknowledgements with poisoning
 	mu       sync.Mutex
 	closed   bool
 	poison   error
@@ -164,6 +166,7 @@ func Open(dir string, opts Options) (*Engine, error) {
 		runs:       map[string]*run{},
 		watchers:   map[string][]chan struct{}{},
 		proposals:  make(chan *proposal, 1024),
+		applyQ:     make(chan appended, 1),
 		commitDone: make(chan struct{}),
 		ckpt:       make(chan struct{}, 1),
 		ckptDone:   make(chan struct{}),
@@ -196,7 +199,8 @@ func Open(dir string, opts Options) (*Engine, error) {
 		return fail(err)
 	}
 	e.ctx, e.cancel = context.WithCancel(context.Background())
-	go e.commitLoop()
+	go e.appendLoop()
+	go e.applyLoop()
 	go e.checkpointLoop()
 	if err := e.resumeAll(); err != nil {
 		_ = e.Close()
@@ -276,14 +280,21 @@ func (e *Engine) replay() error {
 	return nil
 }
 
-// commitLoop is the single writer: it gathers proposals into one log
-// append (one fsync), applies them, and only then acknowledges them.
-func (e *Engine) commitLoop() {
-	defer close(e.commitDone)
-	var batch []*proposal
+// appended is a batch of proposals durable in the log, waiting to be applied.
+type appended struct {
+	batch      []*proposal
+	entries    []fsm.Entry
+	appendTime time.Duration
+}
+
+// appendLoop is the single log writer: it gathers every proposal waiting
+// into one log append (one fsync) and hands the durable batch to
+// applyLoop. While one batch is applied the next one is being fsynced.
+func (e *Engine) appendLoop() {
+	defer close(e.applyQ)
 	var raws [][]byte
 	for p := range e.proposals {
-		batch = append(batch[:0], p)
+		batch := []*proposal{p}
 		n := len(p.recs)
 	gather:
 		for n < e.opts.MaxBatch {
@@ -298,10 +309,7 @@ func (e *Engine) commitLoop() {
 				break gather
 			}
 		}
-		e.mu.Lock()
-		poison := e.poison
-		e.mu.Unlock()
-		if poison != nil {
+		if poison := e.poisoned(); poison != nil {
 			for _, q := range batch {
 				q.done <- proposalResult{err: fmt.Errorf("%w (cause: %v)", ErrPoisoned, poison)}
 			}
@@ -313,42 +321,74 @@ func (e *Engine) commitLoop() {
 		}
 		t0 := time.Now()
 		first, err := e.log.Append(raws)
-		appendTime := time.Since(t0)
 		if err != nil {
 			e.failStop(batch, fmt.Errorf("log append: %w", err))
 			continue
 		}
-		entries := make([]fsm.Entry, 0, n)
+		a := appended{batch: batch, entries: make([]fsm.Entry, 0, n), appendTime: time.Since(t0)}
 		idx := first
 		for _, q := range batch {
 			for i, r := range q.recs {
-				entries = append(entries, fsm.Entry{Index: idx, Rec: r, Raw: q.raw[i]})
+				a.entries = append(a.entries, fsm.Entry{Index: idx, Rec: r, Raw: q.raw[i]})
 				idx++
 			}
 		}
-		results, err := e.store.ApplyBatch(entries)
-		if err != nil {
-			e.failStop(batch, fmt.Errorf("apply: %w", err))
-			continue
+		e.applyQ <- a
+	}
+}
+
+// applyLoop applies durable batches in log order and only then
+// acknowledges their proposers.
+func (e *Engine) applyLoop() {
+	defer close(e.commitDone)
+	for a := range e.applyQ {
+		e.applyBatch(a)
+	}
+}
+
+// applyBatch applies one durable batch and acknowledges it. It holds
+// applyMu so that poisoning (failStop) is ordered with acknowledgements:
+// an ack either happens before the engine is poisoned or not at all.
+func (e *Engine) applyBatch(a appended) {
+	e.applyMu.Lock()
+	defer e.applyMu.Unlock()
+	if poison := e.poisoned(); poison != nil {
+		// Durable, but no acknowledgement after an I/O error: the
+		// next Open replays it.
+		for _, q := range a.batch {
+			q.done <- proposalResult{err: fmt.Errorf("%w: in the log but not applied before the engine stopped: %v", ErrOutcomeUnknown, poison)}
 		}
-		e.commits.Add(1)
-		e.committedRecs.Add(uint64(n))
-		if h := e.opts.Hooks.OnCommit; h != nil {
-			h(n, appendTime)
-		}
-		e.afterApply(entries, results)
-		off := 0
-		for _, q := range batch {
-			q.done <- proposalResult{results: results[off : off+len(q.recs)]}
-			off += len(q.recs)
-		}
-		if e.sinceCkpt.Add(uint64(n)) >= e.opts.CheckpointEvery {
-			select {
-			case e.ckpt <- struct{}{}:
-			default:
-			}
+		return
+	}
+	results, err := e.store.ApplyBatch(a.entries)
+	if err != nil {
+		e.poisonLocked(a.batch, fmt.Errorf("apply: %w", err))
+		return
+	}
+	n := len(a.entries)
+	e.commits.Add(1)
+	e.committedRecs.Add(uint64(n))
+	if h := e.opts.Hooks.OnCommit; h != nil {
+		h(n, a.appendTime)
+	}
+	e.afterApply(a.entries, results)
+	off := 0
+	for _, q := range a.batch {
+		q.done <- proposalResult{results: results[off : off+len(q.recs)]}
+		off += len(q.recs)
+	}
+	if e.sinceCkpt.Add(uint64(n)) >= e.opts.CheckpointEvery {
+		select {
+		case e.ckpt <- struct{}{}:
+		default:
 		}
 	}
+}
+
+func (e *Engine) poisoned() error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.poison
 }
 
 // afterApply runs hooks and wakes waiters of sagas that settled.
@@ -380,8 +420,16 @@ func (e *Engine) afterApply(entries []fsm.Entry, results []fsm.Result) {
 }
 
 // failStop poisons the engine after an I/O error and answers the batch
-// with ErrOutcomeUnknown.
+// with ErrOutcomeUnknown. It waits for an apply in progress, so that no
+// acknowledgement follows the poisoning.
 func (e *Engine) failStop(batch []*proposal, err error) {
+	e.applyMu.Lock()
+	defer e.applyMu.Unlock()
+	e.poisonLocked(batch, err)
+}
+
+// poisonLocked is failStop with applyMu held.
+func (e *Engine) poisonLocked(batch []*proposal, err error) {
 	e.mu.Lock()
 	first := e.poison == nil
 	if first {

@@ -2,7 +2,6 @@ package fsm
 
 import (
 	"fmt"
-	"regexp"
 
 	"github.com/vmihailenco/msgpack/v5"
 )
@@ -47,34 +46,34 @@ func (k Kind) String() string {
 // StartInfo is the payload of KindSagaStarted: a snapshot of everything the
 // saga needs, so that later redefinitions never change a running saga.
 type StartInfo struct {
-	Definition     string            `msgpack:"d"`
-	Version        int               `msgpack:"v"`
-	Steps          []StepDef         `msgpack:"s"`
-	Driven         bool              `msgpack:"dr,omitempty"`
-	User           string            `msgpack:"u,omitempty"`
-	IdempotencyKey string            `msgpack:"k,omitempty"`
-	Input          []byte            `msgpack:"i,omitempty"`
-	Meta           map[string]string `msgpack:"m,omitempty"`
-	Deadline       int64             `msgpack:"dl,omitempty"`
+	Definition     string
+	Version        int
+	Steps          []StepDef
+	Driven         bool
+	User           string
+	IdempotencyKey string
+	Input          []byte
+	Meta           map[string]string
+	Deadline       int64
 }
 
 // Record is one transition. Which fields matter depends on Kind.
 type Record struct {
-	V    uint8  `msgpack:"v"`
-	Kind Kind   `msgpack:"k"`
-	Saga string `msgpack:"s,omitempty"`
+	V    uint8
+	Kind Kind
+	Saga string
 	// At is the proposer's wall clock, unix ns: the only time Apply sees.
-	At      int64      `msgpack:"t"`
-	Step    int        `msgpack:"n,omitempty"`
-	Attempt int        `msgpack:"a,omitempty"`
-	Output  []byte     `msgpack:"o,omitempty"`
-	Err     *ErrorInfo `msgpack:"e,omitempty"`
+	At      int64
+	Step    int
+	Attempt int
+	Output  []byte
+	Err     *ErrorInfo
 	// Final marks the last allowed attempt of a compensation.
-	Final  bool        `msgpack:"f,omitempty"`
-	Actor  string      `msgpack:"u,omitempty"`
-	Reason string      `msgpack:"r,omitempty"`
-	Start  *StartInfo  `msgpack:"st,omitempty"`
-	Def    *Definition `msgpack:"d,omitempty"`
+	Final  bool
+	Actor  string
+	Reason string
+	Start  *StartInfo
+	Def    *Definition
 }
 
 // Encode returns the msgpack encoding of r, stamping the current version.
@@ -102,11 +101,23 @@ func Decode(b []byte) (*Record, error) {
 	return &r, nil
 }
 
-var idPattern = regexp.MustCompile(`^[A-Za-z0-9._:@-]{1,128}$`)
-
 // ValidID reports whether s may be a saga id or a definition name:
 // 1 to 128 characters among letters, digits and . _ : @ -.
-func ValidID(s string) bool { return idPattern.MatchString(s) }
+func ValidID(s string) bool {
+	if len(s) == 0 || len(s) > 128 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
+		case c == '.' || c == '_' || c == ':' || c == '@' || c == '-':
+		default:
+			return false
+		}
+	}
+	return true
+}
 
 // Validate checks the structure of a record (not its legality, which
 // depends on the state: see Apply).

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"sync/atomic"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -74,6 +75,8 @@ type StoreOptions struct {
 	Logger *slog.Logger
 	// CacheSize is Pebble's block cache, in bytes. Default 32 MiB.
 	CacheSize int64
+	// LiveSagas bounds the in-memory cache of non-terminal sagas. Default 100000.
+	LiveSagas int
 
 	// pebbleWAL turns Pebble's own WAL on (NoSync commits), for the
 	// benchmark that justifies keeping it off.
@@ -94,6 +97,13 @@ type Store struct {
 	db      *pebble.DB
 	applied atomic.Uint64
 	cache   *pebble.Cache
+
+	// live caches the state of non-terminal sagas, so that applying a
+	// transition does not read and decode the saga back from Pebble. The
+	// cached values are never mutated (Apply returns copies).
+	mu      sync.RWMutex
+	live    map[string]*Saga
+	liveMax int
 }
 
 // OpenStore opens (or creates) the store in dir.
@@ -103,6 +113,9 @@ func OpenStore(dir string, o StoreOptions) (*Store, error) {
 	}
 	if o.CacheSize <= 0 {
 		o.CacheSize = 32 << 20
+	}
+	if o.LiveSagas <= 0 {
+		o.LiveSagas = 100000
 	}
 	cache := pebble.NewCache(o.CacheSize)
 	opts := &pebble.Options{
@@ -116,7 +129,7 @@ func OpenStore(dir string, o StoreOptions) (*Store, error) {
 		cache.Unref()
 		return nil, fmt.Errorf("fsm: open pebble store %s: %w", dir, err)
 	}
-	s := &Store{db: db, cache: cache}
+	s := &Store{db: db, cache: cache, live: map[string]*Saga{}, liveMax: o.LiveSagas}
 	v, closer, err := db.Get(keyApplied)
 	switch {
 	case errors.Is(err, pebble.ErrNotFound):
@@ -218,7 +231,7 @@ func (s *Store) ApplyBatch(entries []Entry) ([]Result, error) {
 		cur, ok := sagas[r.Saga]
 		if !ok {
 			var err error
-			if cur, err = s.Get(r.Saga); err != nil && !errors.Is(err, ErrUnknownSaga) {
+			if cur, err = s.get(r.Saga); err != nil && !errors.Is(err, ErrUnknownSaga) {
 				return nil, err
 			}
 		}
@@ -260,6 +273,15 @@ func (s *Store) ApplyBatch(entries []Entry) ([]Result, error) {
 		return nil, fmt.Errorf("fsm: commit batch: %w", err)
 	}
 	s.applied.Store(last)
+	s.mu.Lock()
+	for id, sg := range sagas {
+		if sg.State.Terminal() {
+			delete(s.live, id)
+		} else if _, ok := s.live[id]; ok || len(s.live) < s.liveMax {
+			s.live[id] = sg
+		}
+	}
+	s.mu.Unlock()
 	return out, nil
 }
 
@@ -299,8 +321,24 @@ func (s *Store) writeSaga(b *pebble.Batch, prev, next *Saga, e Entry) error {
 	return nil
 }
 
-// Get returns a saga, or an error wrapping ErrUnknownSaga.
+// Get returns a saga, or an error wrapping ErrUnknownSaga. The caller
+// owns the result.
 func (s *Store) Get(id string) (*Saga, error) {
+	sg, err := s.get(id)
+	if err != nil {
+		return nil, err
+	}
+	return sg.Clone(), nil
+}
+
+// get returns a saga that the caller must not modify.
+func (s *Store) get(id string) (*Saga, error) {
+	s.mu.RLock()
+	cached, ok := s.live[id]
+	s.mu.RUnlock()
+	if ok {
+		return cached, nil
+	}
 	v, closer, err := s.db.Get(sagaKey(id))
 	if errors.Is(err, pebble.ErrNotFound) {
 		return nil, fmt.Errorf("%w: %s", ErrUnknownSaga, id)

@@ -105,56 +105,56 @@ func (p UncertainPolicy) String() string {
 // random fraction up to Jitter. Its fields match compensation.Policy, so
 // one converts to the other. Durations are stored as nanoseconds.
 type RetryPolicy struct {
-	InitialBackoff time.Duration `msgpack:"ib,omitempty" json:"initial_backoff,omitempty"`
-	MaxBackoff     time.Duration `msgpack:"mb,omitempty" json:"max_backoff,omitempty"`
-	Multiplier     float64       `msgpack:"mu,omitempty" json:"multiplier,omitempty"`
-	Jitter         float64       `msgpack:"ji,omitempty" json:"jitter,omitempty"`
+	InitialBackoff time.Duration `json:"initial_backoff,omitempty"`
+	MaxBackoff     time.Duration `json:"max_backoff,omitempty"`
+	Multiplier     float64       `json:"multiplier,omitempty"`
+	Jitter         float64       `json:"jitter,omitempty"`
 	// MaxAttempts is the number of attempts, the first included; 0 means
 	// no bound on the count.
-	MaxAttempts int `msgpack:"ma,omitempty" json:"max_attempts,omitempty"`
+	MaxAttempts int `json:"max_attempts,omitempty"`
 	// MaxElapsed bounds the time from the first attempt; 0 means no bound.
-	MaxElapsed time.Duration `msgpack:"me,omitempty" json:"max_elapsed,omitempty"`
+	MaxElapsed time.Duration `json:"max_elapsed,omitempty"`
 }
 
 // StepDef is one step of a saga definition.
 type StepDef struct {
 	// Name is unique within the definition and durable: never derive it
 	// from a function name.
-	Name string `msgpack:"n" json:"name"`
+	Name string `json:"name"`
 	// Compensation names the registered handler that undoes the step;
 	// empty means there is nothing to undo.
-	Compensation string `msgpack:"c,omitempty" json:"compensation,omitempty"`
+	Compensation string `json:"compensation,omitempty"`
 	// Action names the registered action the engine calls in engine-driven
 	// mode (Run). Empty for steps the caller performs and reports (Advance).
-	Action string `msgpack:"a,omitempty" json:"action,omitempty"`
+	Action string `json:"action,omitempty"`
 	// Retry bounds the attempts of the action.
-	Retry RetryPolicy `msgpack:"r,omitempty" json:"retry,omitempty"`
+	Retry RetryPolicy `json:"retry,omitempty"`
 	// CompensationRetry bounds the attempts of the compensation before the
 	// saga becomes STUCK.
-	CompensationRetry RetryPolicy `msgpack:"cr,omitempty" json:"compensation_retry,omitempty"`
+	CompensationRetry RetryPolicy `json:"compensation_retry,omitempty"`
 	// Timeout bounds one attempt of the action or compensation; 0: none.
-	Timeout time.Duration `msgpack:"t,omitempty" json:"timeout,omitempty"`
+	Timeout time.Duration `json:"timeout,omitempty"`
 	// OnUncertain is what recovery does when the step was running.
-	OnUncertain UncertainPolicy `msgpack:"u,omitempty" json:"on_uncertain,omitempty"`
+	OnUncertain UncertainPolicy `json:"on_uncertain,omitempty"`
 }
 
 // Definition is a durable, versioned saga type.
 type Definition struct {
-	Name string `msgpack:"n" json:"name"`
+	Name string `json:"name"`
 	// Version is assigned by the engine: 1 for the first definition of a
 	// name, one more for every changed redefinition.
-	Version int       `msgpack:"v" json:"version"`
-	Steps   []StepDef `msgpack:"s" json:"steps"`
+	Version int       `json:"version"`
+	Steps   []StepDef `json:"steps"`
 	// Timeout is the saga-level deadline, from the start; past it an
 	// in-progress saga is compensated. 0 means none.
-	Timeout time.Duration `msgpack:"t,omitempty" json:"timeout,omitempty"`
+	Timeout time.Duration `json:"timeout,omitempty"`
 }
 
 // ErrorInfo is an error as data: a Go error value does not survive a restart.
 type ErrorInfo struct {
-	Kind      string `msgpack:"k,omitempty" json:"kind,omitempty"`
-	Message   string `msgpack:"m" json:"message"`
-	Retryable bool   `msgpack:"r,omitempty" json:"retryable,omitempty"`
+	Kind      string `json:"kind,omitempty"`
+	Message   string `json:"message"`
+	Retryable bool   `json:"retryable,omitempty"`
 }
 
 func (e *ErrorInfo) Error() string {
@@ -166,49 +166,49 @@ func (e *ErrorInfo) Error() string {
 
 // Step is the state of one step of a saga.
 type Step struct {
-	StepDef `msgpack:"d"`
-	Status  StepStatus `msgpack:"st"`
+	StepDef
+	Status StepStatus
 	// Uncertain marks a step that was running when the saga was aborted:
 	// its effect is unknown, so it is compensated with the done steps.
-	Uncertain    bool       `msgpack:"un,omitempty"`
-	Attempts     int        `msgpack:"at,omitempty"`
-	Output       []byte     `msgpack:"o,omitempty"`
-	Err          *ErrorInfo `msgpack:"e,omitempty"`
-	StartedAt    int64      `msgpack:"sa,omitempty"`
-	EndedAt      int64      `msgpack:"ea,omitempty"`
-	CompAttempts int        `msgpack:"ca,omitempty"`
+	Uncertain    bool
+	Attempts     int
+	Output       []byte
+	Err          *ErrorInfo
+	StartedAt    int64
+	EndedAt      int64
+	CompAttempts int
 	// CompRoundBase is CompAttempts when the current retry round began (an
 	// operator retry starts a new round with a fresh budget).
-	CompRoundBase  int        `msgpack:"cb,omitempty"`
-	CompRoundStart int64      `msgpack:"cs,omitempty"`
-	CompErr        *ErrorInfo `msgpack:"ce,omitempty"`
-	CompEndedAt    int64      `msgpack:"cea,omitempty"`
+	CompRoundBase  int
+	CompRoundStart int64
+	CompErr        *ErrorInfo
+	CompEndedAt    int64
 }
 
 // Saga is the applied state of one saga.
 type Saga struct {
-	ID         string    `msgpack:"id"`
-	Definition string    `msgpack:"df"`
-	Version    int       `msgpack:"dv"`
-	State      SagaState `msgpack:"s"`
+	ID         string
+	Definition string
+	Version    int
+	State      SagaState
 	// Driven is true for engine-driven sagas (Run), false for sagas whose
 	// caller reports each step (Advance).
-	Driven         bool              `msgpack:"dr,omitempty"`
-	User           string            `msgpack:"u,omitempty"`
-	IdempotencyKey string            `msgpack:"ik,omitempty"`
-	Input          []byte            `msgpack:"in,omitempty"`
-	Meta           map[string]string `msgpack:"m,omitempty"`
-	Steps          []Step            `msgpack:"st"`
+	Driven         bool
+	User           string
+	IdempotencyKey string
+	Input          []byte
+	Meta           map[string]string
+	Steps          []Step
 	// Current is the step running forward (IN_PROGRESS) or being
 	// compensated (COMPENSATING, STUCK); -1 in a terminal state.
-	Current   int        `msgpack:"c"`
-	LastError *ErrorInfo `msgpack:"le,omitempty"`
-	Deadline  int64      `msgpack:"dl,omitempty"`
-	CreatedAt int64      `msgpack:"ca"`
-	UpdatedAt int64      `msgpack:"ua"`
+	Current   int
+	LastError *ErrorInfo
+	Deadline  int64
+	CreatedAt int64
+	UpdatedAt int64
 	// Seq counts the transitions applied to this saga; the history holds
 	// exactly Seq records.
-	Seq uint64 `msgpack:"sq"`
+	Seq uint64
 }
 
 // Clone returns a deep copy: Apply never mutates its input.

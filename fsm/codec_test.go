@@ -1,0 +1,96 @@
+package fsm
+
+import (
+	"reflect"
+	"testing"
+	"time"
+
+	"github.com/vmihailenco/msgpack/v5"
+)
+
+func fullSaga() *Saga {
+	rp := RetryPolicy{InitialBackoff: time.Second, MaxBackoff: time.Minute, Multiplier: 2, Jitter: 0.2, MaxAttempts: 5, MaxElapsed: time.Hour}
+	return &Saga{
+		ID: "s1", Definition: "order", Version: 3, State: StateStuck, Driven: true, User: "u1",
+		IdempotencyKey: "k", Input: []byte("in"), Meta: map[string]string{"b": "2", "a": "1"},
+		Steps: []Step{{
+			StepDef: StepDef{Name: "pay", Compensation: "refund", Action: "charge", Retry: rp, CompensationRetry: rp,
+				Timeout: time.Second, OnUncertain: UncertainRetry},
+			Status: StepCompensating, Uncertain: true, Attempts: 2, Output: []byte("o"),
+			Err: &ErrorInfo{Kind: "k", Message: "m", Retryable: true}, StartedAt: 1, EndedAt: 2,
+			CompAttempts: 4, CompRoundBase: 2, CompRoundStart: 3, CompErr: &ErrorInfo{Message: "c"}, CompEndedAt: 5,
+		}, {StepDef: StepDef{Name: "ship"}}},
+		Current: 0, LastError: &ErrorInfo{Message: "x"}, Deadline: 9, CreatedAt: 1, UpdatedAt: 8, Seq: 12,
+	}
+}
+
+func TestCodecRoundTrip(t *testing.T) {
+	s := fullSaga()
+	b, err := msgpack.Marshal(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got Saga
+	if err := msgpack.Unmarshal(b, &got); err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(s, &got) {
+		t.Fatalf("saga round trip:\n%+v\n%+v", s, &got)
+	}
+	b2, _ := msgpack.Marshal(&got)
+	if string(b) != string(b2) {
+		t.Fatal("encoding is not deterministic (map order?)")
+	}
+	r := &Record{Kind: KindSagaStarted, Saga: "s1", At: 5, Step: 1, Attempt: 2, Output: []byte("x"),
+		Err: &ErrorInfo{Message: "e"}, Final: true, Actor: "a", Reason: "r",
+		Start: &StartInfo{Definition: "d", Version: 1, Driven: true, User: "u",
+			IdempotencyKey: "k", Input: []byte("i"), Meta: map[string]string{"x": "y"}, Deadline: 7},
+		Def: &Definition{Name: "d", Version: 2, Steps: []StepDef{s.Steps[0].StepDef}, Timeout: time.Minute}}
+	r.Start.Steps = []StepDef{s.Steps[0].StepDef}
+	rb, err := Encode(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rr Record
+	if err := msgpack.Unmarshal(rb, &rr); err != nil || !reflect.DeepEqual(r, &rr) {
+		t.Fatalf("record round trip: %v\n%+v\n%+v", err, r, &rr)
+	}
+}
+
+// TestCodecEvolution: a reader fills fields an older writer lacked with
+// zero values and skips fields a newer writer appended.
+func TestCodecEvolution(t *testing.T) {
+	older, _ := msgpack.Marshal([]any{"pay", "refund"}) // a StepDef with 2 of its fields
+	var s StepDef
+	if err := msgpack.Unmarshal(older, &s); err != nil || s.Name != "pay" || s.Compensation != "refund" || s.Action != "" {
+		t.Fatalf("older writer: %+v %v", s, err)
+	}
+	newer, _ := msgpack.Marshal([]any{"k", "m", true, "future", 42})
+	var ei ErrorInfo
+	if err := msgpack.Unmarshal(newer, &ei); err != nil || ei.Message != "m" || !ei.Retryable {
+		t.Fatalf("newer writer: %+v %v", ei, err)
+	}
+}
+
+func BenchmarkEncodeRecord(b *testing.B) {
+	r := &Record{Kind: KindStepCompleted, Saga: "18ea81b6da9c9b3f72ecf8", At: 1, Step: 2, Output: []byte("out")}
+	b.ReportAllocs()
+	for i := 0; i < b.N; i++ {
+		if _, err := Encode(r); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkApply(b *testing.B) {
+	s := fullSaga()
+	s.State, s.Current = StateInProgress, 0
+	s.Steps[0].Status = StepRunning
+	r := &Record{Kind: KindStepCompleted, Saga: "s1", At: 1, Step: 0}
+	b.ReportAllocs()
+	for i := 0; i < b.N; i++ {
+		if _, err := Apply(s, r); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
