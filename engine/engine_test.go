@@ -23,7 +23,6 @@ var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 type journal struct {
 	mu    sync.Mutex
 	calls []string
-	keys  map[string]int
 }
 
 func (j *journal) add(s string) {

@@ -354,7 +354,6 @@ type faultyStore struct {
 	failWriteAfter int // writes that succeed before the next one fails; -1 never
 	partial        bool
 	failSync       bool
-	fileOf         func() *os.File
 }
 
 var errInjected = errors.New("injected I/O error")
