@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 
 	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/bloom"
 	"github.com/cockroachdb/pebble/v2/vfs"
 	"github.com/vmihailenco/msgpack/v5"
 )
@@ -123,6 +124,17 @@ func OpenStore(dir string, o StoreOptions) (*Store, error) {
 		DisableWAL: !o.pebbleWAL,
 		Cache:      cache,
 		Logger:     pebbleLogger{o.Logger},
+		// A saga's value is rewritten by each of its transitions within
+		// milliseconds: a larger memtable lets those versions collapse
+		// before they are flushed, which cut compaction work (half the CPU
+		// of a replay in the profile) several fold.
+		MemTableSize:                32 << 20,
+		MemTableStopWritesThreshold: 4,
+	}
+	// Bloom filters make the lookups that miss (a new saga id, a new
+	// idempotency key) cheap.
+	for i := range opts.Levels {
+		opts.Levels[i].FilterPolicy = bloom.FilterPolicy(10)
 	}
 	db, err := pebble.Open(dir, opts)
 	if err != nil {
@@ -193,6 +205,8 @@ func (s *Store) ApplyBatch(entries []Entry) ([]Result, error) {
 	b := s.db.NewBatch()
 	defer b.Close()
 	sagas := make(map[string]*Saga)      // overlay of sagas written by this batch
+	before := make(map[string]*Saga)     // their state before the batch (nil: new)
+	var touched []string                 // ids in order of first change
 	keys := make(map[string]string)      // idempotency keys taken by this batch
 	defs := make(map[string]*Definition) // latest definitions written by this batch
 	out := make([]Result, len(entries))
@@ -255,7 +269,12 @@ func (s *Store) ApplyBatch(entries []Entry) ([]Result, error) {
 			out[i].Err = err
 			continue
 		}
-		if err := s.writeSaga(b, cur, next, e); err != nil {
+		if _, seen := before[r.Saga]; !seen {
+			before[r.Saga] = cur
+			touched = append(touched, r.Saga)
+		}
+		h := binary.BigEndian.AppendUint64(make([]byte, 0, 8+len(e.Raw)), e.Index)
+		if err := b.Set(histKey(next.ID, next.Seq), append(h, e.Raw...), nil); err != nil {
 			return nil, err
 		}
 		if r.Kind == KindSagaStarted && r.Start.IdempotencyKey != "" {
@@ -263,6 +282,13 @@ func (s *Store) ApplyBatch(entries []Entry) ([]Result, error) {
 		}
 		sagas[r.Saga] = next
 		out[i].Saga = next
+	}
+	// Each saga's value and indexes are written once per batch, however
+	// many of its transitions the batch holds.
+	for _, id := range touched {
+		if err := s.writeSaga(b, before[id], sagas[id]); err != nil {
+			return nil, err
+		}
 	}
 	last := entries[len(entries)-1].Index
 	if err := b.Set(keyApplied, binary.BigEndian.AppendUint64(nil, last), nil); err != nil {
@@ -285,17 +311,14 @@ func (s *Store) ApplyBatch(entries []Entry) ([]Result, error) {
 	return out, nil
 }
 
-func (s *Store) writeSaga(b *pebble.Batch, prev, next *Saga, e Entry) error {
+// writeSaga writes a saga's value and updates its indexes from prev (nil
+// for a new saga) to next.
+func (s *Store) writeSaga(b *pebble.Batch, prev, next *Saga) error {
 	enc, err := msgpack.Marshal(next)
 	if err != nil {
 		return fmt.Errorf("fsm: encode saga: %w", err)
 	}
 	if err := b.Set(sagaKey(next.ID), enc, nil); err != nil {
-		return err
-	}
-	h := binary.BigEndian.AppendUint64(make([]byte, 0, 8+len(e.Raw)), e.Index)
-	h = append(h, e.Raw...)
-	if err := b.Set(histKey(next.ID, next.Seq), h, nil); err != nil {
 		return err
 	}
 	if prev == nil {

@@ -13,11 +13,17 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"runtime/pprof"
 	"time"
 
 	"github.com/sagaengine/saga/engine"
 	"github.com/sagaengine/saga/fsm"
 	"github.com/sagaengine/saga/wal"
+)
+
+var (
+	cpuprofile = flag.String("cpuprofile", "", "write a CPU profile of Open to this file")
+	cacheSize  = flag.Int64("cache", 0, "Pebble block cache in bytes (default: the engine's)")
 )
 
 func main() {
@@ -98,8 +104,19 @@ func run(n, pending int, dir string) error {
 	fmt.Printf("wrote %d transitions of %d sagas in %v\n", written, sagas, time.Since(t0).Round(time.Millisecond))
 
 	var ms runtime.MemStats
+	if *cpuprofile != "" {
+		f, err := os.Create(*cpuprofile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
 	t1 := time.Now()
-	e, err := engine.Open(dir, engine.Options{Logger: quiet})
+	e, err := engine.Open(dir, engine.Options{Logger: quiet, StoreCacheSize: *cacheSize})
 	if err != nil {
 		return err
 	}
