@@ -40,7 +40,8 @@ func (e *Engine) Define(ctx context.Context, d Definition) (*Definition, error) 
 	}
 	e.defMu.Lock()
 	defer e.defMu.Unlock()
-	latest, err := e.store.LatestDefinition(d.Name)
+	var latest *Definition
+	err := e.read(func() (err error) { latest, err = e.store.LatestDefinition(d.Name); return err })
 	switch {
 	case errors.Is(err, fsm.ErrUnknownDefinition):
 	case err != nil:
@@ -73,11 +74,16 @@ func (e *Engine) checkNames(steps []StepDef) error {
 
 // Definition returns the latest version of a definition, or the given
 // version when version > 0.
-func (e *Engine) Definition(ctx context.Context, name string, version int) (*Definition, error) {
-	if version > 0 {
-		return e.store.Definition(name, version)
-	}
-	return e.store.LatestDefinition(name)
+func (e *Engine) Definition(ctx context.Context, name string, version int) (d *Definition, err error) {
+	err = e.read(func() error {
+		if version > 0 {
+			d, err = e.store.Definition(name, version)
+		} else {
+			d, err = e.store.LatestDefinition(name)
+		}
+		return err
+	})
+	return d, err
 }
 
 // StartOptions are the optional parts of Start and Run.
@@ -109,18 +115,15 @@ func (e *Engine) Start(ctx context.Context, definition string, input []byte, o S
 
 func (e *Engine) start(ctx context.Context, definition string, input []byte, o StartOptions, driven bool) (id string, created bool, err error) {
 	if o.IdempotencyKey != "" {
-		if owner, err := e.store.KeyOwner(o.IdempotencyKey); err != nil {
+		var owner string
+		if err := e.read(func() (err error) { owner, err = e.store.KeyOwner(o.IdempotencyKey); return err }); err != nil {
 			return "", false, err
-		} else if owner != "" {
+		}
+		if owner != "" {
 			return owner, false, nil
 		}
 	}
-	var def *Definition
-	if o.Version > 0 {
-		def, err = e.store.Definition(definition, o.Version)
-	} else {
-		def, err = e.store.LatestDefinition(definition)
-	}
+	def, err := e.Definition(ctx, definition, o.Version)
 	if err != nil {
 		return "", false, err
 	}
@@ -276,6 +279,14 @@ func (e *Engine) Run(ctx context.Context, definition string, input []byte, o Sta
 		return nil, err
 	}
 	if !created {
+		st, err := e.Status(ctx, id)
+		if err != nil {
+			return nil, err
+		}
+		if !st.Saga.Driven {
+			return nil, fmt.Errorf("%w: idempotency key %q belongs to saga %s, which its caller drives with Advance",
+				ErrInvalidArgument, o.IdempotencyKey, id)
+		}
 		return e.Wait(ctx, id)
 	}
 	e.ensureDriver(id)
@@ -284,8 +295,8 @@ func (e *Engine) Run(ctx context.Context, definition string, input []byte, o Sta
 
 // Status returns the state of a saga [get_saga_status].
 func (e *Engine) Status(ctx context.Context, id string) (*Status, error) {
-	sg, err := e.store.Get(id)
-	if err != nil {
+	var sg *fsm.Saga
+	if err := e.read(func() (err error) { sg, err = e.store.Get(id); return err }); err != nil {
 		return nil, err
 	}
 	return newStatus(sg), nil
@@ -294,7 +305,9 @@ func (e *Engine) Status(ctx context.Context, id string) (*Status, error) {
 // List returns a page of sagas (by state, by definition) and the cursor of
 // the next page ("" at the end).
 func (e *Engine) List(ctx context.Context, q fsm.Query) ([]*Status, string, error) {
-	sagas, next, err := e.store.List(q)
+	var sagas []*fsm.Saga
+	var next string
+	err := e.read(func() (err error) { sagas, next, err = e.store.List(q); return err })
 	if err != nil {
 		return nil, "", err
 	}
@@ -306,11 +319,16 @@ func (e *Engine) List(ctx context.Context, q fsm.Query) ([]*Status, string, erro
 }
 
 // Count returns the number of sagas in each state.
-func (e *Engine) Count(ctx context.Context) (map[fsm.SagaState]int, error) { return e.store.Count() }
+func (e *Engine) Count(ctx context.Context) (counts map[fsm.SagaState]int, err error) {
+	err = e.read(func() error { counts, err = e.store.Count(); return err })
+	return counts, err
+}
 
 // History returns every transition of a saga, in order.
 func (e *Engine) History(ctx context.Context, id string) ([]fsm.HistoryEntry, error) {
-	return e.store.History(id)
+	var h []fsm.HistoryEntry
+	err := e.read(func() (err error) { h, err = e.store.History(id); return err })
+	return h, err
 }
 
 // Abort stops an in-progress saga and compensates what it did, including
@@ -354,26 +372,43 @@ func (e *Engine) operator(ctx context.Context, id string, kind fsm.Kind, actor, 
 // and returns its status.
 func (e *Engine) Wait(ctx context.Context, id string) (*Status, error) {
 	for {
-		e.mu.Lock()
-		sg, err := e.store.Get(id)
-		if err != nil {
-			e.mu.Unlock()
-			return nil, err
-		}
-		if sg.State.Terminal() || sg.State == fsm.StateStuck {
-			e.mu.Unlock()
-			return newStatus(sg), nil
-		}
+		// Register first, then look: a saga that settles in between
+		// closes the channel, so no wake-up is lost.
 		ch := make(chan struct{})
+		e.mu.Lock()
 		e.watchers[id] = append(e.watchers[id], ch)
 		e.mu.Unlock()
+		st, err := e.Status(ctx, id)
+		if err != nil || st.State.Terminal() || st.State == fsm.StateStuck {
+			e.unwatch(id, ch)
+			return st, err
+		}
 		select {
 		case <-ch:
 		case <-ctx.Done():
+			e.unwatch(id, ch)
 			return nil, ctx.Err()
 		case <-e.ctx.Done():
+			e.unwatch(id, ch)
 			return nil, ErrClosed
 		}
+	}
+}
+
+func (e *Engine) unwatch(id string, ch chan struct{}) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	ws := e.watchers[id]
+	for i, w := range ws {
+		if w == ch {
+			ws = append(ws[:i], ws[i+1:]...)
+			break
+		}
+	}
+	if len(ws) == 0 {
+		delete(e.watchers, id)
+	} else {
+		e.watchers[id] = ws
 	}
 }
 

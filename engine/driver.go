@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"container/heap"
 	"context"
 	"errors"
 	"fmt"
@@ -13,7 +14,7 @@ import (
 // ensureDriver starts the goroutine that moves a saga forward (engine-
 // driven steps) or backward (compensations), unless one already runs.
 func (e *Engine) ensureDriver(id string) {
-	r, _ := e.getRun(id)
+	r := e.getRun(id)
 	e.mu.Lock()
 	if r.driving || e.closed || e.ctx.Err() != nil {
 		e.mu.Unlock()
@@ -33,7 +34,7 @@ func (e *Engine) ensureDriver(id string) {
 			// saga drivable again just as this driver decided to stop:
 			// check once more under the lock before letting go.
 			e.mu.Lock()
-			sg, gerr := e.store.Get(id)
+			sg, gerr := e.store.Get(id) // Close waits for drivers: the store is open
 			again := err == nil && gerr == nil && e.ctx.Err() == nil && drivable(sg)
 			if !again {
 				r.driving = false
@@ -65,13 +66,13 @@ func drivable(sg *fsm.Saga) bool {
 // (a manual saga in progress), or the engine closes.
 func (e *Engine) drive(id string) error {
 	for e.ctx.Err() == nil {
-		r, _ := e.getRun(id)
+		r := e.getRun(id)
 		r.mu.Lock()
 		sg := r.saga
 		r.mu.Unlock()
 		if sg == nil {
 			var err error
-			if sg, err = e.store.Get(id); err != nil {
+			if sg, err = e.store.Get(id); err != nil { // Close waits for drivers
 				return err
 			}
 		}
@@ -231,7 +232,7 @@ func (e *Engine) runCompensation(sg *fsm.Saga) error {
 // compensateStarted runs the handler of the current step of sg, whose
 // "compensation started" record is durable, and records the outcome.
 func (e *Engine) compensateStarted(sg *fsm.Saga) error {
-	r, _ := e.getRun(sg.ID)
+	r := e.getRun(sg.ID)
 	i := sg.Current
 	st := sg.Steps[i]
 	h, ok := e.opts.Registry.Handler(st.Compensation)
@@ -310,42 +311,109 @@ func safeHandler(ctx context.Context, h compensation.Handler, c compensation.Cal
 	return h(ctx, c)
 }
 
-// armDeadline schedules the abort of an in-progress saga at its deadline.
-func (e *Engine) armDeadline(id string, deadline int64) {
-	r, _ := e.getRun(id)
-	d := time.Duration(deadline - e.now())
-	t := e.opts.Clock.NewTimer(d)
-	e.mu.Lock()
-	if r.timer != nil {
-		r.timer.Stop()
+// deadline is one saga's deadline in the scheduler's heap.
+type deadline struct {
+	at int64
+	id string
+}
+
+type deadlineHeap []deadline
+
+func (h deadlineHeap) Len() int           { return len(h) }
+func (h deadlineHeap) Less(i, j int) bool { return h[i].at < h[j].at }
+func (h deadlineHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
+func (h *deadlineHeap) Push(x any)        { *h = append(*h, x.(deadline)) }
+func (h *deadlineHeap) Pop() any {
+	old := *h
+	x := old[len(old)-1]
+	*h = old[:len(old)-1]
+	return x
+}
+
+// armDeadline schedules the abort of an in-progress saga at its deadline
+// (unix ns). One goroutine and one timer serve every saga.
+func (e *Engine) armDeadline(id string, at int64) {
+	e.dlMu.Lock()
+	heap.Push(&e.dl, deadline{at: at, id: id})
+	e.dlMu.Unlock()
+	select {
+	case e.dlWake <- struct{}{}:
+	default:
 	}
-	r.timer = t
+}
+
+// deadlineLoop fires deadlines in time order on the engine's clock.
+func (e *Engine) deadlineLoop() {
+	defer e.bg.Done()
+	for {
+		e.dlMu.Lock()
+		var timer compensation.Timer
+		var timerC <-chan time.Time
+		if len(e.dl) > 0 {
+			timer = e.opts.Clock.NewTimer(time.Duration(e.dl[0].at - e.now()))
+			timerC = timer.C()
+		}
+		e.dlMu.Unlock()
+		select {
+		case <-e.ctx.Done():
+			if timer != nil {
+				timer.Stop()
+			}
+			return
+		case <-e.dlWake:
+			if timer != nil {
+				timer.Stop()
+			}
+		case <-timerC:
+			now := e.now()
+			e.dlMu.Lock()
+			var due []string
+			for len(e.dl) > 0 && e.dl[0].at <= now {
+				due = append(due, heap.Pop(&e.dl).(deadline).id)
+			}
+			e.dlMu.Unlock()
+			for _, id := range due {
+				e.goDriver(func() { e.expire(id) })
+			}
+		}
+	}
+}
+
+// goDriver runs f in a goroutine that Close waits for, unless the engine
+// is closing.
+func (e *Engine) goDriver(f func()) {
+	e.mu.Lock()
+	if e.ctx.Err() != nil {
+		e.mu.Unlock()
+		return
+	}
+	e.drivers.Add(1)
 	e.mu.Unlock()
 	go func() {
-		select {
-		case <-t.C():
-		case <-e.ctx.Done():
-			t.Stop()
-			return
-		}
-		sg, err := e.transition(e.ctx, id, func(cur *fsm.Saga) ([]*fsm.Record, error) {
-			if cur.State != fsm.StateInProgress {
-				return nil, errNothingToDo
-			}
-			return []*fsm.Record{{Kind: fsm.KindAborted, Saga: id, At: e.now(), Step: cur.Current,
-				Actor: "engine", Reason: "deadline exceeded"}}, nil
-		})
-		if err != nil {
-			if !errors.Is(err, errNothingToDo) && !errors.Is(err, fsm.ErrUnknownSaga) && e.ctx.Err() == nil {
-				e.opts.Logger.Error("engine: deadline abort failed", "saga", id, "err", err)
-			}
-			return
-		}
-		e.cancelAction(id)
-		if sg.State == fsm.StateCompensating {
-			e.ensureDriver(id)
-		}
+		defer e.drivers.Done()
+		f()
 	}()
+}
+
+// expire aborts a saga whose deadline passed, if it is still in progress.
+func (e *Engine) expire(id string) {
+	sg, err := e.transition(e.ctx, id, func(cur *fsm.Saga) ([]*fsm.Record, error) {
+		if cur.State != fsm.StateInProgress {
+			return nil, errNothingToDo
+		}
+		return []*fsm.Record{{Kind: fsm.KindAborted, Saga: id, At: e.now(), Step: cur.Current,
+			Actor: "engine", Reason: "deadline exceeded"}}, nil
+	})
+	if err != nil {
+		if !errors.Is(err, errNothingToDo) && !errors.Is(err, fsm.ErrUnknownSaga) && e.ctx.Err() == nil {
+			e.opts.Logger.Error("engine: deadline abort failed", "saga", id, "err", err)
+		}
+		return
+	}
+	e.cancelAction(id)
+	if sg.State == fsm.StateCompensating {
+		e.ensureDriver(id)
+	}
 }
 
 var errNothingToDo = errors.New("engine: nothing to do")
@@ -394,9 +462,8 @@ func (e *Engine) resumeAll() error {
 				Actor: "recovery", Reason: fmt.Sprintf("step %q was running when the engine stopped (uncertain)", st.Name)}
 		}
 		// Proposed concurrently: one group commit covers them all.
-		e.drivers.Add(1)
-		go func(id string, rec *fsm.Record) {
-			defer e.drivers.Done()
+		id := sg.ID
+		e.goDriver(func() {
 			if _, err := e.transition(e.ctx, id, func(*fsm.Saga) ([]*fsm.Record, error) {
 				return []*fsm.Record{rec}, nil
 			}); err != nil {
@@ -406,7 +473,7 @@ func (e *Engine) resumeAll() error {
 				return
 			}
 			e.ensureDriver(id)
-		}(sg.ID, rec)
+		})
 	}
 	return nil
 }

@@ -103,7 +103,17 @@ type Engine struct {
 
 	ctx     context.Context // cancelled by Close: stops drivers and timers
 	cancel  context.CancelFunc
-	drivers sync.WaitGroup
+	drivers sync.WaitGroup // goroutines that drive sagas
+	bg      sync.WaitGroup // the deadline scheduler
+
+	dlMu   sync.Mutex
+	dl     deadlineHeap
+	dlWake chan struct{}
+
+	// closeMu orders store reads of public calls with Close closing the
+	// store; storeClosed is set under its write lock.
+	closeMu     sync.RWMutex
+	storeClosed bool
 
 	sendMu   sync.RWMutex
 	applyMu  sync.Mutex // orders acknowledgements with poisoning
@@ -128,7 +138,6 @@ type run struct {
 	saga    *fsm.Saga // latest applied state; nil until loaded
 	driving bool      // a driver goroutine (or Run) owns the saga's progress; e.mu
 	cancel  context.CancelFunc
-	timer   interface{ Stop() bool }
 }
 
 type proposal struct {
@@ -170,6 +179,7 @@ func Open(dir string, opts Options) (*Engine, error) {
 		commitDone: make(chan struct{}),
 		ckpt:       make(chan struct{}, 1),
 		ckptDone:   make(chan struct{}),
+		dlWake:     make(chan struct{}, 1),
 	}
 	fail := func(err error) (*Engine, error) {
 		if e.store != nil {
@@ -202,6 +212,8 @@ func Open(dir string, opts Options) (*Engine, error) {
 	go e.appendLoop()
 	go e.applyLoop()
 	go e.checkpointLoop()
+	e.bg.Add(1)
+	go e.deadlineLoop()
 	if err := e.resumeAll(); err != nil {
 		_ = e.Close()
 		return nil, err
@@ -525,8 +537,8 @@ func (e *Engine) propose(ctx context.Context, recs []*fsm.Record) ([]fsm.Result,
 	return res.results, res.err
 }
 
-// getRun returns the in-memory run of a saga, loading its state.
-func (e *Engine) getRun(id string) (*run, error) {
+// getRun returns the in-memory run of a saga, creating it.
+func (e *Engine) getRun(id string) *run {
 	e.mu.Lock()
 	r, ok := e.runs[id]
 	if !ok {
@@ -534,7 +546,17 @@ func (e *Engine) getRun(id string) (*run, error) {
 		e.runs[id] = r
 	}
 	e.mu.Unlock()
-	return r, nil
+	return r
+}
+
+// read runs f, a read of the store, unless Close has closed the store.
+func (e *Engine) read(f func() error) error {
+	e.closeMu.RLock()
+	defer e.closeMu.RUnlock()
+	if e.storeClosed {
+		return ErrClosed
+	}
+	return f()
 }
 
 // transition serializes a change to one saga: under the saga's lock it
@@ -542,11 +564,12 @@ func (e *Engine) getRun(id string) (*run, error) {
 // state machine (so an illegal change never reaches the log), proposes
 // them and caches the result.
 func (e *Engine) transition(ctx context.Context, id string, build func(cur *fsm.Saga) ([]*fsm.Record, error)) (*fsm.Saga, error) {
-	r, _ := e.getRun(id)
+	r := e.getRun(id)
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.saga == nil {
-		sg, err := e.store.Get(id)
+		var sg *fsm.Saga
+		err := e.read(func() (err error) { sg, err = e.store.Get(id); return err })
 		if err != nil {
 			e.dropRun(id, r)
 			return nil, err
@@ -589,9 +612,6 @@ func (e *Engine) dropRun(id string, r *run) {
 	e.mu.Lock()
 	if e.runs[id] == r && !r.driving {
 		delete(e.runs, id)
-		if r.timer != nil {
-			r.timer.Stop()
-		}
 	}
 	e.mu.Unlock()
 }
@@ -606,12 +626,8 @@ func (e *Engine) Close() error {
 		return ErrClosed
 	}
 	e.cancel()
-	for _, r := range e.runs {
-		if r.timer != nil {
-			r.timer.Stop()
-		}
-	}
 	e.mu.Unlock()
+	e.bg.Wait()
 	e.drivers.Wait()
 	e.sendMu.Lock()
 	e.mu.Lock()
@@ -626,6 +642,9 @@ func (e *Engine) Close() error {
 	e.mu.Lock()
 	poisoned := e.poison != nil
 	e.mu.Unlock()
+	e.closeMu.Lock()
+	e.storeClosed = true
+	e.closeMu.Unlock()
 	if poisoned {
 		// Do not flush a state that may be ahead of an unknown log.
 		errs = append(errs, e.store.CloseNoFlush())

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -558,5 +559,96 @@ func TestDirectoryLock(t *testing.T) {
 	defer e.Close()
 	if _, err := Open(dir, Options{Logger: quiet}); !errors.Is(err, ErrLocked) {
 		t.Fatalf("second open: %v", err)
+	}
+}
+
+func TestCallsAfterCloseFailCleanly(t *testing.T) {
+	e := openT(t, t.TempDir(), Options{Registry: registry(t, &journal{}, []string{"a"})})
+	_, err := e.Define(ctx, def("c", "a"))
+	must(t, err)
+	id, err := e.Start(ctx, "c", nil, StartOptions{})
+	must(t, err)
+	must(t, e.Close())
+	calls := map[string]func() error{
+		"Status":  func() error { _, err := e.Status(ctx, id); return err },
+		"List":    func() error { _, _, err := e.List(ctx, fsm.Query{}); return err },
+		"History": func() error { _, err := e.History(ctx, id); return err },
+		"Count":   func() error { _, err := e.Count(ctx); return err },
+		"Start":   func() error { _, err := e.Start(ctx, "c", nil, StartOptions{}); return err },
+		"Advance": func() error { _, err := e.Advance(ctx, id, StepResult{Step: "a"}); return err },
+		"Abort":   func() error { _, err := e.Abort(ctx, id, "ops", "x"); return err },
+		"Wait":    func() error { _, err := e.Wait(ctx, id); return err },
+		"Define":  func() error { _, err := e.Define(ctx, def("d", "a")); return err },
+		"Close":   e.Close,
+	}
+	for name, call := range calls {
+		if err := call(); !errors.Is(err, ErrClosed) {
+			t.Errorf("%s after Close: %v, want ErrClosed", name, err)
+		}
+	}
+}
+
+// TestCheckpointTruncatesLog: after enough transitions the state is
+// flushed and the log cut behind it; reopening needs no replay of the cut
+// part and loses nothing.
+func TestCheckpointTruncatesLog(t *testing.T) {
+	dir := t.TempDir()
+	reg := registry(t, &journal{}, []string{"a", "b"})
+	opts := Options{Registry: reg, CheckpointEvery: 200, WAL: walOptions(2 << 10)}
+	e := openT(t, dir, opts)
+	_, err := e.Define(ctx, def("t", "a", "b"))
+	must(t, err)
+	var ids []string
+	for i := 0; i < 300; i++ {
+		st, err := e.Run(ctx, "t", nil, StartOptions{})
+		must(t, err)
+		ids = append(ids, st.ID)
+	}
+	first := e.log.FirstIndex()
+	if first <= 1 {
+		t.Fatalf("no truncation after %d records (first index %d)", e.log.LastIndex(), first)
+	}
+	if e.store.AppliedIndex()+1 < first {
+		t.Fatalf("log truncated to %d beyond the applied index %d", first, e.store.AppliedIndex())
+	}
+	// Crash-like reopen: the state as last flushed plus the remaining log.
+	must(t, e.Close())
+	e = openT(t, dir, opts)
+	defer e.Close()
+	for _, id := range ids {
+		st, err := e.Status(ctx, id)
+		if err != nil || st.State != fsm.StateCompleted {
+			t.Fatalf("saga %s after reopen: %v %v", id, st, err)
+		}
+	}
+}
+
+// TestManyDeadlinesOneTimer: deadlines are served by one scheduler, not a
+// goroutine per saga.
+func TestManyDeadlinesOneTimer(t *testing.T) {
+	clk := fakeclock.New(time.Unix(1_700_000_000, 0))
+	e := openT(t, t.TempDir(), Options{Registry: registry(t, &journal{}, []string{"a", "b"}), Clock: clk})
+	defer e.Close()
+	d := def("dl", "a", "b")
+	d.Timeout = time.Hour
+	_, err := e.Define(ctx, d)
+	must(t, err)
+	before := runtime.NumGoroutine()
+	var ids []string
+	for i := 0; i < 500; i++ {
+		id, err := e.Start(ctx, "dl", nil, StartOptions{Timeout: time.Duration(i+1) * time.Second})
+		must(t, err)
+		ids = append(ids, id)
+	}
+	if n := runtime.NumGoroutine() - before; n > 50 {
+		t.Fatalf("500 sagas with deadlines added %d goroutines", n)
+	}
+	clk.Advance(2 * time.Hour)
+	for _, id := range ids {
+		st, err := e.Wait(ctx, id)
+		must(t, err)
+		if st.State != fsm.StateFailed {
+			t.Fatalf("saga %s after its deadline: %s", id, st.State)
+		}
 	}
 }
