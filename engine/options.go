@@ -42,7 +42,10 @@ type Options struct {
 	// CheckpointEvery is the number of applied records after which the
 	// state is flushed and the log truncated up to it. Default 262144.
 	CheckpointEvery uint64
-	// WAL configures the saga log (segment size, record size limit).
+	// WAL configures the saga log (record size limit, segment size). The
+	// engine's default segment size is 8 MiB: a checkpoint truncates the
+	// log at a segment start, and tidwall/wal rewrites that segment while
+	// appends wait, so smaller segments mean shorter stalls.
 	WAL wal.Options
 	// StoreCacheSize is the Pebble block cache in bytes. Default 32 MiB.
 	StoreCacheSize int64
@@ -81,6 +84,9 @@ func (o *Options) EnsureDefaults() {
 	}
 	if o.WAL.Logger == nil {
 		o.WAL.Logger = o.Logger
+	}
+	if o.WAL.SegmentSize == 0 {
+		o.WAL.SegmentSize = 8 << 20
 	}
 }
 
