@@ -652,3 +652,38 @@ func TestManyDeadlinesOneTimer(t *testing.T) {
 		}
 	}
 }
+
+func TestStepTimeout(t *testing.T) {
+	clk := fakeclock.New(time.Unix(1_700_000_000, 0))
+	reg := compensation.NewRegistry()
+	j := &journal{}
+	must(t, reg.RegisterAction("hang", func(ctx context.Context, c compensation.Call) ([]byte, error) {
+		<-ctx.Done() // a call that never answers
+		return nil, ctx.Err()
+	}))
+	must(t, reg.RegisterAction("ok", func(context.Context, compensation.Call) ([]byte, error) { return nil, nil }))
+	must(t, reg.Register("undo", func(ctx context.Context, c compensation.Call) error {
+		j.add("undo " + c.Step)
+		return nil
+	}))
+	e := openT(t, t.TempDir(), Options{Registry: reg, Clock: clk})
+	defer e.Close()
+	_, err := e.Define(ctx, Definition{Name: "to", Steps: []StepDef{
+		{Name: "first", Action: "ok", Compensation: "undo"},
+		{Name: "slow", Action: "hang", Compensation: "undo", Timeout: time.Second, Retry: RetryPolicy{MaxAttempts: 2}},
+	}})
+	must(t, err)
+	id, _, err := e.start(ctx, "to", nil, StartOptions{}, true)
+	must(t, err)
+	e.ensureDriver(id)
+	st := settle(t, e, clk, id)
+	if st.State != fsm.StateFailed || st.LastError == nil || st.LastError.Kind != "timeout" {
+		t.Fatalf("after two timed-out attempts: %s %+v", st.State, st.LastError)
+	}
+	if st.Steps[1].Attempts != 2 {
+		t.Fatalf("attempts %d, want 2", st.Steps[1].Attempts)
+	}
+	if got := j.list(); !slices.Equal(got, []string{"undo first"}) {
+		t.Fatalf("compensations %v", got)
+	}
+}
