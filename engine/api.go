@@ -1,9 +1,11 @@
 package engine
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"reflect"
 	"strconv"
@@ -149,9 +151,11 @@ func (e *Engine) start(ctx context.Context, definition string, input []byte, o S
 		return "", false, fmt.Errorf("%w: saga id %q (1-128 of letters, digits, . _ : @ -)", ErrInvalidArgument, id)
 	}
 	now := e.now()
+	// The record owns copies: a caller reusing its buffers must not
+	// change what was logged.
 	si := &fsm.StartInfo{
 		Definition: def.Name, Version: def.Version, Steps: e.plan(def.Steps), Driven: driven,
-		User: o.User, IdempotencyKey: o.IdempotencyKey, Input: input, Meta: o.Meta,
+		User: o.User, IdempotencyKey: o.IdempotencyKey, Input: bytes.Clone(input), Meta: maps.Clone(o.Meta),
 	}
 	timeout := def.Timeout
 	if o.Timeout > 0 {
@@ -240,7 +244,7 @@ func (e *Engine) Advance(ctx context.Context, id string, res StepResult) (*Statu
 		}
 		r := &fsm.Record{Saga: id, At: e.now(), Step: cur.Current}
 		if res.Err == nil {
-			r.Kind, r.Output = fsm.KindStepCompleted, res.Output
+			r.Kind, r.Output = fsm.KindStepCompleted, bytes.Clone(res.Output)
 		} else {
 			r.Kind, r.Err = fsm.KindStepFailed, errorInfo(res.Err)
 		}
@@ -255,24 +259,38 @@ func (e *Engine) Advance(ctx context.Context, id string, res StepResult) (*Statu
 	return newStatus(sg), nil
 }
 
+// maxErrorMessage bounds an error message kept in the log: a handler's
+// error must not make a record too large to write.
+const maxErrorMessage = 4 << 10
+
 func errorInfo(err error) *fsm.ErrorInfo {
 	var ei *fsm.ErrorInfo
 	if errors.As(err, &ei) {
-		return ei
+		c := *ei
+		c.Message = truncate(c.Message)
+		return &c
 	}
 	kind := "error"
 	if compensation.IsPermanent(err) {
 		kind = "permanent"
 	}
-	return &fsm.ErrorInfo{Kind: kind, Message: err.Error(), Retryable: !compensation.IsPermanent(err)}
+	return &fsm.ErrorInfo{Kind: kind, Message: truncate(err.Error()), Retryable: !compensation.IsPermanent(err)}
+}
+
+func truncate(msg string) string {
+	if len(msg) <= maxErrorMessage {
+		return msg
+	}
+	return msg[:maxErrorMessage] + "… (truncated)"
 }
 
 // Run starts a saga whose steps all name actions and drives it: the engine
 // calls each action in order and, when one fails, compensates the
 // completed steps in reverse order. It returns when the saga is COMPLETED,
-// FAILED or STUCK. If ctx ends first, Run returns ctx's error and the saga
-// continues in the background. With an idempotency key already used, Run
-// waits for the existing saga.
+// FAILED or STUCK. If ctx ends first, Run returns the saga's current
+// Status with an error wrapping ErrNotSettled and ctx's error: the saga is
+// durable and continues in the background. With an idempotency key
+// already used, Run waits for the existing saga.
 func (e *Engine) Run(ctx context.Context, definition string, input []byte, o StartOptions) (*Status, error) {
 	id, created, err := e.start(ctx, definition, input, o, true)
 	if err != nil {
@@ -287,10 +305,24 @@ func (e *Engine) Run(ctx context.Context, definition string, input []byte, o Sta
 			return nil, fmt.Errorf("%w: idempotency key %q belongs to saga %s, which its caller drives with Advance",
 				ErrInvalidArgument, o.IdempotencyKey, id)
 		}
-		return e.Wait(ctx, id)
+		return e.waitStarted(ctx, id)
 	}
 	e.ensureDriver(id)
-	return e.Wait(ctx, id)
+	return e.waitStarted(ctx, id)
+}
+
+// waitStarted waits for a saga Run started; an early return says the saga
+// exists.
+func (e *Engine) waitStarted(ctx context.Context, id string) (*Status, error) {
+	st, err := e.Wait(ctx, id)
+	if err == nil {
+		return st, nil
+	}
+	cur, serr := e.Status(context.Background(), id)
+	if serr != nil {
+		cur = &Status{ID: id}
+	}
+	return cur, fmt.Errorf("%w: saga %s: %w", ErrNotSettled, id, err)
 }
 
 // Status returns the state of a saga [get_saga_status].
@@ -390,6 +422,9 @@ func (e *Engine) Wait(ctx context.Context, id string) (*Status, error) {
 			return nil, ctx.Err()
 		case <-e.ctx.Done():
 			e.unwatch(id, ch)
+			if poison := e.poisoned(); poison != nil {
+				return nil, fmt.Errorf("%w (cause: %v)", ErrPoisoned, poison)
+			}
 			return nil, ErrClosed
 		}
 	}
@@ -431,10 +466,11 @@ type Status struct {
 	CreatedAt time.Time
 	UpdatedAt time.Time
 	Deadline  time.Time // zero when none
-	Saga      *fsm.Saga // the full applied state
+	Saga      *fsm.Saga // the full applied state (a copy the caller owns)
 }
 
 func newStatus(sg *fsm.Saga) *Status {
+	sg = sg.DeepCopy()
 	st := &Status{
 		ID: sg.ID, Definition: sg.Definition, Version: sg.Version, State: sg.State,
 		LastError: sg.LastError, Steps: sg.Steps, User: sg.User,

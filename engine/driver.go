@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"bytes"
 	"container/heap"
 	"context"
 	"errors"
@@ -25,10 +26,21 @@ func (e *Engine) ensureDriver(id string) {
 	e.mu.Unlock()
 	go func() {
 		defer e.drivers.Done()
+		backoff := time.Second
 		for {
 			err := e.drive(id)
 			if err != nil && e.ctx.Err() == nil {
-				e.opts.Logger.Error("engine: saga driver stopped", "saga", id, "err", err)
+				if fatal(err) {
+					e.opts.Logger.Error("engine: saga driver stopped", "saga", id, "err", err)
+				} else {
+					// A transient failure (a store read, say) must not leave
+					// the saga undriven until the next Open: try again.
+					e.opts.Logger.Warn("engine: saga driver failed; retrying", "saga", id, "in", backoff, "err", err)
+					if e.sleep(r, backoff) {
+						backoff = min(2*backoff, time.Minute)
+						continue
+					}
+				}
 			}
 			// A transition (an operator retry, an abort) may have made the
 			// saga drivable again just as this driver decided to stop:
@@ -38,10 +50,8 @@ func (e *Engine) ensureDriver(id string) {
 			again := err == nil && gerr == nil && e.ctx.Err() == nil && drivable(sg)
 			if !again {
 				r.driving = false
-				if gerr == nil && (sg.State.Terminal()) {
-					if e.runs[id] == r {
-						delete(e.runs, id)
-					}
+				if gerr == nil && sg.State.Terminal() && e.runs[id] == r {
+					delete(e.runs, id)
 				}
 				e.mu.Unlock()
 				return
@@ -49,6 +59,13 @@ func (e *Engine) ensureDriver(id string) {
 			e.mu.Unlock()
 		}
 	}()
+}
+
+// fatal reports whether a driver error means the engine cannot go on
+// (poisoned, closed) or the saga does not exist.
+func fatal(err error) bool {
+	return errors.Is(err, ErrPoisoned) || errors.Is(err, ErrOutcomeUnknown) ||
+		errors.Is(err, ErrClosed) || errors.Is(err, fsm.ErrUnknownSaga)
 }
 
 // drivable reports whether the driver has work to do on sg.
@@ -67,6 +84,9 @@ func drivable(sg *fsm.Saga) bool {
 func (e *Engine) drive(id string) error {
 	for e.ctx.Err() == nil {
 		r := e.getRun(id)
+		// Read the abort epoch before the state: an abort committed after
+		// this read bumps it, and callCtx then refuses to start the action.
+		epoch := e.abortEpoch(r)
 		r.mu.Lock()
 		sg := r.saga
 		r.mu.Unlock()
@@ -81,7 +101,7 @@ func (e *Engine) drive(id string) error {
 		}
 		var err error
 		if sg.State == fsm.StateInProgress {
-			err = e.runAction(r, sg)
+			err = e.runAction(r, sg, epoch)
 		} else {
 			err = e.runCompensation(sg)
 		}
@@ -99,9 +119,24 @@ func (e *Engine) drive(id string) error {
 // callCtx returns the context for one action or compensation attempt: it
 // ends when the engine closes, when the step's timeout passes, or when the
 // saga is aborted (for actions).
-func (e *Engine) callCtx(r *run, timeout time.Duration) (context.Context, context.CancelFunc) {
+//
+// For an action (r != nil) it also registers the cancel function that an
+// abort calls, and refuses (ok false) when an abort has happened since the
+// driver read the saga at epoch.
+func (e *Engine) callCtx(r *run, timeout time.Duration, epoch uint64) (ctx context.Context, cancel context.CancelFunc, ok bool) {
 	ctx, cancelCause := context.WithCancelCause(e.ctx)
-	cancel := func() { cancelCause(context.Canceled) }
+	cancel = func() { cancelCause(context.Canceled) }
+	if r != nil {
+		e.mu.Lock()
+		if r.aborts != epoch {
+			// Aborted since the driver read the state: do not start.
+			e.mu.Unlock()
+			cancel()
+			return ctx, cancel, false
+		}
+		r.cancel = cancel
+		e.mu.Unlock()
+	}
 	if timeout > 0 {
 		t := e.opts.Clock.NewTimer(timeout)
 		go func() {
@@ -113,10 +148,14 @@ func (e *Engine) callCtx(r *run, timeout time.Duration) (context.Context, contex
 			}
 		}()
 	}
+	return ctx, cancel, true
+}
+
+// abortEpoch returns the number of aborts seen by the saga's run.
+func (e *Engine) abortEpoch(r *run) uint64 {
 	e.mu.Lock()
-	r.cancel = cancel
-	e.mu.Unlock()
-	return ctx, cancel
+	defer e.mu.Unlock()
+	return r.aborts
 }
 
 var errStepTimeout = errors.New("step attempt timed out")
@@ -124,22 +163,37 @@ var errStepTimeout = errors.New("step attempt timed out")
 // timedOut reports whether the call's context ended by its step timeout.
 func timedOut(ctx context.Context) bool { return errors.Is(context.Cause(ctx), errStepTimeout) }
 
+// cancelAction stops the action of an aborted saga: the one running, one
+// about to start (callCtx sees the epoch move), or a backoff sleep.
 func (e *Engine) cancelAction(id string) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if r, ok := e.runs[id]; ok && r.cancel != nil {
+	r, ok := e.runs[id]
+	if !ok {
+		return
+	}
+	r.aborts++
+	if r.cancel != nil {
 		r.cancel()
+	}
+	select {
+	case r.wake <- struct{}{}:
+	default:
 	}
 }
 
-// sleep waits d on the engine's clock; false if the engine closed.
-func (e *Engine) sleep(d time.Duration) bool {
+// sleep waits d on the engine's clock, or until the saga is aborted
+// (r.wake); false if the engine closed.
+func (e *Engine) sleep(r *run, d time.Duration) bool {
 	if d <= 0 {
 		return e.ctx.Err() == nil
 	}
 	t := e.opts.Clock.NewTimer(d)
 	select {
 	case <-t.C():
+		return true
+	case <-r.wake:
+		t.Stop()
 		return true
 	case <-e.ctx.Done():
 		t.Stop()
@@ -163,7 +217,7 @@ func (e *Engine) call(sg *fsm.Saga, i int, kind compensation.Kind, attempt int) 
 // runAction performs one attempt of the current step of an engine-driven
 // saga. The record saying it runs (saga started, previous step completed,
 // or step started for a retry) is already durable.
-func (e *Engine) runAction(r *run, sg *fsm.Saga) error {
+func (e *Engine) runAction(r *run, sg *fsm.Saga, epoch uint64) error {
 	i := sg.Current
 	st := sg.Steps[i]
 	action, ok := e.opts.Registry.Action(st.Action)
@@ -173,14 +227,23 @@ func (e *Engine) runAction(r *run, sg *fsm.Saga) error {
 		return e.failStep(sg, i, &fsm.ErrorInfo{Kind: "unregistered",
 			Message: fmt.Sprintf("action %q is not registered in this process", st.Action)})
 	}
-	ctx, cancel := e.callCtx(r, st.Timeout)
+	ctx, cancel, ok := e.callCtx(r, st.Timeout, epoch)
+	if !ok {
+		return nil // aborted meanwhile: the driver looks at the state again
+	}
 	out, err := safeAction(ctx, action, e.call(sg, i, compensation.KindAction, st.Attempts))
 	timeout := timedOut(ctx)
 	cancel()
 	if e.ctx.Err() != nil {
 		return nil // closing: the step stays running, uncertain at next Open
 	}
+	if err == nil && len(out) > e.opts.WAL.MaxRecordSize/2 {
+		return e.failStep(sg, i, &fsm.ErrorInfo{Kind: "permanent", Message: fmt.Sprintf(
+			"action %q returned %d bytes of output, over the limit of %d (half of Options.WAL.MaxRecordSize)",
+			st.Action, len(out), e.opts.WAL.MaxRecordSize/2)})
+	}
 	if err == nil {
+		out = bytes.Clone(out) // the action may reuse its buffer
 		_, terr := e.transition(e.ctx, sg.ID, func(cur *fsm.Saga) ([]*fsm.Record, error) {
 			return []*fsm.Record{{Kind: fsm.KindStepCompleted, Saga: sg.ID, At: e.now(), Step: i, Output: out}}, nil
 		})
@@ -196,7 +259,7 @@ func (e *Engine) runAction(r *run, sg *fsm.Saga) error {
 	if compensation.IsPermanent(err) || !retry {
 		return e.failStep(sg, i, ei)
 	}
-	if !e.sleep(delay) {
+	if !e.sleep(r, delay) {
 		return nil
 	}
 	_, terr := e.transition(e.ctx, sg.ID, func(cur *fsm.Saga) ([]*fsm.Record, error) {
@@ -240,7 +303,7 @@ func (e *Engine) compensateStarted(sg *fsm.Saga) error {
 	if !ok {
 		err = fmt.Errorf("compensation handler %q is not registered in this process", st.Compensation)
 	} else {
-		ctx, cancel := e.callCtx(r, st.Timeout)
+		ctx, cancel, _ := e.callCtx(nil, st.Timeout, 0)
 		err = safeHandler(ctx, h, e.call(sg, i, compensation.KindCompensation, st.CompAttempts))
 		cancel()
 	}
@@ -287,7 +350,7 @@ func (e *Engine) compensateStarted(sg *fsm.Saga) error {
 			"saga", sg.ID, "step", st.Name, "handler", st.Compensation, "attempts", next.Steps[i].CompAttempts, "err", ei.Error())
 		return nil
 	}
-	e.sleep(delay)
+	e.sleep(r, delay)
 	return nil
 }
 

@@ -41,7 +41,7 @@ import (
 // Errors returned by the engine. Errors of the state machine (fsm.ErrUnknownSaga,
 // fsm.ErrIllegalTransition, fsm.ErrUnknownDefinition, fsm.ErrInvalidRecord…)
 // and of the registry (compensation.ErrUnknownName) pass through wrapped.
-// Every error but ErrOutcomeUnknown means "not applied".
+// Every error but ErrOutcomeUnknown and ErrNotSettled means "not applied".
 var (
 	// ErrOutcomeUnknown: an I/O error struck while the transition was being
 	// made durable. It may or may not be in the log; reopen the engine and
@@ -56,8 +56,12 @@ var (
 	ErrLocked = errors.New("engine: data directory is locked by another process")
 	// ErrInvalidOptions: Options.Validate found problems.
 	ErrInvalidOptions = errors.New("engine: invalid options")
-	// ErrInvalidArgument: a call's argument is malformed.
+	// ErrInvalidArgument: a call's argument is malformed (or too large).
 	ErrInvalidArgument = errors.New("engine: invalid argument")
+	// ErrNotSettled: Run started the saga (it is durable and continues in
+	// the background) but returned before it settled, because its context
+	// ended. The returned Status carries the saga's id. Not "not applied".
+	ErrNotSettled = errors.New("engine: saga started but not settled yet")
 	// ErrNotDriven: Run or an engine-driven operation on a definition whose
 	// steps have no actions.
 	ErrNotDriven = errors.New("engine: definition has steps without actions")
@@ -66,8 +70,10 @@ var (
 )
 
 // IsNotApplied reports whether err guarantees that nothing was applied:
-// true for every non-nil error except ErrOutcomeUnknown.
-func IsNotApplied(err error) bool { return err != nil && !errors.Is(err, ErrOutcomeUnknown) }
+// true for every non-nil error except ErrOutcomeUnknown and ErrNotSettled.
+func IsNotApplied(err error) bool {
+	return err != nil && !errors.Is(err, ErrOutcomeUnknown) && !errors.Is(err, ErrNotSettled)
+}
 
 // Log is what the engine needs of its log. *wal.Log implements it; see
 // Options.WrapLog.
@@ -118,7 +124,8 @@ type Engine struct {
 	sendMu   sync.RWMutex
 	applyMu  sync.Mutex // orders acknowledgements with poisoning
 	mu       sync.Mutex
-	closed   bool
+	closing  bool // Close has begun
+	closed   bool // the proposal channel is closed
 	poison   error
 	runs     map[string]*run
 	watchers map[string][]chan struct{}
@@ -135,9 +142,11 @@ type Engine struct {
 // the saga's transitions and caches its latest applied state.
 type run struct {
 	mu      sync.Mutex
-	saga    *fsm.Saga // latest applied state; nil until loaded
-	driving bool      // a driver goroutine (or Run) owns the saga's progress; e.mu
-	cancel  context.CancelFunc
+	saga    *fsm.Saga          // latest applied state; nil until loaded
+	driving bool               // a driver goroutine (or Run) owns the saga's progress; e.mu
+	cancel  context.CancelFunc // cancels the call in flight; e.mu
+	aborts  uint64             // aborts seen (see cancelAction); e.mu
+	wake    chan struct{}      // wakes a backoff sleep on abort
 }
 
 type proposal struct {
@@ -333,6 +342,14 @@ func (e *Engine) appendLoop() {
 		}
 		t0 := time.Now()
 		first, err := e.log.Append(raws)
+		if errors.Is(err, wal.ErrRecordTooLarge) {
+			// Checked before writing: nothing reached the log. propose
+			// rejects such records first, so this is only a safety net.
+			for _, q := range batch {
+				q.done <- proposalResult{err: fmt.Errorf("%w: %w", ErrInvalidArgument, err)}
+			}
+			continue
+		}
 		if err != nil {
 			e.failStop(batch, fmt.Errorf("log append: %w", err))
 			continue
@@ -511,6 +528,10 @@ func (e *Engine) propose(ctx context.Context, recs []*fsm.Record) ([]fsm.Result,
 		if err != nil {
 			return nil, err
 		}
+		if len(b) > e.opts.WAL.MaxRecordSize {
+			return nil, fmt.Errorf("%w: %s record of saga %s encodes to %d bytes, over the %d-byte limit (Options.WAL.MaxRecordSize): %w",
+				ErrInvalidArgument, r.Kind, r.Saga, len(b), e.opts.WAL.MaxRecordSize, wal.ErrRecordTooLarge)
+		}
 		raw[i] = b
 	}
 	p := &proposal{recs: recs, raw: raw, done: make(chan proposalResult, 1)}
@@ -542,7 +563,7 @@ func (e *Engine) getRun(id string) *run {
 	e.mu.Lock()
 	r, ok := e.runs[id]
 	if !ok {
-		r = &run{}
+		r = &run{wake: make(chan struct{}, 1)}
 		e.runs[id] = r
 	}
 	e.mu.Unlock()
@@ -567,11 +588,16 @@ func (e *Engine) transition(ctx context.Context, id string, build func(cur *fsm.
 	r := e.getRun(id)
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	// Whatever happens, a run whose saga is gone or terminal leaves memory.
+	defer func() {
+		if r.saga == nil || r.saga.State.Terminal() {
+			e.dropRun(id, r)
+		}
+	}()
 	if r.saga == nil {
 		var sg *fsm.Saga
 		err := e.read(func() (err error) { sg, err = e.store.Get(id); return err })
 		if err != nil {
-			e.dropRun(id, r)
 			return nil, err
 		}
 		r.saga = sg
@@ -602,9 +628,6 @@ func (e *Engine) transition(ctx context.Context, id string, build func(cur *fsm.
 		}
 	}
 	r.saga = results[len(results)-1].Saga
-	if r.saga.State.Terminal() {
-		e.dropRun(id, r)
-	}
 	return r.saga, nil
 }
 
@@ -618,13 +641,16 @@ func (e *Engine) dropRun(id string, r *run) {
 
 // Close stops the drivers (an action or compensation in flight sees its
 // context cancelled and is treated as uncertain at the next Open), lets
-// the commit loop finish, flushes the state and closes the log.
+// the commit loop finish, flushes the state and closes the log. It waits
+// for handlers in flight to return: a handler that ignores its context
+// holds Close up. A second Close returns ErrClosed.
 func (e *Engine) Close() error {
 	e.mu.Lock()
-	if e.closed {
+	if e.closing {
 		e.mu.Unlock()
 		return ErrClosed
 	}
+	e.closing = true
 	e.cancel()
 	e.mu.Unlock()
 	e.bg.Wait()

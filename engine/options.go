@@ -88,6 +88,7 @@ func (o *Options) EnsureDefaults() {
 	if o.WAL.SegmentSize == 0 {
 		o.WAL.SegmentSize = 8 << 20
 	}
+	o.WAL.EnsureDefaults() // MaxRecordSize: propose checks it
 }
 
 // Validate reports every problem of the options at once.

@@ -353,7 +353,7 @@ func (s *Store) Get(id string) (*Saga, error) {
 	if err != nil {
 		return nil, err
 	}
-	return sg.Clone(), nil
+	return sg.DeepCopy(), nil
 }
 
 // get returns a saga that the caller must not modify.

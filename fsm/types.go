@@ -9,8 +9,10 @@
 package fsm
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
+	"maps"
 	"time"
 )
 
@@ -211,12 +213,36 @@ type Saga struct {
 	Seq uint64
 }
 
-// Clone returns a deep copy: Apply never mutates its input.
+// Clone returns a copy whose steps can be changed without touching s:
+// what Apply needs, since it never mutates its input. Byte slices, maps and
+// ErrorInfo values are shared: Apply only ever replaces them. Code that
+// hands a saga to callers uses DeepCopy.
 func (s *Saga) Clone() *Saga {
 	c := *s
 	c.Steps = append([]Step(nil), s.Steps...)
-	// Byte slices and ErrorInfo pointers are never mutated in place, only
-	// replaced, so sharing them is safe.
+	return &c
+}
+
+// DeepCopy returns a copy that shares no memory with s.
+func (s *Saga) DeepCopy() *Saga {
+	c := s.Clone()
+	c.Input = bytes.Clone(s.Input)
+	c.Meta = maps.Clone(s.Meta)
+	c.LastError = cloneErr(s.LastError)
+	for i := range c.Steps {
+		st := &c.Steps[i]
+		st.Output = bytes.Clone(st.Output)
+		st.Err = cloneErr(st.Err)
+		st.CompErr = cloneErr(st.CompErr)
+	}
+	return c
+}
+
+func cloneErr(e *ErrorInfo) *ErrorInfo {
+	if e == nil {
+		return nil
+	}
+	c := *e
 	return &c
 }
 
