@@ -170,8 +170,18 @@ func Open(dir string, opts Options) (*Engine, error) {
 	if err := opts.Validate(); err != nil {
 		return nil, err
 	}
-	if err := os.MkdirAll(dir, 0o750); err != nil {
-		return nil, fmt.Errorf("engine: create %s: %w", dir, err)
+	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
+		if err := os.MkdirAll(dir, 0o750); err != nil {
+			return nil, fmt.Errorf("engine: create %s: %w", dir, err)
+		}
+		// Make the new directory's entry durable in its parent.
+		if d, err := os.Open(filepath.Dir(filepath.Clean(dir))); err == nil {
+			err = d.Sync()
+			d.Close()
+			if err != nil {
+				return nil, fmt.Errorf("engine: sync parent of %s: %w", dir, err)
+			}
+		}
 	}
 	lock, err := lockDir(dir)
 	if err != nil {

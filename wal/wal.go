@@ -68,10 +68,11 @@ type CorruptionError struct {
 
 func (e *CorruptionError) Error() string {
 	return fmt.Sprintf("wal: corrupt record at %s offset %d (index %d): %s; "+
-		"records after it are intact, so this is not a torn write: restore the "+
-		"directory from a replica or backup, or cut the log at this record with "+
-		"`sagactl wal repair --force` (which loses every record from it on)",
-		e.Segment, e.Offset, e.Index, e.Reason)
+		"valid records follow it, so this is damage, not a torn final write, and the log "+
+		"refuses to open rather than skip acknowledged records. Restore the directory from a "+
+		"backup or replica; or, accepting the loss of this record and every later one, cut the "+
+		"segment with `truncate -s %d %s` and remove the segment files after it",
+		e.Segment, e.Offset, e.Index, e.Reason, e.Offset, e.Segment)
 }
 
 // Unwrap makes errors.Is(err, ErrCorrupt) true.
