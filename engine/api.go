@@ -403,34 +403,33 @@ func (e *Engine) operator(ctx context.Context, id string, kind fsm.Kind, actor, 
 // Wait blocks until the saga is COMPLETED, FAILED or STUCK (or ctx ends)
 // and returns its status.
 func (e *Engine) Wait(ctx context.Context, id string) (*Status, error) {
-	for {
-		// Register first, then look: a saga that settles in between
-		// closes the channel, so no wake-up is lost.
-		ch := make(chan struct{})
-		e.mu.Lock()
-		e.watchers[id] = append(e.watchers[id], ch)
-		e.mu.Unlock()
-		st, err := e.Status(ctx, id)
-		if err != nil || st.State.Terminal() || st.State == fsm.StateStuck {
-			e.unwatch(id, ch)
-			return st, err
+	// Register first, then look: a saga that settles in between is sent
+	// on the channel, so no wake-up is lost.
+	ch := make(chan *fsm.Saga, 1)
+	e.mu.Lock()
+	e.watchers[id] = append(e.watchers[id], ch)
+	e.mu.Unlock()
+	st, err := e.Status(ctx, id)
+	if err != nil || st.State.Terminal() || st.State == fsm.StateStuck {
+		e.unwatch(id, ch)
+		return st, err
+	}
+	select {
+	case sg := <-ch:
+		return newStatus(sg), nil
+	case <-ctx.Done():
+		e.unwatch(id, ch)
+		return nil, ctx.Err()
+	case <-e.ctx.Done():
+		e.unwatch(id, ch)
+		if poison := e.poisoned(); poison != nil {
+			return nil, fmt.Errorf("%w (cause: %v)", ErrPoisoned, poison)
 		}
-		select {
-		case <-ch:
-		case <-ctx.Done():
-			e.unwatch(id, ch)
-			return nil, ctx.Err()
-		case <-e.ctx.Done():
-			e.unwatch(id, ch)
-			if poison := e.poisoned(); poison != nil {
-				return nil, fmt.Errorf("%w (cause: %v)", ErrPoisoned, poison)
-			}
-			return nil, ErrClosed
-		}
+		return nil, ErrClosed
 	}
 }
 
-func (e *Engine) unwatch(id string, ch chan struct{}) {
+func (e *Engine) unwatch(id string, ch chan *fsm.Saga) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	ws := e.watchers[id]

@@ -128,7 +128,7 @@ type Engine struct {
 	closed   bool // the proposal channel is closed
 	poison   error
 	runs     map[string]*run
-	watchers map[string][]chan struct{}
+	watchers map[string][]chan *fsm.Saga // woken with the settled saga
 	defMu    sync.Mutex
 
 	lastID        atomic.Int64
@@ -192,7 +192,7 @@ func Open(dir string, opts Options) (*Engine, error) {
 		opts:       opts,
 		lock:       lock,
 		runs:       map[string]*run{},
-		watchers:   map[string][]chan struct{}{},
+		watchers:   map[string][]chan *fsm.Saga{},
 		proposals:  make(chan *proposal, 1024),
 		applyQ:     make(chan appended, 1),
 		commitDone: make(chan struct{}),
@@ -433,7 +433,7 @@ func (e *Engine) poisoned() error {
 // afterApply runs hooks and wakes waiters of sagas that settled.
 func (e *Engine) afterApply(entries []fsm.Entry, results []fsm.Result) {
 	hook := e.opts.Hooks.OnTransition
-	var settled []string
+	var settled []*fsm.Saga
 	for i, res := range results {
 		if res.Err != nil {
 			continue
@@ -442,18 +442,18 @@ func (e *Engine) afterApply(entries []fsm.Entry, results []fsm.Result) {
 			hook(TransitionEvent{Index: entries[i].Index, Record: entries[i].Rec, Saga: res.Saga})
 		}
 		if res.Saga != nil && (res.Saga.State.Terminal() || res.Saga.State == fsm.StateStuck) {
-			settled = append(settled, res.Saga.ID)
+			settled = append(settled, res.Saga)
 		}
 	}
 	if len(settled) == 0 {
 		return
 	}
 	e.mu.Lock()
-	for _, id := range settled {
-		for _, ch := range e.watchers[id] {
-			close(ch)
+	for _, sg := range settled {
+		for _, ch := range e.watchers[sg.ID] {
+			ch <- sg // buffered, one send per channel
 		}
-		delete(e.watchers, id)
+		delete(e.watchers, sg.ID)
 	}
 	e.mu.Unlock()
 }

@@ -107,6 +107,9 @@ type Store struct {
 	mu      sync.RWMutex
 	live    map[string]*Saga
 	liveMax int
+	// latest caches the latest version of each definition read or written
+	// (Start reads it for every saga). Values are never mutated.
+	latest map[string]*Definition
 }
 
 // OpenStore opens (or creates) the store in dir.
@@ -143,7 +146,7 @@ func OpenStore(dir string, o StoreOptions) (*Store, error) {
 		cache.Unref()
 		return nil, fmt.Errorf("fsm: open pebble store %s: %w", dir, err)
 	}
-	s := &Store{db: db, cache: cache, live: map[string]*Saga{}, liveMax: o.LiveSagas}
+	s := &Store{db: db, cache: cache, live: map[string]*Saga{}, liveMax: o.LiveSagas, latest: map[string]*Definition{}}
 	v, closer, err := db.Get(keyApplied)
 	switch {
 	case errors.Is(err, pebble.ErrNotFound):
@@ -302,6 +305,9 @@ func (s *Store) ApplyBatch(entries []Entry) ([]Result, error) {
 	}
 	s.applied.Store(last)
 	s.mu.Lock()
+	for name, d := range defs {
+		s.latest[name] = d
+	}
 	for id, sg := range sagas {
 		if sg.State.Terminal() {
 			delete(s.live, id)
@@ -548,6 +554,31 @@ func (s *Store) Definition(name string, version int) (*Definition, error) {
 
 // LatestDefinition returns the highest version of a definition.
 func (s *Store) LatestDefinition(name string) (*Definition, error) {
+	s.mu.RLock()
+	d, ok := s.latest[name]
+	s.mu.RUnlock()
+	if ok {
+		return d.copy(), nil
+	}
+	d, err := s.latestFromDisk(name)
+	if err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	if _, ok := s.latest[name]; !ok { // a newer version applied meanwhile wins
+		s.latest[name] = d
+	}
+	s.mu.Unlock()
+	return d.copy(), nil
+}
+
+func (d *Definition) copy() *Definition {
+	c := *d
+	c.Steps = append([]StepDef(nil), d.Steps...)
+	return &c
+}
+
+func (s *Store) latestFromDisk(name string) (*Definition, error) {
 	p := key(prefixDef, []byte(name), []byte{0})
 	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: p, UpperBound: upperBound(p)})
 	if err != nil {

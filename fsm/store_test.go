@@ -278,3 +278,31 @@ func BenchmarkStoreApply(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkGetMiss measures the lookup every new saga costs (its id must
+// not exist yet) in a store holding 128k sagas.
+func BenchmarkGetMiss(b *testing.B) {
+	s, err := OpenStore(b.TempDir(), StoreOptions{Logger: quiet})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	idx := uint64(1)
+	for i := 0; i < 2000; i++ {
+		recs := make([]*Record, 64)
+		for j := range recs {
+			recs[j] = startRec(fmt.Sprintf("b%d-%d", i, j), "", "a", "b", "c", "d")
+		}
+		es := entries(b, idx, recs...)
+		idx += 64
+		if _, err := s.ApplyBatch(es); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if _, err := s.get(fmt.Sprintf("zz%d", i)); err == nil {
+			b.Fatal("found")
+		}
+	}
+}
