@@ -6,6 +6,7 @@
 package main
 
 import (
+	"context"
 	"flag"
 	"fmt"
 	"io"
@@ -14,8 +15,10 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/pprof"
+	"sync/atomic"
 	"time"
 
+	"github.com/sagaengine/saga/compensation"
 	"github.com/sagaengine/saga/engine"
 	"github.com/sagaengine/saga/fsm"
 	"github.com/sagaengine/saga/wal"
@@ -51,7 +54,8 @@ func run(n, pending int, dir string) error {
 	if err != nil {
 		return err
 	}
-	steps := []fsm.StepDef{{Name: "a"}, {Name: "b"}, {Name: "c"}, {Name: "d"}}
+	steps := []fsm.StepDef{{Name: "a", Compensation: "undo"}, {Name: "b", Compensation: "undo"},
+		{Name: "c", Compensation: "undo"}, {Name: "d"}}
 	var batch [][]byte
 	add := func(r *fsm.Record) error {
 		b, err := fsm.Encode(r)
@@ -116,11 +120,26 @@ func run(n, pending int, dir string) error {
 		defer pprof.StopCPUProfile()
 	}
 	t1 := time.Now()
-	e, err := engine.Open(dir, engine.Options{Logger: quiet, StoreCacheSize: *cacheSize})
+	reg := compensation.NewRegistry()
+	var undone atomic.Int64
+	allDone := make(chan struct{})
+	if err := reg.Register("undo", func(context.Context, compensation.Call) error {
+		if undone.Add(1) == int64(pending) {
+			close(allDone)
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
+	e, err := engine.Open(dir, engine.Options{Logger: quiet, StoreCacheSize: *cacheSize, Registry: reg})
 	if err != nil {
 		return err
 	}
 	open := time.Since(t1)
+	if pending > 0 {
+		<-allDone
+		fmt.Printf("all %d pending compensations ran %v after Open began\n", pending, time.Since(t1).Round(time.Millisecond))
+	}
 	rs := e.Stats().Recovery
 	runtime.ReadMemStats(&ms)
 	if err := e.Close(); err != nil {
