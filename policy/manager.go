@@ -1,0 +1,280 @@
+package policy
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+
+	"github.com/fsnotify/fsnotify"
+
+	"github.com/sagaengine/saga/compensation"
+)
+
+// Options configures a Manager. The zero value works: no file (unless
+// SAGA_POLICY_FILE names one), the process environment, no handler check.
+type Options struct {
+	// File is the policy file; default $SAGA_POLICY_FILE; "" for none.
+	File string
+	// NoWatch turns off hot reload of File (fsnotify). Default: watched.
+	NoWatch bool
+	// LookupEnv reads the environment layer; default os.LookupEnv. Pass
+	// func(string) (string, bool) { return "", false } to ignore it.
+	LookupEnv func(string) (string, bool)
+	// Registry, if set, must hold every compensation handler a policy
+	// names; a policy naming another is rejected.
+	Registry *compensation.Registry
+	// Logger receives reload results and fallbacks. Default slog.Default().
+	Logger *slog.Logger
+	// OnChange is called after every attempted change (file reload or
+	// Set) with the version in force and the rejection error, if any.
+	OnChange func(version uint64, err error)
+}
+
+// Stats are counters since New.
+type Stats struct {
+	Changes   uint64 // changes that took effect
+	Rejected  uint64 // changes rejected (the previous policy stayed)
+	Fallbacks uint64 // calls that should have been sagas but ran without (engine unavailable)
+}
+
+// Manager holds the layered policy and the snapshot in force. It is safe
+// for concurrent use.
+type Manager struct {
+	opts Options
+
+	mu      sync.Mutex // serializes changes
+	file    *Policy
+	env     *Policy
+	api     *Policy
+	version uint64
+	snap    atomic.Pointer[Snapshot]
+
+	watcher *fsnotify.Watcher
+	done    chan struct{}
+
+	changes, rejected, fallbacks atomic.Uint64
+}
+
+// New loads the file and environment layers. An invalid file or
+// environment is an error: a process should not start on a policy it
+// cannot read.
+func New(opts Options) (*Manager, error) {
+	if opts.LookupEnv == nil {
+		opts.LookupEnv = os.LookupEnv
+	}
+	if opts.File == "" {
+		opts.File, _ = opts.LookupEnv(EnvFile)
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	m := &Manager{opts: opts, done: make(chan struct{})}
+	env, err := FromEnv(opts.LookupEnv)
+	if err != nil {
+		return nil, err
+	}
+	m.env = env
+	if opts.File != "" {
+		f, err := ParseFile(opts.File)
+		if err != nil {
+			return nil, err
+		}
+		m.file = f
+	}
+	if err := m.apply(); err != nil {
+		return nil, err
+	}
+	if opts.File != "" && !opts.NoWatch {
+		if err := m.watch(); err != nil {
+			return nil, err
+		}
+	}
+	return m, nil
+}
+
+func (m *Manager) layers() []layer {
+	return []layer{
+		{source: SourceDefault, p: &Policy{EnableSaga: Bool(false), SagaOperations: []string{}}},
+		{source: SourceFile, detail: m.opts.File, p: m.file},
+		{source: SourceEnv, p: m.env},
+		{source: SourceAPI, p: m.api},
+	}
+}
+
+// apply validates every layer and the result, then swaps the snapshot.
+// m.mu held (or not yet shared).
+func (m *Manager) apply() error {
+	var errs []error
+	for _, l := range m.layers()[1:] {
+		if l.p != nil {
+			if err := l.p.Validate(l.source, m.opts.Registry); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	s := merge(m.version+1, m.layers())
+	// An operation that can be switched on must have milestones.
+	var missing []string
+	for _, op := range s.switchable() {
+		if s.ops[op] == nil {
+			missing = append(missing, fmt.Sprintf("operation %q is enabled but has no milestones in any source", op))
+		}
+	}
+	if len(missing) > 0 {
+		errs = append(errs, &ValidationError{Source: "merged policy", Problems: missing})
+	}
+	if len(errs) > 0 {
+		return errors.Join(errs...)
+	}
+	m.version++
+	m.snap.Store(s)
+	return nil
+}
+
+// switchable lists every operation that some override or the base policy
+// lists, when sagas can be on for it.
+func (s *Snapshot) switchable() []string {
+	set := map[string]bool{}
+	if s.enabled {
+		for op := range s.operations {
+			set[op] = true
+		}
+	}
+	for _, o := range []map[string]Override{s.users, s.tenants} {
+		for _, ov := range o {
+			if ov.EnableSaga != nil && !*ov.EnableSaga {
+				continue
+			}
+			for _, op := range ov.SagaOperations {
+				set[op] = true
+			}
+			if ov.EnableSaga != nil && *ov.EnableSaga && ov.SagaOperations == nil {
+				for op := range s.operations {
+					set[op] = true
+				}
+			}
+		}
+	}
+	return sortedKeys(set)
+}
+
+// change runs f under the lock and applies the result, restoring the
+// previous layers if the result is invalid.
+func (m *Manager) change(f func()) error {
+	m.mu.Lock()
+	file, env, api := m.file, m.env, m.api
+	f()
+	err := m.apply()
+	if err != nil {
+		m.file, m.env, m.api = file, env, api
+	}
+	version := m.version
+	m.mu.Unlock()
+	if err != nil {
+		m.rejected.Add(1)
+		m.opts.Logger.Error("policy: change rejected; the previous policy stays in force", "version", version, "err", err)
+	} else {
+		m.changes.Add(1)
+		m.opts.Logger.Info("policy: change in force", "version", version)
+	}
+	if m.opts.OnChange != nil {
+		m.opts.OnChange(version, err)
+	}
+	return err
+}
+
+// Set replaces the API layer (the highest) with p; nil removes it. An
+// invalid policy is rejected whole and changes nothing.
+func (m *Manager) Set(p *Policy) error {
+	if p != nil {
+		c := *p
+		p = &c
+	}
+	return m.change(func() { m.api = p })
+}
+
+// Reload re-reads the policy file. It is called by the watcher; call it
+// yourself with NoWatch.
+func (m *Manager) Reload() error {
+	if m.opts.File == "" {
+		return nil
+	}
+	f, err := ParseFile(m.opts.File)
+	if err != nil {
+		m.mu.Lock()
+		version := m.version
+		m.mu.Unlock()
+		m.rejected.Add(1)
+		m.opts.Logger.Error("policy: file change rejected; the previous policy stays in force", "file", m.opts.File, "version", version, "err", err)
+		if m.opts.OnChange != nil {
+			m.opts.OnChange(version, err)
+		}
+		return err
+	}
+	return m.change(func() { m.file = f })
+}
+
+// Snapshot returns the policy in force. It never blocks.
+func (m *Manager) Snapshot() *Snapshot { return m.snap.Load() }
+
+// Explain says whether an operation runs as a saga for a user, and which
+// source decided.
+func (m *Manager) Explain(operation string, uc UserContext) Decision {
+	return m.Snapshot().Explain(operation, uc)
+}
+
+// Stats returns counters since New.
+func (m *Manager) Stats() Stats {
+	return Stats{Changes: m.changes.Load(), Rejected: m.rejected.Load(), Fallbacks: m.fallbacks.Load()}
+}
+
+// watch reloads the file whenever it changes. The directory is watched, so
+// editors that write a new file and rename it over the old one are seen.
+func (m *Manager) watch() error {
+	w, err := fsnotify.NewWatcher()
+	if err != nil {
+		return fmt.Errorf("policy: watch %s: %w", m.opts.File, err)
+	}
+	if err := w.Add(filepath.Dir(m.opts.File)); err != nil {
+		w.Close()
+		return fmt.Errorf("policy: watch %s: %w", m.opts.File, err)
+	}
+	m.watcher = w
+	target := filepath.Clean(m.opts.File)
+	go func() {
+		defer close(m.done)
+		for {
+			select {
+			case ev, ok := <-w.Events:
+				if !ok {
+					return
+				}
+				if filepath.Clean(ev.Name) == target && ev.Op&(fsnotify.Write|fsnotify.Create|fsnotify.Rename) != 0 {
+					if _, err := os.Stat(target); err == nil {
+						_ = m.Reload()
+					}
+				}
+			case err, ok := <-w.Errors:
+				if !ok {
+					return
+				}
+				m.opts.Logger.Warn("policy: file watcher error", "err", err)
+			}
+		}
+	}()
+	return nil
+}
+
+// Close stops watching the file.
+func (m *Manager) Close() error {
+	if m.watcher == nil {
+		return nil
+	}
+	err := m.watcher.Close()
+	<-m.done
+	return err
+}

@@ -1,0 +1,381 @@
+// Package policy makes saga guarantees optional by policy: per operation,
+// switched at run time, costing nothing when off.
+//
+// A policy says whether sagas are enabled at all (enable_saga), which
+// operations run as sagas (saga_operations), each operation's milestones
+// and their compensation handlers (compensation_handlers), per-operation
+// retry settings, what to do when the engine is unavailable, and overrides
+// per user or tenant. Four sources are layered, later ones winning:
+//
+//	built-in default (disabled) < policy file (YAML) < environment < Go API
+//
+// The active policy is an immutable snapshot swapped atomically: a call
+// reads it once and runs wholly with or wholly without a saga, and a saga
+// already running keeps the policy it started with (recorded in its start
+// transition). An invalid new policy is rejected whole; the last good one
+// stays in force.
+package policy
+
+import (
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/sagaengine/saga/compensation"
+)
+
+// Errors of this package. Match them with errors.Is.
+var (
+	// ErrInvalidPolicy: a policy failed validation (wrapped in a
+	// *ValidationError listing every problem). Nothing was applied.
+	ErrInvalidPolicy = errors.New("policy: invalid policy")
+	// ErrEngineUnavailable: the operation must run as a saga, its policy
+	// says on_engine_unavailable: fail, and the engine could not start it.
+	ErrEngineUnavailable = errors.New("policy: saga engine unavailable")
+	// ErrMilestoneOrder: the workflow ran a milestone that is not the
+	// next one of the operation's policy.
+	ErrMilestoneOrder = errors.New("policy: milestone out of order")
+	// ErrIncomplete: the workflow returned without running every milestone.
+	ErrIncomplete = errors.New("policy: workflow returned before its last milestone")
+)
+
+// Fallback says what to do when the operation should run as a saga but
+// the engine cannot start one.
+type Fallback string
+
+// Fallbacks.
+const (
+	// RunWithoutSaga runs the workflow without saga guarantees, logs a
+	// warning and counts the event (the seed plan's behaviour). The default.
+	RunWithoutSaga Fallback = "run_without_saga"
+	// Fail returns ErrEngineUnavailable without running the workflow.
+	Fail Fallback = "fail"
+)
+
+// Milestone is one step of an operation and the handler that undoes it.
+type Milestone struct {
+	Name         string `json:"name"`
+	Compensation string `json:"compensation,omitempty"`
+}
+
+// Retry is an operation's compensation retry settings.
+type Retry struct {
+	MaxAttempts    int           `json:"max_attempts,omitempty"`
+	InitialBackoff time.Duration `json:"initial_backoff,omitempty"`
+	MaxBackoff     time.Duration `json:"max_backoff,omitempty"`
+	MaxElapsed     time.Duration `json:"max_elapsed,omitempty"`
+}
+
+// Operation is the saga shape of one operation.
+type Operation struct {
+	Milestones          []Milestone `json:"milestones"`
+	Retry               *Retry      `json:"retry,omitempty"`
+	OnEngineUnavailable Fallback    `json:"on_engine_unavailable,omitempty"`
+}
+
+// Override changes enable_saga and/or saga_operations for one user or
+// tenant. Nil fields leave the policy's value.
+type Override struct {
+	EnableSaga     *bool    `json:"enable_saga,omitempty"`
+	SagaOperations []string `json:"saga_operations,omitempty"`
+}
+
+// Policy is one source's view. Unset fields (nil) leave the value of the
+// sources below it.
+type Policy struct {
+	EnableSaga          *bool                 `json:"enable_saga,omitempty"`
+	SagaOperations      []string              `json:"saga_operations,omitempty"`
+	OnEngineUnavailable Fallback              `json:"on_engine_unavailable,omitempty"`
+	Operations          map[string]*Operation `json:"operations,omitempty"`
+	Users               map[string]Override   `json:"users,omitempty"`
+	Tenants             map[string]Override   `json:"tenants,omitempty"`
+
+	// lines maps "operation", "operation/milestone" and "users/name" to
+	// the line that defined them in a file, for error messages.
+	lines map[string]int
+	file  string
+}
+
+// Bool returns a pointer to b, for Policy.EnableSaga and Override.EnableSaga.
+func Bool(b bool) *bool { return &b }
+
+// ValidationError lists every problem of a policy.
+type ValidationError struct {
+	Source   string
+	Problems []string
+}
+
+func (e *ValidationError) Error() string {
+	return fmt.Sprintf("policy: invalid policy from %s:\n  - %s", e.Source, strings.Join(e.Problems, "\n  - "))
+}
+
+// Unwrap makes errors.Is(err, ErrInvalidPolicy) true.
+func (e *ValidationError) Unwrap() error { return ErrInvalidPolicy }
+
+// Validate reports every problem of p at once. reg, if not nil, is
+// checked for every compensation handler named.
+func (p *Policy) Validate(source string, reg *compensation.Registry) error {
+	var probs []string
+	at := func(key string) string {
+		if l, ok := p.lines[key]; ok && p.file != "" {
+			return fmt.Sprintf("%s:%d: ", p.file, l)
+		}
+		return ""
+	}
+	checkFallback := func(where string, f Fallback) {
+		if f != "" && f != RunWithoutSaga && f != Fail {
+			probs = append(probs, fmt.Sprintf("%son_engine_unavailable %q (want %s or %s)", where, f, RunWithoutSaga, Fail))
+		}
+	}
+	checkFallback(at("on_engine_unavailable"), p.OnEngineUnavailable)
+	var handlers []string
+	for _, name := range sortedKeys(p.Operations) {
+		op := p.Operations[name]
+		if op == nil || len(op.Milestones) == 0 {
+			probs = append(probs, fmt.Sprintf("%soperation %q has no milestones", at(name), name))
+			continue
+		}
+		seen := map[string]bool{}
+		for _, m := range op.Milestones {
+			where := at(name + "/" + m.Name)
+			switch {
+			case !validName(m.Name):
+				probs = append(probs, fmt.Sprintf("%soperation %q: invalid milestone name %q", where, name, m.Name))
+			case seen[m.Name]:
+				probs = append(probs, fmt.Sprintf("%soperation %q: milestone %q listed twice", where, name, m.Name))
+			}
+			seen[m.Name] = true
+			if m.Compensation != "" {
+				handlers = append(handlers, m.Compensation)
+				if reg != nil {
+					if _, ok := reg.Handler(m.Compensation); !ok {
+						probs = append(probs, fmt.Sprintf("%soperation %q milestone %q: unknown compensation handler %q",
+							where, name, m.Name, m.Compensation))
+					}
+				}
+			}
+		}
+		if r := op.Retry; r != nil && (r.MaxAttempts < 0 || r.InitialBackoff < 0 || r.MaxBackoff < 0 || r.MaxElapsed < 0) {
+			probs = append(probs, fmt.Sprintf("%soperation %q: negative retry setting", at(name), name))
+		}
+		checkFallback(at(name)+"operation "+name+": ", op.OnEngineUnavailable)
+	}
+	for _, op := range p.SagaOperations {
+		if !validName(op) {
+			probs = append(probs, fmt.Sprintf("%sinvalid operation name %q in saga_operations", at("saga_operations"), op))
+		}
+	}
+	for _, kind := range []struct {
+		what string
+		m    map[string]Override
+	}{{"users", p.Users}, {"tenants", p.Tenants}} {
+		for _, who := range sortedKeys(kind.m) {
+			if who == "" {
+				probs = append(probs, fmt.Sprintf("%s: empty name", kind.what))
+			}
+		}
+	}
+	if len(probs) == 0 {
+		return nil
+	}
+	return &ValidationError{Source: source, Problems: probs}
+}
+
+func validName(s string) bool {
+	if s == "" || len(s) > 128 {
+		return false
+	}
+	for _, c := range s {
+		ok := c == '_' || c == '-' || c == '.' || c == ':' || c == '@' ||
+			(c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9')
+		if !ok {
+			return false
+		}
+	}
+	return true
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// Source names, as Explain reports them.
+const (
+	SourceDefault = "default"
+	SourceFile    = "file"
+	SourceEnv     = "environment"
+	SourceAPI     = "api"
+)
+
+// layer is one source's policy with its name.
+type layer struct {
+	source string // SourceDefault, SourceFile…
+	detail string // the file path, the variable names
+	p      *Policy
+}
+
+// Snapshot is the effective policy: immutable, swapped atomically.
+type Snapshot struct {
+	// Version grows by one at every change that took effect.
+	Version uint64
+
+	enabled        bool
+	enabledFrom    string
+	operations     map[string]bool
+	operationsFrom string
+	fallback       Fallback
+	ops            map[string]*Operation
+	opsFrom        map[string]string
+	users          map[string]Override
+	tenants        map[string]Override
+}
+
+// merge resolves the layers, lowest first.
+func merge(version uint64, layers []layer) *Snapshot {
+	s := &Snapshot{Version: version, operations: map[string]bool{}, fallback: RunWithoutSaga,
+		ops: map[string]*Operation{}, opsFrom: map[string]string{},
+		users: map[string]Override{}, tenants: map[string]Override{},
+		enabledFrom: SourceDefault, operationsFrom: SourceDefault}
+	for _, l := range layers {
+		p := l.p
+		if p == nil {
+			continue
+		}
+		name := l.source
+		if l.detail != "" {
+			name += " (" + l.detail + ")"
+		}
+		if p.EnableSaga != nil {
+			s.enabled, s.enabledFrom = *p.EnableSaga, name
+		}
+		if p.SagaOperations != nil {
+			s.operations = map[string]bool{}
+			for _, op := range p.SagaOperations {
+				s.operations[op] = true
+			}
+			s.operationsFrom = name
+		}
+		if p.OnEngineUnavailable != "" {
+			s.fallback = p.OnEngineUnavailable
+		}
+		for op, def := range p.Operations {
+			s.ops[op], s.opsFrom[op] = def, name
+		}
+		for who, o := range p.Users {
+			s.users[who] = o
+		}
+		for who, o := range p.Tenants {
+			s.tenants[who] = o
+		}
+	}
+	return s
+}
+
+// UserContext identifies who runs an operation, for per-user and
+// per-tenant overrides (a user override wins over a tenant override).
+type UserContext struct {
+	UserID   string
+	TenantID string
+}
+
+// Decision is what the policy says about one call.
+type Decision struct {
+	// Saga is true when the operation runs as a saga.
+	Saga      bool
+	Operation string
+	// Milestones and their handlers; nil when the operation has none.
+	Spec     *Operation
+	Fallback Fallback
+	Version  uint64
+	// Reasons explain the decision, one line per rule that applied.
+	Reasons []string
+}
+
+// Decide applies the snapshot to one call. It does not allocate when the
+// answer is "no saga" because sagas are disabled and no override applies.
+func (s *Snapshot) Decide(operation string, uc UserContext) (saga bool) {
+	enabled, listed := s.enabled, s.operations
+	if len(s.users) != 0 || len(s.tenants) != 0 {
+		if o, ok := s.tenants[uc.TenantID]; ok && uc.TenantID != "" {
+			enabled, listed = applyOverride(enabled, listed, o)
+		}
+		if o, ok := s.users[uc.UserID]; ok && uc.UserID != "" {
+			enabled, listed = applyOverride(enabled, listed, o)
+		}
+	}
+	return enabled && listed[operation] && s.ops[operation] != nil
+}
+
+func applyOverride(enabled bool, listed map[string]bool, o Override) (bool, map[string]bool) {
+	if o.EnableSaga != nil {
+		enabled = *o.EnableSaga
+	}
+	if o.SagaOperations != nil {
+		listed = map[string]bool{}
+		for _, op := range o.SagaOperations {
+			listed[op] = true
+		}
+	}
+	return enabled, listed
+}
+
+// Explain returns the decision for one call with the reasons behind it:
+// which source decided each part.
+func (s *Snapshot) Explain(operation string, uc UserContext) Decision {
+	d := Decision{Operation: operation, Version: s.Version, Fallback: s.fallback}
+	d.Saga = s.Decide(operation, uc)
+	d.Reasons = append(d.Reasons, fmt.Sprintf("enable_saga=%v, set by %s", s.enabled, s.enabledFrom))
+	d.Reasons = append(d.Reasons, fmt.Sprintf("saga_operations (%s) %s %s", s.operationsFrom,
+		map[bool]string{true: "lists", false: "does not list"}[s.operations[operation]], operation))
+	if o, ok := s.tenants[uc.TenantID]; ok && uc.TenantID != "" {
+		d.Reasons = append(d.Reasons, "tenant override for "+uc.TenantID+": "+describeOverride(o))
+	}
+	if o, ok := s.users[uc.UserID]; ok && uc.UserID != "" {
+		d.Reasons = append(d.Reasons, "user override for "+uc.UserID+": "+describeOverride(o))
+	}
+	if op := s.ops[operation]; op != nil {
+		d.Spec = op
+		if op.OnEngineUnavailable != "" {
+			d.Fallback = op.OnEngineUnavailable
+		}
+		names := make([]string, len(op.Milestones))
+		for i, m := range op.Milestones {
+			names[i] = m.Name
+		}
+		d.Reasons = append(d.Reasons, fmt.Sprintf("milestones %s, from %s", strings.Join(names, " → "), s.opsFrom[operation]))
+	} else {
+		d.Reasons = append(d.Reasons, "no milestones are defined for "+operation+": it cannot run as a saga")
+	}
+	return d
+}
+
+func describeOverride(o Override) string {
+	var parts []string
+	if o.EnableSaga != nil {
+		parts = append(parts, fmt.Sprintf("enable_saga=%v", *o.EnableSaga))
+	}
+	if o.SagaOperations != nil {
+		parts = append(parts, "saga_operations="+strings.Join(o.SagaOperations, ","))
+	}
+	if len(parts) == 0 {
+		return "nothing"
+	}
+	return strings.Join(parts, ", ")
+}
+
+// String renders a decision for operators.
+func (d Decision) String() string {
+	verdict := "runs WITHOUT a saga"
+	if d.Saga {
+		verdict = "runs as a saga"
+	}
+	return fmt.Sprintf("%s %s (policy version %d)\n  - %s", d.Operation, verdict, d.Version,
+		strings.Join(d.Reasons, "\n  - "))
+}
