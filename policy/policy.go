@@ -130,7 +130,6 @@ func (p *Policy) Validate(source string, reg *compensation.Registry) error {
 		}
 	}
 	checkFallback(at("on_engine_unavailable"), p.OnEngineUnavailable)
-	var handlers []string
 	for _, name := range sortedKeys(p.Operations) {
 		op := p.Operations[name]
 		if op == nil || len(op.Milestones) == 0 {
@@ -147,13 +146,10 @@ func (p *Policy) Validate(source string, reg *compensation.Registry) error {
 				probs = append(probs, fmt.Sprintf("%soperation %q: milestone %q listed twice", where, name, m.Name))
 			}
 			seen[m.Name] = true
-			if m.Compensation != "" {
-				handlers = append(handlers, m.Compensation)
-				if reg != nil {
-					if _, ok := reg.Handler(m.Compensation); !ok {
-						probs = append(probs, fmt.Sprintf("%soperation %q milestone %q: unknown compensation handler %q",
-							where, name, m.Name, m.Compensation))
-					}
+			if m.Compensation != "" && reg != nil {
+				if _, ok := reg.Handler(m.Compensation); !ok {
+					probs = append(probs, fmt.Sprintf("%soperation %q milestone %q: unknown compensation handler %q",
+						where, name, m.Name, m.Compensation))
 				}
 			}
 		}
