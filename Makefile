@@ -3,7 +3,7 @@ GO ?= go
 KILLS ?= 500
 FUZZTIME ?= 30s
 
-.PHONY: all build test demo lint crash fuzz bench clean
+.PHONY: all build test demo platform lint crash fuzz bench clean
 
 all: build
 
@@ -20,6 +20,13 @@ test:
 # failing and compensated, then a crash mid-compensation and a recovery.
 demo:
 	$(GO) run ./examples/demo
+
+# The seed plan's eight platform operations under a policy; try
+# POLICY=examples/platform/policies/off.yaml or FAIL_AT=embed.
+POLICY ?= examples/platform/policies/critical.yaml
+FAIL_AT ?=
+platform:
+	$(GO) run ./examples/platform -policy $(POLICY) -fail-at "$(FAIL_AT)"
 
 lint:
 	$(GO) vet ./...
