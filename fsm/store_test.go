@@ -306,3 +306,44 @@ func BenchmarkGetMiss(b *testing.B) {
 		}
 	}
 }
+
+// TestGeneratedIDFastPathStaysCorrect: starts of generated-form ids skip
+// the existence lookup only when they exceed every such id applied, so a
+// duplicate is still refused, in the same batch, a later one, or after a
+// reopen.
+func TestGeneratedIDFastPathStaysCorrect(t *testing.T) {
+	fs := vfs.NewMem()
+	s := openStoreT(t, fs)
+	hi, lo := "18ea81b6da9c9b3f72ecf8", "08ea81b6da9c9b3f72ecf8"
+	res, err := s.ApplyBatch(entries(t, 1, startRec(hi, "", "a"), startRec(hi, "", "a")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res[0].Err != nil || !errors.Is(res[1].Err, ErrSagaExists) {
+		t.Fatalf("same batch: %v, %v", res[0].Err, res[1].Err)
+	}
+	res, err = s.ApplyBatch(entries(t, 3, startRec(hi, "", "a"), startRec(lo, "", "a"), startRec(lo, "", "a")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !errors.Is(res[0].Err, ErrSagaExists) || res[1].Err != nil || !errors.Is(res[2].Err, ErrSagaExists) {
+		t.Fatalf("later batch: %v, %v, %v", res[0].Err, res[1].Err, res[2].Err)
+	}
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(s.Close())
+	s = openStoreT(t, fs)
+	defer s.Close()
+	if s.maxID != hi {
+		t.Fatalf("max id after reopen %q", s.maxID)
+	}
+	res, err = s.ApplyBatch(entries(t, 6, startRec(hi, "", "a")))
+	must(err)
+	if !errors.Is(res[0].Err, ErrSagaExists) {
+		t.Fatalf("after reopen: %v", res[0].Err)
+	}
+}

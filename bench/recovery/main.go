@@ -72,7 +72,7 @@ func run(n, pending int, dir string) error {
 	t0 := time.Now()
 	written, sagas := 0, 0
 	for written < n {
-		id := fmt.Sprintf("s%09d", sagas)
+		id := fmt.Sprintf("%022x", sagas) // the form of engine-generated ids
 		sagas++
 		at := int64(sagas)
 		recs := []*fsm.Record{{Kind: fsm.KindSagaStarted, Saga: id, At: at,
