@@ -2,11 +2,13 @@ package engine
 
 import (
 	"errors"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"testing"
 
 	"github.com/sagaengine/saga/fsm"
+	"github.com/sagaengine/saga/wal"
 )
 
 // faultyLog injects an I/O error into the Nth append: either before the
@@ -157,5 +159,29 @@ func TestInjectedLogFailureIsFailStop(t *testing.T) {
 				t.Fatal(st.State)
 			}
 		})
+	}
+}
+
+// TestUndecodableLogEntryRefusesOpen: a record that passes its checksum
+// but does not decode (written by a bug, or a newer version) stops Open
+// with ErrRecovery instead of being skipped.
+func TestUndecodableLogEntryRefusesOpen(t *testing.T) {
+	dir := t.TempDir()
+	e := openT(t, dir, Options{Registry: registry(t, &journal{}, []string{"a"})})
+	_, err := e.Define(ctx, def("x", "a"))
+	must(t, err)
+	for i := 0; i < 10; i++ {
+		_, err := e.Start(ctx, "x", nil, StartOptions{})
+		must(t, err)
+	}
+	must(t, e.Close())
+	// Append a garbage record behind the state's back.
+	w, err := wal.Open(filepath.Join(dir, "wal"), wal.Options{Logger: quiet})
+	must(t, err)
+	_, err = w.Append([][]byte{{0x93, 0x01, 0x02}})
+	must(t, err)
+	must(t, w.Close())
+	if _, err := Open(dir, Options{Logger: quiet}); !errors.Is(err, ErrRecovery) {
+		t.Fatalf("open over an undecodable entry: %v", err)
 	}
 }
