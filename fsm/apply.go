@@ -209,8 +209,9 @@ func start(r *Record) *Saga {
 		UpdatedAt:      r.At,
 		Seq:            1,
 	}
-	for i, d := range si.Steps {
-		s.Steps[i].StepDef = d
+	plan := append([]StepDef(nil), si.Steps...)
+	for i := range plan {
+		s.Steps[i].StepDef = &plan[i]
 	}
 	runStep(&s.Steps[0], r.At)
 	return s

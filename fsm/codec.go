@@ -410,7 +410,7 @@ func (rec *Record) DecodeMsgpack(d *msgpack.Decoder) error {
 func (st *Step) EncodeMsgpack(e *msgpack.Encoder) error {
 	w := enc{e: e}
 	w.arr(13)
-	w.value(&st.StepDef, false)
+	w.value(st.StepDef, st.StepDef == nil)
 	w.u64(uint64(st.Status))
 	w.bool(st.Uncertain)
 	w.i64(int64(st.Attempts))
@@ -429,7 +429,7 @@ func (st *Step) EncodeMsgpack(e *msgpack.Encoder) error {
 // DecodeMsgpack implements msgpack.CustomDecoder.
 func (st *Step) DecodeMsgpack(d *msgpack.Decoder) error {
 	r := newDec(d)
-	r.value(func() msgpack.CustomDecoder { return &st.StepDef })
+	r.value(func() msgpack.CustomDecoder { st.StepDef = &StepDef{}; return st.StepDef })
 	r.u8((*uint8)(&st.Status))
 	r.bool(&st.Uncertain)
 	r.int(&st.Attempts)

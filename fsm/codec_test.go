@@ -14,12 +14,12 @@ func fullSaga() *Saga {
 		ID: "s1", Definition: "order", Version: 3, State: StateStuck, Driven: true, User: "u1",
 		IdempotencyKey: "k", Input: []byte("in"), Meta: map[string]string{"b": "2", "a": "1"},
 		Steps: []Step{{
-			StepDef: StepDef{Name: "pay", Compensation: "refund", Action: "charge", Retry: rp, CompensationRetry: rp,
+			StepDef: &StepDef{Name: "pay", Compensation: "refund", Action: "charge", Retry: rp, CompensationRetry: rp,
 				Timeout: time.Second, OnUncertain: UncertainRetry},
 			Status: StepCompensating, Uncertain: true, Attempts: 2, Output: []byte("o"),
 			Err: &ErrorInfo{Kind: "k", Message: "m", Retryable: true}, StartedAt: 1, EndedAt: 2,
 			CompAttempts: 4, CompRoundBase: 2, CompRoundStart: 3, CompErr: &ErrorInfo{Message: "c"}, CompEndedAt: 5,
-		}, {StepDef: StepDef{Name: "ship"}}},
+		}, {StepDef: &StepDef{Name: "ship"}}},
 		Current: 0, LastError: &ErrorInfo{Message: "x"}, Deadline: 9, CreatedAt: 1, UpdatedAt: 8, Seq: 12,
 	}
 }
@@ -45,8 +45,8 @@ func TestCodecRoundTrip(t *testing.T) {
 		Err: &ErrorInfo{Message: "e"}, Final: true, Actor: "a", Reason: "r",
 		Start: &StartInfo{Definition: "d", Version: 1, Driven: true, User: "u",
 			IdempotencyKey: "k", Input: []byte("i"), Meta: map[string]string{"x": "y"}, Deadline: 7},
-		Def: &Definition{Name: "d", Version: 2, Steps: []StepDef{s.Steps[0].StepDef}, Timeout: time.Minute}}
-	r.Start.Steps = []StepDef{s.Steps[0].StepDef}
+		Def: &Definition{Name: "d", Version: 2, Steps: []StepDef{*s.Steps[0].StepDef}, Timeout: time.Minute}}
+	r.Start.Steps = []StepDef{*s.Steps[0].StepDef}
 	rb, err := Encode(r)
 	if err != nil {
 		t.Fatal(err)

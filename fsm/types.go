@@ -166,9 +166,10 @@ func (e *ErrorInfo) Error() string {
 	return e.Message
 }
 
-// Step is the state of one step of a saga.
+// Step is the state of one step of a saga. Its definition is shared by
+// every version of the saga's state and never changes after the start.
 type Step struct {
-	StepDef
+	*StepDef
 	Status StepStatus
 	// Uncertain marks a step that was running when the saga was aborted:
 	// its effect is unknown, so it is compensated with the done steps.
@@ -231,6 +232,10 @@ func (s *Saga) DeepCopy() *Saga {
 	c.LastError = cloneErr(s.LastError)
 	for i := range c.Steps {
 		st := &c.Steps[i]
+		if st.StepDef != nil {
+			d := *st.StepDef
+			st.StepDef = &d
+		}
 		st.Output = bytes.Clone(st.Output)
 		st.Err = cloneErr(st.Err)
 		st.CompErr = cloneErr(st.CompErr)

@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"sync"
 
+	"github.com/sagaengine/saga/compensation"
 	"github.com/sagaengine/saga/engine"
 	"github.com/sagaengine/saga/fsm"
 )
@@ -104,56 +105,106 @@ func (x *Executor) withSaga(ctx context.Context, snap *Snapshot, operation strin
 		return Result{Fallback: true}, workflow(ctx, noSaga{})
 	}
 	h := &handle{x: x, id: id, milestones: spec.Milestones}
+	defer func() {
+		// A panicking workflow must not leave its saga in progress: undo
+		// what it did, then let the panic go on.
+		if p := recover(); p != nil {
+			if !h.failed {
+				_, _ = x.eng.Abort(durable(ctx), id, "policy", fmt.Sprintf("workflow panicked: %v", p))
+			}
+			panic(p)
+		}
+	}()
 	werr := workflow(ctx, h)
 	res := Result{Saga: true, SagaID: id}
 	switch {
-	case werr == nil && h.next == len(h.milestones):
+	case werr == nil && !h.failed && h.next == len(h.milestones):
 		res.State = fsm.StateCompleted
 		return res, nil
+	case werr == nil && h.failed:
+		werr = fmt.Errorf("%w: operation %s: a milestone failed but the workflow returned no error", ErrIncomplete, operation)
 	case werr == nil:
 		werr = fmt.Errorf("%w: operation %s stopped after %d of %d milestones", ErrIncomplete, operation, h.next, len(h.milestones))
 	}
 	if !h.failed {
 		// The workflow failed outside a milestone (or skipped some): undo
-		// what it did, the running milestone included.
-		if _, err := x.eng.Abort(ctx, id, "policy", werr.Error()); err != nil {
+		// what it did, the running milestone included. Recorded even if
+		// the caller's context has ended.
+		if _, err := x.eng.Abort(durable(ctx), id, "policy", werr.Error()); err != nil {
 			return res, fmt.Errorf("%w (and aborting saga %s failed: %v)", werr, id, err)
 		}
 	}
 	st, err := x.eng.Wait(ctx, id)
 	if err != nil {
-		return res, fmt.Errorf("%w (and waiting for the compensation of saga %s failed: %v)", werr, id, err)
+		// The compensation goes on in the engine; the caller stops waiting.
+		return res, fmt.Errorf("%w (saga %s is compensating; stopped waiting: %v)", werr, id, err)
 	}
 	res.State = st.State
 	return res, werr
 }
 
-// start defines the operation's saga (once per policy version) and starts
-// one, recording the policy it runs under.
+// durable returns a context for the calls that record what happened: they
+// must reach the log even when the caller's context has ended, or the
+// saga would stay in progress with nobody to finish it.
+func durable(ctx context.Context) context.Context { return context.WithoutCancel(ctx) }
+
+// start defines the operation's saga (once per policy snapshot) and starts
+// one on exactly that definition version, recording the policy it runs
+// under.
 func (x *Executor) start(ctx context.Context, snap *Snapshot, operation string, spec *Operation, uc UserContext, input []byte) (string, error) {
 	if x.eng == nil {
 		return "", fmt.Errorf("no saga engine configured")
 	}
-	if _, ok := x.defined.Load(spec); !ok {
+	version, ok := x.defined.Load(spec)
+	if !ok {
 		d := engine.Definition{Name: operation}
 		for _, m := range spec.Milestones {
-			sd := engine.StepDef{Name: m.Name, Compensation: m.Compensation}
-			if r := spec.Retry; r != nil {
-				sd.CompensationRetry = engine.RetryPolicy{MaxAttempts: r.MaxAttempts, InitialBackoff: r.InitialBackoff,
-					MaxBackoff: r.MaxBackoff, MaxElapsed: r.MaxElapsed, Multiplier: 2, Jitter: 0.2}
-			}
-			d.Steps = append(d.Steps, sd)
+			d.Steps = append(d.Steps, engine.StepDef{Name: m.Name, Compensation: m.Compensation,
+				CompensationRetry: retryPolicy(spec.Retry)})
 		}
-		if _, err := x.eng.Define(ctx, d); err != nil {
+		def, err := x.eng.Define(ctx, d)
+		if err != nil {
 			return "", err
 		}
-		x.defined.Store(spec, true)
+		version = def.Version
+		x.defined.Store(spec, version)
 	}
 	meta := map[string]string{"policy_version": strconv.FormatUint(snap.Version, 10)}
 	if uc.TenantID != "" {
 		meta["tenant"] = uc.TenantID
 	}
-	return x.eng.Start(ctx, operation, input, engine.StartOptions{User: uc.UserID, Meta: meta})
+	timeout := spec.Timeout
+	if timeout == 0 {
+		timeout = DefaultTimeout
+	}
+	return x.eng.Start(ctx, operation, input, engine.StartOptions{User: uc.UserID, Meta: meta,
+		Version: version.(int), Timeout: timeout})
+}
+
+// retryPolicy turns an operation's retry settings into the engine's, unset
+// fields taking the engine's compensation defaults: a partial setting never
+// means "no backoff" or "no bound".
+func retryPolicy(r *Retry) engine.RetryPolicy {
+	p := engine.RetryPolicy(compensation.DefaultCompensationPolicy())
+	if r == nil {
+		return p
+	}
+	if r.InitialBackoff > 0 {
+		p.InitialBackoff = r.InitialBackoff
+	}
+	if r.MaxBackoff > 0 {
+		p.MaxBackoff = r.MaxBackoff
+	}
+	if r.MaxAttempts > 0 {
+		p.MaxAttempts = r.MaxAttempts
+		if r.MaxElapsed == 0 {
+			p.MaxElapsed = 0 // bounded by the count alone
+		}
+	}
+	if r.MaxElapsed > 0 {
+		p.MaxElapsed = r.MaxElapsed
+	}
+	return p
 }
 
 // handle is the Saga of a call that runs as a saga.
@@ -179,9 +230,10 @@ func (h *handle) Step(ctx context.Context, milestone string, fn func(ctx context
 		return fmt.Errorf("%w: ran %q, the policy's next milestone is %s", ErrMilestoneOrder, milestone, want)
 	}
 	// The engine recorded this milestone as running (Start, or the
-	// previous Advance): the side effect may happen now.
+	// previous Advance): the side effect may happen now. Its outcome is
+	// recorded even if the caller's context ended meanwhile.
 	out, err := fn(ctx)
-	if _, aerr := h.x.eng.Advance(ctx, h.id, engine.StepResult{Step: milestone, Output: out, Err: err}); aerr != nil {
+	if _, aerr := h.x.eng.Advance(durable(ctx), h.id, engine.StepResult{Step: milestone, Output: out, Err: err}); aerr != nil {
 		if err != nil {
 			return fmt.Errorf("%w (and recording the failure failed: %v)", err, aerr)
 		}

@@ -1,7 +1,10 @@
 package policy
 
 import (
+	"bytes"
+	"errors"
 	"fmt"
+	"io"
 	"os"
 	"strconv"
 	"strings"
@@ -25,6 +28,7 @@ import (
 //	      - {name: analyze_source, compensation: revert_source_analysis}
 //	    retry: {max_attempts: 5, initial_backoff: 100ms, max_backoff: 5s, max_elapsed: 2m}
 //	    on_engine_unavailable: fail
+//	    timeout: 30m                          # saga deadline (default 1h)
 //	users:
 //	  user_123: {enable_saga: false}
 //	tenants:
@@ -44,24 +48,40 @@ func ParseFile(path string) (*Policy, error) {
 // registry (see Policy.Validate).
 func Parse(name string, data []byte) (*Policy, error) {
 	var root yaml.Node
-	if err := yaml.Unmarshal(data, &root); err != nil {
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	if err := dec.Decode(&root); err != nil {
+		if errors.Is(err, io.EOF) {
+			// An empty file is refused rather than read as "sets nothing":
+			// a writer that truncates before writing must not switch every
+			// saga off for a moment.
+			return nil, &ValidationError{Source: name, Problems: []string{name +
+				": empty policy file (write `enable_saga: false` to switch sagas off)"}}
+		}
 		return nil, &ValidationError{Source: name, Problems: []string{name + ": " + err.Error()}}
+	}
+	var extra yaml.Node
+	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
+		return nil, &ValidationError{Source: name, Problems: []string{fmt.Sprintf(
+			"%s:%d: a policy file holds one YAML document", name, extra.Line)}}
 	}
 	p := &Policy{lines: map[string]int{}, file: name}
 	var probs []string
 	bad := func(n *yaml.Node, format string, a ...any) {
 		probs = append(probs, fmt.Sprintf("%s:%d: %s", name, n.Line, fmt.Sprintf(format, a...)))
 	}
-	if len(root.Content) == 0 {
-		return p, nil // an empty file sets nothing
-	}
 	doc := root.Content[0]
 	if doc.Kind != yaml.MappingNode {
 		bad(doc, "a policy is a mapping of keys (enable_saga, saga_operations, …)")
 		return nil, &ValidationError{Source: name, Problems: probs}
 	}
+	seen := map[string]bool{}
 	for i := 0; i+1 < len(doc.Content); i += 2 {
 		k, v := doc.Content[i], doc.Content[i+1]
+		if seen[k.Value] {
+			bad(k, "key %q given twice", k.Value)
+			continue
+		}
+		seen[k.Value] = true
 		p.lines[k.Value] = k.Line
 		switch k.Value {
 		case "enable_saga":
@@ -79,6 +99,10 @@ func Parse(name string, data []byte) (*Policy, error) {
 			}
 			p.SagaOperations = append([]string{}, ops...)
 		case "on_engine_unavailable":
+			if v.Kind != yaml.ScalarNode {
+				bad(v, "on_engine_unavailable: want %s or %s", RunWithoutSaga, Fail)
+				continue
+			}
 			p.OnEngineUnavailable = Fallback(v.Value)
 		case "compensation_handlers":
 			if v.Kind != yaml.MappingNode {
@@ -95,6 +119,10 @@ func Parse(name string, data []byte) (*Policy, error) {
 				for m := 0; m+1 < len(ms.Content); m += 2 {
 					mk, mv := ms.Content[m], ms.Content[m+1]
 					p.lines[opName.Value+"/"+mk.Value] = mk.Line
+					if mv.Kind != yaml.ScalarNode {
+						bad(mv, "compensation_handlers.%s.%s: want one handler name", opName.Value, mk.Value)
+						continue
+					}
 					op.Milestones = append(op.Milestones, Milestone{Name: mk.Value, Compensation: mv.Value})
 				}
 			}
@@ -109,17 +137,42 @@ func Parse(name string, data []byte) (*Policy, error) {
 				probs = append(probs, parseOperation(name, p, opName.Value, op, body)...)
 			}
 		case "users", "tenants":
-			var m map[string]struct {
-				EnableSaga     *bool    `yaml:"enable_saga"`
-				SagaOperations []string `yaml:"saga_operations"`
-			}
-			if err := v.Decode(&m); err != nil {
-				bad(v, "%s: want name → {enable_saga, saga_operations}: %v", k.Value, err)
+			if v.Kind != yaml.MappingNode {
+				bad(v, "%s: want name → {enable_saga, saga_operations}", k.Value)
 				continue
 			}
 			out := map[string]Override{}
-			for who, o := range m {
-				out[who] = Override{EnableSaga: o.EnableSaga, SagaOperations: o.SagaOperations}
+			for j := 0; j+1 < len(v.Content); j += 2 {
+				who, body := v.Content[j], v.Content[j+1]
+				p.lines[k.Value+"/"+who.Value] = who.Line
+				if who.Value == "" {
+					bad(who, "%s: empty name", k.Value)
+				}
+				var o Override
+				if body.Kind != yaml.MappingNode {
+					bad(body, "%s.%s: want {enable_saga, saga_operations}", k.Value, who.Value)
+					continue
+				}
+				for f := 0; f+1 < len(body.Content); f += 2 {
+					fk, fv := body.Content[f], body.Content[f+1]
+					switch fk.Value {
+					case "enable_saga":
+						var b bool
+						if err := fv.Decode(&b); err != nil {
+							bad(fv, "%s.%s.enable_saga: want true or false", k.Value, who.Value)
+						}
+						o.EnableSaga = &b
+					case "saga_operations":
+						ops := []string{}
+						if err := fv.Decode(&ops); err != nil {
+							bad(fv, "%s.%s.saga_operations: want a list of operation names", k.Value, who.Value)
+						}
+						o.SagaOperations = ops
+					default:
+						bad(fk, "%s.%s: unknown key %q", k.Value, who.Value, fk.Value)
+					}
+				}
+				out[who.Value] = o
 			}
 			if k.Value == "users" {
 				p.Users = out
@@ -166,20 +219,31 @@ func parseOperation(file string, p *Policy, opName string, op *Operation, body *
 				bad(v, "milestones: want a list")
 				continue
 			}
-			op.Milestones = nil
+			op.Milestones = []Milestone{}
 			for _, m := range v.Content {
 				var ms Milestone
-				var raw struct {
-					Name         string `yaml:"name"`
-					Compensation string `yaml:"compensation"`
-				}
-				if m.Kind == yaml.ScalarNode {
+				switch m.Kind {
+				case yaml.ScalarNode:
 					ms.Name = m.Value
-				} else if err := m.Decode(&raw); err != nil {
-					bad(m, "milestone: want {name, compensation}")
+				case yaml.MappingNode:
+					for f := 0; f+1 < len(m.Content); f += 2 {
+						fk, fv := m.Content[f], m.Content[f+1]
+						if fv.Kind != yaml.ScalarNode {
+							bad(fv, "milestone %s: want a name", fk.Value)
+							continue
+						}
+						switch fk.Value {
+						case "name":
+							ms.Name = fv.Value
+						case "compensation":
+							ms.Compensation = fv.Value
+						default:
+							bad(fk, "milestone: unknown key %q (want name, compensation)", fk.Value)
+						}
+					}
+				default:
+					bad(m, "milestone: want a name or {name, compensation}")
 					continue
-				} else {
-					ms = Milestone{Name: raw.Name, Compensation: raw.Compensation}
 				}
 				p.lines[opName+"/"+ms.Name] = m.Line
 				op.Milestones = append(op.Milestones, ms)
@@ -211,7 +275,18 @@ func parseOperation(file string, p *Policy, opName string, op *Operation, body *
 			}
 			op.Retry = r
 		case "on_engine_unavailable":
+			if v.Kind != yaml.ScalarNode {
+				bad(v, "on_engine_unavailable: want %s or %s", RunWithoutSaga, Fail)
+				continue
+			}
 			op.OnEngineUnavailable = Fallback(v.Value)
+		case "timeout":
+			d, err := time.ParseDuration(v.Value)
+			if err != nil || v.Kind != yaml.ScalarNode {
+				bad(v, "timeout: want a duration such as 30m")
+				continue
+			}
+			op.Timeout = d
 		default:
 			bad(k, "unknown key %q", k.Value)
 		}

@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -8,6 +9,7 @@ import (
 	"path/filepath"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/fsnotify/fsnotify"
 
@@ -30,7 +32,8 @@ type Options struct {
 	// Logger receives reload results and fallbacks. Default slog.Default().
 	Logger *slog.Logger
 	// OnChange is called after every attempted change (file reload or
-	// Set) with the version in force and the rejection error, if any.
+	// Set) with the version in force and the rejection error, if any. It
+	// may run on the watcher's goroutine: it must not call Close.
 	OnChange func(version uint64, err error)
 }
 
@@ -53,8 +56,10 @@ type Manager struct {
 	version uint64
 	snap    atomic.Pointer[Snapshot]
 
-	watcher *fsnotify.Watcher
-	done    chan struct{}
+	watcher  *fsnotify.Watcher
+	done     chan struct{}
+	reloadMu sync.Mutex // orders reloads: parse and apply as one
+	lastFile [32]byte   // hash of the file content in force; reloadMu
 
 	changes, rejected, fallbacks atomic.Uint64
 }
@@ -79,11 +84,15 @@ func New(opts Options) (*Manager, error) {
 	}
 	m.env = env
 	if opts.File != "" {
-		f, err := ParseFile(opts.File)
+		data, err := os.ReadFile(opts.File)
+		if err != nil {
+			return nil, fmt.Errorf("policy: read %s: %w", opts.File, err)
+		}
+		f, err := Parse(opts.File, data)
 		if err != nil {
 			return nil, err
 		}
-		m.file = f
+		m.file, m.lastFile = f, sha256.Sum256(data)
 	}
 	if err := m.apply(); err != nil {
 		return nil, err
@@ -120,7 +129,7 @@ func (m *Manager) apply() error {
 	// An operation that can be switched on must have milestones.
 	var missing []string
 	for _, op := range s.switchable() {
-		if s.ops[op] == nil {
+		if s.ops[op] == nil || len(s.ops[op].Milestones) == 0 {
 			missing = append(missing, fmt.Sprintf("operation %q is enabled but has no milestones in any source", op))
 		}
 	}
@@ -190,10 +199,7 @@ func (m *Manager) change(f func()) error {
 // Set replaces the API layer (the highest) with p; nil removes it. An
 // invalid policy is rejected whole and changes nothing.
 func (m *Manager) Set(p *Policy) error {
-	if p != nil {
-		c := *p
-		p = &c
-	}
+	p = p.clone() // the caller may reuse its maps and slices
 	return m.change(func() { m.api = p })
 }
 
@@ -203,7 +209,18 @@ func (m *Manager) Reload() error {
 	if m.opts.File == "" {
 		return nil
 	}
-	f, err := ParseFile(m.opts.File)
+	m.reloadMu.Lock()
+	defer m.reloadMu.Unlock()
+	data, err := os.ReadFile(m.opts.File)
+	var f *Policy
+	if err == nil {
+		if sha256.Sum256(data) == m.lastFile {
+			return nil // unchanged (an event for another file, a touch)
+		}
+		f, err = Parse(m.opts.File, data)
+	} else {
+		err = fmt.Errorf("policy: read %s: %w", m.opts.File, err)
+	}
 	if err != nil {
 		m.mu.Lock()
 		version := m.version
@@ -215,7 +232,11 @@ func (m *Manager) Reload() error {
 		}
 		return err
 	}
-	return m.change(func() { m.file = f })
+	if err := m.change(func() { m.file = f }); err != nil {
+		return err
+	}
+	m.lastFile = sha256.Sum256(data)
+	return nil
 }
 
 // Snapshot returns the policy in force. It never blocks.
@@ -232,8 +253,14 @@ func (m *Manager) Stats() Stats {
 	return Stats{Changes: m.changes.Load(), Rejected: m.rejected.Load(), Fallbacks: m.fallbacks.Load()}
 }
 
-// watch reloads the file whenever it changes. The directory is watched, so
-// editors that write a new file and rename it over the old one are seen.
+// debounce is how long the watched directory must be quiet before a
+// reload: a writer that truncates and then writes is read once, whole.
+const debounce = 100 * time.Millisecond
+
+// watch reloads the file whenever it may have changed. The directory is
+// watched and any event in it triggers a check of the file's content, so
+// editors that rename a new file over the old one, and Kubernetes
+// ConfigMap volumes that swap a symlink, are both seen.
 func (m *Manager) watch() error {
 	w, err := fsnotify.NewWatcher()
 	if err != nil {
@@ -244,19 +271,29 @@ func (m *Manager) watch() error {
 		return fmt.Errorf("policy: watch %s: %w", m.opts.File, err)
 	}
 	m.watcher = w
-	target := filepath.Clean(m.opts.File)
 	go func() {
 		defer close(m.done)
+		var timer *time.Timer
+		var fire <-chan time.Time
 		for {
 			select {
-			case ev, ok := <-w.Events:
+			case _, ok := <-w.Events:
 				if !ok {
+					if timer != nil {
+						timer.Stop()
+					}
 					return
 				}
-				if filepath.Clean(ev.Name) == target && ev.Op&(fsnotify.Write|fsnotify.Create|fsnotify.Rename) != 0 {
-					if _, err := os.Stat(target); err == nil {
-						_ = m.Reload()
-					}
+				if timer == nil {
+					timer = time.NewTimer(debounce)
+				} else {
+					timer.Reset(debounce)
+				}
+				fire = timer.C
+			case <-fire:
+				fire = nil
+				if _, err := os.Stat(m.opts.File); err == nil {
+					_ = m.Reload() // rejections are counted, logged and reported by Reload
 				}
 			case err, ok := <-w.Errors:
 				if !ok {

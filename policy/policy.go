@@ -68,11 +68,78 @@ type Retry struct {
 	MaxElapsed     time.Duration `json:"max_elapsed,omitempty"`
 }
 
-// Operation is the saga shape of one operation.
+// Operation is the saga shape of one operation. A later source that sets
+// only some fields keeps the others from the sources below.
 type Operation struct {
-	Milestones          []Milestone `json:"milestones"`
-	Retry               *Retry      `json:"retry,omitempty"`
-	OnEngineUnavailable Fallback    `json:"on_engine_unavailable,omitempty"`
+	Milestones []Milestone `json:"milestones"`
+	// Retry bounds each compensation's retries; unset fields take the
+	// engine's defaults (100ms → 30s backoff, for at most 10 minutes).
+	Retry               *Retry   `json:"retry,omitempty"`
+	OnEngineUnavailable Fallback `json:"on_engine_unavailable,omitempty"`
+	// Timeout is the saga's deadline from its start: past it an operation
+	// still in progress (its caller crashed or hung) is aborted and
+	// compensated. Default DefaultTimeout.
+	Timeout time.Duration `json:"timeout,omitempty"`
+}
+
+// DefaultTimeout is the saga deadline of an operation whose policy sets none.
+const DefaultTimeout = time.Hour
+
+func (o *Operation) clone() *Operation {
+	if o == nil {
+		return nil
+	}
+	c := *o
+	c.Milestones = append([]Milestone(nil), o.Milestones...)
+	if o.Retry != nil {
+		r := *o.Retry
+		c.Retry = &r
+	}
+	return &c
+}
+
+func (o Override) clone() Override {
+	if o.EnableSaga != nil {
+		o.EnableSaga = Bool(*o.EnableSaga)
+	}
+	if o.SagaOperations != nil {
+		o.SagaOperations = append([]string{}, o.SagaOperations...)
+	}
+	return o
+}
+
+// clone returns a copy of p that shares no memory with it.
+func (p *Policy) clone() *Policy {
+	if p == nil {
+		return nil
+	}
+	c := *p
+	if p.EnableSaga != nil {
+		c.EnableSaga = Bool(*p.EnableSaga)
+	}
+	if p.SagaOperations != nil {
+		c.SagaOperations = append([]string{}, p.SagaOperations...)
+	}
+	c.Operations = nil
+	for name, op := range p.Operations {
+		if c.Operations == nil {
+			c.Operations = map[string]*Operation{}
+		}
+		c.Operations[name] = op.clone()
+	}
+	c.Users, c.Tenants = cloneOverrides(p.Users), cloneOverrides(p.Tenants)
+	return &c
+}
+
+func cloneOverrides(m map[string]Override) map[string]Override {
+	if m == nil {
+		return nil
+	}
+	out := make(map[string]Override, len(m))
+	for k, v := range m {
+		out[k] = v.clone()
+	}
+	return out
 }
 
 // Override changes enable_saga and/or saga_operations for one user or
@@ -132,8 +199,10 @@ func (p *Policy) Validate(source string, reg *compensation.Registry) error {
 	checkFallback(at("on_engine_unavailable"), p.OnEngineUnavailable)
 	for _, name := range sortedKeys(p.Operations) {
 		op := p.Operations[name]
-		if op == nil || len(op.Milestones) == 0 {
-			probs = append(probs, fmt.Sprintf("%soperation %q has no milestones", at(name), name))
+		if !validName(name) {
+			probs = append(probs, fmt.Sprintf("%sinvalid operation name %q", at(name), name))
+		}
+		if op == nil {
 			continue
 		}
 		seen := map[string]bool{}
@@ -155,6 +224,9 @@ func (p *Policy) Validate(source string, reg *compensation.Registry) error {
 		}
 		if r := op.Retry; r != nil && (r.MaxAttempts < 0 || r.InitialBackoff < 0 || r.MaxBackoff < 0 || r.MaxElapsed < 0) {
 			probs = append(probs, fmt.Sprintf("%soperation %q: negative retry setting", at(name), name))
+		}
+		if op.Timeout < 0 {
+			probs = append(probs, fmt.Sprintf("%soperation %q: negative timeout", at(name), name))
 		}
 		checkFallback(at(name)+"operation "+name+": ", op.OnEngineUnavailable)
 	}
@@ -262,16 +334,47 @@ func merge(version uint64, layers []layer) *Snapshot {
 			s.fallback = p.OnEngineUnavailable
 		}
 		for op, def := range p.Operations {
-			s.ops[op], s.opsFrom[op] = def, name
+			if def == nil {
+				continue
+			}
+			merged := s.ops[op].clone()
+			if merged == nil {
+				merged = &Operation{}
+			}
+			if def.Milestones != nil {
+				merged.Milestones = append([]Milestone(nil), def.Milestones...)
+				s.opsFrom[op] = name
+			}
+			if def.Retry != nil {
+				r := *def.Retry
+				merged.Retry = &r
+			}
+			if def.OnEngineUnavailable != "" {
+				merged.OnEngineUnavailable = def.OnEngineUnavailable
+			}
+			if def.Timeout != 0 {
+				merged.Timeout = def.Timeout
+			}
+			s.ops[op] = merged
 		}
-		for who, o := range p.Users {
-			s.users[who] = o
-		}
-		for who, o := range p.Tenants {
-			s.tenants[who] = o
-		}
+		mergeOverrides(s.users, p.Users)
+		mergeOverrides(s.tenants, p.Tenants)
 	}
 	return s
+}
+
+// mergeOverrides lays src over dst field by field.
+func mergeOverrides(dst, src map[string]Override) {
+	for who, o := range src {
+		cur := dst[who]
+		if o.EnableSaga != nil {
+			cur.EnableSaga = Bool(*o.EnableSaga)
+		}
+		if o.SagaOperations != nil {
+			cur.SagaOperations = append([]string{}, o.SagaOperations...)
+		}
+		dst[who] = cur
+	}
 }
 
 // UserContext identifies who runs an operation, for per-user and
@@ -306,7 +409,11 @@ func (s *Snapshot) Decide(operation string, uc UserContext) (saga bool) {
 			enabled, listed = applyOverride(enabled, listed, o)
 		}
 	}
-	return enabled && listed[operation] && s.ops[operation] != nil
+	if !enabled || !listed[operation] {
+		return false
+	}
+	op := s.ops[operation]
+	return op != nil && len(op.Milestones) > 0
 }
 
 func applyOverride(enabled bool, listed map[string]bool, o Override) (bool, map[string]bool) {
@@ -336,8 +443,8 @@ func (s *Snapshot) Explain(operation string, uc UserContext) Decision {
 	if o, ok := s.users[uc.UserID]; ok && uc.UserID != "" {
 		d.Reasons = append(d.Reasons, "user override for "+uc.UserID+": "+describeOverride(o))
 	}
-	if op := s.ops[operation]; op != nil {
-		d.Spec = op
+	if op := s.ops[operation]; op != nil && len(op.Milestones) > 0 {
+		d.Spec = op.clone()
 		if op.OnEngineUnavailable != "" {
 			d.Fallback = op.OnEngineUnavailable
 		}

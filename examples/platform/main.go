@@ -86,14 +86,57 @@ func (p *platform) effect(op, ms, run string) effect {
 	return effect{path: filepath.Join(p.root, op, run, ms+".json")}
 }
 
-// do performs a milestone: real work on real files.
-func (p *platform) do(op, ms, run string, input []byte) ([]byte, error) {
+// init creates the platform's shared layout (top-level directories and
+// index files) once. Milestones add files and per-run directories to it;
+// compensations remove exactly those and never touch the shared layout.
+func (p *platform) init() error {
+	for _, dir := range []string{"storage", "parsed", "embeddings", "semantic_layer"} {
+		if err := os.MkdirAll(filepath.Join(p.root, dir), 0o750); err != nil {
+			return err
+		}
+	}
+	indexes := []string{filepath.Join(p.root, "semantic_layer", "index.txt")}
+	for _, op := range operations {
+		if err := os.MkdirAll(filepath.Join(p.root, op.name), 0o750); err != nil {
+			return err
+		}
+		indexes = append(indexes, filepath.Join(p.root, op.name, "index.txt"))
+	}
+	for _, ix := range indexes {
+		f, err := os.OpenFile(ix, os.O_CREATE|os.O_WRONLY, 0o640)
+		if err != nil {
+			return err
+		}
+		if err := f.Close(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// do performs a milestone: real work on real files. A milestone that
+// fails cleans up after itself (a saga never compensates a failed step).
+func (p *platform) do(op, ms, run string, input []byte) (out []byte, err error) {
+	defer func() {
+		if err != nil {
+			if uerr := p.undo(op, ms, run); uerr != nil {
+				err = fmt.Errorf("%w (and cleaning up failed: %v)", err, uerr)
+			}
+		}
+	}()
 	ef := p.effect(op, ms, run)
 	if err := os.MkdirAll(filepath.Dir(ef.path), 0o750); err != nil {
 		return nil, err
 	}
 	if ef.index {
+		old, err := os.ReadFile(ef.path)
+		if err != nil && !errors.Is(err, os.ErrNotExist) {
+			return nil, err
+		}
 		entry := fmt.Sprintf("%s\t%s\t%s\n", run, ms, time.Now().UTC().Format(time.RFC3339))
+		if len(old) > 0 && old[len(old)-1] != '\n' {
+			entry = "\n" + entry // a hand-edited index without a final newline
+		}
 		f, err := os.OpenFile(ef.path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o640)
 		if err != nil {
 			return nil, err
@@ -136,10 +179,21 @@ func (p *platform) do(op, ms, run string, input []byte) ([]byte, error) {
 			"operation": op, "milestone": ms, "run": run, "digest": fmt.Sprintf("%x", sum[:8]),
 		}, "", "  ")
 	}
-	if err := os.WriteFile(ef.path, content, 0o640); err != nil {
+	if err := writeAtomic(ef.path, content); err != nil {
 		return nil, err
 	}
 	return []byte(ef.path), nil
+}
+
+// writeAtomic writes a temp file and renames it into place: a crash
+// leaves the old content or the new, never half of it.
+func writeAtomic(path string, content []byte) error {
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, content, 0o640); err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	return os.Rename(tmp, path)
 }
 
 // embedding is a deterministic 4-dimensional "embedding" of a line.
@@ -154,7 +208,9 @@ func embedding(s string) string {
 }
 
 // undo reverts a milestone. It is idempotent and succeeds when there is
-// nothing to undo (the milestone never ran, or was undone already).
+// nothing to undo (the milestone never ran, or was undone already). It
+// removes only what the milestone added: its file, its index line, and
+// its run's own directory once empty — never the shared layout.
 func (p *platform) undo(op, ms, run string) error {
 	ef := p.effect(op, ms, run)
 	if ef.index {
@@ -165,24 +221,23 @@ func (p *platform) undo(op, ms, run string) error {
 		if err != nil {
 			return err
 		}
-		var kept []string
+		var kept strings.Builder
 		for _, line := range strings.SplitAfter(string(data), "\n") {
-			if line != "" && !strings.HasPrefix(line, run+"\t"+ms+"\t") {
-				kept = append(kept, line)
+			if !strings.HasPrefix(line, run+"\t"+ms+"\t") {
+				kept.WriteString(line)
 			}
 		}
-		if len(kept) > 0 {
-			return os.WriteFile(ef.path, []byte(strings.Join(kept, "")), 0o640)
+		if kept.Len() == len(data) {
+			return nil
 		}
+		return writeAtomic(ef.path, []byte(kept.String()))
 	}
+	_ = os.Remove(ef.path + ".tmp")
 	if err := os.Remove(ef.path); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
 	}
-	// Remove the directories the milestone created, up to the data root.
-	for dir := filepath.Dir(ef.path); dir != p.root && strings.HasPrefix(dir, p.root); dir = filepath.Dir(dir) {
-		if err := os.Remove(dir); err != nil {
-			break // not empty (or gone): stop
-		}
+	if dir := filepath.Dir(ef.path); filepath.Base(dir) == run {
+		_ = os.Remove(dir) // fails while other milestones' files remain: fine
 	}
 	return nil
 }
@@ -255,6 +310,9 @@ func run(out io.Writer, cfg config) error {
 		return err
 	}
 	p := &platform{root: root}
+	if err := p.init(); err != nil {
+		return err
+	}
 	reg, err := p.registry()
 	if err != nil {
 		return err

@@ -4,12 +4,17 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/sagaengine/saga/compensation/fakeclock"
+	"github.com/sagaengine/saga/engine"
+	"github.com/sagaengine/saga/fsm"
 	"github.com/sagaengine/saga/policy"
 )
 
@@ -104,6 +109,10 @@ func TestOffPolicyLeavesWork(t *testing.T) {
 // ran, succeeds and changes nothing more.
 func TestUndoIsIdempotent(t *testing.T) {
 	p := &platform{root: t.TempDir()}
+	if err := p.init(); err != nil {
+		t.Fatal(err)
+	}
+	layout, _ := snapshot(p.root)
 	if _, err := p.do("data_ingest_pipeline", "ingest", "r", []byte("x\n")); err != nil {
 		t.Fatal(err)
 	}
@@ -116,8 +125,127 @@ func TestUndoIsIdempotent(t *testing.T) {
 		t.Fatal(err)
 	}
 	left, _ := snapshot(p.root)
-	if len(left) != 1 { // the root itself
+	if diffCount(layout, left) != 0 {
 		t.Fatalf("left behind: %v", sortedPaths(left))
 	}
-	_ = context.Background
+}
+
+// Directories that existed before, even empty, survive a compensation.
+func TestPreexistingDirectoriesSurvive(t *testing.T) {
+	data := t.TempDir()
+	for _, d := range []string{"storage", "parsed/keep-me"} {
+		if err := os.MkdirAll(filepath.Join(data, d), 0o750); err != nil {
+			t.Fatal(err)
+		}
+	}
+	before, _ := snapshot(data)
+	if err := run(io.Discard, config{policy: filepath.Join("policies", "critical.yaml"), op: "data_ingest_pipeline",
+		failAt: "expose", data: data, engine: t.TempDir(), user: "u", runID: "r1"}); err != nil {
+		t.Fatal(err)
+	}
+	after, _ := snapshot(data)
+	for k := range before {
+		if _, ok := after[k]; !ok {
+			t.Fatalf("%s existed before the run and is gone", k)
+		}
+	}
+}
+
+// An index that does not end with a newline, or is empty, comes back as
+// it was after do and undo (but for the separating newline added to the
+// former).
+func TestIndexEdgeCases(t *testing.T) {
+	for name, content := range map[string]string{"empty": "", "lines": "a\tstore_roadmap\tx\n", "no final newline": "a\tstore_roadmap\tx"} {
+		p := &platform{root: t.TempDir()}
+		if err := p.init(); err != nil {
+			t.Fatal(err)
+		}
+		idx := filepath.Join(p.root, "roadmap_generation", "index.txt")
+		if err := os.WriteFile(idx, []byte(content), 0o640); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := p.do("roadmap_generation", "store_roadmap", "r", nil); err != nil {
+			t.Fatal(err)
+		}
+		if err := p.undo("roadmap_generation", "store_roadmap", "r"); err != nil {
+			t.Fatal(err)
+		}
+		got, _ := os.ReadFile(idx)
+		want := content
+		if name == "no final newline" {
+			want += "\n"
+		}
+		if string(got) != want {
+			t.Errorf("%s: index %q after do+undo, want %q", name, got, want)
+		}
+	}
+}
+
+// A milestone that fails for real cleans up what it did before failing.
+func TestFailingMilestoneLeavesNothing(t *testing.T) {
+	p := &platform{root: t.TempDir()}
+	if err := p.init(); err != nil {
+		t.Fatal(err)
+	}
+	before, _ := snapshot(p.root)
+	if _, err := p.do("data_ingest_pipeline", "embed", "r", nil); err == nil {
+		t.Fatal("embed without a parse output must fail")
+	}
+	after, _ := snapshot(p.root)
+	if diffCount(before, after) != 0 {
+		t.Fatalf("failed milestone left %v", sortedPaths(after))
+	}
+}
+
+// The process dies between a milestone's work and its record: after the
+// restart the saga's deadline aborts it and the compensations restore the
+// data dir, the uncertain milestone included.
+func TestCrashMidOperationIsUndoneAtTheDeadline(t *testing.T) {
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	data, engDir := t.TempDir(), t.TempDir()
+	p := &platform{root: data}
+	if err := p.init(); err != nil {
+		t.Fatal(err)
+	}
+	reg, err := p.registry()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pm, err := policy.New(policy.Options{File: filepath.Join("policies", "critical.yaml"), NoWatch: true, Registry: reg, Logger: quiet,
+		LookupEnv: func(string) (string, bool) { return "", false }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	clk := fakeclock.New(time.Unix(1_700_000_000, 0))
+	eng, err := engine.Open(engDir, engine.Options{Registry: reg, Logger: quiet, Clock: clk})
+	if err != nil {
+		t.Fatal(err)
+	}
+	before, _ := snapshot(data)
+	op, _ := findOperation("data_ingest_pipeline")
+	res, _ := policy.NewExecutor(pm, eng).ExecuteWithSaga(context.Background(), op.name, policy.UserContext{}, []byte("r1"),
+		func(ctx context.Context, s policy.Saga) error {
+			if err := s.Step(ctx, "ingest", func(context.Context) ([]byte, error) { return p.do(op.name, "ingest", "r1", []byte("x\n")) }); err != nil {
+				return err
+			}
+			return s.Step(ctx, "parse", func(context.Context) ([]byte, error) {
+				out, err := p.do(op.name, "parse", "r1", nil)
+				eng.Close() // the process dies here
+				return out, err
+			})
+		})
+	eng, err = engine.Open(engDir, engine.Options{Registry: reg, Logger: quiet, Clock: clk})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer eng.Close()
+	clk.Advance(2 * policy.DefaultTimeout)
+	st, err := eng.Wait(context.Background(), res.SagaID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	after, _ := snapshot(data)
+	if st.State != fsm.StateFailed || diffCount(before, after) != 0 {
+		t.Fatalf("after the deadline saga is %s; data dir differs in %d place(s): %v", st.State, diffCount(before, after), sortedPaths(after))
+	}
 }
