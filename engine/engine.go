@@ -67,6 +67,8 @@ var (
 	ErrNotDriven = errors.New("engine: definition has steps without actions")
 	// ErrRecovery: Open found the log and the state inconsistent.
 	ErrRecovery = errors.New("engine: recovery failed")
+	// ErrReadOnly: a change was asked of an engine opened with Inspect.
+	ErrReadOnly = errors.New("engine: opened for inspection (read only)")
 )
 
 // IsNotApplied reports whether err guarantees that nothing was applied:
@@ -130,6 +132,10 @@ type Engine struct {
 	runs     map[string]*run
 	watchers map[string][]chan *fsm.Saga // woken with the settled saga
 	defMu    sync.Mutex
+
+	// counts holds the number of sagas per state once StateCounts has
+	// been called (counted lazily: a scan of the index); applyMu.
+	counts map[fsm.SagaState]int
 
 	lastID        atomic.Int64
 	sinceCkpt     atomic.Uint64
@@ -231,11 +237,13 @@ func Open(dir string, opts Options) (*Engine, error) {
 	go e.appendLoop()
 	go e.applyLoop()
 	go e.checkpointLoop()
-	e.bg.Add(1)
-	go e.deadlineLoop()
-	if err := e.resumeAll(); err != nil {
-		_ = e.Close()
-		return nil, err
+	if !opts.Inspect {
+		e.bg.Add(1)
+		go e.deadlineLoop()
+		if err := e.resumeAll(); err != nil {
+			_ = e.Close()
+			return nil, err
+		}
 	}
 	e.recovery.Duration = time.Since(start)
 	e.opts.Logger.Info("engine: open",
@@ -465,7 +473,7 @@ func (e *Engine) afterApply(entries []fsm.Entry, results []fsm.Result) {
 			continue
 		}
 		if hook != nil {
-			hook(TransitionEvent{Index: entries[i].Index, Record: entries[i].Rec, Saga: res.Saga})
+			hook(TransitionEvent{Index: entries[i].Index, Record: entries[i].Rec, Saga: res.Saga, Prev: res.Prev})
 		}
 		if res.Saga != nil && (res.Saga.State.Terminal() || res.Saga.State == fsm.StateStuck) {
 			settled = append(settled, res.Saga)
@@ -573,6 +581,9 @@ func (e *Engine) propose(ctx context.Context, recs []*fsm.Record) ([]fsm.Result,
 	p := &proposal{recs: recs, raw: raw, done: make(chan proposalResult, 1)}
 	if err := ctx.Err(); err != nil {
 		return nil, err
+	}
+	if e.opts.Inspect {
+		return nil, ErrReadOnly
 	}
 	// sendMu (read side) keeps Close from closing the channel under us.
 	// The commit loop never takes it, so a full channel cannot deadlock.

@@ -50,6 +50,11 @@ type Options struct {
 	// StoreCacheSize is the Pebble block cache in bytes. Default 32 MiB.
 	StoreCacheSize int64
 
+	// Inspect opens the directory for inspection (sagactl): the log is
+	// replayed into the state, but no saga is resumed, no deadline armed
+	// and no handler run; calls that change state fail with ErrReadOnly.
+	Inspect bool
+
 	// WrapLog, if set, receives the log after it is opened and returns
 	// the one the engine uses: a seam for fault injection (failing writes
 	// or syncs) and for benchmarks that add latency to every sync.
@@ -137,9 +142,10 @@ type Hooks struct {
 
 // TransitionEvent describes one applied transition.
 type TransitionEvent struct {
-	Index  uint64      // log index
-	Record *fsm.Record // the transition
-	Saga   *fsm.Saga   // the saga after it (nil for definitions)
+	Index  uint64        // log index
+	Record *fsm.Record   // the transition
+	Saga   *fsm.Saga     // the saga after it (nil for definitions); read only
+	Prev   fsm.SagaState // the saga's state before it (0 for a new saga)
 }
 
 // RecoveryStats describes what Open did.

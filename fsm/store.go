@@ -244,6 +244,8 @@ type Entry struct {
 // records and rejected entries), or the reason it was rejected.
 type Result struct {
 	Saga *Saga
+	// Prev is the saga's state before the entry (0 for a new saga).
+	Prev SagaState
 	Def  *Definition
 	Err  error
 }
@@ -345,6 +347,9 @@ func (s *Store) ApplyBatch(entries []Entry) ([]Result, error) {
 		}
 		sagas[r.Saga] = next
 		out[i].Saga = next
+		if cur != nil {
+			out[i].Prev = cur.State
+		}
 	}
 	// Each saga's value and indexes are written once per batch, however
 	// many of its transitions the batch holds.

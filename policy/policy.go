@@ -482,3 +482,28 @@ func (d Decision) String() string {
 	return fmt.Sprintf("%s %s (policy version %d)\n  - %s", d.Operation, verdict, d.Version,
 		strings.Join(d.Reasons, "\n  - "))
 }
+
+// Description is the policy in force, for operators (sagactl policy get).
+type Description struct {
+	Version             uint64                `json:"version"`
+	EnableSaga          bool                  `json:"enable_saga"`
+	EnableSagaFrom      string                `json:"enable_saga_from"`
+	SagaOperations      []string              `json:"saga_operations"`
+	SagaOperationsFrom  string                `json:"saga_operations_from"`
+	OnEngineUnavailable Fallback              `json:"on_engine_unavailable"`
+	Operations          map[string]*Operation `json:"operations"`
+	Users               map[string]Override   `json:"users,omitempty"`
+	Tenants             map[string]Override   `json:"tenants,omitempty"`
+}
+
+// Describe returns a copy of the policy in force.
+func (s *Snapshot) Describe() Description {
+	d := Description{Version: s.Version, EnableSaga: s.enabled, EnableSagaFrom: s.enabledFrom,
+		SagaOperations: sortedKeys(s.operations), SagaOperationsFrom: s.operationsFrom,
+		OnEngineUnavailable: s.fallback, Operations: map[string]*Operation{},
+		Users: cloneOverrides(s.users), Tenants: cloneOverrides(s.tenants)}
+	for name, op := range s.ops {
+		d.Operations[name] = op.clone()
+	}
+	return d
+}

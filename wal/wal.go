@@ -98,6 +98,12 @@ type Options struct {
 	wrap func(store) store
 }
 
+func (o *Options) withDefaults() *Options {
+	c := *o
+	c.EnsureDefaults()
+	return &c
+}
+
 // EnsureDefaults fills unset fields with their defaults.
 func (o *Options) EnsureDefaults() {
 	if o.SegmentSize <= 0 {
@@ -272,20 +278,52 @@ type segmentFile struct {
 	first uint64
 }
 
-// verifyAndRepair checks every record of every segment. Damage in any but
-// the last segment, or damage in the last segment that is followed by a
-// valid record, is a *CorruptionError. Otherwise the invalid tail of the
-// last segment is cut off (truncate + fsync) and logged.
-func (l *Log) verifyAndRepair() error {
-	segs, err := segmentFiles(l.dir)
-	if err != nil {
-		return err
+// TornTail describes an incomplete final write at the end of the last
+// segment: never acknowledged (its fsync did not return), safe to cut.
+type TornTail struct {
+	Segment    string
+	Offset     int64  // where the valid records end
+	Bytes      int64  // bytes after Offset
+	FirstIndex uint64 // index the first dropped record would have had
+	Reason     string
+}
+
+// Report is the result of Verify.
+type Report struct {
+	Segments   int
+	Records    uint64
+	Bytes      int64
+	FirstIndex uint64 // 0 when the log holds no record
+	LastIndex  uint64
+	Torn       *TornTail        // nil when the tail is clean
+	Corrupt    *CorruptionError // damage Open refuses; nil when none
+	// DroppedByForce counts the records from the corruption on (those a
+	// forced repair would cut); 0 without corruption.
+	DroppedByForce uint64
+}
+
+// Verify checks every record of the log in dir without changing anything.
+// fn, if not nil, is called for every valid record in order until the
+// first damage. maxRecord bounds a record's payload (0: the default).
+func Verify(dir string, maxRecord int, fn func(index uint64, payload []byte) error) (*Report, error) {
+	if maxRecord <= 0 {
+		maxRecord = (&Options{}).withDefaults().MaxRecordSize
 	}
-	maxFrame := l.opts.MaxRecordSize + HeaderSize
+	segs, err := segmentFiles(dir)
+	if err != nil {
+		return nil, err
+	}
+	rep := &Report{Segments: len(segs)}
+	maxFrame := maxRecord + HeaderSize
 	for i, s := range segs {
 		data, err := os.ReadFile(s.path)
 		if err != nil {
-			return fmt.Errorf("wal: read segment %s: %w", s.path, err)
+			return nil, fmt.Errorf("wal: read segment %s: %w", s.path, err)
+		}
+		rep.Bytes += int64(len(data))
+		if rep.Corrupt != nil {
+			rep.DroppedByForce += countFrames(data, maxFrame)
+			continue
 		}
 		isLast := i == len(segs)-1
 		off, next := 0, s.first
@@ -296,24 +334,136 @@ func (l *Log) verifyAndRepair() error {
 			}
 			if perr != nil {
 				if !isLast || validFrameAfter(data, off+1, next, maxFrame) {
-					return &CorruptionError{Segment: s.path, Offset: int64(off), Index: next, Reason: perr.Error()}
+					rep.Corrupt = &CorruptionError{Segment: s.path, Offset: int64(off), Index: next, Reason: perr.Error()}
+					rep.DroppedByForce += countFrames(data[off:], maxFrame) + 1
+				} else {
+					rep.Torn = &TornTail{Segment: s.path, Offset: int64(off), Bytes: int64(len(data) - off),
+						FirstIndex: next, Reason: perr.Error()}
 				}
-				if err := l.cutTail(s.path, off, len(data), next, perr); err != nil {
-					return err
-				}
-				data = data[:off]
 				break
 			}
+			if fn != nil {
+				if err := fn(e.index, e.payload); err != nil {
+					return rep, err
+				}
+			}
+			if rep.FirstIndex == 0 {
+				rep.FirstIndex = e.index
+			}
+			rep.LastIndex = e.index
+			rep.Records++
 			off = e.end
 			next++
 		}
-		if !isLast && next != segs[i+1].first {
-			return &CorruptionError{Segment: s.path, Offset: int64(len(data)), Index: next,
+		if rep.Corrupt == nil && !isLast && next != segs[i+1].first {
+			rep.Corrupt = &CorruptionError{Segment: s.path, Offset: int64(len(data)), Index: next,
 				Reason: fmt.Sprintf("segment ends before index %d where the next segment starts", segs[i+1].first)}
 		}
-		if isLast {
-			l.tailSize = len(data)
+	}
+	return rep, nil
+}
+
+// countFrames counts the parseable records in data (best effort, for
+// reporting what a forced repair drops).
+func countFrames(data []byte, maxFrame int) uint64 {
+	var n uint64
+	for off := 0; off < len(data); {
+		e, err := parseEntry(data, off, maxFrame)
+		if err != nil {
+			off++
+			continue
 		}
+		n++
+		off = e.end
+	}
+	return n
+}
+
+// Repair cuts the log in dir so that Open succeeds: a torn tail is cut
+// (it was never acknowledged); corruption before the tail is cut only with
+// force, dropping the damaged record, everything after it in its segment,
+// and every later segment — records that may have been acknowledged.
+// It returns the report of what it found (and cut).
+func Repair(dir string, maxRecord int, force bool) (*Report, error) {
+	rep, err := Verify(dir, maxRecord, nil)
+	if err != nil {
+		return nil, err
+	}
+	switch {
+	case rep.Corrupt != nil && !force:
+		return rep, fmt.Errorf("%w: refusing to drop %d record(s) from index %d on that may have been acknowledged; "+
+			"rerun with --force to accept the loss", ErrCorrupt, rep.DroppedByForce, rep.Corrupt.Index)
+	case rep.Corrupt != nil:
+		if err := truncateFile(rep.Corrupt.Segment, rep.Corrupt.Offset); err != nil {
+			return rep, err
+		}
+		segs, err := segmentFiles(dir)
+		if err != nil {
+			return rep, err
+		}
+		for _, sg := range segs {
+			if sg.path > rep.Corrupt.Segment {
+				if err := os.Remove(sg.path); err != nil {
+					return rep, fmt.Errorf("wal: remove %s: %w", sg.path, err)
+				}
+			}
+		}
+	case rep.Torn != nil:
+		if err := truncateFile(rep.Torn.Segment, rep.Torn.Offset); err != nil {
+			return rep, err
+		}
+	default:
+		return rep, nil
+	}
+	return rep, syncDir(dir)
+}
+
+func truncateFile(path string, off int64) error {
+	f, err := os.OpenFile(path, os.O_WRONLY, 0)
+	if err != nil {
+		return fmt.Errorf("wal: open %s: %w", path, err)
+	}
+	defer f.Close()
+	if err := f.Truncate(off); err != nil {
+		return fmt.Errorf("wal: truncate %s: %w", path, err)
+	}
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("wal: sync %s: %w", path, err)
+	}
+	return nil
+}
+
+// verifyAndRepair checks every record of every segment. Damage in any but
+// the last segment, or damage in the last segment that is followed by a
+// valid record, is a *CorruptionError. Otherwise the invalid tail of the
+// last segment is cut off (truncate + fsync) and logged.
+func (l *Log) verifyAndRepair() error {
+	rep, err := Verify(l.dir, l.opts.MaxRecordSize, nil)
+	if err != nil {
+		return err
+	}
+	if rep.Corrupt != nil {
+		return rep.Corrupt
+	}
+	if t := rep.Torn; t != nil {
+		if err := truncateFile(t.Segment, t.Offset); err != nil {
+			return err
+		}
+		l.tornBytes += t.Bytes
+		l.opts.Logger.Warn("wal: cut torn tail",
+			"segment", t.Segment, "offset", t.Offset, "bytes_dropped", t.Bytes,
+			"first_dropped_index", t.FirstIndex, "reason", t.Reason)
+	}
+	segs, err := segmentFiles(l.dir)
+	if err != nil {
+		return err
+	}
+	if len(segs) > 0 {
+		info, err := os.Stat(segs[len(segs)-1].path)
+		if err != nil {
+			return fmt.Errorf("wal: stat tail segment: %w", err)
+		}
+		l.tailSize = int(info.Size())
 	}
 	return nil
 }
@@ -329,25 +479,6 @@ func validFrameAfter(data []byte, from int, minIndex uint64, maxFrame int) bool 
 		}
 	}
 	return false
-}
-
-func (l *Log) cutTail(path string, off, size int, index uint64, why error) error {
-	f, err := os.OpenFile(path, os.O_WRONLY, 0)
-	if err != nil {
-		return fmt.Errorf("wal: open %s to cut its tail: %w", path, err)
-	}
-	defer f.Close()
-	if err := f.Truncate(int64(off)); err != nil {
-		return fmt.Errorf("wal: cut tail of %s: %w", path, err)
-	}
-	if err := f.Sync(); err != nil {
-		return fmt.Errorf("wal: sync %s after cutting its tail: %w", path, err)
-	}
-	l.tornBytes += int64(size - off)
-	l.opts.Logger.Warn("wal: cut torn tail",
-		"segment", path, "offset", off, "bytes_dropped", size-off,
-		"first_dropped_index", index, "reason", why.Error())
-	return nil
 }
 
 func syncDir(dir string) error {

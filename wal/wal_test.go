@@ -453,3 +453,54 @@ func TestInterruptedTruncationIsSettled(t *testing.T) {
 		t.Fatalf("after settling [%d,%d], want [%d,20]", l.FirstIndex(), l.LastIndex(), segs[1].first)
 	}
 }
+
+func TestVerifyAndRepair(t *testing.T) {
+	opts := Options{SegmentSize: 200}
+	// A torn tail: Verify reports it and changes nothing; Repair cuts it.
+	dir := t.TempDir()
+	writeN(t, dir, opts, 12, 1)
+	p, data := lastSegment(t, dir)
+	if err := os.WriteFile(p, append(data, 0x05, 0xde, 0xad), 0o640); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := Verify(dir, 0, nil)
+	if err != nil || rep.Torn == nil || rep.Torn.Bytes != 3 || rep.Corrupt != nil || rep.Records != 12 {
+		t.Fatalf("verify torn: %+v %v", rep, err)
+	}
+	if after, _ := os.ReadFile(p); len(after) != len(data)+3 {
+		t.Fatal("Verify modified the log")
+	}
+	if rep, err = Repair(dir, 0, false); err != nil || rep.Torn == nil {
+		t.Fatalf("repair torn: %+v %v", rep, err)
+	}
+	if rep, _ = Verify(dir, 0, nil); rep.Torn != nil || rep.Records != 12 {
+		t.Fatalf("after repair: %+v", rep)
+	}
+
+	// Corruption: refused without force, cut with it.
+	dir = t.TempDir()
+	writeN(t, dir, opts, 30, 1)
+	segs, _ := segmentFiles(dir)
+	victim := segs[1]
+	d, _ := os.ReadFile(victim.path)
+	d[3] ^= 0x40
+	if err := os.WriteFile(victim.path, d, 0o640); err != nil {
+		t.Fatal(err)
+	}
+	rep, err = Verify(dir, 0, nil)
+	if err != nil || rep.Corrupt == nil || rep.Corrupt.Index != victim.first || rep.DroppedByForce < 30-victim.first {
+		t.Fatalf("verify corrupt: %+v %v", rep, err)
+	}
+	if _, err := Repair(dir, 0, false); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("repair without force: %v", err)
+	}
+	if _, err := Repair(dir, 0, true); err != nil {
+		t.Fatal(err)
+	}
+	l := openT(t, dir, opts)
+	defer l.Close()
+	if l.LastIndex() != victim.first-1 {
+		t.Fatalf("after a forced repair the log ends at %d, want %d", l.LastIndex(), victim.first-1)
+	}
+	checkRecords(t, l, int(victim.first-1))
+}

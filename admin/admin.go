@@ -1,0 +1,468 @@
+// Package admin serves the engine's admin API: HTTP+JSON for operators and
+// sagactl (status, list, show, watch, retry, abort, resolve, policy) and
+// /metrics for Prometheus.
+//
+// Deny by default: the server refuses to start without a bearer token, it
+// binds to 127.0.0.1 (or a unix socket) unless told otherwise, and every
+// endpoint but /healthz requires the token, compared in constant time.
+package admin
+
+import (
+	"context"
+	"crypto/subtle"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/sagaengine/saga/engine"
+	"github.com/sagaengine/saga/fsm"
+	"github.com/sagaengine/saga/policy"
+)
+
+// Errors returned by New and Start.
+var (
+	// ErrNoToken: the API would run open; it refuses to.
+	ErrNoToken = errors.New("admin: no token configured: refusing to serve an open admin API (set Options.Token)")
+	// ErrInvalidOptions: Options failed validation.
+	ErrInvalidOptions = errors.New("admin: invalid options")
+)
+
+// DefaultAddr is where the API listens by default: loopback only.
+const DefaultAddr = "127.0.0.1:7070"
+
+// maxBody bounds request bodies.
+const maxBody = 1 << 20
+
+// Options configures the admin server.
+type Options struct {
+	// Addr is host:port, or unix:/path/to.sock. Default DefaultAddr.
+	Addr string
+	// Token is the bearer token every request but /healthz must carry.
+	// Required.
+	Token string
+	// CertFile and KeyFile turn on TLS (both or neither).
+	CertFile, KeyFile string
+	// Policy, if set, is served under /v1/policy.
+	Policy *policy.Manager
+	// Logger; default slog.Default().
+	Logger *slog.Logger
+}
+
+// Server is the admin API of one engine.
+type Server struct {
+	e    *engine.Engine
+	o    *Observer
+	opts Options
+	srv  *http.Server
+	ln   net.Listener
+}
+
+// New checks the options and builds the server; Start serves it.
+func New(e *engine.Engine, o *Observer, opts Options) (*Server, error) {
+	if opts.Token == "" {
+		return nil, ErrNoToken
+	}
+	var probs []string
+	if len(opts.Token) < 16 {
+		probs = append(probs, "the token is shorter than 16 characters")
+	}
+	if (opts.CertFile == "") != (opts.KeyFile == "") {
+		probs = append(probs, "TLS needs both CertFile and KeyFile")
+	}
+	if e == nil || o == nil {
+		probs = append(probs, "an engine and an observer are required")
+	}
+	if len(probs) > 0 {
+		return nil, fmt.Errorf("%w: %s", ErrInvalidOptions, strings.Join(probs, "; "))
+	}
+	if opts.Addr == "" {
+		opts.Addr = DefaultAddr
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	s := &Server{e: e, o: o, opts: opts}
+	s.srv = &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	return s, nil
+}
+
+// Start listens and serves in the background.
+func (s *Server) Start() error {
+	network, addr := "tcp", s.opts.Addr
+	if strings.HasPrefix(addr, "unix:") {
+		network, addr = "unix", strings.TrimPrefix(addr, "unix:")
+		_ = os.Remove(addr) // a stale socket from a previous run
+	}
+	ln, err := net.Listen(network, addr)
+	if err != nil {
+		return fmt.Errorf("admin: listen on %s: %w", s.opts.Addr, err)
+	}
+	if network == "unix" {
+		_ = os.Chmod(addr, 0o600)
+	}
+	if s.opts.CertFile != "" {
+		cert, err := tls.LoadX509KeyPair(s.opts.CertFile, s.opts.KeyFile)
+		if err != nil {
+			ln.Close()
+			return fmt.Errorf("admin: load TLS key pair: %w", err)
+		}
+		ln = tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12})
+	}
+	s.ln = ln
+	go func() {
+		if err := s.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			s.opts.Logger.Error("admin: serve", "err", err)
+		}
+	}()
+	s.opts.Logger.Info("admin: serving", "addr", ln.Addr().String(), "tls", s.opts.CertFile != "")
+	return nil
+}
+
+// Addr is the address the server listens on (after Start).
+func (s *Server) Addr() string {
+	if s.ln == nil {
+		return ""
+	}
+	return s.ln.Addr().String()
+}
+
+// Close stops the server.
+func (s *Server) Close() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	return s.srv.Shutdown(ctx)
+}
+
+// Handler returns the API's routes, authentication included.
+func (s *Server) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	})
+	auth := func(h http.HandlerFunc) http.Handler { return s.authenticate(h) }
+	mux.Handle("GET /metrics", auth(promhttp.HandlerFor(s.o.registry, promhttp.HandlerOpts{}).ServeHTTP))
+	mux.Handle("GET /v1/status", auth(s.status))
+	mux.Handle("GET /v1/sagas", auth(s.list))
+	mux.Handle("GET /v1/sagas/{id}", auth(s.show))
+	mux.Handle("POST /v1/sagas/{id}/{action}", auth(s.act))
+	mux.Handle("GET /v1/watch", auth(s.watch))
+	mux.Handle("GET /v1/policy", auth(s.policyGet))
+	mux.Handle("PUT /v1/policy", auth(s.policySet))
+	mux.Handle("GET /v1/policy/explain", auth(s.policyExplain))
+	mux.Handle("/", auth(func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusNotFound, fmt.Errorf("no endpoint %s %s", r.Method, r.URL.Path), "see the admin API in the README")
+	}))
+	return mux
+}
+
+func (s *Server) authenticate(h http.Handler) http.Handler {
+	want := []byte("Bearer " + s.opts.Token)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got := []byte(r.Header.Get("Authorization"))
+		if subtle.ConstantTimeCompare(got, want) != 1 {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="saga admin"`)
+			writeError(w, http.StatusUnauthorized, errors.New("missing or wrong bearer token"),
+				"pass the token with --token-file or SAGACTL_TOKEN")
+			return
+		}
+		r.Body = http.MaxBytesReader(w, r.Body, maxBody)
+		h.ServeHTTP(w, r)
+	})
+}
+
+// apiError is the body of every error response.
+type apiError struct {
+	Error string `json:"error"`
+	Hint  string `json:"hint,omitempty"`
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+func writeError(w http.ResponseWriter, code int, err error, hint string) {
+	writeJSON(w, code, apiError{Error: err.Error(), Hint: hint})
+}
+
+// engineError maps an engine error to a status code and a hint.
+func engineError(w http.ResponseWriter, err error) {
+	switch {
+	case errors.Is(err, fsm.ErrUnknownSaga):
+		writeError(w, http.StatusNotFound, err, "list sagas with: sagactl list")
+	case errors.Is(err, fsm.ErrIllegalTransition):
+		writeError(w, http.StatusConflict, err, "look at the saga's state with: sagactl show ID")
+	case errors.Is(err, engine.ErrInvalidArgument), errors.Is(err, fsm.ErrInvalidRecord):
+		writeError(w, http.StatusBadRequest, err, "")
+	case errors.Is(err, engine.ErrReadOnly):
+		writeError(w, http.StatusConflict, err, "")
+	case errors.Is(err, engine.ErrPoisoned), errors.Is(err, engine.ErrClosed), errors.Is(err, engine.ErrOutcomeUnknown):
+		writeError(w, http.StatusServiceUnavailable, err, "the engine stopped after an I/O error: restart the process")
+	default:
+		writeError(w, http.StatusInternalServerError, err, "")
+	}
+}
+
+// StatusReply is the body of GET /v1/status.
+type StatusReply struct {
+	Counts       map[string]int `json:"counts"`
+	LogDir       string         `json:"log_dir"`
+	FirstIndex   uint64         `json:"first_index"`
+	LastIndex    uint64         `json:"last_index"`
+	AppliedIndex uint64         `json:"applied_index"`
+	Segments     int            `json:"segments"`
+	LogBytes     int64          `json:"log_bytes"`
+	Recovery     string         `json:"recovery_duration"`
+}
+
+// BuildStatus collects the status of an engine (used offline by sagactl too).
+func BuildStatus(e *engine.Engine) (*StatusReply, error) {
+	counts, err := e.StateCounts()
+	if err != nil {
+		return nil, err
+	}
+	li, err := e.LogInfo()
+	if err != nil {
+		return nil, err
+	}
+	rep := &StatusReply{Counts: map[string]int{}, LogDir: li.Dir, FirstIndex: li.FirstIndex, LastIndex: li.LastIndex,
+		AppliedIndex: li.AppliedIndex, Segments: li.Segments, LogBytes: li.Bytes,
+		Recovery: e.Stats().Recovery.Duration.String()}
+	for _, st := range fsm.States() {
+		rep.Counts[st.String()] = counts[st]
+	}
+	return rep, nil
+}
+
+func (s *Server) status(w http.ResponseWriter, r *http.Request) {
+	rep, err := BuildStatus(s.e)
+	if err != nil {
+		engineError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, rep)
+}
+
+// ListReply is the body of GET /v1/sagas.
+type ListReply struct {
+	Sagas []SagaJSON `json:"sagas"`
+	Next  string     `json:"next,omitempty"`
+}
+
+// ParseQuery reads list filters (state, definition, after, limit, since).
+func ParseQuery(get func(string) string) (fsm.Query, time.Time, error) {
+	var q fsm.Query
+	var since time.Time
+	if v := get("state"); v != "" {
+		st, err := fsm.ParseState(strings.ToUpper(v))
+		if err != nil {
+			return q, since, err
+		}
+		q.State = st
+	}
+	q.Definition, q.After = get("definition"), get("after")
+	if v := get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n <= 0 || n > 10000 {
+			return q, since, fmt.Errorf("limit %q: want a number from 1 to 10000", v)
+		}
+		q.Limit = n
+	}
+	if v := get("since"); v != "" {
+		t, err := time.Parse(time.RFC3339, v)
+		if err != nil {
+			d, derr := time.ParseDuration(v)
+			if derr != nil {
+				return q, since, fmt.Errorf("since %q: want RFC 3339 time or a duration such as 1h", v)
+			}
+			t = time.Now().Add(-d)
+		}
+		since = t
+	}
+	return q, since, nil
+}
+
+func (s *Server) list(w http.ResponseWriter, r *http.Request) {
+	q, since, err := ParseQuery(r.URL.Query().Get)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err, "")
+		return
+	}
+	sagas, next, err := s.e.List(r.Context(), q)
+	if err != nil {
+		engineError(w, err)
+		return
+	}
+	rep := ListReply{Sagas: []SagaJSON{}, Next: next}
+	for _, st := range sagas {
+		if !since.IsZero() && st.CreatedAt.Before(since) {
+			continue
+		}
+		rep.Sagas = append(rep.Sagas, NewSagaJSON(st))
+	}
+	writeJSON(w, http.StatusOK, rep)
+}
+
+// ShowReply is the body of GET /v1/sagas/{id}.
+type ShowReply struct {
+	Saga    SagaJSON      `json:"saga"`
+	History []HistoryJSON `json:"history"`
+}
+
+// BuildShow collects a saga and its history.
+func BuildShow(ctx context.Context, e *engine.Engine, id string) (*ShowReply, error) {
+	st, err := e.Status(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	h, err := e.History(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	rep := &ShowReply{Saga: NewSagaJSON(st)}
+	for _, he := range h {
+		rep.History = append(rep.History, NewHistoryJSON(he, st.Saga))
+	}
+	return rep, nil
+}
+
+func (s *Server) show(w http.ResponseWriter, r *http.Request) {
+	rep, err := BuildShow(r.Context(), s.e, r.PathValue("id"))
+	if err != nil {
+		engineError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, rep)
+}
+
+// ActionRequest is the body of POST /v1/sagas/{id}/{retry|abort|resolve}.
+type ActionRequest struct {
+	Actor  string `json:"actor"`
+	Reason string `json:"reason"`
+}
+
+func (s *Server) act(w http.ResponseWriter, r *http.Request) {
+	var req ActionRequest
+	dec := json.NewDecoder(r.Body)
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		writeError(w, http.StatusBadRequest, fmt.Errorf("malformed request body: %w", err), `send {"actor": "…", "reason": "…"}`)
+		return
+	}
+	if req.Actor == "" {
+		writeError(w, http.StatusBadRequest, errors.New("actor is required: who is acting"), "")
+		return
+	}
+	id := r.PathValue("id")
+	var st *engine.Status
+	var err error
+	switch r.PathValue("action") {
+	case "retry":
+		st, err = s.e.Retry(r.Context(), id, req.Actor, req.Reason)
+	case "abort":
+		if req.Reason == "" {
+			writeError(w, http.StatusBadRequest, errors.New("abort needs a reason"), "")
+			return
+		}
+		st, err = s.e.Abort(r.Context(), id, req.Actor, req.Reason)
+	case "resolve":
+		if req.Reason == "" {
+			writeError(w, http.StatusBadRequest, errors.New("resolve needs a reason (what was done by hand)"), "")
+			return
+		}
+		st, err = s.e.Resolve(r.Context(), id, req.Actor, req.Reason)
+	default:
+		writeError(w, http.StatusNotFound, fmt.Errorf("unknown action %q", r.PathValue("action")), "actions: retry, abort, resolve")
+		return
+	}
+	if err != nil {
+		engineError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, NewSagaJSON(st))
+}
+
+func (s *Server) watch(w http.ResponseWriter, r *http.Request) {
+	fl, ok := w.(http.Flusher)
+	if !ok {
+		writeError(w, http.StatusInternalServerError, errors.New("streaming unsupported"), "")
+		return
+	}
+	ch, cancel := s.o.subscribe()
+	defer cancel()
+	w.Header().Set("Content-Type", "application/x-ndjson")
+	w.WriteHeader(http.StatusOK)
+	fl.Flush()
+	enc := json.NewEncoder(w)
+	for {
+		select {
+		case <-r.Context().Done():
+			return
+		case ev := <-ch:
+			if err := enc.Encode(ev); err != nil {
+				return
+			}
+			fl.Flush()
+		}
+	}
+}
+
+func (s *Server) needPolicy(w http.ResponseWriter) bool {
+	if s.opts.Policy == nil {
+		writeError(w, http.StatusNotFound, errors.New("no policy manager is configured on this engine"), "")
+		return false
+	}
+	return true
+}
+
+func (s *Server) policyGet(w http.ResponseWriter, r *http.Request) {
+	if s.needPolicy(w) {
+		writeJSON(w, http.StatusOK, s.opts.Policy.Snapshot().Describe())
+	}
+}
+
+func (s *Server) policySet(w http.ResponseWriter, r *http.Request) {
+	if !s.needPolicy(w) {
+		return
+	}
+	body, err := io.ReadAll(r.Body)
+	if err != nil {
+		writeError(w, http.StatusRequestEntityTooLarge, err, "a policy is at most 1 MiB")
+		return
+	}
+	p, err := policy.Parse("request body", body)
+	if err == nil {
+		err = s.opts.Policy.Set(p)
+	}
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err, "nothing was changed; the policy in force stays")
+		return
+	}
+	writeJSON(w, http.StatusOK, s.opts.Policy.Snapshot().Describe())
+}
+
+func (s *Server) policyExplain(w http.ResponseWriter, r *http.Request) {
+	if !s.needPolicy(w) {
+		return
+	}
+	q := r.URL.Query()
+	op := q.Get("operation")
+	if op == "" {
+		writeError(w, http.StatusBadRequest, errors.New("operation is required"), "")
+		return
+	}
+	d := s.opts.Policy.Explain(op, policy.UserContext{UserID: q.Get("user"), TenantID: q.Get("tenant")})
+	writeJSON(w, http.StatusOK, d)
+}

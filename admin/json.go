@@ -1,0 +1,107 @@
+package admin
+
+import (
+	"time"
+
+	"github.com/sagaengine/saga/engine"
+	"github.com/sagaengine/saga/fsm"
+)
+
+// SagaJSON is a saga as the API and sagactl show it.
+type SagaJSON struct {
+	ID          string     `json:"id"`
+	Definition  string     `json:"definition"`
+	Version     int        `json:"version"`
+	State       string     `json:"state"`
+	CurrentStep string     `json:"current_step,omitempty"`
+	Completed   []string   `json:"completed"`
+	Compensated []string   `json:"compensated"`
+	Pending     []string   `json:"pending_compensations,omitempty"`
+	LastError   string     `json:"last_error,omitempty"`
+	User        string     `json:"user,omitempty"`
+	Driven      bool       `json:"engine_driven"`
+	CreatedAt   time.Time  `json:"created_at"`
+	UpdatedAt   time.Time  `json:"updated_at"`
+	Deadline    *time.Time `json:"deadline,omitempty"`
+	Steps       []StepJSON `json:"steps"`
+}
+
+// StepJSON is one step of a saga.
+type StepJSON struct {
+	Name                 string `json:"name"`
+	Status               string `json:"status"`
+	Compensation         string `json:"compensation,omitempty"`
+	Attempts             int    `json:"attempts,omitempty"`
+	CompensationAttempts int    `json:"compensation_attempts,omitempty"`
+	Uncertain            bool   `json:"uncertain,omitempty"`
+	Error                string `json:"error,omitempty"`
+	CompensationError    string `json:"compensation_error,omitempty"`
+	Duration             string `json:"duration,omitempty"`
+}
+
+// NewSagaJSON converts a status.
+func NewSagaJSON(st *engine.Status) SagaJSON {
+	j := SagaJSON{ID: st.ID, Definition: st.Definition, Version: st.Version, State: st.State.String(),
+		CurrentStep: st.CurrentStep, Completed: nonNil(st.Completed), Compensated: nonNil(st.Compensated),
+		Pending: st.Pending, User: st.User, CreatedAt: st.CreatedAt.UTC(), UpdatedAt: st.UpdatedAt.UTC()}
+	if st.Saga != nil {
+		j.Driven = st.Saga.Driven
+	}
+	if st.LastError != nil {
+		j.LastError = st.LastError.Error()
+	}
+	if !st.Deadline.IsZero() {
+		d := st.Deadline.UTC()
+		j.Deadline = &d
+	}
+	for _, s := range st.Steps {
+		sj := StepJSON{Name: s.Name, Status: s.Status.String(), Compensation: s.Compensation, Attempts: s.Attempts,
+			CompensationAttempts: s.CompAttempts, Uncertain: s.Uncertain}
+		if s.Err != nil {
+			sj.Error = s.Err.Error()
+		}
+		if s.CompErr != nil {
+			sj.CompensationError = s.CompErr.Error()
+		}
+		if s.StartedAt > 0 && s.EndedAt >= s.StartedAt {
+			sj.Duration = time.Duration(s.EndedAt - s.StartedAt).String()
+		}
+		j.Steps = append(j.Steps, sj)
+	}
+	return j
+}
+
+func nonNil(s []string) []string {
+	if s == nil {
+		return []string{}
+	}
+	return s
+}
+
+// HistoryJSON is one transition of a saga's timeline.
+type HistoryJSON struct {
+	Seq     uint64    `json:"seq"`
+	Index   uint64    `json:"log_index"`
+	At      time.Time `json:"at"`
+	Kind    string    `json:"kind"`
+	Step    string    `json:"step,omitempty"`
+	Attempt int       `json:"attempt,omitempty"`
+	Error   string    `json:"error,omitempty"`
+	Final   bool      `json:"final,omitempty"`
+	Actor   string    `json:"actor,omitempty"`
+	Reason  string    `json:"reason,omitempty"`
+}
+
+// NewHistoryJSON converts a history entry; sg names the steps.
+func NewHistoryJSON(he fsm.HistoryEntry, sg *fsm.Saga) HistoryJSON {
+	r := he.Record
+	h := HistoryJSON{Seq: he.Seq, Index: he.Index, At: time.Unix(0, r.At).UTC(), Kind: r.Kind.String(),
+		Attempt: r.Attempt, Final: r.Final, Actor: r.Actor, Reason: r.Reason}
+	if r.Kind != fsm.KindSagaStarted && sg != nil && r.Step < len(sg.Steps) {
+		h.Step = sg.Steps[r.Step].Name
+	}
+	if r.Err != nil {
+		h.Error = r.Err.Error()
+	}
+	return h
+}
