@@ -93,6 +93,7 @@ func New(e *engine.Engine, o *Observer, opts Options) (*Server, error) {
 		opts.Logger = slog.Default()
 	}
 	s := &Server{e: e, o: o, opts: opts}
+	o.watchStates(e)
 	s.srv = &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 10 * time.Second}
 	return s, nil
 }

@@ -21,8 +21,28 @@ type Observer struct {
 	recovery                          prometheus.Gauge
 	registry                          *prometheus.Registry
 
-	mu   sync.Mutex
-	subs map[chan Event]struct{}
+	mu     sync.Mutex
+	subs   map[chan Event]struct{}
+	gauges sync.Once
+}
+
+// watchStates registers the per-state gauges of e (saga_sagas{state}):
+// STUCK > 0 is what an alert watches. The engine keeps the counts current,
+// so a scrape costs nothing.
+func (o *Observer) watchStates(e *engine.Engine) {
+	o.gauges.Do(func() {
+		for _, st := range fsm.States() {
+			st := st
+			o.registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "saga", Name: "sagas",
+				Help: "Sagas per state.", ConstLabels: prometheus.Labels{"state": st.String()}}, func() float64 {
+				counts, err := e.StateCounts()
+				if err != nil {
+					return -1
+				}
+				return float64(counts[st])
+			}))
+		}
+	})
 }
 
 // Event is one transition as the watch feed sends it.

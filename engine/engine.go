@@ -444,6 +444,16 @@ func (e *Engine) applyBatch(a appended) {
 	if h := e.opts.Hooks.OnCommit; h != nil {
 		h(n, a.appendTime)
 	}
+	if e.counts != nil {
+		for _, r := range results {
+			if r.Err == nil && r.Saga != nil && r.Prev != r.Saga.State {
+				if r.Prev != 0 {
+					e.counts[r.Prev]--
+				}
+				e.counts[r.Saga.State]++
+			}
+		}
+	}
 	e.afterApply(a.entries, results)
 	off := 0
 	for _, q := range a.batch {

@@ -687,3 +687,38 @@ func TestStepTimeout(t *testing.T) {
 		t.Fatalf("compensations %v", got)
 	}
 }
+
+// TestStateCountsFollowTransitions: the counts kept by the apply loop
+// match a full count of the state index after a mixed workload.
+func TestStateCountsFollowTransitions(t *testing.T) {
+	steps := []string{"a", "b", "c"}
+	e := openT(t, t.TempDir(), Options{Registry: registry(t, &journal{}, steps, "c")})
+	defer e.Close()
+	_, err := e.Define(ctx, def("mix", steps...))
+	must(t, err)
+	_, err = e.Define(ctx, Definition{Name: "ok", Steps: []StepDef{{Name: "a", Action: "do_a", Compensation: "undo_a"}}})
+	must(t, err)
+	if _, err := e.StateCounts(); err != nil { // start counting now
+		t.Fatal(err)
+	}
+	for i := 0; i < 10; i++ {
+		_, err := e.Run(ctx, "mix", nil, StartOptions{}) // fails at c, compensates
+		must(t, err)
+		_, err = e.Run(ctx, "ok", nil, StartOptions{})
+		must(t, err)
+		_, err = e.Start(ctx, "ok", nil, StartOptions{})
+		must(t, err)
+	}
+	got, err := e.StateCounts()
+	must(t, err)
+	want, err := e.Count(ctx)
+	must(t, err)
+	for _, st := range fsm.States() {
+		if got[st] != want[st] {
+			t.Fatalf("%s: kept count %d, index count %d", st, got[st], want[st])
+		}
+	}
+	if want[fsm.StateFailed] != 10 || want[fsm.StateCompleted] != 10 || want[fsm.StateInProgress] != 10 {
+		t.Fatalf("counts %v", want)
+	}
+}

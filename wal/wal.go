@@ -418,6 +418,27 @@ func Repair(dir string, maxRecord int, force bool) (*Report, error) {
 	return rep, syncDir(dir)
 }
 
+// DropFront removes every whole segment all of whose records come before
+// index 'before' (records a checkpoint made redundant), damaged or not.
+// It returns the number of segments removed.
+func DropFront(dir string, before uint64) (int, error) {
+	segs, err := segmentFiles(dir)
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for i := 0; i+1 < len(segs) && segs[i+1].first <= before; i++ {
+		if err := os.Remove(segs[i].path); err != nil {
+			return n, fmt.Errorf("wal: remove %s: %w", segs[i].path, err)
+		}
+		n++
+	}
+	if n > 0 {
+		return n, syncDir(dir)
+	}
+	return 0, nil
+}
+
 func truncateFile(path string, off int64) error {
 	f, err := os.OpenFile(path, os.O_WRONLY, 0)
 	if err != nil {

@@ -1,0 +1,200 @@
+package admin
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"github.com/sagaengine/saga/compensation"
+	"github.com/sagaengine/saga/engine"
+	"github.com/sagaengine/saga/fsm"
+	"github.com/sagaengine/saga/policy"
+)
+
+var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
+
+const token = "0123456789abcdef-secret"
+
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// fixture: an engine with a COMPLETED, a FAILED and a STUCK saga, its
+// observer and the API's handler.
+func fixture(t *testing.T) (*engine.Engine, *Observer, http.Handler) {
+	reg := compensation.NewRegistry()
+	must(t, reg.RegisterAction("ok", func(context.Context, compensation.Call) ([]byte, error) { return nil, nil }))
+	must(t, reg.RegisterAction("boom", func(context.Context, compensation.Call) ([]byte, error) {
+		return nil, compensation.Permanent(errors.New("declined"))
+	}))
+	must(t, reg.Register("undo", func(context.Context, compensation.Call) error { return nil }))
+	must(t, reg.Register("broken", func(context.Context, compensation.Call) error { return errors.New("down") }))
+	obs := NewObserver()
+	e, err := engine.Open(t.TempDir(), engine.Options{Registry: reg, Logger: quiet, Hooks: obs.Hooks()})
+	must(t, err)
+	t.Cleanup(func() { e.Close() })
+	ctx := context.Background()
+	for _, d := range []engine.Definition{
+		{Name: "order", Steps: []engine.StepDef{{Name: "pay", Action: "ok", Compensation: "undo"}, {Name: "ship", Action: "ok"}}},
+		{Name: "failing", Steps: []engine.StepDef{{Name: "pay", Action: "ok", Compensation: "undo"}, {Name: "ship", Action: "boom"}}},
+		{Name: "stucky", Steps: []engine.StepDef{{Name: "pay", Action: "ok", Compensation: "broken",
+			CompensationRetry: engine.RetryPolicy{MaxAttempts: 1}}, {Name: "ship", Action: "boom"}}},
+	} {
+		_, err := e.Define(ctx, d)
+		must(t, err)
+	}
+	for _, r := range [][2]string{{"order", "ok-1"}, {"failing", "failed-1"}, {"stucky", "stuck-1"}} {
+		_, err := e.Run(ctx, r[0], nil, engine.StartOptions{ID: r[1]})
+		must(t, err)
+	}
+	pm, err := policy.New(policy.Options{Logger: quiet, LookupEnv: func(string) (string, bool) { return "", false }})
+	must(t, err)
+	srv, err := New(e, obs, Options{Token: token, Policy: pm, Logger: quiet})
+	must(t, err)
+	return e, obs, srv.Handler()
+}
+
+func call(h http.Handler, method, path, auth, body string) *httptest.ResponseRecorder {
+	req := httptest.NewRequest(method, path, strings.NewReader(body))
+	if auth != "" {
+		req.Header.Set("Authorization", auth)
+	}
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, req)
+	return rec
+}
+
+func TestRefusesToRunOpen(t *testing.T) {
+	if _, err := New(nil, nil, Options{}); !errors.Is(err, ErrNoToken) {
+		t.Fatalf("no token: %v", err)
+	}
+	if _, err := New(nil, nil, Options{Token: "short"}); !errors.Is(err, ErrInvalidOptions) {
+		t.Fatalf("short token: %v", err)
+	}
+}
+
+// TestAuthMatrix: every endpoint but /healthz refuses a request without
+// the token or with a wrong one, and changes nothing.
+func TestAuthMatrix(t *testing.T) {
+	e, _, h := fixture(t)
+	endpoints := []struct{ method, path, body string }{
+		{"GET", "/metrics", ""},
+		{"GET", "/v1/status", ""},
+		{"GET", "/v1/sagas", ""},
+		{"GET", "/v1/sagas/stuck-1", ""},
+		{"POST", "/v1/sagas/stuck-1/retry", `{"actor":"mallory"}`},
+		{"POST", "/v1/sagas/stuck-1/resolve", `{"actor":"mallory","reason":"x"}`},
+		{"POST", "/v1/sagas/ok-1/abort", `{"actor":"mallory","reason":"x"}`},
+		{"GET", "/v1/watch", ""},
+		{"GET", "/v1/policy", ""},
+		{"PUT", "/v1/policy", "enable_saga: true\n"},
+		{"GET", "/v1/policy/explain?operation=x", ""},
+		{"GET", "/v1/nothing-here", ""},
+	}
+	before, _ := e.History(context.Background(), "stuck-1")
+	for _, ep := range endpoints {
+		for _, auth := range []string{"", "Bearer wrong-token", "Bearer " + token + "x", "Basic " + token, token} {
+			rec := call(h, ep.method, ep.path, auth, ep.body)
+			if rec.Code != http.StatusUnauthorized || !strings.Contains(rec.Body.String(), `"error"`) {
+				t.Errorf("%s %s with %q: %d %s", ep.method, ep.path, auth, rec.Code, rec.Body.String())
+			}
+		}
+	}
+	after, _ := e.History(context.Background(), "stuck-1")
+	if len(after) != len(before) {
+		t.Fatal("an unauthenticated request changed a saga")
+	}
+	st, _ := e.Status(context.Background(), "stuck-1")
+	if st.State != fsm.StateStuck {
+		t.Fatalf("stuck-1 is %s", st.State)
+	}
+	if rec := call(h, "GET", "/healthz", "", ""); rec.Code != http.StatusOK {
+		t.Fatalf("healthz: %d", rec.Code)
+	}
+}
+
+func TestBadRequestsChangeNothing(t *testing.T) {
+	e, _, h := fixture(t)
+	auth := "Bearer " + token
+	cases := []struct {
+		method, path, body string
+		code               int
+	}{
+		{"POST", "/v1/sagas/stuck-1/retry", `{"actor":`, http.StatusBadRequest},               // malformed JSON
+		{"POST", "/v1/sagas/stuck-1/retry", `{"actor":"a","extra":1}`, http.StatusBadRequest}, // unknown field
+		{"POST", "/v1/sagas/stuck-1/retry", `{"reason":"no actor"}`, http.StatusBadRequest},
+		{"POST", "/v1/sagas/nope/retry", `{"actor":"a"}`, http.StatusNotFound},
+		{"POST", "/v1/sagas/ok-1/retry", `{"actor":"a"}`, http.StatusConflict}, // illegal for its state
+		{"POST", "/v1/sagas/ok-1/frob", `{"actor":"a"}`, http.StatusNotFound},
+		{"POST", "/v1/sagas/stuck-1/abort", `{"actor":"a"}`, http.StatusBadRequest},                                  // no reason
+		{"POST", "/v1/sagas/stuck-1/retry", `{"actor":"` + strings.Repeat("a", 2<<20) + `"}`, http.StatusBadRequest}, // oversized
+		{"GET", "/v1/sagas?state=SOMETIMES", "", http.StatusBadRequest},
+		{"GET", "/v1/sagas?limit=-1", "", http.StatusBadRequest},
+		{"GET", "/v1/sagas/nope", "", http.StatusNotFound},
+		{"PUT", "/v1/policy", "enable_saga: maybe\n", http.StatusBadRequest},
+		{"GET", "/v1/policy/explain", "", http.StatusBadRequest},
+	}
+	before, _ := e.History(context.Background(), "stuck-1")
+	for _, c := range cases {
+		rec := call(h, c.method, c.path, auth, c.body)
+		if rec.Code != c.code || !strings.Contains(rec.Body.String(), `"error"`) {
+			t.Errorf("%s %s %.40q: %d %s, want %d", c.method, c.path, c.body, rec.Code, rec.Body.String(), c.code)
+		}
+	}
+	after, _ := e.History(context.Background(), "stuck-1")
+	if len(after) != len(before) {
+		t.Fatal("a bad request changed a saga")
+	}
+	// And a good one works.
+	if rec := call(h, "POST", "/v1/sagas/stuck-1/resolve", auth, `{"actor":"ops","reason":"refunded by hand"}`); rec.Code != 200 {
+		t.Fatalf("resolve: %d %s", rec.Code, rec.Body.String())
+	}
+}
+
+func TestMetricsMove(t *testing.T) {
+	e, _, h := fixture(t)
+	auth := "Bearer " + token
+	scrape := func() string {
+		rec := call(h, "GET", "/metrics", auth, "")
+		if rec.Code != 200 {
+			t.Fatalf("metrics: %d", rec.Code)
+		}
+		return rec.Body.String()
+	}
+	m := scrape()
+	for _, want := range []string{
+		`saga_sagas_started_total{definition="order"} 1`,
+		`saga_sagas_completed_total{definition="order"} 1`,
+		`saga_sagas_failed_total{definition="failing"} 1`,
+		`saga_sagas_stuck_total{definition="stucky"} 1`,
+		`saga_compensation_attempts_total{definition="failing"} 1`,
+		`saga_step_duration_seconds_count{definition="order"} 2`,
+		`saga_group_commit_records_count`,
+		`saga_wal_append_seconds_count`,
+		`saga_recovery_seconds`,
+		`saga_sagas{state="STUCK"} 1`,
+		`saga_sagas{state="COMPLETED"} 1`,
+	} {
+		if !strings.Contains(m, want) {
+			t.Errorf("metrics lack %s", want)
+		}
+	}
+	_, err := e.Run(context.Background(), "order", nil, engine.StartOptions{})
+	must(t, err)
+	if m := scrape(); !strings.Contains(m, `saga_sagas_completed_total{definition="order"} 2`) {
+		t.Error("completed counter did not move after another saga")
+	}
+	// Per-state gauges via /v1/status (STUCK > 0 is what an alert watches).
+	rec := call(h, "GET", "/v1/status", auth, "")
+	if !strings.Contains(rec.Body.String(), `"STUCK":1`) || !strings.Contains(rec.Body.String(), `"COMPLETED":2`) {
+		t.Fatalf("status: %s", rec.Body.String())
+	}
+}

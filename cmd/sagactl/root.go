@@ -1,0 +1,145 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/sagaengine/saga/engine"
+)
+
+// Exit codes that scripts can rely on.
+const (
+	exitOK          = 0
+	exitFailed      = 1 // the operation failed (not found, illegal action, damage found)
+	exitUsage       = 2 // bad flags or arguments
+	exitRefused     = 3 // refused: the directory is locked, or the action needs --force
+	exitUnavailable = 4 // cannot reach or authenticate to the admin API
+)
+
+// cliError carries an exit code and a hint for the next step.
+type cliError struct {
+	code int
+	err  error
+	hint string
+}
+
+func (e *cliError) Error() string { return e.err.Error() }
+
+func fail(code int, err error, hint string) error { return &cliError{code: code, err: err, hint: hint} }
+
+// globals are the persistent flags.
+type globals struct {
+	dir       string
+	addr      string
+	tokenFile string
+	output    string
+	out, err  io.Writer
+}
+
+func (g *globals) json() bool { return g.output == "json" }
+
+func (g *globals) printJSON(v any) error {
+	enc := json.NewEncoder(g.out)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+// online reports whether the command talks to a running engine.
+func (g *globals) online() bool { return g.addr != "" }
+
+// openOffline opens the data directory for inspection: it takes the
+// directory's lock (refused while an engine runs) and replays the log.
+func (g *globals) openOffline() (*engine.Engine, error) {
+	if g.dir == "" {
+		return nil, fail(exitUsage, errors.New("no data directory"), "pass --dir DIR (offline) or --addr URL (online)")
+	}
+	if _, err := os.Stat(g.dir); err != nil {
+		return nil, fail(exitUsage, fmt.Errorf("data directory %s: %w", g.dir, err), "")
+	}
+	e, err := engine.Open(g.dir, engine.Options{Inspect: true, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	switch {
+	case errors.Is(err, engine.ErrLocked):
+		return nil, fail(exitRefused, err, "an engine is running on this directory: talk to it with --addr instead")
+	case err != nil:
+		return nil, fail(exitFailed, err, "check the log with: sagactl --dir "+g.dir+" wal verify")
+	}
+	return e, nil
+}
+
+func newRoot(g *globals) *cobra.Command {
+	root := &cobra.Command{
+		Use:   "sagactl",
+		Short: "Inspect and operate saga engines",
+		Long: `sagactl inspects and operates saga engines.
+
+Offline, on a data directory whose engine is not running:
+  sagactl --dir DIR status | list | show ID | recover | export | wal verify|repair|dump
+
+Online, through a running engine's admin API:
+  sagactl --addr URL status | list | show ID | watch
+  sagactl --addr URL retry ID | abort ID --reason R | resolve ID --reason R
+  sagactl --addr URL policy get | set -f FILE | explain OPERATION
+
+The token comes from --token-file or SAGACTL_TOKEN. Output is a table for
+people; -o json for scripts. Exit codes: 0 ok, 1 failed, 2 usage,
+3 refused (locked directory, needs --force), 4 admin API unreachable or
+unauthorized.`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		PersistentPreRunE: func(cmd *cobra.Command, args []string) error {
+			if g.output != "table" && g.output != "json" {
+				return fail(exitUsage, fmt.Errorf("-o %q: want table or json", g.output), "")
+			}
+			if g.dir != "" && g.addr != "" {
+				return fail(exitUsage, errors.New("--dir and --addr exclude each other"), "use --dir offline or --addr online")
+			}
+			return nil
+		},
+	}
+	pf := root.PersistentFlags()
+	pf.StringVar(&g.dir, "dir", os.Getenv("SAGA_DIR"), "data directory of a stopped engine (offline; env SAGA_DIR)")
+	pf.StringVar(&g.addr, "addr", os.Getenv("SAGACTL_ADDR"), "admin API of a running engine: http(s)://host:port or unix:/path (env SAGACTL_ADDR)")
+	pf.StringVar(&g.tokenFile, "token-file", "", "file holding the admin API token (or env SAGACTL_TOKEN)")
+	pf.StringVarP(&g.output, "output", "o", "table", "output format: table or json")
+	root.AddCommand(newVersion(g), newStatus(g), newList(g), newShow(g), newWatch(g), newRecover(g), newExport(g),
+		newWal(g), newAction(g, "retry"), newAction(g, "abort"), newAction(g, "resolve"), newPolicy(g))
+	return root
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	g := &globals{out: stdout, err: stderr}
+	root := newRoot(g)
+	root.SetArgs(args)
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	err := root.ExecuteContext(context.Background())
+	if err == nil {
+		return exitOK
+	}
+	var ce *cliError
+	if errors.As(err, &ce) {
+		fmt.Fprintf(stderr, "sagactl: %v\n", ce.err)
+		if ce.hint != "" {
+			fmt.Fprintf(stderr, "  → %s\n", ce.hint)
+		}
+		return ce.code
+	}
+	// cobra's own errors: unknown command or flag, wrong argument count.
+	fmt.Fprintf(stderr, "sagactl: %v\n  → see: %s\n", err, strings.Join(strings.Fields("sagactl "+commandPath(root, args)+" --help"), " "))
+	return exitUsage
+}
+
+func commandPath(root *cobra.Command, args []string) string {
+	if c, _, err := root.Find(args); err == nil && c != nil && c != root {
+		return strings.TrimPrefix(c.CommandPath(), "sagactl ")
+	}
+	return ""
+}

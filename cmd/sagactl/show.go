@@ -1,0 +1,89 @@
+package main
+
+import (
+	"fmt"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+
+	"github.com/sagaengine/saga/admin"
+)
+
+func newShow(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "show ID",
+		Short: "A saga's timeline: steps, compensations, attempts, errors, durations",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var rep *admin.ShowReply
+			if g.online() {
+				c, err := g.client()
+				if err != nil {
+					return err
+				}
+				rep = &admin.ShowReply{}
+				if err := c.do(cmd.Context(), "GET", "/v1/sagas/"+args[0], nil, rep); err != nil {
+					return err
+				}
+			} else {
+				e, err := g.openOffline()
+				if err != nil {
+					return err
+				}
+				defer e.Close()
+				if rep, err = admin.BuildShow(cmd.Context(), e, args[0]); err != nil {
+					return fail(exitFailed, err, "list sagas with: sagactl list")
+				}
+			}
+			if g.json() {
+				return g.printJSON(rep)
+			}
+			s := rep.Saga
+			fmt.Fprintf(g.out, "saga %s  %s@v%d  %s\n", s.ID, s.Definition, s.Version, s.State)
+			if s.User != "" {
+				fmt.Fprintf(g.out, "user %s\n", s.User)
+			}
+			if s.LastError != "" {
+				fmt.Fprintf(g.out, "last error: %s\n", s.LastError)
+			}
+			if len(s.Pending) > 0 {
+				fmt.Fprintf(g.out, "pending compensations: %v\n", s.Pending)
+			}
+			w := tabwriter.NewWriter(g.out, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(w, "\nSTEP\tSTATUS\tATTEMPTS\tCOMPENSATION\tCOMP. ATTEMPTS\tDURATION\tERROR")
+			for _, st := range s.Steps {
+				errText := st.Error
+				if st.CompensationError != "" {
+					errText = "compensation: " + st.CompensationError
+				}
+				status := st.Status
+				if st.Uncertain {
+					status += " (uncertain)"
+				}
+				fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%d\t%s\t%s\n", st.Name, status, st.Attempts, dash(st.Compensation),
+					st.CompensationAttempts, dash(st.Duration), dash(errText))
+			}
+			fmt.Fprintln(w, "\nSEQ\tLOG INDEX\tAT\tTRANSITION\tSTEP\tATTEMPT\tDETAIL")
+			for _, h := range rep.History {
+				detail := h.Error
+				if h.Actor != "" {
+					detail = fmt.Sprintf("by %s: %s", h.Actor, h.Reason)
+				}
+				if h.Final {
+					detail += " (final: STUCK)"
+				}
+				attempt := "-"
+				if h.Attempt > 0 {
+					attempt = fmt.Sprint(h.Attempt)
+				}
+				fmt.Fprintf(w, "%d\t%d\t%s\t%s\t%s\t%s\t%s\n", h.Seq, h.Index, h.At.Format("15:04:05.000"), h.Kind,
+					dash(h.Step), attempt, dash(detail))
+			}
+			if s.State == "STUCK" {
+				fmt.Fprintf(w, "\nSTUCK: retry with `sagactl retry %s`, or undo %s by hand and `sagactl resolve %s --reason ...`\n",
+					s.ID, s.CurrentStep, s.ID)
+			}
+			return w.Flush()
+		},
+	}
+}

@@ -1,0 +1,314 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"path/filepath"
+	"reflect"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/sagaengine/saga/engine"
+	"github.com/sagaengine/saga/fsm"
+	"github.com/sagaengine/saga/wal"
+)
+
+func newWal(g *globals) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "wal",
+		Short: "Verify, repair and dump the saga log of a stopped engine",
+	}
+	cmd.AddCommand(newWalVerify(g), newWalRepair(g), newWalDump(g))
+	return cmd
+}
+
+// lockOffline takes the data directory's lock for commands that read or
+// change the log's files directly.
+func (g *globals) lockOffline() (func(), error) {
+	if g.online() || g.dir == "" {
+		return nil, fail(exitUsage, errors.New("wal commands work on a stopped engine's directory"), "pass --dir DIR")
+	}
+	release, err := engine.LockDir(g.dir)
+	if errors.Is(err, engine.ErrLocked) {
+		return nil, fail(exitRefused, err, "stop the engine first: the log of a running engine is not touched")
+	}
+	if err != nil {
+		return nil, fail(exitFailed, err, "")
+	}
+	return release, nil
+}
+
+func (g *globals) walDir() string { return filepath.Join(g.dir, "wal") }
+
+func printReport(g *globals, rep *wal.Report) {
+	fmt.Fprintf(g.out, "log: %d segment(s), %d bytes, %d valid record(s)", rep.Segments, rep.Bytes, rep.Records)
+	if rep.Records > 0 {
+		fmt.Fprintf(g.out, ", indexes %d..%d", rep.FirstIndex, rep.LastIndex)
+	}
+	fmt.Fprintln(g.out)
+	if t := rep.Torn; t != nil {
+		fmt.Fprintf(g.out, "torn tail: %d byte(s) at %s offset %d (index %d would follow): %s\n",
+			t.Bytes, t.Segment, t.Offset, t.FirstIndex, t.Reason)
+	}
+	if c := rep.Corrupt; c != nil {
+		fmt.Fprintf(g.out, "CORRUPT: %s offset %d (index %d): %s; %d record(s) from there on would be lost by a forced repair\n",
+			c.Segment, c.Offset, c.Index, c.Reason, rep.DroppedByForce)
+	}
+}
+
+func newWalVerify(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "verify",
+		Short: "Check every record's CRC and index, decode it, and replay the log against the stored state",
+		Long: `verify reads every record of the log without changing anything: its
+checksum, its index (no gaps), that it decodes, and that replaying the log
+into a scratch state gives the same sagas as the stored state.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			release, err := g.lockOffline()
+			if err != nil {
+				return err
+			}
+			// Replay the log into a scratch state, saga by saga, for the
+			// sagas whose whole history the log still holds.
+			scratch := map[string]*fsm.Saga{}
+			var decodeErrs []string
+			rep, err := wal.Verify(g.walDir(), 0, func(idx uint64, p []byte) error {
+				r, err := fsm.Decode(p)
+				if err != nil {
+					decodeErrs = append(decodeErrs, fmt.Sprintf("index %d: %v", idx, err))
+					return nil
+				}
+				if r.Kind == fsm.KindDefine {
+					return nil
+				}
+				cur, known := scratch[r.Saga]
+				if !known && r.Kind != fsm.KindSagaStarted {
+					return nil // started before the last checkpoint
+				}
+				if next, err := fsm.Apply(cur, r); err == nil {
+					scratch[r.Saga] = next
+				}
+				return nil
+			})
+			release()
+			if err != nil {
+				return fail(exitFailed, err, "")
+			}
+			ok := rep.Corrupt == nil && len(decodeErrs) == 0
+			var compared, mismatched int
+			var mismatches []string
+			compareSkipped := rep.Torn != nil
+			if rep.Corrupt == nil && !compareSkipped {
+				e, err := g.openOffline()
+				if err != nil {
+					return err
+				}
+				for id, want := range scratch {
+					got, err := e.Status(cmd.Context(), id)
+					compared++
+					if err != nil || !reflect.DeepEqual(got.Saga, want.DeepCopy()) {
+						mismatched++
+						if len(mismatches) < 10 {
+							mismatches = append(mismatches, id)
+						}
+					}
+				}
+				e.Close()
+			}
+			ok = ok && mismatched == 0
+			if g.json() {
+				_ = g.printJSON(map[string]any{"ok": ok, "report": rep, "decode_errors": decodeErrs,
+					"sagas_compared": compared, "sagas_mismatched": mismatched, "mismatches": mismatches})
+			} else {
+				printReport(g, rep)
+				for _, d := range decodeErrs {
+					fmt.Fprintf(g.out, "undecodable record: %s\n", d)
+				}
+				switch {
+				case compareSkipped:
+					fmt.Fprintln(g.out, "replay check skipped: opening the state would cut the torn tail; run `sagactl wal repair` first")
+				case rep.Corrupt == nil:
+					fmt.Fprintf(g.out, "replay: %d saga(s) rebuilt from the log, %d differ from the stored state %v\n",
+						compared, mismatched, mismatches)
+				}
+				if ok {
+					fmt.Fprintln(g.out, "ok")
+				}
+			}
+			if !ok {
+				return fail(exitFailed, errors.New("the log or the state is damaged"),
+					"see what a repair would do: sagactl --dir "+g.dir+" wal repair --dry-run")
+			}
+			if rep.Torn != nil && !g.json() {
+				fmt.Fprintln(g.out, "the torn tail (never acknowledged) is cut when the engine opens, or now with: sagactl wal repair")
+			}
+			return nil
+		},
+	}
+}
+
+func newWalRepair(g *globals) *cobra.Command {
+	var dryRun, force bool
+	cmd := &cobra.Command{
+		Use:   "repair [--dry-run] [--force]",
+		Short: "Cut a damaged tail; say exactly what is dropped",
+		Long: `repair makes the log openable again. A torn tail (an incomplete last write,
+never acknowledged) is cut. Damage before the tail may sit among
+acknowledged records: cutting there drops them and everything after, so it
+needs --force. --dry-run only says what would be dropped.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			release, err := g.lockOffline()
+			if err != nil {
+				return err
+			}
+			defer release()
+			rep, err := wal.Verify(g.walDir(), 0, nil)
+			if err != nil {
+				return fail(exitFailed, err, "")
+			}
+			printReport(g, rep)
+			cut := uint64(0)
+			switch {
+			case rep.Corrupt != nil:
+				cut = rep.Corrupt.Index
+			case rep.Torn != nil:
+				cut = rep.Torn.FirstIndex
+			default:
+				fmt.Fprintln(g.out, "nothing to repair")
+				return nil
+			}
+			// The state must not be ahead of the cut: it would then hold
+			// transitions the log no longer has.
+			st, err := fsm.OpenStore(filepath.Join(g.dir, "state"), fsm.StoreOptions{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+			if err != nil {
+				return fail(exitFailed, err, "")
+			}
+			applied := st.AppliedIndex()
+			_ = st.CloseNoFlush()
+			if rep.Corrupt != nil && cut <= applied {
+				// The damage lies in records the state has already applied
+				// (and made durable): if whole segments hold only such
+				// records, dropping them loses nothing.
+				if dryRun {
+					fmt.Fprintf(g.out, "dry run: the damage is at or before the state's applied index %d: "+
+						"would drop the segments holding only records before index %d\n", applied, applied+1)
+					return nil
+				}
+				n, err := wal.DropFront(g.walDir(), applied+1)
+				if err != nil {
+					return fail(exitFailed, err, "")
+				}
+				after, err := wal.Verify(g.walDir(), 0, nil)
+				if err != nil {
+					return fail(exitFailed, err, "")
+				}
+				if after.Corrupt == nil {
+					fmt.Fprintf(g.out, "repaired: dropped %d segment(s) whose records the state already holds; nothing lost\n", n)
+					return nil
+				}
+				return fail(exitRefused, fmt.Errorf("the damage at index %d is in a segment that also holds records after the applied index %d",
+					after.Corrupt.Index, applied), "restore the directory from a backup or replica")
+			}
+			if applied >= cut {
+				return fail(exitRefused, fmt.Errorf("the state has applied the log up to index %d, at or past the cut at %d", applied, cut),
+					"cutting would leave the state ahead of the log: restore the directory from a backup or replica")
+			}
+			if dryRun {
+				fmt.Fprintf(g.out, "dry run: would cut the log before index %d\n", cut)
+				return nil
+			}
+			if rep.Corrupt != nil && !force {
+				return fail(exitRefused, fmt.Errorf("refusing to drop %d record(s) from index %d on: they may have been acknowledged", rep.DroppedByForce, cut),
+					"rerun with --force to accept the loss, or restore from a backup")
+			}
+			if _, err := wal.Repair(g.walDir(), 0, force); err != nil {
+				return fail(exitFailed, err, "")
+			}
+			fmt.Fprintf(g.out, "repaired: the log now ends before index %d\n", cut)
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "only say what would be dropped")
+	cmd.Flags().BoolVar(&force, "force", false, "also cut damage among records that may have been acknowledged")
+	return cmd
+}
+
+// dumpRecord is one record of wal dump.
+type dumpRecord struct {
+	Index      uint64 `json:"index"`
+	Kind       string `json:"kind"`
+	Saga       string `json:"saga,omitempty"`
+	At         string `json:"at"`
+	Step       int    `json:"step"`
+	Attempt    int    `json:"attempt,omitempty"`
+	Definition string `json:"definition,omitempty"`
+	Error      string `json:"error,omitempty"`
+	Final      bool   `json:"final,omitempty"`
+	Actor      string `json:"actor,omitempty"`
+	Reason     string `json:"reason,omitempty"`
+	Output     []byte `json:"output,omitempty"`
+	Undecoded  string `json:"undecodable,omitempty"`
+}
+
+func newWalDump(g *globals) *cobra.Command {
+	var from, to uint64
+	cmd := &cobra.Command{
+		Use:   "dump [--from I] [--to J]",
+		Short: "Records as JSON lines",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if to > 0 && to < from {
+				return fail(exitUsage, fmt.Errorf("--to %d is before --from %d", to, from), "")
+			}
+			release, err := g.lockOffline()
+			if err != nil {
+				return err
+			}
+			defer release()
+			enc := json.NewEncoder(g.out)
+			errStop := errors.New("stop")
+			rep, err := wal.Verify(g.walDir(), 0, func(idx uint64, p []byte) error {
+				if idx < from {
+					return nil
+				}
+				if to > 0 && idx > to {
+					return errStop
+				}
+				d := dumpRecord{Index: idx}
+				r, err := fsm.Decode(p)
+				if err != nil {
+					d.Undecoded = err.Error()
+					return enc.Encode(d)
+				}
+				d.Kind, d.Saga, d.At, d.Step, d.Attempt = r.Kind.String(), r.Saga, time.Unix(0, r.At).UTC().Format(time.RFC3339Nano), r.Step, r.Attempt
+				d.Final, d.Actor, d.Reason, d.Output = r.Final, r.Actor, r.Reason, r.Output
+				if r.Err != nil {
+					d.Error = r.Err.Error()
+				}
+				if r.Start != nil {
+					d.Definition = r.Start.Definition
+				}
+				if r.Def != nil {
+					d.Definition = r.Def.Name
+				}
+				return enc.Encode(d)
+			})
+			if err != nil && !errors.Is(err, errStop) {
+				return fail(exitFailed, err, "")
+			}
+			if rep.Corrupt != nil {
+				return fail(exitFailed, rep.Corrupt, "records after the damage are not shown: see sagactl wal verify")
+			}
+			return nil
+		},
+	}
+	cmd.Flags().Uint64Var(&from, "from", 0, "first index")
+	cmd.Flags().Uint64Var(&to, "to", 0, "last index (default: the end)")
+	return cmd
+}
