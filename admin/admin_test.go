@@ -2,13 +2,26 @@ package admin
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"io"
 	"log/slog"
+	"math/big"
+	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/sagaengine/saga/compensation"
 	"github.com/sagaengine/saga/engine"
@@ -197,4 +210,70 @@ func TestMetricsMove(t *testing.T) {
 	if !strings.Contains(rec.Body.String(), `"STUCK":1`) || !strings.Contains(rec.Body.String(), `"COMPLETED":2`) {
 		t.Fatalf("status: %s", rec.Body.String())
 	}
+}
+
+// TestWatchStreamsTransitions: a watcher sees live transitions.
+func TestWatchStreamsTransitions(t *testing.T) {
+	e, _, h := fixture(t)
+	srv := httptest.NewServer(h)
+	defer srv.Close()
+	req, _ := http.NewRequest("GET", srv.URL+"/v1/watch", nil)
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := srv.Client().Do(req)
+	must(t, err)
+	defer resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("watch: %d", resp.StatusCode)
+	}
+	go func() {
+		_, _ = e.Retry(context.Background(), "stuck-1", "alice", "outage over")
+	}()
+	dec := json.NewDecoder(resp.Body)
+	for {
+		var ev Event
+		if err := dec.Decode(&ev); err != nil {
+			t.Fatalf("watch stream: %v", err)
+		}
+		if ev.Saga == "stuck-1" && ev.Kind == "retried" && ev.Actor == "alice" {
+			return
+		}
+	}
+}
+
+// TestTLS: with a key pair the API speaks only TLS.
+func TestTLS(t *testing.T) {
+	e, obs, _ := fixture(t)
+	dir := t.TempDir()
+	certFile, keyFile := writeSelfSigned(t, dir)
+	srv, err := New(e, obs, Options{Addr: "127.0.0.1:0", Token: token, CertFile: certFile, KeyFile: keyFile, Logger: quiet})
+	must(t, err)
+	must(t, srv.Start())
+	defer srv.Close()
+	insecure := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
+	resp, err := insecure.Get("https://" + srv.Addr() + "/healthz")
+	must(t, err)
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("https healthz: %d", resp.StatusCode)
+	}
+	if resp, err := http.Get("http://" + srv.Addr() + "/healthz"); err == nil && resp.StatusCode == 200 {
+		t.Fatal("plain HTTP was served on a TLS listener")
+	}
+}
+
+func writeSelfSigned(t *testing.T, dir string) (string, string) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	must(t, err)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "localhost"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}, KeyUsage: x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	must(t, err)
+	kb, err := x509.MarshalECPrivateKey(key)
+	must(t, err)
+	certFile, keyFile := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	must(t, os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600))
+	must(t, os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb}), 0o600))
+	return certFile, keyFile
 }
