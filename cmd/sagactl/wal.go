@@ -172,7 +172,16 @@ needs --force. --dry-run only says what would be dropped.`,
 			if err != nil {
 				return fail(exitFailed, err, "")
 			}
-			printReport(g, rep)
+			say := func(result string) error {
+				if g.json() {
+					return g.printJSON(map[string]any{"report": rep, "result": result})
+				}
+				fmt.Fprintln(g.out, result)
+				return nil
+			}
+			if !g.json() {
+				printReport(g, rep)
+			}
 			cut := uint64(0)
 			switch {
 			case rep.Corrupt != nil:
@@ -180,8 +189,7 @@ needs --force. --dry-run only says what would be dropped.`,
 			case rep.Torn != nil:
 				cut = rep.Torn.FirstIndex
 			default:
-				fmt.Fprintln(g.out, "nothing to repair")
-				return nil
+				return say("nothing to repair")
 			}
 			// The state must not be ahead of the cut: it would then hold
 			// transitions the log no longer has.
@@ -196,9 +204,8 @@ needs --force. --dry-run only says what would be dropped.`,
 				// (and made durable): if whole segments hold only such
 				// records, dropping them loses nothing.
 				if dryRun {
-					fmt.Fprintf(g.out, "dry run: the damage is at or before the state's applied index %d: "+
-						"would drop the segments holding only records before index %d\n", applied, applied+1)
-					return nil
+					return say(fmt.Sprintf("dry run: the damage is at or before the state's applied index %d: "+
+						"would drop the segments holding only records before index %d", applied, applied+1))
 				}
 				n, err := wal.DropFront(g.walDir(), applied+1)
 				if err != nil {
@@ -209,8 +216,7 @@ needs --force. --dry-run only says what would be dropped.`,
 					return fail(exitFailed, err, "")
 				}
 				if after.Corrupt == nil {
-					fmt.Fprintf(g.out, "repaired: dropped %d segment(s) whose records the state already holds; nothing lost\n", n)
-					return nil
+					return say(fmt.Sprintf("repaired: dropped %d segment(s) whose records the state already holds; nothing lost", n))
 				}
 				return fail(exitRefused, fmt.Errorf("the damage at index %d is in a segment that also holds records after the applied index %d",
 					after.Corrupt.Index, applied), "restore the directory from a backup or replica")
@@ -220,8 +226,7 @@ needs --force. --dry-run only says what would be dropped.`,
 					"cutting would leave the state ahead of the log: restore the directory from a backup or replica")
 			}
 			if dryRun {
-				fmt.Fprintf(g.out, "dry run: would cut the log before index %d\n", cut)
-				return nil
+				return say(fmt.Sprintf("dry run: would cut the log before index %d", cut))
 			}
 			if rep.Corrupt != nil && !force {
 				return fail(exitRefused, fmt.Errorf("refusing to drop %d record(s) from index %d on: they may have been acknowledged", rep.DroppedByForce, cut),
@@ -230,8 +235,7 @@ needs --force. --dry-run only says what would be dropped.`,
 			if _, err := wal.Repair(g.walDir(), 0, force); err != nil {
 				return fail(exitFailed, err, "")
 			}
-			fmt.Fprintf(g.out, "repaired: the log now ends before index %d\n", cut)
-			return nil
+			return say(fmt.Sprintf("repaired: the log now ends before index %d", cut))
 		},
 	}
 	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "only say what would be dropped")
