@@ -21,6 +21,8 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
+	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -66,6 +68,8 @@ type Server struct {
 	opts Options
 	srv  *http.Server
 	ln   net.Listener
+	quit chan struct{} // closed by Close: ends watch streams
+	once sync.Once
 }
 
 // New checks the options and builds the server; Start serves it.
@@ -92,7 +96,7 @@ func New(e *engine.Engine, o *Observer, opts Options) (*Server, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
-	s := &Server{e: e, o: o, opts: opts}
+	s := &Server{e: e, o: o, opts: opts, quit: make(chan struct{})}
 	o.watchStates(e)
 	s.srv = &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 10 * time.Second}
 	return s, nil
@@ -103,14 +107,21 @@ func (s *Server) Start() error {
 	network, addr := "tcp", s.opts.Addr
 	if strings.HasPrefix(addr, "unix:") {
 		network, addr = "unix", strings.TrimPrefix(addr, "unix:")
-		_ = os.Remove(addr) // a stale socket from a previous run
+		// Remove a stale socket from a previous run, and nothing else.
+		if fi, err := os.Lstat(addr); err == nil {
+			if fi.Mode()&os.ModeSocket == 0 {
+				return fmt.Errorf("%w: %s exists and is not a socket", ErrInvalidOptions, addr)
+			}
+			_ = os.Remove(addr)
+		}
+	}
+	if network == "unix" {
+		old := syscall.Umask(0o177) // the socket is created 0600: only its owner connects
+		defer syscall.Umask(old)
 	}
 	ln, err := net.Listen(network, addr)
 	if err != nil {
 		return fmt.Errorf("admin: listen on %s: %w", s.opts.Addr, err)
-	}
-	if network == "unix" {
-		_ = os.Chmod(addr, 0o600)
 	}
 	if s.opts.CertFile != "" {
 		cert, err := tls.LoadX509KeyPair(s.opts.CertFile, s.opts.KeyFile)
@@ -138,11 +149,16 @@ func (s *Server) Addr() string {
 	return s.ln.Addr().String()
 }
 
-// Close stops the server.
+// Close stops the server, ending watch streams.
 func (s *Server) Close() error {
+	s.once.Do(func() { close(s.quit) })
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	return s.srv.Shutdown(ctx)
+	err := s.srv.Shutdown(ctx)
+	if err != nil {
+		err = errors.Join(err, s.srv.Close())
+	}
+	return err
 }
 
 // Handler returns the API's routes, authentication included.
@@ -366,6 +382,10 @@ func (s *Server) act(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, errors.New("actor is required: who is acting"), "")
 		return
 	}
+	if len(req.Actor) > 256 || len(req.Reason) > 4096 {
+		writeError(w, http.StatusBadRequest, errors.New("actor (256 bytes) or reason (4096 bytes) too long"), "")
+		return
+	}
 	id := r.PathValue("id")
 	var st *engine.Status
 	var err error
@@ -410,6 +430,8 @@ func (s *Server) watch(w http.ResponseWriter, r *http.Request) {
 	for {
 		select {
 		case <-r.Context().Done():
+			return
+		case <-s.quit:
 			return
 		case ev := <-ch:
 			if err := enc.Encode(ev); err != nil {

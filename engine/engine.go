@@ -134,8 +134,9 @@ type Engine struct {
 	defMu    sync.Mutex
 
 	// counts holds the number of sagas per state once StateCounts has
-	// been called (counted lazily: a scan of the index); applyMu.
-	counts map[fsm.SagaState]int
+	// been called (counted lazily: a scan of the index); deltas gathers
+	// the changes applied while that scan runs. Both under applyMu.
+	counts, deltas map[fsm.SagaState]int
 
 	lastID        atomic.Int64
 	sinceCkpt     atomic.Uint64
@@ -175,6 +176,9 @@ func Open(dir string, opts Options) (*Engine, error) {
 	opts.EnsureDefaults()
 	if err := opts.Validate(); err != nil {
 		return nil, err
+	}
+	if _, err := os.Stat(filepath.Join(dir, "wal")); opts.Inspect && err != nil {
+		return nil, fmt.Errorf("engine: %s is not a saga data directory (no wal/): %w", dir, err)
 	}
 	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
 		if err := os.MkdirAll(dir, 0o750); err != nil {
@@ -216,7 +220,9 @@ func Open(dir string, opts Options) (*Engine, error) {
 		unlockDir(lock)
 		return nil, err
 	}
-	w, err := wal.Open(filepath.Join(dir, "wal"), opts.WAL)
+	walOpts := opts.WAL
+	walOpts.NoRepair = walOpts.NoRepair || opts.Inspect
+	w, err := wal.Open(filepath.Join(dir, "wal"), walOpts)
 	if err != nil {
 		return fail(err)
 	}
@@ -444,13 +450,16 @@ func (e *Engine) applyBatch(a appended) {
 	if h := e.opts.Hooks.OnCommit; h != nil {
 		h(n, a.appendTime)
 	}
-	if e.counts != nil {
+	for _, m := range []map[fsm.SagaState]int{e.counts, e.deltas} {
+		if m == nil {
+			continue
+		}
 		for _, r := range results {
 			if r.Err == nil && r.Saga != nil && r.Prev != r.Saga.State {
 				if r.Prev != 0 {
-					e.counts[r.Prev]--
+					m[r.Prev]--
 				}
-				e.counts[r.Saga.State]++
+				m[r.Saga.State]++
 			}
 		}
 	}
@@ -728,8 +737,10 @@ func (e *Engine) Close() error {
 	e.closeMu.Lock()
 	e.storeClosed = true
 	e.closeMu.Unlock()
-	if poisoned {
-		// Do not flush a state that may be ahead of an unknown log.
+	if poisoned || e.opts.Inspect {
+		// Do not flush a state that may be ahead of an unknown log; an
+		// inspection leaves the state's files as they were (the next Open
+		// replays again).
 		errs = append(errs, e.store.CloseNoFlush())
 	} else {
 		errs = append(errs, e.store.Close())

@@ -3,6 +3,7 @@ package engine
 import (
 	"context"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"strings"
@@ -15,19 +16,40 @@ import (
 // the apply loop and cost nothing.
 func (e *Engine) StateCounts() (map[fsm.SagaState]int, error) {
 	e.applyMu.Lock()
+	if e.counts != nil {
+		defer e.applyMu.Unlock()
+		return maps.Clone(e.counts), nil
+	}
+	// Count from a snapshot taken under the lock, but scan it outside the
+	// lock (a scan of 10^6 sagas must not stall commits); transitions
+	// applied meanwhile are gathered as deltas and added after.
+	var later func() (map[fsm.SagaState]int, error)
+	if err := e.read(func() error { later = e.store.CountLater(); return nil }); err != nil {
+		e.applyMu.Unlock()
+		return nil, err
+	}
+	first := e.deltas == nil
+	if first {
+		e.deltas = map[fsm.SagaState]int{}
+	}
+	e.applyMu.Unlock()
+	var counts map[fsm.SagaState]int
+	err := e.read(func() (err error) { counts, err = later(); return err })
+	e.applyMu.Lock()
 	defer e.applyMu.Unlock()
-	if e.counts == nil {
-		var counts map[fsm.SagaState]int
-		if err := e.read(func() (err error) { counts, err = e.store.Count(); return err }); err != nil {
-			return nil, err
+	if err != nil {
+		return nil, err
+	}
+	if e.counts == nil && first {
+		for st, d := range e.deltas {
+			counts[st] += d
 		}
-		e.counts = counts
+		e.counts, e.deltas = counts, nil
 	}
-	out := make(map[fsm.SagaState]int, len(e.counts))
-	for k, v := range e.counts {
-		out[k] = v
+	if e.counts == nil {
+		return nil, fmt.Errorf("engine: state counts are being computed; try again")
 	}
-	return out, nil
+	return maps.Clone(e.counts), nil
 }
 
 // LogInfo describes the saga log and the state's position in it.

@@ -102,10 +102,11 @@ func Decode(b []byte) (*Record, error) {
 }
 
 // ValidID reports whether s may be a saga id or a definition name:
-// 1 to 128 characters among letters, digits and . _ : @ -.
+// 1 to 128 characters among letters, digits and . _ : @ -, but not "."
+// or "..".
 func ValidID(s string) bool {
-	if len(s) == 0 || len(s) > 128 {
-		return false
+	if len(s) == 0 || len(s) > 128 || s == "." || s == ".." {
+		return false // "." and ".." would read as paths in URLs
 	}
 	for i := 0; i < len(s); i++ {
 		c := s[i]

@@ -80,6 +80,9 @@ type StoreOptions struct {
 	CacheSize int64
 	// LiveSagas bounds the in-memory cache of non-terminal sagas. Default 100000.
 	LiveSagas int
+	// ReadOnly opens an existing store without writing to it (sagactl's
+	// read-only checks). ApplyBatch then fails.
+	ReadOnly bool
 
 	// pebbleWAL turns Pebble's own WAL on (NoSync commits), for the
 	// benchmark that justifies keeping it off.
@@ -157,6 +160,8 @@ func OpenStore(dir string, o StoreOptions) (*Store, error) {
 		// of a replay in the profile) several fold.
 		MemTableSize:                32 << 20,
 		MemTableStopWritesThreshold: 4,
+		ReadOnly:                    o.ReadOnly,
+		ErrorIfNotExists:            o.ReadOnly,
 	}
 	// Bloom filters make the lookups that miss (a new saga id, a new
 	// idempotency key) cheap.
@@ -584,11 +589,28 @@ func (s *Store) Each(st SagaState, fn func(*Saga) error) error {
 }
 
 // Count returns the number of sagas in each state.
-func (s *Store) Count() (map[SagaState]int, error) {
+func (s *Store) Count() (map[SagaState]int, error) { return count(s.db) }
+
+// CountLater takes a consistent snapshot now and returns a function that
+// counts the sagas per state as of that snapshot, to be run later (and
+// outside any lock the caller holds while taking it).
+func (s *Store) CountLater() func() (map[SagaState]int, error) {
+	snap := s.db.NewSnapshot()
+	return func() (map[SagaState]int, error) {
+		defer snap.Close()
+		return count(snap)
+	}
+}
+
+type iterSource interface {
+	NewIter(o *pebble.IterOptions) (*pebble.Iterator, error)
+}
+
+func count(src iterSource) (map[SagaState]int, error) {
 	out := make(map[SagaState]int)
 	for _, st := range States() {
 		p := key(prefixState, []byte{byte(st), '/'})
-		it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: p, UpperBound: upperBound(p)})
+		it, err := src.NewIter(&pebble.IterOptions{LowerBound: p, UpperBound: upperBound(p)})
 		if err != nil {
 			return nil, err
 		}

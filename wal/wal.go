@@ -56,6 +56,9 @@ var (
 	ErrNotFound = errors.New("wal: index not found")
 	// ErrOutOfRange is returned by TruncateFront for an index beyond LastIndex+1.
 	ErrOutOfRange = errors.New("wal: index out of range")
+	// ErrTornTail is returned by Open with Options.NoRepair when the log
+	// ends in an incomplete write that Open would otherwise cut.
+	ErrTornTail = errors.New("wal: the log ends in a torn (incomplete, never acknowledged) write")
 )
 
 // CorruptionError describes damage that Open refuses to repair by itself.
@@ -92,16 +95,13 @@ type Options struct {
 	// Logger receives the structured line written when Open cuts a torn
 	// tail. Default: slog.Default().
 	Logger *slog.Logger
+	// NoRepair makes Open refuse (ErrTornTail) instead of cutting a torn
+	// tail: for inspection that must not change the files.
+	NoRepair bool
 
 	// wrap lets tests of this package interpose on the segment store to
 	// inject write and sync failures.
 	wrap func(store) store
-}
-
-func (o *Options) withDefaults() *Options {
-	c := *o
-	c.EnsureDefaults()
-	return &c
 }
 
 // EnsureDefaults fills unset fields with their defaults.
@@ -304,22 +304,23 @@ type Report struct {
 
 // Verify checks every record of the log in dir without changing anything.
 // fn, if not nil, is called for every valid record in order until the
-// first damage. maxRecord bounds a record's payload (0: the default).
-func Verify(dir string, maxRecord int, fn func(index uint64, payload []byte) error) (*Report, error) {
-	if maxRecord <= 0 {
-		maxRecord = (&Options{}).withDefaults().MaxRecordSize
-	}
+// first damage.
+//
+// A record is bounded on reading only by its segment's size, not by
+// Options.MaxRecordSize: a complete record with a valid checksum, written
+// by an engine configured with a larger limit, is never taken for damage.
+func Verify(dir string, fn func(index uint64, payload []byte) error) (*Report, error) {
 	segs, err := segmentFiles(dir)
 	if err != nil {
 		return nil, err
 	}
 	rep := &Report{Segments: len(segs)}
-	maxFrame := maxRecord + HeaderSize
 	for i, s := range segs {
 		data, err := os.ReadFile(s.path)
 		if err != nil {
 			return nil, fmt.Errorf("wal: read segment %s: %w", s.path, err)
 		}
+		maxFrame := len(data)
 		rep.Bytes += int64(len(data))
 		if rep.Corrupt != nil {
 			rep.DroppedByForce += countFrames(data, maxFrame)
@@ -384,8 +385,8 @@ func countFrames(data []byte, maxFrame int) uint64 {
 // force, dropping the damaged record, everything after it in its segment,
 // and every later segment — records that may have been acknowledged.
 // It returns the report of what it found (and cut).
-func Repair(dir string, maxRecord int, force bool) (*Report, error) {
-	rep, err := Verify(dir, maxRecord, nil)
+func Repair(dir string, force bool) (*Report, error) {
+	rep, err := Verify(dir, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -459,7 +460,7 @@ func truncateFile(path string, off int64) error {
 // valid record, is a *CorruptionError. Otherwise the invalid tail of the
 // last segment is cut off (truncate + fsync) and logged.
 func (l *Log) verifyAndRepair() error {
-	rep, err := Verify(l.dir, l.opts.MaxRecordSize, nil)
+	rep, err := Verify(l.dir, nil)
 	if err != nil {
 		return err
 	}
@@ -467,6 +468,9 @@ func (l *Log) verifyAndRepair() error {
 		return rep.Corrupt
 	}
 	if t := rep.Torn; t != nil {
+		if l.opts.NoRepair {
+			return fmt.Errorf("%w: %d byte(s) at %s offset %d", ErrTornTail, t.Bytes, t.Segment, t.Offset)
+		}
 		if err := truncateFile(t.Segment, t.Offset); err != nil {
 			return err
 		}
@@ -610,7 +614,7 @@ func (l *Log) readLocked(index uint64) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("wal: read index %d: %w", index, err)
 	}
-	idx, payload, err := DecodeFrame(frame, l.opts.MaxRecordSize)
+	idx, payload, err := DecodeFrame(frame, 0) // any size the file holds: the limit is for writing
 	if err == nil && idx != index {
 		err = fmt.Errorf("record carries index %d", idx)
 	}

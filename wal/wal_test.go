@@ -463,17 +463,17 @@ func TestVerifyAndRepair(t *testing.T) {
 	if err := os.WriteFile(p, append(data, 0x05, 0xde, 0xad), 0o640); err != nil {
 		t.Fatal(err)
 	}
-	rep, err := Verify(dir, 0, nil)
+	rep, err := Verify(dir, nil)
 	if err != nil || rep.Torn == nil || rep.Torn.Bytes != 3 || rep.Corrupt != nil || rep.Records != 12 {
 		t.Fatalf("verify torn: %+v %v", rep, err)
 	}
 	if after, _ := os.ReadFile(p); len(after) != len(data)+3 {
 		t.Fatal("Verify modified the log")
 	}
-	if rep, err = Repair(dir, 0, false); err != nil || rep.Torn == nil {
+	if rep, err = Repair(dir, false); err != nil || rep.Torn == nil {
 		t.Fatalf("repair torn: %+v %v", rep, err)
 	}
-	if rep, _ = Verify(dir, 0, nil); rep.Torn != nil || rep.Records != 12 {
+	if rep, _ = Verify(dir, nil); rep.Torn != nil || rep.Records != 12 {
 		t.Fatalf("after repair: %+v", rep)
 	}
 
@@ -487,14 +487,14 @@ func TestVerifyAndRepair(t *testing.T) {
 	if err := os.WriteFile(victim.path, d, 0o640); err != nil {
 		t.Fatal(err)
 	}
-	rep, err = Verify(dir, 0, nil)
+	rep, err = Verify(dir, nil)
 	if err != nil || rep.Corrupt == nil || rep.Corrupt.Index != victim.first || rep.DroppedByForce < 30-victim.first {
 		t.Fatalf("verify corrupt: %+v %v", rep, err)
 	}
-	if _, err := Repair(dir, 0, false); !errors.Is(err, ErrCorrupt) {
+	if _, err := Repair(dir, false); !errors.Is(err, ErrCorrupt) {
 		t.Fatalf("repair without force: %v", err)
 	}
-	if _, err := Repair(dir, 0, true); err != nil {
+	if _, err := Repair(dir, true); err != nil {
 		t.Fatal(err)
 	}
 	l := openT(t, dir, opts)
@@ -503,4 +503,32 @@ func TestVerifyAndRepair(t *testing.T) {
 		t.Fatalf("after a forced repair the log ends at %d, want %d", l.LastIndex(), victim.first-1)
 	}
 	checkRecords(t, l, int(victim.first-1))
+}
+
+// TestLargeRecordIsNotTakenForDamage: a record larger than the reader's
+// MaxRecordSize (written under a larger limit) is read, never cut.
+func TestLargeRecordIsNotTakenForDamage(t *testing.T) {
+	dir := t.TempDir()
+	l := openT(t, dir, Options{MaxRecordSize: 1 << 20})
+	big := bytes.Repeat([]byte("x"), 200<<10)
+	if _, err := l.Append([][]byte{[]byte("small"), big}); err != nil {
+		t.Fatal(err)
+	}
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(l.Close())
+	rep, err := Verify(dir, nil)
+	if err != nil || rep.Torn != nil || rep.Corrupt != nil || rep.Records != 2 {
+		t.Fatalf("verify: %+v %v", rep, err)
+	}
+	l = openT(t, dir, Options{MaxRecordSize: 64 << 10})
+	defer l.Close()
+	got, err := l.Read(2)
+	if err != nil || !bytes.Equal(got, big) {
+		t.Fatalf("large record after reopen with a smaller limit: %d bytes, %v", len(got), err)
+	}
 }

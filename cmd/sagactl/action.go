@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"net/url"
 	"os"
 	"os/user"
 
@@ -43,7 +44,7 @@ func newAction(g *globals, action string) *cobra.Command {
 			}
 			body, _ := json.Marshal(admin.ActionRequest{Actor: actor, Reason: reason})
 			var s admin.SagaJSON
-			if err := c.do(cmd.Context(), "POST", "/v1/sagas/"+args[0]+"/"+action, body, &s); err != nil {
+			if err := c.do(cmd.Context(), "POST", "/v1/sagas/"+url.PathEscape(args[0])+"/"+action, body, &s); err != nil {
 				return err
 			}
 			if g.json() {

@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/sagaengine/saga/engine"
+	"github.com/sagaengine/saga/wal"
 )
 
 // Exit codes that scripts can rely on.
@@ -68,6 +69,8 @@ func (g *globals) openOffline() (*engine.Engine, error) {
 	switch {
 	case errors.Is(err, engine.ErrLocked):
 		return nil, fail(exitRefused, err, "an engine is running on this directory: talk to it with --addr instead")
+	case errors.Is(err, wal.ErrTornTail):
+		return nil, fail(exitFailed, err, "inspection changes nothing: cut the tail with `sagactl --dir "+g.dir+" wal repair` (or start the engine, which cuts it)")
 	case err != nil:
 		return nil, fail(exitFailed, err, "check the log with: sagactl --dir "+g.dir+" wal verify")
 	}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"net/url"
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
@@ -22,7 +23,7 @@ func newShow(g *globals) *cobra.Command {
 					return err
 				}
 				rep = &admin.ShowReply{}
-				if err := c.do(cmd.Context(), "GET", "/v1/sagas/"+args[0], nil, rep); err != nil {
+				if err := c.do(cmd.Context(), "GET", "/v1/sagas/"+url.PathEscape(args[0]), nil, rep); err != nil {
 					return err
 				}
 			} else {

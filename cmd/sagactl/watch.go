@@ -31,6 +31,7 @@ func newWatch(g *globals) *cobra.Command {
 			}
 			defer resp.Body.Close()
 			sc := bufio.NewScanner(resp.Body)
+			sc.Buffer(make([]byte, 64<<10), 4<<20)
 			for sc.Scan() {
 				if g.json() {
 					fmt.Fprintln(g.out, sc.Text())
@@ -52,7 +53,10 @@ func newWatch(g *globals) *cobra.Command {
 				}
 				fmt.Fprintln(g.out, line)
 			}
-			return nil
+			if err := sc.Err(); err != nil {
+				return fail(exitUnavailable, fmt.Errorf("watch stream: %w", err), "")
+			}
+			return fail(exitUnavailable, errors.New("the engine ended the watch stream"), "is the engine shutting down?")
 		},
 	}
 }
