@@ -89,7 +89,7 @@ func Encode(r *Record) ([]byte, error) {
 // Decode parses and structurally validates a record. It never panics.
 func Decode(b []byte) (*Record, error) {
 	var r Record
-	if err := msgpack.Unmarshal(b, &r); err != nil {
+	if err := unmarshal(b, &r); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrInvalidRecord, err)
 	}
 	if r.V == 0 || r.V > RecordVersion {

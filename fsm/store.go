@@ -453,7 +453,7 @@ func (s *Store) get(id string) (*Saga, error) {
 	}
 	defer closer.Close()
 	var sg Saga
-	if err := msgpack.Unmarshal(v, &sg); err != nil {
+	if err := unmarshal(v, &sg); err != nil {
 		return nil, fmt.Errorf("fsm: decode saga %s: %w", id, err)
 	}
 	return &sg, nil
@@ -637,7 +637,7 @@ func (s *Store) Definition(name string, version int) (*Definition, error) {
 	}
 	defer closer.Close()
 	var d Definition
-	if err := msgpack.Unmarshal(v, &d); err != nil {
+	if err := unmarshal(v, &d); err != nil {
 		return nil, fmt.Errorf("fsm: decode definition %s: %w", name, err)
 	}
 	return &d, nil
@@ -683,7 +683,7 @@ func (s *Store) latestFromDisk(name string) (*Definition, error) {
 		return nil, fmt.Errorf("%w: %s", ErrUnknownDefinition, name)
 	}
 	var d Definition
-	if err := msgpack.Unmarshal(it.Value(), &d); err != nil {
+	if err := unmarshal(it.Value(), &d); err != nil {
 		return nil, fmt.Errorf("fsm: decode definition %s: %w", name, err)
 	}
 	return &d, nil
@@ -699,7 +699,7 @@ func (s *Store) Definitions() ([]*Definition, error) {
 	var out []*Definition
 	for it.First(); it.Valid(); it.Next() {
 		var d Definition
-		if err := msgpack.Unmarshal(it.Value(), &d); err != nil {
+		if err := unmarshal(it.Value(), &d); err != nil {
 			return nil, fmt.Errorf("fsm: decode definition: %w", err)
 		}
 		if n := len(out); n > 0 && out[n-1].Name == d.Name {
