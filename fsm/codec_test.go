@@ -99,11 +99,11 @@ func BenchmarkApply(b *testing.B) {
 // array or map is refused before anything is allocated for it.
 func TestHostileLengthsAreCheap(t *testing.T) {
 	for _, in := range [][]byte{
-		[]byte("\x9d02\xa200,00\xdb\xc0\u00a0\xa0"),   // str32 of 3 GB (from FuzzDecodeRecord)
+		[]byte("\x9d02\xa200,00\xdb\xc0\u00a0\xa0"),      // str32 of 3 GB (from FuzzDecodeRecord)
 		{0x9d, 0x01, 0x02, 0xc6, 0xff, 0xff, 0xff, 0xff}, // bin32
 		{0xdd, 0xff, 0xff, 0xff, 0xff, 0x01},             // array32
 		{0xdf, 0x7f, 0xff, 0xff, 0xff, 0x01, 0x01},       // map32
-		{0xc1},                                           // never used
+		{0xc1}, // never used
 	} {
 		allocs := testing.AllocsPerRun(10, func() {
 			if _, err := Decode(in); err == nil {
