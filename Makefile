@@ -1,5 +1,6 @@
 # Two commands matter on a fresh machine with only Go: `make demo` and `make test`.
 GO ?= go
+VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 KILLS ?= 500
 FUZZTIME ?= 30s
 
@@ -9,7 +10,7 @@ all: build
 
 build:
 	$(GO) build ./...
-	$(GO) build -o bin/sagactl ./cmd/sagactl
+	$(GO) build -ldflags "-X main.version=$(VERSION)" -o bin/sagactl ./cmd/sagactl
 
 # The README's test command: every package under the race detector,
 # including 20 SIGKILL crash rounds and the fuzz seed corpora.
