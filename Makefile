@@ -4,7 +4,7 @@ VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 KILLS ?= 500
 FUZZTIME ?= 30s
 
-.PHONY: all build test demo platform lint crash fuzz bench clean
+.PHONY: all build test demo platform lint crash fuzz bench gobench benchcmp clean
 
 all: build
 
@@ -44,9 +44,29 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzSegmentReader$$' -fuzztime $(FUZZTIME) ./wal
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeRecord$$' -fuzztime $(FUZZTIME) ./fsm
 
-# Go benchmarks of the hot paths and the engine (domain units).
+# The benchmark harness: every figure in one run, written to
+# bench/results/latest.{json,md} (a few minutes on 2 cores).
 bench:
-	$(GO) test -run '^$$' -bench . -benchtime 3s ./fsm ./engine
+	$(GO) run ./bench/harness -out bench/results
+
+# Go benchmarks of the hot paths and the engine (domain units).
+gobench:
+	$(GO) test -run '^$$' -bench . -benchtime 3s ./fsm ./engine ./policy
+
+# Compare the Go benchmarks of two revisions with benchstat:
+#   make benchcmp OLD=HEAD~3 [NEW=HEAD] [COUNT=6]
+OLD ?= HEAD~1
+NEW ?= HEAD
+COUNT ?= 6
+BENCHSTAT = golang.org/x/perf/cmd/benchstat@v0.0.0-20260908200009-22c9c6c9d4da
+benchcmp:
+	rm -rf /tmp/saga-benchcmp && mkdir -p /tmp/saga-benchcmp
+	git worktree add --detach /tmp/saga-benchcmp/old $(OLD)
+	git worktree add --detach /tmp/saga-benchcmp/new $(NEW)
+	cd /tmp/saga-benchcmp/old && $(GO) test -run '^$$' -bench . -count $(COUNT) ./fsm ./engine > ../old.txt
+	cd /tmp/saga-benchcmp/new && $(GO) test -run '^$$' -bench . -count $(COUNT) ./fsm ./engine > ../new.txt
+	git worktree remove --force /tmp/saga-benchcmp/old; git worktree remove --force /tmp/saga-benchcmp/new
+	$(GO) run $(BENCHSTAT) /tmp/saga-benchcmp/old.txt /tmp/saga-benchcmp/new.txt
 
 clean:
 	rm -rf bin demo-data

@@ -1,0 +1,623 @@
+// Command harness measures the engine against the overhead targets in one
+// run and writes bench/results/latest.json and latest.md.
+//
+//	go run ./bench/harness            # the full run (a few minutes on 2 cores)
+//	go run ./bench/harness -quick     # a smoke run with small sizes
+//
+// Every figure states how it was measured and the median of how many
+// repetitions; targets are reported as pass/short, never asserted.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"runtime"
+	"runtime/debug"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	twal "github.com/tidwall/wal"
+
+	"github.com/sagaengine/saga/compensation"
+	"github.com/sagaengine/saga/engine"
+	"github.com/sagaengine/saga/fsm"
+	"github.com/sagaengine/saga/wal"
+)
+
+var (
+	quick  = flag.Bool("quick", false, "small sizes: a smoke run")
+	outDir = flag.String("out", "bench/results", "directory for latest.json and latest.md")
+	quiet  = slog.New(slog.NewTextHandler(io.Discard, nil))
+)
+
+// Figure is one measured figure of the report.
+type Figure struct {
+	Name   string           `json:"name"`
+	Method string           `json:"method"`
+	Rows   []map[string]any `json:"rows"`
+}
+
+// Target is one target of the issue, with the measured value.
+type Target struct {
+	Name     string  `json:"name"`
+	Want     string  `json:"want"`
+	Measured float64 `json:"measured"`
+	Unit     string  `json:"unit"`
+	Pass     bool    `json:"pass"`
+}
+
+// Report is bench/results/latest.json.
+type Report struct {
+	Machine map[string]any `json:"machine"`
+	Figures []Figure       `json:"figures"`
+	Targets []Target       `json:"targets"`
+	Started time.Time      `json:"started"`
+	Elapsed string         `json:"elapsed"`
+}
+
+func progress(format string, a ...any) { fmt.Fprintf(os.Stderr, "bench: "+format+"\n", a...) }
+
+func main() {
+	flag.Parse()
+	rep := &Report{Started: time.Now().UTC()}
+	rep.Machine = machine()
+	progress("machine: %v", rep.Machine)
+	// Memory first, in a process that has done nothing else yet.
+	fig7, rss := figMemory()
+	fig2, tput := figThroughput()
+	ceiling := figCeiling()
+	fig1, over := figOverhead()
+	fig5, ratio := figCompensation()
+	fig6, replay := figRecovery()
+	fig4 := figPolicyOff()
+	rep.Figures = []Figure{fig1, fig2, ceiling.fig, fig4, fig5, fig6, fig7}
+	add := func(name, want string, v float64, unit string, pass bool) {
+		rep.Targets = append(rep.Targets, Target{name, want, v, unit, pass})
+	}
+	if v, ok := over[1*time.Millisecond]; ok {
+		add("overhead, 1 ms steps, c=1", "≤ 5%", v, "%", v <= 5)
+	}
+	if v, ok := over[10*time.Millisecond]; ok {
+		add("overhead, 10 ms steps, c=1", "≤ 1%", v, "%", v <= 1)
+	}
+	add("happy path, c=64", "≥ 20,000 sagas/s", tput["happy/64"], "sagas/s", tput["happy/64"] >= 20000)
+	pct := 100 * tput["happy/64/transitions"] / ceiling.perSec
+	add("share of the measured ceiling, c=64", "≥ 70%", pct, "%", pct >= 70)
+	add("failure path, c=64", "≥ 10,000 sagas/s", tput["failure/64"], "sagas/s", tput["failure/64"] >= 10000)
+	add("compensation / forward", "≤ 1.2x", ratio, "x", ratio <= 1.2)
+	add("recovery replay", "≥ 500k transitions/s", replay, "transitions/s", replay >= 500000)
+	add("RSS after the completed sagas", "≤ 150 MB", rss, "MB", rss <= 150)
+	rep.Elapsed = time.Since(rep.Started).Round(time.Second).String()
+	if err := write(rep); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+func machine() map[string]any {
+	m := map[string]any{"cpus": runtime.NumCPU(), "os": runtime.GOOS, "arch": runtime.GOARCH}
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		m["go"] = bi.GoVersion
+	}
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, l := range strings.Split(string(b), "\n") {
+			if strings.HasPrefix(l, "model name") {
+				m["cpu"] = strings.TrimSpace(strings.SplitN(l, ":", 2)[1])
+				break
+			}
+		}
+	}
+	m["fsync_256B_append_median_us"] = fsyncLatency()
+	return m
+}
+
+// fsyncLatency is the median of appending 256 bytes and fsyncing, in µs.
+func fsyncLatency() float64 {
+	f, err := os.CreateTemp("", "fsync-probe-")
+	if err != nil {
+		return -1
+	}
+	defer os.Remove(f.Name())
+	defer f.Close()
+	buf := make([]byte, 256)
+	var ds []float64
+	for i := 0; i < 200; i++ {
+		t := time.Now()
+		f.Write(buf)
+		f.Sync()
+		ds = append(ds, float64(time.Since(t).Microseconds()))
+	}
+	return median(ds)
+}
+
+func median(xs []float64) float64 {
+	if len(xs) == 0 {
+		return 0
+	}
+	s := append([]float64(nil), xs...)
+	sort.Float64s(s)
+	return s[len(s)/2]
+}
+
+func percentile(xs []float64, p float64) float64 {
+	if len(xs) == 0 {
+		return 0
+	}
+	s := append([]float64(nil), xs...)
+	sort.Float64s(s)
+	return s[min(len(s)-1, int(p*float64(len(s))))]
+}
+
+// rig is an engine with a 4-step definition whose steps sleep 'work'.
+type rig struct {
+	e   *engine.Engine
+	dir string
+}
+
+func newRig(work time.Duration, failAt int) *rig {
+	dir, _ := os.MkdirTemp("", "saga-bench-")
+	reg := compensation.NewRegistry()
+	_ = reg.RegisterAction("work", func(ctx context.Context, c compensation.Call) ([]byte, error) {
+		if c.StepIndex == failAt {
+			return nil, compensation.Permanent(fmt.Errorf("injected failure"))
+		}
+		if work > 0 {
+			time.Sleep(work)
+		}
+		return nil, nil
+	})
+	_ = reg.Register("undo", func(ctx context.Context, c compensation.Call) error {
+		if work > 0 {
+			time.Sleep(work)
+		}
+		return nil
+	})
+	e, err := engine.Open(dir, engine.Options{Registry: reg, Logger: quiet})
+	if err != nil {
+		panic(err)
+	}
+	d := engine.Definition{Name: "bench"}
+	for k := 0; k < 4; k++ {
+		d.Steps = append(d.Steps, engine.StepDef{Name: "s" + strconv.Itoa(k), Action: "work", Compensation: "undo"})
+	}
+	if _, err := e.Define(context.Background(), d); err != nil {
+		panic(err)
+	}
+	return &rig{e: e, dir: dir}
+}
+
+func (r *rig) close() { r.e.Close(); os.RemoveAll(r.dir) }
+
+// runFor runs sagas at concurrency conc for dur; it returns the count and
+// each saga's latency in ms.
+func (r *rig) runFor(conc int, dur time.Duration) (int, []float64) {
+	var n atomic.Int64
+	var mu sync.Mutex
+	var lat []float64
+	deadline := time.Now().Add(dur)
+	var wg sync.WaitGroup
+	for w := 0; w < conc; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var mine []float64
+			for time.Now().Before(deadline) {
+				t := time.Now()
+				if _, err := r.e.Run(context.Background(), "bench", nil, engine.StartOptions{}); err != nil {
+					panic(err)
+				}
+				mine = append(mine, float64(time.Since(t).Microseconds())/1000)
+				n.Add(1)
+			}
+			mu.Lock()
+			lat = append(lat, mine...)
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	return int(n.Load()), lat
+}
+
+// runN runs n sagas at concurrency conc and returns the wall time.
+func (r *rig) runN(conc, n int) time.Duration {
+	var next atomic.Int64
+	t := time.Now()
+	var wg sync.WaitGroup
+	for w := 0; w < conc; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for next.Add(1) <= int64(n) {
+				if _, err := r.e.Run(context.Background(), "bench", nil, engine.StartOptions{}); err != nil {
+					panic(err)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	return time.Since(t)
+}
+
+func figThroughput() (Figure, map[string]float64) {
+	fig := Figure{Name: "2. Throughput vs concurrency (4-step no-op saga)",
+		Method: "engine-driven sagas for a fixed time per point; failure path: step 3 fails, 2 compensations"}
+	out := map[string]float64{}
+	dur := 3 * time.Second
+	if *quick {
+		dur = 500 * time.Millisecond
+	}
+	for _, path := range []string{"happy", "failure"} {
+		for _, c := range []int{1, 8, 64, 256} {
+			progress("throughput %s c=%d", path, c)
+			failAt := -1
+			if path == "failure" {
+				failAt = 2
+			}
+			r := newRig(0, failAt)
+			s0 := r.e.Stats()
+			t := time.Now()
+			n, lat := r.runFor(c, dur)
+			el := time.Since(t).Seconds()
+			s1 := r.e.Stats()
+			r.close()
+			recs := float64(s1.Records - s0.Records)
+			row := map[string]any{"path": path, "concurrency": c, "sagas_per_s": round(float64(n) / el),
+				"transitions_per_s": round(recs / el), "p50_ms": round2(percentile(lat, 0.5)),
+				"p99_ms": round2(percentile(lat, 0.99)), "fsyncs_per_saga": round2(float64(s1.LogSyncs-s0.LogSyncs) / float64(n)),
+				"records_per_commit": round2(recs / float64(max(1, s1.Commits-s0.Commits)))}
+			fig.Rows = append(fig.Rows, row)
+			out[fmt.Sprintf("%s/%d", path, c)] = float64(n) / el
+			out[fmt.Sprintf("%s/%d/transitions", path, c)] = recs / el
+		}
+	}
+	return fig, out
+}
+
+type ceilingResult struct {
+	fig    Figure
+	perSec float64
+}
+
+// figCeiling: raw tidwall/wal with the same group-commit shape (64
+// producers, one committer, one WriteBatch + Sync per batch), records of
+// an engine transition's size.
+func figCeiling() ceilingResult {
+	progress("ceiling: raw tidwall/wal group commit, 64 producers")
+	dir, _ := os.MkdirTemp("", "saga-ceiling-")
+	defer os.RemoveAll(dir)
+	l, err := twal.Open(dir, &twal.Options{NoSync: true, SegmentSize: 8 << 20})
+	if err != nil {
+		panic(err)
+	}
+	defer l.Close()
+	rec := make([]byte, 120) // about an encoded transition plus framing
+	type req struct{ done chan struct{} }
+	reqs := make(chan req, 1024)
+	stop := make(chan struct{})
+	var written atomic.Int64
+	go func() {
+		var b twal.Batch
+		idx := uint64(1)
+		for {
+			var batch []req
+			select {
+			case r := <-reqs:
+				batch = append(batch, r)
+			case <-stop:
+				return
+			}
+		drain:
+			for {
+				select {
+				case r := <-reqs:
+					batch = append(batch, r)
+				default:
+					break drain
+				}
+			}
+			b.Clear()
+			for range batch {
+				b.Write(idx, rec)
+				idx++
+			}
+			if err := l.WriteBatch(&b); err != nil {
+				panic(err)
+			}
+			if err := l.Sync(); err != nil {
+				panic(err)
+			}
+			written.Add(int64(len(batch)))
+			for _, r := range batch {
+				close(r.done)
+			}
+		}
+	}()
+	dur := 3 * time.Second
+	if *quick {
+		dur = 500 * time.Millisecond
+	}
+	deadline := time.Now().Add(dur)
+	t := time.Now()
+	var wg sync.WaitGroup
+	for p := 0; p < 64; p++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for time.Now().Before(deadline) {
+				r := req{done: make(chan struct{})}
+				reqs <- r
+				<-r.done
+			}
+		}()
+	}
+	wg.Wait()
+	el := time.Since(t).Seconds()
+	close(stop)
+	per := float64(written.Load()) / el
+	return ceilingResult{perSec: per, fig: Figure{Name: "3. Ceiling: raw tidwall/wal group commit",
+		Method: "64 producers, 120-byte records, one WriteBatch+fsync per batch, no state machine",
+		Rows:   []map[string]any{{"producers": 64, "records_per_s": round(per)}}}}
+}
+
+// figOverhead: paired runs of the same 4-step workload, bare and through
+// the engine; the step work is a sleep.
+func figOverhead() (Figure, map[time.Duration]float64) {
+	fig := Figure{Name: "1. Overhead vs step duration (4 steps, work = sleep)",
+		Method: "paired runs bare (4 function calls) vs engine (Run); overhead = (engine − bare) / bare; median of 5 pairs"}
+	out := map[time.Duration]float64{}
+	reps := 5
+	works := []time.Duration{100 * time.Microsecond, time.Millisecond, 10 * time.Millisecond, 100 * time.Millisecond}
+	if *quick {
+		reps, works = 3, works[:2]
+	}
+	for _, work := range works {
+		for _, c := range []int{1, 64} {
+			progress("overhead work=%v c=%d", work, c)
+			n := max(c, int(300*time.Millisecond/(4*work))*c/max(1, c/8+1))
+			if n > 20000 {
+				n = 20000
+			}
+			r := newRig(work, -1)
+			var overs []float64
+			for i := 0; i < reps; i++ {
+				bare := runBare(c, n, work)
+				eng := r.runN(c, n)
+				overs = append(overs, 100*(eng.Seconds()-bare.Seconds())/bare.Seconds())
+			}
+			r.close()
+			m := median(overs)
+			fig.Rows = append(fig.Rows, map[string]any{"step_work": work.String(), "concurrency": c, "sagas_per_run": n,
+				"overhead_pct": round2(m), "repetitions": reps})
+			if c == 1 {
+				out[work] = m
+			}
+		}
+	}
+	return fig, out
+}
+
+func runBare(conc, n int, work time.Duration) time.Duration {
+	var next atomic.Int64
+	t := time.Now()
+	var wg sync.WaitGroup
+	for w := 0; w < conc; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for next.Add(1) <= int64(n) {
+				for k := 0; k < 4; k++ {
+					time.Sleep(work)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	return time.Since(t)
+}
+
+// figCompensation: a 4-step saga whose last step fails; forward = start to
+// failure, compensation = failure to FAILED (3 compensations), from the
+// history's timestamps; steps and compensations both sleep 1 ms.
+func figCompensation() (Figure, float64) {
+	progress("compensation vs forward")
+	r := newRig(time.Millisecond, 3)
+	defer r.close()
+	var ratios []float64
+	for i := 0; i < 20; i++ {
+		st, err := r.e.Run(context.Background(), "bench", nil, engine.StartOptions{})
+		if err != nil || st.State != fsm.StateFailed {
+			panic(fmt.Sprint(st, err))
+		}
+		h, _ := r.e.History(context.Background(), st.ID)
+		var start, failed, end int64
+		for _, he := range h {
+			switch he.Record.Kind {
+			case fsm.KindSagaStarted:
+				start = he.Record.At
+			case fsm.KindStepFailed:
+				failed = he.Record.At
+			case fsm.KindCompCompleted:
+				end = he.Record.At
+			}
+		}
+		ratios = append(ratios, float64(end-failed)/float64(failed-start))
+	}
+	m := median(ratios)
+	return Figure{Name: "5. Compensation vs forward", Method: "4-step saga, step 4 fails; 3 steps forward vs 3 compensations, 1 ms work each; median of 20",
+		Rows: []map[string]any{{"ratio": round2(m), "repetitions": 20}}}, m
+}
+
+// figRecovery: Open over a log the state never saw.
+func figRecovery() (Figure, float64) {
+	fig := Figure{Name: "6. Recovery", Method: "log written directly, state empty; time from Open until every pending compensation ran"}
+	sizes := []struct{ n, pending int }{{10000, 1000}, {100000, 1000}, {1000000, 1000}, {1000000, 100000}}
+	if *quick {
+		sizes = sizes[:2]
+	}
+	best, bestN := 0.0, 0
+	for _, sz := range sizes {
+		progress("recovery n=%d pending=%d", sz.n, sz.pending)
+		d, replayed, openTime := recoverOnce(sz.n, sz.pending)
+		rate := float64(replayed) / openTime.Seconds()
+		if sz.n > bestN { // the target is judged on the largest log with few pending sagas
+			best, bestN = rate, sz.n
+		}
+		fig.Rows = append(fig.Rows, map[string]any{"transitions": sz.n, "pending_sagas": sz.pending,
+			"open_s": round2(openTime.Seconds()), "all_resumed_s": round2(d.Seconds()), "replayed_per_s": round(rate)})
+	}
+	return fig, best
+}
+
+func recoverOnce(n, pending int) (time.Duration, uint64, time.Duration) {
+	dir, _ := os.MkdirTemp("", "saga-recovery-")
+	defer os.RemoveAll(dir)
+	w, err := wal.Open(filepath.Join(dir, "wal"), wal.Options{Logger: quiet, NoSync: true})
+	if err != nil {
+		panic(err)
+	}
+	steps := []fsm.StepDef{{Name: "a", Compensation: "undo"}, {Name: "b", Compensation: "undo"}, {Name: "c", Compensation: "undo"}, {Name: "d"}}
+	var batch [][]byte
+	flush := func() {
+		if len(batch) > 0 {
+			if _, err := w.Append(batch); err != nil {
+				panic(err)
+			}
+			batch = batch[:0]
+		}
+	}
+	written, sagas := 0, 0
+	for written < n {
+		id := fmt.Sprintf("%022x", sagas+1)
+		sagas++
+		recs := []*fsm.Record{{Kind: fsm.KindSagaStarted, Saga: id, At: 1, Start: &fsm.StartInfo{Definition: "bench", Version: 1, Steps: steps}}}
+		if sagas <= pending {
+			recs = append(recs, &fsm.Record{Kind: fsm.KindStepCompleted, Saga: id, At: 1, Step: 0},
+				&fsm.Record{Kind: fsm.KindStepFailed, Saga: id, At: 1, Step: 1, Err: &fsm.ErrorInfo{Message: "x"}})
+		} else {
+			for k := range steps {
+				recs = append(recs, &fsm.Record{Kind: fsm.KindStepCompleted, Saga: id, At: 1, Step: k})
+			}
+		}
+		for _, r := range recs {
+			b, _ := fsm.Encode(r)
+			batch = append(batch, b)
+			written++
+			if len(batch) == 4096 {
+				flush()
+			}
+		}
+	}
+	flush()
+	w.Close()
+	reg := compensation.NewRegistry()
+	var done atomic.Int64
+	all := make(chan struct{})
+	_ = reg.Register("undo", func(context.Context, compensation.Call) error {
+		if done.Add(1) == int64(pending) {
+			close(all)
+		}
+		return nil
+	})
+	t := time.Now()
+	e, err := engine.Open(dir, engine.Options{Registry: reg, Logger: quiet})
+	if err != nil {
+		panic(err)
+	}
+	openTime := time.Since(t)
+	<-all
+	d := time.Since(t)
+	replayed := e.Stats().Recovery.Replayed
+	e.Close()
+	return d, replayed, openTime
+}
+
+// figMemory: RSS and Go heap after many completed sagas.
+func figMemory() (Figure, float64) {
+	total := 1000000
+	if *quick {
+		total = 20000
+	}
+	progress("memory: %d completed sagas at c=256", total)
+	r := newRig(0, -1)
+	defer r.close()
+	r.runN(256, total)
+	runtime.GC()
+	debug.FreeOSMemory()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	rss := rssMB()
+	return Figure{Name: "7. Memory", Method: fmt.Sprintf("%d completed 4-step sagas at c=256, then GC", total),
+		Rows: []map[string]any{{"sagas": total, "rss_mb": round(rss), "heap_mb": round(float64(ms.HeapAlloc) / (1 << 20))}}}, rss
+}
+
+func rssMB() float64 {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return -1
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(l, "VmRSS:") {
+			f := strings.Fields(l)
+			kb, _ := strconv.ParseFloat(f[1], 64)
+			return kb / 1024
+		}
+	}
+	return -1
+}
+
+func round(x float64) float64  { return float64(int64(x + 0.5)) }
+func round2(x float64) float64 { return float64(int64(x*100+0.5)) / 100 }
+
+func write(rep *Report) error {
+	if err := os.MkdirAll(*outDir, 0o750); err != nil {
+		return err
+	}
+	b, _ := json.MarshalIndent(rep, "", "  ")
+	if err := os.WriteFile(filepath.Join(*outDir, "latest.json"), b, 0o640); err != nil {
+		return err
+	}
+	var md strings.Builder
+	fmt.Fprintf(&md, "# Benchmark report\n\nRun %s, %s. Machine: %v\n\n", rep.Started.Format(time.RFC3339), rep.Elapsed, rep.Machine)
+	md.WriteString("## Targets\n\n| target | want | measured | |\n|---|---|---|---|\n")
+	for _, t := range rep.Targets {
+		verdict := "pass"
+		if !t.Pass {
+			verdict = "**short**"
+		}
+		fmt.Fprintf(&md, "| %s | %s | %.2f %s | %s |\n", t.Name, t.Want, t.Measured, t.Unit, verdict)
+	}
+	for _, f := range rep.Figures {
+		fmt.Fprintf(&md, "\n## %s\n\n%s\n\n", f.Name, f.Method)
+		if len(f.Rows) == 0 {
+			continue
+		}
+		var cols []string
+		for k := range f.Rows[0] {
+			cols = append(cols, k)
+		}
+		sort.Strings(cols)
+		fmt.Fprintf(&md, "| %s |\n|%s\n", strings.Join(cols, " | "), strings.Repeat("---|", len(cols)))
+		for _, r := range f.Rows {
+			var vals []string
+			for _, c := range cols {
+				vals = append(vals, fmt.Sprint(r[c]))
+			}
+			fmt.Fprintf(&md, "| %s |\n", strings.Join(vals, " | "))
+		}
+	}
+	if err := os.WriteFile(filepath.Join(*outDir, "latest.md"), []byte(md.String()), 0o640); err != nil {
+		return err
+	}
+	fmt.Print(md.String())
+	return nil
+}
