@@ -28,6 +28,7 @@ import (
 
 	twal "github.com/tidwall/wal"
 
+	"github.com/sagaengine/saga/bench/internal/loggen"
 	"github.com/sagaengine/saga/compensation"
 	"github.com/sagaengine/saga/engine"
 	"github.com/sagaengine/saga/fsm"
@@ -230,6 +231,15 @@ func (r *rig) runFor(conc int, dur time.Duration) (int, []float64) {
 
 // runN runs n sagas at concurrency conc and returns the wall time.
 func (r *rig) runN(conc, n int) time.Duration {
+	return parallelN(conc, n, func() {
+		if _, err := r.e.Run(context.Background(), "bench", nil, engine.StartOptions{}); err != nil {
+			panic(err)
+		}
+	})
+}
+
+// parallelN calls fn n times from conc goroutines and returns the wall time.
+func parallelN(conc, n int, fn func()) time.Duration {
 	var next atomic.Int64
 	t := time.Now()
 	var wg sync.WaitGroup
@@ -238,9 +248,7 @@ func (r *rig) runN(conc, n int) time.Duration {
 		go func() {
 			defer wg.Done()
 			for next.Add(1) <= int64(n) {
-				if _, err := r.e.Run(context.Background(), "bench", nil, engine.StartOptions{}); err != nil {
-					panic(err)
-				}
+				fn()
 			}
 		}()
 	}
@@ -406,23 +414,13 @@ func figOverhead() (Figure, map[time.Duration]float64) {
 	return fig, out
 }
 
+// runBare runs the same 4 steps as plain function calls.
 func runBare(conc, n int, work time.Duration) time.Duration {
-	var next atomic.Int64
-	t := time.Now()
-	var wg sync.WaitGroup
-	for w := 0; w < conc; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for next.Add(1) <= int64(n) {
-				for k := 0; k < 4; k++ {
-					time.Sleep(work)
-				}
-			}
-		}()
-	}
-	wg.Wait()
-	return time.Since(t)
+	return parallelN(conc, n, func() {
+		for k := 0; k < 4; k++ {
+			time.Sleep(work)
+		}
+	})
 }
 
 // figCompensation: a 4-step saga whose last step fails; forward = start to
@@ -481,44 +479,9 @@ func figRecovery() (Figure, float64) {
 func recoverOnce(n, pending int) (time.Duration, uint64, time.Duration) {
 	dir, _ := os.MkdirTemp("", "saga-recovery-")
 	defer os.RemoveAll(dir)
-	w, err := wal.Open(filepath.Join(dir, "wal"), wal.Options{Logger: quiet, NoSync: true})
-	if err != nil {
+	if _, err := loggen.Write(dir, n, pending, wal.Options{Logger: quiet}); err != nil {
 		panic(err)
 	}
-	steps := []fsm.StepDef{{Name: "a", Compensation: "undo"}, {Name: "b", Compensation: "undo"}, {Name: "c", Compensation: "undo"}, {Name: "d"}}
-	var batch [][]byte
-	flush := func() {
-		if len(batch) > 0 {
-			if _, err := w.Append(batch); err != nil {
-				panic(err)
-			}
-			batch = batch[:0]
-		}
-	}
-	written, sagas := 0, 0
-	for written < n {
-		id := fmt.Sprintf("%022x", sagas+1)
-		sagas++
-		recs := []*fsm.Record{{Kind: fsm.KindSagaStarted, Saga: id, At: 1, Start: &fsm.StartInfo{Definition: "bench", Version: 1, Steps: steps}}}
-		if sagas <= pending {
-			recs = append(recs, &fsm.Record{Kind: fsm.KindStepCompleted, Saga: id, At: 1, Step: 0},
-				&fsm.Record{Kind: fsm.KindStepFailed, Saga: id, At: 1, Step: 1, Err: &fsm.ErrorInfo{Message: "x"}})
-		} else {
-			for k := range steps {
-				recs = append(recs, &fsm.Record{Kind: fsm.KindStepCompleted, Saga: id, At: 1, Step: k})
-			}
-		}
-		for _, r := range recs {
-			b, _ := fsm.Encode(r)
-			batch = append(batch, b)
-			written++
-			if len(batch) == 4096 {
-				flush()
-			}
-		}
-	}
-	flush()
-	w.Close()
 	reg := compensation.NewRegistry()
 	var done atomic.Int64
 	all := make(chan struct{})

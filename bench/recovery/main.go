@@ -12,15 +12,14 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"runtime"
 	"runtime/pprof"
 	"sync/atomic"
 	"time"
 
+	"github.com/sagaengine/saga/bench/internal/loggen"
 	"github.com/sagaengine/saga/compensation"
 	"github.com/sagaengine/saga/engine"
-	"github.com/sagaengine/saga/fsm"
 	"github.com/sagaengine/saga/wal"
 )
 
@@ -50,62 +49,12 @@ func run(n, pending int, dir string) error {
 		dir = tmp
 	}
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
-	w, err := wal.Open(filepath.Join(dir, "wal"), wal.Options{Logger: quiet})
+	t0 := time.Now()
+	sagas, err := loggen.Write(dir, n, pending, wal.Options{Logger: quiet})
 	if err != nil {
 		return err
 	}
-	steps := []fsm.StepDef{{Name: "a", Compensation: "undo"}, {Name: "b", Compensation: "undo"},
-		{Name: "c", Compensation: "undo"}, {Name: "d"}}
-	var batch [][]byte
-	add := func(r *fsm.Record) error {
-		b, err := fsm.Encode(r)
-		if err != nil {
-			return err
-		}
-		batch = append(batch, b)
-		if len(batch) == 4096 {
-			_, err = w.Append(batch)
-			batch = batch[:0]
-		}
-		return err
-	}
-	t0 := time.Now()
-	written, sagas := 0, 0
-	for written < n {
-		id := fmt.Sprintf("%022x", sagas) // the form of engine-generated ids
-		sagas++
-		at := int64(sagas)
-		recs := []*fsm.Record{{Kind: fsm.KindSagaStarted, Saga: id, At: at,
-			Start: &fsm.StartInfo{Definition: "bench", Version: 1, Steps: steps}}}
-		if sagas <= pending {
-			// Step a done, step b failed: compensation of a pending.
-			recs = append(recs,
-				&fsm.Record{Kind: fsm.KindStepCompleted, Saga: id, At: at, Step: 0},
-				&fsm.Record{Kind: fsm.KindStepFailed, Saga: id, At: at, Step: 1, Err: &fsm.ErrorInfo{Message: "x"}})
-		} else {
-			for k := range steps {
-				recs = append(recs, &fsm.Record{Kind: fsm.KindStepCompleted, Saga: id, At: at, Step: k})
-			}
-		}
-		for _, r := range recs {
-			if written == n {
-				break
-			}
-			if err := add(r); err != nil {
-				return err
-			}
-			written++
-		}
-	}
-	if len(batch) > 0 {
-		if _, err := w.Append(batch); err != nil {
-			return err
-		}
-	}
-	if err := w.Close(); err != nil {
-		return err
-	}
-	fmt.Printf("wrote %d transitions of %d sagas in %v\n", written, sagas, time.Since(t0).Round(time.Millisecond))
+	fmt.Printf("wrote %d transitions of %d sagas in %v\n", n, sagas, time.Since(t0).Round(time.Millisecond))
 
 	var ms runtime.MemStats
 	if *cpuprofile != "" {
