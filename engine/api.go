@@ -32,6 +32,9 @@ type RetryPolicy = fsm.RetryPolicy
 // an *fsm.DefinitionError listing every problem. Sagas already started keep
 // the definition they started with.
 func (e *Engine) Define(ctx context.Context, d Definition) (*Definition, error) {
+	if e.opts.Inspect {
+		return nil, ErrReadOnly
+	}
 	d.Steps = append([]StepDef(nil), d.Steps...)
 	d.Version = 1
 	if err := d.Validate(); err != nil {
@@ -116,6 +119,9 @@ func (e *Engine) Start(ctx context.Context, definition string, input []byte, o S
 }
 
 func (e *Engine) start(ctx context.Context, definition string, input []byte, o StartOptions, driven bool) (id string, created bool, err error) {
+	if e.opts.Inspect {
+		return "", false, ErrReadOnly
+	}
 	if o.IdempotencyKey != "" {
 		var owner string
 		if err := e.read(func() (err error) { owner, err = e.store.KeyOwner(o.IdempotencyKey); return err }); err != nil {

@@ -27,8 +27,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -102,6 +104,9 @@ type Engine struct {
 	wal   *wal.Log // the real log under any wrapper, for Stats
 	store *fsm.Store
 	lock  *os.File
+	// scratch is the temporary copy of the state an inspection replays
+	// into; removed by Close.
+	scratch string
 
 	proposals  chan *proposal
 	applyQ     chan appended
@@ -137,6 +142,7 @@ type Engine struct {
 	// been called (counted lazily: a scan of the index); deltas gathers
 	// the changes applied while that scan runs. Both under applyMu.
 	counts, deltas map[fsm.SagaState]int
+	countMu        sync.Mutex // one first count at a time
 
 	lastID        atomic.Int64
 	sinceCkpt     atomic.Uint64
@@ -214,6 +220,9 @@ func Open(dir string, opts Options) (*Engine, error) {
 		if e.store != nil {
 			_ = e.store.CloseNoFlush()
 		}
+		if e.scratch != "" {
+			_ = os.RemoveAll(filepath.Dir(e.scratch))
+		}
 		if e.log != nil {
 			_ = e.log.Close()
 		}
@@ -230,7 +239,16 @@ func Open(dir string, opts Options) (*Engine, error) {
 	if opts.WrapLog != nil {
 		e.log = opts.WrapLog(w)
 	}
-	e.store, err = fsm.OpenStore(filepath.Join(dir, "state"), fsm.StoreOptions{
+	stateDir := filepath.Join(dir, "state")
+	if opts.Inspect {
+		// Inspection replays into a scratch copy of the state, so the
+		// state's own files stay exactly as they were.
+		if stateDir, err = scratchState(stateDir); err != nil {
+			return fail(err)
+		}
+		e.scratch = stateDir
+	}
+	e.store, err = fsm.OpenStore(stateDir, fsm.StoreOptions{
 		Logger: opts.Logger, CacheSize: opts.StoreCacheSize,
 	})
 	if err != nil {
@@ -259,6 +277,61 @@ func Open(dir string, opts Options) (*Engine, error) {
 		h(e.recovery)
 	}
 	return e, nil
+}
+
+// scratchState copies the state in stateDir (if any) to a new temporary
+// directory and returns the copy's path. The engine is not running (the
+// caller holds the lock), so the files are still: immutable sstables are
+// hard-linked (Pebble never rewrites one; deleting the link leaves the
+// original), everything else is copied.
+func scratchState(stateDir string) (string, error) {
+	tmp, err := os.MkdirTemp("", "saga-inspect-")
+	if err != nil {
+		return "", fmt.Errorf("engine: scratch directory: %w", err)
+	}
+	copyDir := filepath.Join(tmp, "state")
+	ents, err := os.ReadDir(stateDir)
+	if errors.Is(err, os.ErrNotExist) {
+		return copyDir, nil // no state yet: replay into an empty one
+	}
+	if err == nil {
+		err = os.MkdirAll(copyDir, 0o750)
+	}
+	for _, ent := range ents {
+		if err != nil {
+			break
+		}
+		if ent.IsDir() {
+			continue
+		}
+		src, dst := filepath.Join(stateDir, ent.Name()), filepath.Join(copyDir, ent.Name())
+		if strings.HasSuffix(ent.Name(), ".sst") && os.Link(src, dst) == nil {
+			continue
+		}
+		err = copyFile(src, dst)
+	}
+	if err != nil {
+		os.RemoveAll(tmp)
+		return "", fmt.Errorf("engine: copy the state for inspection: %w", err)
+	}
+	return copyDir, nil
+}
+
+func copyFile(src, dst string) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_CREATE|os.O_WRONLY|os.O_EXCL, 0o640)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		return err
+	}
+	return out.Close()
 }
 
 func lockDir(dir string) (*os.File, error) {
@@ -738,15 +811,17 @@ func (e *Engine) Close() error {
 	e.storeClosed = true
 	e.closeMu.Unlock()
 	if poisoned || e.opts.Inspect {
-		// Do not flush a state that may be ahead of an unknown log; an
-		// inspection leaves the state's files as they were (the next Open
-		// replays again).
+		// Do not flush a state that may be ahead of an unknown log (an
+		// inspection's state is a scratch copy, removed below).
 		errs = append(errs, e.store.CloseNoFlush())
 	} else {
 		errs = append(errs, e.store.Close())
 	}
 	if err := e.log.Close(); err != nil && !poisoned {
 		errs = append(errs, err)
+	}
+	if e.scratch != "" {
+		_ = os.RemoveAll(filepath.Dir(e.scratch))
 	}
 	unlockDir(e.lock)
 	return errors.Join(errs...)

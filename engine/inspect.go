@@ -20,6 +20,15 @@ func (e *Engine) StateCounts() (map[fsm.SagaState]int, error) {
 		defer e.applyMu.Unlock()
 		return maps.Clone(e.counts), nil
 	}
+	e.applyMu.Unlock()
+	// One first count at a time; later callers wait for it.
+	e.countMu.Lock()
+	defer e.countMu.Unlock()
+	e.applyMu.Lock()
+	if e.counts != nil {
+		defer e.applyMu.Unlock()
+		return maps.Clone(e.counts), nil
+	}
 	// Count from a snapshot taken under the lock, but scan it outside the
 	// lock (a scan of 10^6 sagas must not stall commits); transitions
 	// applied meanwhile are gathered as deltas and added after.
@@ -28,27 +37,20 @@ func (e *Engine) StateCounts() (map[fsm.SagaState]int, error) {
 		e.applyMu.Unlock()
 		return nil, err
 	}
-	first := e.deltas == nil
-	if first {
-		e.deltas = map[fsm.SagaState]int{}
-	}
+	e.deltas = map[fsm.SagaState]int{}
 	e.applyMu.Unlock()
 	var counts map[fsm.SagaState]int
 	err := e.read(func() (err error) { counts, err = later(); return err })
 	e.applyMu.Lock()
 	defer e.applyMu.Unlock()
 	if err != nil {
+		e.deltas = nil // the next call starts over
 		return nil, err
 	}
-	if e.counts == nil && first {
-		for st, d := range e.deltas {
-			counts[st] += d
-		}
-		e.counts, e.deltas = counts, nil
+	for st, d := range e.deltas {
+		counts[st] += d
 	}
-	if e.counts == nil {
-		return nil, fmt.Errorf("engine: state counts are being computed; try again")
-	}
+	e.counts, e.deltas = counts, nil
 	return maps.Clone(e.counts), nil
 }
 

@@ -3,6 +3,8 @@ package engine
 import (
 	"context"
 	"errors"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -236,5 +238,69 @@ func TestRunContextEndIsNotNotApplied(t *testing.T) {
 	}
 	if _, err := e.Status(ctx, "early"); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// hashTree maps every file under dir to its content.
+func hashTree(t *testing.T, dir string) map[string]string {
+	out := map[string]string{}
+	err := filepath.Walk(dir, func(p string, info os.FileInfo, err error) error {
+		if err != nil || info.IsDir() {
+			return err
+		}
+		b, err := os.ReadFile(p)
+		out[p] = string(b)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// An inspection sees the replayed state yet leaves the state's files and
+// the log exactly as they were.
+func TestInspectChangesNoFile(t *testing.T) {
+	dir := t.TempDir()
+	reg := registry(t, &journal{}, []string{"a", "b"})
+	e := openT(t, dir, Options{Registry: reg})
+	_, err := e.Define(ctx, def("x", "a", "b"))
+	must(t, err)
+	must(t, e.Close())
+	// Transitions the state has not seen: written, then a "crash" (the
+	// engine is closed without flushing by the poisoned path below).
+	e = openT(t, dir, Options{Registry: reg})
+	id, err := e.Start(ctx, "x", nil, StartOptions{})
+	must(t, err)
+	e.mu.Lock()
+	e.poison = errors.New("simulated crash: no flush")
+	e.mu.Unlock()
+	_ = e.Close()
+	before := hashTree(t, dir)
+	in := openT(t, dir, Options{Registry: reg, Inspect: true})
+	st, err := in.Status(ctx, id)
+	if err != nil || st.State != fsm.StateInProgress {
+		t.Fatalf("inspection does not see the replayed saga: %v %v", st, err)
+	}
+	if _, err := in.Start(ctx, "x", nil, StartOptions{}); !errors.Is(err, ErrReadOnly) {
+		t.Fatalf("start during inspection: %v", err)
+	}
+	if _, err := in.Define(ctx, def("x", "a", "b")); !errors.Is(err, ErrReadOnly) {
+		t.Fatalf("define during inspection: %v", err)
+	}
+	must(t, in.Close())
+	after := hashTree(t, dir)
+	for p, b := range before {
+		if filepath.Base(p) == "LOCK" {
+			continue
+		}
+		if after[p] != b {
+			t.Errorf("inspection changed %s", p)
+		}
+	}
+	for p := range after {
+		if _, ok := before[p]; !ok {
+			t.Errorf("inspection created %s", p)
+		}
 	}
 }

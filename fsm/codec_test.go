@@ -1,6 +1,7 @@
 package fsm
 
 import (
+	"bytes"
 	"reflect"
 	"testing"
 	"time"
@@ -104,14 +105,15 @@ func TestHostileLengthsAreCheap(t *testing.T) {
 		{0xdd, 0xff, 0xff, 0xff, 0xff, 0x01},             // array32
 		{0xdf, 0x7f, 0xff, 0xff, 0xff, 0x01, 0x01},       // map32
 		{0xc1}, // never used
+		append(bytes.Repeat([]byte{0x91}, 100000), 0xc0), // nested 100,000 deep
 	} {
 		allocs := testing.AllocsPerRun(10, func() {
 			if _, err := Decode(in); err == nil {
-				t.Fatalf("%x decoded", in)
+				t.Fatalf("%d-byte hostile input decoded", len(in))
 			}
 		})
 		if allocs > 8 {
-			t.Fatalf("%x: %.0f allocations to refuse", in, allocs)
+			t.Fatalf("%d-byte hostile input: %.0f allocations to refuse", len(in), allocs)
 		}
 	}
 	// Everything the codec writes passes the check.

@@ -14,11 +14,18 @@ var errTruncated = errors.New("msgpack: a length runs past the end of the input"
 // checkMsgpack walks the first msgpack value of b and checks that every
 // length and element count fits in what remains. msgpack's decoder trusts
 // declared lengths: a 10-byte input declaring a 3 GB string made it
-// allocate 3 GB (found by FuzzDecodeRecord). Checked first, decoding
-// bytes from a damaged log or store costs at most their own size.
+// allocate 3 GB (found by FuzzDecodeRecord), and a deeply nested value
+// overflows its recursive Skip. Checked first, decoding bytes from a
+// damaged log or store costs memory linear in their size and bounded
+// stack.
 func checkMsgpack(b []byte) error {
 	pending := 1 // values still to read
 	p := 0
+	// open holds, for each container being read, how many of its values
+	// are still to come: its length is the nesting depth, which is bounded
+	// (msgpack's Skip recurses once per level).
+	var stack [maxDepth]uint64
+	open := stack[:0]
 	need := func(n uint64) error {
 		if n > uint64(len(b)-p) {
 			return errTruncated
@@ -32,6 +39,12 @@ func checkMsgpack(b []byte) error {
 		c := b[p]
 		p++
 		pending--
+		for len(open) > 0 && open[len(open)-1] == 0 {
+			open = open[:len(open)-1]
+		}
+		if len(open) > 0 {
+			open[len(open)-1]--
+		}
 		var skip, items uint64 // bytes to skip; values to add
 		switch {
 		case c <= 0x7f, c >= 0xe0, c == 0xc0, c == 0xc2, c == 0xc3:
@@ -102,10 +115,20 @@ func checkMsgpack(b []byte) error {
 		if uint64(pending)+items > uint64(len(b)-p) {
 			return errTruncated
 		}
+		if items > 0 {
+			if len(open) == maxDepth {
+				return fmt.Errorf("msgpack: nested deeper than %d levels", maxDepth)
+			}
+			open = append(open, items)
+		}
 		pending += int(items)
 	}
 	return nil
 }
+
+// maxDepth bounds nesting; the codec's deepest value (a record's start
+// info: steps, a step, its retry policy) is about 6 levels.
+const maxDepth = 32
 
 // unmarshal decodes msgpack after checkMsgpack.
 func unmarshal(b []byte, v any) error {

@@ -711,6 +711,15 @@ func (s *Store) Definitions() ([]*Definition, error) {
 	return out, it.Error()
 }
 
+// Checkpoint writes a consistent copy of the store to dest (a new
+// directory; sstables are hard-linked where possible).
+func (s *Store) Checkpoint(dest string) error {
+	if err := s.db.Checkpoint(dest); err != nil {
+		return fmt.Errorf("fsm: checkpoint to %s: %w", dest, err)
+	}
+	return nil
+}
+
 // Flush makes everything applied so far durable in Pebble's own files, so
 // that the log before AppliedIndex()+1 may be truncated.
 func (s *Store) Flush() error {
