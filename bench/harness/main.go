@@ -81,7 +81,8 @@ func main() {
 	fig5, ratio := figCompensation()
 	fig6, replay := figRecovery()
 	fig4 := figPolicyOff()
-	rep.Figures = []Figure{fig1, fig2, ceiling.fig, fig4, fig5, fig6, fig7}
+	fig8 := figPeers(tput, over)
+	rep.Figures = []Figure{fig1, fig2, ceiling.fig, fig4, fig5, fig6, fig7, fig8}
 	add := func(name, want string, v float64, unit string, pass bool) {
 		rep.Targets = append(rep.Targets, Target{name, want, v, unit, pass})
 	}
