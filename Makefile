@@ -44,10 +44,12 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzSegmentReader$$' -fuzztime $(FUZZTIME) ./wal
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeRecord$$' -fuzztime $(FUZZTIME) ./fsm
 
-# The benchmark harness: every figure in one run, written to
-# bench/results/latest.{json,md} (a few minutes on 2 cores).
+# The benchmark harness: every figure in one run, with go-workflows
+# (bench/peers) beside it, written to bench/results/latest.{json,md} and
+# drawn to bench/results/*.png (about 5 minutes on 2 cores).
 bench:
 	$(GO) run ./bench/harness -out bench/results
+	cd bench/plot && $(GO) run . -in ../results/latest.json -out ../results
 
 # Go benchmarks of the hot paths and the engine (domain units).
 gobench:
