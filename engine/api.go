@@ -337,7 +337,7 @@ func (e *Engine) Status(ctx context.Context, id string) (*Status, error) {
 	if err := e.read(func() (err error) { sg, err = e.store.Get(id); return err }); err != nil {
 		return nil, err
 	}
-	return newStatus(sg), nil
+	return statusOf(sg), nil // Get returned a copy
 }
 
 // List returns a page of sagas (by state, by definition) and the cursor of
@@ -351,7 +351,7 @@ func (e *Engine) List(ctx context.Context, q fsm.Query) ([]*Status, string, erro
 	}
 	out := make([]*Status, len(sagas))
 	for i, sg := range sagas {
-		out[i] = newStatus(sg)
+		out[i] = statusOf(sg) // List returns copies
 	}
 	return out, next, nil
 }
@@ -474,8 +474,13 @@ type Status struct {
 	Saga      *fsm.Saga // the full applied state (a copy the caller owns)
 }
 
-func newStatus(sg *fsm.Saga) *Status {
-	sg = sg.DeepCopy()
+// newStatus builds a status from a saga the engine shares (its cache, a
+// transition's result): the status gets its own copy.
+func newStatus(sg *fsm.Saga) *Status { return statusOf(sg.DeepCopy()) }
+
+// statusOf builds a status that takes sg over; for sagas the caller
+// already owns (fsm.Store.Get returns a copy).
+func statusOf(sg *fsm.Saga) *Status {
 	st := &Status{
 		ID: sg.ID, Definition: sg.Definition, Version: sg.Version, State: sg.State,
 		LastError: sg.LastError, Steps: sg.Steps, User: sg.User,

@@ -1,12 +1,16 @@
 package engine
 
 import (
+	"context"
 	"errors"
+	"fmt"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 
+	"github.com/sagaengine/saga/compensation"
 	"github.com/sagaengine/saga/fsm"
 	"github.com/sagaengine/saga/wal"
 )
@@ -183,5 +187,94 @@ func TestUndecodableLogEntryRefusesOpen(t *testing.T) {
 	must(t, w.Close())
 	if _, err := Open(dir, Options{Logger: quiet}); !errors.Is(err, ErrRecovery) {
 		t.Fatalf("open over an undecodable entry: %v", err)
+	}
+}
+
+// durableLog records which records have been appended durably (Append
+// returned), as keys naming the call each one announces.
+type durableLog struct {
+	Log
+	seen sync.Map
+}
+
+func (d *durableLog) Append(recs [][]byte) (uint64, error) {
+	first, err := d.Log.Append(recs)
+	if err != nil {
+		return first, err
+	}
+	for _, b := range recs {
+		r, derr := fsm.Decode(b)
+		if derr != nil {
+			continue
+		}
+		switch r.Kind {
+		case fsm.KindSagaStarted:
+			d.seen.Store(fmt.Sprintf("action/%s/0/1", r.Saga), true)
+		case fsm.KindStepCompleted:
+			d.seen.Store(fmt.Sprintf("action/%s/%d/1", r.Saga, r.Step+1), true)
+		case fsm.KindStepStarted:
+			d.seen.Store(fmt.Sprintf("action/%s/%d/%d", r.Saga, r.Step, r.Attempt), true)
+		case fsm.KindCompStarted:
+			d.seen.Store(fmt.Sprintf("compensation/%s/%d/%d", r.Saga, r.Step, r.Attempt), true)
+		}
+	}
+	return first, nil
+}
+
+// TestHandlersRunOnlyAfterTheirRecordIsDurable: persist before side
+// effect. Every action and compensation attempt checks, when it is called,
+// that the record announcing exactly that attempt has been appended.
+func TestHandlersRunOnlyAfterTheirRecordIsDurable(t *testing.T) {
+	dl := &durableLog{}
+	var violations atomic.Int64
+	check := func(c compensation.Call) {
+		if _, ok := dl.seen.Load(fmt.Sprintf("%s/%s/%d/%d", c.Kind, c.SagaID, c.StepIndex, c.Attempt)); !ok {
+			violations.Add(1)
+			t.Errorf("%s of %s step %d attempt %d ran before its record was durable", c.Kind, c.SagaID, c.StepIndex, c.Attempt)
+		}
+	}
+	var calls atomic.Int64
+	reg := compensation.NewRegistry()
+	must(t, reg.RegisterAction("act", func(ctx context.Context, c compensation.Call) ([]byte, error) {
+		check(c)
+		if c.StepIndex == 2 && c.Attempt < 2 {
+			return nil, errors.New("transient") // retried: a StepStarted record each time
+		}
+		if c.StepIndex == 3 && strings.HasSuffix(c.SagaID, "f") {
+			return nil, compensation.Permanent(errors.New("no"))
+		}
+		return nil, nil
+	}))
+	must(t, reg.Register("undo", func(ctx context.Context, c compensation.Call) error {
+		check(c)
+		if calls.Add(1)%3 == 0 {
+			return errors.New("transient") // a CompStarted record per attempt
+		}
+		return nil
+	}))
+	e := openT(t, t.TempDir(), Options{Registry: reg, WrapLog: func(l Log) Log { dl.Log = l; return dl }})
+	defer e.Close()
+	d := Definition{Name: "p"}
+	for k := 0; k < 4; k++ {
+		d.Steps = append(d.Steps, StepDef{Name: fmt.Sprintf("s%d", k), Action: "act", Compensation: "undo",
+			Retry:             RetryPolicy{MaxAttempts: 3},
+			CompensationRetry: RetryPolicy{MaxAttempts: 5}})
+	}
+	_, err := e.Define(ctx, d)
+	must(t, err)
+	var wg sync.WaitGroup
+	for i := 0; i < 16; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			id := fmt.Sprintf("p%02d-%c", i, "sf"[i%2])
+			if _, err := e.Run(ctx, "p", nil, StartOptions{ID: id}); err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	wg.Wait()
+	if calls.Load() == 0 || violations.Load() != 0 {
+		t.Fatalf("%d compensation calls, %d violations", calls.Load(), violations.Load())
 	}
 }

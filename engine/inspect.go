@@ -96,7 +96,7 @@ func (e *Engine) Resumptions(ctx context.Context) ([]Resumption, error) {
 	for _, st := range []fsm.SagaState{fsm.StateCompensating, fsm.StateInProgress, fsm.StateStuck} {
 		err := e.read(func() error {
 			return e.store.Each(st, func(sg *fsm.Saga) error {
-				out = append(out, Resumption{Status: newStatus(sg), Action: resumeAction(sg)})
+				out = append(out, Resumption{Status: statusOf(sg), Action: resumeAction(sg)})
 				return nil
 			})
 		})
