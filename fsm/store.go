@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 
@@ -19,6 +21,8 @@ import (
 // applied index covering it, goes into a single batch.
 //
 //	m/applied                       → uint64 BE: last applied log index
+//	m/source                        → uint64 BE: index in the replicated log (raft) of the last applied command
+//	m/restoring                     → present while a snapshot is being restored
 //	m/maxid                         → the greatest generated-form saga id applied (see hexID)
 //	s/<id>                          → msgpack Saga
 //	h/<id>/<seq BE>                 → uint64 BE log index + the record as logged
@@ -29,6 +33,8 @@ import (
 var (
 	keyApplied   = []byte("m/applied")
 	keyMaxID     = []byte("m/maxid")
+	keySource    = []byte("m/source")
+	keyRestoring = []byte("m/restoring")
 	prefixSaga   = []byte("s/")
 	prefixHist   = []byte("h/")
 	prefixState  = []byte("x/s/")
@@ -103,7 +109,12 @@ type StoreOptions struct {
 // durability the saga log does not already give.
 type Store struct {
 	db      *pebble.DB
+	dir     string
+	tmpDir  string // where Restore spools a snapshot
 	applied atomic.Uint64
+	source  atomic.Uint64
+	// restoring is set while Restore runs or when a Restore was cut short.
+	restoring atomic.Bool
 	cache   *pebble.Cache
 
 	// live caches the state of non-terminal sagas, so that applying a
@@ -173,27 +184,55 @@ func OpenStore(dir string, o StoreOptions) (*Store, error) {
 		cache.Unref()
 		return nil, fmt.Errorf("fsm: open pebble store %s: %w", dir, err)
 	}
-	s := &Store{db: db, cache: cache, live: map[string]*Saga{}, liveMax: o.LiveSagas, latest: map[string]*Definition{}}
-	v, closer, err := db.Get(keyApplied)
-	switch {
-	case errors.Is(err, pebble.ErrNotFound):
-	case err != nil:
-		_ = s.Close()
-		return nil, fmt.Errorf("fsm: read applied index: %w", err)
-	default:
-		if len(v) != 8 {
-			closer.Close()
-			_ = s.Close()
-			return nil, fmt.Errorf("fsm: applied index has %d bytes, want 8", len(v))
-		}
-		s.applied.Store(binary.BigEndian.Uint64(v))
-		closer.Close()
+	tmpDir := filepath.Dir(filepath.Clean(dir))
+	if o.FS != nil && o.FS != vfs.Default {
+		tmpDir = os.TempDir()
 	}
-	if err := s.loadMaxID(); err != nil {
-		_ = s.Close()
+	s := &Store{db: db, dir: dir, tmpDir: tmpDir, cache: cache, live: map[string]*Saga{}, liveMax: o.LiveSagas, latest: map[string]*Definition{}}
+	if err := s.loadMeta(); err != nil {
+		_ = s.CloseNoFlush()
 		return nil, err
 	}
 	return s, nil
+}
+
+// loadMeta reads the applied and source indexes, the restore marker and
+// the max id from Pebble.
+func (s *Store) loadMeta() error {
+	for _, m := range []struct {
+		key  []byte
+		name string
+		dst  *atomic.Uint64
+	}{{keyApplied, "applied index", &s.applied}, {keySource, "source index", &s.source}} {
+		v, closer, err := s.db.Get(m.key)
+		switch {
+		case errors.Is(err, pebble.ErrNotFound):
+			m.dst.Store(0)
+		case err != nil:
+			return fmt.Errorf("fsm: read %s: %w", m.name, err)
+		default:
+			n := len(v)
+			if n == 8 {
+				m.dst.Store(binary.BigEndian.Uint64(v))
+			}
+			closer.Close()
+			if n != 8 {
+				return fmt.Errorf("fsm: %s has %d bytes, want 8", m.name, n)
+			}
+		}
+	}
+	_, closer, err := s.db.Get(keyRestoring)
+	switch {
+	case errors.Is(err, pebble.ErrNotFound):
+		s.restoring.Store(false)
+	case err != nil:
+		return fmt.Errorf("fsm: read restore marker: %w", err)
+	default:
+		closer.Close()
+		s.restoring.Store(true)
+	}
+	s.maxID = ""
+	return s.loadMaxID()
 }
 
 // loadMaxID reads m/maxid; a store written before it existed gets it by
@@ -238,6 +277,16 @@ func (p pebbleLogger) Fatalf(format string, args ...any) {
 // AppliedIndex is the log index of the last applied entry.
 func (s *Store) AppliedIndex() uint64 { return s.applied.Load() }
 
+// SourceIndex is the index, in a replicated log, of the last command
+// applied with ApplyCommand (0 if none): a replica skips commands at or
+// below it after a restart.
+func (s *Store) SourceIndex() uint64 { return s.source.Load() }
+
+// RestoreIncomplete reports whether a Restore was cut short (by a crash or
+// an error): the state is then partial and must be restored again before
+// it is used.
+func (s *Store) RestoreIncomplete() bool { return s.restoring.Load() }
+
 // Entry is one log entry to apply.
 type Entry struct {
 	Index uint64
@@ -264,6 +313,24 @@ func (s *Store) ApplyBatch(entries []Entry) ([]Result, error) {
 	if len(entries) == 0 {
 		return nil, nil
 	}
+	return s.applyBatch(entries, 0)
+}
+
+// ApplyCommand is ApplyBatch for a replica: it applies the entries of one
+// command of a replicated log (possibly none: a command that carried
+// nothing to apply) and records source, the command's index in that log,
+// in the same batch. source must be greater than SourceIndex().
+func (s *Store) ApplyCommand(source uint64, entries []Entry) ([]Result, error) {
+	if source <= s.source.Load() {
+		return nil, fmt.Errorf("fsm: command index %d does not follow the applied command index %d", source, s.source.Load())
+	}
+	if s.restoring.Load() {
+		return nil, ErrRestoreIncomplete
+	}
+	return s.applyBatch(entries, source)
+}
+
+func (s *Store) applyBatch(entries []Entry, source uint64) ([]Result, error) {
 	b := s.db.NewBatch()
 	defer b.Close()
 	sagas := make(map[string]*Saga)      // overlay of sagas written by this batch
@@ -368,15 +435,26 @@ func (s *Store) ApplyBatch(entries []Entry) ([]Result, error) {
 			return nil, err
 		}
 	}
-	last := entries[len(entries)-1].Index
-	if err := b.Set(keyApplied, binary.BigEndian.AppendUint64(nil, last), nil); err != nil {
-		return nil, err
+	last := s.applied.Load()
+	if len(entries) > 0 {
+		last = entries[len(entries)-1].Index
+		if err := b.Set(keyApplied, binary.BigEndian.AppendUint64(nil, last), nil); err != nil {
+			return nil, err
+		}
+	}
+	if source != 0 {
+		if err := b.Set(keySource, binary.BigEndian.AppendUint64(nil, source), nil); err != nil {
+			return nil, err
+		}
 	}
 	// NoSync: durability comes from the saga log; see the Store doc.
 	if err := b.Commit(pebble.NoSync); err != nil {
 		return nil, fmt.Errorf("fsm: commit batch: %w", err)
 	}
 	s.applied.Store(last)
+	if source != 0 {
+		s.source.Store(source)
+	}
 	s.maxID = maxID
 	s.mu.Lock()
 	for name, d := range defs {
