@@ -17,7 +17,7 @@ import (
 func (e *Engine) ensureDriver(id string) {
 	r := e.getRun(id)
 	e.mu.Lock()
-	if r.driving || e.closed || e.ctx.Err() != nil {
+	if r.driving || e.closed || e.termCtx().Err() != nil {
 		e.mu.Unlock()
 		return
 	}
@@ -28,15 +28,20 @@ func (e *Engine) ensureDriver(id string) {
 		defer e.drivers.Done()
 		backoff := time.Second
 		for {
-			err := e.drive(id)
-			if err != nil && e.ctx.Err() == nil {
+			// The context of the current term of leadership (the engine's
+			// own in single-node mode): a driver whose term ended stops
+			// touching the saga, and carries on under the next term if
+			// this node leads again before it lets go.
+			tctx := e.termCtx()
+			err := e.drive(tctx, id)
+			if err != nil && tctx.Err() == nil {
 				if fatal(err) {
 					e.opts.Logger.Error("engine: saga driver stopped", "saga", id, "err", err)
 				} else {
 					// A transient failure (a store read, say) must not leave
 					// the saga undriven until the next Open: try again.
 					e.opts.Logger.Warn("engine: saga driver failed; retrying", "saga", id, "in", backoff, "err", err)
-					if e.sleep(r, backoff) {
+					if e.sleep(tctx, r, backoff) {
 						backoff = min(2*backoff, time.Minute)
 						continue
 					}
@@ -47,7 +52,7 @@ func (e *Engine) ensureDriver(id string) {
 			// check once more under the lock before letting go.
 			e.mu.Lock()
 			sg, gerr := e.store.Get(id) // Close waits for drivers: the store is open
-			again := err == nil && gerr == nil && e.ctx.Err() == nil && drivable(sg)
+			again := (err == nil || tctx.Err() != nil) && gerr == nil && e.termCtx().Err() == nil && drivable(sg)
 			if !again {
 				r.driving = false
 				if gerr == nil && sg.State.Terminal() && e.runs[id] == r {
@@ -81,8 +86,8 @@ func drivable(sg *fsm.Saga) bool {
 
 // drive runs one saga until it is terminal, STUCK, waiting for its caller
 // (a manual saga in progress), or the engine closes.
-func (e *Engine) drive(id string) error {
-	for e.ctx.Err() == nil {
+func (e *Engine) drive(tctx context.Context, id string) error {
+	for tctx.Err() == nil {
 		r := e.getRun(id)
 		// Read the abort epoch before the state: an abort committed after
 		// this read bumps it, and callCtx then refuses to start the action.
@@ -101,9 +106,9 @@ func (e *Engine) drive(id string) error {
 		}
 		var err error
 		if sg.State == fsm.StateInProgress {
-			err = e.runAction(r, sg, epoch)
+			err = e.runAction(tctx, r, sg, epoch)
 		} else {
-			err = e.runCompensation(sg)
+			err = e.runCompensation(tctx, sg)
 		}
 		if err != nil {
 			if errors.Is(err, fsm.ErrIllegalTransition) {
@@ -123,8 +128,8 @@ func (e *Engine) drive(id string) error {
 // For an action (r != nil) it also registers the cancel function that an
 // abort calls, and refuses (ok false) when an abort has happened since the
 // driver read the saga at epoch.
-func (e *Engine) callCtx(r *run, timeout time.Duration, epoch uint64) (ctx context.Context, cancel context.CancelFunc, ok bool) {
-	ctx, cancelCause := context.WithCancelCause(e.ctx)
+func (e *Engine) callCtx(tctx context.Context, r *run, timeout time.Duration, epoch uint64) (ctx context.Context, cancel context.CancelFunc, ok bool) {
+	ctx, cancelCause := context.WithCancelCause(tctx)
 	cancel = func() { cancelCause(context.Canceled) }
 	if r != nil {
 		e.mu.Lock()
@@ -184,9 +189,9 @@ func (e *Engine) cancelAction(id string) {
 
 // sleep waits d on the engine's clock, or until the saga is aborted
 // (r.wake); false if the engine closed.
-func (e *Engine) sleep(r *run, d time.Duration) bool {
+func (e *Engine) sleep(tctx context.Context, r *run, d time.Duration) bool {
 	if d <= 0 {
-		return e.ctx.Err() == nil
+		return tctx.Err() == nil
 	}
 	t := e.opts.Clock.NewTimer(d)
 	select {
@@ -195,7 +200,7 @@ func (e *Engine) sleep(r *run, d time.Duration) bool {
 	case <-r.wake:
 		t.Stop()
 		return true
-	case <-e.ctx.Done():
+	case <-tctx.Done():
 		t.Stop()
 		return false
 	}
@@ -217,34 +222,36 @@ func (e *Engine) call(sg *fsm.Saga, i int, kind compensation.Kind, attempt int) 
 // runAction performs one attempt of the current step of an engine-driven
 // saga. The record saying it runs (saga started, previous step completed,
 // or step started for a retry) is already durable.
-func (e *Engine) runAction(r *run, sg *fsm.Saga, epoch uint64) error {
+func (e *Engine) runAction(tctx context.Context, r *run, sg *fsm.Saga, epoch uint64) error {
 	i := sg.Current
 	st := sg.Steps[i]
 	action, ok := e.opts.Registry.Action(st.Action)
 	if !ok {
 		// Registered at start; a restarted process may have forgotten it.
 		// Fail the step so the saga is compensated rather than hang.
-		return e.failStep(sg, i, &fsm.ErrorInfo{Kind: "unregistered",
+		return e.failStep(tctx, sg, i, &fsm.ErrorInfo{Kind: "unregistered",
 			Message: fmt.Sprintf("action %q is not registered in this process", st.Action)})
 	}
-	ctx, cancel, ok := e.callCtx(r, st.Timeout, epoch)
+	ctx, cancel, ok := e.callCtx(tctx, r, st.Timeout, epoch)
 	if !ok {
 		return nil // aborted meanwhile: the driver looks at the state again
 	}
 	out, err := safeAction(ctx, action, e.call(sg, i, compensation.KindAction, st.Attempts))
 	timeout := timedOut(ctx)
 	cancel()
-	if e.ctx.Err() != nil {
-		return nil // closing: the step stays running, uncertain at next Open
+	if tctx.Err() != nil {
+		// Closing, or no longer the leader: the step stays running,
+		// uncertain at the next Open or on the next leader.
+		return nil
 	}
 	if err == nil && len(out) > e.opts.WAL.MaxRecordSize/2 {
-		return e.failStep(sg, i, &fsm.ErrorInfo{Kind: "permanent", Message: fmt.Sprintf(
+		return e.failStep(tctx, sg, i, &fsm.ErrorInfo{Kind: "permanent", Message: fmt.Sprintf(
 			"action %q returned %d bytes of output, over the limit of %d (half of Options.WAL.MaxRecordSize)",
 			st.Action, len(out), e.opts.WAL.MaxRecordSize/2)})
 	}
 	if err == nil {
 		out = bytes.Clone(out) // the action may reuse its buffer
-		_, terr := e.transition(e.ctx, sg.ID, func(cur *fsm.Saga) ([]*fsm.Record, error) {
+		_, terr := e.transition(tctx, sg.ID, func(cur *fsm.Saga) ([]*fsm.Record, error) {
 			return []*fsm.Record{{Kind: fsm.KindStepCompleted, Saga: sg.ID, At: e.now(), Step: i, Output: out}}, nil
 		})
 		return terr
@@ -257,19 +264,19 @@ func (e *Engine) runAction(r *run, sg *fsm.Saga, epoch uint64) error {
 	elapsed := time.Duration(e.now() - st.StartedAt)
 	delay, retry := policy.Next(st.Attempts, elapsed, e.opts.Rand())
 	if compensation.IsPermanent(err) || !retry {
-		return e.failStep(sg, i, ei)
+		return e.failStep(tctx, sg, i, ei)
 	}
-	if !e.sleep(r, delay) {
+	if !e.sleep(tctx, r, delay) {
 		return nil
 	}
-	_, terr := e.transition(e.ctx, sg.ID, func(cur *fsm.Saga) ([]*fsm.Record, error) {
+	_, terr := e.transition(tctx, sg.ID, func(cur *fsm.Saga) ([]*fsm.Record, error) {
 		return []*fsm.Record{{Kind: fsm.KindStepStarted, Saga: sg.ID, At: e.now(), Step: i, Attempt: cur.Steps[i].Attempts + 1}}, nil
 	})
 	return terr
 }
 
-func (e *Engine) failStep(sg *fsm.Saga, i int, ei *fsm.ErrorInfo) error {
-	_, err := e.transition(e.ctx, sg.ID, func(cur *fsm.Saga) ([]*fsm.Record, error) {
+func (e *Engine) failStep(tctx context.Context, sg *fsm.Saga, i int, ei *fsm.ErrorInfo) error {
+	_, err := e.transition(tctx, sg.ID, func(cur *fsm.Saga) ([]*fsm.Record, error) {
 		return []*fsm.Record{{Kind: fsm.KindStepFailed, Saga: sg.ID, At: e.now(), Step: i, Err: ei}}, nil
 	})
 	return err
@@ -281,20 +288,20 @@ func (e *Engine) failStep(sg *fsm.Saga, i int, ei *fsm.ErrorInfo) error {
 // record batch) or "failed" (final when the retry budget is spent: STUCK).
 // A compensation found already started (before a restart, or before a
 // failed attempt) is uncertain: it gets a new attempt record and runs again.
-func (e *Engine) runCompensation(sg *fsm.Saga) error {
+func (e *Engine) runCompensation(tctx context.Context, sg *fsm.Saga) error {
 	i := sg.Current
-	next, err := e.transition(e.ctx, sg.ID, func(cur *fsm.Saga) ([]*fsm.Record, error) {
+	next, err := e.transition(tctx, sg.ID, func(cur *fsm.Saga) ([]*fsm.Record, error) {
 		return []*fsm.Record{{Kind: fsm.KindCompStarted, Saga: sg.ID, At: e.now(), Step: i, Attempt: cur.Steps[i].CompAttempts + 1}}, nil
 	})
 	if err != nil {
 		return err
 	}
-	return e.compensateStarted(next)
+	return e.compensateStarted(tctx, next)
 }
 
 // compensateStarted runs the handler of the current step of sg, whose
 // "compensation started" record is durable, and records the outcome.
-func (e *Engine) compensateStarted(sg *fsm.Saga) error {
+func (e *Engine) compensateStarted(tctx context.Context, sg *fsm.Saga) error {
 	r := e.getRun(sg.ID)
 	i := sg.Current
 	st := sg.Steps[i]
@@ -303,15 +310,15 @@ func (e *Engine) compensateStarted(sg *fsm.Saga) error {
 	if !ok {
 		err = fmt.Errorf("compensation handler %q is not registered in this process", st.Compensation)
 	} else {
-		ctx, cancel, _ := e.callCtx(nil, st.Timeout, 0)
+		ctx, cancel, _ := e.callCtx(tctx, nil, st.Timeout, 0)
 		err = safeHandler(ctx, h, e.call(sg, i, compensation.KindCompensation, st.CompAttempts))
 		cancel()
 	}
-	if e.ctx.Err() != nil {
-		return nil // closing: re-run at next Open
+	if tctx.Err() != nil {
+		return nil // closing or no longer leading: re-run at next Open or by the next leader
 	}
 	if err == nil {
-		next, terr := e.transition(e.ctx, sg.ID, func(cur *fsm.Saga) ([]*fsm.Record, error) {
+		next, terr := e.transition(tctx, sg.ID, func(cur *fsm.Saga) ([]*fsm.Record, error) {
 			recs := []*fsm.Record{{Kind: fsm.KindCompCompleted, Saga: sg.ID, At: e.now(), Step: i}}
 			// Join "k compensated" with "k-1 compensation started": one fsync.
 			after, aerr := fsm.Apply(cur, recs[0])
@@ -326,7 +333,7 @@ func (e *Engine) compensateStarted(sg *fsm.Saga) error {
 			return terr
 		}
 		if next.State == fsm.StateCompensating {
-			return e.compensateStarted(next)
+			return e.compensateStarted(tctx, next)
 		}
 		return nil
 	}
@@ -338,7 +345,7 @@ func (e *Engine) compensateStarted(sg *fsm.Saga) error {
 	if !ok {
 		retry = false
 	}
-	next, terr := e.transition(e.ctx, sg.ID, func(cur *fsm.Saga) ([]*fsm.Record, error) {
+	next, terr := e.transition(tctx, sg.ID, func(cur *fsm.Saga) ([]*fsm.Record, error) {
 		return []*fsm.Record{{Kind: fsm.KindCompFailed, Saga: sg.ID, At: e.now(), Step: i,
 			Attempt: cur.Steps[i].CompAttempts, Err: ei, Final: !retry}}, nil
 	})
@@ -350,7 +357,7 @@ func (e *Engine) compensateStarted(sg *fsm.Saga) error {
 			"saga", sg.ID, "step", st.Name, "handler", st.Compensation, "attempts", next.Steps[i].CompAttempts, "err", ei.Error())
 		return nil
 	}
-	e.sleep(r, delay)
+	e.sleep(tctx, r, delay)
 	return nil
 }
 
@@ -436,7 +443,8 @@ func (e *Engine) deadlineLoop() {
 			}
 			e.dlMu.Unlock()
 			for _, id := range due {
-				e.goDriver(func() { e.expire(id) })
+				tctx := e.termCtx()
+				e.goDriver(func() { e.expire(tctx, id) })
 			}
 		}
 	}
@@ -459,8 +467,8 @@ func (e *Engine) goDriver(f func()) {
 }
 
 // expire aborts a saga whose deadline passed, if it is still in progress.
-func (e *Engine) expire(id string) {
-	sg, err := e.transition(e.ctx, id, func(cur *fsm.Saga) ([]*fsm.Record, error) {
+func (e *Engine) expire(tctx context.Context, id string) {
+	sg, err := e.transition(tctx, id, func(cur *fsm.Saga) ([]*fsm.Record, error) {
 		if cur.State != fsm.StateInProgress {
 			return nil, errNothingToDo
 		}
@@ -468,7 +476,7 @@ func (e *Engine) expire(id string) {
 			Actor: "engine", Reason: "deadline exceeded"}}, nil
 	})
 	if err != nil {
-		if !errors.Is(err, errNothingToDo) && !errors.Is(err, fsm.ErrUnknownSaga) && e.ctx.Err() == nil {
+		if !errors.Is(err, errNothingToDo) && !errors.Is(err, fsm.ErrUnknownSaga) && tctx.Err() == nil {
 			e.opts.Logger.Error("engine: deadline abort failed", "saga", id, "err", err)
 		}
 		return
@@ -485,28 +493,28 @@ var errNothingToDo = errors.New("engine: nothing to do")
 // continue (a compensation started but not recorded done runs again);
 // engine-driven steps that were running are uncertain and handled by
 // their policy; deadlines are re-armed; STUCK sagas wait for an operator.
-func (e *Engine) resumeAll() error {
+func (e *Engine) resumeAll(tctx context.Context) (resumed, stuckN int, err error) {
 	var compensating, inProgress []*fsm.Saga
 	if err := e.store.Each(fsm.StateCompensating, func(sg *fsm.Saga) error {
 		compensating = append(compensating, sg)
 		return nil
 	}); err != nil {
-		return err
+		return 0, 0, err
 	}
 	if err := e.store.Each(fsm.StateInProgress, func(sg *fsm.Saga) error {
 		inProgress = append(inProgress, sg)
 		return nil
 	}); err != nil {
-		return err
+		return 0, 0, err
 	}
 	stuck, err := e.store.Count()
 	if err != nil {
-		return err
+		return 0, 0, err
 	}
-	e.recovery.Stuck = stuck[fsm.StateStuck]
+	stuckN = stuck[fsm.StateStuck]
 	for _, sg := range compensating {
 		e.ensureDriver(sg.ID)
-		e.recovery.Resumed++
+		resumed++
 	}
 	for _, sg := range inProgress {
 		if sg.Deadline > 0 {
@@ -515,7 +523,7 @@ func (e *Engine) resumeAll() error {
 		if !sg.Driven {
 			continue
 		}
-		e.recovery.Resumed++
+		resumed++
 		st := sg.Steps[sg.Current]
 		var rec *fsm.Record
 		if st.OnUncertain == fsm.UncertainRetry {
@@ -527,10 +535,10 @@ func (e *Engine) resumeAll() error {
 		// Proposed concurrently: one group commit covers them all.
 		id := sg.ID
 		e.goDriver(func() {
-			if _, err := e.transition(e.ctx, id, func(*fsm.Saga) ([]*fsm.Record, error) {
+			if _, err := e.transition(tctx, id, func(*fsm.Saga) ([]*fsm.Record, error) {
 				return []*fsm.Record{rec}, nil
 			}); err != nil {
-				if e.ctx.Err() == nil {
+				if tctx.Err() == nil {
 					e.opts.Logger.Error("engine: resume of uncertain step failed", "saga", id, "err", err)
 				}
 				return
@@ -538,5 +546,5 @@ func (e *Engine) resumeAll() error {
 			e.ensureDriver(id)
 		})
 	}
-	return nil
+	return resumed, stuckN, nil
 }

@@ -144,6 +144,9 @@ type Engine struct {
 	counts, deltas map[fsm.SagaState]int
 	countMu        sync.Mutex // one first count at a time
 
+	// term is the current term of leadership (replicated mode only).
+	term atomic.Pointer[term]
+
 	lastID        atomic.Int64
 	sinceCkpt     atomic.Uint64
 	commits       atomic.Uint64
@@ -229,6 +232,9 @@ func Open(dir string, opts Options) (*Engine, error) {
 		unlockDir(lock)
 		return nil, err
 	}
+	if opts.Replicator != nil {
+		return e.openWithReplicator(start)
+	}
 	walOpts := opts.WAL
 	walOpts.NoRepair = walOpts.NoRepair || opts.Inspect
 	w, err := wal.Open(filepath.Join(dir, "wal"), walOpts)
@@ -264,10 +270,12 @@ func Open(dir string, opts Options) (*Engine, error) {
 	if !opts.Inspect {
 		e.bg.Add(1)
 		go e.deadlineLoop()
-		if err := e.resumeAll(); err != nil {
+		resumed, stuck, err := e.resumeAll(e.ctx)
+		if err != nil {
 			_ = e.Close()
 			return nil, err
 		}
+		e.recovery.Resumed, e.recovery.Stuck = resumed, stuck
 	}
 	e.recovery.Duration = time.Since(start)
 	e.opts.Logger.Info("engine: open",
@@ -523,19 +531,7 @@ func (e *Engine) applyBatch(a appended) {
 	if h := e.opts.Hooks.OnCommit; h != nil {
 		h(n, a.appendTime)
 	}
-	for _, m := range []map[fsm.SagaState]int{e.counts, e.deltas} {
-		if m == nil {
-			continue
-		}
-		for _, r := range results {
-			if r.Err == nil && r.Saga != nil && r.Prev != r.Saga.State {
-				if r.Prev != 0 {
-					m[r.Prev]--
-				}
-				m[r.Saga.State]++
-			}
-		}
-	}
+	e.countResults(results)
 	e.afterApply(a.entries, results)
 	off := 0
 	for _, q := range a.batch {
@@ -670,13 +666,16 @@ func (e *Engine) propose(ctx context.Context, recs []*fsm.Record) ([]fsm.Result,
 		}
 		raw[i] = b
 	}
-	p := &proposal{recs: recs, raw: raw, done: make(chan proposalResult, 1)}
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
 	if e.opts.Inspect {
 		return nil, ErrReadOnly
 	}
+	if e.opts.Replicator != nil {
+		return e.proposeReplicated(ctx, raw)
+	}
+	p := &proposal{recs: recs, raw: raw, done: make(chan proposalResult, 1)}
 	// sendMu (read side) keeps Close from closing the channel under us.
 	// The commit loop never takes it, so a full channel cannot deadlock.
 	e.sendMu.RLock()
@@ -794,6 +793,9 @@ func (e *Engine) Close() error {
 	e.mu.Unlock()
 	e.bg.Wait()
 	e.drivers.Wait()
+	if e.opts.Replicator != nil {
+		return e.closeReplicated()
+	}
 	e.sendMu.Lock()
 	e.mu.Lock()
 	e.closed = true
@@ -839,7 +841,10 @@ type Stats struct {
 
 // Stats returns counters since Open.
 func (e *Engine) Stats() Stats {
-	ws := e.wal.Stats()
+	var ws wal.Stats
+	if e.wal != nil {
+		ws = e.wal.Stats()
+	}
 	return Stats{
 		Commits:      e.commits.Load(),
 		Records:      e.committedRecs.Load(),

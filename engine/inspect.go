@@ -47,6 +47,11 @@ func (e *Engine) StateCounts() (map[fsm.SagaState]int, error) {
 		e.deltas = nil // the next call starts over
 		return nil, err
 	}
+	if e.deltas == nil {
+		// A snapshot replaced the whole state during the scan: answer,
+		// but do not keep counts that started from the old state.
+		return counts, nil
+	}
 	for st, d := range e.deltas {
 		counts[st] += d
 	}
@@ -66,6 +71,9 @@ type LogInfo struct {
 
 // LogInfo describes the saga log.
 func (e *Engine) LogInfo() (LogInfo, error) {
+	if e.log == nil {
+		return LogInfo{AppliedIndex: e.store.AppliedIndex()}, fmt.Errorf("%w: a replicated member keeps its log in the replicator's directory", ErrInvalidArgument)
+	}
 	li := LogInfo{Dir: filepath.Join(e.dir, "wal"), FirstIndex: e.log.FirstIndex(), LastIndex: e.log.LastIndex(),
 		AppliedIndex: e.store.AppliedIndex()}
 	ents, err := os.ReadDir(li.Dir)

@@ -55,6 +55,13 @@ type Options struct {
 	// and no handler run; calls that change state fail with ErrReadOnly.
 	Inspect bool
 
+	// Replicator, if set, runs the engine as one member of a replicated
+	// group (see Replicator; package replication builds one). The engine
+	// then keeps no log of its own in dir (WAL, WrapLog, MaxBatch and
+	// CheckpointEvery do not apply) and owns the replicator: Close closes
+	// it.
+	Replicator Replicator
+
 	// WrapLog, if set, receives the log after it is opened and returns
 	// the one the engine uses: a seam for fault injection (failing writes
 	// or syncs) and for benchmarks that add latency to every sync.
@@ -117,6 +124,12 @@ func (o *Options) Validate() error {
 		if d.Validate() != nil {
 			errs = append(errs, fmt.Errorf("%s has a negative value or a jitter outside [0,1]", p.name))
 		}
+	}
+	if o.Replicator != nil && o.Inspect {
+		errs = append(errs, errors.New("Inspect opens a single-node data directory; a replicated member is inspected through its leader or the admin API"))
+	}
+	if o.Replicator != nil && o.WrapLog != nil {
+		errs = append(errs, errors.New("WrapLog does not apply with a Replicator (the replicator owns the log)"))
 	}
 	if len(errs) == 0 {
 		return nil

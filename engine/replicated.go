@@ -1,0 +1,318 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"time"
+
+	"github.com/sagaengine/saga/fsm"
+)
+
+// Replicator is a replicated log (package replication implements it on
+// hashicorp/raft). With Options.Replicator set the engine keeps no log of
+// its own: every transition is proposed through the replicator, committed
+// by a quorum, applied by every member to its own state, and acknowledged
+// after it is applied here. Only the leader runs step actions and
+// compensations; on gaining leadership a member resumes every saga that is
+// not terminal, as single-node recovery does.
+type Replicator interface {
+	// Start joins the group. Every committed command is applied to store
+	// in log order (fsm.Store.ApplyCommand), on every member; applied is
+	// then called with its entries and results, from the one goroutine
+	// that applies; applied(nil, nil) says a snapshot replaced the whole
+	// state (fsm.Store.Restore). failed is called once if applying fails
+	// with an I/O error: the member must stop applying (fail-stop).
+	Start(store *fsm.Store, applied func([]fsm.Entry, []fsm.Result), failed func(error)) error
+	// Propose replicates one command (encoded records) and returns, after
+	// it is committed and applied on this member, the results of its
+	// records. An error may implement NotLeader() (id, addr string): this
+	// member does not lead (nothing was applied); or OutcomeUnknown() bool:
+	// leadership was lost after the command was sent, and it may or may
+	// not commit.
+	Propose(ctx context.Context, recs [][]byte) ([]fsm.Result, error)
+	// Leadership delivers a value whenever this member gains (true) or
+	// loses (false) leadership.
+	Leadership() <-chan bool
+	// Barrier returns once every command committed before it is applied
+	// on this member (the leader only).
+	Barrier(ctx context.Context) error
+	// Leader returns the current leader, or empty strings if none is known.
+	Leader() (id, addr string)
+	// Close leaves the group and stops applying.
+	Close() error
+}
+
+// ErrNotLeader: this member of a replicated group does not lead it;
+// nothing was applied. The error is a *NotLeaderError naming the leader.
+var ErrNotLeader = errors.New("engine: not the leader")
+
+// NotLeaderError says which member leads (empty if none is known yet).
+type NotLeaderError struct {
+	LeaderID, LeaderAddr string
+}
+
+func (e *NotLeaderError) Error() string {
+	if e.LeaderID == "" {
+		return "engine: not the leader, and no leader is known (an election may be under way); retry"
+	}
+	return fmt.Sprintf("engine: not the leader; send changes to the leader %s at %s", e.LeaderID, e.LeaderAddr)
+}
+
+// Unwrap makes errors.Is(err, ErrNotLeader) true.
+func (e *NotLeaderError) Unwrap() error { return ErrNotLeader }
+
+// term is one term of leadership: its context ends when it does.
+type term struct {
+	ctx    context.Context
+	cancel context.CancelFunc
+}
+
+// termCtx is the context drivers run under: in replicated mode it ends
+// when this member stops leading; in single-node mode it is the engine's.
+func (e *Engine) termCtx() context.Context {
+	if t := e.term.Load(); t != nil {
+		return t.ctx
+	}
+	return e.ctx
+}
+
+// openReplicated is Open's replicated path: the store is filled by the
+// replicator; drivers run while this member leads.
+func (e *Engine) openReplicated() error {
+	ended, cancel := context.WithCancel(context.Background())
+	cancel()
+	e.term.Store(&term{ctx: ended, cancel: cancel}) // not leading yet
+	e.recovery.AppliedIndex = e.store.AppliedIndex()
+	if err := e.opts.Replicator.Start(e.store, e.appliedReplicated, e.replicaFailed); err != nil {
+		return fmt.Errorf("engine: start replication: %w", err)
+	}
+	e.bg.Add(2)
+	go e.deadlineLoop()
+	go e.leadershipLoop()
+	return nil
+}
+
+// appliedReplicated is called by the replicator after each command is
+// applied to the store, on every member.
+// appliedReplicated(nil, nil) says a snapshot replaced the whole state.
+func (e *Engine) appliedReplicated(entries []fsm.Entry, results []fsm.Result) {
+	e.applyMu.Lock()
+	defer e.applyMu.Unlock()
+	if entries == nil && results == nil {
+		e.restored()
+		return
+	}
+	e.commits.Add(1)
+	e.committedRecs.Add(uint64(len(entries)))
+	e.countResults(results)
+	e.afterApply(entries, results)
+}
+
+// replicaFailed poisons the engine when applying failed.
+func (e *Engine) replicaFailed(err error) {
+	e.failStop(nil, fmt.Errorf("apply of a replicated command: %w", err))
+}
+
+// leadershipLoop starts and ends terms of leadership.
+func (e *Engine) leadershipLoop() {
+	defer e.bg.Done()
+	ch := e.opts.Replicator.Leadership()
+	for {
+		select {
+		case <-e.ctx.Done():
+			e.endTerm()
+			return
+		case leader := <-ch:
+			e.endTerm()
+			if leader {
+				e.beginTerm()
+			}
+		}
+	}
+}
+
+func (e *Engine) endTerm() {
+	t := e.term.Load()
+	if t.ctx.Err() != nil {
+		return
+	}
+	t.cancel()
+	e.dlMu.Lock()
+	e.dl = e.dl[:0]
+	e.dlMu.Unlock()
+	e.opts.Logger.Info("engine: no longer the leader; drivers stopped")
+}
+
+// beginTerm waits until every command of earlier terms is applied, forgets
+// what this member cached while others led, and resumes every saga that
+// is not terminal.
+func (e *Engine) beginTerm() {
+	start := time.Now()
+	ctx, cancel := context.WithCancel(e.ctx)
+	if err := e.opts.Replicator.Barrier(ctx); err != nil {
+		cancel()
+		e.opts.Logger.Warn("engine: leadership gained but the barrier failed; waiting for the next change", "err", err)
+		return
+	}
+	e.mu.Lock()
+	runs := make([]*run, 0, len(e.runs))
+	for _, r := range e.runs {
+		runs = append(runs, r)
+	}
+	e.mu.Unlock()
+	for _, r := range runs {
+		r.mu.Lock()
+		r.saga = nil
+		r.mu.Unlock()
+	}
+	e.term.Store(&term{ctx: ctx, cancel: cancel})
+	resumed, stuck, err := e.resumeAll(ctx)
+	if err != nil {
+		e.opts.Logger.Error("engine: resume after gaining leadership failed", "err", err)
+	}
+	e.opts.Logger.Info("engine: leading", "resumed", resumed, "stuck", stuck, "took", time.Since(start))
+}
+
+// proposeReplicated sends one proposal through the replicator.
+func (e *Engine) proposeReplicated(ctx context.Context, raw [][]byte) ([]fsm.Result, error) {
+	if poison := e.poisoned(); poison != nil {
+		return nil, fmt.Errorf("%w (cause: %v)", ErrPoisoned, poison)
+	}
+	e.mu.Lock()
+	closing := e.closing
+	e.mu.Unlock()
+	if closing {
+		return nil, ErrClosed
+	}
+	res, err := e.opts.Replicator.Propose(ctx, raw)
+	if err == nil {
+		return res, nil
+	}
+	var nl interface{ NotLeader() (string, string) }
+	var ou interface{ OutcomeUnknown() bool }
+	switch {
+	case errors.As(err, &nl):
+		id, addr := nl.NotLeader()
+		return nil, &NotLeaderError{LeaderID: id, LeaderAddr: addr}
+	case errors.As(err, &ou) && ou.OutcomeUnknown():
+		return nil, fmt.Errorf("%w: %v", ErrOutcomeUnknown, err)
+	}
+	return nil, err
+}
+
+// countResults keeps the state counts (once StateCounts began) in step
+// with applied results. Called with applyMu held.
+func (e *Engine) countResults(results []fsm.Result) {
+	for _, m := range []map[fsm.SagaState]int{e.counts, e.deltas} {
+		if m == nil {
+			continue
+		}
+		for _, r := range results {
+			if r.Err == nil && r.Saga != nil && r.Prev != r.Saga.State {
+				if r.Prev != 0 {
+					m[r.Prev]--
+				}
+				m[r.Saga.State]++
+			}
+		}
+	}
+}
+
+// Leader returns the leader of the replicated group (empty strings if
+// unknown), and whether this member is it. In single-node mode the engine
+// always leads.
+func (e *Engine) Leader() (id, addr string, self bool) {
+	if e.opts.Replicator == nil {
+		return "", "", true
+	}
+	id, addr = e.opts.Replicator.Leader()
+	return id, addr, e.term.Load().ctx.Err() == nil
+}
+
+// Replicator returns Options.Replicator (nil in single-node mode), for
+// cluster administration through its own interfaces.
+func (e *Engine) Replicator() Replicator { return e.opts.Replicator }
+
+// openWithReplicator is Open after the lock is taken, in replicated mode.
+func (e *Engine) openWithReplicator(start time.Time) (*Engine, error) {
+	fail := func(err error) (*Engine, error) {
+		_ = e.opts.Replicator.Close()
+		if e.store != nil {
+			_ = e.store.CloseNoFlush()
+		}
+		unlockDir(e.lock)
+		return nil, err
+	}
+	var err error
+	e.store, err = fsm.OpenStore(filepath.Join(e.dir, "state"), fsm.StoreOptions{
+		Logger: e.opts.Logger, CacheSize: e.opts.StoreCacheSize,
+	})
+	if err != nil {
+		return fail(err)
+	}
+	e.ctx, e.cancel = context.WithCancel(context.Background())
+	if err := e.openReplicated(); err != nil {
+		e.cancel()
+		return fail(err)
+	}
+	e.recovery.Duration = time.Since(start)
+	e.opts.Logger.Info("engine: open (replicated member)", "dir", e.dir,
+		"applied_index", e.recovery.AppliedIndex, "command_index", e.store.SourceIndex())
+	if h := e.opts.Hooks.OnRecovered; h != nil {
+		h(e.recovery)
+	}
+	return e, nil
+}
+
+// closeReplicated is Close after the drivers stopped, in replicated mode:
+// the replicator stops applying before the store closes.
+func (e *Engine) closeReplicated() error {
+	e.mu.Lock()
+	e.closed = true
+	poisoned := e.poison != nil
+	e.mu.Unlock()
+	errs := []error{e.opts.Replicator.Close()}
+	e.closeMu.Lock()
+	e.storeClosed = true
+	e.closeMu.Unlock()
+	if poisoned {
+		errs = append(errs, e.store.CloseNoFlush())
+	} else {
+		errs = append(errs, e.store.Close())
+	}
+	unlockDir(e.lock)
+	return errors.Join(errs...)
+}
+
+// restored forgets what was derived from the state a snapshot replaced:
+// the state counts are counted again, and waiters of sagas that settled
+// in the snapshot are woken. Called with applyMu held.
+func (e *Engine) restored() {
+	e.counts, e.deltas = nil, nil
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for id, chs := range e.watchers {
+		sg, err := e.store.Get(id)
+		if err != nil || !(sg.State.Terminal() || sg.State == fsm.StateStuck) {
+			continue
+		}
+		for _, ch := range chs {
+			ch <- sg
+		}
+		delete(e.watchers, id)
+	}
+}
+
+// StateHash returns a SHA-256 of the whole applied state: members of a
+// replicated group that applied the same commands have equal hashes.
+func (e *Engine) StateHash() ([]byte, error) {
+	var h []byte
+	err := e.read(func() (err error) { h, err = e.store.Hash(); return err })
+	return h, err
+}
+
+// CommandIndex is the index, in the replicated log, of the last command
+// applied to this member's state (0 in single-node mode).
+func (e *Engine) CommandIndex() uint64 { return e.store.SourceIndex() }
