@@ -115,7 +115,7 @@ type Store struct {
 	source  atomic.Uint64
 	// restoring is set while Restore runs or when a Restore was cut short.
 	restoring atomic.Bool
-	cache   *pebble.Cache
+	cache     *pebble.Cache
 
 	// live caches the state of non-terminal sagas, so that applying a
 	// transition does not read and decode the saga back from Pebble. The
