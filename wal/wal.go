@@ -54,7 +54,8 @@ var (
 	ErrRecordTooLarge = errors.New("wal: record too large")
 	// ErrNotFound is returned by Read for an index outside [FirstIndex, LastIndex].
 	ErrNotFound = errors.New("wal: index not found")
-	// ErrOutOfRange is returned by TruncateFront for an index beyond LastIndex+1.
+	// ErrOutOfRange is returned by TruncateFront for an index beyond
+	// LastIndex+1 and by TruncateBack for an index before FirstIndex-1.
 	ErrOutOfRange = errors.New("wal: index out of range")
 	// ErrTornTail is returned by Open with Options.NoRepair when the log
 	// ends in an incomplete write that Open would otherwise cut.
@@ -127,6 +128,7 @@ type store interface {
 	FirstIndex() (uint64, error)
 	LastIndex() (uint64, error)
 	TruncateFront(index uint64) error
+	TruncateBack(index uint64) error
 	Close() error
 }
 
@@ -148,6 +150,7 @@ type Log struct {
 	opts Options
 
 	mu       sync.RWMutex
+	readMu   sync.Mutex // serializes st.Read: see readLocked
 	st       store
 	first    uint64 // index of the first record; last+1 when empty
 	last     uint64 // index of the last record; first-1 when empty
@@ -610,7 +613,13 @@ func (l *Log) readLocked(index uint64) ([]byte, error) {
 	if index < l.first || index > l.last {
 		return nil, fmt.Errorf("%w: %d (log holds [%d, %d])", ErrNotFound, index, l.first, l.last)
 	}
+	// tidwall's Read holds only its read lock while it loads a segment
+	// into its cache (mutating the segment and the cache), so concurrent
+	// Reads of older segments race, and can panic (tidwall/wal issue #34).
+	// Serialize them; the caller's l.mu read lock still excludes writers.
+	l.readMu.Lock()
 	frame, err := l.st.Read(index)
+	l.readMu.Unlock()
 	if err != nil {
 		return nil, fmt.Errorf("wal: read index %d: %w", index, err)
 	}
@@ -678,9 +687,14 @@ func (l *Log) Err() error {
 }
 
 // TruncateFront removes every record before index, which becomes the
-// first (index may be LastIndex()+1 to empty the log). It is cheapest when
-// index is the first of a segment; otherwise tidwall rewrites the segment
-// holding index. An I/O error poisons the log.
+// first (index may be LastIndex()+1 to empty the log). An I/O error
+// poisons the log.
+//
+// When index is the first of a segment (see SegmentStarts), the segment
+// files before it are removed and nothing is copied. Otherwise tidwall
+// rewrites the segment holding index from index on, through a temp file
+// it fsyncs. (tidwall's own TruncateFront copies the segment holding index
+// even when index starts it, so a cut at a segment start bypasses it.)
 func (l *Log) TruncateFront(index uint64) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -693,6 +707,18 @@ func (l *Log) TruncateFront(index uint64) error {
 	if index <= l.first {
 		return nil
 	}
+	if index <= l.last {
+		segs, err := segmentFiles(l.dir)
+		if err != nil {
+			l.poison = err
+			return fmt.Errorf("%w: %v", ErrPoisoned, err)
+		}
+		for _, sg := range segs {
+			if sg.first == index {
+				return l.dropSegmentsBefore(segs, index)
+			}
+		}
+	}
 	if err := l.st.TruncateFront(index); err != nil {
 		l.poison = err
 		return fmt.Errorf("%w: truncate front: %v", ErrPoisoned, err)
@@ -703,10 +729,113 @@ func (l *Log) TruncateFront(index uint64) error {
 	}
 	l.dirSyncs.Add(1)
 	l.first = index
-	if index == l.last+1 {
-		// tidwall rewrote the tail segment as an empty one.
-		l.tailSize = 0
+	// tidwall rewrote the segment holding index without the records before
+	// it (or the tail as an empty segment when index is LastIndex+1); when
+	// that segment is the tail, the size Append mirrors has shrunk.
+	return l.reloadTailSize()
+}
+
+// dropSegmentsBefore removes the segment files before the segment that
+// starts at index: it closes tidwall, removes the files oldest first (a
+// crash in between leaves a log that starts at a later segment, which
+// opens), fsyncs the directory and reopens tidwall, which reads only the
+// tail segment. Any failure poisons the log. l.mu held.
+func (l *Log) dropSegmentsBefore(segs []segmentFile, index uint64) error {
+	fail := func(err error) error {
+		l.poison = err
+		return fmt.Errorf("%w: drop segments before %d: %v", ErrPoisoned, index, err)
 	}
+	if err := l.st.Close(); err != nil {
+		return fail(err)
+	}
+	for _, sg := range segs {
+		if sg.first >= index {
+			break
+		}
+		if err := os.Remove(sg.path); err != nil {
+			return fail(err)
+		}
+	}
+	if err := syncDir(l.dir); err != nil {
+		return fail(err)
+	}
+	l.dirSyncs.Add(1)
+	tl, err := twal.Open(l.dir, l.twalOptions())
+	if err != nil {
+		return fail(err)
+	}
+	var st store = tl
+	if l.opts.wrap != nil {
+		st = l.opts.wrap(st)
+	}
+	first, err := st.FirstIndex()
+	last, err2 := st.LastIndex()
+	if err = errors.Join(err, err2); err == nil && (first != index || last != l.last) {
+		err = fmt.Errorf("reopened segments hold [%d, %d], want [%d, %d]", first, last, index, l.last)
+	}
+	if err != nil {
+		_ = st.Close()
+		return fail(err)
+	}
+	// The tail segment is the same file, so l.tailSize still holds.
+	l.st = st
+	l.first = index
+	return nil
+}
+
+// TruncateBack removes every record after index, which becomes the last
+// (index may be FirstIndex()-1 to empty the log; an index at or beyond
+// LastIndex is a no-op). The next Append continues at index+1. tidwall
+// rewrites the segment holding index (through a temp file it fsyncs) and
+// removes the segments after it; the directory is then fsynced, so the
+// truncation is durable when TruncateBack returns. An I/O error poisons the
+// log.
+func (l *Log) TruncateBack(index uint64) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if err := l.check(); err != nil {
+		return err
+	}
+	if index+1 < l.first {
+		return fmt.Errorf("%w: truncate back to %d, first index is %d", ErrOutOfRange, index, l.first)
+	}
+	if index >= l.last {
+		return nil
+	}
+	if err := l.st.TruncateBack(index); err != nil {
+		l.poison = err
+		return fmt.Errorf("%w: truncate back: %v", ErrPoisoned, err)
+	}
+	if err := syncDir(l.dir); err != nil {
+		l.poison = err
+		return fmt.Errorf("%w: %v", ErrPoisoned, err)
+	}
+	l.dirSyncs.Add(1)
+	l.last = index
+	// The tail is now the rewritten segment holding index (or an empty
+	// first segment).
+	return l.reloadTailSize()
+}
+
+// reloadTailSize sets l.tailSize from the size of the last segment file
+// after a truncation rewrote it. tidwall reloads a rewritten segment from
+// its file, so the size on disk is exactly what its cycle rule sees next.
+// Without it Append cannot tell when tidwall starts a segment (and the
+// directory needs an fsync), so a failure poisons the log. l.mu held.
+func (l *Log) reloadTailSize() error {
+	segs, err := segmentFiles(l.dir)
+	if err == nil && len(segs) == 0 {
+		err = errors.New("no segment file left")
+	}
+	var info os.FileInfo
+	if err == nil {
+		info, err = os.Stat(segs[len(segs)-1].path)
+	}
+	if err != nil {
+		l.poison = err
+		return fmt.Errorf("%w: size of the tail segment after a truncation: %v", ErrPoisoned, err)
+	}
+	l.tailSize = int(info.Size())
 	return nil
 }
 

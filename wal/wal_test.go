@@ -354,6 +354,18 @@ type faultyStore struct {
 	failWriteAfter int // writes that succeed before the next one fails; -1 never
 	partial        bool
 	failSync       bool
+	// failTruncateBack makes TruncateBack fail before touching the files.
+	failTruncateBack bool
+	// failClose makes Close fail (after closing the files).
+	failClose bool
+}
+
+func (f *faultyStore) Close() error {
+	err := f.store.Close()
+	if f.failClose {
+		return errInjected
+	}
+	return err
 }
 
 var errInjected = errors.New("injected I/O error")
@@ -376,6 +388,13 @@ func (f *faultyStore) Sync() error {
 		return errInjected
 	}
 	return f.store.Sync()
+}
+
+func (f *faultyStore) TruncateBack(index uint64) error {
+	if f.failTruncateBack {
+		return errInjected
+	}
+	return f.store.TruncateBack(index)
 }
 
 func TestInjectedFailuresPoison(t *testing.T) {
@@ -531,4 +550,289 @@ func TestLargeRecordIsNotTakenForDamage(t *testing.T) {
 	if err != nil || !bytes.Equal(got, big) {
 		t.Fatalf("large record after reopen with a smaller limit: %d bytes, %v", len(got), err)
 	}
+}
+
+// checkTailMirror checks that the tail size Append mirrors from tidwall's
+// segment rule equals the size of the last segment file: when they drift,
+// Append misses the directory fsync a new segment file needs.
+func checkTailMirror(t *testing.T, l *Log) {
+	t.Helper()
+	_, data := lastSegment(t, l.dir)
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	if l.tailSize != len(data) {
+		t.Fatalf("mirrored tail size %d, last segment file has %d bytes", l.tailSize, len(data))
+	}
+}
+
+// appendCountingSegments appends payload(i) for i in [from, to] one at a
+// time and checks that each append that created a segment file also
+// fsynced the directory.
+func appendCountingSegments(t *testing.T, l *Log, from, to int) {
+	t.Helper()
+	for i := from; i <= to; i++ {
+		before, _ := segmentFiles(l.dir)
+		dirSyncs := l.Stats().DirSyncs
+		first, err := l.Append([][]byte{payload(i)})
+		if err != nil || first != uint64(i) {
+			t.Fatalf("append %d: first=%d err=%v", i, first, err)
+		}
+		after, _ := segmentFiles(l.dir)
+		if len(after) > len(before) && l.Stats().DirSyncs == dirSyncs {
+			t.Fatalf("append %d created a segment file without fsyncing the directory", i)
+		}
+		checkTailMirror(t, l)
+	}
+}
+
+func TestTruncateBack(t *testing.T) {
+	opts := Options{SegmentSize: 200}
+	for _, tc := range []struct {
+		name string
+		keep func(starts []uint64) uint64
+	}{
+		{"inside-an-older-segment", func(s []uint64) uint64 { return s[1] + 1 }},
+		{"last-of-an-older-segment", func(s []uint64) uint64 { return s[2] - 1 }},
+		{"first-of-a-segment", func(s []uint64) uint64 { return s[2] }},
+		{"inside-the-tail", func(s []uint64) uint64 { return s[len(s)-1] + 1 }},
+		{"everything", func(s []uint64) uint64 { return 0 }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			writeN(t, dir, opts, 40, 3)
+			l := openT(t, dir, opts)
+			starts, err := l.SegmentStarts()
+			if err != nil || len(starts) < 4 {
+				t.Fatalf("segment starts %v %v", starts, err)
+			}
+			keep := tc.keep(starts)
+			if err := l.TruncateBack(keep); err != nil {
+				t.Fatal(err)
+			}
+			if l.LastIndex() != keep || l.FirstIndex() != 1 {
+				t.Fatalf("after truncate back to %d: [%d,%d]", keep, l.FirstIndex(), l.LastIndex())
+			}
+			if _, err := l.Read(keep + 1); !errors.Is(err, ErrNotFound) {
+				t.Fatalf("read of a truncated index: %v", err)
+			}
+			checkTailMirror(t, l)
+			if after, _ := l.SegmentStarts(); after[len(after)-1] > max(keep, 1) {
+				t.Fatalf("segments %v remain after truncating back to %d", after, keep)
+			}
+			checkRecords(t, l, int(keep))
+			// Appends continue at keep+1, through several new segments.
+			appendCountingSegments(t, l, int(keep)+1, int(keep)+25)
+			if err := l.Close(); err != nil {
+				t.Fatal(err)
+			}
+			l = openT(t, dir, opts)
+			defer l.Close()
+			checkRecords(t, l, int(keep)+25)
+			checkTailMirror(t, l)
+			appendCountingSegments(t, l, int(keep)+26, int(keep)+30)
+		})
+	}
+}
+
+func TestTruncateBackBounds(t *testing.T) {
+	dir := t.TempDir()
+	opts := Options{SegmentSize: 200}
+	writeN(t, dir, opts, 30, 2)
+	l := openT(t, dir, opts)
+	defer l.Close()
+	// At or beyond the end: nothing to do.
+	for _, idx := range []uint64{30, 31, 1 << 40} {
+		if err := l.TruncateBack(idx); err != nil || l.LastIndex() != 30 {
+			t.Fatalf("truncate back to %d: last=%d err=%v", idx, l.LastIndex(), err)
+		}
+	}
+	starts, _ := l.SegmentStarts()
+	cut := starts[2]
+	if err := l.TruncateFront(cut); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.TruncateBack(cut - 2); !errors.Is(err, ErrOutOfRange) {
+		t.Fatalf("truncate back before the first index: %v", err)
+	}
+	// cut-1 empties the log; appends continue at cut.
+	if err := l.TruncateBack(cut - 1); err != nil {
+		t.Fatal(err)
+	}
+	if l.FirstIndex() != cut || l.LastIndex() != cut-1 {
+		t.Fatalf("emptied log: [%d,%d], want [%d,%d]", l.FirstIndex(), l.LastIndex(), cut, cut-1)
+	}
+	if first, err := l.Append([][]byte{payload(int(cut))}); err != nil || first != cut {
+		t.Fatalf("append to a log emptied from the back: %d %v", first, err)
+	}
+	checkTailMirror(t, l)
+}
+
+// TestTruncateFrontInsideTail: a TruncateFront inside the tail segment
+// shrinks that segment; the mirrored tail size must follow, or a later
+// Append misses the directory fsync of a new segment.
+func TestTruncateFrontInsideTail(t *testing.T) {
+	dir := t.TempDir()
+	opts := Options{SegmentSize: 200}
+	writeN(t, dir, opts, 20, 1)
+	l := openT(t, dir, opts)
+	defer l.Close()
+	starts, _ := l.SegmentStarts()
+	tail := starts[len(starts)-1]
+	if tail >= 20 {
+		t.Fatalf("want several records in the tail segment, it starts at %d", tail)
+	}
+	if err := l.TruncateFront(tail + 1); err != nil {
+		t.Fatal(err)
+	}
+	checkTailMirror(t, l)
+	appendCountingSegments(t, l, 21, 60)
+}
+
+func TestTruncateBackFailurePoisons(t *testing.T) {
+	dir := t.TempDir()
+	writeN(t, dir, Options{}, 10, 1)
+	fs := &faultyStore{failWriteAfter: -1, failTruncateBack: true}
+	l, err := Open(dir, Options{Logger: quiet, wrap: func(s store) store { fs.store = s; return fs }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := l.TruncateBack(5); !errors.Is(err, ErrPoisoned) {
+		t.Fatalf("failed truncate back: %v", err)
+	}
+	fs.failTruncateBack = false
+	if _, err := l.Append([][]byte{payload(6)}); !errors.Is(err, ErrPoisoned) {
+		t.Fatalf("append after a failed truncate back: %v", err)
+	}
+	if err := l.TruncateBack(5); !errors.Is(err, ErrPoisoned) {
+		t.Fatalf("truncate back after poisoning: %v", err)
+	}
+	_ = l.Close()
+	l = openT(t, dir, Options{})
+	defer l.Close()
+	checkRecords(t, l, 10) // the injected failure happened before tidwall touched the files
+}
+
+// TestConcurrentReads reads older segments from several goroutines (run
+// with -race): tidwall's Read mutates its segment cache under a read lock,
+// so Log.Read must serialize the calls into it.
+func TestConcurrentReads(t *testing.T) {
+	dir := t.TempDir()
+	opts := Options{SegmentSize: 200}
+	writeN(t, dir, opts, 120, 4)
+	l := openT(t, dir, opts)
+	defer l.Close()
+	errs := make(chan error, 4)
+	for g := range 4 {
+		go func() {
+			for round := range 20 {
+				for i := 1 + (g+round)%7; i <= 120; i += 7 {
+					p, err := l.Read(uint64(i))
+					if err == nil && !bytes.Equal(p, payload(i)) {
+						err = fmt.Errorf("record %d = %q", i, p)
+					}
+					if err != nil {
+						errs <- err
+						return
+					}
+				}
+			}
+			errs <- nil
+		}()
+	}
+	for range 4 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// TestTruncateFrontAtSegmentStartCopiesNothing: a cut at a segment start
+// removes the older segment files and leaves every other file as it was
+// (tidwall's own TruncateFront would copy the segment at the cut).
+func TestTruncateFrontAtSegmentStartCopiesNothing(t *testing.T) {
+	dir := t.TempDir()
+	opts := Options{SegmentSize: 200}
+	writeN(t, dir, opts, 40, 3)
+	fs := &faultyStore{failWriteAfter: -1}
+	o := opts
+	o.Logger = quiet
+	o.wrap = func(s store) store { fs.store = s; return fs }
+	l, err := Open(dir, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	starts, _ := l.SegmentStarts()
+	if len(starts) < 5 {
+		t.Fatalf("want several segments, got %v", starts)
+	}
+	identity := func() map[string]os.FileInfo {
+		segs, _ := segmentFiles(dir)
+		m := map[string]os.FileInfo{}
+		for _, sg := range segs {
+			info, err := os.Stat(sg.path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			m[filepath.Base(sg.path)] = info
+		}
+		return m
+	}
+	for _, cut := range []uint64{starts[2], starts[len(starts)-1]} {
+		before := identity()
+		if err := l.TruncateFront(cut); err != nil {
+			t.Fatal(err)
+		}
+		after := identity()
+		for name, info := range after {
+			old, ok := before[name]
+			if !ok || !os.SameFile(old, info) || !old.ModTime().Equal(info.ModTime()) || old.Size() != info.Size() {
+				t.Fatalf("cut at %d rewrote or created %s", cut, name)
+			}
+		}
+		if got, _ := l.SegmentStarts(); got[0] != cut || l.FirstIndex() != cut || l.LastIndex() != 40 {
+			t.Fatalf("after a cut at %d: segments %v, [%d,%d]", cut, got, l.FirstIndex(), l.LastIndex())
+		}
+		for i := cut; i <= 40; i++ {
+			if p, err := l.Read(i); err != nil || !bytes.Equal(p, payload(int(i))) {
+				t.Fatalf("read %d after the cut: %q %v", i, p, err)
+			}
+		}
+		checkTailMirror(t, l)
+	}
+	appendCountingSegments(t, l, 41, 60)
+	// The reopened tidwall is wrapped like the first: injection still works.
+	fs.failWriteAfter = 0
+	if _, err := l.Append([][]byte{payload(61)}); !errors.Is(err, ErrPoisoned) {
+		t.Fatalf("append through the re-wrapped store: %v", err)
+	}
+	_ = l.Close()
+	l = openT(t, dir, opts)
+	defer l.Close()
+	if l.FirstIndex() != starts[len(starts)-1] || l.LastIndex() != 60 {
+		t.Fatalf("after reopen [%d,%d]", l.FirstIndex(), l.LastIndex())
+	}
+}
+
+func TestTruncateFrontDropFailurePoisons(t *testing.T) {
+	dir := t.TempDir()
+	opts := Options{SegmentSize: 200}
+	writeN(t, dir, opts, 30, 2)
+	fs := &faultyStore{failWriteAfter: -1, failClose: true}
+	l, err := Open(dir, Options{SegmentSize: 200, Logger: quiet, wrap: func(s store) store { fs.store = s; return fs }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	starts, _ := l.SegmentStarts()
+	if err := l.TruncateFront(starts[2]); !errors.Is(err, ErrPoisoned) {
+		t.Fatalf("a failed drop: %v", err)
+	}
+	if _, err := l.Read(starts[2]); !errors.Is(err, ErrPoisoned) {
+		t.Fatalf("read after a failed drop: %v", err)
+	}
+	if err := l.Close(); !errors.Is(err, ErrPoisoned) {
+		t.Fatalf("close after a failed drop: %v", err)
+	}
+	l = openT(t, dir, opts)
+	defer l.Close()
+	checkRecords(t, l, 30) // the failure came before any file was removed
 }
