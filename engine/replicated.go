@@ -197,7 +197,7 @@ func (e *Engine) proposeReplicated(ctx context.Context, raw [][]byte) ([]fsm.Res
 		id, addr := nl.NotLeader()
 		return nil, &NotLeaderError{LeaderID: id, LeaderAddr: addr}
 	case errors.As(err, &ou) && ou.OutcomeUnknown():
-		return nil, fmt.Errorf("%w: %v", ErrOutcomeUnknown, err)
+		return nil, fmt.Errorf("%w: %w", ErrOutcomeUnknown, err)
 	}
 	return nil, err
 }
