@@ -30,6 +30,7 @@ import (
 	"github.com/sagaengine/saga/engine"
 	"github.com/sagaengine/saga/fsm"
 	"github.com/sagaengine/saga/policy"
+	"github.com/sagaengine/saga/replication"
 )
 
 // Errors returned by New and Start.
@@ -177,6 +178,8 @@ func (s *Server) Handler() http.Handler {
 	mux.Handle("GET /v1/policy", auth(s.policyGet))
 	mux.Handle("PUT /v1/policy", auth(s.policySet))
 	mux.Handle("GET /v1/policy/explain", auth(s.policyExplain))
+	mux.Handle("GET /v1/cluster", auth(s.clusterGet))
+	mux.Handle("POST /v1/cluster/{action}", auth(s.clusterChange))
 	mux.Handle("/", auth(func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, fmt.Errorf("no endpoint %s %s", r.Method, r.URL.Path), "see the admin API in the README")
 	}))
@@ -225,6 +228,10 @@ func engineError(w http.ResponseWriter, err error) {
 		writeError(w, http.StatusBadRequest, err, "")
 	case errors.Is(err, engine.ErrReadOnly):
 		writeError(w, http.StatusConflict, err, "")
+	case errors.Is(err, engine.ErrNotLeader), errors.Is(err, replication.ErrNotLeader):
+		writeError(w, http.StatusConflict, err, "this member follows: send changes to the leader's admin API (see sagactl cluster status)")
+	case errors.Is(err, replication.ErrOutcomeUnknown):
+		writeError(w, http.StatusServiceUnavailable, err, "leadership changed while the change was in flight: look at the saga on the new leader")
 	case errors.Is(err, engine.ErrPoisoned), errors.Is(err, engine.ErrClosed), errors.Is(err, engine.ErrOutcomeUnknown):
 		writeError(w, http.StatusServiceUnavailable, err, "the engine stopped after an I/O error: restart the process")
 	default:
@@ -250,9 +257,13 @@ func BuildStatus(e *engine.Engine) (*StatusReply, error) {
 	if err != nil {
 		return nil, err
 	}
-	li, err := e.LogInfo()
-	if err != nil {
-		return nil, err
+	var li engine.LogInfo
+	if e.Replicator() == nil {
+		if li, err = e.LogInfo(); err != nil {
+			return nil, err
+		}
+	} else {
+		li.AppliedIndex = e.Stats().AppliedIndex
 	}
 	rep := &StatusReply{Counts: map[string]int{}, LogDir: li.Dir, FirstIndex: li.FirstIndex, LastIndex: li.LastIndex,
 		AppliedIndex: li.AppliedIndex, Segments: li.Segments, LogBytes: li.Bytes,

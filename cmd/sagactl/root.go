@@ -113,7 +113,7 @@ unauthorized.`,
 	pf.StringVar(&g.tokenFile, "token-file", "", "file holding the admin API token (or env SAGACTL_TOKEN)")
 	pf.StringVarP(&g.output, "output", "o", "table", "output format: table or json")
 	root.AddCommand(newVersion(g), newStatus(g), newList(g), newShow(g), newWatch(g), newRecover(g), newExport(g),
-		newWal(g), newRetry(g), newAbort(g), newResolve(g), newPolicy(g))
+		newWal(g), newRetry(g), newAbort(g), newResolve(g), newPolicy(g), newCluster(g))
 	return root
 }
 

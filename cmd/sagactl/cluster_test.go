@@ -1,0 +1,68 @@
+package main
+
+import (
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/sagaengine/saga/admin"
+	"github.com/sagaengine/saga/engine"
+	"github.com/sagaengine/saga/replication"
+)
+
+func TestClusterCommandsOnAReplicatedMember(t *testing.T) {
+	_, trans := raft.NewInmemTransport("n1:7000")
+	dir := t.TempDir()
+	node, err := replication.New(replication.Config{ID: "n1", Dir: filepath.Join(dir, "raft"), Transport: trans, Bootstrap: true,
+		HeartbeatTimeout: 50 * time.Millisecond, ElectionTimeout: 50 * time.Millisecond, LeaderLeaseTimeout: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := engine.Open(dir, engine.Options{Replicator: node})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	const tok = "0123456789abcdef-token"
+	srv, err := admin.New(e, admin.NewObserver(), admin.Options{Token: tok})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := httptest.NewServer(srv.Handler())
+	defer hs.Close()
+	tf := filepath.Join(dir, "token")
+	if err := os.WriteFile(tf, []byte(tok), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		code, out, _ := runCLI("--addr", hs.URL, "--token-file", tf, "cluster", "status")
+		if code == 0 && strings.Contains(out, "member n1: Leader") {
+			if !strings.Contains(out, "n1:7000") || !strings.Contains(out, "state hash") {
+				t.Fatalf("cluster status lacks the member list or the hash:\n%s", out)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("cluster status never showed n1 leading: %d\n%s", code, out)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	code, out, errOut := runCLI("--addr", hs.URL, "--token-file", tf, "-o", "json", "cluster", "join", "n2", "n2:7000")
+	if code != 0 || !strings.Contains(out, `"id": "n2"`) {
+		t.Fatalf("join: %d\n%s\n%s", code, out, errOut)
+	}
+	code, _, errOut = runCLI("--addr", hs.URL, "--token-file", tf, "cluster", "remove", "ghost")
+	if code != exitUsage && code != exitFailed || !strings.Contains(errOut, "no member") {
+		t.Fatalf("remove of an unknown member: %d %s", code, errOut)
+	}
+	code, out, errOut = runCLI("--addr", hs.URL, "--token-file", tf, "cluster", "remove", "n2")
+	if code != 0 || strings.Contains(out, "n2:7000") {
+		t.Fatalf("remove: %d\n%s\n%s", code, out, errOut)
+	}
+}
