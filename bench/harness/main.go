@@ -82,7 +82,8 @@ func main() {
 	fig6, replay := figRecovery()
 	fig4 := figPolicyOff()
 	fig8 := figPeers(tput, over)
-	rep.Figures = []Figure{fig1, fig2, ceiling.fig, fig4, fig5, fig6, fig7, fig8}
+	fig9, fig10, repl := figReplication(tput)
+	rep.Figures = []Figure{fig1, fig2, ceiling.fig, fig4, fig5, fig6, fig7, fig8, fig9, fig10}
 	add := func(name, want string, v float64, unit string, pass bool) {
 		rep.Targets = append(rep.Targets, Target{name, want, v, unit, pass})
 	}
@@ -99,6 +100,9 @@ func main() {
 	add("compensation / forward", "≤ 1.2x", ratio, "x", ratio <= 1.2)
 	add("recovery replay", "≥ 500k transitions/s", replay, "transitions/s", replay >= 500000)
 	add("RSS after the completed sagas", "≤ 150 MB", rss, "MB", rss <= 150)
+	if v, ok := repl["ratio/64"]; ok {
+		add("3-node group vs single node, c=64", "≥ 50%", 100*v, "%", v >= 0.5)
+	}
 	rep.Elapsed = time.Since(rep.Started).Round(time.Second).String()
 	if err := write(rep); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
