@@ -153,3 +153,40 @@ func TestApplyCommandOrdersSourceIndexes(t *testing.T) {
 		t.Fatal("a refused command changed the state")
 	}
 }
+
+func TestApplyCommandsEqualsOneByOne(t *testing.T) {
+	one, all := openDiskStore(t), openDiskStore(t)
+	var cmds []Command
+	next := uint64(1)
+	for i := 0; i < 20; i++ {
+		id := fmt.Sprintf("c-%02d", i)
+		recs := []*Record{startRec(id, "k-"+id, "pay", "ship")}
+		if i%3 == 0 {
+			recs = append(recs, &Record{Kind: KindStepCompleted, Saga: id, Step: 0, At: 2})
+		}
+		if i%5 == 0 {
+			recs = nil // a command that carried nothing
+		}
+		es := entries(t, next, recs...)
+		next += uint64(len(es))
+		cmds = append(cmds, Command{Source: uint64(3 * (i + 1)), Entries: es})
+		if _, err := one.ApplyCommand(uint64(3*(i+1)), es); err != nil {
+			t.Fatal(err)
+		}
+	}
+	res, err := all.ApplyCommands(cmds)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, c := range cmds {
+		if len(res[i]) != len(c.Entries) {
+			t.Fatalf("command %d: %d results for %d entries", i, len(res[i]), len(c.Entries))
+		}
+	}
+	if !bytes.Equal(mustHash(t, one), mustHash(t, all)) || one.SourceIndex() != all.SourceIndex() {
+		t.Fatal("applying commands together differs from applying them one by one")
+	}
+	if _, err := all.ApplyCommands([]Command{{Source: 61}, {Source: 61}}); err == nil {
+		t.Fatal("repeated command index accepted")
+	}
+}

@@ -330,6 +330,46 @@ func (s *Store) ApplyCommand(source uint64, entries []Entry) ([]Result, error) {
 	return s.applyBatch(entries, source)
 }
 
+// Command is one command of a replicated log: its index there and the
+// entries it carries (possibly none).
+type Command struct {
+	Source  uint64
+	Entries []Entry
+}
+
+// ApplyCommands applies consecutive commands of a replicated log in one
+// Pebble batch, as ApplyCommand would one by one, and returns each
+// command's results. Sources must increase; entry indexes must continue
+// from AppliedIndex() across commands.
+func (s *Store) ApplyCommands(cmds []Command) ([][]Result, error) {
+	if len(cmds) == 0 {
+		return nil, nil
+	}
+	if s.restoring.Load() {
+		return nil, ErrRestoreIncomplete
+	}
+	prev := s.source.Load()
+	var all []Entry
+	for _, c := range cmds {
+		if c.Source <= prev {
+			return nil, fmt.Errorf("fsm: command index %d does not follow the command index %d", c.Source, prev)
+		}
+		prev = c.Source
+		all = append(all, c.Entries...)
+	}
+	res, err := s.applyBatch(all, prev)
+	if err != nil {
+		return nil, err
+	}
+	out := make([][]Result, len(cmds))
+	off := 0
+	for i, c := range cmds {
+		out[i] = res[off : off+len(c.Entries) : off+len(c.Entries)]
+		off += len(c.Entries)
+	}
+	return out, nil
+}
+
 func (s *Store) applyBatch(entries []Entry, source uint64) ([]Result, error) {
 	b := s.db.NewBatch()
 	defer b.Close()

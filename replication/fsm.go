@@ -99,6 +99,10 @@ func (m *stateMachine) ApplyBatch(logs []*raft.Log) []any {
 	out := make([]any, len(logs))
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	// Every command of the batch goes into one Pebble batch.
+	var cmds []fsm.Command
+	var at []int // position in logs of each command
+	next := m.store.AppliedIndex() + 1
 	for i, l := range logs {
 		if l.Type != raft.LogCommand {
 			continue
@@ -112,30 +116,43 @@ func (m *stateMachine) ApplyBatch(logs []*raft.Log) []any {
 		}
 		recs, raws, derr := decodeCommand(l.Data)
 		var entries []fsm.Entry
-		if derr == nil {
-			entries = make([]fsm.Entry, len(recs))
-			next := m.store.AppliedIndex() + 1
-			for j := range recs {
-				entries[j] = fsm.Entry{Index: next + uint64(j), Rec: recs[j], Raw: raws[j]}
-			}
-		}
-		results, err := m.store.ApplyCommand(l.Index, entries)
-		if err != nil {
-			m.err = fmt.Errorf("%w: command %d: %v", errFailStopped, l.Index, err)
-			out[i] = m.err
-			if m.failed != nil {
-				m.failed(err)
-			}
-			continue
-		}
 		if derr != nil {
-			out[i] = derr
-			continue
+			out[i] = derr // applied as an empty command, the same on every member
+		} else {
+			entries = make([]fsm.Entry, len(recs))
+			for j := range recs {
+				entries[j] = fsm.Entry{Index: next, Rec: recs[j], Raw: raws[j]}
+				next++
+			}
 		}
-		if m.applied != nil && len(entries) > 0 {
-			m.applied(entries, results)
+		cmds = append(cmds, fsm.Command{Source: l.Index, Entries: entries})
+		at = append(at, i)
+	}
+	if len(cmds) == 0 {
+		return out
+	}
+	results, err := m.store.ApplyCommands(cmds)
+	if err != nil {
+		m.err = fmt.Errorf("%w: commands %d-%d: %v", errFailStopped, cmds[0].Source, cmds[len(cmds)-1].Source, err)
+		for _, i := range at {
+			out[i] = m.err
 		}
-		out[i] = results
+		if m.failed != nil {
+			m.failed(err)
+		}
+		return out
+	}
+	var allE []fsm.Entry
+	var allR []fsm.Result
+	for k, i := range at {
+		allE = append(allE, cmds[k].Entries...)
+		allR = append(allR, results[k]...)
+		if out[i] == nil {
+			out[i] = results[k]
+		}
+	}
+	if m.applied != nil && len(allE) > 0 {
+		m.applied(allE, allR)
 	}
 	return out
 }

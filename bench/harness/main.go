@@ -19,6 +19,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/debug"
+	"runtime/pprof"
 	"sort"
 	"strconv"
 	"strings"
@@ -36,9 +37,11 @@ import (
 )
 
 var (
-	quick  = flag.Bool("quick", false, "small sizes: a smoke run")
-	outDir = flag.String("out", "bench/results", "directory for latest.json and latest.md")
-	quiet  = slog.New(slog.NewTextHandler(io.Discard, nil))
+	quick   = flag.Bool("quick", false, "small sizes: a smoke run")
+	cpuProf = flag.String("cpuprofile", "", "write a CPU profile of the run to this file")
+	only    = flag.String("only", "", `"replication": figures 9 and 10 only (with the single-node points they compare to)`)
+	outDir  = flag.String("out", "bench/results", "directory for latest.json and latest.md")
+	quiet   = slog.New(slog.NewTextHandler(io.Discard, nil))
 )
 
 // Figure is one measured figure of the report.
@@ -70,9 +73,41 @@ func progress(format string, a ...any) { fmt.Fprintf(os.Stderr, "bench: "+format
 
 func main() {
 	flag.Parse()
+	if *cpuProf != "" {
+		f, err := os.Create(*cpuProf)
+		if err == nil {
+			err = pprof.StartCPUProfile(f)
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			os.Exit(2)
+		}
+		defer pprof.StopCPUProfile()
+	}
 	rep := &Report{Started: time.Now().UTC()}
 	rep.Machine = machine()
 	progress("machine: %v", rep.Machine)
+	if *only == "replication" {
+		tput := map[string]float64{}
+		for _, c := range []int{1, 64} {
+			r := newRig(0, -1)
+			t := time.Now()
+			n, _ := r.runFor(c, 3*time.Second)
+			tput[fmt.Sprintf("happy/%d", c)] = float64(n) / time.Since(t).Seconds()
+			r.close()
+		}
+		fig9, fig10, _ := figReplication(tput)
+		rep.Figures = []Figure{fig9, fig10}
+		rep.Elapsed = time.Since(rep.Started).Round(time.Second).String()
+		if err := write(rep); err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			os.Exit(1)
+		}
+		return
+	} else if *only != "" {
+		fmt.Fprintf(os.Stderr, "bench: -only %q: the only partial run is \"replication\"\n", *only)
+		os.Exit(2)
+	}
 	// Memory first, in a process that has done nothing else yet.
 	fig7, rss := figMemory()
 	fig2, tput := figThroughput()
