@@ -4,7 +4,7 @@ VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 KILLS ?= 500
 FUZZTIME ?= 30s
 
-.PHONY: all build test demo platform lint crash fuzz bench gobench benchcmp clean
+.PHONY: all build test demo platform lint crash cluster-torture fuzz bench gobench benchcmp clean
 
 all: build
 
@@ -37,6 +37,12 @@ lint:
 # The long crash loop: KILLS=N (default 500); prints the seed of a failure.
 crash:
 	SAGA_CRASH_KILLS=$(KILLS) $(GO) test -race -timeout 0 -run '^TestCrashRecovery$$' -v -count=1 ./engine
+
+# The multi-process failover test: a 3-member group of examples/cluster
+# (built with the race detector), its leader SIGKILLed KILLS times
+# (default 30 here); prints the seed of a failure.
+cluster-torture:
+	SAGA_CLUSTER_KILLS=$(if $(filter file,$(origin KILLS)),30,$(KILLS)) $(GO) test -race -timeout 0 -run '^TestClusterProcessesSurviveLeaderKills$$' -v -count=1 ./replication
 
 # Each fuzz target for FUZZTIME (default 30s).
 fuzz:
