@@ -16,23 +16,25 @@ import (
 // driven steps) or backward (compensations), unless one already runs.
 func (e *Engine) ensureDriver(id string) {
 	r := e.getRun(id)
+	t := e.curTerm()
 	e.mu.Lock()
-	if r.driving || e.closed || e.termCtx().Err() != nil {
+	if r.driving || e.closed || t.ctx.Err() != nil {
 		e.mu.Unlock()
 		return
 	}
 	r.driving = true
 	e.drivers.Add(1)
+	t.wg.Add(1)
 	e.mu.Unlock()
 	go func() {
 		defer e.drivers.Done()
+		defer t.wg.Done()
 		backoff := time.Second
+		// A driver belongs to one term of leadership (the engine's whole
+		// life in single-node mode): when the term ends it lets go of the
+		// saga, and the next term's resume drives it afresh.
+		tctx := t.ctx
 		for {
-			// The context of the current term of leadership (the engine's
-			// own in single-node mode): a driver whose term ended stops
-			// touching the saga, and carries on under the next term if
-			// this node leads again before it lets go.
-			tctx := e.termCtx()
 			err := e.drive(tctx, id)
 			if err != nil && tctx.Err() == nil {
 				if fatal(err) {
@@ -52,7 +54,7 @@ func (e *Engine) ensureDriver(id string) {
 			// check once more under the lock before letting go.
 			e.mu.Lock()
 			sg, gerr := e.store.Get(id) // Close waits for drivers: the store is open
-			again := (err == nil || tctx.Err() != nil) && gerr == nil && e.termCtx().Err() == nil && drivable(sg)
+			again := err == nil && gerr == nil && tctx.Err() == nil && drivable(sg)
 			if !again {
 				r.driving = false
 				if gerr == nil && sg.State.Terminal() && e.runs[id] == r {
@@ -236,6 +238,10 @@ func (e *Engine) runAction(tctx context.Context, r *run, sg *fsm.Saga, epoch uin
 	if !ok {
 		return nil // aborted meanwhile: the driver looks at the state again
 	}
+	if tctx.Err() != nil {
+		cancel()
+		return nil // the term ended: the next leader runs the step
+	}
 	out, err := safeAction(ctx, action, e.call(sg, i, compensation.KindAction, st.Attempts))
 	timeout := timedOut(ctx)
 	cancel()
@@ -307,6 +313,9 @@ func (e *Engine) compensateStarted(tctx context.Context, sg *fsm.Saga) error {
 	st := sg.Steps[i]
 	h, ok := e.opts.Registry.Handler(st.Compensation)
 	var err error
+	if tctx.Err() != nil {
+		return nil // closing or the term ended: the next Open or leader runs it
+	}
 	if !ok {
 		err = fmt.Errorf("compensation handler %q is not registered in this process", st.Compensation)
 	} else {

@@ -142,6 +142,7 @@ type Engine struct {
 	// been called (counted lazily: a scan of the index); deltas gathers
 	// the changes applied while that scan runs. Both under applyMu.
 	counts, deltas map[fsm.SagaState]int
+	countFrom      uint64 // applied index of the snapshot a first count scans
 	countMu        sync.Mutex // one first count at a time
 
 	// term is the current term of leadership (replicated mode only).
@@ -264,6 +265,8 @@ func Open(dir string, opts Options) (*Engine, error) {
 		return fail(err)
 	}
 	e.ctx, e.cancel = context.WithCancel(context.Background())
+	e.term.Store(&term{ctx: e.ctx, cancel: e.cancel})
+	e.curTerm().ready.Store(true)
 	go e.appendLoop()
 	go e.applyLoop()
 	go e.checkpointLoop()
@@ -531,7 +534,7 @@ func (e *Engine) applyBatch(a appended) {
 	if h := e.opts.Hooks.OnCommit; h != nil {
 		h(n, a.appendTime)
 	}
-	e.countResults(results)
+	e.countResults(a.entries, results)
 	e.afterApply(a.entries, results)
 	off := 0
 	for _, q := range a.batch {
@@ -723,6 +726,9 @@ func (e *Engine) read(f func() error) error {
 // state machine (so an illegal change never reaches the log), proposes
 // them and caches the result.
 func (e *Engine) transition(ctx context.Context, id string, build func(cur *fsm.Saga) ([]*fsm.Record, error)) (*fsm.Saga, error) {
+	if err := e.gate(ctx); err != nil {
+		return nil, err
+	}
 	r := e.getRun(id)
 	r.mu.Lock()
 	defer r.mu.Unlock()

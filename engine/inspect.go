@@ -33,7 +33,7 @@ func (e *Engine) StateCounts() (map[fsm.SagaState]int, error) {
 	// lock (a scan of 10^6 sagas must not stall commits); transitions
 	// applied meanwhile are gathered as deltas and added after.
 	var later func() (map[fsm.SagaState]int, error)
-	if err := e.read(func() error { later = e.store.CountLater(); return nil }); err != nil {
+	if err := e.read(func() error { e.countFrom, later = e.store.CountLater(); return nil }); err != nil {
 		e.applyMu.Unlock()
 		return nil, err
 	}

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/sagaengine/saga/fsm"
@@ -63,19 +65,41 @@ func (e *NotLeaderError) Error() string {
 // Unwrap makes errors.Is(err, ErrNotLeader) true.
 func (e *NotLeaderError) Unwrap() error { return ErrNotLeader }
 
-// term is one term of leadership: its context ends when it does.
+// term is one term of leadership: its context ends when it does, and wg
+// counts the drivers started in it. Single-node mode has one term, the
+// engine's life.
 type term struct {
 	ctx    context.Context
 	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	// ready is set once the term's resume scan is done: public writes wait
+	// for it (until then they are refused with NotLeaderError).
+	ready atomic.Bool
 }
+
+// termKey marks the contexts of a term: proposals made under one (drivers,
+// resume, deadlines) pass the readiness gate.
+type termKey struct{}
+
+// curTerm is the current term.
+func (e *Engine) curTerm() *term { return e.term.Load() }
 
 // termCtx is the context drivers run under: in replicated mode it ends
 // when this member stops leading; in single-node mode it is the engine's.
-func (e *Engine) termCtx() context.Context {
-	if t := e.term.Load(); t != nil {
-		return t.ctx
+func (e *Engine) termCtx() context.Context { return e.curTerm().ctx }
+
+// gate refuses a public write on a replicated member that does not lead,
+// or whose term has not finished resuming; nil in single-node mode and
+// for the engine's own proposals (ctx of a term).
+func (e *Engine) gate(ctx context.Context) error {
+	if e.opts.Replicator == nil || ctx.Value(termKey{}) != nil {
+		return nil
 	}
-	return e.ctx
+	if t := e.curTerm(); t.ctx.Err() == nil && t.ready.Load() {
+		return nil
+	}
+	id, addr := e.opts.Replicator.Leader()
+	return &NotLeaderError{LeaderID: id, LeaderAddr: addr}
 }
 
 // openReplicated is Open's replicated path: the store is filled by the
@@ -106,7 +130,7 @@ func (e *Engine) appliedReplicated(entries []fsm.Entry, results []fsm.Result) {
 	}
 	e.commits.Add(1)
 	e.committedRecs.Add(uint64(len(entries)))
-	e.countResults(results)
+	e.countResults(entries, results)
 	e.afterApply(entries, results)
 }
 
@@ -142,6 +166,7 @@ func (e *Engine) endTerm() {
 	e.dlMu.Lock()
 	e.dl = e.dl[:0]
 	e.dlMu.Unlock()
+	e.dropCaches()
 	e.opts.Logger.Info("engine: no longer the leader; drivers stopped")
 }
 
@@ -150,12 +175,30 @@ func (e *Engine) endTerm() {
 // is not terminal.
 func (e *Engine) beginTerm() {
 	start := time.Now()
-	ctx, cancel := context.WithCancel(e.ctx)
+	ctx, cancel := context.WithCancel(context.WithValue(e.ctx, termKey{}, true))
 	if err := e.opts.Replicator.Barrier(ctx); err != nil {
 		cancel()
 		e.opts.Logger.Warn("engine: leadership gained but the barrier failed; waiting for the next change", "err", err)
 		return
 	}
+	// The previous term's drivers have seen their context end; wait for
+	// them to let go of their sagas, so that each saga is driven by this
+	// term's resume and by no one else.
+	e.curTerm().wg.Wait()
+	e.dropCaches()
+	t := &term{ctx: ctx, cancel: cancel}
+	e.term.Store(t)
+	resumed, stuck, err := e.resumeAll(ctx)
+	if err != nil {
+		e.opts.Logger.Error("engine: resume after gaining leadership failed", "err", err)
+	}
+	t.ready.Store(true)
+	e.opts.Logger.Info("engine: leading", "resumed", resumed, "stuck", stuck, "took", time.Since(start))
+}
+
+// dropCaches forgets the sagas cached by runs: another member may have
+// changed them.
+func (e *Engine) dropCaches() {
 	e.mu.Lock()
 	runs := make([]*run, 0, len(e.runs))
 	for _, r := range e.runs {
@@ -167,12 +210,6 @@ func (e *Engine) beginTerm() {
 		r.saga = nil
 		r.mu.Unlock()
 	}
-	e.term.Store(&term{ctx: ctx, cancel: cancel})
-	resumed, stuck, err := e.resumeAll(ctx)
-	if err != nil {
-		e.opts.Logger.Error("engine: resume after gaining leadership failed", "err", err)
-	}
-	e.opts.Logger.Info("engine: leading", "resumed", resumed, "stuck", stuck, "took", time.Since(start))
 }
 
 // proposeReplicated sends one proposal through the replicator.
@@ -185,6 +222,9 @@ func (e *Engine) proposeReplicated(ctx context.Context, raw [][]byte) ([]fsm.Res
 	e.mu.Unlock()
 	if closing {
 		return nil, ErrClosed
+	}
+	if err := e.gate(ctx); err != nil {
+		return nil, err
 	}
 	res, err := e.opts.Replicator.Propose(ctx, raw)
 	if err == nil {
@@ -204,12 +244,19 @@ func (e *Engine) proposeReplicated(ctx context.Context, raw [][]byte) ([]fsm.Res
 
 // countResults keeps the state counts (once StateCounts began) in step
 // with applied results. Called with applyMu held.
-func (e *Engine) countResults(results []fsm.Result) {
+//
+// A first count scans a snapshot holding everything up to e.countFrom:
+// entries the snapshot already has are not counted again (a replicated
+// member applies to the store before it calls back).
+func (e *Engine) countResults(entries []fsm.Entry, results []fsm.Result) {
 	for _, m := range []map[fsm.SagaState]int{e.counts, e.deltas} {
 		if m == nil {
 			continue
 		}
-		for _, r := range results {
+		for i, r := range results {
+			if entries[i].Index <= e.countFrom {
+				continue
+			}
 			if r.Err == nil && r.Saga != nil && r.Prev != r.Saga.State {
 				if r.Prev != 0 {
 					m[r.Prev]--
@@ -228,7 +275,8 @@ func (e *Engine) Leader() (id, addr string, self bool) {
 		return "", "", true
 	}
 	id, addr = e.opts.Replicator.Leader()
-	return id, addr, e.term.Load().ctx.Err() == nil
+	t := e.curTerm()
+	return id, addr, t.ctx.Err() == nil && t.ready.Load()
 }
 
 // Replicator returns Options.Replicator (nil in single-node mode), for
@@ -290,7 +338,7 @@ func (e *Engine) closeReplicated() error {
 // the state counts are counted again, and waiters of sagas that settled
 // in the snapshot are woken. Called with applyMu held.
 func (e *Engine) restored() {
-	e.counts, e.deltas = nil, nil
+	e.counts, e.deltas, e.countFrom = nil, nil, 0
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	for id, chs := range e.watchers {

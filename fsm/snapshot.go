@@ -330,6 +330,11 @@ func (s *Store) Restore(r io.Reader) error {
 	if err != nil {
 		return fmt.Errorf("fsm: restore (the state is partial until restored again): %w", err)
 	}
+	// Readers may have cached the old state while the restore ran.
+	s.mu.Lock()
+	s.live = map[string]*Saga{}
+	s.latest = map[string]*Definition{}
+	s.mu.Unlock()
 	return s.loadMeta()
 }
 

@@ -712,9 +712,19 @@ func (s *Store) Count() (map[SagaState]int, error) { return count(s.db) }
 // CountLater takes a consistent snapshot now and returns a function that
 // counts the sagas per state as of that snapshot, to be run later (and
 // outside any lock the caller holds while taking it).
-func (s *Store) CountLater() func() (map[SagaState]int, error) {
+//
+// It also returns the applied index the snapshot holds: a transition
+// counted by the scan is one at or below it.
+func (s *Store) CountLater() (uint64, func() (map[SagaState]int, error)) {
 	snap := s.db.NewSnapshot()
-	return func() (map[SagaState]int, error) {
+	var applied uint64
+	if v, closer, err := snap.Get(keyApplied); err == nil {
+		if len(v) == 8 {
+			applied = binary.BigEndian.Uint64(v)
+		}
+		closer.Close()
+	}
+	return applied, func() (map[SagaState]int, error) {
 		defer snap.Close()
 		return count(snap)
 	}
@@ -774,7 +784,9 @@ func (s *Store) LatestDefinition(name string) (*Definition, error) {
 		return nil, err
 	}
 	s.mu.Lock()
-	if _, ok := s.latest[name]; !ok { // a newer version applied meanwhile wins
+	// A newer version applied meanwhile wins; during a restore the disk
+	// is changing under us: do not cache what was read.
+	if _, ok := s.latest[name]; !ok && !s.restoring.Load() {
 		s.latest[name] = d
 	}
 	s.mu.Unlock()

@@ -81,6 +81,9 @@ type stateMachine struct {
 	store   *fsm.Store
 	applied func([]fsm.Entry, []fsm.Result)
 	failed  func(error)
+	// stop is called (once) after an apply error: the member must leave
+	// the group's leadership rather than lead while it cannot apply.
+	stop func()
 
 	mu  sync.Mutex
 	err error // set by the first apply error: nothing is applied after it
@@ -140,6 +143,9 @@ func (m *stateMachine) ApplyBatch(logs []*raft.Log) []any {
 		if m.failed != nil {
 			m.failed(err)
 		}
+		if m.stop != nil {
+			m.stop()
+		}
 		return out
 	}
 	var allE []fsm.Entry
@@ -182,6 +188,9 @@ func (m *stateMachine) Restore(rc io.ReadCloser) error {
 			m.err = fmt.Errorf("%w: restore: %v", errFailStopped, err)
 			if m.failed != nil {
 				m.failed(err)
+			}
+			if m.stop != nil {
+				m.stop()
 			}
 		}
 		return err

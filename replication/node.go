@@ -38,7 +38,14 @@ var (
 	// ErrStateAhead: the saga state has applied commands the raft log and
 	// snapshots do not hold (the raft directory was replaced or lost).
 	ErrStateAhead = errors.New("replication: the saga state is ahead of the raft log")
+	// ErrCommandTooLarge: a proposal does not fit in one raft log entry;
+	// nothing was applied.
+	ErrCommandTooLarge = errors.New("replication: command too large")
 )
+
+// logEntryOverhead bounds what the log store adds to a command (raft's
+// header: index, term, type, time, lengths).
+const logEntryOverhead = 256
 
 // NotLeaderError names the leader (empty if none is known). It implements
 // NotLeader() for the engine, which turns it into an engine.NotLeaderError.
@@ -158,6 +165,7 @@ func (c *Config) ensureDefaults() {
 	if c.WAL.SegmentSize == 0 {
 		c.WAL.SegmentSize = 8 << 20
 	}
+	c.WAL.EnsureDefaults()
 }
 
 // Validate reports every problem of the configuration at once.
@@ -242,9 +250,10 @@ type Node struct {
 	trans  raft.Transport
 	hlog   hclog.Logger
 
-	mu     sync.Mutex
-	raft   *raft.Raft
-	closed bool
+	mu      sync.Mutex
+	raft    *raft.Raft
+	closed  bool
+	closing chan struct{} // closed by Close
 }
 
 // New validates cfg and opens the member's stores and transport. Raft
@@ -254,7 +263,7 @@ func New(cfg Config) (*Node, error) {
 		return nil, err
 	}
 	cfg.ensureDefaults()
-	n := &Node{cfg: cfg}
+	n := &Node{cfg: cfg, closing: make(chan struct{})}
 	n.hlog = hclog.New(&hclog.LoggerOptions{
 		Name: "raft", Level: hclog.LevelFromString(cfg.RaftLogLevel),
 		Output: slogWriter{cfg.Logger}, DisableTime: true,
@@ -336,6 +345,11 @@ func (n *Node) Start(store *fsm.Store, applied func([]fsm.Entry, []fsm.Result), 
 		return err
 	}
 	sm := &stateMachine{store: store, applied: applied, failed: failed}
+	sm.stop = func() {
+		// Shutdown waits for the FSM goroutine, which calls stop: async.
+		n.cfg.Logger.Error("replication: this member can no longer apply commands; shutting raft down (restart the process)")
+		go n.raft.Shutdown()
+	}
 	rc := raft.DefaultConfig()
 	rc.LocalID = raft.ServerID(n.cfg.ID)
 	rc.HeartbeatTimeout = n.cfg.HeartbeatTimeout
@@ -389,11 +403,22 @@ func (n *Node) catchUp(store *fsm.Store) error {
 	if err != nil {
 		return err
 	}
-	var snapIndex uint64
+	var snapIndex, snapSource uint64
 	if len(metas) > 0 {
 		snapIndex = metas[0].Index
+		_, rc, err := n.snaps.Open(metas[0].ID)
+		if err != nil {
+			return fmt.Errorf("replication: open snapshot %s: %w", metas[0].ID, err)
+		}
+		_, snapSource, err = fsm.ReadSnapshotHeader(rc)
+		rc.Close()
+		if err != nil {
+			return fmt.Errorf("replication: snapshot %s: %w", metas[0].ID, err)
+		}
 	}
-	if src := store.SourceIndex(); src > max(last, snapIndex) {
+	// A snapshot's raft index may be below the command index it holds
+	// (taken while raft re-delivered commands the state already had).
+	if src := store.SourceIndex(); src > max(last, snapIndex, snapSource) {
 		return fmt.Errorf("%w: the state has applied command %d, the raft log ends at %d and the latest snapshot at %d; "+
 			"remove this member's state and raft directories and join it again as a new member", ErrStateAhead, src, last, snapIndex)
 	}
@@ -403,19 +428,10 @@ func (n *Node) catchUp(store *fsm.Store) error {
 		}
 		return nil
 	}
-	_, rc, err := n.snaps.Open(metas[0].ID)
-	if err != nil {
-		return fmt.Errorf("replication: open snapshot %s: %w", metas[0].ID, err)
-	}
-	_, snapSource, err := fsm.ReadSnapshotHeader(rc)
-	rc.Close()
-	if err != nil {
-		return fmt.Errorf("replication: snapshot %s: %w", metas[0].ID, err)
-	}
 	if !store.RestoreIncomplete() && store.SourceIndex() >= snapSource {
 		return nil
 	}
-	_, rc, err = n.snaps.Open(metas[0].ID)
+	_, rc, err := n.snaps.Open(metas[0].ID)
 	if err != nil {
 		return fmt.Errorf("replication: open snapshot %s: %w", metas[0].ID, err)
 	}
@@ -450,16 +466,34 @@ func (n *Node) Propose(ctx context.Context, recs [][]byte) ([]fsm.Result, error)
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	f := r.Apply(encodeCommand(recs), n.cfg.ApplyTimeout)
+	cmd := encodeCommand(recs)
+	if len(cmd) > n.cfg.WAL.MaxRecordSize-logEntryOverhead {
+		return nil, fmt.Errorf("%w: the command encodes to %d bytes; a raft log entry holds at most %d (Config.WAL.MaxRecordSize less %d bytes of framing)",
+			ErrCommandTooLarge, len(cmd), n.cfg.WAL.MaxRecordSize-logEntryOverhead, logEntryOverhead)
+	}
+	f := r.Apply(cmd, n.cfg.ApplyTimeout)
 	// Once enqueued, the command is waited for even if ctx ends:
-	// abandoning it would turn a known outcome into an unknown one.
-	if err := f.Error(); err != nil {
-		return nil, n.mapErr(r, err)
+	// abandoning it would turn a known outcome into an unknown one. But
+	// raft never answers futures still queued when it shuts down
+	// (hashicorp/raft#498): Close ends the wait.
+	done := make(chan error, 1)
+	go func() { done <- f.Error() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			return nil, n.mapErr(r, err)
+		}
+	case <-n.closing:
+		return nil, &outcomeUnknownError{cause: raft.ErrRaftShutdown}
 	}
 	switch resp := f.Response().(type) {
 	case []fsm.Result:
 		return resp, nil
 	case error:
+		if errors.Is(resp, errFailStopped) {
+			// Committed, but this member could not apply it.
+			return nil, &outcomeUnknownError{cause: resp}
+		}
 		return nil, resp
 	default:
 		return nil, fmt.Errorf("replication: unexpected apply response %T", resp)
@@ -471,10 +505,12 @@ func (n *Node) mapErr(r *raft.Raft, err error) error {
 	case errors.Is(err, raft.ErrNotLeader), errors.Is(err, raft.ErrLeadershipTransferInProgress):
 		addr, id := r.LeaderWithID()
 		return &NotLeaderError{LeaderID: string(id), LeaderAddr: string(addr)}
-	case errors.Is(err, raft.ErrLeadershipLost), errors.Is(err, raft.ErrRaftShutdown), errors.Is(err, raft.ErrAbortedByRestore):
-		return &outcomeUnknownError{cause: err}
+	case errors.Is(err, raft.ErrEnqueueTimeout):
+		return err // never entered the log
 	}
-	return err
+	// Leadership lost, shutdown, aborted by a restore, or an I/O error of
+	// the log store: the entry may be in the log and may yet commit.
+	return &outcomeUnknownError{cause: err}
 }
 
 // Leadership delivers true when this member becomes leader and false when
@@ -570,7 +606,9 @@ func (n *Node) membership(ctx context.Context, f func(*raft.Raft, time.Duration)
 	}
 	timeout := n.cfg.ApplyTimeout
 	if dl, ok := ctx.Deadline(); ok {
-		timeout = time.Until(dl)
+		if timeout = time.Until(dl); timeout <= 0 {
+			return ctx.Err()
+		}
 	}
 	if err := f(r, timeout).Error(); err != nil {
 		return n.mapErr(r, err)
@@ -622,6 +660,7 @@ func (n *Node) Close() error {
 		return ErrClosed
 	}
 	n.closed = true
+	close(n.closing)
 	r := n.raft
 	n.mu.Unlock()
 	var errs []error
