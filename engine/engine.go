@@ -142,7 +142,7 @@ type Engine struct {
 	// been called (counted lazily: a scan of the index); deltas gathers
 	// the changes applied while that scan runs. Both under applyMu.
 	counts, deltas map[fsm.SagaState]int
-	countFrom      uint64 // applied index of the snapshot a first count scans
+	countFrom      uint64     // applied index of the snapshot a first count scans
 	countMu        sync.Mutex // one first count at a time
 
 	// term is the current term of leadership (replicated mode only).
