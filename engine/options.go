@@ -126,7 +126,7 @@ func (o *Options) Validate() error {
 		}
 	}
 	if o.Replicator != nil && o.Inspect {
-		errs = append(errs, errors.New("Inspect opens a single-node data directory; a replicated member is inspected through its leader or the admin API"))
+		errs = append(errs, errors.New("option Inspect opens a single-node data directory; a replicated member is inspected through its leader or the admin API"))
 	}
 	if o.Replicator != nil && o.WrapLog != nil {
 		errs = append(errs, errors.New("WrapLog does not apply with a Replicator (the replicator owns the log)"))

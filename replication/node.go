@@ -176,15 +176,15 @@ func (c Config) Validate() error {
 		errs = append(errs, fmt.Errorf("ID %q: want 1-64 of letters, digits, '.', '_', '-'", c.ID))
 	}
 	if c.Dir == "" {
-		errs = append(errs, errors.New("Dir is empty"))
+		errs = append(errs, errors.New("field Dir is empty"))
 	}
 	if c.Transport == nil {
 		if _, _, err := net.SplitHostPort(c.Bind); err != nil {
-			errs = append(errs, fmt.Errorf("Bind %q: %v", c.Bind, err))
+			errs = append(errs, fmt.Errorf("field Bind %q: %v", c.Bind, err))
 		}
 		if c.Advertise != "" {
 			if _, _, err := net.SplitHostPort(c.Advertise); err != nil {
-				errs = append(errs, fmt.Errorf("Advertise %q: %v", c.Advertise, err))
+				errs = append(errs, fmt.Errorf("field Advertise %q: %v", c.Advertise, err))
 			}
 		}
 	}
@@ -202,7 +202,7 @@ func (c Config) Validate() error {
 		}
 	}
 	if len(c.Peers) > 0 && !seen[c.ID] {
-		errs = append(errs, fmt.Errorf("Peers does not include this member (%q)", c.ID))
+		errs = append(errs, fmt.Errorf("field Peers does not include this member (%q)", c.ID))
 	}
 	for _, d := range []struct {
 		name string
