@@ -274,7 +274,7 @@ func New(cfg Config) (*Node, error) {
 	ok := false
 	defer func() {
 		if !ok {
-			n.closeStores()
+			_ = n.closeStores()
 		}
 	}()
 	var err error
@@ -304,15 +304,17 @@ func New(cfg Config) (*Node, error) {
 	return n, nil
 }
 
-func (n *Node) closeStores() {
-	if n.trans != nil && n.cfg.Transport == nil {
-		if c, ok := n.trans.(io.Closer); ok {
-			_ = c.Close()
-		}
+// closeStores closes what New opened: the TCP transport (not one passed
+// in Config.Transport) and the log store.
+func (n *Node) closeStores() error {
+	var errs []error
+	if c, ok := n.trans.(io.Closer); ok && n.cfg.Transport == nil {
+		errs = append(errs, c.Close())
 	}
 	if n.logs != nil {
-		_ = n.logs.Close()
+		errs = append(errs, n.logs.Close())
 	}
+	return errors.Join(errs...)
 }
 
 // Addr is the address peers reach this member at.
@@ -663,15 +665,11 @@ func (n *Node) Close() error {
 	close(n.closing)
 	r := n.raft
 	n.mu.Unlock()
-	var errs []error
+	var err error
 	if r != nil {
-		errs = append(errs, r.Shutdown().Error())
+		err = r.Shutdown().Error()
 	}
-	if c, ok := n.trans.(io.Closer); ok && n.cfg.Transport == nil {
-		errs = append(errs, c.Close())
-	}
-	errs = append(errs, n.logs.Close())
-	return errors.Join(errs...)
+	return errors.Join(err, n.closeStores())
 }
 
 // slogWriter forwards raft's hclog lines to a slog.Logger.

@@ -13,6 +13,8 @@ import (
 	"os"
 	"strings"
 	"time"
+
+	"github.com/sagaengine/saga/engine"
 )
 
 // client talks to the admin API.
@@ -97,4 +99,31 @@ func query(kv ...string) string {
 		return ""
 	}
 	return "?" + v.Encode()
+}
+
+// fetch reads a reply from the running engine's admin API (GET path) when
+// --addr is set, or builds it offline from the stopped engine in --dir; an
+// offline failure carries hint.
+func fetch[T any](g *globals, ctx context.Context, path string, build func(*engine.Engine) (*T, error), hint string) (*T, error) {
+	if g.online() {
+		c, err := g.client()
+		if err != nil {
+			return nil, err
+		}
+		rep := new(T)
+		if err := c.do(ctx, "GET", path, nil, rep); err != nil {
+			return nil, err
+		}
+		return rep, nil
+	}
+	e, err := g.openOffline()
+	if err != nil {
+		return nil, err
+	}
+	defer e.Close()
+	rep, err := build(e)
+	if err != nil {
+		return nil, fail(exitFailed, err, hint)
+	}
+	return rep, nil
 }

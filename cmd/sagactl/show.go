@@ -8,6 +8,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/sagaengine/saga/admin"
+	"github.com/sagaengine/saga/engine"
 )
 
 func newShow(g *globals) *cobra.Command {
@@ -16,25 +17,11 @@ func newShow(g *globals) *cobra.Command {
 		Short: "A saga's timeline: steps, compensations, attempts, errors, durations",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			var rep *admin.ShowReply
-			if g.online() {
-				c, err := g.client()
-				if err != nil {
-					return err
-				}
-				rep = &admin.ShowReply{}
-				if err := c.do(cmd.Context(), "GET", "/v1/sagas/"+url.PathEscape(args[0]), nil, rep); err != nil {
-					return err
-				}
-			} else {
-				e, err := g.openOffline()
-				if err != nil {
-					return err
-				}
-				defer e.Close()
-				if rep, err = admin.BuildShow(cmd.Context(), e, args[0]); err != nil {
-					return fail(exitFailed, err, "list sagas with: sagactl list")
-				}
+			rep, err := fetch(g, cmd.Context(), "/v1/sagas/"+url.PathEscape(args[0]), func(e *engine.Engine) (*admin.ShowReply, error) {
+				return admin.BuildShow(cmd.Context(), e, args[0])
+			}, "list sagas with: sagactl list")
+			if err != nil {
+				return err
 			}
 			if g.json() {
 				return g.printJSON(rep)

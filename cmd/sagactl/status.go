@@ -16,25 +16,9 @@ func newStatus(g *globals) *cobra.Command {
 		Short: "Counts of sagas by state, log size, applied index",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			var rep *admin.StatusReply
-			if g.online() {
-				c, err := g.client()
-				if err != nil {
-					return err
-				}
-				rep = &admin.StatusReply{}
-				if err := c.do(cmd.Context(), "GET", "/v1/status", nil, rep); err != nil {
-					return err
-				}
-			} else {
-				e, err := g.openOffline()
-				if err != nil {
-					return err
-				}
-				defer e.Close()
-				if rep, err = admin.BuildStatus(e); err != nil {
-					return fail(exitFailed, err, "")
-				}
+			rep, err := fetch(g, cmd.Context(), "/v1/status", admin.BuildStatus, "")
+			if err != nil {
+				return err
 			}
 			if g.json() {
 				return g.printJSON(rep)
