@@ -2,8 +2,6 @@ package fsm
 
 import (
 	"fmt"
-
-	"github.com/vmihailenco/msgpack/v5"
 )
 
 // RecordVersion is the version written into every record. Decoders accept
@@ -79,11 +77,7 @@ type Record struct {
 // Encode returns the msgpack encoding of r, stamping the current version.
 func Encode(r *Record) ([]byte, error) {
 	r.V = RecordVersion
-	b, err := msgpack.Marshal(r)
-	if err != nil {
-		return nil, fmt.Errorf("fsm: encode %s record: %w", r.Kind, err)
-	}
-	return b, nil
+	return marshal(r, 64+len(r.Output)), nil
 }
 
 // Decode parses and structurally validates a record. It never panics.

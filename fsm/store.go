@@ -14,7 +14,6 @@ import (
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/bloom"
 	"github.com/cockroachdb/pebble/v2/vfs"
-	"github.com/vmihailenco/msgpack/v5"
 )
 
 // Key layout of the Pebble store. Every write of one log entry, and the
@@ -401,11 +400,7 @@ func (s *Store) applyBatch(entries []Entry, source uint64) ([]Result, error) {
 				out[i].Err = err
 				continue
 			}
-			enc, err := msgpack.Marshal(d)
-			if err != nil {
-				return nil, fmt.Errorf("fsm: encode definition: %w", err)
-			}
-			if err := b.Set(defKey(d.Name, d.Version), enc, nil); err != nil {
+			if err := b.Set(defKey(d.Name, d.Version), marshal(d, 256), nil); err != nil {
 				return nil, err
 			}
 			defs[d.Name] = d
@@ -511,14 +506,21 @@ func (s *Store) applyBatch(entries []Entry, source uint64) ([]Result, error) {
 	return out, nil
 }
 
+// sagaSizeHint is about the encoded size of sg, so that encoding it
+// allocates once: a step with its definition and retry policies takes
+// about 100 bytes.
+func sagaSizeHint(sg *Saga) int {
+	n := 128 + 128*len(sg.Steps) + len(sg.Input)
+	for i := range sg.Steps {
+		n += len(sg.Steps[i].Output)
+	}
+	return n
+}
+
 // writeSaga writes a saga's value and updates its indexes from prev (nil
 // for a new saga) to next.
 func (s *Store) writeSaga(b *pebble.Batch, prev, next *Saga) error {
-	enc, err := msgpack.Marshal(next)
-	if err != nil {
-		return fmt.Errorf("fsm: encode saga: %w", err)
-	}
-	if err := b.Set(sagaKey(next.ID), enc, nil); err != nil {
+	if err := b.Set(sagaKey(next.ID), marshal(next, sagaSizeHint(next)), nil); err != nil {
 		return err
 	}
 	if prev == nil {
