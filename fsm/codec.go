@@ -1,6 +1,7 @@
 package fsm
 
 import (
+	"fmt"
 	"math"
 	"sort"
 	"time"
@@ -168,138 +169,335 @@ func marshal(v appender, sizeHint int) []byte {
 	return w.b
 }
 
-type dec struct {
-	d    *msgpack.Decoder
-	n, i int
-	err  error
+// rd reads msgpack from a byte slice, the counterpart of enc. It accepts
+// what the msgpack.Decoder calls the codec used before accepted (any
+// integer form for an integer, nil as a zero value, str and bin forms
+// alike for strings and bytes), except ext-prefixed map headers, which no
+// writer of this codec produces. Every read is bounds-checked, so a
+// damaged input gives an error, never a panic; unmarshal runs
+// checkMsgpack first, which also bounds allocations and nesting.
+// Reading the slice directly, instead of through msgpack.Decoder and its
+// reflection, made decoding (a quarter of the CPU of a replay) several
+// times cheaper.
+type rd struct {
+	b   []byte
+	p   int
+	err error
 }
 
-func newDec(d *msgpack.Decoder) *dec {
-	n, err := d.DecodeArrayLen()
-	return &dec{d: d, n: n, err: err}
+// decoder is a durable type that reads itself from rd.
+type decoder interface{ decodeFrom(r *rd) }
+
+func (r *rd) fail(err error) {
+	if r.err == nil {
+		r.err = err
+	}
 }
 
-// next reports whether the writer had one more field.
-func (r *dec) next() bool {
-	if r.err != nil || r.i >= r.n {
+// code reads one byte; ok is false after an error.
+func (r *rd) code() (c byte, ok bool) {
+	if r.err != nil {
+		return 0, false
+	}
+	if r.p >= len(r.b) {
+		r.fail(errTruncated)
+		return 0, false
+	}
+	c = r.b[r.p]
+	r.p++
+	return c, true
+}
+
+// take returns the next n bytes of the input (not a copy).
+func (r *rd) take(n int) []byte {
+	if r.err != nil {
+		return nil
+	}
+	if n < 0 || n > len(r.b)-r.p {
+		r.fail(errTruncated)
+		return nil
+	}
+	out := r.b[r.p : r.p+n]
+	r.p += n
+	return out
+}
+
+// be reads an n-byte big-endian unsigned number.
+func (r *rd) be(n int) uint64 {
+	var v uint64
+	for _, x := range r.take(n) {
+		v = v<<8 | uint64(x)
+	}
+	return v
+}
+
+func invalid(c byte, what string) error {
+	return fmt.Errorf("msgpack: invalid code=%x decoding %s", c, what)
+}
+
+// intCode reads the integer that code c begins (nil reads as 0).
+func (r *rd) intCode(c byte) int64 {
+	if c <= msgpcode.PosFixedNumHigh || c >= msgpcode.NegFixedNumLow {
+		return int64(int8(c))
+	}
+	switch c {
+	case msgpcode.Nil:
+		return 0
+	case msgpcode.Uint8:
+		return int64(r.be(1))
+	case msgpcode.Int8:
+		return int64(int8(r.be(1)))
+	case msgpcode.Uint16:
+		return int64(r.be(2))
+	case msgpcode.Int16:
+		return int64(int16(r.be(2)))
+	case msgpcode.Uint32:
+		return int64(r.be(4))
+	case msgpcode.Int32:
+		return int64(int32(r.be(4)))
+	case msgpcode.Uint64, msgpcode.Int64:
+		return int64(r.be(8))
+	}
+	r.fail(invalid(c, "integer"))
+	return 0
+}
+
+func (r *rd) int64() int64 {
+	c, ok := r.code()
+	if !ok {
+		return 0
+	}
+	return r.intCode(c)
+}
+
+func (r *rd) float64() float64 {
+	c, ok := r.code()
+	if !ok {
+		return 0
+	}
+	switch c {
+	case msgpcode.Float:
+		return float64(math.Float32frombits(uint32(r.be(4))))
+	case msgpcode.Double:
+		return math.Float64frombits(r.be(8))
+	}
+	return float64(r.intCode(c))
+}
+
+func (r *rd) bool() bool {
+	c, ok := r.code()
+	switch {
+	case !ok:
+		return false
+	case c == msgpcode.True:
+		return true
+	case c == msgpcode.False, c == msgpcode.Nil:
 		return false
 	}
-	r.i++
-	return true
+	r.fail(invalid(c, "bool"))
+	return false
 }
-func (r *dec) str(p *string) {
-	if r.next() {
-		*p, r.err = r.d.DecodeString()
+
+// bytesLen reads a str or bin header: -1 for nil.
+func (r *rd) bytesLen() int {
+	c, ok := r.code()
+	if !ok {
+		return -1
 	}
-}
-func (r *dec) i64(p *int64) {
-	if r.next() {
-		*p, r.err = r.d.DecodeInt64()
+	switch {
+	case c == msgpcode.Nil:
+		return -1
+	case c >= msgpcode.FixedStrLow && c <= msgpcode.FixedStrHigh:
+		return int(c & msgpcode.FixedStrMask)
+	case c == msgpcode.Str8, c == msgpcode.Bin8:
+		return int(r.be(1))
+	case c == msgpcode.Str16, c == msgpcode.Bin16:
+		return int(r.be(2))
+	case c == msgpcode.Str32, c == msgpcode.Bin32:
+		return int(r.be(4))
 	}
+	r.fail(invalid(c, "string/bytes length"))
+	return -1
 }
-func (r *dec) u64(p *uint64) {
-	if r.next() {
-		*p, r.err = r.d.DecodeUint64()
+
+func (r *rd) string() string {
+	n := r.bytesLen()
+	if n <= 0 {
+		return ""
 	}
+	return string(r.take(n))
 }
-func (r *dec) int(p *int) {
-	if r.next() {
-		var v int64
-		v, r.err = r.d.DecodeInt64()
-		*p = int(v)
+
+// bytes returns a copy: the input is often memory Pebble or the log
+// reuses.
+func (r *rd) bytes() []byte {
+	n := r.bytesLen()
+	if n < 0 || r.err != nil {
+		return nil
 	}
-}
-func (r *dec) u8(p *uint8) {
-	if r.next() {
-		*p, r.err = r.d.DecodeUint8()
+	b := r.take(n)
+	if r.err != nil {
+		return nil
 	}
+	return append(make([]byte, 0, n), b...)
 }
-func (r *dec) dur(p *time.Duration) {
-	var v int64
-	r.i64(&v)
-	*p = time.Duration(v)
-}
-func (r *dec) f64(p *float64) {
-	if r.next() {
-		*p, r.err = r.d.DecodeFloat64()
+
+// length reads an array or map header: -1 for nil.
+func (r *rd) length(fixedLow, fixedHigh, c16, c32 byte, what string) int {
+	c, ok := r.code()
+	switch {
+	case !ok:
+		return -1
+	case c == msgpcode.Nil:
+		return -1
+	case c >= fixedLow && c <= fixedHigh:
+		return int(c - fixedLow)
+	case c == c16:
+		return int(r.be(2))
+	case c == c32:
+		return int(r.be(4))
 	}
-}
-func (r *dec) bool(p *bool) {
-	if r.next() {
-		*p, r.err = r.d.DecodeBool()
-	}
-}
-func (r *dec) bytes(p *[]byte) {
-	if r.next() {
-		*p, r.err = r.d.DecodeBytes()
-	}
+	r.fail(invalid(c, what))
+	return -1
 }
 
 // isNil consumes a nil and reports true, or leaves a non-nil value.
-func (r *dec) isNil() bool {
-	c, err := r.d.PeekCode()
-	if err != nil {
-		r.err = err
+func (r *rd) isNil() bool {
+	if r.err != nil {
 		return true
 	}
-	if c == msgpcode.Nil {
-		r.err = r.d.DecodeNil()
+	if r.p < len(r.b) && r.b[r.p] == msgpcode.Nil {
+		r.p++
 		return true
 	}
 	return false
 }
 
-// value decodes a nested custom type; alloc is called when it is not nil.
-func (r *dec) value(alloc func() msgpack.CustomDecoder) {
-	if r.next() && !r.isNil() && r.err == nil {
-		r.err = alloc().DecodeMsgpack(r.d)
+// skip passes over one value of any type.
+func (r *rd) skip() {
+	if r.err != nil {
+		return
+	}
+	end, err := valueEnd(r.b, r.p)
+	if err != nil {
+		r.fail(err)
+		return
+	}
+	r.p = end
+}
+
+// dec reads the fields of one durable value, an array written by enc:
+// fields beyond the array's length (an older writer) stay zero.
+type dec struct {
+	r    *rd
+	n, i int
+}
+
+func newDec(r *rd) dec {
+	return dec{r: r, n: r.length(msgpcode.FixedArrayLow, msgpcode.FixedArrayHigh, msgpcode.Array16, msgpcode.Array32, "array length")}
+}
+
+// next reports whether the writer had one more field.
+func (d *dec) next() bool {
+	if d.r.err != nil || d.i >= d.n {
+		return false
+	}
+	d.i++
+	return true
+}
+func (d *dec) str(p *string) {
+	if d.next() {
+		*p = d.r.string()
+	}
+}
+func (d *dec) i64(p *int64) {
+	if d.next() {
+		*p = d.r.int64()
+	}
+}
+func (d *dec) u64(p *uint64) {
+	if d.next() {
+		*p = uint64(d.r.int64())
+	}
+}
+func (d *dec) int(p *int) {
+	if d.next() {
+		*p = int(d.r.int64())
+	}
+}
+func (d *dec) u8(p *uint8) {
+	if d.next() {
+		*p = uint8(d.r.int64())
+	}
+}
+func (d *dec) dur(p *time.Duration) {
+	var v int64
+	d.i64(&v)
+	*p = time.Duration(v)
+}
+func (d *dec) f64(p *float64) {
+	if d.next() {
+		*p = d.r.float64()
+	}
+}
+func (d *dec) bool(p *bool) {
+	if d.next() {
+		*p = d.r.bool()
+	}
+}
+func (d *dec) bytes(p *[]byte) {
+	if d.next() {
+		*p = d.r.bytes()
 	}
 }
 
-func (r *dec) strMap(p *map[string]string) {
-	if !r.next() || r.isNil() || r.err != nil {
+// present reports whether the writer had one more field and it is not
+// nil: the caller then decodes the nested value from d.r.
+func (d *dec) present() bool {
+	return d.next() && !d.r.isNil()
+}
+
+func (d *dec) strMap(p *map[string]string) {
+	if !d.next() || d.r.isNil() {
 		return
 	}
-	n, err := r.d.DecodeMapLen()
-	if err != nil {
-		r.err = err
+	n := d.r.length(msgpcode.FixedMapLow, msgpcode.FixedMapHigh, msgpcode.Map16, msgpcode.Map32, "map length")
+	if d.r.err != nil {
 		return
 	}
-	m := make(map[string]string, min(n, 64))
-	for j := 0; j < n && r.err == nil; j++ {
-		var k, v string
-		if k, r.err = r.d.DecodeString(); r.err == nil {
-			v, r.err = r.d.DecodeString()
-		}
-		m[k] = v
+	m := make(map[string]string, min(max(n, 0), 64))
+	for j := 0; j < n && d.r.err == nil; j++ {
+		k := d.r.string()
+		m[k] = d.r.string()
 	}
 	*p = m
 }
 
-// arrayLen decodes an array header for a slice of nested values, bounded
-// by the bytes left so a hostile length cannot force a huge allocation.
-func (r *dec) arrayLen() int {
-	if !r.next() || r.isNil() || r.err != nil {
+// arrayLen decodes an array header for a slice of nested values (their
+// count is bounded by the input's size: checkMsgpack ran first).
+func (d *dec) arrayLen() int {
+	if !d.next() || d.r.isNil() {
 		return 0
 	}
-	n, err := r.d.DecodeArrayLen()
-	if err != nil {
-		r.err = err
-		return 0
-	}
-	if n < 0 {
-		return 0
-	}
-	return n
+	return max(d.r.length(msgpcode.FixedArrayLow, msgpcode.FixedArrayHigh, msgpcode.Array16, msgpcode.Array32, "array length"), 0)
 }
 
 // done skips fields appended by a newer writer.
-func (r *dec) done() error {
-	for r.err == nil && r.i < r.n {
-		r.err = r.d.Skip()
-		r.i++
+func (d *dec) done() {
+	for d.r.err == nil && d.i < d.n {
+		d.r.skip()
+		d.i++
 	}
-	return r.err
+}
+
+// decodeVia reads v from a msgpack.Decoder, for callers that go through
+// msgpack.Unmarshal.
+func decodeVia(md *msgpack.Decoder, v decoder) error {
+	raw, err := md.DecodeRaw()
+	if err != nil {
+		return err
+	}
+	return unmarshal(raw, v)
 }
 
 // EncodeMsgpack implements msgpack.CustomEncoder.
@@ -316,15 +514,17 @@ func (p *RetryPolicy) appendMsgpack(w *enc) {
 }
 
 // DecodeMsgpack implements msgpack.CustomDecoder.
-func (p *RetryPolicy) DecodeMsgpack(d *msgpack.Decoder) error {
-	r := newDec(d)
+func (p *RetryPolicy) DecodeMsgpack(md *msgpack.Decoder) error { return decodeVia(md, p) }
+
+func (p *RetryPolicy) decodeFrom(rr *rd) {
+	r := newDec(rr)
 	r.dur(&p.InitialBackoff)
 	r.dur(&p.MaxBackoff)
 	r.f64(&p.Multiplier)
 	r.f64(&p.Jitter)
 	r.int(&p.MaxAttempts)
 	r.dur(&p.MaxElapsed)
-	return r.done()
+	r.done()
 }
 
 // EncodeMsgpack implements msgpack.CustomEncoder.
@@ -342,16 +542,22 @@ func (s *StepDef) appendMsgpack(w *enc) {
 }
 
 // DecodeMsgpack implements msgpack.CustomDecoder.
-func (s *StepDef) DecodeMsgpack(d *msgpack.Decoder) error {
-	r := newDec(d)
+func (s *StepDef) DecodeMsgpack(md *msgpack.Decoder) error { return decodeVia(md, s) }
+
+func (s *StepDef) decodeFrom(rr *rd) {
+	r := newDec(rr)
 	r.str(&s.Name)
 	r.str(&s.Compensation)
 	r.str(&s.Action)
-	r.value(func() msgpack.CustomDecoder { return &s.Retry })
-	r.value(func() msgpack.CustomDecoder { return &s.CompensationRetry })
+	if r.present() {
+		s.Retry.decodeFrom(r.r)
+	}
+	if r.present() {
+		s.CompensationRetry.decodeFrom(r.r)
+	}
 	r.dur(&s.Timeout)
 	r.u8((*uint8)(&s.OnUncertain))
-	return r.done()
+	r.done()
 }
 
 func encodeSteps(w *enc, steps []StepDef) {
@@ -364,9 +570,12 @@ func encodeSteps(w *enc, steps []StepDef) {
 func decodeSteps(r *dec, p *[]StepDef) {
 	n := r.arrayLen()
 	var out []StepDef
-	for j := 0; j < n && r.err == nil; j++ {
+	if n > 0 {
+		out = make([]StepDef, 0, min(n, 256)) // n fits the input (checkMsgpack); 256 bounds a hostile one
+	}
+	for j := 0; j < n && r.r.err == nil; j++ {
 		var s StepDef
-		r.err = s.DecodeMsgpack(r.d)
+		s.decodeFrom(r.r)
 		out = append(out, s)
 	}
 	*p = out
@@ -384,13 +593,15 @@ func (d *Definition) appendMsgpack(w *enc) {
 }
 
 // DecodeMsgpack implements msgpack.CustomDecoder.
-func (d *Definition) DecodeMsgpack(dd *msgpack.Decoder) error {
-	r := newDec(dd)
+func (d *Definition) DecodeMsgpack(md *msgpack.Decoder) error { return decodeVia(md, d) }
+
+func (d *Definition) decodeFrom(rr *rd) {
+	r := newDec(rr)
 	r.str(&d.Name)
 	r.int(&d.Version)
-	decodeSteps(r, &d.Steps)
+	decodeSteps(&r, &d.Steps)
 	r.dur(&d.Timeout)
-	return r.done()
+	r.done()
 }
 
 // EncodeMsgpack implements msgpack.CustomEncoder.
@@ -404,12 +615,14 @@ func (ei *ErrorInfo) appendMsgpack(w *enc) {
 }
 
 // DecodeMsgpack implements msgpack.CustomDecoder.
-func (ei *ErrorInfo) DecodeMsgpack(d *msgpack.Decoder) error {
-	r := newDec(d)
+func (ei *ErrorInfo) DecodeMsgpack(md *msgpack.Decoder) error { return decodeVia(md, ei) }
+
+func (ei *ErrorInfo) decodeFrom(rr *rd) {
+	r := newDec(rr)
 	r.str(&ei.Kind)
 	r.str(&ei.Message)
 	r.bool(&ei.Retryable)
-	return r.done()
+	r.done()
 }
 
 // EncodeMsgpack implements msgpack.CustomEncoder.
@@ -429,18 +642,20 @@ func (si *StartInfo) appendMsgpack(w *enc) {
 }
 
 // DecodeMsgpack implements msgpack.CustomDecoder.
-func (si *StartInfo) DecodeMsgpack(d *msgpack.Decoder) error {
-	r := newDec(d)
+func (si *StartInfo) DecodeMsgpack(md *msgpack.Decoder) error { return decodeVia(md, si) }
+
+func (si *StartInfo) decodeFrom(rr *rd) {
+	r := newDec(rr)
 	r.str(&si.Definition)
 	r.int(&si.Version)
-	decodeSteps(r, &si.Steps)
+	decodeSteps(&r, &si.Steps)
 	r.bool(&si.Driven)
 	r.str(&si.User)
 	r.str(&si.IdempotencyKey)
 	r.bytes(&si.Input)
 	r.strMap(&si.Meta)
 	r.i64(&si.Deadline)
-	return r.done()
+	r.done()
 }
 
 // EncodeMsgpack implements msgpack.CustomEncoder.
@@ -464,8 +679,10 @@ func (rec *Record) appendMsgpack(w *enc) {
 }
 
 // DecodeMsgpack implements msgpack.CustomDecoder.
-func (rec *Record) DecodeMsgpack(d *msgpack.Decoder) error {
-	r := newDec(d)
+func (rec *Record) DecodeMsgpack(md *msgpack.Decoder) error { return decodeVia(md, rec) }
+
+func (rec *Record) decodeFrom(rr *rd) {
+	r := newDec(rr)
 	r.u8(&rec.V)
 	r.u8((*uint8)(&rec.Kind))
 	r.str(&rec.Saga)
@@ -473,13 +690,22 @@ func (rec *Record) DecodeMsgpack(d *msgpack.Decoder) error {
 	r.int(&rec.Step)
 	r.int(&rec.Attempt)
 	r.bytes(&rec.Output)
-	r.value(func() msgpack.CustomDecoder { rec.Err = &ErrorInfo{}; return rec.Err })
+	if r.present() {
+		rec.Err = &ErrorInfo{}
+		rec.Err.decodeFrom(r.r)
+	}
 	r.bool(&rec.Final)
 	r.str(&rec.Actor)
 	r.str(&rec.Reason)
-	r.value(func() msgpack.CustomDecoder { rec.Start = &StartInfo{}; return rec.Start })
-	r.value(func() msgpack.CustomDecoder { rec.Def = &Definition{}; return rec.Def })
-	return r.done()
+	if r.present() {
+		rec.Start = &StartInfo{}
+		rec.Start.decodeFrom(r.r)
+	}
+	if r.present() {
+		rec.Def = &Definition{}
+		rec.Def.decodeFrom(r.r)
+	}
+	r.done()
 }
 
 // EncodeMsgpack implements msgpack.CustomEncoder.
@@ -503,22 +729,33 @@ func (st *Step) appendMsgpack(w *enc) {
 }
 
 // DecodeMsgpack implements msgpack.CustomDecoder.
-func (st *Step) DecodeMsgpack(d *msgpack.Decoder) error {
-	r := newDec(d)
-	r.value(func() msgpack.CustomDecoder { st.StepDef = &StepDef{}; return st.StepDef })
+func (st *Step) DecodeMsgpack(md *msgpack.Decoder) error { return decodeVia(md, st) }
+
+func (st *Step) decodeFrom(rr *rd) {
+	r := newDec(rr)
+	if r.present() {
+		st.StepDef = &StepDef{}
+		st.StepDef.decodeFrom(r.r)
+	}
 	r.u8((*uint8)(&st.Status))
 	r.bool(&st.Uncertain)
 	r.int(&st.Attempts)
 	r.bytes(&st.Output)
-	r.value(func() msgpack.CustomDecoder { st.Err = &ErrorInfo{}; return st.Err })
+	if r.present() {
+		st.Err = &ErrorInfo{}
+		st.Err.decodeFrom(r.r)
+	}
 	r.i64(&st.StartedAt)
 	r.i64(&st.EndedAt)
 	r.int(&st.CompAttempts)
 	r.int(&st.CompRoundBase)
 	r.i64(&st.CompRoundStart)
-	r.value(func() msgpack.CustomDecoder { st.CompErr = &ErrorInfo{}; return st.CompErr })
+	if r.present() {
+		st.CompErr = &ErrorInfo{}
+		st.CompErr.decodeFrom(r.r)
+	}
 	r.i64(&st.CompEndedAt)
-	return r.done()
+	r.done()
 }
 
 // EncodeMsgpack implements msgpack.CustomEncoder.
@@ -548,8 +785,10 @@ func (s *Saga) appendMsgpack(w *enc) {
 }
 
 // DecodeMsgpack implements msgpack.CustomDecoder.
-func (s *Saga) DecodeMsgpack(d *msgpack.Decoder) error {
-	r := newDec(d)
+func (s *Saga) DecodeMsgpack(md *msgpack.Decoder) error { return decodeVia(md, s) }
+
+func (s *Saga) decodeFrom(rr *rd) {
+	r := newDec(rr)
 	r.str(&s.ID)
 	r.str(&s.Definition)
 	r.int(&s.Version)
@@ -561,16 +800,22 @@ func (s *Saga) DecodeMsgpack(d *msgpack.Decoder) error {
 	r.strMap(&s.Meta)
 	n := r.arrayLen()
 	s.Steps = nil
-	for j := 0; j < n && r.err == nil; j++ {
+	if n > 0 {
+		s.Steps = make([]Step, 0, min(n, 256))
+	}
+	for j := 0; j < n && r.r.err == nil; j++ {
 		var st Step
-		r.err = st.DecodeMsgpack(r.d)
+		st.decodeFrom(r.r)
 		s.Steps = append(s.Steps, st)
 	}
 	r.int(&s.Current)
-	r.value(func() msgpack.CustomDecoder { s.LastError = &ErrorInfo{}; return s.LastError })
+	if r.present() {
+		s.LastError = &ErrorInfo{}
+		s.LastError.decodeFrom(r.r)
+	}
 	r.i64(&s.Deadline)
 	r.i64(&s.CreatedAt)
 	r.i64(&s.UpdatedAt)
 	r.u64(&s.Seq)
-	return r.done()
+	r.done()
 }

@@ -83,6 +83,34 @@ func BenchmarkEncodeRecord(b *testing.B) {
 	}
 }
 
+// BenchmarkDecode: the records a replay reads (a 4-step saga's start,
+// the largest, and a step completion) and a stored saga.
+func BenchmarkDecode(b *testing.B) {
+	start, _ := Encode(startRec("18ea81b6da9c9b3f72ecf8", "key-1", "a", "b", "c", "d"))
+	done, _ := Encode(&Record{Kind: KindStepCompleted, Saga: "18ea81b6da9c9b3f72ecf8", At: 1, Step: 2, Output: []byte("out")})
+	saga := marshal(fullSaga(), 0)
+	for _, c := range []struct {
+		name string
+		b    []byte
+		dec  func([]byte) error
+	}{
+		{"record=start", start, func(b []byte) error { _, err := Decode(b); return err }},
+		{"record=completed", done, func(b []byte) error { _, err := Decode(b); return err }},
+		{"saga", saga, func(b []byte) error { var sg Saga; return unmarshal(b, &sg) }},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for i := 0; i < b.N; i++ {
+				if err := c.dec(c.b); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "decodes/s")
+			b.ReportMetric(float64(len(c.b)), "bytes")
+		})
+	}
+}
+
 func BenchmarkApply(b *testing.B) {
 	s := fullSaga()
 	s.State, s.Current = StateInProgress, 0

@@ -4,8 +4,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-
-	"github.com/vmihailenco/msgpack/v5"
 )
 
 // errTruncated: a length or count in the input promises more than is there.
@@ -19,8 +17,14 @@ var errTruncated = errors.New("msgpack: a length runs past the end of the input"
 // damaged log or store costs memory linear in their size and bounded
 // stack.
 func checkMsgpack(b []byte) error {
+	_, err := valueEnd(b, 0)
+	return err
+}
+
+// valueEnd walks the msgpack value that starts at b[p] with the checks of
+// checkMsgpack and returns the offset just past it.
+func valueEnd(b []byte, p int) (int, error) {
 	pending := 1 // values still to read
-	p := 0
 	// open holds, for each container being read, how many of its values
 	// are still to come: its length is the nesting depth, which is bounded
 	// (msgpack's Skip recurses once per level).
@@ -34,7 +38,7 @@ func checkMsgpack(b []byte) error {
 	}
 	for pending > 0 {
 		if p >= len(b) {
-			return errTruncated
+			return 0, errTruncated
 		}
 		c := b[p]
 		p++
@@ -78,11 +82,11 @@ func checkMsgpack(b []byte) error {
 			case 0xdd, 0xdf:
 				size = 4
 			default:
-				return fmt.Errorf("msgpack: invalid code %#x", c)
+				return 0, fmt.Errorf("msgpack: invalid code %#x", c)
 			}
 			if size > 0 {
 				if err := need(uint64(size)); err != nil {
-					return err
+					return 0, err
 				}
 				var n uint64
 				switch size {
@@ -107,23 +111,23 @@ func checkMsgpack(b []byte) error {
 			}
 		}
 		if err := need(skip); err != nil {
-			return err
+			return 0, err
 		}
 		p += int(skip)
 		// Every value takes at least one byte: more values than bytes left
 		// cannot be there.
 		if uint64(pending)+items > uint64(len(b)-p) {
-			return errTruncated
+			return 0, errTruncated
 		}
 		if items > 0 {
 			if len(open) == maxDepth {
-				return fmt.Errorf("msgpack: nested deeper than %d levels", maxDepth)
+				return 0, fmt.Errorf("msgpack: nested deeper than %d levels", maxDepth)
 			}
 			open = append(open, items)
 		}
 		pending += int(items)
 	}
-	return nil
+	return p, nil
 }
 
 // maxDepth bounds nesting; the codec's deepest value (a record's start
@@ -131,9 +135,11 @@ func checkMsgpack(b []byte) error {
 const maxDepth = 32
 
 // unmarshal decodes msgpack after checkMsgpack.
-func unmarshal(b []byte, v any) error {
+func unmarshal(b []byte, v decoder) error {
 	if err := checkMsgpack(b); err != nil {
 		return err
 	}
-	return msgpack.Unmarshal(b, v)
+	r := rd{b: b}
+	v.decodeFrom(&r)
+	return r.err
 }
