@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"sync/atomic"
 
@@ -49,7 +50,14 @@ func histPrefix(id string) []byte {
 	return key(prefixHist, []byte(id), []byte("/"))
 }
 func histKey(id string, seq uint64) []byte {
-	return binary.BigEndian.AppendUint64(histPrefix(id), seq)
+	return appendHistKey(nil, id, seq)
+}
+
+// appendHistKey appends a history key to dst (the hot path reuses one
+// buffer: Pebble's Batch.Set copies what it is given).
+func appendHistKey(dst []byte, id string, seq uint64) []byte {
+	dst = append(append(append(dst, prefixHist...), id...), '/')
+	return binary.BigEndian.AppendUint64(dst, seq)
 }
 func stateKey(st SagaState, id string) []byte {
 	return key(prefixState, []byte{byte(st), '/'}, []byte(id))
@@ -381,8 +389,16 @@ func (s *Store) ApplyCommands(cmds []Command) ([][]Result, error) {
 }
 
 func (s *Store) applyBatch(entries []Entry, source uint64) ([]Result, error) {
-	b := s.db.NewBatch()
+	// Sized up front: a replay batch of thousands of entries otherwise
+	// grows the batch by doubling and copying.
+	size := 0
+	for _, e := range entries {
+		size += 2*len(e.Raw) + 64
+	}
+	b := s.db.NewBatchWithSize(size)
 	defer b.Close()
+	var hk, hv []byte                    // scratch for history keys and values
+	var w enc                            // scratch for saga values
 	sagas := make(map[string]*Saga)      // overlay of sagas written by this batch
 	before := make(map[string]*Saga)     // their state before the batch (nil: new)
 	var touched []string                 // ids in order of first change
@@ -453,8 +469,9 @@ func (s *Store) applyBatch(entries []Entry, source uint64) ([]Result, error) {
 			before[r.Saga] = cur
 			touched = append(touched, r.Saga)
 		}
-		h := binary.BigEndian.AppendUint64(make([]byte, 0, 8+len(e.Raw)), e.Index)
-		if err := b.Set(histKey(next.ID, next.Seq), append(h, e.Raw...), nil); err != nil {
+		hk = appendHistKey(hk[:0], next.ID, next.Seq)
+		hv = append(binary.BigEndian.AppendUint64(hv[:0], e.Index), e.Raw...)
+		if err := b.Set(hk, hv, nil); err != nil {
 			return nil, err
 		}
 		if r.Kind == KindSagaStarted && r.Start.IdempotencyKey != "" {
@@ -472,7 +489,7 @@ func (s *Store) applyBatch(entries []Entry, source uint64) ([]Result, error) {
 	// Each saga's value and indexes are written once per batch, however
 	// many of its transitions the batch holds.
 	for _, id := range touched {
-		if err := s.writeSaga(b, before[id], sagas[id]); err != nil {
+		if err := s.writeSaga(b, &w, before[id], sagas[id]); err != nil {
 			return nil, err
 		}
 	}
@@ -530,8 +547,10 @@ func sagaSizeHint(sg *Saga) int {
 
 // writeSaga writes a saga's value and updates its indexes from prev (nil
 // for a new saga) to next.
-func (s *Store) writeSaga(b *pebble.Batch, prev, next *Saga) error {
-	if err := b.Set(sagaKey(next.ID), marshal(next, sagaSizeHint(next)), nil); err != nil {
+func (s *Store) writeSaga(b *pebble.Batch, w *enc, prev, next *Saga) error {
+	w.b = slices.Grow(w.b[:0], sagaSizeHint(next))
+	next.appendMsgpack(w)
+	if err := b.Set(sagaKey(next.ID), w.b, nil); err != nil {
 		return err
 	}
 	if prev == nil {
