@@ -466,14 +466,14 @@ func figCeiling() ceilingResult {
 // figOverhead: paired runs of the same 4-step workload, bare and through
 // the engine; the step work is a sleep.
 func figOverhead() (Figure, map[time.Duration]float64) {
-	fig := Figure{Name: "1. Overhead vs step duration (4 steps, work = sleep)",
-		Method: "paired runs bare (4 function calls) vs engine (Run); overhead = (engine − bare) / bare; median of 5 pairs"}
-	out := map[time.Duration]float64{}
 	reps := 5
 	works := []time.Duration{100 * time.Microsecond, time.Millisecond, 10 * time.Millisecond, 100 * time.Millisecond}
 	if *quick {
 		reps, works = 3, works[:2]
 	}
+	fig := Figure{Name: "1. Overhead vs step duration (4 steps, work = sleep)",
+		Method: fmt.Sprintf("paired runs bare (4 function calls) vs engine (Run); overhead = (engine − bare) / bare; median of %d pairs", reps)}
+	out := map[time.Duration]float64{}
 	for _, work := range works {
 		for _, c := range []int{1, 64} {
 			progress("overhead work=%v c=%d", work, c)
