@@ -49,9 +49,6 @@ func sagaKey(id string) []byte { return key(prefixSaga, []byte(id)) }
 func histPrefix(id string) []byte {
 	return key(prefixHist, []byte(id), []byte("/"))
 }
-func histKey(id string, seq uint64) []byte {
-	return appendHistKey(nil, id, seq)
-}
 
 // appendHistKey appends a history key to dst (the hot path reuses one
 // buffer: Pebble's Batch.Set copies what it is given).
