@@ -69,6 +69,11 @@ func TestCodecGolden(t *testing.T) {
 		if err := checkMsgpack(b); err != nil {
 			t.Errorf("value %d: %v", i, err)
 		}
+		// The decoder reads every size class back to the same value.
+		back := reflect.New(reflect.TypeOf(v).Elem()).Interface().(decoder)
+		if err := unmarshal(b, back); err != nil || !reflect.DeepEqual(back, v) {
+			t.Errorf("value %d (%T): does not decode to itself (%v)", i, v, err)
+		}
 	}
 }
 
