@@ -28,6 +28,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -183,10 +184,10 @@ type proposalResult struct {
 // resumed compensations and engine-driven steps continue in the background.
 func Open(dir string, opts Options) (*Engine, error) {
 	start := time.Now()
-	opts.EnsureDefaults()
 	if err := opts.Validate(); err != nil {
 		return nil, err
 	}
+	opts.EnsureDefaults()
 	if _, err := os.Stat(filepath.Join(dir, "wal")); opts.Inspect && err != nil {
 		return nil, fmt.Errorf("engine: %s is not a saga data directory (no wal/): %w", dir, err)
 	}
@@ -236,17 +237,28 @@ func Open(dir string, opts Options) (*Engine, error) {
 	if opts.Replicator != nil {
 		return e.openWithReplicator(start)
 	}
+	stateDir := filepath.Join(dir, "state")
+	walDir := filepath.Join(dir, "wal")
+	// Decide everything before anything is written: the log's plan needs
+	// the state's applied index, read from a read-only open of the state.
+	if err := requireLog(walDir, stateDir); err != nil {
+		return fail(err)
+	}
 	walOpts := opts.WAL
 	walOpts.NoRepair = walOpts.NoRepair || opts.Inspect
-	w, err := wal.Open(filepath.Join(dir, "wal"), walOpts)
+	walOpts.Applied = func() (uint64, error) { return storedAppliedIndex(stateDir) }
+	w, err := wal.Open(walDir, walOpts)
 	if err != nil {
+		var refused *wal.RefusedError
+		if errors.As(err, &refused) || errors.Is(err, wal.ErrBadExtent) {
+			err = fmt.Errorf("%w: %w. See what a repair would do: sagactl --dir %s wal repair --dry-run", ErrRecovery, err, dir)
+		}
 		return fail(err)
 	}
 	e.wal, e.log = w, w
 	if opts.WrapLog != nil {
 		e.log = opts.WrapLog(w)
 	}
-	stateDir := filepath.Join(dir, "state")
 	if opts.Inspect {
 		// Inspection replays into a scratch copy of the state, so the
 		// state's own files stay exactly as they were.
@@ -288,6 +300,53 @@ func Open(dir string, opts Options) (*Engine, error) {
 		h(e.recovery)
 	}
 	return e, nil
+}
+
+// requireLog refuses a data directory whose state exists without its log:
+// the log was removed, and with it every transition the state has not
+// applied. (A new directory gets its log before its state.)
+func requireLog(walDir, stateDir string) error {
+	ents, err := os.ReadDir(stateDir)
+	if errors.Is(err, os.ErrNotExist) || (err == nil && len(ents) == 0) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("engine: read %s: %w", stateDir, err)
+	}
+	ok, err := wal.Exists(walDir)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrRecovery, err)
+	}
+	if !ok {
+		return fmt.Errorf("%w: %w: %s holds a state but %s holds no log (no segment, no EXTENT file): "+
+			"the log was removed, and with it the transitions not yet checkpointed; nothing was changed. "+
+			"Restore the directory from a backup or replica", ErrRecovery, wal.ErrLost, stateDir, walDir)
+	}
+	return nil
+}
+
+// StoredAppliedIndex reads the applied index of the state of the stopped
+// engine in dir without changing a file (0 when it has no state yet): every
+// log record up to it is durable in the state.
+func StoredAppliedIndex(dir string) (uint64, error) {
+	return storedAppliedIndex(filepath.Join(dir, "state"))
+}
+
+func storedAppliedIndex(stateDir string) (uint64, error) {
+	ents, err := os.ReadDir(stateDir)
+	if errors.Is(err, os.ErrNotExist) || (err == nil && len(ents) == 0) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	st, err := fsm.OpenStore(stateDir, fsm.StoreOptions{ReadOnly: true, CacheSize: 1 << 20,
+		Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		return 0, err
+	}
+	applied := st.AppliedIndex()
+	return applied, st.CloseNoFlush()
 }
 
 // scratchState copies the state in stateDir (if any) to a new temporary
@@ -825,8 +884,15 @@ func (e *Engine) Close() error {
 	} else {
 		errs = append(errs, e.store.Close())
 	}
-	if err := e.log.Close(); err != nil && !poisoned {
-		errs = append(errs, err)
+	// Every file is released whatever failed; a poisoned engine reports
+	// what stopped it (the log's Close returns it for an I/O error of the
+	// log, the poison covers an error of the state).
+	logErr := e.log.Close()
+	errs = append(errs, logErr)
+	if poisoned && logErr == nil {
+		e.mu.Lock()
+		errs = append(errs, fmt.Errorf("%w (cause: %v)", ErrPoisoned, e.poison))
+		e.mu.Unlock()
 	}
 	if e.scratch != "" {
 		_ = os.RemoveAll(filepath.Dir(e.scratch))

@@ -113,6 +113,7 @@ type StoreOptions struct {
 // durability the saga log does not already give.
 type Store struct {
 	db      *pebble.DB
+	fs      *closingFS // releases what Pebble leaves open after an I/O error
 	dir     string
 	tmpDir  string // where Restore spools a snapshot
 	applied atomic.Uint64
@@ -164,8 +165,13 @@ func OpenStore(dir string, o StoreOptions) (*Store, error) {
 		o.LiveSagas = 100000
 	}
 	cache := pebble.NewCache(o.CacheSize)
+	base := o.FS
+	if base == nil {
+		base = vfs.Default
+	}
+	fs := newClosingFS(base)
 	opts := &pebble.Options{
-		FS:         o.FS,
+		FS:         fs,
 		DisableWAL: !o.pebbleWAL,
 		Cache:      cache,
 		Logger:     pebbleLogger{o.Logger},
@@ -196,6 +202,7 @@ func OpenStore(dir string, o StoreOptions) (*Store, error) {
 	}
 	db, err := pebble.Open(dir, opts)
 	if err != nil {
+		fs.closeAll()
 		cache.Unref()
 		return nil, fmt.Errorf("fsm: open pebble store %s: %w", dir, err)
 	}
@@ -203,7 +210,7 @@ func OpenStore(dir string, o StoreOptions) (*Store, error) {
 	if o.FS != nil && o.FS != vfs.Default {
 		tmpDir = os.TempDir()
 	}
-	s := &Store{db: db, dir: dir, tmpDir: tmpDir, cache: cache, live: map[string]*Saga{}, liveMax: o.LiveSagas, latest: map[string]*Definition{}}
+	s := &Store{db: db, fs: fs, dir: dir, tmpDir: tmpDir, cache: cache, live: map[string]*Saga{}, liveMax: o.LiveSagas, latest: map[string]*Definition{}}
 	if err := s.loadMeta(); err != nil {
 		_ = s.CloseNoFlush()
 		return nil, err
@@ -892,6 +899,7 @@ func (s *Store) Flush() error {
 func (s *Store) Close() error {
 	ferr := s.db.Flush()
 	err := s.db.Close()
+	s.fs.closeAll()
 	s.cache.Unref()
 	if ferr != nil {
 		return fmt.Errorf("fsm: flush on close: %w", ferr)
@@ -903,6 +911,7 @@ func (s *Store) Close() error {
 // would: everything after the last flush must then come from log replay.
 func (s *Store) CloseNoFlush() error {
 	err := s.db.Close()
+	s.fs.closeAll()
 	s.cache.Unref()
 	return err
 }

@@ -22,17 +22,21 @@
 package wal
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"reflect"
 	"sort"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
+	"unsafe"
 
 	twal "github.com/tidwall/wal"
 )
@@ -60,7 +64,30 @@ var (
 	// ErrTornTail is returned by Open with Options.NoRepair when the log
 	// ends in an incomplete write that Open would otherwise cut.
 	ErrTornTail = errors.New("wal: the log ends in a torn (incomplete, never acknowledged) write")
+	// ErrRepairNeeded is returned by Open with Options.NoRepair when its
+	// plan makes a safe change other than cutting a torn tail.
+	ErrRepairNeeded = errors.New("wal: the log needs a repair that Open makes by itself")
+	// ErrVanished poisons the log when its tail segment file was unlinked or
+	// replaced while the log was open: records written to it would be lost.
+	ErrVanished = errors.New("wal: the tail segment file was unlinked or replaced while the log was open")
+	// ErrInvalidOptions is returned by Open when Options.Validate fails.
+	ErrInvalidOptions = errors.New("wal: invalid options")
 )
+
+// RefusedError is returned by Open when the log cannot be used without a
+// change that may drop acknowledged records. Open changed nothing. It
+// matches the plan's Problem (ErrCorrupt or ErrLost) with errors.Is.
+type RefusedError struct {
+	Dir  string
+	Plan *Plan
+}
+
+func (e *RefusedError) Error() string {
+	return fmt.Sprintf("%v; nothing was changed. A forced repair would %s", e.Plan.Problem, e.Plan.Summary)
+}
+
+// Unwrap returns the plan's Problem.
+func (e *RefusedError) Unwrap() error { return e.Plan.Problem }
 
 // CorruptionError describes damage that Open refuses to repair by itself.
 type CorruptionError struct {
@@ -96,13 +123,36 @@ type Options struct {
 	// Logger receives the structured line written when Open cuts a torn
 	// tail. Default: slog.Default().
 	Logger *slog.Logger
-	// NoRepair makes Open refuse (ErrTornTail) instead of cutting a torn
-	// tail: for inspection that must not change the files.
+	// NoRepair makes Open refuse (ErrTornTail, or ErrRepairNeeded) instead
+	// of making any change its plan calls for: for inspection that must not
+	// change the files.
 	NoRepair bool
+	// Applied, if set, is called once by Open, before it changes anything,
+	// for the index up to which the caller's durable state holds every
+	// record. Open then treats those records as redundant: damage confined
+	// to them is repaired by itself (see Plan), and a log that ends before
+	// it is refused with ErrLost. Default: none (every record is needed).
+	Applied func() (uint64, error)
 
 	// wrap lets tests of this package interpose on the segment store to
 	// inject write and sync failures.
 	wrap func(store) store
+}
+
+// Validate reports every problem of the caller's values at once (before
+// defaults are filled in: a negative size is an error, not a default).
+func (o *Options) Validate() error {
+	var errs []error
+	if o.SegmentSize < 0 {
+		errs = append(errs, fmt.Errorf("SegmentSize %d is negative", o.SegmentSize))
+	}
+	if o.MaxRecordSize < 0 {
+		errs = append(errs, fmt.Errorf("MaxRecordSize %d is negative", o.MaxRecordSize))
+	}
+	if len(errs) == 0 {
+		return nil
+	}
+	return fmt.Errorf("%w: %w", ErrInvalidOptions, errors.Join(errs...))
 }
 
 // EnsureDefaults fills unset fields with their defaults.
@@ -158,41 +208,87 @@ type Log struct {
 	closed   bool
 	batch    twal.Batch
 	scratch  []byte
-	tailSize int // bytes in the tail segment, mirrored from tidwall's rule
+	tailSize int       // bytes in the tail segment, mirrored from tidwall's rule
+	tw       *twal.Log // the tidwall log under any test wrapper, for Close
+	// tail is our own read-only descriptor of the tail segment file:
+	// Append checks after each write that the file is still linked under
+	// its name (see checkTail).
+	tail     *os.File
+	tailPath string
 
 	appends, records, bytes, syncs, dirSyncs atomic.Uint64
 	syncNanos                                atomic.Int64
 	tornBytes                                int64
 }
 
-// Open opens or creates the log in dir, verifying every record and cutting
-// a torn tail. It returns a *CorruptionError (errors.Is ErrCorrupt) when
-// damage is found anywhere but the tail of the last segment.
+// Open opens or creates the log in dir. It first decides, from the files
+// alone and before it changes any, what the log needs (see PlanRepair):
+//
+//   - a clean log is opened as it is;
+//   - a safe plan (a torn tail that was never acknowledged, or damage
+//     confined to records that Options.Applied says the caller's state
+//     holds) is carried out and logged;
+//   - anything else is refused with a *RefusedError that matches ErrCorrupt
+//     (damage) or ErrLost (records gone), and every file stays as it was.
+//
+// After any change it rewrites the EXTENT file (see Extent).
 func Open(dir string, opts Options) (*Log, error) {
+	if err := opts.Validate(); err != nil {
+		return nil, err
+	}
 	opts.EnsureDefaults()
-	created := false
+	exists := true
 	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
-		created = true
+		exists = false
 	}
-	if err := os.MkdirAll(dir, 0o750); err != nil {
-		return nil, fmt.Errorf("wal: create %s: %w", dir, err)
-	}
-	if created {
-		if err := syncDir(filepath.Dir(dir)); err != nil {
+	if exists {
+		if err := settlePending(dir, opts); err != nil {
 			return nil, err
 		}
 	}
-	if err := settlePending(dir, opts); err != nil {
+	var applied uint64
+	if opts.Applied != nil {
+		var err error
+		if applied, err = opts.Applied(); err != nil {
+			return nil, fmt.Errorf("wal: the caller's applied index: %w", err)
+		}
+	}
+	plan, err := PlanRepair(dir, applied)
+	if err != nil {
 		return nil, err
 	}
+	if !plan.Safe {
+		return nil, &RefusedError{Dir: dir, Plan: plan}
+	}
 	l := &Log{dir: dir, opts: opts}
-	if err := l.verifyAndRepair(); err != nil {
-		return nil, err
+	if plan.Changes() {
+		if opts.NoRepair {
+			if plan.Restart == 0 && len(plan.Remove) == 0 {
+				return nil, fmt.Errorf("%w: Open would %s", ErrTornTail, plan.Summary)
+			}
+			return nil, fmt.Errorf("%w: Open would %s", ErrRepairNeeded, plan.Summary)
+		}
+		if err := plan.carryOut(dir); err != nil {
+			return nil, err
+		}
+		if plan.Truncate != nil {
+			l.tornBytes = plan.Truncate.Bytes
+		}
+		opts.Logger.Warn("wal: repaired at open", "dir", dir, "what", plan.Summary)
+	}
+	if !exists {
+		if err := os.MkdirAll(dir, 0o750); err != nil {
+			return nil, fmt.Errorf("wal: create %s: %w", dir, err)
+		}
+		if err := syncDir(filepath.Dir(filepath.Clean(dir))); err != nil {
+			return nil, err
+		}
 	}
 	tl, err := twal.Open(dir, l.twalOptions())
 	if err != nil {
 		return nil, fmt.Errorf("wal: open %s after verification: %w", dir, err)
 	}
+	l.tw = tl
 	var st store = tl
 	if opts.wrap != nil {
 		st = opts.wrap(st)
@@ -201,16 +297,33 @@ func Open(dir string, opts Options) (*Log, error) {
 	if l.first, err = st.FirstIndex(); err == nil {
 		l.last, err = st.LastIndex()
 	}
-	if err != nil {
-		_ = st.Close()
-		return nil, fmt.Errorf("wal: read bounds of %s: %w", dir, err)
+	if err == nil {
+		// tidwall creates the first segment file of a new log: make it durable.
+		err = syncDir(dir)
 	}
-	// tidwall creates the first segment file of a new log: make it durable.
-	if err := syncDir(dir); err != nil {
-		_ = st.Close()
-		return nil, err
+	if err == nil {
+		err = l.reloadTail()
+	}
+	if err == nil && !opts.NoRepair {
+		err = l.writeExtent(false)
+	}
+	if err != nil {
+		l.closeFiles()
+		return nil, fmt.Errorf("wal: open %s: %w", dir, err)
 	}
 	return l, nil
+}
+
+// writeExtent records the log's current reach in its EXTENT file. l.mu held
+// (or the log not yet shared).
+func (l *Log) writeExtent(clean bool) error {
+	return writeExtent(l.dir, Extent{TailStart: l.tailStart(), Last: l.last, Clean: clean}, l.opts.NoSync)
+}
+
+// tailStart is the first index of the tail segment, from its file name.
+func (l *Log) tailStart() uint64 {
+	n, _ := strconv.ParseUint(filepath.Base(l.tailPath), 10, 64)
+	return n
 }
 
 func (l *Log) twalOptions() *twal.Options {
@@ -312,11 +425,19 @@ type Report struct {
 // A record is bounded on reading only by its segment's size, not by
 // Options.MaxRecordSize: a complete record with a valid checksum, written
 // by an engine configured with a larger limit, is never taken for damage.
+//
+// Invalid bytes at the end of the last segment are a torn tail only when
+// they look like what an interrupted write leaves (see isTear); anything
+// else, such as a segment of random bytes, is reported as Corrupt.
 func Verify(dir string, fn func(index uint64, payload []byte) error) (*Report, error) {
 	segs, err := segmentFiles(dir)
 	if err != nil {
 		return nil, err
 	}
+	return verifySegments(segs, fn)
+}
+
+func verifySegments(segs []segmentFile, fn func(index uint64, payload []byte) error) (*Report, error) {
 	rep := &Report{Segments: len(segs)}
 	for i, s := range segs {
 		data, err := os.ReadFile(s.path)
@@ -337,10 +458,16 @@ func Verify(dir string, fn func(index uint64, payload []byte) error) (*Report, e
 				perr = fmt.Errorf("record carries index %d, expected %d", e.index, next)
 			}
 			if perr != nil {
-				if !isLast || validFrameAfter(data, off+1, next, maxFrame) {
+				switch {
+				case !isLast || validFrameAfter(data, off+1, next, maxFrame):
 					rep.Corrupt = &CorruptionError{Segment: s.path, Offset: int64(off), Index: next, Reason: perr.Error()}
 					rep.DroppedByForce += countFrames(data[off:], maxFrame) + 1
-				} else {
+				case !isTear(data, off, next):
+					rep.Corrupt = &CorruptionError{Segment: s.path, Offset: int64(off), Index: next,
+						Reason: perr.Error() + fmt.Sprintf("; the %d byte(s) from there to the end of the last segment are not what an interrupted write leaves "+
+							"(a prefix of the next record, then zeros)", len(data)-off)}
+					rep.DroppedByForce += countFrames(data[off:], maxFrame) + 1
+				default:
 					rep.Torn = &TornTail{Segment: s.path, Offset: int64(off), Bytes: int64(len(data) - off),
 						FirstIndex: next, Reason: perr.Error()}
 				}
@@ -367,6 +494,94 @@ func Verify(dir string, fn func(index uint64, payload []byte) error) (*Report, e
 	return rep, nil
 }
 
+// sectorSize is the unit in which a disk persists a write: an interrupted
+// write leaves whole sectors of it unwritten (zeros, in a file that only
+// grows).
+const sectorSize = 512
+
+// isTear reports whether the invalid bytes data[off:] at the end of the
+// last segment are what an interrupted append leaves, and so were never
+// acknowledged: their fsync did not return. Appends only add to the file,
+// so a tear is the beginning of one write whose later part never reached
+// the disk:
+//
+//   - nothing but zeros (the file grew; the data did not land); or
+//   - one record that claims to be the next (its format version and index,
+//     as far as they are there), cut short by the end of the file or
+//     holding a whole zero-filled sector, followed by nothing but zeros.
+//
+// Anything else (random bytes, a record of another index, data after the
+// broken record) is damage to data that was written, and Open refuses it.
+func isTear(data []byte, off int, next uint64) bool {
+	rest := data[off:]
+	if allZero(rest) {
+		return true
+	}
+	size, n := binary.Uvarint(rest)
+	switch {
+	case n == 0:
+		return true // the length prefix itself is cut by the end of the file
+	case n < 0:
+		return false
+	}
+	hdr := rest[n:]
+	if len(hdr) > 0 && hdr[0] != FormatVersion {
+		return false
+	}
+	if uint64(len(hdr)) > size {
+		hdr = hdr[:size]
+	}
+	if len(hdr) >= 9 {
+		if binary.BigEndian.Uint64(hdr[1:9]) != next {
+			return false
+		}
+	} else if !bytesPrefixOfIndex(hdr, next) {
+		return false
+	}
+	end := uint64(n) + size
+	if end > uint64(len(rest)) {
+		return true // cut short by the end of the file
+	}
+	frameStart, frameEnd := off+n, off+int(end)
+	if !allZero(data[frameEnd:]) {
+		return false
+	}
+	// The record is complete in length but fails its checksum: torn only
+	// if part of it never landed, i.e. its bytes in some sector are all
+	// zeros (at least 16 of them, so that a zero byte or two of a damaged
+	// record do not pass for a lost sector).
+	for sec := frameStart / sectorSize * sectorSize; sec < frameEnd; sec += sectorSize {
+		lo, hi := max(sec, frameStart), min(sec+sectorSize, frameEnd)
+		if hi-lo >= min(16, frameEnd-frameStart) && allZero(data[lo:hi]) {
+			return true
+		}
+	}
+	return false
+}
+
+// bytesPrefixOfIndex reports whether hdr (shorter than 9 bytes) is a prefix
+// of the header of a record with index next.
+func bytesPrefixOfIndex(hdr []byte, next uint64) bool {
+	var want [9]byte
+	want[0] = FormatVersion
+	binary.BigEndian.PutUint64(want[1:], next)
+	for i := range hdr {
+		if hdr[i] != want[i] {
+			return false
+		}
+	}
+	return true
+}
+
+func allZero(b []byte) bool {
+	for _, c := range b {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
+}
+
 // countFrames counts the parseable records in data (best effort, for
 // reporting what a forced repair drops).
 func countFrames(data []byte, maxFrame int) uint64 {
@@ -383,66 +598,6 @@ func countFrames(data []byte, maxFrame int) uint64 {
 	return n
 }
 
-// Repair cuts the log in dir so that Open succeeds: a torn tail is cut
-// (it was never acknowledged); corruption before the tail is cut only with
-// force, dropping the damaged record, everything after it in its segment,
-// and every later segment — records that may have been acknowledged.
-// It returns the report of what it found (and cut).
-func Repair(dir string, force bool) (*Report, error) {
-	rep, err := Verify(dir, nil)
-	if err != nil {
-		return nil, err
-	}
-	switch {
-	case rep.Corrupt != nil && !force:
-		return rep, fmt.Errorf("%w: refusing to drop %d record(s) from index %d on that may have been acknowledged; "+
-			"rerun with --force to accept the loss", ErrCorrupt, rep.DroppedByForce, rep.Corrupt.Index)
-	case rep.Corrupt != nil:
-		if err := truncateFile(rep.Corrupt.Segment, rep.Corrupt.Offset); err != nil {
-			return rep, err
-		}
-		segs, err := segmentFiles(dir)
-		if err != nil {
-			return rep, err
-		}
-		for _, sg := range segs {
-			if sg.path > rep.Corrupt.Segment {
-				if err := os.Remove(sg.path); err != nil {
-					return rep, fmt.Errorf("wal: remove %s: %w", sg.path, err)
-				}
-			}
-		}
-	case rep.Torn != nil:
-		if err := truncateFile(rep.Torn.Segment, rep.Torn.Offset); err != nil {
-			return rep, err
-		}
-	default:
-		return rep, nil
-	}
-	return rep, syncDir(dir)
-}
-
-// DropFront removes every whole segment all of whose records come before
-// index 'before' (records a checkpoint made redundant), damaged or not.
-// It returns the number of segments removed.
-func DropFront(dir string, before uint64) (int, error) {
-	segs, err := segmentFiles(dir)
-	if err != nil {
-		return 0, err
-	}
-	n := 0
-	for i := 0; i+1 < len(segs) && segs[i+1].first <= before; i++ {
-		if err := os.Remove(segs[i].path); err != nil {
-			return n, fmt.Errorf("wal: remove %s: %w", segs[i].path, err)
-		}
-		n++
-	}
-	if n > 0 {
-		return n, syncDir(dir)
-	}
-	return 0, nil
-}
-
 func truncateFile(path string, off int64) error {
 	f, err := os.OpenFile(path, os.O_WRONLY, 0)
 	if err != nil {
@@ -454,44 +609,6 @@ func truncateFile(path string, off int64) error {
 	}
 	if err := f.Sync(); err != nil {
 		return fmt.Errorf("wal: sync %s: %w", path, err)
-	}
-	return nil
-}
-
-// verifyAndRepair checks every record of every segment. Damage in any but
-// the last segment, or damage in the last segment that is followed by a
-// valid record, is a *CorruptionError. Otherwise the invalid tail of the
-// last segment is cut off (truncate + fsync) and logged.
-func (l *Log) verifyAndRepair() error {
-	rep, err := Verify(l.dir, nil)
-	if err != nil {
-		return err
-	}
-	if rep.Corrupt != nil {
-		return rep.Corrupt
-	}
-	if t := rep.Torn; t != nil {
-		if l.opts.NoRepair {
-			return fmt.Errorf("%w: %d byte(s) at %s offset %d", ErrTornTail, t.Bytes, t.Segment, t.Offset)
-		}
-		if err := truncateFile(t.Segment, t.Offset); err != nil {
-			return err
-		}
-		l.tornBytes += t.Bytes
-		l.opts.Logger.Warn("wal: cut torn tail",
-			"segment", t.Segment, "offset", t.Offset, "bytes_dropped", t.Bytes,
-			"first_dropped_index", t.FirstIndex, "reason", t.Reason)
-	}
-	segs, err := segmentFiles(l.dir)
-	if err != nil {
-		return err
-	}
-	if len(segs) > 0 {
-		info, err := os.Stat(segs[len(segs)-1].path)
-		if err != nil {
-			return fmt.Errorf("wal: stat tail segment: %w", err)
-		}
-		l.tailSize = int(info.Size())
 	}
 	return nil
 }
@@ -591,6 +708,26 @@ func (l *Log) Append(recs [][]byte) (first uint64, err error) {
 			}
 			l.dirSyncs.Add(1)
 		}
+	}
+	if cycled {
+		// A new tail segment: check the one tidwall just closed, watch the
+		// new one, and record that the log reached it.
+		l.last += uint64(len(recs))
+		err := l.checkTail()
+		if err == nil {
+			err = l.reloadTail()
+		}
+		if err == nil {
+			err = l.writeExtent(false)
+		}
+		l.last -= uint64(len(recs))
+		if err != nil {
+			l.poison = err
+			return 0, fmt.Errorf("%w: %v", ErrPoisoned, err)
+		}
+	} else if err := l.checkTail(); err != nil {
+		l.poison = err
+		return 0, fmt.Errorf("%w: %v", ErrPoisoned, err)
 	}
 	l.last += uint64(len(recs))
 	l.appends.Add(1)
@@ -732,7 +869,7 @@ func (l *Log) TruncateFront(index uint64) error {
 	// tidwall rewrote the segment holding index without the records before
 	// it (or the tail as an empty segment when index is LastIndex+1); when
 	// that segment is the tail, the size Append mirrors has shrunk.
-	return l.reloadTailSize()
+	return l.reloadTail()
 }
 
 // dropSegmentsBefore removes the segment files before the segment that
@@ -764,6 +901,7 @@ func (l *Log) dropSegmentsBefore(segs []segmentFile, index uint64) error {
 	if err != nil {
 		return fail(err)
 	}
+	l.tw = tl
 	var st store = tl
 	if l.opts.wrap != nil {
 		st = l.opts.wrap(st)
@@ -802,6 +940,23 @@ func (l *Log) TruncateBack(index uint64) error {
 	if index >= l.last {
 		return nil
 	}
+	// Lower the recorded extent first: a crash after the truncation must
+	// not find the log shorter than its EXTENT file says.
+	starts, err := l.SegmentStarts()
+	if err != nil {
+		l.poison = err
+		return fmt.Errorf("%w: truncate back: %v", ErrPoisoned, err)
+	}
+	x := Extent{Last: index}
+	for _, s := range starts {
+		if s <= index || x.TailStart == 0 {
+			x.TailStart = s
+		}
+	}
+	if err := writeExtent(l.dir, x, l.opts.NoSync); err != nil {
+		l.poison = err
+		return fmt.Errorf("%w: truncate back: %v", ErrPoisoned, err)
+	}
 	if err := l.st.TruncateBack(index); err != nil {
 		l.poison = err
 		return fmt.Errorf("%w: truncate back: %v", ErrPoisoned, err)
@@ -814,28 +969,60 @@ func (l *Log) TruncateBack(index uint64) error {
 	l.last = index
 	// The tail is now the rewritten segment holding index (or an empty
 	// first segment).
-	return l.reloadTailSize()
+	return l.reloadTail()
 }
 
-// reloadTailSize sets l.tailSize from the size of the last segment file
-// after a truncation rewrote it. tidwall reloads a rewritten segment from
-// its file, so the size on disk is exactly what its cycle rule sees next.
-// Without it Append cannot tell when tidwall starts a segment (and the
-// directory needs an fsync), so a failure poisons the log. l.mu held.
-func (l *Log) reloadTailSize() error {
+// reloadTail points the log at its tail segment file, after Open, a new
+// segment or a truncation that rewrote it: it sets l.tailSize from the
+// file's size (tidwall reloads a rewritten segment from its file, so the
+// size on disk is exactly what its cycle rule sees next) and opens a
+// descriptor of the file for checkTail. Without it Append cannot tell when
+// tidwall starts a segment (and the directory needs an fsync), so a failure
+// poisons the log. l.mu held.
+func (l *Log) reloadTail() error {
 	segs, err := segmentFiles(l.dir)
 	if err == nil && len(segs) == 0 {
 		err = errors.New("no segment file left")
 	}
+	var f *os.File
 	var info os.FileInfo
 	if err == nil {
-		info, err = os.Stat(segs[len(segs)-1].path)
+		if f, err = os.Open(segs[len(segs)-1].path); err == nil {
+			info, err = f.Stat()
+		}
 	}
 	if err != nil {
+		if f != nil {
+			f.Close()
+		}
 		l.poison = err
-		return fmt.Errorf("%w: size of the tail segment after a truncation: %v", ErrPoisoned, err)
+		return fmt.Errorf("%w: the tail segment: %v", ErrPoisoned, err)
 	}
-	l.tailSize = int(info.Size())
+	if l.tail != nil {
+		l.tail.Close()
+	}
+	l.tail, l.tailPath, l.tailSize = f, segs[len(segs)-1].path, int(info.Size())
+	return nil
+}
+
+// checkTail fails with ErrVanished when the tail segment file is no longer
+// linked under its name (unlinked, or replaced by another file): every
+// record written to it since would be lost at the next open. Two stat
+// calls, no I/O. l.mu held.
+func (l *Log) checkTail() error {
+	var fd, byName syscall.Stat_t
+	if err := syscall.Fstat(int(l.tail.Fd()), &fd); err != nil {
+		return fmt.Errorf("%w: fstat %s: %v", ErrVanished, l.tailPath, err)
+	}
+	if fd.Nlink == 0 {
+		return fmt.Errorf("%w: %s was unlinked", ErrVanished, l.tailPath)
+	}
+	if err := syscall.Stat(l.tailPath, &byName); err != nil {
+		return fmt.Errorf("%w: %s: %v", ErrVanished, l.tailPath, err)
+	}
+	if byName.Ino != fd.Ino || byName.Dev != fd.Dev {
+		return fmt.Errorf("%w: %s now names another file (inode %d, was %d)", ErrVanished, l.tailPath, byName.Ino, fd.Ino)
+	}
 	return nil
 }
 
@@ -866,8 +1053,9 @@ func (l *Log) Stats() Stats {
 	}
 }
 
-// Close syncs and closes the log. Closing a poisoned log releases its
-// files and returns the poisoning error.
+// Close syncs and closes the log and records in its EXTENT file that it
+// ended cleanly. Closing a poisoned log releases its files and returns the
+// poisoning error. Close releases every descriptor whatever fails.
 func (l *Log) Close() error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -875,12 +1063,48 @@ func (l *Log) Close() error {
 		return ErrClosed
 	}
 	l.closed = true
-	err := l.st.Close()
+	err := l.closeFiles()
 	if l.poison != nil {
 		return fmt.Errorf("%w (cause: %v)", ErrPoisoned, l.poison)
 	}
 	if err != nil {
 		return fmt.Errorf("wal: close: %w", err)
 	}
+	if err := l.writeExtent(true); err != nil {
+		return fmt.Errorf("wal: close: %w", err)
+	}
 	return nil
+}
+
+// closeFiles closes the segment store and the tail descriptor. tidwall's
+// Close returns on a failed fsync before it closes its segment file (after
+// an EIO every fsync fails again), which would keep the file, and the
+// filesystem under it, busy until the process exits: the descriptor is
+// then closed here (see closeTidwallFile).
+func (l *Log) closeFiles() error {
+	var err error
+	if l.st != nil {
+		if err = l.st.Close(); err != nil && l.tw != nil {
+			closeTidwallFile(l.tw)
+		}
+	}
+	if l.tail != nil {
+		l.tail.Close()
+		l.tail = nil
+	}
+	return err
+}
+
+// closeTidwallFile closes the segment file that tidwall/wal v1.2.1 keeps in
+// its unexported field sfile, for the one case where its Close does not:
+// a failed fsync. If a later version renames the field, it does nothing
+// (and TestCloseAfterEIOReleasesDescriptors fails).
+func closeTidwallFile(tl *twal.Log) {
+	v := reflect.ValueOf(tl).Elem().FieldByName("sfile")
+	if !v.IsValid() || v.Type() != reflect.TypeOf((*os.File)(nil)) {
+		return
+	}
+	if f := *(**os.File)(unsafe.Pointer(v.UnsafeAddr())); f != nil {
+		_ = f.Close()
+	}
 }

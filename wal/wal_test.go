@@ -53,6 +53,56 @@ func writeN(t *testing.T, dir string, opts Options, n, per int) {
 	}
 }
 
+// asIfCrashed rewrites the EXTENT file of a log that writeN closed cleanly
+// to what a process killed after its last append leaves: the extent of the
+// last new segment, not clean.
+func asIfCrashed(t *testing.T, dir string) {
+	t.Helper()
+	segs, err := segmentFiles(dir)
+	if err != nil || len(segs) == 0 {
+		t.Fatalf("segments: %v %v", segs, err)
+	}
+	last := segs[len(segs)-1].first
+	if err := writeExtent(dir, Extent{TailStart: last, Last: last - 1}, false); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// snapshotDir returns every file of dir with its bytes.
+func snapshotDir(t *testing.T, dir string) map[string]string {
+	t.Helper()
+	out := map[string]string{}
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range ents {
+		b, err := os.ReadFile(filepath.Join(dir, e.Name()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		out[e.Name()] = string(b)
+	}
+	return out
+}
+
+func requireUnchanged(t *testing.T, dir string, before map[string]string) {
+	t.Helper()
+	after := snapshotDir(t, dir)
+	for name, b := range before {
+		if a, ok := after[name]; !ok {
+			t.Errorf("%s was removed", name)
+		} else if a != b {
+			t.Errorf("%s was changed (%d bytes, was %d)", name, len(a), len(b))
+		}
+	}
+	for name := range after {
+		if _, ok := before[name]; !ok {
+			t.Errorf("%s was created", name)
+		}
+	}
+}
+
 func checkRecords(t *testing.T, l *Log, n int) {
 	t.Helper()
 	if got := l.LastIndex(); got != uint64(n) {
@@ -171,14 +221,16 @@ func copyDir(t *testing.T, src string) string {
 	return dst
 }
 
-// TestTornTailMatrix cuts the last segment at every byte offset, zero-fills
-// the tail and appends garbage: open must succeed, keep every complete
-// record and accept new appends.
+// TestTornTailMatrix cuts the last segment of a crashed log at every byte
+// offset and zero-fills its tail: open must succeed, keep every complete
+// record and accept new appends. Bytes that no interrupted write leaves
+// (garbage after the last record) are refused, changing nothing.
 func TestTornTailMatrix(t *testing.T) {
 	const n = 12
 	clean := t.TempDir()
 	opts := Options{SegmentSize: 200}
 	writeN(t, clean, opts, n, 1)
+	asIfCrashed(t, clean)
 	segs, _ := segmentFiles(clean)
 	if len(segs) < 2 {
 		t.Fatalf("want the records spread over several segments, got %d", len(segs))
@@ -211,7 +263,7 @@ func TestTornTailMatrix(t *testing.T) {
 	}
 	garbage := []byte{0x05, 0xde, 0xad, 0xbe, 0xef, 0x01, 0xff, 0x80, 0x80, 0x80, 0x80}
 	cases = append(cases,
-		damage{"garbage", func(d []byte) []byte { return append(append([]byte{}, d...), garbage...) }, n},
+		damage{"garbage", func(d []byte) []byte { return append(append([]byte{}, d...), garbage...) }, -1},
 		damage{"huge-length", func(d []byte) []byte {
 			return append(append([]byte{}, d...), 0xff, 0xff, 0xff, 0xff, 0x0f)
 		}, n},
@@ -230,6 +282,14 @@ func TestTornTailMatrix(t *testing.T) {
 			p, d := lastSegment(t, dir)
 			if err := os.WriteFile(p, c.mk(d), 0o640); err != nil {
 				t.Fatal(err)
+			}
+			if c.keep < 0 {
+				before := snapshotDir(t, dir)
+				if _, err := Open(dir, Options{SegmentSize: 200, Logger: quiet}); !errors.Is(err, ErrCorrupt) {
+					t.Fatalf("open of a log ending in garbage: %v, want ErrCorrupt", err)
+				}
+				requireUnchanged(t, dir, before)
+				return
 			}
 			l := openT(t, dir, opts)
 			checkRecords(t, l, c.keep)
@@ -475,28 +535,33 @@ func TestInterruptedTruncationIsSettled(t *testing.T) {
 
 func TestVerifyAndRepair(t *testing.T) {
 	opts := Options{SegmentSize: 200}
-	// A torn tail: Verify reports it and changes nothing; Repair cuts it.
+	// A torn tail of a crashed log: Verify reports it and changes nothing;
+	// Repair cuts it.
 	dir := t.TempDir()
 	writeN(t, dir, opts, 12, 1)
+	asIfCrashed(t, dir)
 	p, data := lastSegment(t, dir)
-	if err := os.WriteFile(p, append(data, 0x05, 0xde, 0xad), 0o640); err != nil {
+	next := appendFrame(nil, 13, payload(13))
+	torn := append(append(append([]byte{}, data...), byte(len(next))), next[:7]...)
+	if err := os.WriteFile(p, torn, 0o640); err != nil {
 		t.Fatal(err)
 	}
 	rep, err := Verify(dir, nil)
-	if err != nil || rep.Torn == nil || rep.Torn.Bytes != 3 || rep.Corrupt != nil || rep.Records != 12 {
+	if err != nil || rep.Torn == nil || rep.Torn.Bytes != 8 || rep.Corrupt != nil || rep.Records != 12 {
 		t.Fatalf("verify torn: %+v %v", rep, err)
 	}
-	if after, _ := os.ReadFile(p); len(after) != len(data)+3 {
+	if after, _ := os.ReadFile(p); len(after) != len(torn) {
 		t.Fatal("Verify modified the log")
 	}
-	if rep, err = Repair(dir, false); err != nil || rep.Torn == nil {
-		t.Fatalf("repair torn: %+v %v", rep, err)
+	plan, err := Repair(dir, 0, false)
+	if err != nil || plan.Truncate == nil || !plan.Safe {
+		t.Fatalf("repair torn: %+v %v", plan, err)
 	}
 	if rep, _ = Verify(dir, nil); rep.Torn != nil || rep.Records != 12 {
 		t.Fatalf("after repair: %+v", rep)
 	}
 
-	// Corruption: refused without force, cut with it.
+	// Corruption: refused without force (nothing changes), cut with it.
 	dir = t.TempDir()
 	writeN(t, dir, opts, 30, 1)
 	segs, _ := segmentFiles(dir)
@@ -510,10 +575,12 @@ func TestVerifyAndRepair(t *testing.T) {
 	if err != nil || rep.Corrupt == nil || rep.Corrupt.Index != victim.first || rep.DroppedByForce < 30-victim.first {
 		t.Fatalf("verify corrupt: %+v %v", rep, err)
 	}
-	if _, err := Repair(dir, false); !errors.Is(err, ErrCorrupt) {
+	before := snapshotDir(t, dir)
+	if _, err := Repair(dir, 0, false); !errors.Is(err, ErrCorrupt) {
 		t.Fatalf("repair without force: %v", err)
 	}
-	if _, err := Repair(dir, true); err != nil {
+	requireUnchanged(t, dir, before)
+	if _, err := Repair(dir, 0, true); err != nil {
 		t.Fatal(err)
 	}
 	l := openT(t, dir, opts)

@@ -120,8 +120,16 @@ saga whose whole history the log holds and the state has applied).`,
 			if err != nil {
 				return fail(exitFailed, err, "")
 			}
-			ok := rep.Corrupt == nil && len(decodeErrs) == 0
-			var compared, mismatched int
+			applied, err := engine.StoredAppliedIndex(g.dir)
+			if err != nil {
+				return fail(exitFailed, err, "")
+			}
+			plan, err := wal.PlanRepair(g.walDir(), applied)
+			if err != nil {
+				return fail(exitFailed, err, "")
+			}
+			ok := rep.Corrupt == nil && plan.Problem == nil && len(decodeErrs) == 0
+			var compared, mismatched, notApplied, checkpointed int
 			var mismatches []string
 			stateDir := filepath.Join(g.dir, "state")
 			if _, serr := os.Stat(stateDir); serr == nil {
@@ -129,11 +137,15 @@ saga whose whole history the log holds and the state has applied).`,
 				if err != nil {
 					return fail(exitFailed, err, "")
 				}
-				applied := real.AppliedIndex()
 				for id, last := range lastIndex {
 					want, err := scratch.Get(id)
-					if err != nil || last > applied {
-						continue // started before the log's first record, or not applied yet
+					switch {
+					case err != nil:
+						checkpointed++ // started before the log's first record
+						continue
+					case last > applied:
+						notApplied++ // the stored state has not applied its latest transitions yet
+						continue
 					}
 					compared++
 					if got, err := real.Get(id); err != nil || !reflect.DeepEqual(got, want) {
@@ -147,20 +159,32 @@ saga whose whole history the log holds and the state has applied).`,
 			}
 			ok = ok && mismatched == 0
 			if g.json() {
-				_ = g.printJSON(map[string]any{"ok": ok, "report": rep, "decode_errors": decodeErrs,
-					"sagas_compared": compared, "sagas_mismatched": mismatched, "mismatches": mismatches})
+				j := map[string]any{"ok": ok, "report": rep, "decode_errors": decodeErrs, "applied_index": applied,
+					"sagas_compared": compared, "sagas_mismatched": mismatched, "mismatches": mismatches,
+					"sagas_not_applied": notApplied, "sagas_checkpointed": checkpointed, "plan": toPlanJSON(plan)}
+				_ = g.printJSON(j)
 			} else {
 				printReport(g, rep)
 				for _, d := range decodeErrs {
 					fmt.Fprintf(g.out, "undecodable record: %s\n", d)
 				}
-				fmt.Fprintf(g.out, "replay: %d saga(s) rebuilt from the log, %d differ from the stored state %v\n",
-					compared, mismatched, mismatches)
-				if ok {
-					fmt.Fprintln(g.out, "ok")
+				if plan.Problem != nil {
+					fmt.Fprintf(g.out, "problem: %v\n", plan.Problem)
 				}
-				if rep.Torn != nil {
-					fmt.Fprintln(g.out, "the torn tail (never acknowledged) is cut when the engine opens, or now with: sagactl wal repair")
+				fmt.Fprintf(g.out, "replay: %d saga(s) rebuilt from the log and compared with the stored state (applied index %d): %d differ %v\n",
+					compared, applied, mismatched, mismatches)
+				if notApplied > 0 {
+					fmt.Fprintf(g.out, "not compared: %d saga(s) whose latest transitions come after index %d, which the stored state "+
+						"has not applied yet (it is written at checkpoints and at Close); the engine replays them when it opens\n", notApplied, applied)
+				}
+				if checkpointed > 0 {
+					fmt.Fprintf(g.out, "not compared: %d saga(s) that started before the log's first record (their start was checkpointed)\n", checkpointed)
+				}
+				if ok {
+					fmt.Fprintf(g.out, "ok: %d record(s) verified (checksum, index, decoding); %d saga(s) compared\n", rep.Records, compared)
+				}
+				if plan.Safe && plan.Changes() {
+					fmt.Fprintf(g.out, "the engine's Open, or sagactl wal repair, will %s\n", plan.Summary)
 				}
 			}
 			if !ok {
@@ -172,15 +196,65 @@ saga whose whole history the log holds and the state has applied).`,
 	}
 }
 
+// planJSON is a repair plan in -o json.
+type planJSON struct {
+	Report     *wal.Report `json:"report"`
+	Extent     *wal.Extent `json:"extent,omitempty"`
+	Applied    uint64      `json:"applied_index"`
+	Truncate   *wal.Cut    `json:"truncate,omitempty"`
+	Remove     []string    `json:"remove,omitempty"`
+	Restart    uint64      `json:"restart_at,omitempty"`
+	NeedsForce bool        `json:"needs_force"`
+	Lost       uint64      `json:"records_lost"`
+	Problem    string      `json:"problem,omitempty"`
+	Summary    string      `json:"summary"`
+}
+
+func toPlanJSON(p *wal.Plan) planJSON {
+	j := planJSON{Report: p.Report, Extent: p.Extent, Applied: p.Applied, Truncate: p.Truncate, Remove: p.Remove,
+		Restart: p.Restart, NeedsForce: !p.Safe, Lost: p.Lost, Summary: p.Summary}
+	if p.Problem != nil {
+		j.Problem = p.Problem.Error()
+	}
+	return j
+}
+
+// printPlan says what a repair does, change by change.
+func printPlan(g *globals, p *wal.Plan) {
+	if p.Problem != nil {
+		fmt.Fprintf(g.out, "problem: %v\n", p.Problem)
+	}
+	if c := p.Truncate; c != nil {
+		fmt.Fprintf(g.out, "  cut %s to %d bytes (drops %d)\n", c.Segment, c.Offset, c.Bytes)
+	}
+	for _, r := range p.Remove {
+		fmt.Fprintf(g.out, "  remove %s\n", r)
+	}
+	if p.Restart != 0 {
+		fmt.Fprintf(g.out, "  continue the log, empty, from index %d\n", p.Restart)
+	}
+	fmt.Fprintf(g.out, "plan: %s\n", p.Summary)
+	if !p.Safe {
+		fmt.Fprintf(g.out, "needs --force: at least %d record(s) that may have been acknowledged are lost\n", p.Lost)
+	}
+}
+
 func newWalRepair(g *globals) *cobra.Command {
 	var dryRun, force bool
 	cmd := &cobra.Command{
 		Use:   "repair [--dry-run] [--force]",
 		Short: "Cut a damaged tail; say exactly what is dropped",
-		Long: `repair makes the log openable again. A torn tail (an incomplete last write,
-never acknowledged) is cut. Damage before the tail may sit among
-acknowledged records: cutting there drops them and everything after, so it
-needs --force. --dry-run only says what would be dropped.`,
+		Long: `repair makes the log openable again, following the same plan as the
+engine's Open, decided before any file changes:
+
+  - a torn tail (an interrupted write, never acknowledged) is cut;
+  - damage confined to records the state already holds is dropped, and
+    the log continues after the state's applied index: nothing is lost;
+  - anything else may drop acknowledged records: it needs --force, and
+    without it repair refuses and changes nothing.
+
+--dry-run prints the plan the real run carries out, including whether it
+needs --force, and changes nothing.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			release, err := g.lockOffline()
@@ -188,82 +262,54 @@ needs --force. --dry-run only says what would be dropped.`,
 				return err
 			}
 			defer release()
-			rep, err := wal.Verify(g.walDir(), nil)
+			applied, err := engine.StoredAppliedIndex(g.dir)
+			if err != nil {
+				return fail(exitFailed, err, "")
+			}
+			plan, err := wal.PlanRepair(g.walDir(), applied)
 			if err != nil {
 				return fail(exitFailed, err, "")
 			}
 			say := func(result string) error {
 				if g.json() {
-					return g.printJSON(map[string]any{"report": rep, "result": result})
+					return g.printJSON(map[string]any{"plan": toPlanJSON(plan), "result": result})
 				}
 				fmt.Fprintln(g.out, result)
 				return nil
 			}
 			if !g.json() {
-				printReport(g, rep)
+				printReport(g, plan.Report)
 			}
-			cut := uint64(0)
-			switch {
-			case rep.Corrupt != nil:
-				cut = rep.Corrupt.Index
-			case rep.Torn != nil:
-				cut = rep.Torn.FirstIndex
-			default:
+			if !plan.Changes() && plan.Problem == nil {
 				return say("nothing to repair")
 			}
-			// The state must not be ahead of the cut: it would then hold
-			// transitions the log no longer has.
-			applied := uint64(0)
-			if _, serr := os.Stat(filepath.Join(g.dir, "state")); serr == nil {
-				st, err := fsm.OpenStore(filepath.Join(g.dir, "state"), fsm.StoreOptions{ReadOnly: true,
-					Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-				if err != nil {
-					return fail(exitFailed, err, "")
-				}
-				applied = st.AppliedIndex()
-				_ = st.CloseNoFlush()
+			if !g.json() {
+				printPlan(g, plan)
 			}
-			if rep.Corrupt != nil && cut <= applied {
-				// The damage lies in records the state has already applied
-				// (and made durable): if whole segments hold only such
-				// records, dropping them loses nothing.
-				if dryRun {
-					return say(fmt.Sprintf("dry run: the damage is at or before the state's applied index %d: "+
-						"would drop the segments holding only records before index %d", applied, applied+1))
+			switch {
+			case dryRun && !plan.Safe:
+				return say("dry run: nothing changed; the real run refuses without --force, and with it carries out the plan above")
+			case dryRun:
+				return say("dry run: nothing changed; the real run carries out the plan above")
+			case !plan.Safe && !force:
+				if g.json() {
+					_ = say("refused")
 				}
-				n, err := wal.DropFront(g.walDir(), applied+1)
-				if err != nil {
-					return fail(exitFailed, err, "")
-				}
-				after, err := wal.Verify(g.walDir(), nil)
-				if err != nil {
-					return fail(exitFailed, err, "")
-				}
-				if after.Corrupt == nil {
-					return say(fmt.Sprintf("repaired: dropped %d segment(s) whose records the state already holds; nothing lost", n))
-				}
-				return fail(exitRefused, fmt.Errorf("the damage at index %d is in a segment that also holds records after the applied index %d",
-					after.Corrupt.Index, applied), "restore the directory from a backup or replica")
+				return fail(exitRefused, fmt.Errorf("refusing to drop at least %d record(s) that may have been acknowledged; nothing was changed", plan.Lost),
+					"rerun with --force to accept the loss, or restore the directory from a backup or replica")
 			}
-			if applied >= cut {
-				return fail(exitRefused, fmt.Errorf("the state has applied the log up to index %d, at or past the cut at %d", applied, cut),
-					"cutting would leave the state ahead of the log: restore the directory from a backup or replica")
-			}
-			if dryRun {
-				return say(fmt.Sprintf("dry run: would cut the log before index %d", cut))
-			}
-			if rep.Corrupt != nil && !force {
-				return fail(exitRefused, fmt.Errorf("refusing to drop %d record(s) from index %d on: they may have been acknowledged", rep.DroppedByForce, cut),
-					"rerun with --force to accept the loss, or restore from a backup")
-			}
-			if _, err := wal.Repair(g.walDir(), force); err != nil {
+			done, err := wal.Repair(g.walDir(), applied, force)
+			if err != nil {
 				return fail(exitFailed, err, "")
 			}
-			return say(fmt.Sprintf("repaired: the log now ends before index %d", cut))
+			if done.Summary != plan.Summary {
+				return fail(exitFailed, fmt.Errorf("the log changed while repairing: planned %q, did %q", plan.Summary, done.Summary), "")
+			}
+			return say("repaired: " + plan.Summary)
 		},
 	}
-	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "only say what would be dropped")
-	cmd.Flags().BoolVar(&force, "force", false, "also cut damage among records that may have been acknowledged")
+	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "print the plan and change nothing")
+	cmd.Flags().BoolVar(&force, "force", false, "also carry out a plan that drops records that may have been acknowledged")
 	return cmd
 }
 

@@ -1,0 +1,225 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sagaengine/saga/fsm"
+	"github.com/sagaengine/saga/internal/ext4test"
+	"github.com/sagaengine/saga/wal"
+)
+
+// segments lists the segment files of the engine's log in dir, oldest first.
+func segments(t *testing.T, dir string) []string {
+	t.Helper()
+	ents, err := os.ReadDir(filepath.Join(dir, "wal"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, e := range ents {
+		if len(e.Name()) == 20 {
+			out = append(out, filepath.Join(dir, "wal", e.Name()))
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+func requireSameTree(t *testing.T, before, after map[string]string) {
+	t.Helper()
+	for p, b := range before {
+		if a, ok := after[p]; !ok {
+			t.Errorf("%s was removed", p)
+		} else if a != b {
+			t.Errorf("%s was changed", p)
+		}
+	}
+	for p := range after {
+		if _, ok := before[p]; !ok {
+			t.Errorf("%s was created", p)
+		}
+	}
+}
+
+// runSagas defines a two-step saga and completes n of them by Advance.
+func runSagas(t *testing.T, e *Engine, n int) []string {
+	t.Helper()
+	c, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if _, err := e.Define(c, Definition{Name: "pair", Steps: []StepDef{{Name: "a"}, {Name: "b"}}}); err != nil {
+		t.Fatal(err)
+	}
+	var ids []string
+	for i := 0; i < n; i++ {
+		id, err := e.Start(c, "pair", []byte("input"), StartOptions{})
+		must(t, err)
+		for _, s := range []string{"a", "b"} {
+			_, err := e.Advance(c, id, StepResult{Step: s})
+			must(t, err)
+		}
+		ids = append(ids, id)
+	}
+	return ids
+}
+
+// After a clean Close the state holds every record, so damage to the end
+// of the log loses nothing: Open drops the damaged log and continues it.
+func TestTailDamageAfterCleanCloseOpensWithEverySaga(t *testing.T) {
+	for _, damage := range []string{"cut", "zero-filled-4KiB"} {
+		t.Run(damage, func(t *testing.T) {
+			dir := t.TempDir()
+			e := openT(t, dir, Options{WAL: wal.Options{SegmentSize: 16 << 10}})
+			ids := runSagas(t, e, 60)
+			must(t, e.Close())
+			segs := segments(t, dir)
+			last := segs[len(segs)-1]
+			data, err := os.ReadFile(last)
+			must(t, err)
+			if len(data) < 4096 {
+				t.Fatalf("the last segment has only %d bytes", len(data))
+			}
+			switch damage {
+			case "cut":
+				data = data[:len(data)-777]
+			default:
+				copy(data[len(data)-4096:], make([]byte, 4096))
+			}
+			must(t, os.WriteFile(last, data, 0o640))
+			e = openT(t, dir, Options{})
+			for _, id := range ids {
+				st, err := e.Status(ctx, id)
+				if err != nil || st.State != fsm.StateCompleted {
+					t.Fatalf("saga %s after reopen: %v %v", id, st, err)
+				}
+			}
+			more := runSagas(t, e, 3)
+			must(t, e.Close())
+			e = openT(t, dir, Options{})
+			defer e.Close()
+			if st, err := e.Status(ctx, more[2]); err != nil || st.State != fsm.StateCompleted {
+				t.Fatalf("a saga run after the repair, after reopen: %v %v", st, err)
+			}
+		})
+	}
+}
+
+// crashImage copies the data directory of a running engine: what a SIGKILL
+// at this instant leaves on disk (the state not flushed since its last
+// checkpoint, the log's EXTENT not marked clean). The engine is closed.
+func crashImage(t *testing.T, e *Engine, dir string) string {
+	t.Helper()
+	img := t.TempDir()
+	err := filepath.Walk(dir, func(p string, info os.FileInfo, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(dir, p)
+		if info.IsDir() {
+			return os.MkdirAll(filepath.Join(img, rel), 0o750)
+		}
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		return os.WriteFile(filepath.Join(img, rel), b, 0o640)
+	})
+	must(t, err)
+	_ = e.Close()
+	return img
+}
+
+// Damage past what the state holds may have been acknowledged: Open
+// refuses, names the repair, and leaves every file as it was.
+func TestOpenRefusesDamagePastTheStateWithoutChangingAFile(t *testing.T) {
+	dir := t.TempDir()
+	e := openT(t, dir, Options{WAL: wal.Options{SegmentSize: 16 << 10}})
+	runSagas(t, e, 60)
+	dir = crashImage(t, e, dir)
+	segs := segments(t, dir)
+	junk := make([]byte, 3000)
+	for i := range junk {
+		junk[i] = byte(i*7 + 1)
+	}
+	must(t, os.WriteFile(segs[len(segs)-1], junk, 0o640))
+	before := hashTree(t, dir)
+	_, err := Open(dir, Options{Logger: quiet})
+	if !errors.Is(err, ErrRecovery) || !errors.Is(err, wal.ErrCorrupt) || !strings.Contains(err.Error(), "wal repair --dry-run") {
+		t.Fatalf("open of a damaged log: %v, want ErrRecovery and wal.ErrCorrupt naming the repair", err)
+	}
+	requireSameTree(t, before, hashTree(t, dir))
+}
+
+// The issue this pins: the active segment unlinked under a running engine
+// was not noticed, and after a crash Open started on an empty log, losing
+// every acknowledged saga.
+func TestUnlinkedLogFailStopsAndIsRefusedAtOpen(t *testing.T) {
+	dir := t.TempDir()
+	e := openT(t, dir, Options{})
+	runSagas(t, e, 20)
+	for _, s := range segments(t, dir) {
+		must(t, os.Remove(s))
+	}
+	c, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if _, err := e.Start(c, "pair", nil, StartOptions{}); !errors.Is(err, ErrOutcomeUnknown) {
+		t.Fatalf("the first commit after the unlink: %v, want ErrOutcomeUnknown", err)
+	}
+	if _, err := e.Start(c, "pair", nil, StartOptions{}); !errors.Is(err, ErrPoisoned) {
+		t.Fatalf("a commit after the fail-stop: %v, want ErrPoisoned", err)
+	}
+	dir = crashImage(t, e, dir)
+	before := hashTree(t, dir)
+	if _, err := Open(dir, Options{Logger: quiet}); !errors.Is(err, wal.ErrLost) {
+		t.Fatalf("open after the log vanished: %v, want wal.ErrLost", err)
+	}
+	requireSameTree(t, before, hashTree(t, dir))
+	// The whole wal directory gone: refused too, not taken for a new engine.
+	must(t, os.RemoveAll(filepath.Join(dir, "wal")))
+	before = hashTree(t, dir)
+	if _, err := Open(dir, Options{Logger: quiet}); !errors.Is(err, wal.ErrLost) {
+		t.Fatalf("open without a wal directory: %v, want wal.ErrLost", err)
+	}
+	requireSameTree(t, before, hashTree(t, dir))
+}
+
+func TestCloseAfterEIOReleasesEveryDescriptorAndReportsIt(t *testing.T) {
+	fs := ext4test.Mount(t)
+	base := ext4test.OpenDescriptors(t)
+	e := openT(t, filepath.Join(fs.Dir, "data"), Options{})
+	runSagas(t, e, 5)
+	fs.Shutdown()
+	c, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if _, err := e.Start(c, "pair", nil, StartOptions{}); !errors.Is(err, ErrOutcomeUnknown) {
+		t.Fatalf("start after EIO: %v, want ErrOutcomeUnknown", err)
+	}
+	if err := e.Close(); err == nil {
+		t.Fatal("Close of an engine stopped by EIO returned nil")
+	}
+	if open := ext4test.DescriptorsUnder(t, fs.Dir); len(open) > 0 {
+		t.Fatalf("descriptors still open after Close: %v", open)
+	}
+	if n := ext4test.OpenDescriptors(t); n > base {
+		t.Fatalf("%d descriptors open after Close, %d before Open", n, base)
+	}
+}
+
+func TestInvalidOptionsAreRefusedNotDefaulted(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "data")
+	for _, o := range []Options{{MaxBatch: -1}, {WAL: wal.Options{SegmentSize: -1}}, {WAL: wal.Options{MaxRecordSize: -1}},
+		{StoreCacheSize: -1}} {
+		if _, err := Open(dir, o); !errors.Is(err, ErrInvalidOptions) {
+			t.Fatalf("Open(%+v): %v, want ErrInvalidOptions", o, err)
+		}
+	}
+	if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("a refused Open created %s", dir)
+	}
+}

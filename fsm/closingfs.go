@@ -1,0 +1,86 @@
+package fsm
+
+import (
+	"sync"
+
+	"github.com/cockroachdb/pebble/v2/vfs"
+)
+
+// closingFS is the filesystem the store gives Pebble: it keeps every file
+// Pebble opens until Pebble closes it, so that Close can release whatever
+// Pebble left open. Pebble's vfs.syncingFile returns from Close on a failed
+// fsync without closing its file (after an EIO every fsync fails again), so
+// after a disk error its WAL file would stay open, and the filesystem busy,
+// until the process exits.
+type closingFS struct {
+	vfs.FS
+	mu   sync.Mutex
+	open map[*closingFile]struct{}
+}
+
+func newClosingFS(fs vfs.FS) *closingFS {
+	return &closingFS{FS: fs, open: map[*closingFile]struct{}{}}
+}
+
+type closingFile struct {
+	vfs.File
+	fs   *closingFS
+	once sync.Once
+	err  error
+}
+
+func (f *closingFile) Close() error {
+	f.once.Do(func() {
+		f.err = f.File.Close()
+		f.fs.mu.Lock()
+		delete(f.fs.open, f)
+		f.fs.mu.Unlock()
+	})
+	return f.err
+}
+
+func (fs *closingFS) track(f vfs.File, err error) (vfs.File, error) {
+	if err != nil {
+		return nil, err
+	}
+	cf := &closingFile{File: f, fs: fs}
+	fs.mu.Lock()
+	fs.open[cf] = struct{}{}
+	fs.mu.Unlock()
+	return cf, nil
+}
+
+func (fs *closingFS) Create(name string, c vfs.DiskWriteCategory) (vfs.File, error) {
+	return fs.track(fs.FS.Create(name, c))
+}
+
+func (fs *closingFS) Open(name string, opts ...vfs.OpenOption) (vfs.File, error) {
+	return fs.track(fs.FS.Open(name, opts...))
+}
+
+func (fs *closingFS) OpenReadWrite(name string, c vfs.DiskWriteCategory, opts ...vfs.OpenOption) (vfs.File, error) {
+	return fs.track(fs.FS.OpenReadWrite(name, c, opts...))
+}
+
+func (fs *closingFS) OpenDir(name string) (vfs.File, error) {
+	return fs.track(fs.FS.OpenDir(name))
+}
+
+func (fs *closingFS) ReuseForWrite(oldname, newname string, c vfs.DiskWriteCategory) (vfs.File, error) {
+	return fs.track(fs.FS.ReuseForWrite(oldname, newname, c))
+}
+
+// closeAll closes every file still open (after Pebble's Close) and returns
+// how many there were.
+func (fs *closingFS) closeAll() int {
+	fs.mu.Lock()
+	left := make([]*closingFile, 0, len(fs.open))
+	for f := range fs.open {
+		left = append(left, f)
+	}
+	fs.mu.Unlock()
+	for _, f := range left {
+		_ = f.Close()
+	}
+	return len(left)
+}
