@@ -99,7 +99,16 @@ func New(e *engine.Engine, o *Observer, opts Options) (*Server, error) {
 	}
 	s := &Server{e: e, o: o, opts: opts, quit: make(chan struct{})}
 	o.watchStates(e)
-	s.srv = &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	s.srv = &http.Server{
+		Handler: s.Handler(),
+		// Every request is small and answered at once; only the watch
+		// stream lifts the write (and read) deadline for itself.
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    64 << 10,
+	}
 	return s, nil
 }
 
@@ -168,7 +177,7 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
-	auth := func(h http.HandlerFunc) http.Handler { return s.authenticate(h) }
+	auth := func(h http.HandlerFunc) http.Handler { return h }
 	mux.Handle("GET /metrics", auth(promhttp.HandlerFor(s.o.registry, promhttp.HandlerOpts{}).ServeHTTP))
 	mux.Handle("GET /v1/status", auth(s.status))
 	mux.Handle("GET /v1/sagas", auth(s.list))
@@ -180,25 +189,82 @@ func (s *Server) Handler() http.Handler {
 	mux.Handle("GET /v1/policy/explain", auth(s.policyExplain))
 	mux.Handle("GET /v1/cluster", auth(s.clusterGet))
 	mux.Handle("POST /v1/cluster/{action}", auth(s.clusterChange))
-	mux.Handle("/", auth(func(w http.ResponseWriter, r *http.Request) {
+	return s.authenticate(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/healthz" && r.Method == http.MethodGet {
+			mux.ServeHTTP(w, r)
+			return
+		}
+		h, pattern := mux.Handler(r)
+		if pattern != "" {
+			mux.ServeHTTP(w, r) // sets the path values that Handler does not
+			return
+		}
+		// No route: the mux answers 404, or 405 (with Allow) for a known
+		// path and another method; answer the same, in JSON.
+		rec := &statusRecorder{header: http.Header{}}
+		h.ServeHTTP(rec, r)
+		if allow := rec.header.Get("Allow"); allow != "" {
+			w.Header().Set("Allow", allow)
+		}
+		if rec.code == http.StatusMethodNotAllowed {
+			writeError(w, rec.code, fmt.Errorf("%s is not allowed on %s (allowed: %s)", r.Method, r.URL.Path, rec.header.Get("Allow")), "")
+			return
+		}
 		writeError(w, http.StatusNotFound, fmt.Errorf("no endpoint %s %s", r.Method, r.URL.Path), "see the admin API in the README")
 	}))
-	return mux
 }
+
+// statusRecorder catches the status and headers of the mux's own 404 and
+// 405 answers.
+type statusRecorder struct {
+	header http.Header
+	code   int
+}
+
+func (r *statusRecorder) Header() http.Header         { return r.header }
+func (r *statusRecorder) Write(b []byte) (int, error) { return len(b), nil }
+func (r *statusRecorder) WriteHeader(code int)        { r.code = code }
 
 func (s *Server) authenticate(h http.Handler) http.Handler {
 	want := []byte("Bearer " + s.opts.Token)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/healthz" {
+			h.ServeHTTP(w, r)
+			return
+		}
 		got := []byte(r.Header.Get("Authorization"))
 		if subtle.ConstantTimeCompare(got, want) != 1 {
-			w.Header().Set("WWW-Authenticate", `Bearer realm="saga admin"`)
-			writeError(w, http.StatusUnauthorized, errors.New("missing or wrong bearer token"),
-				"pass the token with --token-file or SAGACTL_TOKEN")
+			refuseUnauthenticated(w, r)
 			return
 		}
 		r.Body = http.MaxBytesReader(w, r.Body, maxBody)
 		h.ServeHTTP(w, r)
 	})
+}
+
+// refuseUnauthenticated answers 401 at once, without reading the request's
+// body, and closes the connection: a client without the token cannot hold
+// it open by trickling a body. net/http reads up to 256 KiB of an unread
+// body before it writes a response, so an HTTP/1 connection with a body is
+// taken over (hijacked) and answered by hand; HTTP/2 resets the stream.
+func refuseUnauthenticated(w http.ResponseWriter, r *http.Request) {
+	body, _ := json.Marshal(apiError{Error: "missing or wrong bearer token", Hint: "pass the token with --token-file or SAGACTL_TOKEN"})
+	body = append(body, '\n')
+	if r.ContentLength != 0 && r.ProtoMajor == 1 {
+		if conn, buf, err := http.NewResponseController(w).Hijack(); err == nil {
+			defer conn.Close()
+			_ = conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
+			fmt.Fprintf(buf, "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer realm=\"saga admin\"\r\n"+
+				"Content-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s", len(body), body)
+			_ = buf.Flush()
+			return
+		}
+	}
+	w.Header().Set("Connection", "close")
+	w.Header().Set("WWW-Authenticate", `Bearer realm="saga admin"`)
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusUnauthorized)
+	_, _ = w.Write(body)
 }
 
 // apiError is the body of every error response.
@@ -432,6 +498,10 @@ func (s *Server) watch(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusInternalServerError, errors.New("streaming unsupported"), "")
 		return
 	}
+	// The stream outlives the server's read and write timeouts.
+	rc := http.NewResponseController(w)
+	_ = rc.SetWriteDeadline(time.Time{})
+	_ = rc.SetReadDeadline(time.Time{})
 	ch, cancel := s.o.subscribe()
 	defer cancel()
 	w.Header().Set("Content-Type", "application/x-ndjson")

@@ -103,7 +103,9 @@ func (o *Options) EnsureDefaults() {
 	o.WAL.EnsureDefaults() // MaxRecordSize: propose checks it
 }
 
-// Validate reports every problem of the options at once.
+// Validate reports every problem of the options at once. Open validates
+// the caller's values before it fills in defaults, so a negative size is an
+// error, never replaced by the default.
 func (o *Options) Validate() error {
 	var errs []error
 	if o.MaxBatch < 0 {
@@ -112,8 +114,8 @@ func (o *Options) Validate() error {
 	if o.StoreCacheSize < 0 {
 		errs = append(errs, fmt.Errorf("StoreCacheSize %d is negative", o.StoreCacheSize))
 	}
-	if o.WAL.SegmentSize < 0 || o.WAL.MaxRecordSize < 0 {
-		errs = append(errs, errors.New("WAL sizes must not be negative"))
+	if err := o.WAL.Validate(); err != nil {
+		errs = append(errs, fmt.Errorf("field WAL: %w", err))
 	}
 	for _, p := range []struct {
 		name string

@@ -155,6 +155,10 @@ func hexID(id string) bool {
 
 // OpenStore opens (or creates) the store in dir.
 func OpenStore(dir string, o StoreOptions) (*Store, error) {
+	if o.CacheSize < 0 || o.LiveSagas < 0 {
+		return nil, fmt.Errorf("%w: StoreOptions.CacheSize %d and LiveSagas %d must not be negative",
+			ErrInvalidOptions, o.CacheSize, o.LiveSagas)
+	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"reflect"
 	"testing"
 
@@ -345,5 +347,17 @@ func TestGeneratedIDFastPathStaysCorrect(t *testing.T) {
 	must(err)
 	if !errors.Is(res[0].Err, ErrSagaExists) {
 		t.Fatalf("after reopen: %v", res[0].Err)
+	}
+}
+
+func TestNegativeStoreOptionsAreRefusedNotDefaulted(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "state")
+	for _, o := range []StoreOptions{{CacheSize: -1}, {LiveSagas: -1}} {
+		if _, err := OpenStore(dir, o); !errors.Is(err, ErrInvalidOptions) {
+			t.Fatalf("OpenStore(%+v): %v, want ErrInvalidOptions", o, err)
+		}
+	}
+	if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("a refused OpenStore created %s", dir)
 	}
 }

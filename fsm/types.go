@@ -270,6 +270,8 @@ var (
 	ErrUnsupportedVersion = errors.New("fsm: unsupported record version")
 	// ErrUnknownDefinition: no such definition (or version).
 	ErrUnknownDefinition = errors.New("fsm: unknown definition")
+	// ErrInvalidOptions: OpenStore was given a negative size.
+	ErrInvalidOptions = errors.New("fsm: invalid store options")
 )
 
 // TransitionError explains why a record was refused.

@@ -170,8 +170,12 @@ func (c *Config) ensureDefaults() {
 
 // Validate reports every problem of the configuration at once.
 func (c Config) Validate() error {
-	c.ensureDefaults()
 	var errs []error
+	// The caller's values, before defaults replace what is unset.
+	if err := c.WAL.Validate(); err != nil {
+		errs = append(errs, fmt.Errorf("field WAL: %w", err))
+	}
+	c.ensureDefaults()
 	if !idPattern.MatchString(c.ID) {
 		errs = append(errs, fmt.Errorf("ID %q: want 1-64 of letters, digits, '.', '_', '-'", c.ID))
 	}

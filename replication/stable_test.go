@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/sagaengine/saga/wal"
 )
 
 func stableOpen(t *testing.T, path string) *StableStore {
@@ -271,5 +273,14 @@ func TestStableStoreReadOnlyDir(t *testing.T) {
 	}
 	if n, _ := stableOpen(t, path).GetUint64([]byte("CurrentTerm")); n != 5 {
 		t.Fatalf("after a failed set the file holds %d, want 5", n)
+	}
+}
+
+func TestNegativeWALSizesInConfigAreRefused(t *testing.T) {
+	for _, w := range []wal.Options{{SegmentSize: -1}, {MaxRecordSize: -1}} {
+		c := Config{ID: "a", Dir: t.TempDir(), Bind: "127.0.0.1:0", WAL: w}
+		if err := c.Validate(); !errors.Is(err, ErrInvalidConfig) {
+			t.Fatalf("Validate with WAL %+v: %v, want ErrInvalidConfig", w, err)
+		}
 	}
 }
