@@ -23,6 +23,13 @@ import (
 
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 
+// testHeartbeat is the raft heartbeat and election timeout of the group
+// tests: long enough that a race-instrumented member on a loaded 2-core
+// machine (GC and scheduling stalls of 100 ms and more) keeps its
+// leadership, which 50 ms did not. Tests wait for conditions, so an idle
+// machine pays only the first election.
+const testHeartbeat = 500 * time.Millisecond
+
 var steps = []string{"order", "payment", "inventory", "shipping"}
 
 // journal records the compensations each member ran.
@@ -130,8 +137,8 @@ func (c *cluster) connectAll() {
 func (c *cluster) config(m *member) replication.Config {
 	cfg := replication.Config{
 		ID: m.id, Dir: filepath.Join(m.dir, "raft"), Transport: m.trans, Logger: quiet,
-		HeartbeatTimeout: 50 * time.Millisecond, ElectionTimeout: 50 * time.Millisecond,
-		LeaderLeaseTimeout: 50 * time.Millisecond, CommitTimeout: 2 * time.Millisecond,
+		HeartbeatTimeout: testHeartbeat, ElectionTimeout: testHeartbeat,
+		LeaderLeaseTimeout: testHeartbeat / 2, CommitTimeout: 2 * time.Millisecond,
 	}
 	if c.opts != nil {
 		c.opts(&cfg)
@@ -176,7 +183,7 @@ func (c *cluster) restart(m *member) {
 // absence) whose engine has taken up leadership.
 func (c *cluster) leader(except ...*member) *member {
 	c.t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(90 * time.Second)
 	for time.Now().Before(deadline) {
 		var leaders []*member
 		for _, m := range c.members {
@@ -209,7 +216,7 @@ func (c *cluster) define(m *member) {
 // converge waits until every live member has the same state hash.
 func (c *cluster) converge() []byte {
 	c.t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
+	deadline := time.Now().Add(90 * time.Second)
 	var last [][]byte
 	for time.Now().Before(deadline) {
 		last = last[:0]

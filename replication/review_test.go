@@ -75,8 +75,8 @@ func newRawGroup(t *testing.T, n int, fs0 vfs.FS, applied ...func([]fsm.Entry, [
 		must(t, err)
 		node, err := replication.New(replication.Config{
 			ID: m.id, Dir: filepath.Join(dir, "raft"), Transport: m.trans, Logger: quiet,
-			HeartbeatTimeout: 50 * time.Millisecond, ElectionTimeout: 50 * time.Millisecond,
-			LeaderLeaseTimeout: 50 * time.Millisecond, CommitTimeout: 2 * time.Millisecond,
+			HeartbeatTimeout: testHeartbeat, ElectionTimeout: testHeartbeat,
+			LeaderLeaseTimeout: testHeartbeat / 2, CommitTimeout: 2 * time.Millisecond,
 			Bootstrap: i == 0, Peers: peers,
 		})
 		must(t, err)
@@ -159,10 +159,13 @@ func TestReviewFailStoppedLeaderSaysNotAppliedAndKeepsLeading(t *testing.T) {
 		time.Sleep(5 * time.Millisecond)
 	}
 	// And the member that cannot apply still leads: writes fail everywhere.
-	time.Sleep(500 * time.Millisecond) // 10 election timeouts
+	// Within a few election timeouts it must step down.
+	for stepDown := time.Now().Add(20 * testHeartbeat); ms[0].node.IsLeader() && time.Now().Before(stepDown); {
+		time.Sleep(10 * time.Millisecond)
+	}
 	if ms[0].node.IsLeader() {
 		_, err2 := ms[0].node.Propose(ctx, encodeRecs(t, startRecord("y-new")))
-		problems = append(problems, fmt.Sprintf("the fail-stopped member still leads after 500ms; a new write there fails with %v", err2))
+		problems = append(problems, fmt.Sprintf("the fail-stopped member still leads after 20 election timeouts; a new write there fails with %v", err2))
 	}
 	if len(problems) > 0 {
 		t.Fatal(problems)
