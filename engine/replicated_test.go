@@ -221,7 +221,7 @@ func drivenDef(steps ...string) engine.Definition {
 // waits on the barrier) is taken for a saga a previous leader left running:
 // resumeAll records it as uncertain and, by the default policy, aborts and
 // compensates it, although its first action never ran. Run returns FAILED.
-func TestReviewSagaStartedAsTermBeginsIsAbortedAsUncertain(t *testing.T) {
+func TestSagaStartedWhileTermBeginsIsNotTakenForAnUncertainOne(t *testing.T) {
 	c := &calls{n: map[string]int{}}
 	f := newFake()
 	f.barrier = make(chan struct{})
@@ -258,7 +258,7 @@ func TestReviewSagaStartedAsTermBeginsIsAbortedAsUncertain(t *testing.T) {
 // goes on to the next compensation under the ended term: compensateStarted
 // recurses into the next handler without looking at its term context, so a
 // deposed leader runs a compensation that the new leader runs too.
-func TestReviewDeposedLeaderRunsNextCompensation(t *testing.T) {
+func TestDeposedLeaderRunsNoFurtherCompensation(t *testing.T) {
 	c := &calls{n: map[string]int{}}
 	f := newFake()
 	e := openFake(t, f, driveRegistry(t, c, "c"))
@@ -296,7 +296,7 @@ func TestReviewDeposedLeaderRunsNextCompensation(t *testing.T) {
 // this member leads again. Meanwhile a write sent to it is judged against the
 // stale cache: a valid request is refused as an illegal transition instead
 // of being redirected with NotLeaderError.
-func TestReviewFollowerJudgesWritesOnStaleCache(t *testing.T) {
+func TestFollowerRedirectsWritesInsteadOfJudgingThemOnItsCache(t *testing.T) {
 	reg := compensation.NewRegistry()
 	f := newFake()
 	e := openFake(t, f, reg)
@@ -331,7 +331,7 @@ func TestReviewFollowerJudgesWritesOnStaleCache(t *testing.T) {
 // delta are both under applyMu; in replicated mode the store is changed by
 // the replicator before the applied callback takes applyMu, so a count
 // taken in between sees the transition and then counts it again.
-func TestReviewStateCountsDoubleCountReplicatedApply(t *testing.T) {
+func TestStateCountsCountEachReplicatedTransitionOnce(t *testing.T) {
 	f := newFake()
 	e := openFake(t, f, compensation.NewRegistry())
 	f.setLeader(true)
@@ -368,7 +368,7 @@ func TestReviewStateCountsDoubleCountReplicatedApply(t *testing.T) {
 // must not run again. But the carried-over driver reads the saga during
 // resumeAll's scan, before the "aborted (uncertain)" record, and runs the
 // action a second time; resumeAll's abort does not cancel it.
-func TestReviewCarriedOverDriverReRunsUncertainStep(t *testing.T) {
+func TestUncertainStepRunsNoMoreAfterANewTerm(t *testing.T) {
 	c := &calls{n: map[string]int{}}
 	release := make(chan struct{})
 	started := make(chan struct{})

@@ -118,7 +118,7 @@ func waitLeader(t *testing.T, ms []*rawNode) *rawNode {
 // committed: every other member applies it. And the fail-stopped member
 // keeps leading the group (raft does not know), so no write succeeds
 // anywhere until an operator restarts it.
-func TestReviewFailStoppedLeaderSaysNotAppliedAndKeepsLeading(t *testing.T) {
+func TestFailStoppedLeaderReportsOutcomeUnknownAndStepsDown(t *testing.T) {
 	var on atomic.Bool
 	inj := errorfs.InjectorFunc(func(op errorfs.Op) error {
 		if on.Load() && (op.Kind == errorfs.OpFileReadAt || op.Kind == errorfs.OpFileRead) {
@@ -187,7 +187,7 @@ func engineView(err error) error {
 // in Pebble and puts it back. After the restore the store keeps answering
 // the old latest version, and applying the next Define record diverges from
 // the other members (ApplyDefinition checks the version against it).
-func TestReviewRestoreRaceLeavesStaleLatestDefinition(t *testing.T) {
+func TestRestoreKeepsTheLatestDefinitionOfTheNewState(t *testing.T) {
 	def := func(v int) *fsm.Record {
 		return &fsm.Record{Kind: fsm.KindDefine, At: 1, Def: &fsm.Definition{Name: "order", Version: v,
 			Steps: []fsm.StepDef{{Name: fmt.Sprintf("step-v%d", v), Compensation: "undo"}}}}
@@ -276,7 +276,7 @@ func TestReviewRestoreRaceLeavesStaleLatestDefinition(t *testing.T) {
 // (hashicorp/raft#498). Node.Propose waits on them without any way out, so
 // a write racing with Close (engine.Close does not wait for callers) hangs
 // forever.
-func TestReviewProposeRacingCloseHangs(t *testing.T) {
+func TestProposeRacingCloseReturns(t *testing.T) {
 	// A slow state machine (the engine's applied callback waits on its
 	// locks) lets committed batches queue in raft's fsmMutateCh.
 	ms := newRawGroup(t, 1, nil, func([]fsm.Entry, []fsm.Result) { time.Sleep(2 * time.Millisecond) })
@@ -318,7 +318,7 @@ func TestReviewProposeRacingCloseHangs(t *testing.T) {
 // on the leader, which makes raft step down (dispatchLogs sets Follower):
 // one request costs the group an election, and every other proposal in the
 // same raft batch fails with it.
-func TestReviewNearLimitRecordDeposesTheLeader(t *testing.T) {
+func TestNearLimitRecordKeepsTheLeader(t *testing.T) {
 	// Raft's default timers: 8 MiB entries under the race detector must
 	// not cost the leadership by slowness alone.
 	c := newCluster(t, 3, func(cfg *replication.Config) {
