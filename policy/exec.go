@@ -2,6 +2,9 @@ package policy
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
 	"fmt"
 	"strconv"
 	"sync"
@@ -19,6 +22,7 @@ type Engine interface {
 	Advance(ctx context.Context, id string, r engine.StepResult) (*engine.Status, error)
 	Abort(ctx context.Context, id, actor, reason string) (*engine.Status, error)
 	Wait(ctx context.Context, id string) (*engine.Status, error)
+	Status(ctx context.Context, id string) (*engine.Status, error)
 }
 
 // Saga is the handle a workflow marks its milestones on. Without a saga
@@ -29,7 +33,12 @@ type Saga interface {
 	// Milestones must run in the order the policy lists them. With a
 	// saga, the record saying the milestone runs is durable before fn is
 	// called; when fn fails, every completed milestone is compensated in
-	// reverse order.
+	// reverse order. The last milestone's success is recorded only when
+	// the workflow returns nil: the saga never completes before the
+	// workflow does. A workflow that fails after it is compensated whole
+	// (the last milestone as uncertain, without its output); one that
+	// fails between milestones reports the next as failed without running
+	// it, so only the completed ones are compensated.
 	Step(ctx context.Context, milestone string, fn func(ctx context.Context) ([]byte, error)) error
 	// ID is the saga's id; "" without a saga.
 	ID() string
@@ -45,6 +54,10 @@ type Result struct {
 	// Fallback is true when the policy wanted a saga but the engine was
 	// unavailable and the call ran without one (run_without_saga).
 	Fallback bool
+	// Duplicate is true when UserContext.IdempotencyKey was used by an
+	// earlier call: the workflow did not run, and the result is that
+	// call's saga.
+	Duplicate bool
 }
 
 // noSaga is the handle when the policy is off: no allocation, no lock, no I/O.
@@ -94,15 +107,21 @@ func (x *Executor) withSaga(ctx context.Context, snap *Snapshot, operation strin
 	if spec.OnEngineUnavailable != "" {
 		fallback = spec.OnEngineUnavailable
 	}
-	id, err := x.start(ctx, snap, operation, spec, uc, input)
-	if err != nil {
-		if fallback == Fail {
-			return Result{}, fmt.Errorf("%w: operation %s: %w", ErrEngineUnavailable, operation, err)
-		}
+	id, created, err := x.start(ctx, snap, operation, spec, uc, input)
+	switch {
+	case err != nil && !unavailable(err):
+		// A bad definition, an unknown handler, a refused key: the
+		// guarantees cannot be dropped for that.
+		return Result{}, fmt.Errorf("policy: operation %s: starting its saga: %w", operation, err)
+	case err != nil && fallback == Fail:
+		return Result{}, fmt.Errorf("%w: operation %s: %w", ErrEngineUnavailable, operation, err)
+	case err != nil:
 		x.m.fallbacks.Add(1)
 		x.m.opts.Logger.Warn("policy: saga engine unavailable; running without saga guarantees",
 			"operation", operation, "err", err)
 		return Result{Fallback: true}, workflow(ctx, noSaga{})
+	case !created:
+		return x.duplicate(ctx, operation, id)
 	}
 	h := &handle{x: x, id: id, milestones: spec.Milestones}
 	defer func() {
@@ -117,8 +136,13 @@ func (x *Executor) withSaga(ctx context.Context, snap *Snapshot, operation strin
 	}()
 	werr := workflow(ctx, h)
 	res := Result{Saga: true, SagaID: id}
+	done := !h.failed && h.next == len(h.milestones)
 	switch {
-	case werr == nil && !h.failed && h.next == len(h.milestones):
+	case werr == nil && done:
+		// Only now, with the workflow's success, does the saga complete.
+		if _, err := x.eng.Advance(durable(ctx), id, engine.StepResult{Step: h.milestones[h.next-1].Name, Output: h.lastOut}); err != nil {
+			return res, fmt.Errorf("policy: operation %s: recording its completion: %w", operation, err)
+		}
 		res.State = fsm.StateCompleted
 		return res, nil
 	case werr == nil && h.failed:
@@ -126,21 +150,58 @@ func (x *Executor) withSaga(ctx context.Context, snap *Snapshot, operation strin
 	case werr == nil:
 		werr = fmt.Errorf("%w: operation %s stopped after %d of %d milestones", ErrIncomplete, operation, h.next, len(h.milestones))
 	}
-	if !h.failed {
-		// The workflow failed outside a milestone (or skipped some): undo
-		// what it did, the running milestone included. Recorded even if
-		// the caller's context has ended.
-		if _, err := x.eng.Abort(durable(ctx), id, "policy", werr.Error()); err != nil {
-			return res, fmt.Errorf("%w (and aborting saga %s failed: %v)", werr, id, err)
-		}
+	var rerr error
+	switch {
+	case h.failed:
+		// The failed milestone was reported: compensation runs.
+	case done:
+		// The workflow failed after its last milestone, whose completion
+		// was held back: abort, which compensates it (as uncertain: its
+		// output was not recorded) and every earlier one.
+		_, rerr = x.eng.Abort(durable(ctx), id, "policy", werr.Error())
+	default:
+		// The workflow failed between milestones: the next one never
+		// started, so it is reported failed (nothing to undo) and only the
+		// completed ones are compensated.
+		_, rerr = x.eng.Advance(durable(ctx), id, engine.StepResult{Step: h.milestones[h.next].Name,
+			Err: fmt.Errorf("not started: the workflow returned first: %w", werr)})
+	}
+	if rerr != nil {
+		return res, fmt.Errorf("%w (recording the failure of saga %s failed: %w)", werr, id, rerr)
 	}
 	st, err := x.eng.Wait(ctx, id)
 	if err != nil {
 		// The compensation goes on in the engine; the caller stops waiting.
-		return res, fmt.Errorf("%w (saga %s is compensating; stopped waiting: %v)", werr, id, err)
+		return res, fmt.Errorf("%w (saga %s is compensating; stopped waiting: %w)", werr, id, err)
 	}
 	res.State = st.State
 	return res, werr
+}
+
+// unavailable reports whether a start error means the engine cannot run
+// sagas now (closed, stopped by an I/O error, not the leader, none
+// configured), the only case in which run_without_saga may drop the
+// guarantees.
+func unavailable(err error) bool {
+	return errors.Is(err, errNoEngine) || errors.Is(err, engine.ErrClosed) || errors.Is(err, engine.ErrPoisoned) ||
+		errors.Is(err, engine.ErrOutcomeUnknown) || errors.Is(err, engine.ErrNotLeader) || errors.Is(err, engine.ErrReadOnly) ||
+		errors.Is(err, context.DeadlineExceeded)
+}
+
+var errNoEngine = errors.New("no saga engine configured")
+
+// duplicate answers a call whose idempotency key an earlier call used.
+func (x *Executor) duplicate(ctx context.Context, operation, id string) (Result, error) {
+	res := Result{Saga: true, SagaID: id, Duplicate: true}
+	st, err := x.eng.Status(ctx, id)
+	if err != nil {
+		return res, fmt.Errorf("policy: operation %s: the saga %s of an earlier call with this key: %w", operation, id, err)
+	}
+	res.State = st.State
+	if st.State == fsm.StateCompleted {
+		return res, nil
+	}
+	return res, fmt.Errorf("%w: operation %s: saga %s is %s; the workflow did not run again", ErrDuplicateCall, operation, id, st.State)
 }
 
 // durable returns a context for the calls that record what happened: they
@@ -151,9 +212,9 @@ func durable(ctx context.Context) context.Context { return context.WithoutCancel
 // start defines the operation's saga (once per policy snapshot) and starts
 // one on exactly that definition version, recording the policy it runs
 // under.
-func (x *Executor) start(ctx context.Context, snap *Snapshot, operation string, spec *Operation, uc UserContext, input []byte) (string, error) {
+func (x *Executor) start(ctx context.Context, snap *Snapshot, operation string, spec *Operation, uc UserContext, input []byte) (id string, created bool, err error) {
 	if x.eng == nil {
-		return "", fmt.Errorf("no saga engine configured")
+		return "", false, errNoEngine
 	}
 	version, ok := x.defined.Load(spec)
 	if !ok {
@@ -164,7 +225,7 @@ func (x *Executor) start(ctx context.Context, snap *Snapshot, operation string, 
 		}
 		def, err := x.eng.Define(ctx, d)
 		if err != nil {
-			return "", err
+			return "", false, err
 		}
 		version = def.Version
 		x.defined.Store(spec, version)
@@ -177,8 +238,17 @@ func (x *Executor) start(ctx context.Context, snap *Snapshot, operation string, 
 	if timeout == 0 {
 		timeout = DefaultTimeout
 	}
-	return x.eng.Start(ctx, operation, input, engine.StartOptions{User: uc.UserID, Meta: meta,
-		Version: version.(int), Timeout: timeout})
+	// With a key, the saga's id is chosen here: a different id back from
+	// Start means an earlier call holds the key.
+	want := ""
+	if uc.IdempotencyKey != "" {
+		var b [10]byte
+		_, _ = rand.Read(b[:])
+		want = "pol-" + hex.EncodeToString(b[:])
+	}
+	id, err = x.eng.Start(ctx, operation, input, engine.StartOptions{ID: want, User: uc.UserID, Meta: meta,
+		Version: version.(int), Timeout: timeout, IdempotencyKey: uc.IdempotencyKey})
+	return id, err == nil && (want == "" || id == want), err
 }
 
 // retryPolicy turns an operation's retry settings into the engine's, unset
@@ -213,7 +283,8 @@ type handle struct {
 	id         string
 	milestones []Milestone
 	next       int
-	failed     bool // a milestone failed and was reported: compensation runs
+	failed     bool   // a milestone failed and was reported: compensation runs
+	lastOut    []byte // the last milestone's output, recorded when the workflow returns
 }
 
 func (h *handle) ID() string { return h.id }
@@ -233,6 +304,12 @@ func (h *handle) Step(ctx context.Context, milestone string, fn func(ctx context
 	// previous Advance): the side effect may happen now. Its outcome is
 	// recorded even if the caller's context ended meanwhile.
 	out, err := fn(ctx)
+	if err == nil && h.next == len(h.milestones)-1 {
+		// The last milestone: its success completes the saga, which must
+		// wait for the workflow's own success (see withSaga).
+		h.lastOut, h.next = out, h.next+1
+		return nil
+	}
 	if _, aerr := h.x.eng.Advance(durable(ctx), h.id, engine.StepResult{Step: milestone, Output: out, Err: err}); aerr != nil {
 		if err != nil {
 			return fmt.Errorf("%w (and recording the failure failed: %v)", err, aerr)

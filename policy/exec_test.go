@@ -265,3 +265,92 @@ func TestLayersMergeFieldByField(t *testing.T) {
 		t.Fatalf("operation after a timeout-only layer: %+v", op)
 	}
 }
+
+func runIngest(t *testing.T, x *Executor, uc UserContext, upTo int, werr error) (Result, error, int) {
+	t.Helper()
+	c, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	ran := 0
+	res, err := x.ExecuteWithSaga(c, "data_ingest_pipeline", uc, nil, func(ctx context.Context, s Saga) error {
+		ran++
+		for _, ms := range []string{"ingest", "parse", "embed", "expose"}[:upTo] {
+			if err := s.Step(ctx, ms, stepNoop); err != nil {
+				return err
+			}
+		}
+		return werr
+	})
+	return res, err, ran
+}
+
+// A workflow that fails after its last milestone leaves no COMPLETED saga:
+// every milestone is compensated, in reverse, and the caller gets the
+// workflow's own error with the final state.
+func TestWorkflowErrorAfterLastMilestoneCompensatesEveryMilestone(t *testing.T) {
+	var mu sync.Mutex
+	var undone []string
+	_, x := execFixture(t, ingestPolicy, ingestRegistry(t, &undone, &mu))
+	boom := errors.New("post-processing failed")
+	res, err, _ := runIngest(t, x, UserContext{}, 4, boom)
+	if !errors.Is(err, boom) || res.State != fsm.StateFailed {
+		t.Fatalf("result %+v, err %v; want FAILED and the workflow's error", res, err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if strings.Join(undone, ",") != "expose,embed,parse,ingest" {
+		t.Fatalf("compensated %v, want every milestone in reverse", undone)
+	}
+}
+
+// A workflow that fails between milestones: the next milestone never
+// started, so only the completed ones are compensated.
+func TestMilestoneThatNeverStartedIsNotCompensated(t *testing.T) {
+	var mu sync.Mutex
+	var undone []string
+	_, x := execFixture(t, ingestPolicy, ingestRegistry(t, &undone, &mu))
+	boom := errors.New("between milestones")
+	res, err, _ := runIngest(t, x, UserContext{}, 2, boom)
+	if !errors.Is(err, boom) || res.State != fsm.StateFailed {
+		t.Fatalf("result %+v, err %v", res, err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if strings.Join(undone, ",") != "parse,ingest" {
+		t.Fatalf("compensated %v, want parse,ingest (embed never started)", undone)
+	}
+}
+
+// Only an unavailable engine may make run_without_saga drop the
+// guarantees; a definition the engine refuses (here: a handler it does not
+// have) fails the call, and the workflow does not run.
+func TestRefusedDefinitionFailsTheCallInsteadOfFallingBack(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "policy.yaml")
+	writeFile(t, path, ingestPolicy+"on_engine_unavailable: run_without_saga\n")
+	m := newManager(t, Options{File: path, NoWatch: true}) // no registry: the policy is not checked
+	x := NewExecutor(m, memEngine(t, compensation.NewRegistry()))
+	res, err, ran := runIngest(t, x, UserContext{}, 4, nil)
+	if err == nil || res.Fallback || ran != 0 || !errors.Is(err, compensation.ErrUnknownName) {
+		t.Fatalf("result %+v, err %v, workflow ran %d time(s); want a typed error and no run", res, err, ran)
+	}
+}
+
+// A call re-sent with the same idempotency key runs no second saga.
+func TestIdempotencyKeyRunsTheWorkflowOnce(t *testing.T) {
+	var mu sync.Mutex
+	var undone []string
+	_, x := execFixture(t, ingestPolicy, ingestRegistry(t, &undone, &mu))
+	uc := UserContext{UserID: "u", IdempotencyKey: "upload-42"}
+	first, err, _ := runIngest(t, x, uc, 4, nil)
+	must(t, err)
+	again, err, ran := runIngest(t, x, uc, 4, nil)
+	if err != nil || ran != 0 || !again.Duplicate || again.SagaID != first.SagaID || again.State != fsm.StateCompleted {
+		t.Fatalf("re-sent call: %+v, %v, workflow ran %d time(s)", again, err, ran)
+	}
+	failing, err, _ := runIngest(t, x, UserContext{IdempotencyKey: "upload-43"}, 1, errors.New("no"))
+	if failing.State != fsm.StateFailed || err == nil {
+		t.Fatalf("failing call: %+v %v", failing, err)
+	}
+	if _, err, ran := runIngest(t, x, UserContext{IdempotencyKey: "upload-43"}, 4, nil); !errors.Is(err, ErrDuplicateCall) || ran != 0 {
+		t.Fatalf("re-sent failed call: %v, ran %d", err, ran)
+	}
+}

@@ -39,6 +39,10 @@ var (
 	ErrMilestoneOrder = errors.New("policy: milestone out of order")
 	// ErrIncomplete: the workflow returned without running every milestone.
 	ErrIncomplete = errors.New("policy: workflow returned before its last milestone")
+	// ErrDuplicateCall: a call with UserContext.IdempotencyKey already used
+	// by an earlier call whose saga did not complete (it failed, or still
+	// runs). The workflow did not run again; Result names the saga.
+	ErrDuplicateCall = errors.New("policy: a call with this idempotency key already ran")
 )
 
 // Fallback says what to do when the operation should run as a saga but
@@ -382,6 +386,12 @@ func mergeOverrides(dst, src map[string]Override) {
 type UserContext struct {
 	UserID   string
 	TenantID string
+	// IdempotencyKey, if set, makes the call run at most one saga: a call
+	// re-sent with the same key (after a crash, say) does not run the
+	// workflow again. It returns the first call's saga: success with
+	// Result.Duplicate when that saga completed, ErrDuplicateCall
+	// otherwise. Ignored when the policy runs the call without a saga.
+	IdempotencyKey string
 }
 
 // Decision is what the policy says about one call.
