@@ -240,12 +240,19 @@ func (e *Engine) Advance(ctx context.Context, id string, res StepResult) (*Statu
 		if cur.Driven {
 			return nil, fmt.Errorf("%w: saga %s is engine-driven; its steps are reported by the engine", ErrInvalidArgument, id)
 		}
+		kind := fsm.KindStepCompleted
+		if res.Err != nil {
+			kind = fsm.KindStepFailed
+		}
+		if resent(cur, res) {
+			return nil, nil // already recorded: a re-send after a crash changes nothing
+		}
 		if cur.State != fsm.StateInProgress {
-			return nil, &fsm.TransitionError{Saga: id, Kind: fsm.KindStepCompleted, State: cur.State, Step: cur.Current,
+			return nil, &fsm.TransitionError{Saga: id, Kind: kind, State: cur.State, Step: cur.Current,
 				Reason: "the saga is not in progress"}
 		}
 		if name := cur.Steps[cur.Current].Name; res.Step != name {
-			return nil, &fsm.TransitionError{Saga: id, Kind: fsm.KindStepCompleted, State: cur.State, Step: cur.Current,
+			return nil, &fsm.TransitionError{Saga: id, Kind: kind, State: cur.State, Step: cur.Current,
 				Reason: fmt.Sprintf("reported step %q, but the current step is %q", res.Step, name)}
 		}
 		r := &fsm.Record{Saga: id, At: e.now(), Step: cur.Current}
@@ -263,6 +270,25 @@ func (e *Engine) Advance(ctx context.Context, id string, res StepResult) (*Statu
 		e.ensureDriver(id)
 	}
 	return newStatus(sg), nil
+}
+
+// resent reports whether res is exactly what the saga already recorded for
+// that step: the same success with the same output, or the same failure
+// (kind and message). Advance then answers with the saga as it is, so a
+// caller that re-sends its report after a crash does not get an error.
+func resent(cur *fsm.Saga, res StepResult) bool {
+	for _, st := range cur.Steps {
+		if st.Name != res.Step {
+			continue
+		}
+		if res.Err == nil {
+			return st.Status >= fsm.StepDone && st.Status != fsm.StepFailed && !st.Uncertain && st.Err == nil &&
+				bytes.Equal(st.Output, res.Output)
+		}
+		ei := errorInfo(res.Err)
+		return st.Status == fsm.StepFailed && st.Err != nil && st.Err.Kind == ei.Kind && st.Err.Message == ei.Message
+	}
+	return false
 }
 
 // maxErrorMessage bounds an error message kept in the log: a handler's

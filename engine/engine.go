@@ -809,6 +809,9 @@ func (e *Engine) transition(ctx context.Context, id string, build func(cur *fsm.
 	if err != nil {
 		return nil, err
 	}
+	if len(recs) == 0 {
+		return r.saga, nil // nothing to change
+	}
 	next := r.saga
 	for _, rec := range recs {
 		if next, err = fsm.Apply(next, rec); err != nil {

@@ -223,3 +223,44 @@ func TestInvalidOptionsAreRefusedNotDefaulted(t *testing.T) {
 		t.Fatalf("a refused Open created %s", dir)
 	}
 }
+
+// A caller that re-sends its report after a crash (the same step, the
+// same result) gets the saga as it is, not an illegal transition; a
+// different result for a reported step is still refused, and a refused
+// failure report names step_failed.
+func TestAdvanceResentAfterACrashIsIdempotent(t *testing.T) {
+	dir := t.TempDir()
+	e := openT(t, dir, Options{})
+	c, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	_, err := e.Define(c, Definition{Name: "pair", Steps: []StepDef{{Name: "a"}, {Name: "b"}}})
+	must(t, err)
+	id, err := e.Start(c, "pair", nil, StartOptions{})
+	must(t, err)
+	_, err = e.Advance(c, id, StepResult{Step: "a", Output: []byte("out-a")})
+	must(t, err)
+	must(t, e.Close())
+	e = openT(t, dir, Options{})
+	defer e.Close()
+	before := e.Stats().Records
+	st, err := e.Advance(c, id, StepResult{Step: "a", Output: []byte("out-a")})
+	if err != nil || st.CurrentStep != "b" {
+		t.Fatalf("re-sent report: %v %v", st, err)
+	}
+	if e.Stats().Records != before {
+		t.Fatal("a re-sent report wrote a record")
+	}
+	if _, err := e.Advance(c, id, StepResult{Step: "a", Output: []byte("other")}); !errors.Is(err, fsm.ErrIllegalTransition) {
+		t.Fatalf("a different result for a reported step: %v, want ErrIllegalTransition", err)
+	}
+	_, err = e.Advance(c, id, StepResult{Step: "a", Err: errors.New("late failure")})
+	var te *fsm.TransitionError
+	if !errors.As(err, &te) || te.Kind != fsm.KindStepFailed {
+		t.Fatalf("refused failure report: %v, want a TransitionError of kind step_failed", err)
+	}
+	_, err = e.Advance(c, id, StepResult{Step: "b", Err: errors.New("b broke")})
+	must(t, err)
+	if st, err := e.Advance(c, id, StepResult{Step: "b", Err: errors.New("b broke")}); err != nil || st.State == fsm.StateInProgress {
+		t.Fatalf("re-sent failure report: %v %v", st, err)
+	}
+}
