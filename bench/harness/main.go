@@ -95,7 +95,7 @@ func main() {
 		for _, c := range []int{1, 64} {
 			r := newRig(0, -1)
 			t := time.Now()
-			n, _ := r.runFor(c, 3*time.Second)
+			n, _, _ := r.runFor(c, 3*time.Second)
 			tput[fmt.Sprintf("happy/%d", c)] = float64(n) / time.Since(t).Seconds()
 			r.close()
 		}
@@ -277,12 +277,35 @@ func newRig(work time.Duration, failAt int) *rig {
 
 func (r *rig) close() { r.e.Close(); os.RemoveAll(r.dir) }
 
-// runFor runs sagas at concurrency conc for dur; it returns the count and
-// each saga's latency in ms.
-func (r *rig) runFor(conc int, dur time.Duration) (int, []float64) {
+// failures counts the sagas of a point that returned an error, with the
+// first error: a failed point is reported, never the end of the run.
+type failures struct {
+	n     atomic.Int64
+	first atomic.Pointer[string]
+}
+
+func (f *failures) add(err error) {
+	if f.n.Add(1) == 1 {
+		msg := err.Error()
+		f.first.Store(&msg)
+	}
+}
+
+// mark adds the failures, if any, to a report row.
+func (f *failures) mark(row map[string]any) {
+	if n := f.n.Load(); n > 0 {
+		row["failed_sagas"] = n
+		row["error"] = *f.first.Load()
+	}
+}
+
+// runFor runs sagas at concurrency conc for dur; it returns the count of
+// sagas that succeeded, each one's latency in ms, and the failures.
+func (r *rig) runFor(conc int, dur time.Duration) (int, []float64, *failures) {
 	var n atomic.Int64
 	var mu sync.Mutex
 	var lat []float64
+	fails := &failures{}
 	deadline := time.Now().Add(dur)
 	var wg sync.WaitGroup
 	for w := 0; w < conc; w++ {
@@ -293,7 +316,11 @@ func (r *rig) runFor(conc int, dur time.Duration) (int, []float64) {
 			for time.Now().Before(deadline) {
 				t := time.Now()
 				if _, err := r.e.Run(context.Background(), "bench", nil, engine.StartOptions{}); err != nil {
-					panic(err)
+					fails.add(err)
+					if fails.n.Load() > 1000 {
+						return // the point has failed; stop hammering
+					}
+					continue
 				}
 				mine = append(mine, float64(time.Since(t).Microseconds())/1000)
 				n.Add(1)
@@ -304,7 +331,7 @@ func (r *rig) runFor(conc int, dur time.Duration) (int, []float64) {
 		}()
 	}
 	wg.Wait()
-	return int(n.Load()), lat
+	return int(n.Load()), lat, fails
 }
 
 // runN runs n sagas at concurrency conc and returns the wall time.
@@ -352,15 +379,16 @@ func figThroughput() (Figure, map[string]float64) {
 			r := newRig(0, failAt)
 			s0 := r.e.Stats()
 			t := time.Now()
-			n, lat := r.runFor(c, dur)
+			n, lat, fails := r.runFor(c, dur)
 			el := time.Since(t).Seconds()
 			s1 := r.e.Stats()
 			r.close()
 			recs := float64(s1.Records - s0.Records)
 			row := map[string]any{"path": path, "concurrency": c, "sagas_per_s": round(float64(n) / el),
 				"transitions_per_s": round(recs / el), "p50_ms": round2(percentile(lat, 0.5)),
-				"p99_ms": round2(percentile(lat, 0.99)), "fsyncs_per_saga": round2(float64(s1.LogSyncs-s0.LogSyncs) / float64(n)),
+				"p99_ms": round2(percentile(lat, 0.99)), "fsyncs_per_saga": round2(float64(s1.LogSyncs-s0.LogSyncs) / float64(max(n, 1))),
 				"records_per_commit": round2(recs / float64(max(1, s1.Commits-s0.Commits)))}
+			fails.mark(row)
 			usPerSync := 0.0
 			if syncs := s1.LogSyncs - s0.LogSyncs; syncs > 0 {
 				usPerSync = float64((s1.LogSyncTime - s0.LogSyncTime).Microseconds()) / float64(syncs)
