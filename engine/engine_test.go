@@ -3,8 +3,10 @@ package engine
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
+	"os"
 	"log/slog"
 	"runtime"
 	"slices"
@@ -86,7 +88,25 @@ func openT(t testing.TB, dir string, opts Options) *Engine {
 	return e
 }
 
+// ctx is the context of this package's test calls. TestMain gives it the
+// deadline of the test binary (-timeout) less a minute, so that a call a
+// broken invariant would block fails with "context deadline exceeded" at
+// the call, instead of go test killing the binary with a goroutine dump.
 var ctx = context.Background()
+
+func TestMain(m *testing.M) {
+	flag.Parse()
+	if f := flag.Lookup("test.timeout"); f != nil {
+		if d, err := time.ParseDuration(f.Value.String()); err == nil && d > 2*time.Minute {
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithTimeout(context.Background(), d-time.Minute)
+			code := m.Run()
+			cancel()
+			os.Exit(code)
+		}
+	}
+	os.Exit(m.Run())
+}
 
 func TestManualSagaCompletes(t *testing.T) {
 	j := &journal{}
