@@ -91,6 +91,15 @@ func (e *Engine) Definition(ctx context.Context, name string, version int) (d *D
 	return d, err
 }
 
+// Definitions returns the latest version of every definition, by name.
+func (e *Engine) Definitions(ctx context.Context) (ds []*Definition, err error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	err = e.read(func() error { ds, err = e.store.Definitions(); return err })
+	return ds, err
+}
+
 // StartOptions are the optional parts of Start and Run.
 type StartOptions struct {
 	// ID is the saga's id; default a new time-ordered id. 1-128 of
@@ -494,6 +503,8 @@ type Status struct {
 	LastError *fsm.ErrorInfo
 	Steps     []fsm.Step
 	User      string
+	// Meta is the free-form data recorded at Start (StartOptions.Meta).
+	Meta      map[string]string
 	CreatedAt time.Time
 	UpdatedAt time.Time
 	Deadline  time.Time // zero when none
@@ -509,7 +520,7 @@ func newStatus(sg *fsm.Saga) *Status { return statusOf(sg.DeepCopy()) }
 func statusOf(sg *fsm.Saga) *Status {
 	st := &Status{
 		ID: sg.ID, Definition: sg.Definition, Version: sg.Version, State: sg.State,
-		LastError: sg.LastError, Steps: sg.Steps, User: sg.User,
+		LastError: sg.LastError, Steps: sg.Steps, User: sg.User, Meta: sg.Meta,
 		CreatedAt: time.Unix(0, sg.CreatedAt), UpdatedAt: time.Unix(0, sg.UpdatedAt), Saga: sg,
 	}
 	if sg.Deadline > 0 {

@@ -3,6 +3,7 @@ package engine
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"sort"
@@ -262,5 +263,26 @@ func TestAdvanceResentAfterACrashIsIdempotent(t *testing.T) {
 	must(t, err)
 	if st, err := e.Advance(c, id, StepResult{Step: "b", Err: errors.New("b broke")}); err != nil || st.State == fsm.StateInProgress {
 		t.Fatalf("re-sent failure report: %v %v", st, err)
+	}
+}
+
+func TestStatusCarriesMetaAndDefinitionsAreListed(t *testing.T) {
+	e := openT(t, t.TempDir(), Options{})
+	defer e.Close()
+	c, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	for i, name := range []string{"b", "a", "b"} {
+		_, err := e.Define(c, Definition{Name: name, Steps: []StepDef{{Name: fmt.Sprint("s", i)}}})
+		must(t, err)
+	}
+	ds, err := e.Definitions(c)
+	if err != nil || len(ds) != 2 || ds[0].Name != "a" || ds[1].Name != "b" || ds[1].Version != 2 {
+		t.Fatalf("definitions: %+v %v", ds, err)
+	}
+	id, err := e.Start(c, "a", nil, StartOptions{Meta: map[string]string{"tenant": "t1"}})
+	must(t, err)
+	st, err := e.Status(c, id)
+	if err != nil || st.Meta["tenant"] != "t1" {
+		t.Fatalf("status meta: %v %v", st.Meta, err)
 	}
 }
