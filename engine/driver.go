@@ -518,6 +518,34 @@ var errNothingToDo = errors.New("engine: nothing to do")
 // continue (a compensation started but not recorded done runs again);
 // engine-driven steps that were running are uncertain and handled by
 // their policy; deadlines are re-armed; STUCK sagas wait for an operator.
+// warnUnregistered logs, once per name, every handler or action that a
+// saga about to resume names and the registry does not hold: such a saga
+// cannot make progress (its calls fail with compensation.ErrUnknownName and
+// are retried) until a process with the handler opens the directory.
+func (e *Engine) warnUnregistered(lists ...[]*fsm.Saga) {
+	missing := map[string][]string{} // name -> sagas (the first few)
+	for _, list := range lists {
+		for _, sg := range list {
+			for _, st := range sg.Steps {
+				if st.Compensation != "" {
+					if _, ok := e.opts.Registry.Handler(st.Compensation); !ok && len(missing[st.Compensation]) < 5 {
+						missing[st.Compensation] = append(missing[st.Compensation], sg.ID)
+					}
+				}
+				if sg.Driven && st.Action != "" {
+					if _, ok := e.opts.Registry.Action(st.Action); !ok && len(missing[st.Action]) < 5 {
+						missing[st.Action] = append(missing[st.Action], sg.ID)
+					}
+				}
+			}
+		}
+	}
+	for name, ids := range missing {
+		e.opts.Logger.Warn("engine: sagas to resume name a handler the registry does not have; they cannot progress until it is registered",
+			"handler", name, "sagas", ids)
+	}
+}
+
 func (e *Engine) resumeAll(tctx context.Context) (resumed, stuckN int, err error) {
 	var compensating, inProgress []*fsm.Saga
 	if err := e.store.Each(fsm.StateCompensating, func(sg *fsm.Saga) error {
@@ -537,6 +565,7 @@ func (e *Engine) resumeAll(tctx context.Context) (resumed, stuckN int, err error
 		return 0, 0, err
 	}
 	stuckN = stuck[fsm.StateStuck]
+	e.warnUnregistered(compensating, inProgress)
 	for _, sg := range compensating {
 		e.ensureDriver(sg.ID)
 		resumed++

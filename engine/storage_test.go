@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"sort"
@@ -11,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sagaengine/saga/compensation"
 	"github.com/sagaengine/saga/fsm"
 	"github.com/sagaengine/saga/internal/ext4test"
 	"github.com/sagaengine/saga/wal"
@@ -284,5 +286,25 @@ func TestStatusCarriesMetaAndDefinitionsAreListed(t *testing.T) {
 	st, err := e.Status(c, id)
 	if err != nil || st.Meta["tenant"] != "t1" {
 		t.Fatalf("status meta: %v %v", st.Meta, err)
+	}
+}
+
+func TestOpenWarnsOfPendingSagasWithUnregisteredHandlers(t *testing.T) {
+	dir := t.TempDir()
+	reg := compensation.NewRegistry()
+	must(t, reg.Register("undo_a", func(context.Context, compensation.Call) error { return nil }))
+	e := openT(t, dir, Options{Registry: reg})
+	c, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	_, err := e.Define(c, Definition{Name: "d", Steps: []StepDef{{Name: "a", Compensation: "undo_a"}, {Name: "b"}}})
+	must(t, err)
+	_, err = e.Start(c, "d", nil, StartOptions{})
+	must(t, err)
+	must(t, e.Close())
+	var logged strings.Builder
+	e = openT(t, dir, Options{Logger: slog.New(slog.NewTextHandler(&logged, nil))}) // an empty registry
+	e.Close()
+	if !strings.Contains(logged.String(), "handler=undo_a") {
+		t.Fatalf("no warning of the unregistered handler; the log:\n%s", logged.String())
 	}
 }
