@@ -384,12 +384,13 @@ func ParseQuery(get func(string) string) (fsm.Query, time.Time, error) {
 			t = time.Now().Add(-d)
 		}
 		since = t
+		q.CreatedSince = t.UnixNano()
 	}
 	return q, since, nil
 }
 
 func (s *Server) list(w http.ResponseWriter, r *http.Request) {
-	q, since, err := ParseQuery(r.URL.Query().Get)
+	q, _, err := ParseQuery(r.URL.Query().Get)
 	if err != nil {
 		writeError(w, http.StatusBadRequest, err, "")
 		return
@@ -401,9 +402,6 @@ func (s *Server) list(w http.ResponseWriter, r *http.Request) {
 	}
 	rep := ListReply{Sagas: []SagaJSON{}, Next: next}
 	for _, st := range sagas {
-		if !since.IsZero() && st.CreatedAt.Before(since) {
-			continue
-		}
 		rep.Sagas = append(rep.Sagas, NewSagaJSON(st))
 	}
 	writeJSON(w, http.StatusOK, rep)

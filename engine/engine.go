@@ -404,10 +404,14 @@ func copyFile(src, dst string) error {
 	return out.Close()
 }
 
+// lockDir takes an exclusive flock on the data directory itself, so that
+// locking writes no file: an offline inspection of a stopped directory
+// leaves it exactly as it was. (Versions before this one locked a LOCK
+// file in the directory; such a file is left alone.)
 func lockDir(dir string) (*os.File, error) {
-	f, err := os.OpenFile(filepath.Join(dir, "LOCK"), os.O_CREATE|os.O_RDWR, 0o640)
+	f, err := os.Open(dir)
 	if err != nil {
-		return nil, fmt.Errorf("engine: open lock file: %w", err)
+		return nil, fmt.Errorf("engine: open %s to lock it: %w", dir, err)
 	}
 	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
 		f.Close()

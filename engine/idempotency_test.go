@@ -67,7 +67,15 @@ func TestIdempotencyKeyIsIdenticalAcrossRetriesAndRestarts(t *testing.T) {
 		{Name: "b", Action: "do_b"},
 	}})
 	must(t, err)
-	short, cancelShort := context.WithTimeout(c, 50*time.Millisecond)
+	// Run returns (not settled) once the compensation has failed: it
+	// cannot settle while the handler is down.
+	short, cancelShort := context.WithCancel(c)
+	go func() {
+		for undoCalls.Load() == 0 && c.Err() == nil {
+			time.Sleep(time.Millisecond)
+		}
+		cancelShort()
+	}()
 	st, err := e.Run(short, "keys", nil, StartOptions{})
 	cancelShort()
 	if !errors.Is(err, ErrNotSettled) {

@@ -681,6 +681,10 @@ type Query struct {
 	After string
 	// Limit bounds the page; default 100.
 	Limit int
+	// CreatedSince, if not 0, keeps only sagas created at or after it
+	// (Unix nanoseconds). It filters before the page is cut, so a page is
+	// full unless no more sagas match.
+	CreatedSince int64
 }
 
 // List returns sagas matching q in id order (ids from the engine sort by
@@ -715,6 +719,9 @@ func (s *Store) List(q Query) ([]*Saga, string, error) {
 			return nil, "", err
 		}
 		if q.Definition != "" && sg.Definition != q.Definition {
+			continue
+		}
+		if sg.CreatedAt < q.CreatedSince {
 			continue
 		}
 		if len(out) == q.Limit {

@@ -365,3 +365,26 @@ func TestNegativeStoreOptionsAreRefusedNotDefaulted(t *testing.T) {
 		t.Fatalf("a refused OpenStore created %s", dir)
 	}
 }
+
+// A filter on creation time applies before the page is cut: a page of
+// matching sagas, not an empty page with a cursor.
+func TestListCreatedSinceFillsThePage(t *testing.T) {
+	s, err := OpenStore(t.TempDir(), StoreOptions{Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	var batch []Entry
+	for i := 0; i < 30; i++ {
+		r := startRec(fmt.Sprintf("s%02d", i), "", "a")
+		r.At = int64(i) * 1000
+		batch = append(batch, Entry{Index: uint64(i + 1), Rec: r})
+	}
+	if _, err := s.ApplyBatch(batch); err != nil {
+		t.Fatal(err)
+	}
+	page, next, err := s.List(Query{Limit: 5, CreatedSince: 20 * 1000})
+	if err != nil || len(page) != 5 || page[0].ID != "s20" || next == "" {
+		t.Fatalf("page %d sagas (first %v), next %q, %v", len(page), page, next, err)
+	}
+}

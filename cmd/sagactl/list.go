@@ -24,7 +24,7 @@ func newList(g *globals) *cobra.Command {
 			if limit > 0 {
 				params["limit"] = strconv.Itoa(limit)
 			}
-			q, sinceT, err := admin.ParseQuery(func(k string) string { return params[k] })
+			q, _, err := admin.ParseQuery(func(k string) string { return params[k] })
 			if err != nil {
 				return fail(exitUsage, err, "")
 			}
@@ -50,9 +50,7 @@ func newList(g *globals) *cobra.Command {
 				}
 				rep.Sagas, rep.Next = []admin.SagaJSON{}, next
 				for _, st := range sagas {
-					if sinceT.IsZero() || !st.CreatedAt.Before(sinceT) {
-						rep.Sagas = append(rep.Sagas, admin.NewSagaJSON(st))
-					}
+					rep.Sagas = append(rep.Sagas, admin.NewSagaJSON(st))
 				}
 			}
 			if g.json() {
