@@ -171,8 +171,20 @@ func TestCrashRecovery(t *testing.T) {
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
-		// A random moment: during open and recovery, or deep in the workload.
-		time.Sleep(time.Duration(20+rng.IntN(400)) * time.Millisecond)
+		// A random moment: during open and recovery (even kills, timed from
+		// the start), or in the workload (odd kills, timed from the child's
+		// next acknowledgement, so that a slow start on a loaded machine
+		// does not leave the test with nothing acknowledged).
+		if k%2 == 1 {
+			if !waitForAck(dir, ackSize(dir)) {
+				_ = cmd.Process.Kill()
+				_ = cmd.Wait()
+				t.Fatalf("kill %d: the child acknowledged nothing in 2 minutes:\n%s", k, out.String())
+			}
+			time.Sleep(time.Duration(rng.IntN(200)) * time.Millisecond)
+		} else {
+			time.Sleep(time.Duration(20+rng.IntN(400)) * time.Millisecond)
+		}
 		_ = cmd.Process.Signal(syscall.SIGKILL)
 		err := cmd.Wait()
 		var ee *exec.ExitError
@@ -184,6 +196,26 @@ func TestCrashRecovery(t *testing.T) {
 		}
 	}
 	checkFinal(t, dir)
+}
+
+// ackSize is the size of the acks file the children append to.
+func ackSize(dir string) int64 {
+	fi, err := os.Stat(filepath.Join(dir, "acks"))
+	if err != nil {
+		return 0
+	}
+	return fi.Size()
+}
+
+// waitForAck waits, for at most 2 minutes, until a child acknowledges a
+// transition past size bytes of the acks file; false if none came.
+func waitForAck(dir string, size int64) bool {
+	for deadline := time.Now().Add(2 * time.Minute); ackSize(dir) <= size; time.Sleep(2 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			return false
+		}
+	}
+	return true
 }
 
 func walOptions(segment int) wal.Options { return wal.Options{SegmentSize: segment} }

@@ -331,8 +331,18 @@ func TestNearLimitRecordKeepsTheLeader(t *testing.T) {
 	}())
 	ctx := context.Background()
 	var err error
+	elections := 0
 	for k := 0; k < 4096; k += 4 {
 		_, err = l.eng.Start(ctx, "manual", make([]byte, 8<<20-k), engine.StartOptions{})
+		if errors.Is(err, engine.ErrNotLeader) && engine.IsNotApplied(err) && elections < 5 {
+			// Leadership moved for another reason (a loaded machine): the
+			// record was refused before raft saw it. Try it on the new
+			// leader; the bug this pins deposes every leader it reaches.
+			elections++
+			l = c.leader()
+			k -= 4
+			continue
+		}
 		if !errors.Is(err, engine.ErrInvalidArgument) {
 			break
 		}
