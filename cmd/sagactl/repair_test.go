@@ -184,3 +184,11 @@ func TestVerifyAfterCrashSaysWhatItDidNotCompare(t *testing.T) {
 		t.Fatalf("verify after a crash: exit %d\n%s%s", c, out, se)
 	}
 }
+
+func TestWalDumpPastTheEndFails(t *testing.T) {
+	dir := manySegments(t, false)
+	c, out, se := runCLI("--dir", dir, "wal", "dump", "--from", "999999")
+	if c != exitFailed || !strings.Contains(se, "past the end of the log") {
+		t.Fatalf("dump past the end: exit %d\n%s%s", c, out, se)
+	}
+}

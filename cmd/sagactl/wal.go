@@ -379,6 +379,13 @@ func newWalDump(g *globals) *cobra.Command {
 			if rep.Corrupt != nil {
 				return fail(exitFailed, rep.Corrupt, "records after the damage are not shown: see sagactl wal verify")
 			}
+			if from > 0 && (rep.Records == 0 || from > rep.LastIndex) {
+				return fail(exitFailed, fmt.Errorf("--from %d is past the end of the log (it holds indexes %d..%d)", from, rep.FirstIndex, rep.LastIndex),
+					"see the log's extent with: sagactl --dir "+g.dir+" wal verify")
+			}
+			if from > 0 && from < rep.FirstIndex {
+				fmt.Fprintf(g.err, "note: the log starts at index %d; records before it were checkpointed and truncated\n", rep.FirstIndex)
+			}
 			return nil
 		},
 	}
