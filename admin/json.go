@@ -50,6 +50,16 @@ func NewSagaJSON(st *engine.Status) SagaJSON {
 	if st.LastError != nil {
 		j.LastError = st.LastError.Error()
 	}
+	if st.State == fsm.StateFailed {
+		// Once every compensation succeeded (after an operator's retry,
+		// say), what matters is why the saga failed: the failed step's
+		// error, not the compensation error that a retry cleared.
+		for _, s := range st.Steps {
+			if s.Status == fsm.StepFailed && s.Err != nil {
+				j.LastError = s.Err.Error()
+			}
+		}
+	}
 	if !st.Deadline.IsZero() {
 		d := st.Deadline.UTC()
 		j.Deadline = &d

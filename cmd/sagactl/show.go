@@ -41,11 +41,17 @@ func newShow(g *globals) *cobra.Command {
 			fmt.Fprintln(w, "\nSTEP\tSTATUS\tATTEMPTS\tCOMPENSATION\tCOMP. ATTEMPTS\tDURATION\tERROR")
 			for _, st := range s.Steps {
 				errText := st.Error
-				if st.CompensationError != "" {
-					errText = "compensation: " + st.CompensationError
+				if st.CompensationError != "" && st.Status != "compensated" {
+					errText = "compensation: " + st.CompensationError // still failing
 				}
 				status := st.Status
-				if st.Uncertain {
+				switch {
+				case st.Status == "compensated" && st.Compensation == "":
+					status = "done, nothing to undo" // no compensation: skipped
+					if st.Uncertain {
+						status = "uncertain, nothing to undo"
+					}
+				case st.Uncertain:
 					status += " (uncertain)"
 				}
 				fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%d\t%s\t%s\n", st.Name, status, st.Attempts, dash(st.Compensation),
