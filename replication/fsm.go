@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"sync"
+	"sync/atomic"
 
 	"github.com/hashicorp/raft"
 
@@ -87,6 +88,10 @@ type stateMachine struct {
 
 	mu  sync.Mutex
 	err error // set by the first apply error: nothing is applied after it
+
+	// skipped counts commands raft re-delivered that the state already
+	// held (Node.Stats "commands_skipped").
+	skipped atomic.Uint64
 }
 
 var _ raft.BatchingFSM = (*stateMachine)(nil)
@@ -115,6 +120,7 @@ func (m *stateMachine) ApplyBatch(logs []*raft.Log) []any {
 			continue
 		}
 		if l.Index <= m.store.SourceIndex() {
+			m.skipped.Add(1)
 			continue // applied before a restart
 		}
 		recs, raws, derr := decodeCommand(l.Data)

@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -256,6 +257,7 @@ type Node struct {
 
 	mu      sync.Mutex
 	raft    *raft.Raft
+	sm      *stateMachine // set by Start
 	closed  bool
 	closing chan struct{} // closed by Close
 }
@@ -351,6 +353,7 @@ func (n *Node) Start(store *fsm.Store, applied func([]fsm.Entry, []fsm.Result), 
 		return err
 	}
 	sm := &stateMachine{store: store, applied: applied, failed: failed}
+	n.sm = sm
 	sm.stop = func() {
 		// Shutdown waits for the FSM goroutine, which calls stop: async.
 		n.cfg.Logger.Error("replication: this member can no longer apply commands; shutting raft down (restart the process)")
@@ -646,7 +649,15 @@ func (n *Node) Stats() map[string]string {
 	if err != nil {
 		return map[string]string{"state": "Shutdown"}
 	}
-	return r.Stats()
+	st := r.Stats()
+	n.mu.Lock()
+	if n.sm != nil {
+		// Commands raft re-delivered after a restart that the state
+		// already held, skipped by their index.
+		st["commands_skipped"] = strconv.FormatUint(n.sm.skipped.Load(), 10)
+	}
+	n.mu.Unlock()
+	return st
 }
 
 // Snapshot asks raft for a snapshot now (and a log compaction after it).
