@@ -58,6 +58,7 @@ type config struct {
 // platform is the data directory the milestones work on.
 type platform struct {
 	root string
+	log  io.Writer // where compensations say what they undid
 }
 
 // effect is what one milestone leaves on disk: a file it writes, or a line
@@ -254,8 +255,17 @@ func (p *platform) registry() (*compensation.Registry, error) {
 				continue
 			}
 			seen[ms.handler] = true
-			if err := reg.Register(ms.handler, func(ctx context.Context, c compensation.Call) error {
-				return p.undo(c.Definition, c.Step, string(c.Input))
+			handler := ms.handler
+			if err := reg.Register(handler, func(ctx context.Context, c compensation.Call) error {
+				if err := p.undo(c.Definition, c.Step, string(c.Input)); err != nil {
+					return err
+				}
+				note := ""
+				if c.Uncertain {
+					note = " (uncertain: undone from the run id alone)"
+				}
+				fmt.Fprintf(p.log, "    ↶ %-30s compensated by %s%s\n", c.Step, handler, note)
+				return nil
 			}); err != nil {
 				return nil, err
 			}
@@ -309,7 +319,7 @@ func run(out io.Writer, cfg config) error {
 	if err != nil {
 		return err
 	}
-	p := &platform{root: root}
+	p := &platform{root: root, log: out}
 	if err := p.init(); err != nil {
 		return err
 	}
@@ -336,6 +346,19 @@ func run(out io.Writer, cfg config) error {
 		ops = []operation{op}
 	} else {
 		return fmt.Errorf("unknown operation %q", cfg.op)
+	}
+	if cfg.failAt != "" {
+		var names []string
+		found := false
+		for _, op := range ops {
+			for _, ms := range op.milestones {
+				found = found || ms.name == cfg.failAt
+				names = append(names, ms.name)
+			}
+		}
+		if !found {
+			return fmt.Errorf("-fail-at %q: no such milestone; the milestones are %s", cfg.failAt, strings.Join(names, ", "))
+		}
 	}
 	uc := policy.UserContext{UserID: cfg.user}
 	fmt.Fprintf(out, "policy %s; data in %s\n", cfg.policy, root)
