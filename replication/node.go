@@ -657,6 +657,9 @@ func (n *Node) Stats() map[string]string {
 		st["commands_skipped"] = strconv.FormatUint(n.sm.skipped.Load(), 10)
 	}
 	n.mu.Unlock()
+	if first, err := n.logs.FirstIndex(); err == nil {
+		st["first_log_index"] = strconv.FormatUint(first, 10) // after compaction
+	}
 	return st
 }
 

@@ -58,7 +58,7 @@ type config struct {
 // platform is the data directory the milestones work on.
 type platform struct {
 	root string
-	log  io.Writer // where compensations say what they undid
+	log  io.Writer // where compensations say what they undid; nil for silence
 }
 
 // effect is what one milestone leaves on disk: a file it writes, or a line
@@ -264,7 +264,9 @@ func (p *platform) registry() (*compensation.Registry, error) {
 				if c.Uncertain {
 					note = " (uncertain: undone from the run id alone)"
 				}
-				fmt.Fprintf(p.log, "    ↶ %-30s compensated by %s%s\n", c.Step, handler, note)
+				if p.log != nil {
+					fmt.Fprintf(p.log, "    ↶ %-30s compensated by %s%s\n", c.Step, handler, note)
+				}
 				return nil
 			}); err != nil {
 				return nil, err

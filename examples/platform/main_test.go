@@ -240,7 +240,9 @@ func TestCrashMidOperationIsUndoneAtTheDeadline(t *testing.T) {
 	}
 	defer eng.Close()
 	clk.Advance(2 * policy.DefaultTimeout)
-	st, err := eng.Wait(context.Background(), res.SagaID)
+	wctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	st, err := eng.Wait(wctx, res.SagaID)
 	if err != nil {
 		t.Fatal(err)
 	}
