@@ -363,6 +363,12 @@ func (e *Engine) waitStarted(ctx context.Context, id string) (*Status, error) {
 	if serr != nil {
 		cur = &Status{ID: id}
 	}
+	if errors.Is(err, ErrPoisoned) || errors.Is(err, ErrClosed) {
+		// The saga started (its start is durable and acknowledged); the
+		// engine stopped afterwards. ErrPoisoned would say "nothing was
+		// applied": only the cause's text goes along.
+		return cur, fmt.Errorf("%w: saga %s: the engine stopped while it ran: %v", ErrNotSettled, id, err)
+	}
 	return cur, fmt.Errorf("%w: saga %s: %w", ErrNotSettled, id, err)
 }
 

@@ -308,3 +308,45 @@ func TestOpenWarnsOfPendingSagasWithUnregisteredHandlers(t *testing.T) {
 		t.Fatalf("no warning of the unregistered handler; the log:\n%s", logged.String())
 	}
 }
+
+// A saga Run started, then the engine stopped on an I/O error: the error
+// says "started, not settled", never "nothing applied" (ErrPoisoned).
+func TestRunInterruptedByAnIOErrorIsNotSettledNotPoisoned(t *testing.T) {
+	dir := t.TempDir()
+	release := make(chan struct{})
+	started := make(chan struct{}, 1)
+	reg := compensation.NewRegistry()
+	must(t, reg.RegisterAction("wait", func(ctx context.Context, c compensation.Call) ([]byte, error) {
+		started <- struct{}{}
+		select {
+		case <-release:
+		case <-ctx.Done():
+		}
+		return nil, nil
+	}))
+	e := openT(t, dir, Options{Registry: reg})
+	defer e.Close()
+	c, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	_, err := e.Define(c, Definition{Name: "w", Steps: []StepDef{{Name: "s", Action: "wait"}}})
+	must(t, err)
+	_, err = e.Define(c, Definition{Name: "pair", Steps: []StepDef{{Name: "a"}}})
+	must(t, err)
+	done := make(chan error, 1)
+	go func() {
+		_, err := e.Run(c, "w", nil, StartOptions{})
+		done <- err
+	}()
+	<-started
+	for _, s := range segments(t, dir) {
+		must(t, os.Remove(s))
+	}
+	if _, err := e.Start(c, "pair", nil, StartOptions{}); !errors.Is(err, ErrOutcomeUnknown) {
+		t.Fatalf("the commit that finds the log gone: %v", err)
+	}
+	close(release)
+	err = <-done
+	if !errors.Is(err, ErrNotSettled) || errors.Is(err, ErrPoisoned) || IsNotApplied(err) {
+		t.Fatalf("Run after the engine stopped: %v; want ErrNotSettled only", err)
+	}
+}
