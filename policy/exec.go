@@ -179,13 +179,14 @@ func (x *Executor) withSaga(ctx context.Context, snap *Snapshot, operation strin
 }
 
 // unavailable reports whether a start error means the engine cannot run
-// sagas now (closed, stopped by an I/O error, not the leader, none
-// configured), the only case in which run_without_saga may drop the
-// guarantees.
+// sagas now and started none (closed, stopped by an earlier I/O error, not
+// the leader, read only, none configured): the only case in which
+// run_without_saga may drop the guarantees. Not ErrOutcomeUnknown: the
+// saga may be in the log, and would later compensate work done without
+// it. Not the caller's own context ending: the call fails.
 func unavailable(err error) bool {
 	return errors.Is(err, errNoEngine) || errors.Is(err, engine.ErrClosed) || errors.Is(err, engine.ErrPoisoned) ||
-		errors.Is(err, engine.ErrOutcomeUnknown) || errors.Is(err, engine.ErrNotLeader) || errors.Is(err, engine.ErrReadOnly) ||
-		errors.Is(err, context.DeadlineExceeded)
+		errors.Is(err, engine.ErrNotLeader) || errors.Is(err, engine.ErrReadOnly)
 }
 
 var errNoEngine = errors.New("no saga engine configured")

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/sagaengine/saga/compensation"
+	"github.com/sagaengine/saga/engine"
 	"github.com/sagaengine/saga/fsm"
 )
 
@@ -352,5 +353,37 @@ func TestIdempotencyKeyRunsTheWorkflowOnce(t *testing.T) {
 	}
 	if _, err, ran := runIngest(t, x, UserContext{IdempotencyKey: "upload-43"}, 4, nil); !errors.Is(err, ErrDuplicateCall) || ran != 0 {
 		t.Fatalf("re-sent failed call: %v, ran %d", err, ran)
+	}
+}
+
+// An engine whose log failed under a start may have recorded the saga: the
+// call fails rather than run the workflow without it (the saga would later
+// compensate that work). Once the engine is known stopped, run_without_saga
+// applies.
+func TestOutcomeUnknownStartDoesNotFallBack(t *testing.T) {
+	var mu sync.Mutex
+	var undone []string
+	reg := ingestRegistry(t, &undone, &mu)
+	path := filepath.Join(t.TempDir(), "policy.yaml")
+	writeFile(t, path, ingestPolicy+"on_engine_unavailable: run_without_saga\n")
+	m := newManager(t, Options{File: path, NoWatch: true, Registry: reg})
+	dir := t.TempDir()
+	e, err := engine.Open(dir, engine.Options{Registry: reg, Logger: quiet})
+	must(t, err)
+	defer e.Close()
+	x := NewExecutor(m, e)
+	_, err, _ = runIngest(t, x, UserContext{}, 4, nil)
+	must(t, err)
+	segs, _ := filepath.Glob(filepath.Join(dir, "wal", "0*"))
+	for _, s := range segs {
+		must(t, os.Remove(s))
+	}
+	res, err, ran := runIngest(t, x, UserContext{}, 4, nil)
+	if !errors.Is(err, engine.ErrOutcomeUnknown) || ran != 0 || res.Fallback {
+		t.Fatalf("start with an unknown outcome: %+v, %v, workflow ran %d time(s)", res, err, ran)
+	}
+	res, err, ran = runIngest(t, x, UserContext{}, 4, nil)
+	if err != nil || !res.Fallback || ran != 1 {
+		t.Fatalf("a stopped engine: %+v, %v, ran %d; want the run_without_saga fallback", res, err, ran)
 	}
 }

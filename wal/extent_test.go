@@ -242,3 +242,27 @@ func TestCloseAfterEIOReleasesDescriptors(t *testing.T) {
 		t.Fatalf("%d descriptors open after Close, %d before Open", n, base)
 	}
 }
+
+// A forced repair that restarts the log after the state's applied index
+// counts, as lost, the valid records after the damage that only the log
+// held.
+func TestForcedPlanCountsTheRecordsItDropsPastTheState(t *testing.T) {
+	dir := t.TempDir()
+	writeN(t, dir, Options{SegmentSize: 300}, 40, 1)
+	asIfCrashed(t, dir)
+	segs, _ := segmentFiles(dir)
+	victim := segs[len(segs)-2] // holds records the state has and, after them, ones it has not
+	d, _ := os.ReadFile(victim.path)
+	d[3] ^= 0x40
+	if err := os.WriteFile(victim.path, d, 0o640); err != nil {
+		t.Fatal(err)
+	}
+	applied := victim.first + 1
+	plan, err := PlanRepair(dir, applied)
+	if err != nil || plan.Safe || plan.Restart != applied+1 {
+		t.Fatalf("plan: %+v %v", plan, err)
+	}
+	if want := 40 - applied; plan.Lost < want {
+		t.Fatalf("the plan drops records %d..40 but counts %d lost, want at least %d", applied+1, plan.Lost, want)
+	}
+}

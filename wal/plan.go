@@ -130,7 +130,7 @@ func decide(segs []segmentFile, rep *Report, ext *Extent, applied uint64) (*Plan
 			p.Summary = "nothing to do"
 		}
 		return p, nil
-	case damaged && ext != nil && ext.Clean && valid >= ext.Last && rep.Corrupt.Index > ext.Last:
+	case damaged && !tailGone && ext != nil && ext.Clean && valid >= ext.Last && rep.Corrupt.Index > ext.Last:
 		// Closed cleanly at ext.Last, which is intact: whatever follows was
 		// written after the log was closed, not by it.
 		c := rep.Corrupt
@@ -181,16 +181,20 @@ func decide(segs []segmentFile, rep *Report, ext *Extent, applied uint64) (*Plan
 	if damaged {
 		c := rep.Corrupt
 		p.Problem = c
+		// The records from the damage on: counted, and at least up to the
+		// highest index the log is known (or seen) to have held.
+		reach := max(known, rep.HighestDropped)
 		p.Lost = rep.DroppedByForce
-		if known >= c.Index && known-c.Index+1 > p.Lost {
-			p.Lost = known - c.Index + 1
+		if reach >= c.Index && reach-c.Index+1 > p.Lost {
+			p.Lost = reach - c.Index + 1
 		}
 		if c.Index <= applied {
-			// Cutting at the damage would leave the state ahead of the log.
+			// Cutting at the damage would leave the state ahead of the log:
+			// what is lost is what only the log held, after applied.
 			p.Remove, p.Restart = paths(segs), applied+1
 			p.Lost = 0
-			if known > applied {
-				p.Lost = known - applied
+			if reach > applied {
+				p.Lost = reach - applied
 			}
 			p.Summary = fmt.Sprintf("remove every segment and continue the log, empty, from index %d (after the state's applied index); "+
 				"records after %d that only the log held are lost", applied+1, applied)

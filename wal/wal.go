@@ -305,7 +305,7 @@ func Open(dir string, opts Options) (*Log, error) {
 		err = l.reloadTail()
 	}
 	if err == nil && !opts.NoRepair {
-		err = l.writeExtent(false)
+		err = l.writeExtent(l.last, false)
 	}
 	if err != nil {
 		l.closeFiles()
@@ -316,8 +316,8 @@ func Open(dir string, opts Options) (*Log, error) {
 
 // writeExtent records the log's current reach in its EXTENT file. l.mu held
 // (or the log not yet shared).
-func (l *Log) writeExtent(clean bool) error {
-	return writeExtent(l.dir, Extent{TailStart: l.tailStart(), Last: l.last, Clean: clean}, l.opts.NoSync)
+func (l *Log) writeExtent(last uint64, clean bool) error {
+	return writeExtent(l.dir, Extent{TailStart: l.tailStart(), Last: last, Clean: clean}, l.opts.NoSync)
 }
 
 // tailStart is the first index of the tail segment, from its file name.
@@ -416,6 +416,9 @@ type Report struct {
 	// DroppedByForce counts the records from the corruption on (those a
 	// forced repair would cut); 0 without corruption.
 	DroppedByForce uint64
+	// HighestDropped is the highest index of a valid record found after
+	// the corruption (best effort); 0 when none.
+	HighestDropped uint64
 }
 
 // Verify checks every record of the log in dir without changing anything.
@@ -447,7 +450,9 @@ func verifySegments(segs []segmentFile, fn func(index uint64, payload []byte) er
 		maxFrame := len(data)
 		rep.Bytes += int64(len(data))
 		if rep.Corrupt != nil {
-			rep.DroppedByForce += countFrames(data, maxFrame)
+			n, hi := countFrames(data, maxFrame)
+			rep.DroppedByForce += n
+			rep.HighestDropped = max(rep.HighestDropped, hi)
 			continue
 		}
 		isLast := i == len(segs)-1
@@ -461,12 +466,12 @@ func verifySegments(segs []segmentFile, fn func(index uint64, payload []byte) er
 				switch {
 				case !isLast || validFrameAfter(data, off+1, next, maxFrame):
 					rep.Corrupt = &CorruptionError{Segment: s.path, Offset: int64(off), Index: next, Reason: perr.Error()}
-					rep.DroppedByForce += countFrames(data[off:], maxFrame) + 1
+					rep.countDropped(data[off:], maxFrame)
 				case !isTear(data, off, next):
 					rep.Corrupt = &CorruptionError{Segment: s.path, Offset: int64(off), Index: next,
 						Reason: perr.Error() + fmt.Sprintf("; the %d byte(s) from there to the end of the last segment are not what an interrupted write leaves "+
 							"(a prefix of the next record, then zeros)", len(data)-off)}
-					rep.DroppedByForce += countFrames(data[off:], maxFrame) + 1
+					rep.countDropped(data[off:], maxFrame)
 				default:
 					rep.Torn = &TornTail{Segment: s.path, Offset: int64(off), Bytes: int64(len(data) - off),
 						FirstIndex: next, Reason: perr.Error()}
@@ -584,8 +589,8 @@ func allZero(b []byte) bool {
 
 // countFrames counts the parseable records in data (best effort, for
 // reporting what a forced repair drops).
-func countFrames(data []byte, maxFrame int) uint64 {
-	var n uint64
+// and the highest index among them.
+func countFrames(data []byte, maxFrame int) (n, highest uint64) {
 	for off := 0; off < len(data); {
 		e, err := parseEntry(data, off, maxFrame)
 		if err != nil {
@@ -593,9 +598,18 @@ func countFrames(data []byte, maxFrame int) uint64 {
 			continue
 		}
 		n++
+		highest = max(highest, e.index)
 		off = e.end
 	}
-	return n
+	return n, highest
+}
+
+// countDropped adds the damaged record and what follows it in its segment
+// to what a forced repair drops.
+func (rep *Report) countDropped(data []byte, maxFrame int) {
+	n, hi := countFrames(data, maxFrame)
+	rep.DroppedByForce += n + 1
+	rep.HighestDropped = max(rep.HighestDropped, hi)
 }
 
 func truncateFile(path string, off int64) error {
@@ -712,15 +726,13 @@ func (l *Log) Append(recs [][]byte) (first uint64, err error) {
 	if cycled {
 		// A new tail segment: check the one tidwall just closed, watch the
 		// new one, and record that the log reached it.
-		l.last += uint64(len(recs))
 		err := l.checkTail()
 		if err == nil {
 			err = l.reloadTail()
 		}
 		if err == nil {
-			err = l.writeExtent(false)
+			err = l.writeExtent(l.last+uint64(len(recs)), false)
 		}
-		l.last -= uint64(len(recs))
 		if err != nil {
 			l.poison = err
 			return 0, fmt.Errorf("%w: %v", ErrPoisoned, err)
@@ -1070,7 +1082,7 @@ func (l *Log) Close() error {
 	if err != nil {
 		return fmt.Errorf("wal: close: %w", err)
 	}
-	if err := l.writeExtent(true); err != nil {
+	if err := l.writeExtent(l.last, true); err != nil {
 		return fmt.Errorf("wal: close: %w", err)
 	}
 	return nil

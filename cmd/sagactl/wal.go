@@ -46,6 +46,20 @@ func (g *globals) lockOffline() (func(), error) {
 
 func (g *globals) walDir() string { return filepath.Join(g.dir, "wal") }
 
+// repairPlan is what the engine's Open (and wal repair) would do to the
+// log of the stopped engine in g.dir, decided without changing a file.
+func (g *globals) repairPlan() (*wal.Plan, error) {
+	applied, err := engine.StoredAppliedIndex(g.dir)
+	if err != nil {
+		return nil, fail(exitFailed, err, "")
+	}
+	plan, err := wal.PlanRepair(g.walDir(), applied)
+	if err != nil {
+		return nil, fail(exitFailed, err, "")
+	}
+	return plan, nil
+}
+
 func printReport(g *globals, rep *wal.Report) {
 	fmt.Fprintf(g.out, "log: %d segment(s), %d bytes, %d valid record(s)", rep.Segments, rep.Bytes, rep.Records)
 	if rep.Records > 0 {
@@ -120,14 +134,11 @@ saga whose whole history the log holds and the state has applied).`,
 			if err != nil {
 				return fail(exitFailed, err, "")
 			}
-			applied, err := engine.StoredAppliedIndex(g.dir)
+			plan, err := g.repairPlan()
 			if err != nil {
-				return fail(exitFailed, err, "")
+				return err
 			}
-			plan, err := wal.PlanRepair(g.walDir(), applied)
-			if err != nil {
-				return fail(exitFailed, err, "")
-			}
+			applied := plan.Applied
 			ok := rep.Corrupt == nil && plan.Problem == nil && len(decodeErrs) == 0
 			var compared, mismatched, notApplied, checkpointed int
 			var mismatches []string
@@ -262,13 +273,9 @@ needs --force, and changes nothing.`,
 				return err
 			}
 			defer release()
-			applied, err := engine.StoredAppliedIndex(g.dir)
+			plan, err := g.repairPlan()
 			if err != nil {
-				return fail(exitFailed, err, "")
-			}
-			plan, err := wal.PlanRepair(g.walDir(), applied)
-			if err != nil {
-				return fail(exitFailed, err, "")
+				return err
 			}
 			say := func(result string) error {
 				if g.json() {
@@ -298,7 +305,7 @@ needs --force, and changes nothing.`,
 				return fail(exitRefused, fmt.Errorf("refusing to drop at least %d record(s) that may have been acknowledged; nothing was changed", plan.Lost),
 					"rerun with --force to accept the loss, or restore the directory from a backup or replica")
 			}
-			done, err := wal.Repair(g.walDir(), applied, force)
+			done, err := wal.Repair(g.walDir(), plan.Applied, force)
 			if err != nil {
 				return fail(exitFailed, err, "")
 			}
