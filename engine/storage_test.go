@@ -14,6 +14,7 @@ import (
 
 	"github.com/sagaengine/saga/compensation"
 	"github.com/sagaengine/saga/fsm"
+	"github.com/sagaengine/saga/internal/dirtest"
 	"github.com/sagaengine/saga/internal/ext4test"
 	"github.com/sagaengine/saga/wal"
 )
@@ -33,22 +34,6 @@ func segments(t *testing.T, dir string) []string {
 	}
 	sort.Strings(out)
 	return out
-}
-
-func requireSameTree(t *testing.T, before, after map[string]string) {
-	t.Helper()
-	for p, b := range before {
-		if a, ok := after[p]; !ok {
-			t.Errorf("%s was removed", p)
-		} else if a != b {
-			t.Errorf("%s was changed", p)
-		}
-	}
-	for p := range after {
-		if _, ok := before[p]; !ok {
-			t.Errorf("%s was created", p)
-		}
-	}
 }
 
 // runSagas defines a two-step saga and completes n of them by Advance.
@@ -113,31 +98,6 @@ func TestTailDamageAfterCleanCloseOpensWithEverySaga(t *testing.T) {
 	}
 }
 
-// crashImage copies the data directory of a running engine: what a SIGKILL
-// at this instant leaves on disk (the state not flushed since its last
-// checkpoint, the log's EXTENT not marked clean). The engine is closed.
-func crashImage(t *testing.T, e *Engine, dir string) string {
-	t.Helper()
-	img := t.TempDir()
-	err := filepath.Walk(dir, func(p string, info os.FileInfo, err error) error {
-		if err != nil {
-			return err
-		}
-		rel, _ := filepath.Rel(dir, p)
-		if info.IsDir() {
-			return os.MkdirAll(filepath.Join(img, rel), 0o750)
-		}
-		b, err := os.ReadFile(p)
-		if err != nil {
-			return err
-		}
-		return os.WriteFile(filepath.Join(img, rel), b, 0o640)
-	})
-	must(t, err)
-	_ = e.Close()
-	return img
-}
-
 // Damage past what the state holds may have been acknowledged: Open
 // refuses, names the repair, and leaves every file as it was.
 func TestOpenRefusesDamagePastTheStateWithoutChangingAFile(t *testing.T) {
@@ -151,12 +111,12 @@ func TestOpenRefusesDamagePastTheStateWithoutChangingAFile(t *testing.T) {
 		junk[i] = byte(i*7 + 1)
 	}
 	must(t, os.WriteFile(segs[len(segs)-1], junk, 0o640))
-	before := hashTree(t, dir)
+	before := dirtest.Files(t, dir)
 	_, err := Open(dir, Options{Logger: quiet})
 	if !errors.Is(err, ErrRecovery) || !errors.Is(err, wal.ErrCorrupt) || !strings.Contains(err.Error(), "wal repair --dry-run") {
 		t.Fatalf("open of a damaged log: %v, want ErrRecovery and wal.ErrCorrupt naming the repair", err)
 	}
-	requireSameTree(t, before, hashTree(t, dir))
+	dirtest.RequireSame(t, before, dirtest.Files(t, dir))
 }
 
 // The issue this pins: the active segment unlinked under a running engine
@@ -178,18 +138,18 @@ func TestUnlinkedLogFailStopsAndIsRefusedAtOpen(t *testing.T) {
 		t.Fatalf("a commit after the fail-stop: %v, want ErrPoisoned", err)
 	}
 	dir = crashImage(t, e, dir)
-	before := hashTree(t, dir)
+	before := dirtest.Files(t, dir)
 	if _, err := Open(dir, Options{Logger: quiet}); !errors.Is(err, wal.ErrLost) {
 		t.Fatalf("open after the log vanished: %v, want wal.ErrLost", err)
 	}
-	requireSameTree(t, before, hashTree(t, dir))
+	dirtest.RequireSame(t, before, dirtest.Files(t, dir))
 	// The whole wal directory gone: refused too, not taken for a new engine.
 	must(t, os.RemoveAll(filepath.Join(dir, "wal")))
-	before = hashTree(t, dir)
+	before = dirtest.Files(t, dir)
 	if _, err := Open(dir, Options{Logger: quiet}); !errors.Is(err, wal.ErrLost) {
 		t.Fatalf("open without a wal directory: %v, want wal.ErrLost", err)
 	}
-	requireSameTree(t, before, hashTree(t, dir))
+	dirtest.RequireSame(t, before, dirtest.Files(t, dir))
 }
 
 func TestCloseAfterEIOReleasesEveryDescriptorAndReportsIt(t *testing.T) {
@@ -349,4 +309,14 @@ func TestRunInterruptedByAnIOErrorIsNotSettledNotPoisoned(t *testing.T) {
 	if !errors.Is(err, ErrNotSettled) || errors.Is(err, ErrPoisoned) || IsNotApplied(err) {
 		t.Fatalf("Run after the engine stopped: %v; want ErrNotSettled only", err)
 	}
+}
+
+// crashImage copies the data directory of a running engine: what a SIGKILL
+// at this instant leaves on disk (the state not flushed since its last
+// checkpoint, the log's EXTENT not marked clean). The engine is closed.
+func crashImage(t *testing.T, e *Engine, dir string) string {
+	t.Helper()
+	img := dirtest.Copy(t, dir)
+	_ = e.Close()
+	return img
 }

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/sagaengine/saga/internal/dirtest"
 	"github.com/sagaengine/saga/internal/ext4test"
 )
 
@@ -39,13 +40,13 @@ func TestDamageAfterCleanCloseRefusesWithoutChangingAFile(t *testing.T) {
 			writeN(t, dir, opts, 400, 8)
 			_, data := lastSegment(t, dir)
 			tc.mk(t, dir, entryEnds(t, data))
-			before := snapshotDir(t, dir)
+			before := dirtest.Files(t, dir)
 			_, err := Open(dir, Options{SegmentSize: 4096, Logger: quiet})
 			var refused *RefusedError
 			if !errors.Is(err, ErrLost) || !errors.As(err, &refused) {
 				t.Fatalf("open of a cleanly closed log missing its last records: %v, want ErrLost", err)
 			}
-			requireUnchanged(t, dir, before)
+			dirtest.RequireSame(t, before, dirtest.Files(t, dir))
 			// The dry run (the plan) and the real repair agree, and the real
 			// one refuses without force, still changing nothing.
 			plan, err := PlanRepair(dir, 0)
@@ -55,7 +56,7 @@ func TestDamageAfterCleanCloseRefusesWithoutChangingAFile(t *testing.T) {
 			if _, err := Repair(dir, 0, false); !errors.Is(err, ErrLost) {
 				t.Fatalf("repair without force: %v", err)
 			}
-			requireUnchanged(t, dir, before)
+			dirtest.RequireSame(t, before, dirtest.Files(t, dir))
 		})
 	}
 }
@@ -146,11 +147,11 @@ func TestOpenRefusesALogWhoseSegmentsVanished(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			before := snapshotDir(t, crashed)
+			before := dirtest.Files(t, crashed)
 			if _, err := Open(crashed, Options{SegmentSize: size, Logger: quiet}); !errors.Is(err, ErrLost) {
 				t.Fatalf("open after the segments vanished: %v, want ErrLost", err)
 			}
-			requireUnchanged(t, crashed, before)
+			dirtest.RequireSame(t, before, dirtest.Files(t, crashed))
 		})
 	}
 }
@@ -171,11 +172,11 @@ func TestSegmentOfRandomBytesIsDamageNotATornTail(t *testing.T) {
 	if err != nil || rep.Corrupt == nil || rep.Torn != nil {
 		t.Fatalf("verify of a segment of random bytes: torn=%+v corrupt=%+v %v", rep.Torn, rep.Corrupt, err)
 	}
-	before := snapshotDir(t, dir)
+	before := dirtest.Files(t, dir)
 	if _, err := Open(dir, Options{SegmentSize: 300, Logger: quiet}); !errors.Is(err, ErrCorrupt) {
 		t.Fatalf("open: %v, want ErrCorrupt", err)
 	}
-	requireUnchanged(t, dir, before)
+	dirtest.RequireSame(t, before, dirtest.Files(t, dir))
 }
 
 func TestDamagedExtentRefusesWithoutChangingAFile(t *testing.T) {
@@ -184,11 +185,11 @@ func TestDamagedExtentRefusesWithoutChangingAFile(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, extentFile), []byte("not an extent"), 0o640); err != nil {
 		t.Fatal(err)
 	}
-	before := snapshotDir(t, dir)
+	before := dirtest.Files(t, dir)
 	if _, err := Open(dir, Options{Logger: quiet}); !errors.Is(err, ErrBadExtent) {
 		t.Fatalf("open: %v, want ErrBadExtent", err)
 	}
-	requireUnchanged(t, dir, before)
+	dirtest.RequireSame(t, before, dirtest.Files(t, dir))
 }
 
 func TestTruncateBackThenReopenIsNotALoss(t *testing.T) {

@@ -11,6 +11,8 @@ import (
 	"testing"
 
 	twal "github.com/tidwall/wal"
+
+	"github.com/sagaengine/saga/internal/dirtest"
 )
 
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -65,41 +67,6 @@ func asIfCrashed(t *testing.T, dir string) {
 	last := segs[len(segs)-1].first
 	if err := writeExtent(dir, Extent{TailStart: last, Last: last - 1}, false); err != nil {
 		t.Fatal(err)
-	}
-}
-
-// snapshotDir returns every file of dir with its bytes.
-func snapshotDir(t *testing.T, dir string) map[string]string {
-	t.Helper()
-	out := map[string]string{}
-	ents, err := os.ReadDir(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, e := range ents {
-		b, err := os.ReadFile(filepath.Join(dir, e.Name()))
-		if err != nil {
-			t.Fatal(err)
-		}
-		out[e.Name()] = string(b)
-	}
-	return out
-}
-
-func requireUnchanged(t *testing.T, dir string, before map[string]string) {
-	t.Helper()
-	after := snapshotDir(t, dir)
-	for name, b := range before {
-		if a, ok := after[name]; !ok {
-			t.Errorf("%s was removed", name)
-		} else if a != b {
-			t.Errorf("%s was changed (%d bytes, was %d)", name, len(a), len(b))
-		}
-	}
-	for name := range after {
-		if _, ok := before[name]; !ok {
-			t.Errorf("%s was created", name)
-		}
 	}
 }
 
@@ -284,11 +251,11 @@ func TestTornTailMatrix(t *testing.T) {
 				t.Fatal(err)
 			}
 			if c.keep < 0 {
-				before := snapshotDir(t, dir)
+				before := dirtest.Files(t, dir)
 				if _, err := Open(dir, Options{SegmentSize: 200, Logger: quiet}); !errors.Is(err, ErrCorrupt) {
 					t.Fatalf("open of a log ending in garbage: %v, want ErrCorrupt", err)
 				}
-				requireUnchanged(t, dir, before)
+				dirtest.RequireSame(t, before, dirtest.Files(t, dir))
 				return
 			}
 			l := openT(t, dir, opts)
@@ -575,11 +542,11 @@ func TestVerifyAndRepair(t *testing.T) {
 	if err != nil || rep.Corrupt == nil || rep.Corrupt.Index != victim.first || rep.DroppedByForce < 30-victim.first {
 		t.Fatalf("verify corrupt: %+v %v", rep, err)
 	}
-	before := snapshotDir(t, dir)
+	before := dirtest.Files(t, dir)
 	if _, err := Repair(dir, 0, false); !errors.Is(err, ErrCorrupt) {
 		t.Fatalf("repair without force: %v", err)
 	}
-	requireUnchanged(t, dir, before)
+	dirtest.RequireSame(t, before, dirtest.Files(t, dir))
 	if _, err := Repair(dir, 0, true); err != nil {
 		t.Fatal(err)
 	}

@@ -3,13 +3,13 @@ package main
 import (
 	"context"
 	"os"
-	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/sagaengine/saga/engine"
+	"github.com/sagaengine/saga/internal/dirtest"
 	"github.com/sagaengine/saga/wal"
 )
 
@@ -40,8 +40,7 @@ func manySegments(t *testing.T, crash bool) string {
 		}
 	}
 	if crash {
-		img := t.TempDir()
-		copyTree(t, dir, img)
+		img := dirtest.Copy(t, dir)
 		e.Close()
 		return img
 	}
@@ -49,54 +48,6 @@ func manySegments(t *testing.T, crash bool) string {
 		t.Fatal(err)
 	}
 	return dir
-}
-
-func copyTree(t *testing.T, src, dst string) {
-	t.Helper()
-	err := filepath.Walk(src, func(p string, info os.FileInfo, err error) error {
-		if err != nil {
-			return err
-		}
-		rel, _ := filepath.Rel(src, p)
-		if info.IsDir() {
-			return os.MkdirAll(filepath.Join(dst, rel), 0o750)
-		}
-		b, err := os.ReadFile(p)
-		if err != nil {
-			return err
-		}
-		return os.WriteFile(filepath.Join(dst, rel), b, 0o640)
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-}
-
-func treeBytes(t *testing.T, dir string) map[string]string {
-	t.Helper()
-	out := map[string]string{}
-	filepath.Walk(dir, func(p string, info os.FileInfo, err error) error {
-		if err == nil && !info.IsDir() && filepath.Base(p) != "LOCK" {
-			b, _ := os.ReadFile(p)
-			out[p] = string(b)
-		}
-		return nil
-	})
-	return out
-}
-
-func requireSame(t *testing.T, before, after map[string]string) {
-	t.Helper()
-	for p, b := range before {
-		if after[p] != b {
-			t.Errorf("%s was changed or removed", p)
-		}
-	}
-	for p := range after {
-		if _, ok := before[p]; !ok {
-			t.Errorf("%s was created", p)
-		}
-	}
 }
 
 func flipLastSegment(t *testing.T, dir string) {
@@ -119,17 +70,17 @@ var planLine = regexp.MustCompile(`(?m)^plan: .*$`)
 func TestRefusedRepairChangesNothingAndDryRunSaysForce(t *testing.T) {
 	dir := manySegments(t, true)
 	flipLastSegment(t, dir)
-	before := treeBytes(t, dir)
+	before := files(t, dir)
 	c, dry, se := runCLI("--dir", dir, "wal", "repair", "--dry-run")
 	if c != 0 || !strings.Contains(dry, "needs --force") || !planLine.MatchString(dry) {
 		t.Fatalf("dry run: exit %d\n%s%s", c, dry, se)
 	}
-	requireSame(t, before, treeBytes(t, dir))
+	dirtest.RequireSame(t, before, files(t, dir))
 	c, out, se := runCLI("--dir", dir, "wal", "repair")
 	if c != exitRefused || !strings.Contains(se, "nothing was changed") {
 		t.Fatalf("repair without --force: exit %d\n%s%s", c, out, se)
 	}
-	requireSame(t, before, treeBytes(t, dir))
+	dirtest.RequireSame(t, before, files(t, dir))
 	c, out, se = runCLI("--dir", dir, "wal", "repair", "--force")
 	if c != 0 || planLine.FindString(out) != planLine.FindString(dry) {
 		t.Fatalf("forced repair: exit %d, its plan differs from the dry run's:\n%s\n---\n%s%s", c, dry, out, se)
@@ -191,4 +142,12 @@ func TestWalDumpPastTheEndFails(t *testing.T) {
 	if c != exitFailed || !strings.Contains(se, "past the end of the log") {
 		t.Fatalf("dump past the end: exit %d\n%s%s", c, out, se)
 	}
+}
+
+// files is every file of a data directory but its lock, with its bytes.
+func files(t *testing.T, dir string) map[string]string {
+	t.Helper()
+	f := dirtest.Files(t, dir)
+	delete(f, "LOCK")
+	return f
 }
