@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net/http"
 	"strconv"
+	"time"
 
 	"github.com/sagaengine/saga/engine"
 	"github.com/sagaengine/saga/replication"
@@ -19,7 +20,7 @@ type Cluster interface {
 	ID() string
 	State() string
 	Servers() ([]replication.Server, error)
-	AddVoter(ctx context.Context, id, addr string) error
+	Join(ctx context.Context, id, addr string) error
 	RemoveServer(ctx context.Context, id string) error
 	Stats() map[string]string
 }
@@ -78,6 +79,11 @@ func (s *Server) clusterGet(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, rep)
 }
 
+// joinWait bounds how long POST /v1/cluster/join waits for the new member
+// to catch up before it is removed again (inside the server's 30 s write
+// timeout).
+const joinWait = 20 * time.Second
+
 // MemberRequest is the body of POST /v1/cluster/join ({id, address}) and
 // POST /v1/cluster/remove ({id}).
 type MemberRequest struct {
@@ -109,7 +115,9 @@ func (s *Server) clusterChange(w http.ResponseWriter, r *http.Request) {
 			writeError(w, http.StatusBadRequest, errors.New("address is required: the raft address the new member listens on"), "")
 			return
 		}
-		err = c.AddVoter(r.Context(), req.ID, req.Address)
+		ctx, cancel := context.WithTimeout(r.Context(), joinWait)
+		err = c.Join(ctx, req.ID, req.Address)
+		cancel()
 	case "remove":
 		if req.ID == c.ID() {
 			// Allowed by raft, but the leader then steps down: say so.
@@ -122,6 +130,10 @@ func (s *Server) clusterChange(w http.ResponseWriter, r *http.Request) {
 	}
 	if errors.Is(err, replication.ErrInvalidConfig) {
 		writeError(w, http.StatusBadRequest, err, "")
+		return
+	}
+	if errors.Is(err, replication.ErrNotCaughtUp) {
+		writeError(w, http.StatusConflict, err, "start the member (without -bootstrap) at that raft address, with a certificate from the group's CA, then join again")
 		return
 	}
 	if err != nil {

@@ -42,6 +42,11 @@ var (
 	// ErrCommandTooLarge: a proposal does not fit in one raft log entry;
 	// nothing was applied.
 	ErrCommandTooLarge = errors.New("replication: command too large")
+	// ErrNotCaughtUp: Join added a member as a non-voter, but it did not
+	// answer over the transport, or did not catch up with the log, in
+	// time. It was removed again and never voted; the error names the
+	// last transport failure (a refused TLS handshake, say).
+	ErrNotCaughtUp = errors.New("replication: the new member did not catch up")
 )
 
 // logEntryOverhead bounds what the log store adds to a command (raft's
@@ -252,7 +257,9 @@ type Node struct {
 	logs   *LogStore
 	stable *StableStore
 	snaps  *raft.FileSnapshotStore
-	trans  raft.Transport
+	trans  raft.Transport // the real transport, New's or Config's
+	prog   progress       // what peers answered, seen through track(trans)
+	rtrans raft.Transport // track(trans): the transport raft uses
 	hlog   hclog.Logger
 
 	mu      sync.Mutex
@@ -306,6 +313,7 @@ func New(cfg Config) (*Node, error) {
 			return nil, err
 		}
 	}
+	n.rtrans = track(n.trans, &n.prog)
 	ok = true
 	return n, nil
 }
@@ -389,12 +397,12 @@ func (n *Node) Start(store *fsm.Store, applied func([]fsm.Entry, []fsm.Result), 
 			for _, p := range peers {
 				conf.Servers = append(conf.Servers, raft.Server{Suffrage: raft.Voter, ID: raft.ServerID(p.ID), Address: raft.ServerAddress(p.Address)})
 			}
-			if err := raft.BootstrapCluster(rc, n.logs, n.stable, n.snaps, n.trans, conf); err != nil {
+			if err := raft.BootstrapCluster(rc, n.logs, n.stable, n.snaps, n.rtrans, conf); err != nil {
 				return fmt.Errorf("replication: bootstrap: %w", err)
 			}
 		}
 	}
-	r, err := raft.NewRaft(rc, sm, n.logs, n.stable, n.snaps, n.trans)
+	r, err := raft.NewRaft(rc, sm, n.logs, n.stable, n.snaps, n.rtrans)
 	if err != nil {
 		return fmt.Errorf("replication: start raft: %w", err)
 	}
@@ -577,17 +585,100 @@ func (n *Node) State() string {
 	return r.State().String()
 }
 
-// AddVoter adds (or updates) a voting member; only the leader can.
-func (n *Node) AddVoter(ctx context.Context, id, addr string) error {
+// joinTimeout bounds Join's wait for the new member to catch up when ctx
+// has no deadline.
+const joinTimeout = time.Minute
+
+// Join adds a member; only the leader can. The member is added as a
+// non-voter first, so it counts for no quorum while it is unknown. It
+// becomes a voter only once it has answered the leader over the transport
+// (over mutual TLS, an authenticated connection) and holds the log up to
+// the entry that added it. If that does not happen before ctx ends (or
+// within a minute, without a deadline), the member is removed again and
+// the error is ErrNotCaughtUp with the last transport failure, so an
+// unreachable or untrusted member never becomes a voter.
+//
+// Joining a member that is already a voter at the same address does
+// nothing and succeeds; a non-voter is promoted once it has caught up.
+func (n *Node) Join(ctx context.Context, id, addr string) error {
 	if !idPattern.MatchString(id) {
 		return fmt.Errorf("%w: member id %q", ErrInvalidConfig, id)
 	}
 	if _, _, err := net.SplitHostPort(addr); err != nil {
 		return fmt.Errorf("%w: member address %q: %v", ErrInvalidConfig, addr, err)
 	}
+	servers, err := n.Servers()
+	if err != nil {
+		return err
+	}
+	known := false
+	for _, s := range servers {
+		if s.ID == id && s.Address == addr {
+			if s.Voter {
+				return nil
+			}
+			known = true
+		}
+	}
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, joinTimeout)
+		defer cancel()
+	}
+	if !known {
+		n.prog.forget(raft.ServerID(id))
+	}
+	var joined uint64
+	if err := n.membership(ctx, func(r *raft.Raft, timeout time.Duration) raft.IndexFuture {
+		f := r.AddNonvoter(raft.ServerID(id), raft.ServerAddress(addr), 0, timeout)
+		if f.Error() == nil {
+			joined = f.Index()
+		}
+		return f
+	}); err != nil {
+		return err
+	}
+	if err := n.awaitCatchUp(ctx, raft.ServerID(id), joined); err != nil {
+		// Best effort, on a fresh context: ctx may be what ended.
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), n.cfg.ApplyTimeout)
+		defer cancel()
+		if rerr := n.RemoveServer(rctx, id); rerr != nil {
+			return fmt.Errorf("%w; removing the non-voter %s failed too: %v", err, id, rerr)
+		}
+		return fmt.Errorf("%w; %s was removed from the group and never voted", err, id)
+	}
 	return n.membership(ctx, func(r *raft.Raft, timeout time.Duration) raft.IndexFuture {
 		return r.AddVoter(raft.ServerID(id), raft.ServerAddress(addr), 0, timeout)
 	})
+}
+
+// awaitCatchUp waits until peer id has acknowledged holding index.
+func (n *Node) awaitCatchUp(ctx context.Context, id raft.ServerID, index uint64) error {
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		p := n.prog.get(id)
+		if p.match >= index {
+			return nil
+		}
+		if !n.IsLeader() {
+			return fmt.Errorf("%w: %s: leadership was lost while it caught up", ErrNotCaughtUp, id)
+		}
+		select {
+		case <-ctx.Done():
+			switch {
+			case p.lastErr != nil:
+				return fmt.Errorf("%w: %s answered nothing usable (last error: %v)", ErrNotCaughtUp, id, p.lastErr)
+			case p.seen.IsZero():
+				return fmt.Errorf("%w: %s never answered the leader", ErrNotCaughtUp, id)
+			default:
+				return fmt.Errorf("%w: %s holds the log up to %d of %d", ErrNotCaughtUp, id, p.match, index)
+			}
+		case <-tick.C:
+		case <-n.closing:
+			return ErrClosed
+		}
+	}
 }
 
 // RemoveServer removes a member; only the leader can.

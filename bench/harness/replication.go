@@ -64,7 +64,7 @@ func newGroup() ([]*benchMember, error) {
 			return nil, err
 		}
 		node := ms[0].e.Replicator().(*replication.Node)
-		if err := node.AddVoter(context.Background(), m.id, m.addr); err != nil {
+		if err := node.Join(context.Background(), m.id, m.addr); err != nil {
 			return nil, err
 		}
 	}

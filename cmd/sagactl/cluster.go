@@ -20,7 +20,13 @@ func newCluster(g *globals) *cobra.Command {
 status shows the member --addr points at: its raft state, the leader, every
 member, and its command index and state hash (equal hashes at equal command
 indexes mean equal states). join and remove change the membership; only the
-leader's admin API accepts them (a follower answers with the leader's id).`,
+leader's admin API accepts them (a follower answers with the leader's id).
+
+join adds the member as a non-voter and makes it a voter only once it has
+answered the leader (over mutual TLS, with a certificate from the group's
+CA) and holds the log up to its joining. A member that does not within 20
+seconds is removed again, and join exits non-zero saying why: it never
+counts for the quorum.`,
 	}
 	need := func() (*client, error) {
 		if !g.online() {
@@ -77,7 +83,7 @@ leader's admin API accepts them (a follower answers with the leader's id).`,
 	}
 	join := &cobra.Command{
 		Use:   "join ID RAFT-ADDRESS",
-		Short: "Add a member (started without -bootstrap) as a voter; send it to the leader",
+		Short: "Add a member (started without -bootstrap); a voter once it has caught up",
 		Args:  exactArgs(2, "join needs the new member's id and raft address"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return change("join", admin.MemberRequest{ID: args[0], Address: args[1]})(cmd, args)

@@ -53,8 +53,25 @@ func TestClusterCommandsOnAReplicatedMember(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+	// n2 runs, reachable: join makes it a voter once it has caught up.
+	_, trans2 := raft.NewInmemTransport("n2:7000")
+	trans.Connect(trans2.LocalAddr(), trans2)
+	trans2.Connect(trans.LocalAddr(), trans)
+	dir2 := t.TempDir()
+	node2, err := replication.New(replication.Config{ID: "n2", Dir: filepath.Join(dir2, "raft"), Transport: trans2,
+		HeartbeatTimeout: 50 * time.Millisecond, ElectionTimeout: 50 * time.Millisecond, LeaderLeaseTimeout: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e2, err := engine.Open(dir2, engine.Options{Replicator: node2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e2.Close()
 	code, out, errOut := runCLI("--addr", hs.URL, "--token-file", tf, "-o", "json", "cluster", "join", "n2", "n2:7000")
-	if code != 0 || !strings.Contains(out, `"id": "n2"`) {
+	if code != 0 || !strings.Contains(out, `"id": "n2",
+      "address": "n2:7000",
+      "voter": true`) {
 		t.Fatalf("join: %d\n%s\n%s", code, out, errOut)
 	}
 	code, _, errOut = runCLI("--addr", hs.URL, "--token-file", tf, "cluster", "remove", "ghost")
