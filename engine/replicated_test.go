@@ -1,6 +1,6 @@
 package engine_test
 
-// Review tests of the engine's replicated mode. They drive the engine with
+// Tests of the engine's replicated mode. They drive the engine with
 // a fake Replicator whose leadership, barrier and commit timing the test
 // controls, so that each interleaving below happens deterministically. The
 // fake applies commands exactly as replication's state machine does
@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -40,6 +41,9 @@ type fakeRep struct {
 	ch     chan bool
 
 	barrier chan struct{} // when set, Barrier waits for it to close
+	// beforeBarrier, when set, runs as Barrier is called: commands of an
+	// earlier term that reach this member only then.
+	beforeBarrier func()
 
 	// hooks, called with the command's records
 	betweenApplyAndCallback func([]*fsm.Record)
@@ -128,6 +132,9 @@ func (f *fakeRep) Propose(ctx context.Context, raw [][]byte) ([]fsm.Result, erro
 func (f *fakeRep) Leadership() <-chan bool { return f.ch }
 
 func (f *fakeRep) Barrier(ctx context.Context) error {
+	if h := f.beforeBarrier; h != nil {
+		h()
+	}
 	if b := f.barrier; b != nil {
 		select {
 		case <-b:
@@ -429,5 +436,76 @@ func TestUncertainStepRunsNoMoreAfterANewTerm(t *testing.T) {
 	if n := c.get("do_a"); n != 1 {
 		t.Fatalf("step a was uncertain with policy %q, yet its action ran %d times; saga %s (%v)",
 			fsm.UncertainCompensate, n, st.State, st.LastError)
+	}
+}
+
+// A member that gains leadership must apply every command committed in
+// earlier terms before it resumes unfinished sagas (beginTerm's barrier).
+// Here the previous leader committed "step b failed" but this member has
+// not applied it yet when raft makes it leader: without the barrier it
+// would take b for a step left in flight, record it uncertain and
+// compensate it, though b failed and changed nothing.
+func TestNewTermResumesOnlyAfterEarlierTermsAreApplied(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	// The previous leader: its saga's step b fails; every command it
+	// commits is recorded, in order.
+	var mu sync.Mutex
+	var committed [][]*fsm.Record
+	prev := newFake()
+	prev.afterCommit = func(recs []*fsm.Record) { mu.Lock(); committed = append(committed, recs); mu.Unlock() }
+	pe := openFake(t, prev, driveRegistry(t, &calls{n: map[string]int{}}, "b"))
+	prev.setLeader(true)
+	waitFor(t, "the previous leader's term", func() bool { return leading(pe) })
+	if _, err := pe.Define(ctx, drivenDef("a", "b")); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := pe.Run(ctx, "driven", nil, engine.StartOptions{ID: "s1"}); err != nil || st.State != fsm.StateFailed {
+		t.Fatalf("previous leader's saga: %v %v", st, err)
+	}
+	mu.Lock()
+	cmds := slices.Clone(committed)
+	mu.Unlock()
+	failed := -1
+	for i, recs := range cmds {
+		for _, r := range recs {
+			if r.Kind == fsm.KindStepFailed && failed < 0 {
+				failed = i
+			}
+		}
+	}
+	if failed < 0 {
+		t.Fatal("the previous leader committed no step_failed record")
+	}
+
+	// This member applied everything before "b failed"; that command is
+	// committed but reaches it only through the barrier.
+	c := &calls{n: map[string]int{}}
+	f := newFake()
+	e := openFake(t, f, driveRegistry(t, c, ""))
+	for _, recs := range cmds[:failed] {
+		f.commit(t, recs)
+	}
+	if st, err := e.Status(ctx, "s1"); err != nil || st.State != fsm.StateInProgress || st.CurrentStep != "b" {
+		t.Fatalf("before the term: %+v %v, want IN_PROGRESS at b", st, err)
+	}
+	var barriers atomic.Int32
+	f.beforeBarrier = func() {
+		barriers.Add(1)
+		f.commit(t, cmds[failed])
+	}
+	f.setLeader(true)
+	waitFor(t, "the new term", func() bool { return leading(e) })
+	waitFor(t, "s1 to settle", func() bool {
+		st, err := e.Status(ctx, "s1")
+		return err == nil && st.State.Terminal()
+	})
+	st, err := e.Status(ctx, "s1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if barriers.Load() == 0 || c.get("undo_b") != 0 || c.get("do_b") != 0 || c.get("undo_a") != 1 || st.State != fsm.StateFailed {
+		t.Fatalf("after the new term (barriers %d): saga %s; do_b ran %d times, undo_b %d, undo_a %d; want only undo_a once",
+			barriers.Load(), st.State, c.get("do_b"), c.get("undo_b"), c.get("undo_a"))
 	}
 }
