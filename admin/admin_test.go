@@ -27,6 +27,8 @@ import (
 	"github.com/sagaengine/saga/engine"
 	"github.com/sagaengine/saga/fsm"
 	"github.com/sagaengine/saga/policy"
+
+	"github.com/sagaengine/saga/internal/testctx"
 )
 
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -54,7 +56,7 @@ func fixture(t *testing.T) (*engine.Engine, *Observer, http.Handler) {
 	e, err := engine.Open(t.TempDir(), engine.Options{Registry: reg, Logger: quiet, Hooks: obs.Hooks()})
 	must(t, err)
 	t.Cleanup(func() { e.Close() })
-	ctx := context.Background()
+	ctx := testctx.New(t)
 	for _, d := range []engine.Definition{
 		{Name: "order", Steps: []engine.StepDef{{Name: "pay", Action: "ok", Compensation: "undo"}, {Name: "ship", Action: "ok"}}},
 		{Name: "failing", Steps: []engine.StepDef{{Name: "pay", Action: "ok", Compensation: "undo"}, {Name: "ship", Action: "boom"}}},
@@ -75,8 +77,13 @@ func fixture(t *testing.T) (*engine.Engine, *Observer, http.Handler) {
 	return e, obs, srv.Handler()
 }
 
+// call serves one request. Its context ends after 5 s, so that a
+// streaming endpoint (the watch) reached by mistake returns instead of
+// holding the test forever.
 func call(h http.Handler, method, path, auth, body string) *httptest.ResponseRecorder {
-	req := httptest.NewRequest(method, path, strings.NewReader(body))
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	req := httptest.NewRequestWithContext(ctx, method, path, strings.NewReader(body))
 	if auth != "" {
 		req.Header.Set("Authorization", auth)
 	}
@@ -112,7 +119,7 @@ func TestAuthMatrix(t *testing.T) {
 		{"GET", "/v1/policy/explain?operation=x", ""},
 		{"GET", "/v1/nothing-here", ""},
 	}
-	before, _ := e.History(context.Background(), "stuck-1")
+	before, _ := e.History(testctx.New(t), "stuck-1")
 	for _, ep := range endpoints {
 		for _, auth := range []string{"", "Bearer wrong-token", "Bearer " + token + "x", "Basic " + token, token} {
 			rec := call(h, ep.method, ep.path, auth, ep.body)
@@ -121,11 +128,11 @@ func TestAuthMatrix(t *testing.T) {
 			}
 		}
 	}
-	after, _ := e.History(context.Background(), "stuck-1")
+	after, _ := e.History(testctx.New(t), "stuck-1")
 	if len(after) != len(before) {
 		t.Fatal("an unauthenticated request changed a saga")
 	}
-	st, _ := e.Status(context.Background(), "stuck-1")
+	st, _ := e.Status(testctx.New(t), "stuck-1")
 	if st.State != fsm.StateStuck {
 		t.Fatalf("stuck-1 is %s", st.State)
 	}
@@ -155,14 +162,14 @@ func TestBadRequestsChangeNothing(t *testing.T) {
 		{"PUT", "/v1/policy", "enable_saga: maybe\n", http.StatusBadRequest},
 		{"GET", "/v1/policy/explain", "", http.StatusBadRequest},
 	}
-	before, _ := e.History(context.Background(), "stuck-1")
+	before, _ := e.History(testctx.New(t), "stuck-1")
 	for _, c := range cases {
 		rec := call(h, c.method, c.path, auth, c.body)
 		if rec.Code != c.code || !strings.Contains(rec.Body.String(), `"error"`) {
 			t.Errorf("%s %s %.40q: %d %s, want %d", c.method, c.path, c.body, rec.Code, rec.Body.String(), c.code)
 		}
 	}
-	after, _ := e.History(context.Background(), "stuck-1")
+	after, _ := e.History(testctx.New(t), "stuck-1")
 	if len(after) != len(before) {
 		t.Fatal("a bad request changed a saga")
 	}
@@ -200,7 +207,7 @@ func TestMetricsMove(t *testing.T) {
 			t.Errorf("metrics lack %s", want)
 		}
 	}
-	_, err := e.Run(context.Background(), "order", nil, engine.StartOptions{})
+	_, err := e.Run(testctx.New(t), "order", nil, engine.StartOptions{})
 	must(t, err)
 	if m := scrape(); !strings.Contains(m, `saga_sagas_completed_total{definition="order"} 2`) {
 		t.Error("completed counter did not move after another saga")
@@ -217,7 +224,9 @@ func TestWatchStreamsTransitions(t *testing.T) {
 	e, _, h := fixture(t)
 	srv := httptest.NewServer(h)
 	defer srv.Close()
-	req, _ := http.NewRequest("GET", srv.URL+"/v1/watch", nil)
+	wctx, cancel := context.WithTimeout(testctx.New(t), time.Minute)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(wctx, "GET", srv.URL+"/v1/watch", nil)
 	req.Header.Set("Authorization", "Bearer "+token)
 	resp, err := srv.Client().Do(req)
 	must(t, err)
@@ -226,7 +235,7 @@ func TestWatchStreamsTransitions(t *testing.T) {
 		t.Fatalf("watch: %d", resp.StatusCode)
 	}
 	go func() {
-		_, _ = e.Retry(context.Background(), "stuck-1", "alice", "outage over")
+		_, _ = e.Retry(testctx.New(t), "stuck-1", "alice", "outage over")
 	}()
 	dec := json.NewDecoder(resp.Body)
 	for {

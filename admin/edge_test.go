@@ -11,9 +11,11 @@ import (
 
 	"github.com/sagaengine/saga/compensation"
 	"github.com/sagaengine/saga/engine"
+
+	"github.com/sagaengine/saga/internal/testctx"
 )
 
-func reviewServer(t *testing.T, addr string) (*engine.Engine, *Server) {
+func listeningServer(t *testing.T, addr string) (*engine.Engine, *Server) {
 	reg := compensation.NewRegistry()
 	must(t, reg.Register("undo", func(context.Context, compensation.Call) error { return nil }))
 	obs := NewObserver()
@@ -27,9 +29,9 @@ func reviewServer(t *testing.T, addr string) (*engine.Engine, *Server) {
 
 // Server.Close ends watch streams promptly.
 func TestCloseEndsWatchStreams(t *testing.T) {
-	_, srv := reviewServer(t, "127.0.0.1:0")
+	_, srv := listeningServer(t, "127.0.0.1:0")
 	must(t, srv.Start())
-	req, _ := http.NewRequest("GET", "http://"+srv.Addr()+"/v1/watch", nil)
+	req, _ := http.NewRequestWithContext(testctx.New(t), "GET", "http://"+srv.Addr()+"/v1/watch", nil)
 	req.Header.Set("Authorization", "Bearer "+token)
 	resp, err := http.DefaultClient.Do(req)
 	must(t, err)
@@ -52,7 +54,7 @@ func TestCloseEndsWatchStreams(t *testing.T) {
 func TestUnixSocketNeverRemovesAFile(t *testing.T) {
 	p := filepath.Join(t.TempDir(), "important.db")
 	must(t, os.WriteFile(p, []byte("precious"), 0o600))
-	_, srv := reviewServer(t, "unix:"+p)
+	_, srv := listeningServer(t, "unix:"+p)
 	err := srv.Start()
 	if err == nil {
 		defer srv.Close()

@@ -50,7 +50,7 @@ func TestOversizedActionOutputFailsTheStep(t *testing.T) {
 	defer e.Close()
 	_, err := e.Define(ctx, Definition{Name: "d", Steps: []StepDef{{Name: "s", Action: "big", OnUncertain: fsm.UncertainRetry}}})
 	must(t, err)
-	st, err := e.Run(ctx, "d", nil, StartOptions{})
+	st, err := e.Run(waitCtx(t), "d", nil, StartOptions{})
 	must(t, err)
 	if st.State != fsm.StateFailed || st.LastError == nil || !strings.Contains(st.LastError.Message, "output") {
 		t.Fatalf("run with an oversized output: %s %+v", st.State, st.LastError)
@@ -70,7 +70,7 @@ func TestHugeErrorMessageIsTruncated(t *testing.T) {
 	defer e.Close()
 	_, err := e.Define(ctx, Definition{Name: "d", Steps: []StepDef{{Name: "s", Action: "loud"}}})
 	must(t, err)
-	st, err := e.Run(ctx, "d", nil, StartOptions{})
+	st, err := e.Run(waitCtx(t), "d", nil, StartOptions{})
 	must(t, err)
 	if st.State != fsm.StateFailed || len(st.LastError.Message) > maxErrorMessage+32 {
 		t.Fatalf("state %s, message of %d bytes", st.State, len(st.LastError.Message))
@@ -172,7 +172,7 @@ func TestAbortReachesAnActionBeingStarted(t *testing.T) {
 	_, err = e.Abort(ctx, id, "op", "stop")
 	must(t, err)
 	close(clk.release)
-	fin, err := e.Wait(ctx, id)
+	fin, err := e.Wait(waitCtx(t), id)
 	must(t, err)
 	if fin.State != fsm.StateFailed {
 		t.Fatalf("final state %s", fin.State)

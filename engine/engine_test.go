@@ -94,6 +94,15 @@ func openT(t testing.TB, dir string, opts Options) *Engine {
 // the call, instead of go test killing the binary with a goroutine dump.
 var ctx = context.Background()
 
+// waitCtx bounds a call that waits for the engine to make progress on
+// its own (Run, Wait): a minute, so that an engine that never settles
+// fails that test alone, with a message, and leaves ctx to the others.
+func waitCtx(t testing.TB) context.Context {
+	c, cancel := context.WithTimeout(ctx, time.Minute)
+	t.Cleanup(cancel)
+	return c
+}
+
 func TestMain(m *testing.M) {
 	flag.Parse()
 	if f := flag.Lookup("test.timeout"); f != nil {
@@ -159,7 +168,7 @@ func TestManualFailureCompensatesInReverse(t *testing.T) {
 	if st.State != fsm.StateCompensating && st.State != fsm.StateFailed {
 		t.Fatalf("after failure: %s", st.State)
 	}
-	st, err = e.Wait(ctx, id)
+	st, err = e.Wait(waitCtx(t), id)
 	must(t, err)
 	if st.State != fsm.StateFailed {
 		t.Fatalf("final state %s", st.State)
@@ -224,13 +233,13 @@ func TestBadInputsChangeNothing(t *testing.T) {
 	if len(after) != len(before) {
 		t.Fatalf("rejected calls wrote %d transitions", len(after)-len(before))
 	}
-	if _, err := e.Run(ctx, "x", nil, StartOptions{}); err != nil {
+	if _, err := e.Run(waitCtx(t), "x", nil, StartOptions{}); err != nil {
 		t.Fatalf("x has actions, Run must work: %v", err)
 	}
 	manual := Definition{Name: "manual", Steps: []StepDef{{Name: "a"}}}
 	_, err = e.Define(ctx, manual)
 	must(t, err)
-	if _, err := e.Run(ctx, "manual", nil, StartOptions{}); !errors.Is(err, ErrNotDriven) {
+	if _, err := e.Run(waitCtx(t), "manual", nil, StartOptions{}); !errors.Is(err, ErrNotDriven) {
 		t.Fatalf("Run of a definition without actions: %v", err)
 	}
 }
@@ -299,7 +308,7 @@ func TestRunDrivesStepsAndCompensates(t *testing.T) {
 	defer e.Close()
 	_, err := e.Define(ctx, def("checkout", steps...))
 	must(t, err)
-	st, err := e.Run(ctx, "checkout", nil, StartOptions{ID: "c1"})
+	st, err := e.Run(waitCtx(t), "checkout", nil, StartOptions{ID: "c1"})
 	must(t, err)
 	if st.State != fsm.StateFailed {
 		t.Fatalf("state %s", st.State)
@@ -355,7 +364,7 @@ func settle(t *testing.T, e *Engine, clk *fakeclock.Clock, id string) *Status {
 	t.Helper()
 	done := make(chan *Status, 1)
 	go func() {
-		st, err := e.Wait(ctx, id)
+		st, err := e.Wait(waitCtx(t), id)
 		if err != nil {
 			t.Error(err)
 		}
@@ -442,7 +451,7 @@ func TestResolveStuck(t *testing.T) {
 		{Name: "b", Action: "do_fail"},
 	}})
 	must(t, err)
-	st, err := e.Run(ctx, "r", nil, StartOptions{})
+	st, err := e.Run(waitCtx(t), "r", nil, StartOptions{})
 	must(t, err)
 	if st.State != fsm.StateStuck {
 		t.Fatalf("state %s", st.State)
@@ -469,7 +478,7 @@ func TestDeadlineCompensates(t *testing.T) {
 	_, err = e.Advance(ctx, id, StepResult{Step: "a"})
 	must(t, err)
 	clk.Advance(2 * time.Minute)
-	st, err := e.Wait(ctx, id)
+	st, err := e.Wait(waitCtx(t), id)
 	must(t, err)
 	if st.State != fsm.StateFailed || st.LastError == nil || !strings.Contains(st.LastError.Message, "deadline") {
 		t.Fatalf("after the deadline: %+v", st)
@@ -519,7 +528,7 @@ func TestOpenResumesCompensation(t *testing.T) {
 	st := func() *Status {
 		e := openT(t, dir, Options{Registry: reg})
 		defer e.Close()
-		st, err := e.Wait(ctx, id)
+		st, err := e.Wait(waitCtx(t), id)
 		must(t, err)
 		return st
 	}()
@@ -539,7 +548,7 @@ func TestGroupCommitSharesFsyncs(t *testing.T) {
 	must(t, err)
 	// Concurrency 1: a 4-step saga costs 5 records and 5 fsyncs.
 	s0 := e.Stats()
-	st, err := e.Run(ctx, "g", nil, StartOptions{})
+	st, err := e.Run(waitCtx(t), "g", nil, StartOptions{})
 	must(t, err)
 	if st.State != fsm.StateCompleted {
 		t.Fatal(st.State)
@@ -555,7 +564,7 @@ func TestGroupCommitSharesFsyncs(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			for k := 0; k < 5; k++ {
-				if _, err := e.Run(ctx, "g", nil, StartOptions{}); err != nil {
+				if _, err := e.Run(waitCtx(t), "g", nil, StartOptions{}); err != nil {
 					t.Error(err)
 				}
 			}
@@ -597,7 +606,7 @@ func TestCallsAfterCloseFailCleanly(t *testing.T) {
 		"Start":   func() error { _, err := e.Start(ctx, "c", nil, StartOptions{}); return err },
 		"Advance": func() error { _, err := e.Advance(ctx, id, StepResult{Step: "a"}); return err },
 		"Abort":   func() error { _, err := e.Abort(ctx, id, "ops", "x"); return err },
-		"Wait":    func() error { _, err := e.Wait(ctx, id); return err },
+		"Wait":    func() error { _, err := e.Wait(waitCtx(t), id); return err },
 		"Define":  func() error { _, err := e.Define(ctx, def("d", "a")); return err },
 		"Close":   e.Close,
 	}
@@ -620,7 +629,7 @@ func TestCheckpointTruncatesLog(t *testing.T) {
 	must(t, err)
 	var ids []string
 	for i := 0; i < 300; i++ {
-		st, err := e.Run(ctx, "t", nil, StartOptions{})
+		st, err := e.Run(waitCtx(t), "t", nil, StartOptions{})
 		must(t, err)
 		ids = append(ids, st.ID)
 	}
@@ -665,7 +674,7 @@ func TestManyDeadlinesOneTimer(t *testing.T) {
 	}
 	clk.Advance(2 * time.Hour)
 	for _, id := range ids {
-		st, err := e.Wait(ctx, id)
+		st, err := e.Wait(waitCtx(t), id)
 		must(t, err)
 		if st.State != fsm.StateFailed {
 			t.Fatalf("saga %s after its deadline: %s", id, st.State)
@@ -722,9 +731,9 @@ func TestStateCountsFollowTransitions(t *testing.T) {
 		t.Fatal(err)
 	}
 	for i := 0; i < 10; i++ {
-		_, err := e.Run(ctx, "mix", nil, StartOptions{}) // fails at c, compensates
+		_, err := e.Run(waitCtx(t), "mix", nil, StartOptions{}) // fails at c, compensates
 		must(t, err)
-		_, err = e.Run(ctx, "ok", nil, StartOptions{})
+		_, err = e.Run(waitCtx(t), "ok", nil, StartOptions{})
 		must(t, err)
 		_, err = e.Start(ctx, "ok", nil, StartOptions{})
 		must(t, err)

@@ -268,7 +268,7 @@ func TestHandlersRunOnlyAfterTheirRecordIsDurable(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			id := fmt.Sprintf("p%02d-%c", i, "sf"[i%2])
-			if _, err := e.Run(ctx, "p", nil, StartOptions{ID: id}); err != nil {
+			if _, err := e.Run(waitCtx(t), "p", nil, StartOptions{ID: id}); err != nil {
 				t.Error(err)
 			}
 		}()

@@ -22,6 +22,8 @@ import (
 	"github.com/sagaengine/saga/compensation"
 	"github.com/sagaengine/saga/engine"
 	"github.com/sagaengine/saga/fsm"
+
+	"github.com/sagaengine/saga/internal/testctx"
 )
 
 var quietLog = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -235,7 +237,7 @@ func TestSagaStartedWhileTermBeginsIsNotTakenForAnUncertainOne(t *testing.T) {
 	e := openFake(t, f, driveRegistry(t, c, ""))
 
 	f.setLeader(true) // raft leads; the engine's beginTerm now waits on the barrier
-	ctx := context.Background()
+	ctx := testctx.New(t)
 	// Until the term has resumed what earlier leaders left, public writes
 	// are refused as on a follower: retryable, nothing applied.
 	if _, err := e.Define(ctx, drivenDef("a", "b")); !errors.Is(err, engine.ErrNotLeader) {
@@ -271,7 +273,7 @@ func TestDeposedLeaderRunsNoFurtherCompensation(t *testing.T) {
 	e := openFake(t, f, driveRegistry(t, c, "c"))
 	f.setLeader(true)
 	waitFor(t, "the term", func() bool { return leading(e) })
-	ctx := context.Background()
+	ctx := testctx.New(t)
 	if _, err := e.Define(ctx, drivenDef("a", "b", "c")); err != nil {
 		t.Fatal(err)
 	}
@@ -309,7 +311,7 @@ func TestFollowerRedirectsWritesInsteadOfJudgingThemOnItsCache(t *testing.T) {
 	e := openFake(t, f, reg)
 	f.setLeader(true)
 	waitFor(t, "the term", func() bool { return leading(e) })
-	ctx := context.Background()
+	ctx := testctx.New(t)
 	if _, err := e.Define(ctx, engine.Definition{Name: "manual", Steps: []engine.StepDef{{Name: "s1"}, {Name: "s2"}, {Name: "s3"}}}); err != nil {
 		t.Fatal(err)
 	}
@@ -343,7 +345,7 @@ func TestStateCountsCountEachReplicatedTransitionOnce(t *testing.T) {
 	e := openFake(t, f, compensation.NewRegistry())
 	f.setLeader(true)
 	waitFor(t, "the term", func() bool { return leading(e) })
-	ctx := context.Background()
+	ctx := testctx.New(t)
 	if _, err := e.Define(ctx, engine.Definition{Name: "manual", Steps: []engine.StepDef{{Name: "s1"}}}); err != nil {
 		t.Fatal(err)
 	}
@@ -406,7 +408,7 @@ func TestUncertainStepRunsNoMoreAfterANewTerm(t *testing.T) {
 	e := openFake(t, f, reg)
 	f.setLeader(true)
 	waitFor(t, "the term", func() bool { return leading(e) })
-	ctx := context.Background()
+	ctx := testctx.New(t)
 	if _, err := e.Define(ctx, drivenDef("a", "b")); err != nil {
 		t.Fatal(err)
 	}

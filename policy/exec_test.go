@@ -14,6 +14,8 @@ import (
 	"github.com/sagaengine/saga/compensation"
 	"github.com/sagaengine/saga/engine"
 	"github.com/sagaengine/saga/fsm"
+
+	"github.com/sagaengine/saga/internal/testctx"
 )
 
 // Regression tests for the findings of a review of this package.
@@ -60,7 +62,7 @@ func TestSwallowedLastMilestoneFailureIsNotCompleted(t *testing.T) {
 	var mu sync.Mutex
 	var undone []string
 	_, x := execFixture(t, ingestPolicy, ingestRegistry(t, &undone, &mu))
-	res, err := x.ExecuteWithSaga(context.Background(), "data_ingest_pipeline", UserContext{}, nil, func(ctx context.Context, s Saga) error {
+	res, err := x.ExecuteWithSaga(testctx.New(t), "data_ingest_pipeline", UserContext{}, nil, func(ctx context.Context, s Saga) error {
 		for _, ms := range []string{"ingest", "parse", "embed"} {
 			if err := s.Step(ctx, ms, stepNoop); err != nil {
 				return err
@@ -80,7 +82,7 @@ func TestCancelledCallerDoesNotStrandTheSaga(t *testing.T) {
 	var mu sync.Mutex
 	var undone []string
 	_, x := execFixture(t, ingestPolicy, ingestRegistry(t, &undone, &mu))
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancel := context.WithCancel(testctx.New(t))
 	res, err := x.ExecuteWithSaga(ctx, "data_ingest_pipeline", UserContext{}, nil, func(ctx context.Context, s Saga) error {
 		if err := s.Step(ctx, "ingest", stepNoop); err != nil {
 			return err
@@ -93,7 +95,7 @@ func TestCancelledCallerDoesNotStrandTheSaga(t *testing.T) {
 	if err == nil {
 		t.Fatal("no error")
 	}
-	st, err := x.eng.Wait(context.Background(), res.SagaID)
+	st, err := x.eng.Wait(testctx.New(t), res.SagaID)
 	must(t, err)
 	if st.State != fsm.StateFailed {
 		t.Fatalf("saga after a cancelled caller: %s", st.State)
@@ -116,13 +118,13 @@ func TestPanickingWorkflowIsCompensated(t *testing.T) {
 				t.Fatal("the panic was swallowed")
 			}
 		}()
-		_, _ = x.ExecuteWithSaga(context.Background(), "data_ingest_pipeline", UserContext{}, nil, func(ctx context.Context, s Saga) error {
+		_, _ = x.ExecuteWithSaga(testctx.New(t), "data_ingest_pipeline", UserContext{}, nil, func(ctx context.Context, s Saga) error {
 			id = s.ID()
 			_ = s.Step(ctx, "ingest", stepNoop)
 			panic("workflow bug")
 		})
 	}()
-	st, err := x.eng.Wait(context.Background(), id)
+	st, err := x.eng.Wait(testctx.New(t), id)
 	must(t, err)
 	if st.State != fsm.StateFailed {
 		t.Fatalf("saga after a panic: %s", st.State)
@@ -135,7 +137,7 @@ func TestStartUsesTheDefinitionOfThePolicyInForce(t *testing.T) {
 	var mu sync.Mutex
 	var undone []string
 	m, x := execFixture(t, ingestPolicy, ingestRegistry(t, &undone, &mu))
-	ctx := context.Background()
+	ctx := testctx.New(t)
 	var seen []string
 	_, err := x.ExecuteWithSaga(ctx, "data_ingest_pipeline", UserContext{}, nil, ingestWorkflow("", &seen))
 	must(t, err)
@@ -175,7 +177,7 @@ operations:
     milestones: [{name: a, compensation: undo_a}, b]
     retry: {max_attempts: 3, initial_backoff: 1ms}
 `, reg)
-	res, err := x.ExecuteWithSaga(context.Background(), "op", UserContext{}, nil, func(ctx context.Context, s Saga) error {
+	res, err := x.ExecuteWithSaga(testctx.New(t), "op", UserContext{}, nil, func(ctx context.Context, s Saga) error {
 		must(t, s.Step(ctx, "a", stepNoop))
 		return s.Step(ctx, "b", func(context.Context) ([]byte, error) { return nil, errors.New("fail") })
 	})

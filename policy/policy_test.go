@@ -17,6 +17,8 @@ import (
 	"github.com/sagaengine/saga/compensation"
 	"github.com/sagaengine/saga/engine"
 	"github.com/sagaengine/saga/fsm"
+
+	"github.com/sagaengine/saga/internal/testctx"
 )
 
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -321,7 +323,7 @@ func TestExecuteWithSaga(t *testing.T) {
 	m := newManager(t, Options{File: path, NoWatch: true, Registry: reg})
 	eng := memEngine(t, reg)
 	x := NewExecutor(m, eng)
-	ctx := context.Background()
+	ctx := testctx.New(t)
 
 	var seen []string
 	res, err := x.ExecuteWithSaga(ctx, "data_ingest_pipeline", UserContext{UserID: "u1"}, []byte("doc"), ingestWorkflow("", &seen))
@@ -373,13 +375,13 @@ func TestEngineUnavailable(t *testing.T) {
 	m := newManager(t, Options{File: path, NoWatch: true})
 	x := NewExecutor(m, nil)
 	var seen []string
-	res, err := x.ExecuteWithSaga(context.Background(), "data_ingest_pipeline", UserContext{}, nil, ingestWorkflow("", &seen))
+	res, err := x.ExecuteWithSaga(testctx.New(t), "data_ingest_pipeline", UserContext{}, nil, ingestWorkflow("", &seen))
 	if err != nil || !res.Fallback || res.Saga || len(seen) != 4 || m.Stats().Fallbacks != 1 {
 		t.Fatalf("run_without_saga: %+v %v %v %+v", res, err, seen, m.Stats())
 	}
 	must(t, m.Set(&Policy{OnEngineUnavailable: Fail}))
 	seen = nil
-	_, err = x.ExecuteWithSaga(context.Background(), "data_ingest_pipeline", UserContext{}, nil, ingestWorkflow("", &seen))
+	_, err = x.ExecuteWithSaga(testctx.New(t), "data_ingest_pipeline", UserContext{}, nil, ingestWorkflow("", &seen))
 	if !errors.Is(err, ErrEngineUnavailable) || len(seen) != 0 {
 		t.Fatalf("fail: %v %v", err, seen)
 	}
@@ -396,7 +398,7 @@ func TestFlipWhileInFlight(t *testing.T) {
 	m := newManager(t, Options{File: path, NoWatch: true, Registry: reg})
 	eng := memEngine(t, reg)
 	x := NewExecutor(m, eng)
-	ctx := context.Background()
+	ctx := testctx.New(t)
 	const calls = 1000
 	var wg sync.WaitGroup
 	results := make([]Result, calls)
@@ -477,7 +479,7 @@ var workflowVar = directWorkflow
 func TestDisabledPathDoesNotAllocate(t *testing.T) {
 	m := newManager(t, Options{})
 	x := NewExecutor(m, nil)
-	ctx := context.Background()
+	ctx := testctx.New(t)
 	allocs := testing.AllocsPerRun(1000, func() {
 		_, _ = x.ExecuteWithSaga(ctx, "data_ingest_pipeline", UserContext{UserID: "u"}, nil, directWorkflow)
 	})
@@ -495,7 +497,7 @@ func BenchmarkDisabledPath(b *testing.B) {
 		b.Fatal(err)
 	}
 	x := NewExecutor(m, nil)
-	ctx := context.Background()
+	ctx := testctx.New(b)
 	b.Run("direct", func(b *testing.B) {
 		// The workflow called as the application would without this
 		// package: through a function value, with a handle.

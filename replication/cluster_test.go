@@ -20,6 +20,8 @@ import (
 	"github.com/sagaengine/saga/engine"
 	"github.com/sagaengine/saga/fsm"
 	"github.com/sagaengine/saga/replication"
+
+	"github.com/sagaengine/saga/internal/testctx"
 )
 
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -210,7 +212,7 @@ func (c *cluster) define(m *member) {
 	for _, s := range steps {
 		d.Steps = append(d.Steps, engine.StepDef{Name: s, Action: "do_" + s, Compensation: "undo_" + s})
 	}
-	_, err := m.eng.Define(context.Background(), d)
+	_, err := m.eng.Define(testctx.New(c.t), d)
 	must(c.t, err)
 }
 
@@ -247,7 +249,7 @@ func (c *cluster) converge() []byte {
 func (c *cluster) checkSettled(m *member, ids map[string]bool) {
 	c.t.Helper()
 	for id, fail := range ids {
-		st, err := m.eng.Status(context.Background(), id)
+		st, err := m.eng.Status(testctx.New(c.t), id)
 		must(c.t, err)
 		if !fail {
 			if st.State != fsm.StateCompleted {
@@ -341,7 +343,7 @@ func TestFollowerRefusesWritesNamingTheLeader(t *testing.T) {
 	c.converge()
 	before, err := f.eng.StateHash()
 	must(t, err)
-	_, err = f.eng.Start(context.Background(), "order", nil, engine.StartOptions{})
+	_, err = f.eng.Start(testctx.New(t), "order", nil, engine.StartOptions{})
 	var nl *engine.NotLeaderError
 	if !errors.As(err, &nl) || !errors.Is(err, engine.ErrNotLeader) || nl.LeaderID != l.id || nl.LeaderAddr != string(l.addr) {
 		t.Fatalf("Start on a follower: %v, want a NotLeaderError naming %s at %s", err, l.id, l.addr)
@@ -394,7 +396,7 @@ func TestIsolatedLeaderCannotAcknowledgeAndGroupHeals(t *testing.T) {
 	for _, m := range c.members {
 		c.checkSettled(m, ids)
 		for _, id := range minority {
-			if _, err := m.eng.Status(context.Background(), id); !errors.Is(err, fsm.ErrUnknownSaga) {
+			if _, err := m.eng.Status(testctx.New(t), id); !errors.Is(err, fsm.ErrUnknownSaga) {
 				t.Fatalf("member %s has the unacknowledged saga %s of the isolated leader: %v", m.id, id, err)
 			}
 		}

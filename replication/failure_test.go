@@ -4,7 +4,6 @@ package replication_test
 
 import (
 	"bytes"
-	"context"
 	"errors"
 	"fmt"
 	"path/filepath"
@@ -20,6 +19,8 @@ import (
 	"github.com/sagaengine/saga/engine"
 	"github.com/sagaengine/saga/fsm"
 	"github.com/sagaengine/saga/replication"
+
+	"github.com/sagaengine/saga/internal/testctx"
 )
 
 func encodeRecs(t testing.TB, recs ...*fsm.Record) [][]byte {
@@ -131,7 +132,7 @@ func TestFailStoppedLeaderReportsOutcomeUnknownAndStepsDown(t *testing.T) {
 	if l != ms[0] {
 		t.Skip("the bootstrapped member did not win the first election")
 	}
-	ctx := context.Background()
+	ctx := testctx.New(t)
 	if _, err := l.node.Propose(ctx, encodeRecs(t, startRecord("seed"))); err != nil {
 		t.Fatal(err)
 	}
@@ -291,7 +292,7 @@ func TestProposeRacingCloseReturns(t *testing.T) {
 			<-start
 			for i := 0; ; i++ {
 				stuck.Add(1)
-				_, err := l.node.Propose(context.Background(), encodeRecs(t, startRecord(fmt.Sprintf("g%d-%d", g, i))))
+				_, err := l.node.Propose(testctx.New(t), encodeRecs(t, startRecord(fmt.Sprintf("g%d-%d", g, i))))
 				stuck.Add(-1)
 				if errors.Is(err, replication.ErrClosed) || err != nil {
 					return
@@ -326,10 +327,10 @@ func TestNearLimitRecordKeepsTheLeader(t *testing.T) {
 	})
 	l := c.leader()
 	must(t, func() error {
-		_, err := l.eng.Define(context.Background(), engine.Definition{Name: "manual", Steps: []engine.StepDef{{Name: "s1"}}})
+		_, err := l.eng.Define(testctx.New(t), engine.Definition{Name: "manual", Steps: []engine.StepDef{{Name: "s1"}}})
 		return err
 	}())
-	ctx := context.Background()
+	ctx := testctx.New(t)
 	var err error
 	elections := 0
 	for k := 0; k < 4096; k += 4 {

@@ -124,7 +124,9 @@ func seedMain() int {
 		return 1
 	}
 	defer e.Close()
-	ctx := context.Background()
+	// A script's child process: bounded, so a broken engine fails the script.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
 	defs := []engine.Definition{
 		{Name: "order", Steps: []engine.StepDef{{Name: "pay", Action: "ok", Compensation: "undo"},
 			{Name: "reserve", Action: "ok", Compensation: "undo"}, {Name: "ship", Action: "ok"}}},

@@ -2,7 +2,6 @@ package main
 
 import (
 	"bytes"
-	"context"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,6 +12,8 @@ import (
 	"github.com/sagaengine/saga/engine"
 	"github.com/sagaengine/saga/fsm"
 	"github.com/sagaengine/saga/wal"
+
+	"github.com/sagaengine/saga/internal/testctx"
 )
 
 func seedDir(t *testing.T) string {
@@ -22,7 +23,7 @@ func seedDir(t *testing.T) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx := context.Background()
+	ctx := testctx.New(t)
 	if _, err := e.Define(ctx, engine.Definition{Name: "manual", Steps: []engine.StepDef{{Name: "upload", Compensation: "undo"}, {Name: "parse"}}}); err != nil {
 		t.Fatal(err)
 	}
@@ -144,7 +145,7 @@ func TestLargeRecordIsNeverCut(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			ctx := context.Background()
+			ctx := testctx.New(t)
 			e.Define(ctx, engine.Definition{Name: "manual", Steps: []engine.StepDef{{Name: "upload", Compensation: "undo"}, {Name: "parse"}}})
 			if _, err := e.Start(ctx, "manual", bytes.Repeat([]byte("x"), 9<<20), engine.StartOptions{ID: "big"}); err != nil {
 				t.Fatal(err)

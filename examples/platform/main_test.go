@@ -16,6 +16,8 @@ import (
 	"github.com/sagaengine/saga/engine"
 	"github.com/sagaengine/saga/fsm"
 	"github.com/sagaengine/saga/policy"
+
+	"github.com/sagaengine/saga/internal/testctx"
 )
 
 // TestPoliciesMatchTheCode: the shipped policies name the milestones and
@@ -223,7 +225,7 @@ func TestCrashMidOperationIsUndoneAtTheDeadline(t *testing.T) {
 	}
 	before, _ := snapshot(data)
 	op, _ := findOperation("data_ingest_pipeline")
-	res, _ := policy.NewExecutor(pm, eng).ExecuteWithSaga(context.Background(), op.name, policy.UserContext{}, []byte("r1"),
+	res, _ := policy.NewExecutor(pm, eng).ExecuteWithSaga(testctx.New(t), op.name, policy.UserContext{}, []byte("r1"),
 		func(ctx context.Context, s policy.Saga) error {
 			if err := s.Step(ctx, "ingest", func(context.Context) ([]byte, error) { return p.do(op.name, "ingest", "r1", []byte("x\n")) }); err != nil {
 				return err
