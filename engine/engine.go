@@ -68,6 +68,10 @@ var (
 	// ErrNotDriven: Run or an engine-driven operation on a definition whose
 	// steps have no actions.
 	ErrNotDriven = errors.New("engine: definition has steps without actions")
+	// ErrNotDataDir: Open with Options.Inspect on a directory that holds no
+	// engine log (wal/): not an engine's data directory, or a replicated
+	// member's, whose log is raft's.
+	ErrNotDataDir = errors.New("engine: not a saga data directory")
 	// ErrRecovery: Open found the log and the state inconsistent.
 	ErrRecovery = errors.New("engine: recovery failed")
 	// ErrReadOnly: a change was asked of an engine opened with Inspect.
@@ -189,7 +193,7 @@ func Open(dir string, opts Options) (*Engine, error) {
 	}
 	opts.EnsureDefaults()
 	if _, err := os.Stat(filepath.Join(dir, "wal")); opts.Inspect && err != nil {
-		return nil, fmt.Errorf("engine: %s is not a saga data directory (no wal/): %w", dir, err)
+		return nil, fmt.Errorf("%w: %s holds no wal/ (%w)", ErrNotDataDir, dir, err)
 	}
 	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
 		if err := os.MkdirAll(dir, 0o750); err != nil {

@@ -397,14 +397,14 @@ type UserContext struct {
 // Decision is what the policy says about one call.
 type Decision struct {
 	// Saga is true when the operation runs as a saga.
-	Saga      bool
-	Operation string
+	Saga      bool   `json:"saga"`
+	Operation string `json:"operation"`
 	// Milestones and their handlers; nil when the operation has none.
-	Spec     *Operation
-	Fallback Fallback
-	Version  uint64
+	Spec     *Operation `json:"spec,omitempty"`
+	Fallback Fallback   `json:"fallback"`
+	Version  uint64     `json:"version"`
 	// Reasons explain the decision, one line per rule that applied.
-	Reasons []string
+	Reasons []string `json:"reasons"`
 }
 
 // Decide applies the snapshot to one call. It does not allocate when the

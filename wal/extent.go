@@ -26,13 +26,13 @@ const extentFile = "EXTENT"
 type Extent struct {
 	// TailStart is the first index of the tail segment when the extent was
 	// written: a log whose last segment starts before it lost its tail.
-	TailStart uint64
+	TailStart uint64 `json:"tail_start"`
 	// Last is an index the log held when the extent was written: every
 	// record up to it was durable. Exact when Clean.
-	Last uint64
+	Last uint64 `json:"last"`
 	// Clean is true when a Close wrote the extent: the log ends at Last
 	// exactly, and nothing was appended since.
-	Clean bool
+	Clean bool `json:"clean"`
 }
 
 // extentSize is the encoded size: magic, TailStart, Last, Clean, CRC32C.

@@ -15,9 +15,9 @@ var ErrLost = errors.New("wal: acknowledged records are missing from the log")
 
 // Cut is a truncation of one segment file.
 type Cut struct {
-	Segment string
-	Offset  int64 // the new size
-	Bytes   int64 // bytes dropped
+	Segment string `json:"segment"`
+	Offset  int64  `json:"offset"` // the new size
+	Bytes   int64  `json:"bytes"`  // bytes dropped
 }
 
 // Plan is what has to happen to a log before it can be used, decided from

@@ -91,10 +91,10 @@ func (e *RefusedError) Unwrap() error { return e.Plan.Problem }
 
 // CorruptionError describes damage that Open refuses to repair by itself.
 type CorruptionError struct {
-	Segment string // file path of the damaged segment
-	Offset  int64  // byte offset of the first damaged record in the segment
-	Index   uint64 // log index the damaged record should have had
-	Reason  string
+	Segment string `json:"segment"` // file path of the damaged segment
+	Offset  int64  `json:"offset"`  // byte offset of the first damaged record in the segment
+	Index   uint64 `json:"index"`   // log index the damaged record should have had
+	Reason  string `json:"reason"`
 }
 
 func (e *CorruptionError) Error() string {
@@ -397,28 +397,28 @@ type segmentFile struct {
 // TornTail describes an incomplete final write at the end of the last
 // segment: never acknowledged (its fsync did not return), safe to cut.
 type TornTail struct {
-	Segment    string
-	Offset     int64  // where the valid records end
-	Bytes      int64  // bytes after Offset
-	FirstIndex uint64 // index the first dropped record would have had
-	Reason     string
+	Segment    string `json:"segment"`
+	Offset     int64  `json:"offset"`      // where the valid records end
+	Bytes      int64  `json:"bytes"`       // bytes after Offset
+	FirstIndex uint64 `json:"first_index"` // index the first dropped record would have had
+	Reason     string `json:"reason"`
 }
 
 // Report is the result of Verify.
 type Report struct {
-	Segments   int
-	Records    uint64
-	Bytes      int64
-	FirstIndex uint64 // 0 when the log holds no record
-	LastIndex  uint64
-	Torn       *TornTail        // nil when the tail is clean
-	Corrupt    *CorruptionError // damage Open refuses; nil when none
+	Segments   int              `json:"segments"`
+	Records    uint64           `json:"records"`
+	Bytes      int64            `json:"bytes"`
+	FirstIndex uint64           `json:"first_index"` // 0 when the log holds no record
+	LastIndex  uint64           `json:"last_index"`
+	Torn       *TornTail        `json:"torn,omitempty"`    // nil when the tail is clean
+	Corrupt    *CorruptionError `json:"corrupt,omitempty"` // damage Open refuses; nil when none
 	// DroppedByForce counts the records from the corruption on (those a
 	// forced repair would cut); 0 without corruption.
-	DroppedByForce uint64
+	DroppedByForce uint64 `json:"dropped_by_force"`
 	// HighestDropped is the highest index of a valid record found after
 	// the corruption (best effort); 0 when none.
-	HighestDropped uint64
+	HighestDropped uint64 `json:"highest_dropped"`
 }
 
 // Verify checks every record of the log in dir without changing anything.

@@ -69,6 +69,9 @@ func (g *globals) openOffline() (*engine.Engine, error) {
 	switch {
 	case errors.Is(err, engine.ErrLocked):
 		return nil, fail(exitRefused, err, "an engine is running on this directory: talk to it with --addr instead")
+	case errors.Is(err, engine.ErrNotDataDir):
+		return nil, fail(exitUsage, err, "--dir names the directory an engine was opened on (it holds wal/ and state/); "+
+			"a replicated member keeps its log in raft/: inspect it online with --addr")
 	case errors.Is(err, wal.ErrTornTail):
 		return nil, fail(exitFailed, err, "inspection changes nothing: cut the tail with `sagactl --dir "+g.dir+" wal repair` (or start the engine, which cuts it)")
 	case err != nil:
@@ -111,7 +114,7 @@ unauthorized.`,
 	pf.StringVar(&g.dir, "dir", os.Getenv("SAGA_DIR"), "data directory of a stopped engine (offline; env SAGA_DIR)")
 	pf.StringVar(&g.addr, "addr", os.Getenv("SAGACTL_ADDR"), "admin API of a running engine: http(s)://host:port or unix:/path (env SAGACTL_ADDR)")
 	pf.StringVar(&g.tokenFile, "token-file", "", "file holding the admin API token (or env SAGACTL_TOKEN)")
-	pf.StringVarP(&g.output, "output", "o", "table", "output format: table or json")
+	pf.StringVarP(&g.output, "output", "o", "table", "output format: table or json (snake_case fields; errors as {\"error\", \"hint\", \"exit_code\"} on stderr)")
 	root.AddCommand(newVersion(g), newStatus(g), newList(g), newShow(g), newWatch(g), newRecover(g), newExport(g),
 		newWal(g), newRetry(g), newAbort(g), newResolve(g), newPolicy(g), newCluster(g))
 	return root
@@ -127,17 +130,49 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if err == nil {
 		return exitOK
 	}
-	var ce *cliError
-	if errors.As(err, &ce) {
-		fmt.Fprintf(stderr, "sagactl: %v\n", ce.err)
-		if ce.hint != "" {
-			fmt.Fprintf(stderr, "  → %s\n", ce.hint)
-		}
+	ce, ok := errors.AsType[*cliError](err)
+	if !ok {
+		// cobra's own errors: unknown command or flag, wrong argument count.
+		ce = &cliError{code: exitUsage, err: err, hint: "see: " + strings.Join(strings.Fields("sagactl "+commandPath(root, args)+" --help"), " ")}
+	}
+	if g.json() || outputIn(args) == "json" {
+		// With -o json the error is JSON too, on stderr: one object.
+		b, _ := json.Marshal(jsonError{Error: ce.err.Error(), Hint: ce.hint, ExitCode: ce.code})
+		fmt.Fprintf(stderr, "%s\n", b)
 		return ce.code
 	}
-	// cobra's own errors: unknown command or flag, wrong argument count.
-	fmt.Fprintf(stderr, "sagactl: %v\n  → see: %s\n", err, strings.Join(strings.Fields("sagactl "+commandPath(root, args)+" --help"), " "))
-	return exitUsage
+	fmt.Fprintf(stderr, "sagactl: %v\n", ce.err)
+	if ce.hint != "" {
+		fmt.Fprintf(stderr, "  → %s\n", ce.hint)
+	}
+	return ce.code
+}
+
+// outputIn finds -o/--output in args before cobra parses them, so that
+// an error cobra finds first (an unknown command) is reported in the
+// asked-for format too.
+func outputIn(args []string) string {
+	for i, a := range args {
+		switch {
+		case a == "--":
+			return ""
+		case (a == "-o" || a == "--output") && i+1 < len(args):
+			return args[i+1]
+		case strings.HasPrefix(a, "--output="):
+			return strings.TrimPrefix(a, "--output=")
+		case strings.HasPrefix(a, "-o"):
+			return strings.TrimPrefix(strings.TrimPrefix(a, "-o"), "=")
+		}
+	}
+	return ""
+}
+
+// jsonError is how a command run with -o json reports its failure on
+// stderr.
+type jsonError struct {
+	Error    string `json:"error"`
+	Hint     string `json:"hint,omitempty"`
+	ExitCode int    `json:"exit_code"`
 }
 
 func commandPath(root *cobra.Command, args []string) string {
