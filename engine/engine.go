@@ -41,9 +41,11 @@ import (
 	"github.com/sagaengine/saga/wal"
 )
 
-// Errors returned by the engine. Errors of the state machine (fsm.ErrUnknownSaga,
-// fsm.ErrIllegalTransition, fsm.ErrUnknownDefinition, fsm.ErrInvalidRecord…)
-// and of the registry (compensation.ErrUnknownName) pass through wrapped.
+// Errors returned by the engine. Errors of the state machine and of the
+// registry pass through wrapped; those a user meets are re-exported in
+// types.go (ErrUnknownSaga, ErrIllegalTransition, ErrUnknownDefinition,
+// ErrUnknownHandler, …), with the states, Registry, Call and Permanent, so
+// an application imports package engine alone.
 // Every error but ErrOutcomeUnknown and ErrNotSettled means "not applied".
 var (
 	// ErrOutcomeUnknown: an I/O error struck while the transition was being

@@ -1,0 +1,87 @@
+package engine
+
+// The one home of what an engine user needs. The state machine (package
+// fsm) and the handler registry (package compensation) define these; the
+// engine re-exports them under the same identity, so an application
+// imports engine alone, and errors.Is and type switches match whichever
+// name is used.
+
+import (
+	"github.com/sagaengine/saga/compensation"
+	"github.com/sagaengine/saga/fsm"
+)
+
+// SagaState is the state of a saga: IN_PROGRESS, COMPENSATING, and the
+// terminal COMPLETED and FAILED; STUCK waits for an operator.
+type SagaState = fsm.SagaState
+
+// Saga states.
+const (
+	StateInProgress   = fsm.StateInProgress
+	StateCompensating = fsm.StateCompensating
+	StateCompleted    = fsm.StateCompleted
+	StateFailed       = fsm.StateFailed
+	StateStuck        = fsm.StateStuck
+)
+
+// UncertainPolicy says what recovery does with a step whose action was
+// running when the process stopped (StepDef.OnUncertain).
+type UncertainPolicy = fsm.UncertainPolicy
+
+// Uncertain-step policies.
+const (
+	// UncertainCompensate (the default) aborts the saga and compensates
+	// the step with the others; it never runs an action twice.
+	UncertainCompensate = fsm.UncertainCompensate
+	// UncertainRetry runs the action again with the same idempotency key.
+	UncertainRetry = fsm.UncertainRetry
+)
+
+// Handlers: what the Registry holds and what they receive.
+type (
+	// Registry holds the step actions and compensation handlers by name.
+	Registry = compensation.Registry
+	// Call is what an action or a compensation handler receives: saga id,
+	// step, input, recorded output, attempt, idempotency key, Uncertain.
+	Call = compensation.Call
+	// Action runs a step and returns its output.
+	Action = compensation.Action
+	// Handler compensates a step.
+	Handler = compensation.Handler
+)
+
+// NewRegistry returns an empty Registry.
+func NewRegistry() *Registry { return compensation.NewRegistry() }
+
+// Permanent marks an action's error as not worth retrying: the step fails
+// at once.
+func Permanent(err error) error { return compensation.Permanent(err) }
+
+// Errors a call may return, besides those declared in engine.go. Match
+// them with errors.Is.
+var (
+	// ErrUnknownSaga: no saga has that id.
+	ErrUnknownSaga = fsm.ErrUnknownSaga
+	// ErrUnknownDefinition: no definition has that name (or version).
+	ErrUnknownDefinition = fsm.ErrUnknownDefinition
+	// ErrIllegalTransition: the saga's state does not allow the call (an
+	// Advance of a step that is not current, a retry of a saga that is not
+	// STUCK); nothing changed. The error is a *TransitionError.
+	ErrIllegalTransition = fsm.ErrIllegalTransition
+	// ErrSagaExists: Start with an id that is already used.
+	ErrSagaExists = fsm.ErrSagaExists
+	// ErrDuplicateKey: a start record whose idempotency key another saga
+	// holds (Start itself answers a repeated key with the first saga).
+	ErrDuplicateKey = fsm.ErrDuplicateKey
+	// ErrUnknownHandler: a definition names an action or compensation the
+	// Registry does not hold.
+	ErrUnknownHandler = compensation.ErrUnknownName
+)
+
+// Error types carrying the details of the errors above.
+type (
+	// TransitionError says why a call was refused by the saga's state.
+	TransitionError = fsm.TransitionError
+	// DefinitionError lists every problem of a definition Define refused.
+	DefinitionError = fsm.DefinitionError
+)
