@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"sort"
@@ -32,7 +33,7 @@ type benchMember struct {
 
 func openMember(m *benchMember, bootstrap bool) error {
 	node, err := replication.New(replication.Config{ID: m.id, Dir: filepath.Join(m.dir, "raft"), Bind: m.addr,
-		Bootstrap: bootstrap, Logger: quiet, HeartbeatTimeout: benchHeartbeat, ElectionTimeout: benchElection,
+		Bootstrap: bootstrap, Logger: slog.New(events), HeartbeatTimeout: benchHeartbeat, ElectionTimeout: benchElection,
 		LeaderLeaseTimeout: benchLease})
 	if err != nil {
 		return err
@@ -135,13 +136,19 @@ func figReplication(single map[string]float64) (Figure, Figure, map[string]float
 			return fig, fo10, out
 		}
 		r := &rig{e: l.e}
+		events.reset()
 		t := time.Now()
 		n, lat, fails := r.runFor(c, dur)
+		stepDowns, elections, gap := events.reset()
 		el := time.Since(t).Seconds()
 		rate := float64(n) / el
 		base := single[fmt.Sprintf("happy/%d", c)]
 		row := map[string]any{"concurrency": c, "sagas_per_s_3node": round(rate), "sagas_per_s_single": round(base),
-			"ratio": round2(rate / max(base, 1)), "p50_ms": round2(percentile(lat, 0.5)), "p99_ms": round2(percentile(lat, 0.99))}
+			"ratio": round2(rate / max(base, 1)), "p50_ms": round2(percentile(lat, 0.5)), "p99_ms": round2(percentile(lat, 0.99)),
+			// Why a leader was lost, if one was: its lease ran out (and
+			// the longest a follower went unheard), or a follower's
+			// heartbeat timer fired.
+			"lease_step_downs": stepDowns, "follower_elections": elections, "max_contact_gap_ms": round2(float64(gap.Microseconds()) / 1000)}
 		// A leadership change during the point fails some sagas ("outcome
 		// unknown"): the point says so and the run goes on.
 		fails.mark(row)
