@@ -95,6 +95,17 @@ func TestJoinOfAMemberThatNeverAnswersLeavesTheGroupAsItWas(t *testing.T) {
 		t.Fatalf("after a failed Join: voters %v, non-voters %v; want [n1] alone", v, nv)
 	}
 	runSagas(t, l, 3, "after") // the group of one still commits alone
+
+	// Moving a member, or reusing an address, by a join is refused and
+	// changes nothing.
+	for _, j := range [][2]string{{"n1", "elsewhere:7000"}, {"n9", string(l.addr)}} {
+		if err := l.node.Join(ctx, j[0], j[1]); !errors.Is(err, replication.ErrInvalidConfig) {
+			t.Errorf("Join(%s, %s): %v, want ErrInvalidConfig", j[0], j[1], err)
+		}
+	}
+	if v, nv := membersOf(t, l.node); len(v) != 1 || len(nv) != 0 {
+		t.Fatalf("after refused joins: voters %v, non-voters %v", v, nv)
+	}
 }
 
 // tlsMember opens a replicated engine on a TCP transport with mutual TLS.

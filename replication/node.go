@@ -599,7 +599,9 @@ const joinTimeout = time.Minute
 // unreachable or untrusted member never becomes a voter.
 //
 // Joining a member that is already a voter at the same address does
-// nothing and succeeds; a non-voter is promoted once it has caught up.
+// nothing and succeeds; a non-voter is promoted once it has caught up. An
+// id already in the group at another address, or an address another
+// member has, is refused with ErrInvalidConfig and changes nothing.
 func (n *Node) Join(ctx context.Context, id, addr string) error {
 	if !idPattern.MatchString(id) {
 		return fmt.Errorf("%w: member id %q", ErrInvalidConfig, id)
@@ -613,11 +615,17 @@ func (n *Node) Join(ctx context.Context, id, addr string) error {
 	}
 	known := false
 	for _, s := range servers {
-		if s.ID == id && s.Address == addr {
-			if s.Voter {
-				return nil
-			}
+		switch {
+		case s.ID == id && s.Address == addr && s.Voter:
+			return nil
+		case s.ID == id && s.Address == addr:
 			known = true
+		case s.ID == id:
+			// Moving a member by joining it again would leave the
+			// group without it if the new address fails: refuse.
+			return fmt.Errorf("%w: %s is already a member at %s; remove it before joining it at %s", ErrInvalidConfig, id, s.Address, addr)
+		case s.Address == addr:
+			return fmt.Errorf("%w: %s is already the address of member %s", ErrInvalidConfig, addr, s.ID)
 		}
 	}
 	if _, ok := ctx.Deadline(); !ok {
