@@ -37,6 +37,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/cockroachdb/pebble/v2/vfs"
+
 	"github.com/sagaengine/saga/fsm"
 	"github.com/sagaengine/saga/wal"
 )
@@ -252,7 +254,7 @@ func Open(dir string, opts Options) (*Engine, error) {
 	}
 	walOpts := opts.WAL
 	walOpts.NoRepair = walOpts.NoRepair || opts.Inspect
-	walOpts.Applied = func() (uint64, error) { return storedAppliedIndex(stateDir) }
+	walOpts.Applied = func() (uint64, error) { return storedAppliedIndex(stateDir, opts.StoreFS) }
 	w, err := wal.Open(walDir, walOpts)
 	if err != nil {
 		var refused *wal.RefusedError
@@ -274,7 +276,7 @@ func Open(dir string, opts Options) (*Engine, error) {
 		e.scratch = stateDir
 	}
 	e.store, err = fsm.OpenStore(stateDir, fsm.StoreOptions{
-		Logger: opts.Logger, CacheSize: opts.StoreCacheSize,
+		Logger: opts.Logger, CacheSize: opts.StoreCacheSize, FS: opts.StoreFS,
 	})
 	if err != nil {
 		return fail(err)
@@ -335,10 +337,10 @@ func requireLog(walDir, stateDir string) error {
 // engine in dir without changing a file (0 when it has no state yet): every
 // log record up to it is durable in the state.
 func StoredAppliedIndex(dir string) (uint64, error) {
-	return storedAppliedIndex(filepath.Join(dir, "state"))
+	return storedAppliedIndex(filepath.Join(dir, "state"), nil)
 }
 
-func storedAppliedIndex(stateDir string) (uint64, error) {
+func storedAppliedIndex(stateDir string, fs vfs.FS) (uint64, error) {
 	ents, err := os.ReadDir(stateDir)
 	if errors.Is(err, os.ErrNotExist) || (err == nil && len(ents) == 0) {
 		return 0, nil
@@ -346,7 +348,7 @@ func storedAppliedIndex(stateDir string) (uint64, error) {
 	if err != nil {
 		return 0, err
 	}
-	st, err := fsm.OpenStore(stateDir, fsm.StoreOptions{ReadOnly: true, CacheSize: 1 << 20,
+	st, err := fsm.OpenStore(stateDir, fsm.StoreOptions{ReadOnly: true, CacheSize: 1 << 20, FS: fs,
 		Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		return 0, err

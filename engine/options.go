@@ -7,6 +7,8 @@ import (
 	"math/rand/v2"
 	"time"
 
+	"github.com/cockroachdb/pebble/v2/vfs"
+
 	"github.com/sagaengine/saga/compensation"
 	"github.com/sagaengine/saga/fsm"
 	"github.com/sagaengine/saga/wal"
@@ -49,6 +51,13 @@ type Options struct {
 	WAL wal.Options
 	// StoreCacheSize is the Pebble block cache in bytes. Default 32 MiB.
 	StoreCacheSize int64
+	// StoreFS is the file system under the saga state (Pebble), for every
+	// access: Open's read-only probe, the store, its flushes. Default
+	// vfs.Default. A seam for fault injection (pebble's vfs/errorfs) and
+	// for latency: it must wrap the disk the data directory is on, since
+	// the directory lock, the log and Inspect's scratch copy use the disk
+	// directly.
+	StoreFS vfs.FS
 
 	// Inspect opens the directory for inspection (sagactl): the log is
 	// replayed into the state, but no saga is resumed, no deadline armed
