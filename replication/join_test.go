@@ -98,6 +98,8 @@ func TestJoinOfAMemberThatNeverAnswersLeavesTheGroupAsItWas(t *testing.T) {
 
 	// Moving a member, or reusing an address, by a join is refused and
 	// changes nothing.
+	ctx, cancel = context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
 	for _, j := range [][2]string{{"n1", "elsewhere:7000"}, {"n9", string(l.addr)}} {
 		if err := l.node.Join(ctx, j[0], j[1]); !errors.Is(err, replication.ErrInvalidConfig) {
 			t.Errorf("Join(%s, %s): %v, want ErrInvalidConfig", j[0], j[1], err)

@@ -15,10 +15,13 @@ import (
 	"github.com/sagaengine/saga/replication"
 )
 
-func TestClusterCommandsOnAReplicatedMember(t *testing.T) {
-	_, trans := raft.NewInmemTransport("n1:7000")
+// inmemMember opens a replicated engine on an in-memory raft transport
+// (address ID:7000), closed at the test's end.
+func inmemMember(t *testing.T, id string, bootstrap bool) (*engine.Engine, *raft.InmemTransport, string) {
+	t.Helper()
+	_, trans := raft.NewInmemTransport(raft.ServerAddress(id + ":7000"))
 	dir := t.TempDir()
-	node, err := replication.New(replication.Config{ID: "n1", Dir: filepath.Join(dir, "raft"), Transport: trans, Bootstrap: true,
+	node, err := replication.New(replication.Config{ID: id, Dir: filepath.Join(dir, "raft"), Transport: trans, Bootstrap: bootstrap,
 		HeartbeatTimeout: 50 * time.Millisecond, ElectionTimeout: 50 * time.Millisecond, LeaderLeaseTimeout: 50 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
@@ -27,7 +30,12 @@ func TestClusterCommandsOnAReplicatedMember(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer e.Close()
+	t.Cleanup(func() { e.Close() })
+	return e, trans, dir
+}
+
+func TestClusterCommandsOnAReplicatedMember(t *testing.T) {
+	e, trans, dir := inmemMember(t, "n1", true)
 	const tok = "0123456789abcdef-token"
 	srv, err := admin.New(e, admin.NewObserver(), admin.Options{Token: tok})
 	if err != nil {
@@ -54,20 +62,9 @@ func TestClusterCommandsOnAReplicatedMember(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	// n2 runs, reachable: join makes it a voter once it has caught up.
-	_, trans2 := raft.NewInmemTransport("n2:7000")
+	_, trans2, _ := inmemMember(t, "n2", false)
 	trans.Connect(trans2.LocalAddr(), trans2)
 	trans2.Connect(trans.LocalAddr(), trans)
-	dir2 := t.TempDir()
-	node2, err := replication.New(replication.Config{ID: "n2", Dir: filepath.Join(dir2, "raft"), Transport: trans2,
-		HeartbeatTimeout: 50 * time.Millisecond, ElectionTimeout: 50 * time.Millisecond, LeaderLeaseTimeout: 50 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	e2, err := engine.Open(dir2, engine.Options{Replicator: node2})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer e2.Close()
 	code, out, errOut := runCLI("--addr", hs.URL, "--token-file", tf, "-o", "json", "cluster", "join", "n2", "n2:7000")
 	if code != 0 || !strings.Contains(out, `"id": "n2",
       "address": "n2:7000",
