@@ -117,11 +117,9 @@ type Engine struct {
 	// into; removed by Close.
 	scratch string
 
-	proposals  chan *proposal
-	applyQ     chan appended
-	commitDone chan struct{}
-	ckpt       chan struct{}
-	ckptDone   chan struct{}
+	wq       writerQueue // the single-node commit path (commit.go)
+	ckpt     chan struct{}
+	ckptDone chan struct{}
 
 	ctx     context.Context // cancelled by Close: stops drivers and timers
 	cancel  context.CancelFunc
@@ -137,11 +135,10 @@ type Engine struct {
 	closeMu     sync.RWMutex
 	storeClosed bool
 
-	sendMu   sync.RWMutex
-	applyMu  sync.Mutex // orders acknowledgements with poisoning
+	applyMu  sync.Mutex // the apply stage: applies in log order, ordered with poisoning
 	mu       sync.Mutex
 	closing  bool // Close has begun
-	closed   bool // the proposal channel is closed
+	closed   bool // Close has stopped the drivers and refuses proposals
 	poison   error
 	runs     map[string]*run
 	watchers map[string][]chan *fsm.Saga // woken with the settled saga
@@ -175,17 +172,6 @@ type run struct {
 	wake    chan struct{}      // wakes a backoff sleep on abort
 }
 
-type proposal struct {
-	recs []*fsm.Record
-	raw  [][]byte
-	done chan proposalResult
-}
-
-type proposalResult struct {
-	results []fsm.Result
-	err     error
-}
-
 // Open opens the engine in dir, creating it if needed, and recovers: it
 // replays every log entry after the state's applied index, then resumes
 // every saga that is not terminal. It returns once the state is replayed;
@@ -217,17 +203,14 @@ func Open(dir string, opts Options) (*Engine, error) {
 		return nil, err
 	}
 	e := &Engine{
-		dir:        dir,
-		opts:       opts,
-		lock:       lock,
-		runs:       map[string]*run{},
-		watchers:   map[string][]chan *fsm.Saga{},
-		proposals:  make(chan *proposal, 1024),
-		applyQ:     make(chan appended, 1),
-		commitDone: make(chan struct{}),
-		ckpt:       make(chan struct{}, 1),
-		ckptDone:   make(chan struct{}),
-		dlWake:     make(chan struct{}, 1),
+		dir:      dir,
+		opts:     opts,
+		lock:     lock,
+		runs:     map[string]*run{},
+		watchers: map[string][]chan *fsm.Saga{},
+		ckpt:     make(chan struct{}, 1),
+		ckptDone: make(chan struct{}),
+		dlWake:   make(chan struct{}, 1),
 	}
 	fail := func(err error) (*Engine, error) {
 		if e.store != nil {
@@ -287,8 +270,6 @@ func Open(dir string, opts Options) (*Engine, error) {
 	e.ctx, e.cancel = context.WithCancel(context.Background())
 	e.term.Store(&term{ctx: e.ctx, cancel: e.cancel})
 	e.curTerm().ready.Store(true)
-	go e.appendLoop()
-	go e.applyLoop()
 	go e.checkpointLoop()
 	if !opts.Inspect {
 		e.bg.Add(1)
@@ -506,126 +487,6 @@ func (e *Engine) replay() error {
 	return nil
 }
 
-// appended is a batch of proposals durable in the log, waiting to be applied.
-type appended struct {
-	batch      []*proposal
-	entries    []fsm.Entry
-	appendTime time.Duration
-}
-
-// appendLoop is the single log writer: it gathers every proposal waiting
-// into one log append (one fsync) and hands the durable batch to
-// applyLoop. While one batch is applied the next one is being fsynced.
-func (e *Engine) appendLoop() {
-	defer close(e.applyQ)
-	var raws [][]byte
-	for p := range e.proposals {
-		batch := []*proposal{p}
-		n := len(p.recs)
-	gather:
-		for n < e.opts.MaxBatch {
-			select {
-			case q, ok := <-e.proposals:
-				if !ok {
-					break gather
-				}
-				batch = append(batch, q)
-				n += len(q.recs)
-			default:
-				break gather
-			}
-		}
-		if poison := e.poisoned(); poison != nil {
-			for _, q := range batch {
-				q.done <- proposalResult{err: fmt.Errorf("%w (cause: %v)", ErrPoisoned, poison)}
-			}
-			continue
-		}
-		raws = raws[:0]
-		for _, q := range batch {
-			raws = append(raws, q.raw...)
-		}
-		t0 := time.Now()
-		first, err := e.log.Append(raws)
-		if errors.Is(err, wal.ErrRecordTooLarge) {
-			// Checked before writing: nothing reached the log. propose
-			// rejects such records first, so this is only a safety net.
-			for _, q := range batch {
-				q.done <- proposalResult{err: fmt.Errorf("%w: %w", ErrInvalidArgument, err)}
-			}
-			continue
-		}
-		if err != nil {
-			e.failStop(batch, fmt.Errorf("log append: %w", err))
-			continue
-		}
-		a := appended{batch: batch, entries: make([]fsm.Entry, 0, n), appendTime: time.Since(t0)}
-		idx := first
-		for _, q := range batch {
-			for i, r := range q.recs {
-				a.entries = append(a.entries, fsm.Entry{Index: idx, Rec: r, Raw: q.raw[i]})
-				idx++
-			}
-		}
-		e.applyQ <- a
-	}
-}
-
-// applyLoop applies durable batches in log order and only then
-// acknowledges their proposers.
-func (e *Engine) applyLoop() {
-	defer close(e.commitDone)
-	for a := range e.applyQ {
-		e.applyBatch(a)
-	}
-}
-
-// applyBatch applies one durable batch and acknowledges it. It holds
-// applyMu so that poisoning (failStop) is ordered with acknowledgements:
-// an ack either happens before the engine is poisoned or not at all.
-func (e *Engine) applyBatch(a appended) {
-	e.applyMu.Lock()
-	defer e.applyMu.Unlock()
-	if poison := e.poisoned(); poison != nil {
-		// Durable, but no acknowledgement after an I/O error: the
-		// next Open replays it.
-		for _, q := range a.batch {
-			q.done <- proposalResult{err: fmt.Errorf("%w: in the log but not applied before the engine stopped: %v", ErrOutcomeUnknown, poison)}
-		}
-		return
-	}
-	results, err := e.store.ApplyBatch(a.entries)
-	if err != nil {
-		e.poisonLocked(a.batch, fmt.Errorf("apply: %w", err))
-		return
-	}
-	n := len(a.entries)
-	e.commits.Add(1)
-	e.committedRecs.Add(uint64(n))
-	if h := e.opts.Hooks.OnCommit; h != nil {
-		h(n, a.appendTime)
-	}
-	e.countResults(a.entries, results)
-	e.afterApply(a.entries, results)
-	off := 0
-	for _, q := range a.batch {
-		q.done <- proposalResult{results: results[off : off+len(q.recs)]}
-		off += len(q.recs)
-	}
-	if e.sinceCkpt.Add(uint64(n)) >= e.opts.CheckpointEvery {
-		select {
-		case e.ckpt <- struct{}{}:
-		default:
-		}
-	}
-}
-
-func (e *Engine) poisoned() error {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	return e.poison
-}
-
 // afterApply runs hooks and wakes waiters of sagas that settled.
 func (e *Engine) afterApply(entries []fsm.Entry, results []fsm.Result) {
 	hook := e.opts.Hooks.OnTransition
@@ -652,35 +513,6 @@ func (e *Engine) afterApply(entries []fsm.Entry, results []fsm.Result) {
 		delete(e.watchers, sg.ID)
 	}
 	e.mu.Unlock()
-}
-
-// failStop poisons the engine after an I/O error and answers the batch
-// with ErrOutcomeUnknown. It waits for an apply in progress, so that no
-// acknowledgement follows the poisoning.
-func (e *Engine) failStop(batch []*proposal, err error) {
-	e.applyMu.Lock()
-	defer e.applyMu.Unlock()
-	e.poisonLocked(batch, err)
-}
-
-// poisonLocked is failStop with applyMu held.
-func (e *Engine) poisonLocked(batch []*proposal, err error) {
-	e.mu.Lock()
-	first := e.poison == nil
-	if first {
-		e.poison = err
-	}
-	e.mu.Unlock()
-	if first {
-		e.opts.Logger.Error("engine: poisoned by an I/O error; no further transitions until reopened", "err", err)
-		if h := e.opts.Hooks.OnPoisoned; h != nil {
-			h(err)
-		}
-		e.cancel()
-	}
-	for _, q := range batch {
-		q.done <- proposalResult{err: fmt.Errorf("%w: %v", ErrOutcomeUnknown, err)}
-	}
 }
 
 // checkpointLoop flushes the state and truncates the log behind it.
@@ -749,25 +581,10 @@ func (e *Engine) propose(ctx context.Context, recs []*fsm.Record) ([]fsm.Result,
 	if e.opts.Replicator != nil {
 		return e.proposeReplicated(ctx, raw)
 	}
-	p := &proposal{recs: recs, raw: raw, done: make(chan proposalResult, 1)}
-	// sendMu (read side) keeps Close from closing the channel under us.
-	// The commit loop never takes it, so a full channel cannot deadlock.
-	e.sendMu.RLock()
-	e.mu.Lock()
-	closed, poison := e.closed, e.poison
-	e.mu.Unlock()
-	switch {
-	case closed:
-		e.sendMu.RUnlock()
-		return nil, ErrClosed
-	case poison != nil:
-		e.sendMu.RUnlock()
+	if poison := e.poisoned(); poison != nil {
 		return nil, fmt.Errorf("%w (cause: %v)", ErrPoisoned, poison)
 	}
-	e.proposals <- p
-	e.sendMu.RUnlock()
-	res := <-p.done
-	return res.results, res.err
+	return e.commit(&proposal{recs: recs, raw: raw, done: make(chan proposalResult, 1)})
 }
 
 // getRun returns the in-memory run of a saga, creating it.
@@ -876,13 +693,10 @@ func (e *Engine) Close() error {
 	if e.opts.Replicator != nil {
 		return e.closeReplicated()
 	}
-	e.sendMu.Lock()
 	e.mu.Lock()
 	e.closed = true
 	e.mu.Unlock()
-	close(e.proposals)
-	e.sendMu.Unlock()
-	<-e.commitDone
+	e.closeQueue()
 	close(e.ckpt)
 	<-e.ckptDone
 	var errs []error

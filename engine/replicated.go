@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
@@ -20,13 +21,14 @@ import (
 // compensations; on gaining leadership a member resumes every saga that is
 // not terminal, as single-node recovery does.
 type Replicator interface {
-	// Start joins the group. Every committed command is applied to store
-	// in log order (fsm.Store.ApplyCommand), on every member; applied is
-	// then called with its entries and results, from the one goroutine
-	// that applies; applied(nil, nil) says a snapshot replaced the whole
-	// state (fsm.Store.Restore). failed is called once if applying fails
-	// with an I/O error: the member must stop applying (fail-stop).
-	Start(store *fsm.Store, applied func([]fsm.Entry, []fsm.Result), failed func(error)) error
+	// Start joins the group. Every committed command is applied to
+	// replica in log order (ApplyCommands), on every member, from one
+	// goroutine; a snapshot sent by the leader replaces it (Restore). The
+	// replica is the engine's own apply path, the one single-node commits
+	// take too. An error of ApplyCommands or Restore (other than a
+	// malformed snapshot) has fail-stopped the engine: the member must
+	// stop applying.
+	Start(replica fsm.Replica) error
 	// Propose replicates one command (encoded records) and returns, after
 	// it is committed and applied on this member, the results of its
 	// records. An error may implement NotLeader() (id, addr string): this
@@ -109,7 +111,7 @@ func (e *Engine) openReplicated() error {
 	cancel()
 	e.term.Store(&term{ctx: ended, cancel: cancel}) // not leading yet
 	e.recovery.AppliedIndex = e.store.AppliedIndex()
-	if err := e.opts.Replicator.Start(e.store, e.appliedReplicated, e.replicaFailed); err != nil {
+	if err := e.opts.Replicator.Start((*replica)(e)); err != nil {
 		return fmt.Errorf("engine: start replication: %w", err)
 	}
 	e.bg.Add(2)
@@ -118,26 +120,38 @@ func (e *Engine) openReplicated() error {
 	return nil
 }
 
-// appliedReplicated is called by the replicator after each command is
-// applied to the store, on every member.
-// appliedReplicated(nil, nil) says a snapshot replaced the whole state.
-func (e *Engine) appliedReplicated(entries []fsm.Entry, results []fsm.Result) {
+// replica is the engine as the replicator's fsm.Replica: committed
+// commands take the engine's one apply path (applyLocked), as single-node
+// commits do.
+type replica Engine
+
+func (r *replica) ApplyCommands(cmds []fsm.Command) ([][]fsm.Result, error) {
+	e := (*Engine)(r)
 	e.applyMu.Lock()
 	defer e.applyMu.Unlock()
-	if entries == nil && results == nil {
-		e.restored()
-		return
-	}
-	e.commits.Add(1)
-	e.committedRecs.Add(uint64(len(entries)))
-	e.countResults(entries, results)
-	e.afterApply(entries, results)
+	return e.applyLocked(cmds)
 }
 
-// replicaFailed poisons the engine when applying failed.
-func (e *Engine) replicaFailed(err error) {
-	e.failStop(nil, fmt.Errorf("apply of a replicated command: %w", err))
+// Restore replaces the whole state with a snapshot's and forgets what was
+// derived from the old one.
+func (r *replica) Restore(rd io.Reader) error {
+	e := (*Engine)(r)
+	e.applyMu.Lock()
+	defer e.applyMu.Unlock()
+	if err := e.store.Restore(rd); err != nil {
+		if !errors.Is(err, fsm.ErrBadSnapshot) {
+			e.poisonLocked(nil, fmt.Errorf("restore of a snapshot: %w", err))
+		}
+		return err
+	}
+	e.restored()
+	return nil
 }
+
+func (r *replica) Snapshot() (*fsm.StoreSnapshot, error) { return r.store.Snapshot() }
+func (r *replica) SourceIndex() uint64                   { return r.store.SourceIndex() }
+func (r *replica) AppliedIndex() uint64                  { return r.store.AppliedIndex() }
+func (r *replica) RestoreIncomplete() bool               { return r.store.RestoreIncomplete() }
 
 // leadershipLoop starts and ends terms of leadership.
 func (e *Engine) leadershipLoop() {

@@ -4,8 +4,8 @@ package engine_test
 // a fake Replicator whose leadership, barrier and commit timing the test
 // controls, so that each interleaving below happens deterministically. The
 // fake applies commands exactly as replication's state machine does
-// (fsm.Store.ApplyCommand, then the applied callback) and answers like a
-// raft member: NotLeader when it does not lead.
+// (through the engine's fsm.Replica) and answers like a raft member:
+// NotLeader when it does not lead.
 
 import (
 	"context"
@@ -34,10 +34,9 @@ func (notLeader) Error() string                { return "fake: not the leader" }
 func (notLeader) NotLeader() (id, addr string) { return "other", "other:1" }
 
 type fakeRep struct {
-	mu      sync.Mutex // one applier, as raft's FSM goroutine
-	store   *fsm.Store
-	applied func([]fsm.Entry, []fsm.Result)
-	source  uint64
+	mu     sync.Mutex // one applier, as raft's FSM goroutine
+	store  fsm.Replica
+	source uint64
 
 	leader atomic.Bool
 	ch     chan bool
@@ -47,15 +46,15 @@ type fakeRep struct {
 	// earlier term that reach this member only then.
 	beforeBarrier func()
 
-	// hooks, called with the command's records
-	betweenApplyAndCallback func([]*fsm.Record)
-	afterCommit             func([]*fsm.Record)
+	// afterCommit, when set, is called with the records of each command
+	// this member proposed, once it is committed and applied.
+	afterCommit func([]*fsm.Record)
 }
 
 func newFake() *fakeRep { return &fakeRep{ch: make(chan bool, 1)} }
 
-func (f *fakeRep) Start(store *fsm.Store, applied func([]fsm.Entry, []fsm.Result), failed func(error)) error {
-	f.store, f.applied, f.source = store, applied, store.SourceIndex()
+func (f *fakeRep) Start(replica fsm.Replica) error {
+	f.store, f.source = replica, replica.SourceIndex()
 	return nil
 }
 
@@ -102,15 +101,11 @@ func (f *fakeRep) apply(raw [][]byte) ([]fsm.Result, error) {
 		recs[i] = r
 	}
 	f.source += 2 // raft leaves gaps (no-ops, barriers)
-	res, err := f.store.ApplyCommand(f.source, ents)
+	res, err := f.store.ApplyCommands([]fsm.Command{{Source: f.source, Entries: ents}})
 	if err != nil {
 		return nil, err
 	}
-	if h := f.betweenApplyAndCallback; h != nil {
-		h(recs)
-	}
-	f.applied(ents, res)
-	return res, nil
+	return res[0], nil
 }
 
 func (f *fakeRep) Propose(ctx context.Context, raw [][]byte) ([]fsm.Result, error) {
@@ -336,10 +331,11 @@ func TestFollowerRedirectsWritesInsteadOfJudgingThemOnItsCache(t *testing.T) {
 }
 
 // StateCounts' first call counts a snapshot of the store and adds the
-// deltas applied meanwhile. In single-node mode the store apply and the
-// delta are both under applyMu; in replicated mode the store is changed by
-// the replicator before the applied callback takes applyMu, so a count
-// taken in between sees the transition and then counts it again.
+// deltas applied meanwhile. Commands committed while first counts run, on
+// a replicated member, are each counted once: the engine's one apply path
+// changes the store and the counts under one lock. (Before it, the
+// replicator changed the store before the engine's callback took that
+// lock, and a count taken in between counted a transition twice.)
 func TestStateCountsCountEachReplicatedTransitionOnce(t *testing.T) {
 	f := newFake()
 	e := openFake(t, f, compensation.NewRegistry())
@@ -349,17 +345,25 @@ func TestStateCountsCountEachReplicatedTransitionOnce(t *testing.T) {
 	if _, err := e.Define(ctx, engine.Definition{Name: "manual", Steps: []engine.StepDef{{Name: "s1"}}}); err != nil {
 		t.Fatal(err)
 	}
-	f.betweenApplyAndCallback = func(recs []*fsm.Record) {
-		if recs[0].Kind == fsm.KindSagaStarted {
-			if _, err := e.StateCounts(); err != nil {
-				t.Error(err)
+	var wg sync.WaitGroup
+	for g := 0; g < 4; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < 50; i++ {
+				if _, err := e.Start(ctx, "manual", nil, engine.StartOptions{ID: fmt.Sprintf("m%d-%03d", g, i)}); err != nil {
+					t.Error(err)
+					return
+				}
 			}
+		}()
+	}
+	for k := 0; k < 20; k++ {
+		if _, err := e.StateCounts(); err != nil {
+			t.Fatal(err)
 		}
 	}
-	if _, err := e.Start(ctx, "manual", nil, engine.StartOptions{ID: "m1"}); err != nil {
-		t.Fatal(err)
-	}
-	f.betweenApplyAndCallback = nil
+	wg.Wait()
 	got, err := e.StateCounts()
 	if err != nil {
 		t.Fatal(err)

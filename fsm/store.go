@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -362,6 +363,31 @@ type Command struct {
 	Source  uint64
 	Entries []Entry
 }
+
+// Replica is the state a replicated log keeps on each member: committed
+// commands are applied to it in log order, it is snapshotted, and it is
+// replaced by a snapshot sent by the leader. *Store implements it; the
+// engine implements it over its Store, so that its apply path is the only
+// one in both modes (single-node and replicated).
+type Replica interface {
+	// ApplyCommands applies consecutive committed commands and returns
+	// each command's results. An error is an I/O error: the member can
+	// no longer apply and must stop (fail-stop).
+	ApplyCommands(cmds []Command) ([][]Result, error)
+	// Snapshot is a point-in-time view of the whole state.
+	Snapshot() (*StoreSnapshot, error)
+	// Restore replaces the whole state with a snapshot's.
+	Restore(r io.Reader) error
+	// SourceIndex is the index of the last command applied.
+	SourceIndex() uint64
+	// AppliedIndex is the index of the last record applied.
+	AppliedIndex() uint64
+	// RestoreIncomplete reports a Restore cut short: the state must be
+	// restored again before it is used.
+	RestoreIncomplete() bool
+}
+
+var _ Replica = (*Store)(nil)
 
 // ApplyCommands applies consecutive commands of a replicated log in one
 // Pebble batch, as ApplyCommand would one by one, and returns each

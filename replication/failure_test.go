@@ -47,9 +47,22 @@ type rawNode struct {
 	addr  raft.ServerAddress
 }
 
+// slowReplica is a store whose every apply first waits delay: a slow
+// state machine.
+type slowReplica struct {
+	*fsm.Store
+	delay time.Duration
+}
+
+func (r slowReplica) ApplyCommands(cmds []fsm.Command) ([][]fsm.Result, error) {
+	time.Sleep(r.delay)
+	return r.Store.ApplyCommands(cmds)
+}
+
 // newRawGroup starts n Nodes (no engine) on in-memory transports; the
-// first member's store runs on fs0 when given.
-func newRawGroup(t *testing.T, n int, fs0 vfs.FS, applied ...func([]fsm.Entry, []fsm.Result)) []*rawNode {
+// first member's store runs on fs0 when given. Every apply waits
+// applyDelay, if given.
+func newRawGroup(t *testing.T, n int, fs0 vfs.FS, applyDelay ...time.Duration) []*rawNode {
 	t.Helper()
 	var ms []*rawNode
 	var peers []replication.Server
@@ -82,11 +95,11 @@ func newRawGroup(t *testing.T, n int, fs0 vfs.FS, applied ...func([]fsm.Entry, [
 		})
 		must(t, err)
 		m.node, m.store = node, st
-		var ap func([]fsm.Entry, []fsm.Result)
-		if len(applied) > 0 {
-			ap = applied[0]
+		var rep fsm.Replica = st
+		if len(applyDelay) > 0 {
+			rep = slowReplica{Store: st, delay: applyDelay[0]}
 		}
-		must(t, node.Start(st, ap, func(error) {}))
+		must(t, node.Start(rep))
 	}
 	t.Cleanup(func() {
 		for _, m := range ms {
@@ -278,9 +291,9 @@ func TestRestoreKeepsTheLatestDefinitionOfTheNewState(t *testing.T) {
 // a write racing with Close (engine.Close does not wait for callers) hangs
 // forever.
 func TestProposeRacingCloseReturns(t *testing.T) {
-	// A slow state machine (the engine's applied callback waits on its
-	// locks) lets committed batches queue in raft's fsmMutateCh.
-	ms := newRawGroup(t, 1, nil, func([]fsm.Entry, []fsm.Result) { time.Sleep(2 * time.Millisecond) })
+	// A slow state machine (the engine's apply waits on its locks) lets
+	// committed batches queue in raft's fsmMutateCh.
+	ms := newRawGroup(t, 1, nil, 2*time.Millisecond)
 	l := waitLeader(t, ms)
 	var stuck atomic.Int64
 	var wg sync.WaitGroup

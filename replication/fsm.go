@@ -72,16 +72,14 @@ func decodeCommand(data []byte) ([]*fsm.Record, [][]byte, error) {
 	return recs, raws, nil
 }
 
-// stateMachine is the raft FSM: it applies committed commands to the
-// saga state through fsm.Store.ApplyCommand, which records the raft index
-// of each command with its effects. After a restart raft hands again every
+// stateMachine is the raft FSM: it decodes committed commands and applies
+// them to the member's replica (the engine, over its store), which records
+// the raft index of each command with its effects. After a restart raft hands again every
 // command after its last snapshot (NoSnapshotRestoreOnStart: the state in
 // Pebble is newer than any snapshot, see Node); those at or below the
 // store's SourceIndex are already in the state and are skipped.
 type stateMachine struct {
-	store   *fsm.Store
-	applied func([]fsm.Entry, []fsm.Result)
-	failed  func(error)
+	store fsm.Replica
 	// stop is called (once) after an apply error: the member must leave
 	// the group's leadership rather than lead while it cannot apply.
 	stop func()
@@ -146,25 +144,15 @@ func (m *stateMachine) ApplyBatch(logs []*raft.Log) []any {
 		for _, i := range at {
 			out[i] = m.err
 		}
-		if m.failed != nil {
-			m.failed(err)
-		}
 		if m.stop != nil {
 			m.stop()
 		}
 		return out
 	}
-	var allE []fsm.Entry
-	var allR []fsm.Result
 	for k, i := range at {
-		allE = append(allE, cmds[k].Entries...)
-		allR = append(allR, results[k]...)
 		if out[i] == nil {
 			out[i] = results[k]
 		}
-	}
-	if m.applied != nil && len(allE) > 0 {
-		m.applied(allE, allR)
 	}
 	return out
 }
@@ -192,17 +180,11 @@ func (m *stateMachine) Restore(rc io.ReadCloser) error {
 	if err := m.store.Restore(rc); err != nil {
 		if !errors.Is(err, fsm.ErrBadSnapshot) {
 			m.err = fmt.Errorf("%w: restore: %v", errFailStopped, err)
-			if m.failed != nil {
-				m.failed(err)
-			}
 			if m.stop != nil {
 				m.stop()
 			}
 		}
 		return err
-	}
-	if m.applied != nil {
-		m.applied(nil, nil)
 	}
 	return nil
 }

@@ -348,7 +348,7 @@ func (n *Node) ID() string { return n.cfg.ID }
 // Start restores the latest snapshot itself when the state is older than
 // it (a restore cut short, or a state directory lost), and refuses a state
 // newer than everything the raft directory holds.
-func (n *Node) Start(store *fsm.Store, applied func([]fsm.Entry, []fsm.Result), failed func(error)) error {
+func (n *Node) Start(store fsm.Replica) error {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if n.closed {
@@ -360,7 +360,7 @@ func (n *Node) Start(store *fsm.Store, applied func([]fsm.Entry, []fsm.Result), 
 	if err := n.catchUp(store); err != nil {
 		return err
 	}
-	sm := &stateMachine{store: store, applied: applied, failed: failed}
+	sm := &stateMachine{store: store}
 	n.sm = sm
 	sm.stop = func() {
 		// Shutdown waits for the FSM goroutine, which calls stop: async.
@@ -411,7 +411,7 @@ func (n *Node) Start(store *fsm.Store, applied func([]fsm.Entry, []fsm.Result), 
 }
 
 // catchUp restores the latest snapshot if the state is older than it.
-func (n *Node) catchUp(store *fsm.Store) error {
+func (n *Node) catchUp(store fsm.Replica) error {
 	metas, err := n.snaps.List()
 	if err != nil {
 		return fmt.Errorf("replication: list snapshots: %w", err)
