@@ -276,7 +276,7 @@ func (e *Engine) Advance(ctx context.Context, id string, res StepResult) (*Statu
 		return nil, err
 	}
 	if sg.State == fsm.StateCompensating {
-		e.ensureDriver(id)
+		e.kick(id)
 	}
 	return newStatus(sg), nil
 }
@@ -348,7 +348,7 @@ func (e *Engine) Run(ctx context.Context, definition string, input []byte, o Sta
 		}
 		return e.waitStarted(ctx, id)
 	}
-	e.ensureDriver(id)
+	e.kick(id)
 	return e.waitStarted(ctx, id)
 }
 
@@ -439,10 +439,10 @@ func (e *Engine) operator(ctx context.Context, id string, kind fsm.Kind, actor, 
 		return nil, err
 	}
 	if kind == fsm.KindAborted {
-		e.cancelAction(id)
+		e.cancelCalls(id)
 	}
 	if sg.State == fsm.StateCompensating {
-		e.ensureDriver(id)
+		e.kick(id)
 	}
 	return newStatus(sg), nil
 }

@@ -12,76 +12,143 @@ import (
 	"github.com/sagaengine/saga/fsm"
 )
 
-// ensureDriver starts the goroutine that moves a saga forward (engine-
-// driven steps) or backward (compensations), unless one already runs.
-func (e *Engine) ensureDriver(id string) {
-	r := e.getRun(id)
+// The scheduler. Nothing runs per saga: the engine keeps, for each saga
+// that is not terminal, a run (engine.go) whose lock r.mu guards every
+// field of it, and starts a goroutine per handler invocation. The rule:
+//
+//   - kick looks at a saga's state under r.mu and starts every invocation
+//     the state calls for that is not already in flight (r.calls), and
+//     registers it there before letting go of the lock;
+//   - an invocation runs its handler with no lock held, records the
+//     outcome through transition (which takes r.mu), and when it ends it
+//     leaves r.calls and kicks the saga again;
+//   - every public call that makes a saga drivable (Run, Advance, abort,
+//     retry, resolve, a deadline, recovery) kicks it after its transition.
+//
+// So a saga is never without an invocation while its state calls for one
+// (whoever ends one kicks), and never has two for the same step (kick
+// decides under the lock). A saga may have several invocations at once,
+// one per step; a strict sequence has at most one: a compensation starts
+// only once nothing else of its saga is in flight.
+
+// invocation is one handler call in flight (with its retries), registered
+// in its saga's run.
+type invocation struct {
+	cancel context.CancelFunc // ends the handler's context: abort
+	wake   chan struct{}      // ends a backoff sleep early: abort
+}
+
+// work is what a saga's state calls for: an action or a compensation of a
+// step.
+type work struct {
+	step int
+	kind compensation.Kind
+}
+
+// due returns the invocations sg calls for, given those in flight.
+func due(sg *fsm.Saga, inFlight int) []work {
+	switch {
+	case sg.State == fsm.StateInProgress && sg.Driven && sg.Current >= 0 && sg.Steps[sg.Current].Status == fsm.StepRunning:
+		return []work{{step: sg.Current, kind: compensation.KindAction}}
+	case sg.State == fsm.StateCompensating && inFlight == 0:
+		// A compensation never overlaps another call of its saga (an
+		// aborted action still running, say).
+		return []work{{step: sg.Current, kind: compensation.KindCompensation}}
+	}
+	return nil
+}
+
+// kick starts what the saga's state calls for and is not in flight, unless
+// the term (the engine's life, in single-node mode) has ended.
+func (e *Engine) kick(id string) {
 	t := e.curTerm()
-	e.mu.Lock()
-	if r.driving || e.closed || t.ctx.Err() != nil {
-		e.mu.Unlock()
+	if t.ctx.Err() != nil {
 		return
 	}
-	r.driving = true
+	r := e.getRun(id)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.saga == nil {
+		var sg *fsm.Saga
+		err := e.read(func() (err error) { sg, err = e.store.Get(id); return err })
+		if err != nil {
+			if !fatal(err) {
+				// A transient failure (a store read, say) must not leave
+				// the saga undriven until the next Open: try again.
+				e.opts.Logger.Warn("engine: saga could not be read to drive it; retrying", "saga", id, "in", time.Second, "err", err)
+				e.goDriver(func() {
+					if e.sleep(t.ctx, nil, time.Second) {
+						e.kick(id)
+					}
+				})
+			}
+			e.dropRunLocked(id, r)
+			return
+		}
+		r.saga = sg
+	}
+	for _, w := range due(r.saga, len(r.calls)) {
+		if _, busy := r.calls[w.step]; !busy {
+			e.launch(t, id, r, w)
+		}
+	}
+	e.dropRunLocked(id, r)
+}
+
+// launch registers and starts one invocation. r.mu held.
+func (e *Engine) launch(t *term, id string, r *run, w work) {
+	e.mu.Lock()
+	if e.ctx.Err() != nil {
+		e.mu.Unlock()
+		return // closing: Close waits for what runs, so start nothing
+	}
 	e.drivers.Add(1)
 	t.wg.Add(1)
 	e.mu.Unlock()
+	ctx, cancel := context.WithCancel(t.ctx)
+	inv := &invocation{cancel: cancel, wake: make(chan struct{}, 1)}
+	if r.calls == nil {
+		r.calls = map[int]*invocation{}
+	}
+	r.calls[w.step] = inv
+	sg := r.saga
 	go func() {
 		defer e.drivers.Done()
 		defer t.wg.Done()
-		backoff := time.Second
-		// A driver belongs to one term of leadership (the engine's whole
-		// life in single-node mode): when the term ends it lets go of the
-		// saga, and the next term's resume drives it afresh.
-		tctx := t.ctx
-		for {
-			err := e.drive(tctx, id)
-			if err != nil && tctx.Err() == nil {
-				if fatal(err) {
-					e.opts.Logger.Error("engine: saga driver stopped", "saga", id, "err", err)
-				} else {
-					// A transient failure (a store read, say) must not leave
-					// the saga undriven until the next Open: try again.
-					e.opts.Logger.Warn("engine: saga driver failed; retrying", "saga", id, "in", backoff, "err", err)
-					if e.sleep(tctx, r, backoff) {
-						backoff = min(2*backoff, time.Minute)
-						continue
-					}
-				}
-			}
-			// A saga this driver saw terminal stays terminal: no transition
-			// leaves COMPLETED or FAILED, so there is nothing to look up
-			// (the lookup, a Pebble read and decode of a saga already
-			// gone from the live cache, was 8% of the CPU at c=64).
-			r.mu.Lock()
-			done := r.saga != nil && r.saga.State.Terminal()
-			r.mu.Unlock()
-			if err == nil && done {
-				e.mu.Lock()
-				r.driving = false
-				if e.runs[id] == r {
-					delete(e.runs, id)
-				}
-				e.mu.Unlock()
-				return
-			}
-			// A transition (an operator retry, an abort) may have made the
-			// saga drivable again just as this driver decided to stop:
-			// check once more under the lock before letting go.
-			e.mu.Lock()
-			sg, gerr := e.store.Get(id) // Close waits for drivers: the store is open
-			again := err == nil && gerr == nil && tctx.Err() == nil && drivable(sg)
-			if !again {
-				r.driving = false
-				if gerr == nil && sg.State.Terminal() && e.runs[id] == r {
-					delete(e.runs, id)
-				}
-				e.mu.Unlock()
-				return
-			}
-			e.mu.Unlock()
+		var last int
+		var err error
+		if w.kind == compensation.KindAction {
+			last, err = w.step, e.act(t.ctx, ctx, inv, sg, w.step)
+		} else {
+			last, err = e.compensate(t.ctx, ctx, inv, r, sg, w.step)
 		}
+		cancel()
+		e.finish(t.ctx, id, r, last, err)
 	}()
+}
+
+// finish takes an ended invocation out of its saga's run and kicks the
+// saga again.
+func (e *Engine) finish(tctx context.Context, id string, r *run, step int, err error) {
+	r.mu.Lock()
+	delete(r.calls, step)
+	r.mu.Unlock()
+	switch {
+	case err == nil, tctx.Err() != nil, errors.Is(err, fsm.ErrIllegalTransition):
+		// Done, or the saga moved under it (an abort, a deadline): the
+		// kick below looks again.
+	case fatal(err):
+		e.opts.Logger.Error("engine: saga driver stopped", "saga", id, "err", err)
+		return
+	default:
+		// A transient failure must not leave the saga undriven until the
+		// next Open: try again after a pause.
+		e.opts.Logger.Warn("engine: saga driver failed; retrying", "saga", id, "in", time.Second, "err", err)
+		if !e.sleep(tctx, nil, time.Second) {
+			return
+		}
+	}
+	e.kick(id)
 }
 
 // fatal reports whether a driver error means the engine cannot go on
@@ -91,75 +158,12 @@ func fatal(err error) bool {
 		errors.Is(err, ErrClosed) || errors.Is(err, fsm.ErrUnknownSaga)
 }
 
-// drivable reports whether the driver has work to do on sg.
-func drivable(sg *fsm.Saga) bool {
-	switch sg.State {
-	case fsm.StateCompensating:
-		return true
-	case fsm.StateInProgress:
-		return sg.Driven
-	}
-	return false
-}
-
-// drive runs one saga until it is terminal, STUCK, waiting for its caller
-// (a manual saga in progress), or the engine closes.
-func (e *Engine) drive(tctx context.Context, id string) error {
-	for tctx.Err() == nil {
-		r := e.getRun(id)
-		// Read the abort epoch before the state: an abort committed after
-		// this read bumps it, and callCtx then refuses to start the action.
-		epoch := e.abortEpoch(r)
-		r.mu.Lock()
-		sg := r.saga
-		r.mu.Unlock()
-		if sg == nil {
-			var err error
-			if sg, err = e.store.Get(id); err != nil { // Close waits for drivers
-				return err
-			}
-		}
-		if !drivable(sg) {
-			return nil
-		}
-		var err error
-		if sg.State == fsm.StateInProgress {
-			err = e.runAction(tctx, r, sg, epoch)
-		} else {
-			err = e.runCompensation(tctx, sg)
-		}
-		if err != nil {
-			if errors.Is(err, fsm.ErrIllegalTransition) {
-				// The saga moved under us (an abort, a deadline): look again.
-				continue
-			}
-			return err
-		}
-	}
-	return nil
-}
-
-// callCtx returns the context for one action or compensation attempt: it
-// ends when the engine closes, when the step's timeout passes, or when the
-// saga is aborted (for actions).
-//
-// For an action (r != nil) it also registers the cancel function that an
-// abort calls, and refuses (ok false) when an abort has happened since the
-// driver read the saga at epoch.
-func (e *Engine) callCtx(tctx context.Context, r *run, timeout time.Duration, epoch uint64) (ctx context.Context, cancel context.CancelFunc, ok bool) {
-	ctx, cancelCause := context.WithCancelCause(tctx)
-	cancel = func() { cancelCause(context.Canceled) }
-	if r != nil {
-		e.mu.Lock()
-		if r.aborts != epoch {
-			// Aborted since the driver read the state: do not start.
-			e.mu.Unlock()
-			cancel()
-			return ctx, cancel, false
-		}
-		r.cancel = cancel
-		e.mu.Unlock()
-	}
+// callCtx returns the context for one attempt of a handler: it ends when
+// the invocation's does (engine closed, term ended, abort) or when the
+// step's timeout passes.
+func (e *Engine) callCtx(parent context.Context, timeout time.Duration) (context.Context, context.CancelFunc) {
+	ctx, cancelCause := context.WithCancelCause(parent)
+	cancel := func() { cancelCause(context.Canceled) }
 	if timeout > 0 {
 		t := e.opts.Clock.NewTimer(timeout)
 		go func() {
@@ -171,14 +175,7 @@ func (e *Engine) callCtx(tctx context.Context, r *run, timeout time.Duration, ep
 			}
 		}()
 	}
-	return ctx, cancel, true
-}
-
-// abortEpoch returns the number of aborts seen by the saga's run.
-func (e *Engine) abortEpoch(r *run) uint64 {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	return r.aborts
+	return ctx, cancel
 }
 
 var errStepTimeout = errors.New("step attempt timed out")
@@ -186,39 +183,41 @@ var errStepTimeout = errors.New("step attempt timed out")
 // timedOut reports whether the call's context ended by its step timeout.
 func timedOut(ctx context.Context) bool { return errors.Is(context.Cause(ctx), errStepTimeout) }
 
-// cancelAction stops the action of an aborted saga: the one running, one
-// about to start (callCtx sees the epoch move), or a backoff sleep.
-func (e *Engine) cancelAction(id string) {
+// cancelCalls stops the invocations of an aborted saga: a handler running
+// sees its context end, a backoff sleep ends, and a retry that follows
+// finds the saga compensating (an illegal transition) and stops.
+func (e *Engine) cancelCalls(id string) {
 	e.mu.Lock()
-	defer e.mu.Unlock()
 	r, ok := e.runs[id]
+	e.mu.Unlock()
 	if !ok {
 		return
 	}
-	r.aborts++
-	if r.cancel != nil {
-		r.cancel()
-	}
-	select {
-	case r.wake <- struct{}{}:
-	default:
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, inv := range r.calls {
+		inv.cancel()
+		select {
+		case inv.wake <- struct{}{}:
+		default:
+		}
 	}
 }
 
-// sleep waits d on the engine's clock, or until the saga is aborted
-// (r.wake); false if the engine closed.
-func (e *Engine) sleep(tctx context.Context, r *run, d time.Duration) bool {
+// sleep waits d on the engine's clock, or until wake (an abort); false if
+// ctx ended first.
+func (e *Engine) sleep(ctx context.Context, wake <-chan struct{}, d time.Duration) bool {
 	if d <= 0 {
-		return tctx.Err() == nil
+		return ctx.Err() == nil
 	}
 	t := e.opts.Clock.NewTimer(d)
 	select {
 	case <-t.C():
 		return true
-	case <-r.wake:
+	case <-wake:
 		t.Stop()
 		return true
-	case <-tctx.Done():
+	case <-ctx.Done():
 		t.Stop()
 		return false
 	}
@@ -237,113 +236,116 @@ func (e *Engine) call(sg *fsm.Saga, i int, kind compensation.Kind, attempt int) 
 	return c
 }
 
-// runAction performs one attempt of the current step of an engine-driven
-// saga. The record saying it runs (saga started, previous step completed,
-// or step started for a retry) is already durable.
-func (e *Engine) runAction(tctx context.Context, r *run, sg *fsm.Saga, epoch uint64) error {
-	i := sg.Current
-	st := sg.Steps[i]
-	action, ok := e.opts.Registry.Action(st.Action)
-	if !ok {
-		// Registered at start; a restarted process may have forgotten it.
-		// Fail the step so the saga is compensated rather than hang.
-		return e.failStep(tctx, sg, i, &fsm.ErrorInfo{Kind: "unregistered",
-			Message: fmt.Sprintf("action %q is not registered in this process", st.Action)})
-	}
-	ctx, cancel, ok := e.callCtx(tctx, r, st.Timeout, epoch)
-	if !ok {
-		return nil // aborted meanwhile: the driver looks at the state again
-	}
-	if tctx.Err() != nil {
+// act runs the action of step i of an engine-driven saga, whose record
+// saying it runs (saga started, previous step completed, or step started
+// for a retry) is durable, with its retries, and records the outcome.
+// tctx is the term's context (the engine's, in single-node mode); ctx is
+// the invocation's, which an abort ends too.
+func (e *Engine) act(tctx, ctx context.Context, inv *invocation, sg *fsm.Saga, i int) error {
+	for {
+		st := sg.Steps[i]
+		action, ok := e.opts.Registry.Action(st.Action)
+		if !ok {
+			// Registered at start; a restarted process may have forgotten
+			// it. Fail the step so the saga is compensated rather than hang.
+			return e.failStep(tctx, sg.ID, i, &fsm.ErrorInfo{Kind: "unregistered",
+				Message: fmt.Sprintf("action %q is not registered in this process", st.Action)})
+		}
+		if ctx.Err() != nil {
+			// Aborted before it started, or the term ended: the next
+			// leader (or Open) runs it, or it is compensated as uncertain.
+			return nil
+		}
+		cctx, cancel := e.callCtx(ctx, st.Timeout)
+		if ctx.Err() != nil {
+			cancel()
+			return nil // aborted while the call was prepared: never started
+		}
+		out, err := safeAction(cctx, action, e.call(sg, i, compensation.KindAction, st.Attempts))
+		timeout := timedOut(cctx)
 		cancel()
-		return nil // the term ended: the next leader runs the step
-	}
-	out, err := safeAction(ctx, action, e.call(sg, i, compensation.KindAction, st.Attempts))
-	timeout := timedOut(ctx)
-	cancel()
-	if tctx.Err() != nil {
-		// Closing, or no longer the leader: the step stays running,
-		// uncertain at the next Open or on the next leader.
-		return nil
-	}
-	if err == nil && len(out) > e.opts.WAL.MaxRecordSize/2 {
-		return e.failStep(tctx, sg, i, &fsm.ErrorInfo{Kind: "permanent", Message: fmt.Sprintf(
-			"action %q returned %d bytes of output, over the limit of %d (half of Options.WAL.MaxRecordSize)",
-			st.Action, len(out), e.opts.WAL.MaxRecordSize/2)})
-	}
-	if err == nil {
-		out = bytes.Clone(out) // the action may reuse its buffer
-		_, terr := e.transition(tctx, sg.ID, func(cur *fsm.Saga) ([]*fsm.Record, error) {
-			return []*fsm.Record{{Kind: fsm.KindStepCompleted, Saga: sg.ID, At: e.now(), Step: i, Output: out}}, nil
+		if tctx.Err() != nil {
+			// Closing, or no longer the leader: the step stays running,
+			// uncertain at the next Open or on the next leader.
+			return nil
+		}
+		if err == nil && len(out) > e.opts.WAL.MaxRecordSize/2 {
+			return e.failStep(tctx, sg.ID, i, &fsm.ErrorInfo{Kind: "permanent", Message: fmt.Sprintf(
+				"action %q returned %d bytes of output, over the limit of %d (half of Options.WAL.MaxRecordSize)",
+				st.Action, len(out), e.opts.WAL.MaxRecordSize/2)})
+		}
+		if err == nil {
+			out = bytes.Clone(out) // the action may reuse its buffer
+			_, terr := e.transition(tctx, sg.ID, func(*fsm.Saga) ([]*fsm.Record, error) {
+				return []*fsm.Record{{Kind: fsm.KindStepCompleted, Saga: sg.ID, At: e.now(), Step: i, Output: out}}, nil
+			})
+			return terr
+		}
+		ei := errorInfo(err)
+		if timeout {
+			ei = &fsm.ErrorInfo{Kind: "timeout", Message: fmt.Sprintf("attempt exceeded the step timeout %v: %v", st.Timeout, err), Retryable: true}
+		}
+		policy := compensation.Policy(st.Retry)
+		elapsed := time.Duration(e.now() - st.StartedAt)
+		delay, retry := policy.Next(st.Attempts, elapsed, e.opts.Rand())
+		if compensation.IsPermanent(err) || !retry {
+			return e.failStep(tctx, sg.ID, i, ei)
+		}
+		if !e.sleep(tctx, inv.wake, delay) {
+			return nil
+		}
+		// An abort meanwhile makes this an illegal transition: the
+		// invocation ends and the saga is compensated.
+		next, terr := e.transition(tctx, sg.ID, func(cur *fsm.Saga) ([]*fsm.Record, error) {
+			return []*fsm.Record{{Kind: fsm.KindStepStarted, Saga: sg.ID, At: e.now(), Step: i, Attempt: cur.Steps[i].Attempts + 1}}, nil
 		})
-		return terr
+		if terr != nil {
+			return terr
+		}
+		sg = next
 	}
-	ei := errorInfo(err)
-	if timeout {
-		ei = &fsm.ErrorInfo{Kind: "timeout", Message: fmt.Sprintf("attempt exceeded the step timeout %v: %v", st.Timeout, err), Retryable: true}
-	}
-	policy := compensation.Policy(st.Retry)
-	elapsed := time.Duration(e.now() - st.StartedAt)
-	delay, retry := policy.Next(st.Attempts, elapsed, e.opts.Rand())
-	if compensation.IsPermanent(err) || !retry {
-		return e.failStep(tctx, sg, i, ei)
-	}
-	if !e.sleep(tctx, r, delay) {
-		return nil
-	}
-	_, terr := e.transition(tctx, sg.ID, func(cur *fsm.Saga) ([]*fsm.Record, error) {
-		return []*fsm.Record{{Kind: fsm.KindStepStarted, Saga: sg.ID, At: e.now(), Step: i, Attempt: cur.Steps[i].Attempts + 1}}, nil
-	})
-	return terr
 }
 
-func (e *Engine) failStep(tctx context.Context, sg *fsm.Saga, i int, ei *fsm.ErrorInfo) error {
-	_, err := e.transition(tctx, sg.ID, func(cur *fsm.Saga) ([]*fsm.Record, error) {
-		return []*fsm.Record{{Kind: fsm.KindStepFailed, Saga: sg.ID, At: e.now(), Step: i, Err: ei}}, nil
+func (e *Engine) failStep(tctx context.Context, id string, i int, ei *fsm.ErrorInfo) error {
+	_, err := e.transition(tctx, id, func(*fsm.Saga) ([]*fsm.Record, error) {
+		return []*fsm.Record{{Kind: fsm.KindStepFailed, Saga: id, At: e.now(), Step: i, Err: ei}}, nil
 	})
 	return err
 }
 
-// runCompensation performs one attempt of the current compensation:
-// first a durable "compensation started" record, then the handler, then
-// "completed" (joined with the next compensation's "started" in one
-// record batch) or "failed" (final when the retry budget is spent: STUCK).
-// A compensation found already started (before a restart, or before a
-// failed attempt) is uncertain: it gets a new attempt record and runs again.
-func (e *Engine) runCompensation(tctx context.Context, sg *fsm.Saga) error {
-	i := sg.Current
+// compensate runs the compensation of step i of sg: first a durable
+// "compensation started" record, then the handler, then "completed"
+// (joined with the next compensation's "started" in one record batch, after
+// which it goes on with that one) or "failed" (final when the retry budget
+// is spent: STUCK). A compensation found already started (before a
+// restart, or before a failed attempt) is uncertain: it gets a new attempt
+// record and runs again. It returns the step it ended on.
+func (e *Engine) compensate(tctx, ctx context.Context, inv *invocation, r *run, sg *fsm.Saga, i int) (int, error) {
 	next, err := e.transition(tctx, sg.ID, func(cur *fsm.Saga) ([]*fsm.Record, error) {
 		return []*fsm.Record{{Kind: fsm.KindCompStarted, Saga: sg.ID, At: e.now(), Step: i, Attempt: cur.Steps[i].CompAttempts + 1}}, nil
 	})
-	if err != nil {
-		return err
-	}
-	return e.compensateStarted(tctx, next)
-}
-
-// compensateStarted runs the handler of the current step of sg, whose
-// "compensation started" record is durable, and records the outcome.
-func (e *Engine) compensateStarted(tctx context.Context, sg *fsm.Saga) error {
-	r := e.getRun(sg.ID)
-	i := sg.Current
-	st := sg.Steps[i]
-	h, ok := e.opts.Registry.Handler(st.Compensation)
-	var err error
-	if tctx.Err() != nil {
-		return nil // closing or the term ended: the next Open or leader runs it
-	}
-	if !ok {
-		err = fmt.Errorf("compensation handler %q is not registered in this process", st.Compensation)
-	} else {
-		ctx, cancel, _ := e.callCtx(tctx, nil, st.Timeout, 0)
-		err = safeHandler(ctx, h, e.call(sg, i, compensation.KindCompensation, st.CompAttempts))
-		cancel()
-	}
-	if tctx.Err() != nil {
-		return nil // closing or no longer leading: re-run at next Open or by the next leader
-	}
-	if err == nil {
-		next, terr := e.transition(tctx, sg.ID, func(cur *fsm.Saga) ([]*fsm.Record, error) {
+	for err == nil {
+		sg = next
+		st := sg.Steps[i]
+		h, ok := e.opts.Registry.Handler(st.Compensation)
+		if ctx.Err() != nil {
+			return i, nil // closing or the term ended: the next Open or leader runs it
+		}
+		var herr error
+		if !ok {
+			herr = fmt.Errorf("compensation handler %q is not registered in this process", st.Compensation)
+		} else {
+			cctx, cancel := e.callCtx(ctx, st.Timeout)
+			herr = safeHandler(cctx, h, e.call(sg, i, compensation.KindCompensation, st.CompAttempts))
+			cancel()
+		}
+		if tctx.Err() != nil {
+			return i, nil // closing or no longer leading: re-run at next Open or by the next leader
+		}
+		if herr != nil {
+			return i, e.compensationFailed(tctx, inv, sg, i, herr, ok)
+		}
+		next, err = e.transition(tctx, sg.ID, func(cur *fsm.Saga) ([]*fsm.Record, error) {
 			recs := []*fsm.Record{{Kind: fsm.KindCompCompleted, Saga: sg.ID, At: e.now(), Step: i}}
 			// Join "k compensated" with "k-1 compensation started": one fsync.
 			after, aerr := fsm.Apply(cur, recs[0])
@@ -354,35 +356,43 @@ func (e *Engine) compensateStarted(tctx context.Context, sg *fsm.Saga) error {
 			}
 			return recs, nil
 		})
-		if terr != nil {
-			return terr
+		if err != nil || next.State != fsm.StateCompensating {
+			break
 		}
-		if next.State == fsm.StateCompensating {
-			return e.compensateStarted(tctx, next)
-		}
-		return nil
+		// Go on with the step before, under the same registration.
+		r.mu.Lock()
+		delete(r.calls, i)
+		i = next.Current
+		r.calls[i] = inv
+		r.mu.Unlock()
 	}
-	ei := errorInfo(err)
+	return i, err
+}
+
+// compensationFailed records a failed attempt (final when the retry
+// budget is spent or the handler is not registered: STUCK) and waits the
+// backoff before the next attempt.
+func (e *Engine) compensationFailed(tctx context.Context, inv *invocation, sg *fsm.Saga, i int, herr error, registered bool) error {
+	st := sg.Steps[i]
+	ei := errorInfo(herr)
 	policy := compensation.Policy(st.CompensationRetry)
 	attempts := st.CompAttempts - st.CompRoundBase
 	elapsed := time.Duration(e.now() - st.CompRoundStart)
 	delay, retry := policy.Next(attempts, elapsed, e.opts.Rand())
-	if !ok {
-		retry = false
-	}
-	next, terr := e.transition(tctx, sg.ID, func(cur *fsm.Saga) ([]*fsm.Record, error) {
+	retry = retry && registered
+	next, err := e.transition(tctx, sg.ID, func(cur *fsm.Saga) ([]*fsm.Record, error) {
 		return []*fsm.Record{{Kind: fsm.KindCompFailed, Saga: sg.ID, At: e.now(), Step: i,
 			Attempt: cur.Steps[i].CompAttempts, Err: ei, Final: !retry}}, nil
 	})
-	if terr != nil {
-		return terr
+	if err != nil {
+		return err
 	}
 	if next.State == fsm.StateStuck {
 		e.opts.Logger.Error("engine: saga STUCK: a compensation exhausted its retry budget; an operator must retry or resolve it",
 			"saga", sg.ID, "step", st.Name, "handler", st.Compensation, "attempts", next.Steps[i].CompAttempts, "err", ei.Error())
 		return nil
 	}
-	e.sleep(tctx, r, delay)
+	e.sleep(tctx, inv.wake, delay)
 	return nil
 }
 
@@ -506,9 +516,9 @@ func (e *Engine) expire(tctx context.Context, id string) {
 		}
 		return
 	}
-	e.cancelAction(id)
+	e.cancelCalls(id)
 	if sg.State == fsm.StateCompensating {
-		e.ensureDriver(id)
+		e.kick(id)
 	}
 }
 
@@ -567,7 +577,7 @@ func (e *Engine) resumeAll(tctx context.Context) (resumed, stuckN int, err error
 	stuckN = stuck[fsm.StateStuck]
 	e.warnUnregistered(compensating, inProgress)
 	for _, sg := range compensating {
-		e.ensureDriver(sg.ID)
+		e.kick(sg.ID)
 		resumed++
 	}
 	for _, sg := range inProgress {
@@ -597,7 +607,7 @@ func (e *Engine) resumeAll(tctx context.Context) (resumed, stuckN int, err error
 				}
 				return
 			}
-			e.ensureDriver(id)
+			e.kick(id)
 		})
 	}
 	return resumed, stuckN, nil

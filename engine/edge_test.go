@@ -167,7 +167,7 @@ func TestAbortReachesAnActionBeingStarted(t *testing.T) {
 	must(t, err)
 	id, _, err := e.start(ctx, "d", nil, StartOptions{}, true)
 	must(t, err)
-	e.ensureDriver(id)
+	e.kick(id)
 	<-clk.entered // the driver is preparing the call
 	_, err = e.Abort(ctx, id, "op", "stop")
 	must(t, err)

@@ -161,15 +161,14 @@ type Engine struct {
 	recovery      RecoveryStats
 }
 
-// run is the in-memory companion of a non-terminal saga: it serializes
-// the saga's transitions and caches its latest applied state.
+// run is the in-memory companion of a saga that is not terminal. r.mu
+// guards every field: a transition holds it from reading saga to caching
+// the applied result; the scheduler (driver.go) decides under it what to
+// start and registers it in calls. No handler runs under it.
 type run struct {
-	mu      sync.Mutex
-	saga    *fsm.Saga          // latest applied state; nil until loaded
-	driving bool               // a driver goroutine (or Run) owns the saga's progress; e.mu
-	cancel  context.CancelFunc // cancels the call in flight; e.mu
-	aborts  uint64             // aborts seen (see cancelAction); e.mu
-	wake    chan struct{}      // wakes a backoff sleep on abort
+	mu    sync.Mutex
+	saga  *fsm.Saga           // latest applied state; nil until loaded
+	calls map[int]*invocation // handler invocations in flight, by step
 }
 
 // Open opens the engine in dir, creating it if needed, and recovers: it
@@ -592,7 +591,7 @@ func (e *Engine) getRun(id string) *run {
 	e.mu.Lock()
 	r, ok := e.runs[id]
 	if !ok {
-		r = &run{wake: make(chan struct{}, 1)}
+		r = &run{}
 		e.runs[id] = r
 	}
 	e.mu.Unlock()
@@ -621,11 +620,7 @@ func (e *Engine) transition(ctx context.Context, id string, build func(cur *fsm.
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	// Whatever happens, a run whose saga is gone or terminal leaves memory.
-	defer func() {
-		if r.saga == nil || r.saga.State.Terminal() {
-			e.dropRun(id, r)
-		}
-	}()
+	defer e.dropRunLocked(id, r)
 	if r.saga == nil {
 		var sg *fsm.Saga
 		err := e.read(func() (err error) { sg, err = e.store.Get(id); return err })
@@ -666,9 +661,14 @@ func (e *Engine) transition(ctx context.Context, id string, build func(cur *fsm.
 	return r.saga, nil
 }
 
-func (e *Engine) dropRun(id string, r *run) {
+// dropRunLocked forgets the run of a saga that is gone (not loaded) or
+// terminal, once nothing of it is in flight. r.mu held.
+func (e *Engine) dropRunLocked(id string, r *run) {
+	if (r.saga != nil && !r.saga.State.Terminal()) || len(r.calls) > 0 {
+		return
+	}
 	e.mu.Lock()
-	if e.runs[id] == r && !r.driving {
+	if e.runs[id] == r {
 		delete(e.runs, id)
 	}
 	e.mu.Unlock()

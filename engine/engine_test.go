@@ -410,7 +410,7 @@ func TestRetryBackoffStuckAndOperatorRetry(t *testing.T) {
 	must(t, err)
 	id, _, err := e.start(ctx, "r", nil, StartOptions{}, true)
 	must(t, err)
-	e.ensureDriver(id)
+	e.kick(id)
 	st := settle(t, e, clk, id)
 	if st.State != fsm.StateStuck {
 		t.Fatalf("state %s, want STUCK after 3 failed compensations", st.State)
@@ -704,7 +704,7 @@ func TestStepTimeout(t *testing.T) {
 	must(t, err)
 	id, _, err := e.start(ctx, "to", nil, StartOptions{}, true)
 	must(t, err)
-	e.ensureDriver(id)
+	e.kick(id)
 	st := settle(t, e, clk, id)
 	if st.State != fsm.StateFailed || st.LastError == nil || st.LastError.Kind != "timeout" {
 		t.Fatalf("after two timed-out attempts: %s %+v", st.State, st.LastError)
