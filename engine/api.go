@@ -116,6 +116,9 @@ type StartOptions struct {
 	Version int
 	// Timeout overrides the definition's saga deadline (from now).
 	Timeout time.Duration
+	// Durability overrides the definition's durability mode when set (a
+	// policy sets it per operation).
+	Durability *Durability
 }
 
 // Start creates a saga of the named definition [execute_saga_journey];
@@ -171,6 +174,13 @@ func (e *Engine) start(ctx context.Context, definition string, input []byte, o S
 	si := &fsm.StartInfo{
 		Definition: def.Name, Version: def.Version, Steps: e.plan(def.Steps), Driven: driven,
 		User: o.User, IdempotencyKey: o.IdempotencyKey, Input: bytes.Clone(input), Meta: maps.Clone(o.Meta),
+	}
+	si.Durability = def.Durability
+	if o.Durability != nil {
+		if *o.Durability > DurabilityPipelined {
+			return "", false, fmt.Errorf("%w: unknown durability %d (want DurabilityStrict or DurabilityPipelined)", ErrInvalidArgument, uint8(*o.Durability))
+		}
+		si.Durability = *o.Durability
 	}
 	timeout := def.Timeout
 	if o.Timeout > 0 {
@@ -244,8 +254,14 @@ type StepResult struct {
 // On success the next step is running (or the saga is COMPLETED); on
 // failure the saga is COMPENSATING and the engine undoes the completed
 // steps in the background (see Wait).
+//
+// For a pipelined saga (DurabilityPipelined) a success that leaves the
+// saga in progress returns once the record is queued in the log and the
+// previous step's record is durable: the next step may begin while this
+// record is synced. A success that completes the saga, and every failure,
+// returns only once durable and applied, as in strict mode.
 func (e *Engine) Advance(ctx context.Context, id string, res StepResult) (*Status, error) {
-	sg, err := e.transition(ctx, id, func(cur *fsm.Saga) ([]*fsm.Record, error) {
+	sg, prev, err := e.transitionAhead(ctx, id, func(cur *fsm.Saga) ([]*fsm.Record, error) {
 		if cur.Driven {
 			return nil, fmt.Errorf("%w: saga %s is engine-driven; its steps are reported by the engine", ErrInvalidArgument, id)
 		}
@@ -271,9 +287,15 @@ func (e *Engine) Advance(ctx context.Context, id string, res StepResult) (*Statu
 			r.Kind, r.Err = fsm.KindStepFailed, errorInfo(res.Err)
 		}
 		return []*fsm.Record{r}, nil
-	})
+	}, nil)
 	if err != nil {
 		return nil, err
+	}
+	// A pipelined saga's report returns once the record that began the
+	// step just reported is durable (this one may still be on its way):
+	// the caller is never more than one step ahead of the log.
+	if err := prev(); err != nil {
+		return nil, fmt.Errorf("%w: an earlier step's record of saga %s did not become durable: %v", ErrOutcomeUnknown, id, err)
 	}
 	if sg.State == fsm.StateCompensating {
 		e.kick(id)
@@ -432,14 +454,15 @@ func (e *Engine) operator(ctx context.Context, id string, kind fsm.Kind, actor, 
 	if actor == "" {
 		return nil, fmt.Errorf("%w: an operator action needs an actor (who)", ErrInvalidArgument)
 	}
-	sg, err := e.transition(ctx, id, func(cur *fsm.Saga) ([]*fsm.Record, error) {
+	var then func(*run, *fsm.Saga)
+	if kind == fsm.KindAborted {
+		then = cancelCalls
+	}
+	sg, _, err := e.change(ctx, id, func(cur *fsm.Saga) ([]*fsm.Record, error) {
 		return []*fsm.Record{{Kind: kind, Saga: id, At: e.now(), Step: max(cur.Current, 0), Actor: actor, Reason: reason}}, nil
-	})
+	}, false, then)
 	if err != nil {
 		return nil, err
-	}
-	if kind == fsm.KindAborted {
-		e.cancelCalls(id)
 	}
 	if sg.State == fsm.StateCompensating {
 		e.kick(id)

@@ -47,18 +47,34 @@ type proposalResult struct {
 // its results. Once queued, a proposal is answered: every leader either
 // writes its batch or answers it with an error.
 func (e *Engine) commit(p *proposal) ([]fsm.Result, error) {
+	lead, err := e.enqueue(p)
+	if err != nil {
+		return nil, err
+	}
+	return e.await(p, lead)
+}
+
+// enqueue puts p at the end of the writer queue: its place in the log is
+// fixed from here on. lead says the log was idle and the caller must lead
+// the write (await does).
+func (e *Engine) enqueue(p *proposal) (lead bool, err error) {
 	q := &e.wq
 	q.mu.Lock()
+	defer q.mu.Unlock()
 	if q.closed {
-		q.mu.Unlock()
-		return nil, ErrClosed
+		return false, ErrClosed
 	}
 	q.active.Add(1)
-	defer q.active.Done()
 	q.queue = append(q.queue, p)
-	lead := !q.writing
+	lead = !q.writing
 	q.writing = true
-	q.mu.Unlock()
+	return lead, nil
+}
+
+// await waits for the answer to an enqueued proposal, leading the writes
+// that fall to it.
+func (e *Engine) await(p *proposal, lead bool) ([]fsm.Result, error) {
+	defer e.wq.active.Done()
 	for {
 		if lead {
 			e.lead()
@@ -172,13 +188,17 @@ func (e *Engine) applyLocked(cmds []fsm.Command) ([][]fsm.Result, error) {
 		return nil, err
 	}
 	n := 0
-	for k, c := range cmds {
+	for _, c := range cmds {
 		n += len(c.Entries)
+	}
+	// Counted before any waiter is woken: a Run that returns sees its
+	// records in Stats.
+	e.commits.Add(uint64(len(cmds)))
+	e.committedRecs.Add(uint64(n))
+	for k, c := range cmds {
 		e.countResults(c.Entries, results[k])
 		e.afterApply(c.Entries, results[k])
 	}
-	e.commits.Add(uint64(len(cmds)))
-	e.committedRecs.Add(uint64(n))
 	if e.opts.Replicator == nil && e.sinceCkpt.Add(uint64(n)) >= e.opts.CheckpointEvery {
 		select {
 		case e.ckpt <- struct{}{}:

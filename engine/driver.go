@@ -65,8 +65,7 @@ func (e *Engine) kick(id string) {
 	if t.ctx.Err() != nil {
 		return
 	}
-	r := e.getRun(id)
-	r.mu.Lock()
+	r := e.lockRun(id)
 	defer r.mu.Unlock()
 	if r.saga == nil {
 		var sg *fsm.Saga
@@ -75,14 +74,14 @@ func (e *Engine) kick(id string) {
 			if !fatal(err) {
 				// A transient failure (a store read, say) must not leave
 				// the saga undriven until the next Open: try again.
-				e.opts.Logger.Warn("engine: saga could not be read to drive it; retrying", "saga", id, "in", time.Second, "err", err)
+				d := r.pause()
+				e.opts.Logger.Warn("engine: saga could not be read to drive it; retrying", "saga", id, "in", d, "err", err)
 				e.goDriver(func() {
-					if e.sleep(t.ctx, nil, time.Second) {
+					if e.sleep(t.ctx, nil, d) {
 						e.kick(id)
 					}
 				})
 			}
-			e.dropRunLocked(id, r)
 			return
 		}
 		r.saga = sg
@@ -95,12 +94,32 @@ func (e *Engine) kick(id string) {
 	e.dropRunLocked(id, r)
 }
 
+// seed caches sg, just read from the store, as its saga's state unless
+// one is cached: the kick that follows needs no read of its own.
+func (e *Engine) seed(sg *fsm.Saga) {
+	r := e.lockRun(sg.ID)
+	if r.saga == nil {
+		r.saga = sg
+	}
+	r.mu.Unlock()
+}
+
+// pause returns how long to wait before driving the saga again after a
+// transient failure: from 1 s, doubling up to a minute. r.mu held.
+func (r *run) pause() time.Duration {
+	r.backoff = min(max(2*r.backoff, time.Second), time.Minute)
+	return r.backoff
+}
+
 // launch registers and starts one invocation. r.mu held.
 func (e *Engine) launch(t *term, id string, r *run, w work) {
 	e.mu.Lock()
-	if e.ctx.Err() != nil {
+	if e.ctx.Err() != nil || t.ctx.Err() != nil {
+		// Closing (Close waits for what runs) or the term ended (the next
+		// one waits for this one's invocations): start nothing. Both are
+		// cancelled under e.mu, so no Add follows their Wait.
 		e.mu.Unlock()
-		return // closing: Close waits for what runs, so start nothing
+		return
 	}
 	e.drivers.Add(1)
 	t.wg.Add(1)
@@ -118,7 +137,7 @@ func (e *Engine) launch(t *term, id string, r *run, w work) {
 		var last int
 		var err error
 		if w.kind == compensation.KindAction {
-			last, err = w.step, e.act(t.ctx, ctx, inv, sg, w.step)
+			last, err = e.act(t.ctx, ctx, inv, sg, w.step)
 		} else {
 			last, err = e.compensate(t.ctx, ctx, inv, r, sg, w.step)
 		}
@@ -130,8 +149,15 @@ func (e *Engine) launch(t *term, id string, r *run, w work) {
 // finish takes an ended invocation out of its saga's run and kicks the
 // saga again.
 func (e *Engine) finish(tctx context.Context, id string, r *run, step int, err error) {
+	transient := err != nil && tctx.Err() == nil && !errors.Is(err, fsm.ErrIllegalTransition) && !fatal(err)
 	r.mu.Lock()
 	delete(r.calls, step)
+	var d time.Duration
+	if transient {
+		d = r.pause()
+	} else if err == nil {
+		r.backoff = 0
+	}
 	r.mu.Unlock()
 	switch {
 	case err == nil, tctx.Err() != nil, errors.Is(err, fsm.ErrIllegalTransition):
@@ -143,8 +169,8 @@ func (e *Engine) finish(tctx context.Context, id string, r *run, step int, err e
 	default:
 		// A transient failure must not leave the saga undriven until the
 		// next Open: try again after a pause.
-		e.opts.Logger.Warn("engine: saga driver failed; retrying", "saga", id, "in", time.Second, "err", err)
-		if !e.sleep(tctx, nil, time.Second) {
+		e.opts.Logger.Warn("engine: saga driver failed; retrying", "saga", id, "in", d, "err", err)
+		if !e.sleep(tctx, nil, d) {
 			return
 		}
 	}
@@ -183,18 +209,12 @@ var errStepTimeout = errors.New("step attempt timed out")
 // timedOut reports whether the call's context ended by its step timeout.
 func timedOut(ctx context.Context) bool { return errors.Is(context.Cause(ctx), errStepTimeout) }
 
-// cancelCalls stops the invocations of an aborted saga: a handler running
-// sees its context end, a backoff sleep ends, and a retry that follows
-// finds the saga compensating (an illegal transition) and stops.
-func (e *Engine) cancelCalls(id string) {
-	e.mu.Lock()
-	r, ok := e.runs[id]
-	e.mu.Unlock()
-	if !ok {
-		return
-	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
+// cancelCalls stops the invocations of a saga just aborted: a handler
+// running sees its context end, a backoff sleep ends, and a retry that
+// follows finds the saga compensating (an illegal transition) and stops.
+// It runs under r.mu in the abort's own transition (as its then), so that
+// only actions are in flight: the abort's compensation starts after it.
+func cancelCalls(r *run, _ *fsm.Saga) {
 	for _, inv := range r.calls {
 		inv.cancel()
 		select {
@@ -241,25 +261,31 @@ func (e *Engine) call(sg *fsm.Saga, i int, kind compensation.Kind, attempt int) 
 // for a retry) is durable, with its retries, and records the outcome.
 // tctx is the term's context (the engine's, in single-node mode); ctx is
 // the invocation's, which an abort ends too.
-func (e *Engine) act(tctx, ctx context.Context, inv *invocation, sg *fsm.Saga, i int) error {
+//
+// The invocation goes on with the next step once "step i done, i+1
+// begins" is durable (strict) or has its place in the log (pipelined:
+// then before step i+2 begins it waits for that record to be durable,
+// never more than one step ahead of the log). A saga's last completion is
+// durable before the invocation ends. It returns the step it ended on.
+func (e *Engine) act(tctx, ctx context.Context, inv *invocation, sg *fsm.Saga, i int) (int, error) {
 	for {
 		st := sg.Steps[i]
 		action, ok := e.opts.Registry.Action(st.Action)
 		if !ok {
 			// Registered at start; a restarted process may have forgotten
 			// it. Fail the step so the saga is compensated rather than hang.
-			return e.failStep(tctx, sg.ID, i, &fsm.ErrorInfo{Kind: "unregistered",
+			return i, e.failStep(tctx, sg.ID, i, &fsm.ErrorInfo{Kind: "unregistered",
 				Message: fmt.Sprintf("action %q is not registered in this process", st.Action)})
 		}
 		if ctx.Err() != nil {
 			// Aborted before it started, or the term ended: the next
 			// leader (or Open) runs it, or it is compensated as uncertain.
-			return nil
+			return i, nil
 		}
 		cctx, cancel := e.callCtx(ctx, st.Timeout)
 		if ctx.Err() != nil {
 			cancel()
-			return nil // aborted while the call was prepared: never started
+			return i, nil // aborted while the call was prepared: never started
 		}
 		out, err := safeAction(cctx, action, e.call(sg, i, compensation.KindAction, st.Attempts))
 		timeout := timedOut(cctx)
@@ -267,19 +293,39 @@ func (e *Engine) act(tctx, ctx context.Context, inv *invocation, sg *fsm.Saga, i
 		if tctx.Err() != nil {
 			// Closing, or no longer the leader: the step stays running,
 			// uncertain at the next Open or on the next leader.
-			return nil
+			return i, nil
 		}
 		if err == nil && len(out) > e.opts.WAL.MaxRecordSize/2 {
-			return e.failStep(tctx, sg.ID, i, &fsm.ErrorInfo{Kind: "permanent", Message: fmt.Sprintf(
+			return i, e.failStep(tctx, sg.ID, i, &fsm.ErrorInfo{Kind: "permanent", Message: fmt.Sprintf(
 				"action %q returned %d bytes of output, over the limit of %d (half of Options.WAL.MaxRecordSize)",
 				st.Action, len(out), e.opts.WAL.MaxRecordSize/2)})
 		}
 		if err == nil {
 			out = bytes.Clone(out) // the action may reuse its buffer
-			_, terr := e.transition(tctx, sg.ID, func(*fsm.Saga) ([]*fsm.Record, error) {
+			done := func(*fsm.Saga) ([]*fsm.Record, error) {
 				return []*fsm.Record{{Kind: fsm.KindStepCompleted, Saga: sg.ID, At: e.now(), Step: i, Output: out}}, nil
+			}
+			next, prev, terr := e.transitionAhead(tctx, sg.ID, done, func(r *run, next *fsm.Saga) {
+				if next.State == fsm.StateInProgress {
+					// This invocation goes on with the next step.
+					delete(r.calls, i)
+					r.calls[next.Current] = inv
+				}
 			})
-			return terr
+			if terr != nil {
+				return i, terr
+			}
+			if next.State != fsm.StateInProgress {
+				return i, nil
+			}
+			// Never more than one step ahead of the log: the record that
+			// began the step just done must be durable before the next
+			// begins (pipelined mode; in strict mode it is).
+			if err := prev(); err != nil {
+				return next.Current, err
+			}
+			sg, i = next, next.Current
+			continue
 		}
 		ei := errorInfo(err)
 		if timeout {
@@ -289,10 +335,10 @@ func (e *Engine) act(tctx, ctx context.Context, inv *invocation, sg *fsm.Saga, i
 		elapsed := time.Duration(e.now() - st.StartedAt)
 		delay, retry := policy.Next(st.Attempts, elapsed, e.opts.Rand())
 		if compensation.IsPermanent(err) || !retry {
-			return e.failStep(tctx, sg.ID, i, ei)
+			return i, e.failStep(tctx, sg.ID, i, ei)
 		}
 		if !e.sleep(tctx, inv.wake, delay) {
-			return nil
+			return i, nil
 		}
 		// An abort meanwhile makes this an illegal transition: the
 		// invocation ends and the saga is compensated.
@@ -300,7 +346,7 @@ func (e *Engine) act(tctx, ctx context.Context, inv *invocation, sg *fsm.Saga, i
 			return []*fsm.Record{{Kind: fsm.KindStepStarted, Saga: sg.ID, At: e.now(), Step: i, Attempt: cur.Steps[i].Attempts + 1}}, nil
 		})
 		if terr != nil {
-			return terr
+			return i, terr
 		}
 		sg = next
 	}
@@ -503,20 +549,25 @@ func (e *Engine) goDriver(f func()) {
 
 // expire aborts a saga whose deadline passed, if it is still in progress.
 func (e *Engine) expire(tctx context.Context, id string) {
-	sg, err := e.transition(tctx, id, func(cur *fsm.Saga) ([]*fsm.Record, error) {
+	sg, _, err := e.change(tctx, id, func(cur *fsm.Saga) ([]*fsm.Record, error) {
 		if cur.State != fsm.StateInProgress {
 			return nil, errNothingToDo
 		}
 		return []*fsm.Record{{Kind: fsm.KindAborted, Saga: id, At: e.now(), Step: cur.Current,
 			Actor: "engine", Reason: "deadline exceeded"}}, nil
-	})
+	}, false, cancelCalls)
 	if err != nil {
 		if !errors.Is(err, errNothingToDo) && !errors.Is(err, fsm.ErrUnknownSaga) && tctx.Err() == nil {
-			e.opts.Logger.Error("engine: deadline abort failed", "saga", id, "err", err)
+			// Not applied: try again shortly, unless the engine cannot go on.
+			if fatal(err) {
+				e.opts.Logger.Error("engine: deadline abort failed", "saga", id, "err", err)
+			} else {
+				e.opts.Logger.Warn("engine: deadline abort failed; trying again in 1s", "saga", id, "err", err)
+				e.armDeadline(id, e.now()+int64(time.Second))
+			}
 		}
 		return
 	}
-	e.cancelCalls(id)
 	if sg.State == fsm.StateCompensating {
 		e.kick(id)
 	}
@@ -577,6 +628,7 @@ func (e *Engine) resumeAll(tctx context.Context) (resumed, stuckN int, err error
 	stuckN = stuck[fsm.StateStuck]
 	e.warnUnregistered(compensating, inProgress)
 	for _, sg := range compensating {
+		e.seed(sg)
 		e.kick(sg.ID)
 		resumed++
 	}
@@ -590,7 +642,13 @@ func (e *Engine) resumeAll(tctx context.Context) (resumed, stuckN int, err error
 		resumed++
 		st := sg.Steps[sg.Current]
 		var rec *fsm.Record
-		if st.OnUncertain == fsm.UncertainRetry {
+		if sg.Durability == fsm.DurabilityPipelined {
+			// The step after the current one may have run too, before its
+			// record was durable: both are compensated as uncertain.
+			last := min(sg.Current+1, len(sg.Steps)-1)
+			rec = &fsm.Record{Kind: fsm.KindAborted, Saga: sg.ID, At: e.now(), Step: last, Actor: "recovery",
+				Reason: fmt.Sprintf("step %q (pipelined: and the one after it) was running when the engine stopped (uncertain)", st.Name)}
+		} else if st.OnUncertain == fsm.UncertainRetry {
 			rec = &fsm.Record{Kind: fsm.KindStepStarted, Saga: sg.ID, At: e.now(), Step: sg.Current, Attempt: st.Attempts + 1}
 		} else {
 			rec = &fsm.Record{Kind: fsm.KindAborted, Saga: sg.ID, At: e.now(), Step: sg.Current,
@@ -599,15 +657,30 @@ func (e *Engine) resumeAll(tctx context.Context) (resumed, stuckN int, err error
 		// Proposed concurrently: one group commit covers them all.
 		id := sg.ID
 		e.goDriver(func() {
-			if _, err := e.transition(tctx, id, func(*fsm.Saga) ([]*fsm.Record, error) {
-				return []*fsm.Record{rec}, nil
-			}); err != nil {
-				if tctx.Err() == nil {
+			for backoff := time.Second; ; backoff = min(2*backoff, time.Minute) {
+				_, err := e.transition(tctx, id, func(cur *fsm.Saga) ([]*fsm.Record, error) {
+					if cur.Seq != sg.Seq {
+						return nil, nil // moved meanwhile (an abort, a deadline): nothing uncertain left
+					}
+					return []*fsm.Record{rec}, nil
+				})
+				switch {
+				case err == nil:
+					e.kick(id)
+					return
+				case tctx.Err() != nil:
+					return
+				case fatal(err) || errors.Is(err, fsm.ErrIllegalTransition):
 					e.opts.Logger.Error("engine: resume of uncertain step failed", "saga", id, "err", err)
+					return
 				}
-				return
+				// Not applied (a store read, say): the saga must not stay
+				// undriven until the next Open.
+				e.opts.Logger.Warn("engine: resume of uncertain step failed; retrying", "saga", id, "in", backoff, "err", err)
+				if !e.sleep(tctx, nil, backoff) {
+					return
+				}
 			}
-			e.kick(id)
 		})
 	}
 	return resumed, stuckN, nil

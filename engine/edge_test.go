@@ -301,3 +301,50 @@ func TestInspectChangesNoFile(t *testing.T) {
 		}
 	}
 }
+
+// An abort cancels the actions of its saga in flight, never the
+// compensation that follows it: here the action returns while the abort
+// holds the saga's lock, so its compensation may start at once. (An abort
+// that cancelled every call after its transition cancelled that
+// compensation too: with a one-attempt budget the saga went STUCK.)
+func TestAbortNeverCancelsItsOwnCompensation(t *testing.T) {
+	for iter := 0; iter < 50; iter++ {
+		reg := compensation.NewRegistry()
+		actEntered, release := make(chan struct{}), make(chan struct{})
+		must(t, reg.RegisterAction("act", func(ctx context.Context, c compensation.Call) ([]byte, error) {
+			close(actEntered)
+			<-release
+			return []byte("x"), nil
+		}))
+		must(t, reg.Register("undo", func(ctx context.Context, c compensation.Call) error {
+			select {
+			case <-ctx.Done():
+				return ctx.Err() // interrupted half-way
+			case <-time.After(5 * time.Millisecond):
+				return nil
+			}
+		}))
+		hooks := Hooks{OnTransition: func(ev TransitionEvent) {
+			if ev.Record.Kind == fsm.KindAborted {
+				close(release) // the action returns while the abort holds the saga's lock
+			}
+		}}
+		e := openT(t, t.TempDir(), Options{Registry: reg, Hooks: hooks})
+		_, err := e.Define(ctx, Definition{Name: "d", Steps: []StepDef{{Name: "s", Action: "act", Compensation: "undo",
+			CompensationRetry: RetryPolicy{MaxAttempts: 1}}}})
+		must(t, err)
+		id, _, err := e.start(ctx, "d", nil, StartOptions{}, true)
+		must(t, err)
+		e.kick(id)
+		<-actEntered
+		_, err = e.Abort(ctx, id, "op", "stop")
+		must(t, err)
+		st, err := e.Wait(waitCtx(t), id)
+		must(t, err)
+		must(t, e.Close())
+		if st.State != fsm.StateFailed || st.Steps[0].CompAttempts != 1 {
+			t.Fatalf("round %d: state %s after %d compensation attempts (%v): the abort cancelled its own compensation",
+				iter, st.State, st.Steps[0].CompAttempts, st.LastError)
+		}
+	}
+}

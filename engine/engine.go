@@ -10,7 +10,10 @@
 //  2. A call that changes state returns success only AFTER its transition
 //     is durable and applied (ack after apply). Its error says whether it
 //     was not applied, or, after an I/O error, that the outcome is unknown
-//     (errors.Is(err, ErrOutcomeUnknown)).
+//     (errors.Is(err, ErrOutcomeUnknown)). The one exception is chosen per
+//     saga: a pipelined saga's forward progress (DurabilityPipelined) is
+//     made durable while its next step runs, never more than one step
+//     ahead; its start and its finish are acknowledged after apply.
 //  3. A step action or compensation handler is invoked only AFTER a durable
 //     record says it is about to run (persist before side effect). After a
 //     crash such a step is uncertain, and recovery treats it by its
@@ -166,9 +169,13 @@ type Engine struct {
 // the applied result; the scheduler (driver.go) decides under it what to
 // start and registers it in calls. No handler runs under it.
 type run struct {
-	mu    sync.Mutex
-	saga  *fsm.Saga           // latest applied state; nil until loaded
-	calls map[int]*invocation // handler invocations in flight, by step
+	mu      sync.Mutex
+	saga    *fsm.Saga           // latest applied state; nil until loaded
+	calls   map[int]*invocation // handler invocations in flight, by step
+	backoff time.Duration       // pause before driving again after a transient failure
+	// ahead is the outcome of the saga's latest records queued ahead of
+	// their durability (pipelined mode); nil once they are known durable.
+	ahead *future
 }
 
 // Open opens the engine in dir, creating it if needed, and recovers: it
@@ -559,6 +566,18 @@ func (e *Engine) checkpoint() error {
 // proposal is waited for even if ctx ends: abandoning it would turn a
 // known outcome into an unknown one.
 func (e *Engine) propose(ctx context.Context, recs []*fsm.Record) ([]fsm.Result, error) {
+	p, err := e.proposal(ctx, recs)
+	if err != nil {
+		return nil, err
+	}
+	if e.opts.Replicator != nil {
+		return e.proposeReplicated(ctx, p.raw)
+	}
+	return e.commit(p)
+}
+
+// proposal encodes recs and checks that the engine takes proposals.
+func (e *Engine) proposal(ctx context.Context, recs []*fsm.Record) (*proposal, error) {
 	raw := make([][]byte, len(recs))
 	for i, r := range recs {
 		b, err := fsm.Encode(r)
@@ -577,13 +596,10 @@ func (e *Engine) propose(ctx context.Context, recs []*fsm.Record) ([]fsm.Result,
 	if e.opts.Inspect {
 		return nil, ErrReadOnly
 	}
-	if e.opts.Replicator != nil {
-		return e.proposeReplicated(ctx, raw)
-	}
-	if poison := e.poisoned(); poison != nil {
+	if poison := e.poisoned(); poison != nil && e.opts.Replicator == nil {
 		return nil, fmt.Errorf("%w (cause: %v)", ErrPoisoned, poison)
 	}
-	return e.commit(&proposal{recs: recs, raw: raw, done: make(chan proposalResult, 1)})
+	return &proposal{recs: recs, raw: raw, done: make(chan proposalResult, 1)}, nil
 }
 
 // getRun returns the in-memory run of a saga, creating it.
@@ -596,6 +612,23 @@ func (e *Engine) getRun(id string) *run {
 	}
 	e.mu.Unlock()
 	return r
+}
+
+// lockRun returns the saga's run with r.mu held, and only a run that is
+// still the saga's: one dropped while this caller waited for its lock is
+// an orphan, whose calls would no longer keep a step from running twice.
+func (e *Engine) lockRun(id string) *run {
+	for {
+		r := e.getRun(id)
+		r.mu.Lock()
+		e.mu.Lock()
+		cur := e.runs[id] == r
+		e.mu.Unlock()
+		if cur {
+			return r
+		}
+		r.mu.Unlock()
+	}
 }
 
 // read runs f, a read of the store, unless Close has closed the store.
@@ -613,11 +646,43 @@ func (e *Engine) read(f func() error) error {
 // state machine (so an illegal change never reaches the log), proposes
 // them and caches the result.
 func (e *Engine) transition(ctx context.Context, id string, build func(cur *fsm.Saga) ([]*fsm.Record, error)) (*fsm.Saga, error) {
-	if err := e.gate(ctx); err != nil {
-		return nil, err
+	sg, _, err := e.change(ctx, id, build, false, nil)
+	return sg, err
+}
+
+// transitionAhead is transition for the forward progress of a pipelined
+// saga (the engine's own records, or its caller's Advance): when the
+// records leave the saga in progress, it returns as soon as they have
+// their place in the log, with the state they lead to (cached as the
+// saga's state: every later record of the saga is queued after them).
+// Otherwise, in strict mode and in replicated mode, it is transition. Its
+// wait returns once the records before these, the ones that began the
+// step now done, are durable: the caller must wait for it before the next
+// step begins, so that the saga is never more than one step ahead of the
+// log. then, if set, runs under the saga's lock with the new state.
+func (e *Engine) transitionAhead(ctx context.Context, id string, build func(cur *fsm.Saga) ([]*fsm.Record, error), then func(*run, *fsm.Saga)) (next *fsm.Saga, wait func() error, err error) {
+	return e.change(ctx, id, build, true, then)
+}
+
+// future is the outcome of records queued ahead of their durability.
+type future struct {
+	done chan struct{}
+	err  error
+}
+
+func (f *future) wait() error {
+	if f == nil {
+		return nil
 	}
-	r := e.getRun(id)
-	r.mu.Lock()
+	<-f.done
+	return f.err
+}
+
+func (e *Engine) change(ctx context.Context, id string, build func(cur *fsm.Saga) ([]*fsm.Record, error), ahead bool, then func(*run, *fsm.Saga)) (*fsm.Saga, func() error, error) {
+	if err := e.gate(ctx); err != nil {
+		return nil, nil, err
+	}
+	r := e.lockRun(id)
 	defer r.mu.Unlock()
 	// Whatever happens, a run whose saga is gone or terminal leaves memory.
 	defer e.dropRunLocked(id, r)
@@ -625,40 +690,75 @@ func (e *Engine) transition(ctx context.Context, id string, build func(cur *fsm.
 		var sg *fsm.Saga
 		err := e.read(func() (err error) { sg, err = e.store.Get(id); return err })
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		r.saga = sg
 	}
 	recs, err := build(r.saga)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if len(recs) == 0 {
-		return r.saga, nil // nothing to change
+		return r.saga, r.ahead.wait, nil // nothing to change
 	}
 	next := r.saga
 	for _, rec := range recs {
 		if next, err = fsm.Apply(next, rec); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
+	}
+	if ahead && e.opts.Replicator == nil && next.Durability == fsm.DurabilityPipelined && next.State == fsm.StateInProgress {
+		p, err := e.proposal(ctx, recs)
+		if err != nil {
+			return nil, nil, err
+		}
+		lead, err := e.enqueue(p)
+		if err != nil {
+			return nil, nil, err
+		}
+		prev, f := r.ahead, &future{done: make(chan struct{})}
+		r.saga, r.ahead = next, f
+		if then != nil {
+			then(r, next)
+		}
+		go func() {
+			results, err := e.await(p, lead)
+			for _, res := range results {
+				if err == nil && res.Err != nil {
+					err = res.Err // cannot happen: built under the lock, queued in order
+				}
+			}
+			if err != nil {
+				r.mu.Lock()
+				r.saga = nil // reload from the store if ever used again
+				r.mu.Unlock()
+			}
+			f.err = err
+			close(f.done)
+		}()
+		return next, prev.wait, nil
 	}
 	results, err := e.propose(ctx, recs)
 	if err != nil {
 		if errors.Is(err, ErrOutcomeUnknown) {
 			r.saga = nil // reload from the store if ever used again
 		}
-		return nil, err
+		return nil, nil, err
 	}
 	for _, res := range results {
 		if res.Err != nil {
 			// Cannot happen while every change goes through this lock;
 			// the state machine rejected it deterministically.
 			r.saga = nil
-			return nil, res.Err
+			return nil, nil, res.Err
 		}
 	}
-	r.saga = results[len(results)-1].Saga
-	return r.saga, nil
+	// Durable, and with it every record of the saga queued before.
+	r.saga, r.ahead = results[len(results)-1].Saga, nil
+	if then != nil {
+		then(r, r.saga)
+	}
+	return r.saga, r.ahead.wait, nil
 }
 
 // dropRunLocked forgets the run of a saga that is gone (not loaded) or

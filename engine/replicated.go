@@ -176,7 +176,9 @@ func (e *Engine) endTerm() {
 	if t.ctx.Err() != nil {
 		return
 	}
+	e.mu.Lock() // ordered with launch's check: no invocation joins t.wg after this
 	t.cancel()
+	e.mu.Unlock()
 	e.dlMu.Lock()
 	e.dl = e.dl[:0]
 	e.dlMu.Unlock()

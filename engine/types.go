@@ -37,6 +37,29 @@ const (
 	UncertainRetry = fsm.UncertainRetry
 )
 
+// Durability is a saga's durability mode: when a step's side effect may
+// begin relative to the log record that says it runs (Definition.Durability,
+// StartOptions.Durability).
+type Durability = fsm.Durability
+
+// Durability modes.
+const (
+	// DurabilityStrict (the default): a step runs only after its record is
+	// durable. A 4-step saga waits for 5 fsyncs.
+	DurabilityStrict = fsm.DurabilityStrict
+	// DurabilityPipelined: "step k done, k+1 begins" is made durable while
+	// step k+1 runs, never more than one step ahead; start and finish are
+	// durable before the caller is told. A 4-step saga waits for 2 fsyncs.
+	// After a crash the last durable intent and the step after it are
+	// both compensated as uncertain (Call.Uncertain, output possibly
+	// missing: handlers work from the idempotency key). In a replicated
+	// group pipelined sagas run strict.
+	DurabilityPipelined = fsm.DurabilityPipelined
+)
+
+// ParseDurability parses "strict" or "pipelined" ("" is strict).
+func ParseDurability(s string) (Durability, error) { return fsm.ParseDurability(s) }
+
 // Handlers: what the Registry holds and what they receive.
 type (
 	// Registry holds the step actions and compensation handlers by name.

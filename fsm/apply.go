@@ -100,9 +100,22 @@ func Apply(s *Saga, r *Record) (*Saga, error) {
 		if s.State != StateInProgress {
 			return nil, illegal("only an in-progress saga can be aborted, this one is %s", s.State)
 		}
-		st := &n.Steps[n.Current]
-		// The running step may have taken effect: compensate it too.
-		st.Status, st.Uncertain, st.EndedAt = StepDone, true, r.At
+		// The running step may have taken effect: compensate it too. A
+		// pipelined saga's recovery names the step after it (Step is
+		// Current+1): that one may have run before its record was
+		// durable, and is compensated as well. A strict saga's abort
+		// ignores Step (it always names the current step).
+		last := n.Current
+		if s.Durability == DurabilityPipelined && r.Step != s.Current {
+			if r.Step != s.Current+1 || r.Step >= len(s.Steps) {
+				return nil, illegal("a pipelined saga's abort names its current step %d or the one after it", s.Current)
+			}
+			last = r.Step
+		}
+		for i := n.Current; i <= last; i++ {
+			st := &n.Steps[i]
+			st.Status, st.Uncertain, st.EndedAt = StepDone, true, r.At
+		}
 		n.LastError = &ErrorInfo{Kind: "aborted", Message: abortMessage(r)}
 		beginCompensation(n, r.At)
 
@@ -198,6 +211,7 @@ func start(r *Record) *Saga {
 		Version:        si.Version,
 		State:          StateInProgress,
 		Driven:         si.Driven,
+		Durability:     si.Durability,
 		User:           si.User,
 		IdempotencyKey: si.IdempotencyKey,
 		Input:          si.Input,

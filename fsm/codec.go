@@ -585,11 +585,20 @@ func decodeSteps(r *dec, p *[]StepDef) {
 func (d *Definition) EncodeMsgpack(e *msgpack.Encoder) error { return encodeTo(e, d) }
 
 func (d *Definition) appendMsgpack(w *enc) {
-	w.arr(4)
+	// Fields added later are written only when set, so that values
+	// without them keep the encoding of the writers before them.
+	if d.Durability != DurabilityStrict {
+		w.arr(5)
+	} else {
+		w.arr(4)
+	}
 	w.str(d.Name)
 	w.i64(int64(d.Version))
 	encodeSteps(w, d.Steps)
 	w.i64(int64(d.Timeout))
+	if d.Durability != DurabilityStrict {
+		w.u64(uint64(d.Durability))
+	}
 }
 
 // DecodeMsgpack implements msgpack.CustomDecoder.
@@ -601,6 +610,7 @@ func (d *Definition) decodeFrom(rr *rd) {
 	r.int(&d.Version)
 	decodeSteps(&r, &d.Steps)
 	r.dur(&d.Timeout)
+	r.u8((*uint8)(&d.Durability))
 	r.done()
 }
 
@@ -629,7 +639,11 @@ func (ei *ErrorInfo) decodeFrom(rr *rd) {
 func (si *StartInfo) EncodeMsgpack(e *msgpack.Encoder) error { return encodeTo(e, si) }
 
 func (si *StartInfo) appendMsgpack(w *enc) {
-	w.arr(9)
+	if si.Durability != DurabilityStrict {
+		w.arr(10) // written only when set: see Definition.appendMsgpack
+	} else {
+		w.arr(9)
+	}
 	w.str(si.Definition)
 	w.i64(int64(si.Version))
 	encodeSteps(w, si.Steps)
@@ -639,6 +653,9 @@ func (si *StartInfo) appendMsgpack(w *enc) {
 	w.bytes(si.Input)
 	w.strMap(si.Meta)
 	w.i64(si.Deadline)
+	if si.Durability != DurabilityStrict {
+		w.u64(uint64(si.Durability))
+	}
 }
 
 // DecodeMsgpack implements msgpack.CustomDecoder.
@@ -655,6 +672,7 @@ func (si *StartInfo) decodeFrom(rr *rd) {
 	r.bytes(&si.Input)
 	r.strMap(&si.Meta)
 	r.i64(&si.Deadline)
+	r.u8((*uint8)(&si.Durability))
 	r.done()
 }
 
@@ -762,7 +780,11 @@ func (st *Step) decodeFrom(rr *rd) {
 func (s *Saga) EncodeMsgpack(e *msgpack.Encoder) error { return encodeTo(e, s) }
 
 func (s *Saga) appendMsgpack(w *enc) {
-	w.arr(16)
+	if s.Durability != DurabilityStrict {
+		w.arr(17) // written only when set: see Definition.appendMsgpack
+	} else {
+		w.arr(16)
+	}
 	w.str(s.ID)
 	w.str(s.Definition)
 	w.i64(int64(s.Version))
@@ -782,6 +804,9 @@ func (s *Saga) appendMsgpack(w *enc) {
 	w.i64(s.CreatedAt)
 	w.i64(s.UpdatedAt)
 	w.u64(s.Seq)
+	if s.Durability != DurabilityStrict {
+		w.u64(uint64(s.Durability))
+	}
 }
 
 // DecodeMsgpack implements msgpack.CustomDecoder.
@@ -817,5 +842,6 @@ func (s *Saga) decodeFrom(rr *rd) {
 	r.i64(&s.CreatedAt)
 	r.i64(&s.UpdatedAt)
 	r.u64(&s.Seq)
+	r.u8((*uint8)(&s.Durability))
 	r.done()
 }

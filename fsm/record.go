@@ -53,6 +53,7 @@ type StartInfo struct {
 	Input          []byte
 	Meta           map[string]string
 	Deadline       int64
+	Durability     Durability
 }
 
 // Record is one transition. Which fields matter depends on Kind.
@@ -139,7 +140,7 @@ func (r *Record) Validate() error {
 		if r.Start == nil {
 			return bad("no start info")
 		}
-		d := Definition{Name: r.Start.Definition, Version: r.Start.Version, Steps: r.Start.Steps}
+		d := Definition{Name: r.Start.Definition, Version: r.Start.Version, Steps: r.Start.Steps, Durability: r.Start.Durability}
 		if err := d.Validate(); err != nil {
 			return err
 		}
@@ -155,6 +156,9 @@ func (d *Definition) Validate() error {
 	}
 	if d.Version < 0 {
 		probs = append(probs, fmt.Sprintf("negative version %d", d.Version))
+	}
+	if d.Durability > DurabilityPipelined {
+		probs = append(probs, fmt.Sprintf("unknown durability %d (want strict or pipelined)", uint8(d.Durability)))
 	}
 	if len(d.Steps) == 0 {
 		probs = append(probs, "no steps")

@@ -102,6 +102,62 @@ func (p UncertainPolicy) String() string {
 	return "compensate"
 }
 
+// Durability says when a step's side effect may begin relative to the log
+// record that says it runs (the seed plan's "WAL policy").
+type Durability uint8
+
+const (
+	// DurabilityStrict, the default: a step's action runs only after the
+	// record saying it runs is durable (persist before side effect).
+	DurabilityStrict Durability = 0
+	// DurabilityPipelined: the record "step k done, k+1 begins" is made
+	// durable while step k+1 runs; the engine is never more than one step
+	// ahead of the log, and a saga's start and finish are durable before
+	// its caller is told. After a crash the last durable intent and the
+	// step after it may both have run: both are compensated as uncertain
+	// (their recorded output may be missing), whatever their OnUncertain.
+	DurabilityPipelined Durability = 1
+)
+
+func (d Durability) String() string {
+	switch d {
+	case DurabilityStrict:
+		return "strict"
+	case DurabilityPipelined:
+		return "pipelined"
+	}
+	return fmt.Sprintf("Durability(%d)", uint8(d))
+}
+
+// ParseDurability parses "strict" or "pipelined" ("" is strict).
+func ParseDurability(s string) (Durability, error) {
+	switch s {
+	case "", "strict":
+		return DurabilityStrict, nil
+	case "pipelined":
+		return DurabilityPipelined, nil
+	}
+	return 0, fmt.Errorf("fsm: unknown durability %q (want strict or pipelined)", s)
+}
+
+// MarshalText and UnmarshalText make Durability read and write its name
+// in JSON and YAML.
+func (d Durability) MarshalText() ([]byte, error) {
+	if d > DurabilityPipelined {
+		return nil, fmt.Errorf("fsm: unknown durability %d", uint8(d))
+	}
+	return []byte(d.String()), nil
+}
+
+func (d *Durability) UnmarshalText(b []byte) error {
+	v, err := ParseDurability(string(b))
+	if err != nil {
+		return err
+	}
+	*d = v
+	return nil
+}
+
 // RetryPolicy bounds the attempts of an action or a compensation. Delays
 // grow from InitialBackoff by Multiplier up to MaxBackoff, each reduced by a
 // random fraction up to Jitter. Its fields match compensation.Policy, so
@@ -150,6 +206,9 @@ type Definition struct {
 	// Timeout is the saga-level deadline, from the start; past it an
 	// in-progress saga is compensated. 0 means none.
 	Timeout time.Duration `json:"timeout,omitempty"`
+	// Durability is the default durability mode of the definition's
+	// sagas (a start may override it).
+	Durability Durability `json:"durability,omitempty"`
 }
 
 // ErrorInfo is an error as data: a Go error value does not survive a restart.
@@ -196,7 +255,9 @@ type Saga struct {
 	State      SagaState
 	// Driven is true for engine-driven sagas (Run), false for sagas whose
 	// caller reports each step (Advance).
-	Driven         bool
+	Driven bool
+	// Durability is the saga's durability mode, fixed at its start.
+	Durability     Durability
 	User           string
 	IdempotencyKey string
 	Input          []byte

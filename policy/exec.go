@@ -220,6 +220,7 @@ func (x *Executor) start(ctx context.Context, snap *Snapshot, operation string, 
 	version, ok := x.defined.Load(spec)
 	if !ok {
 		d := engine.Definition{Name: operation}
+		d.Durability, _ = engine.ParseDurability(spec.Durability) // validated with the policy
 		for _, m := range spec.Milestones {
 			d.Steps = append(d.Steps, engine.StepDef{Name: m.Name, Compensation: m.Compensation,
 				CompensationRetry: retryPolicy(spec.Retry)})

@@ -186,6 +186,49 @@ operations:
 	}
 }
 
+// An operation's policy chooses its durability mode (the seed plan's "WAL
+// policy"), and a later source overrides it.
+func TestPolicyChoosesTheDurabilityOfAnOperation(t *testing.T) {
+	reg := compensation.NewRegistry()
+	must(t, reg.Register("undo_a", func(context.Context, compensation.Call) error { return nil }))
+	doc := `enable_saga: true
+saga_operations: [op]
+operations:
+  op:
+    milestones: [{name: a, compensation: undo_a}, b, c]
+    durability: pipelined
+`
+	path := filepath.Join(t.TempDir(), "policy.yaml")
+	writeFile(t, path, doc)
+	m := newManager(t, Options{File: path, NoWatch: true, Registry: reg})
+	eng := memEngine(t, reg)
+	x := NewExecutor(m, eng)
+	ctx := testctx.New(t)
+	run := func() engine.Durability {
+		res, err := x.ExecuteWithSaga(ctx, "op", UserContext{}, nil, func(ctx context.Context, s Saga) error {
+			for _, ms := range []string{"a", "b", "c"} {
+				if err := s.Step(ctx, ms, stepNoop); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil || res.State != fsm.StateCompleted {
+			t.Fatalf("state %s: %v", res.State, err)
+		}
+		st, err := eng.Status(ctx, res.SagaID)
+		must(t, err)
+		return st.Saga.Durability
+	}
+	if d := run(); d != engine.DurabilityPipelined {
+		t.Fatalf("durability %s under a pipelined policy", d)
+	}
+	must(t, m.Set(&Policy{Operations: map[string]*Operation{"op": {Durability: "strict"}}}))
+	if d := run(); d != engine.DurabilityStrict {
+		t.Fatalf("durability %s after an API layer set strict", d)
+	}
+}
+
 func TestStrictYAML(t *testing.T) {
 	for _, doc := range []string{
 		"", // empty: refused, not "sets nothing"
@@ -197,6 +240,7 @@ func TestStrictYAML(t *testing.T) {
 		"compensation_handlers:\n  op:\n    a: [h1, h2]\n",
 		"operations:\n  \"bad name\":\n    milestones: [a]\n",
 		"operations:\n  op:\n    milestones: [a]\n    timeout: soon\n",
+		"operations:\n  op:\n    milestones: [a]\n    durability: eventually\n",
 	} {
 		p, err := Parse("f.yaml", []byte(doc))
 		if err == nil {

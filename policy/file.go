@@ -287,6 +287,12 @@ func parseOperation(file string, p *Policy, opName string, op *Operation, body *
 				continue
 			}
 			op.Timeout = d
+		case "durability":
+			if v.Kind != yaml.ScalarNode {
+				bad(v, "durability: want strict or pipelined")
+				continue
+			}
+			op.Durability = v.Value
 		default:
 			bad(k, "unknown key %q", k.Value)
 		}

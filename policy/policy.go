@@ -24,6 +24,7 @@ import (
 	"time"
 
 	"github.com/sagaengine/saga/compensation"
+	"github.com/sagaengine/saga/engine"
 )
 
 // Errors of this package. Match them with errors.Is.
@@ -84,6 +85,11 @@ type Operation struct {
 	// still in progress (its caller crashed or hung) is aborted and
 	// compensated. Default DefaultTimeout.
 	Timeout time.Duration `json:"timeout,omitempty"`
+	// Durability is the operation's durability mode (the seed plan's "WAL
+	// policy"): "strict" (the default) or "pipelined", where a milestone's
+	// record is made durable while the next milestone runs (see
+	// engine.DurabilityPipelined). Empty keeps the sources' below.
+	Durability string `json:"durability,omitempty"`
 }
 
 // DefaultTimeout is the saga deadline of an operation whose policy sets none.
@@ -232,6 +238,9 @@ func (p *Policy) Validate(source string, reg *compensation.Registry) error {
 		if op.Timeout < 0 {
 			probs = append(probs, fmt.Sprintf("%soperation %q: negative timeout", at(name), name))
 		}
+		if _, err := engine.ParseDurability(op.Durability); err != nil {
+			probs = append(probs, fmt.Sprintf("%soperation %q: durability %q: want strict or pipelined", at(name), name, op.Durability))
+		}
 		checkFallback(at(name)+"operation "+name+": ", op.OnEngineUnavailable)
 	}
 	for _, op := range p.SagaOperations {
@@ -358,6 +367,9 @@ func merge(version uint64, layers []layer) *Snapshot {
 			}
 			if def.Timeout != 0 {
 				merged.Timeout = def.Timeout
+			}
+			if def.Durability != "" {
+				merged.Durability = def.Durability
 			}
 			s.ops[op] = merged
 		}
