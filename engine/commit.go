@@ -51,6 +51,7 @@ func (e *Engine) commit(p *proposal) ([]fsm.Result, error) {
 	if err != nil {
 		return nil, err
 	}
+	e.syncWaits.Add(1)
 	return e.await(p, lead)
 }
 

@@ -264,3 +264,50 @@ func TestPipelinedAdvanceIsNeverMoreThanOneStepAhead(t *testing.T) {
 		t.Fatalf("stored state %s after the last Advance returned", got.State)
 	}
 }
+
+// Stats.SyncWaits counts the waits for the disk a saga exposes: 5 for a
+// strict 4-step saga, 2 (start and finish) for a pipelined one whose
+// steps outlast the fsync of the record that began them.
+func TestPipelinedSagaWaitsForTwoFsyncs(t *testing.T) {
+	var e *Engine
+	reg := compensation.NewRegistry()
+	must(t, reg.RegisterAction("act", func(ctx context.Context, c compensation.Call) ([]byte, error) {
+		// A step that lasts until the record that began it is durable.
+		e.mu.Lock()
+		r := e.runs[c.SagaID]
+		e.mu.Unlock()
+		r.mu.Lock()
+		f := r.ahead
+		r.mu.Unlock()
+		if f != nil {
+			select {
+			case <-f.done:
+			case <-ctx.Done():
+			}
+		}
+		return nil, nil
+	}))
+	must(t, reg.Register("undo", func(context.Context, compensation.Call) error { return nil }))
+	e = openT(t, t.TempDir(), Options{Registry: reg})
+	defer e.Close()
+	strict := pipelinedDef("s", 4)
+	strict.Durability = DurabilityStrict
+	for _, d := range []Definition{strict, pipelinedDef("p", 4)} {
+		_, err := e.Define(ctx, d)
+		must(t, err)
+	}
+	for _, c := range []struct {
+		def  string
+		want uint64
+	}{{"s", 5}, {"p", 2}} {
+		before := e.Stats().SyncWaits
+		st, err := e.Run(waitCtx(t), c.def, nil, StartOptions{})
+		must(t, err)
+		if st.State != fsm.StateCompleted {
+			t.Fatalf("%s: state %s", c.def, st.State)
+		}
+		if got := e.Stats().SyncWaits - before; got != c.want {
+			t.Errorf("%s: a 4-step saga waited for the disk %d times, want %d", c.def, got, c.want)
+		}
+	}
+}
