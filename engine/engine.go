@@ -219,7 +219,14 @@ func Open(dir string, opts Options) (*Engine, error) {
 		ckptDone: make(chan struct{}),
 		dlWake:   make(chan struct{}, 1),
 	}
+	replicated := opts.Replicator != nil
 	fail := func(err error) (*Engine, error) {
+		if e.cancel != nil {
+			e.cancel()
+		}
+		if replicated {
+			_ = opts.Replicator.Close() // before the store it applies to
+		}
 		if e.store != nil {
 			_ = e.store.CloseNoFlush()
 		}
@@ -232,38 +239,21 @@ func Open(dir string, opts Options) (*Engine, error) {
 		unlockDir(lock)
 		return nil, err
 	}
-	if opts.Replicator != nil {
-		return e.openWithReplicator(start)
-	}
+	// A replicated member keeps no log of its own: raft's is the log, and
+	// the replicator fills the state.
 	stateDir := filepath.Join(dir, "state")
-	walDir := filepath.Join(dir, "wal")
-	// Decide everything before anything is written: the log's plan needs
-	// the state's applied index, read from a read-only open of the state.
-	if err := requireLog(walDir, stateDir); err != nil {
-		return fail(err)
-	}
-	walOpts := opts.WAL
-	walOpts.NoRepair = walOpts.NoRepair || opts.Inspect
-	walOpts.Applied = func() (uint64, error) { return storedAppliedIndex(stateDir, opts.StoreFS) }
-	w, err := wal.Open(walDir, walOpts)
-	if err != nil {
-		var refused *wal.RefusedError
-		if errors.As(err, &refused) || errors.Is(err, wal.ErrBadExtent) {
-			err = fmt.Errorf("%w: %w. See what a repair would do: sagactl --dir %s wal repair --dry-run", ErrRecovery, err, dir)
-		}
-		return fail(err)
-	}
-	e.wal, e.log = w, w
-	if opts.WrapLog != nil {
-		e.log = opts.WrapLog(w)
-	}
-	if opts.Inspect {
-		// Inspection replays into a scratch copy of the state, so the
-		// state's own files stay exactly as they were.
-		if stateDir, err = scratchState(stateDir); err != nil {
+	if !replicated {
+		if err := e.openLog(stateDir); err != nil {
 			return fail(err)
 		}
-		e.scratch = stateDir
+		if opts.Inspect {
+			// Inspection replays into a scratch copy of the state, so the
+			// state's own files stay exactly as they were.
+			if stateDir, err = scratchState(stateDir); err != nil {
+				return fail(err)
+			}
+			e.scratch = stateDir
+		}
 	}
 	e.store, err = fsm.OpenStore(stateDir, fsm.StoreOptions{
 		Logger: opts.Logger, CacheSize: opts.StoreCacheSize, FS: opts.StoreFS,
@@ -271,31 +261,67 @@ func Open(dir string, opts Options) (*Engine, error) {
 	if err != nil {
 		return fail(err)
 	}
-	if err := e.replay(); err != nil {
-		return fail(err)
-	}
 	e.ctx, e.cancel = context.WithCancel(context.Background())
-	e.term.Store(&term{ctx: e.ctx, cancel: e.cancel})
-	e.curTerm().ready.Store(true)
-	go e.checkpointLoop()
-	if !opts.Inspect {
-		e.bg.Add(1)
-		go e.deadlineLoop()
-		resumed, stuck, err := e.resumeAll(e.ctx)
-		if err != nil {
-			_ = e.Close()
-			return nil, err
+	if replicated {
+		if err := e.openReplicated(); err != nil {
+			return fail(err)
 		}
-		e.recovery.Resumed, e.recovery.Stuck = resumed, stuck
+		e.recovery.Duration = time.Since(start)
+		e.opts.Logger.Info("engine: open (replicated member)", "dir", e.dir,
+			"applied_index", e.recovery.AppliedIndex, "command_index", e.store.SourceIndex())
+	} else {
+		if err := e.replay(); err != nil {
+			return fail(err)
+		}
+		// Single-node mode has one term of leadership, the engine's life.
+		e.term.Store(&term{ctx: e.ctx, cancel: e.cancel})
+		e.curTerm().ready.Store(true)
+		go e.checkpointLoop()
+		if !opts.Inspect {
+			e.bg.Add(1)
+			go e.deadlineLoop()
+			resumed, stuck, err := e.resumeAll(e.ctx)
+			if err != nil {
+				_ = e.Close()
+				return nil, err
+			}
+			e.recovery.Resumed, e.recovery.Stuck = resumed, stuck
+		}
+		e.recovery.Duration = time.Since(start)
+		e.opts.Logger.Info("engine: open",
+			"dir", dir, "applied_index", e.recovery.AppliedIndex, "replayed", e.recovery.Replayed,
+			"resumed", e.recovery.Resumed, "stuck", e.recovery.Stuck, "duration", e.recovery.Duration)
 	}
-	e.recovery.Duration = time.Since(start)
-	e.opts.Logger.Info("engine: open",
-		"dir", dir, "applied_index", e.recovery.AppliedIndex, "replayed", e.recovery.Replayed,
-		"resumed", e.recovery.Resumed, "stuck", e.recovery.Stuck, "duration", e.recovery.Duration)
 	if h := e.opts.Hooks.OnRecovered; h != nil {
 		h(e.recovery)
 	}
 	return e, nil
+}
+
+// openLog opens the single-node log in dir/wal. It decides everything
+// before anything is written: the log's plan needs the state's applied
+// index, read from a read-only open of the state.
+func (e *Engine) openLog(stateDir string) error {
+	walDir := filepath.Join(e.dir, "wal")
+	if err := requireLog(walDir, stateDir); err != nil {
+		return err
+	}
+	walOpts := e.opts.WAL
+	walOpts.NoRepair = walOpts.NoRepair || e.opts.Inspect
+	walOpts.Applied = func() (uint64, error) { return storedAppliedIndex(stateDir, e.opts.StoreFS) }
+	w, err := wal.Open(walDir, walOpts)
+	if err != nil {
+		var refused *wal.RefusedError
+		if errors.As(err, &refused) || errors.Is(err, wal.ErrBadExtent) {
+			err = fmt.Errorf("%w: %w. See what a repair would do: sagactl --dir %s wal repair --dry-run", ErrRecovery, err, e.dir)
+		}
+		return err
+	}
+	e.wal, e.log = w, w
+	if e.opts.WrapLog != nil {
+		e.log = e.opts.WrapLog(w)
+	}
+	return nil
 }
 
 // requireLog refuses a data directory whose state exists without its log:
@@ -801,23 +827,24 @@ func (e *Engine) Close() error {
 	e.mu.Unlock()
 	e.bg.Wait()
 	e.drivers.Wait()
-	if e.opts.Replicator != nil {
-		return e.closeReplicated()
-	}
 	e.mu.Lock()
 	e.closed = true
 	e.mu.Unlock()
-	e.closeQueue()
-	close(e.ckpt)
-	<-e.ckptDone
 	var errs []error
-	e.mu.Lock()
-	poisoned := e.poison != nil
-	e.mu.Unlock()
+	// Stop what feeds the store first: the replicator's applies, or the
+	// writer queue and the checkpoints.
+	if e.opts.Replicator != nil {
+		errs = append(errs, e.opts.Replicator.Close())
+	} else {
+		e.closeQueue()
+		close(e.ckpt)
+		<-e.ckptDone
+	}
+	poison := e.poisoned()
 	e.closeMu.Lock()
 	e.storeClosed = true
 	e.closeMu.Unlock()
-	if poisoned || e.opts.Inspect {
+	if poison != nil || e.opts.Inspect {
 		// Do not flush a state that may be ahead of an unknown log (an
 		// inspection's state is a scratch copy, removed below).
 		errs = append(errs, e.store.CloseNoFlush())
@@ -827,12 +854,12 @@ func (e *Engine) Close() error {
 	// Every file is released whatever failed; a poisoned engine reports
 	// what stopped it (the log's Close returns it for an I/O error of the
 	// log, the poison covers an error of the state).
-	logErr := e.log.Close()
-	errs = append(errs, logErr)
-	if poisoned && logErr == nil {
-		e.mu.Lock()
-		errs = append(errs, fmt.Errorf("%w (cause: %v)", ErrPoisoned, e.poison))
-		e.mu.Unlock()
+	if e.log != nil {
+		logErr := e.log.Close()
+		errs = append(errs, logErr)
+		if poison != nil && logErr == nil {
+			errs = append(errs, fmt.Errorf("%w (cause: %v)", ErrPoisoned, poison))
+		}
 	}
 	if e.scratch != "" {
 		_ = os.RemoveAll(filepath.Dir(e.scratch))

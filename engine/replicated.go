@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -298,57 +297,6 @@ func (e *Engine) Leader() (id, addr string, self bool) {
 // Replicator returns Options.Replicator (nil in single-node mode), for
 // cluster administration through its own interfaces.
 func (e *Engine) Replicator() Replicator { return e.opts.Replicator }
-
-// openWithReplicator is Open after the lock is taken, in replicated mode.
-func (e *Engine) openWithReplicator(start time.Time) (*Engine, error) {
-	fail := func(err error) (*Engine, error) {
-		_ = e.opts.Replicator.Close()
-		if e.store != nil {
-			_ = e.store.CloseNoFlush()
-		}
-		unlockDir(e.lock)
-		return nil, err
-	}
-	var err error
-	e.store, err = fsm.OpenStore(filepath.Join(e.dir, "state"), fsm.StoreOptions{
-		Logger: e.opts.Logger, CacheSize: e.opts.StoreCacheSize,
-	})
-	if err != nil {
-		return fail(err)
-	}
-	e.ctx, e.cancel = context.WithCancel(context.Background())
-	if err := e.openReplicated(); err != nil {
-		e.cancel()
-		return fail(err)
-	}
-	e.recovery.Duration = time.Since(start)
-	e.opts.Logger.Info("engine: open (replicated member)", "dir", e.dir,
-		"applied_index", e.recovery.AppliedIndex, "command_index", e.store.SourceIndex())
-	if h := e.opts.Hooks.OnRecovered; h != nil {
-		h(e.recovery)
-	}
-	return e, nil
-}
-
-// closeReplicated is Close after the drivers stopped, in replicated mode:
-// the replicator stops applying before the store closes.
-func (e *Engine) closeReplicated() error {
-	e.mu.Lock()
-	e.closed = true
-	poisoned := e.poison != nil
-	e.mu.Unlock()
-	errs := []error{e.opts.Replicator.Close()}
-	e.closeMu.Lock()
-	e.storeClosed = true
-	e.closeMu.Unlock()
-	if poisoned {
-		errs = append(errs, e.store.CloseNoFlush())
-	} else {
-		errs = append(errs, e.store.Close())
-	}
-	unlockDir(e.lock)
-	return errors.Join(errs...)
-}
 
 // restored forgets what was derived from the state a snapshot replaced:
 // the state counts are counted again, and waiters of sagas that settled
