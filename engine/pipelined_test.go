@@ -15,7 +15,8 @@ import (
 )
 
 // gatedLog holds every append that carries a matching record until the
-// gate is opened, or fails it with errDisk when fail is set.
+// gate is opened, and then lets it go on, or fails it with errDisk when
+// fail is set.
 type gatedLog struct {
 	Log
 	match   func(*fsm.Record) bool
@@ -35,10 +36,10 @@ func (g *gatedLog) Append(recs [][]byte) (uint64, error) {
 	}
 	for _, r := range dec {
 		if g.match(r) {
+			<-g.open
 			if g.fail {
 				return 0, errDisk
 			}
-			<-g.open
 			break
 		}
 	}
@@ -162,8 +163,10 @@ func TestPipelinedRecoveryCompensatesTheStepAfterTheLastDurableIntent(t *testing
 		mu.Unlock()
 		return nil
 	}))
+	// The append of "step 1 done, step 2 begins" fails once step 2 ran
+	// (the failure stops the engine: it must not stop step 2 first).
 	var once sync.Once
-	gate := &gatedLog{match: stepCompleted(1), fail: true, durable: func(r *fsm.Record) {
+	gate := &gatedLog{match: stepCompleted(1), fail: true, open: ran2, durable: func(r *fsm.Record) {
 		if stepCompleted(0)(r) {
 			once.Do(func() { close(durable0) })
 		}
