@@ -15,6 +15,7 @@ import (
 	"runtime"
 	"runtime/pprof"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/sagaengine/saga/bench/internal/loggen"
@@ -25,6 +26,7 @@ import (
 
 var (
 	cpuprofile = flag.String("cpuprofile", "", "write a CPU profile of Open to this file")
+	memprofile = flag.String("memprofile", "", "write a profile of the allocations made by Open to this file")
 	cacheSize  = flag.Int64("cache", 0, "Pebble block cache in bytes (default: the engine's)")
 )
 
@@ -68,6 +70,10 @@ func run(n, pending int, dir string) error {
 		}
 		defer pprof.StopCPUProfile()
 	}
+	if *memprofile != "" {
+		runtime.MemProfileRate = 64 << 10
+	}
+	ru0 := usage()
 	t1 := time.Now()
 	reg := compensation.NewRegistry()
 	var undone atomic.Int64
@@ -85,6 +91,12 @@ func run(n, pending int, dir string) error {
 		return err
 	}
 	open := time.Since(t1)
+	ru1 := usage()
+	if *memprofile != "" {
+		if err := writeAllocs(*memprofile); err != nil {
+			return err
+		}
+	}
 	if pending > 0 {
 		<-allDone
 		fmt.Printf("all %d pending compensations ran %v after Open began\n", pending, time.Since(t1).Round(time.Millisecond))
@@ -96,5 +108,31 @@ func run(n, pending int, dir string) error {
 	}
 	fmt.Printf("recovered: replayed %d transitions in %v (%.0f transitions/s), resumed %d sagas; heap %d MiB\n",
 		rs.Replayed, open.Round(time.Millisecond), float64(rs.Replayed)/open.Seconds(), rs.Resumed, ms.HeapAlloc>>20)
+	fmt.Printf("open: cpu %v user + %v sys, %d minor page faults\n",
+		time.Duration(ru1.Utime.Nano()-ru0.Utime.Nano()).Round(time.Millisecond),
+		time.Duration(ru1.Stime.Nano()-ru0.Stime.Nano()).Round(time.Millisecond), ru1.Minflt-ru0.Minflt)
 	return nil
+}
+
+// usage is the process's resource usage so far: on a virtual machine
+// whose host backs guest memory lazily, a page touched for the first time
+// can cost more than the work done in it, so Open reports its faults.
+func usage() syscall.Rusage {
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return ru
+}
+
+// writeAllocs writes the allocation profile (everything since
+// MemProfileRate was set, which was just before Open).
+func writeAllocs(path string) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if err := pprof.Lookup("allocs").WriteTo(f, 0); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }
