@@ -498,17 +498,25 @@ func (e *Engine) replay() error {
 		}
 		readErr <- err
 	}()
+	// The replayer applies the chunks in large Pebble batches; an entry
+	// counts as replayed once added (a failure fails Open anyway).
+	rp := e.store.NewReplayer()
 	var applyErr error
 	for batch := range chunks {
 		if applyErr != nil {
 			continue
 		}
-		if _, err := e.store.ApplyBatch(batch); err != nil {
+		if err := rp.Apply(batch); err != nil {
 			applyErr = fmt.Errorf("%w: %v", ErrRecovery, err)
 			close(stop)
 			continue
 		}
 		e.recovery.Replayed += uint64(len(batch))
+	}
+	if applyErr == nil {
+		if err := rp.Finish(); err != nil {
+			applyErr = fmt.Errorf("%w: %v", ErrRecovery, err)
+		}
 	}
 	if err := <-readErr; err != nil {
 		return err

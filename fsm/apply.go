@@ -27,51 +27,61 @@ func Apply(s *Saga, r *Record) (*Saga, error) {
 	if s.ID != r.Saga {
 		return nil, fmt.Errorf("%w: record for saga %s applied to saga %s", ErrInvalidRecord, r.Saga, s.ID)
 	}
+	n := s.Clone()
+	if err := transition(n, r); err != nil {
+		return nil, err
+	}
+	return n, nil
+}
+
+// applyInPlace is Apply for a saga the caller owns exclusively (a copy
+// made by an earlier Apply that nothing else has seen yet): it changes n
+// itself instead of a copy, and on error leaves it untouched. r must be a
+// saga transition other than a start, already validated, for n.ID.
+func applyInPlace(n *Saga, r *Record) error { return transition(n, r) }
+
+// transition changes n by record r (not a start) and returns nil, or
+// returns why r is illegal in n's state and leaves n untouched: every
+// check comes before the first change.
+func transition(n *Saga, r *Record) error {
 	illegal := func(why string, a ...any) error {
-		return &TransitionError{Saga: s.ID, Kind: r.Kind, State: s.State, Step: r.Step, Reason: fmt.Sprintf(why, a...)}
+		return &TransitionError{Saga: n.ID, Kind: r.Kind, State: n.State, Step: r.Step, Reason: fmt.Sprintf(why, a...)}
 	}
 	// Checks shared by every per-step record.
-	needStep := func(states ...SagaState) error {
-		ok := false
-		for _, st := range states {
-			ok = ok || s.State == st
+	needStep := func(st SagaState) error {
+		if n.State != st {
+			return illegal("not allowed in state %s", n.State)
 		}
-		if !ok {
-			return illegal("not allowed in state %s", s.State)
+		if r.Step >= len(n.Steps) {
+			return illegal("saga has %d steps", len(n.Steps))
 		}
-		if r.Step >= len(s.Steps) {
-			return illegal("saga has %d steps", len(s.Steps))
-		}
-		if r.Step != s.Current {
-			return illegal("step %d is not the current step %d", r.Step, s.Current)
+		if r.Step != n.Current {
+			return illegal("step %d is not the current step %d", r.Step, n.Current)
 		}
 		return nil
 	}
 
-	n := s.Clone()
-	n.Seq++
-	n.UpdatedAt = r.At
 	switch r.Kind {
 	case KindStepStarted:
 		if err := needStep(StateInProgress); err != nil {
-			return nil, err
+			return err
 		}
 		st := &n.Steps[r.Step]
 		if st.Status != StepRunning {
-			return nil, illegal("step is %s, not running", st.Status)
+			return illegal("step is %s, not running", st.Status)
 		}
 		if r.Attempt != st.Attempts+1 {
-			return nil, illegal("attempt %d does not follow attempt %d", r.Attempt, st.Attempts)
+			return illegal("attempt %d does not follow attempt %d", r.Attempt, st.Attempts)
 		}
 		st.Attempts = r.Attempt
 
 	case KindStepCompleted:
 		if err := needStep(StateInProgress); err != nil {
-			return nil, err
+			return err
 		}
 		st := &n.Steps[r.Step]
 		if st.Status != StepRunning {
-			return nil, illegal("step is %s, not running", st.Status)
+			return illegal("step is %s, not running", st.Status)
 		}
 		st.Status, st.Output, st.EndedAt, st.Err = StepDone, r.Output, r.At, nil
 		if r.Step == len(n.Steps)-1 {
@@ -83,22 +93,22 @@ func Apply(s *Saga, r *Record) (*Saga, error) {
 
 	case KindStepFailed:
 		if err := needStep(StateInProgress); err != nil {
-			return nil, err
+			return err
 		}
 		st := &n.Steps[r.Step]
 		if st.Status != StepRunning {
-			return nil, illegal("step is %s, not running", st.Status)
+			return illegal("step is %s, not running", st.Status)
 		}
 		if r.Err == nil {
-			return nil, illegal("a failure record needs an error")
+			return illegal("a failure record needs an error")
 		}
 		st.Status, st.Err, st.EndedAt = StepFailed, r.Err, r.At
 		n.LastError = r.Err
 		beginCompensation(n, r.At)
 
 	case KindAborted:
-		if s.State != StateInProgress {
-			return nil, illegal("only an in-progress saga can be aborted, this one is %s", s.State)
+		if n.State != StateInProgress {
+			return illegal("only an in-progress saga can be aborted, this one is %s", n.State)
 		}
 		// The running step may have taken effect: compensate it too. A
 		// pipelined saga's recovery names the step after it (Step is
@@ -106,9 +116,9 @@ func Apply(s *Saga, r *Record) (*Saga, error) {
 		// durable, and is compensated as well. A strict saga's abort
 		// ignores Step (it always names the current step).
 		last := n.Current
-		if s.Durability == DurabilityPipelined && r.Step != s.Current {
-			if r.Step != s.Current+1 || r.Step >= len(s.Steps) {
-				return nil, illegal("a pipelined saga's abort names its current step %d or the one after it", s.Current)
+		if n.Durability == DurabilityPipelined && r.Step != n.Current {
+			if r.Step != n.Current+1 || r.Step >= len(n.Steps) {
+				return illegal("a pipelined saga's abort names its current step %d or the one after it", n.Current)
 			}
 			last = r.Step
 		}
@@ -121,14 +131,14 @@ func Apply(s *Saga, r *Record) (*Saga, error) {
 
 	case KindCompStarted:
 		if err := needStep(StateCompensating); err != nil {
-			return nil, err
+			return err
 		}
 		st := &n.Steps[r.Step]
 		if st.Status != StepDone && st.Status != StepCompensating {
-			return nil, illegal("step is %s: only a done step is compensated", st.Status)
+			return illegal("step is %s: only a done step is compensated", st.Status)
 		}
 		if r.Attempt != st.CompAttempts+1 {
-			return nil, illegal("attempt %d does not follow attempt %d", r.Attempt, st.CompAttempts)
+			return illegal("attempt %d does not follow attempt %d", r.Attempt, st.CompAttempts)
 		}
 		if st.Status == StepDone {
 			st.CompRoundStart = r.At
@@ -137,28 +147,28 @@ func Apply(s *Saga, r *Record) (*Saga, error) {
 
 	case KindCompCompleted:
 		if err := needStep(StateCompensating); err != nil {
-			return nil, err
+			return err
 		}
 		st := &n.Steps[r.Step]
 		if st.Status != StepCompensating {
-			return nil, illegal("step is %s, not compensating", st.Status)
+			return illegal("step is %s, not compensating", st.Status)
 		}
 		st.Status, st.CompEndedAt, st.CompErr = StepCompensated, r.At, nil
 		nextCompensation(n, r.At)
 
 	case KindCompFailed:
 		if err := needStep(StateCompensating); err != nil {
-			return nil, err
+			return err
 		}
 		st := &n.Steps[r.Step]
 		if st.Status != StepCompensating {
-			return nil, illegal("step is %s, not compensating", st.Status)
+			return illegal("step is %s, not compensating", st.Status)
 		}
 		if r.Err == nil {
-			return nil, illegal("a failure record needs an error")
+			return illegal("a failure record needs an error")
 		}
 		if r.Attempt != st.CompAttempts {
-			return nil, illegal("attempt %d failed but attempt %d is running", r.Attempt, st.CompAttempts)
+			return illegal("attempt %d failed but attempt %d is running", r.Attempt, st.CompAttempts)
 		}
 		st.CompErr = r.Err
 		n.LastError = r.Err
@@ -167,19 +177,19 @@ func Apply(s *Saga, r *Record) (*Saga, error) {
 		}
 
 	case KindRetried:
-		if s.State != StateStuck {
-			return nil, illegal("only a STUCK saga can be retried, this one is %s", s.State)
+		if n.State != StateStuck {
+			return illegal("only a STUCK saga can be retried, this one is %s", n.State)
 		}
 		st := &n.Steps[n.Current]
 		st.CompRoundBase, st.CompRoundStart = st.CompAttempts, r.At
 		n.State = StateCompensating
 
 	case KindResolved:
-		if s.State != StateStuck {
-			return nil, illegal("only a STUCK saga can be resolved by hand, this one is %s", s.State)
+		if n.State != StateStuck {
+			return illegal("only a STUCK saga can be resolved by hand, this one is %s", n.State)
 		}
-		if r.Step != s.Current {
-			return nil, illegal("step %d is not the stuck step %d", r.Step, s.Current)
+		if r.Step != n.Current {
+			return illegal("step %d is not the stuck step %d", r.Step, n.Current)
 		}
 		st := &n.Steps[n.Current]
 		st.Status, st.CompEndedAt = StepCompensated, r.At
@@ -187,9 +197,11 @@ func Apply(s *Saga, r *Record) (*Saga, error) {
 		nextCompensation(n, r.At)
 
 	default:
-		return nil, fmt.Errorf("%w: kind %s is not a saga transition", ErrInvalidRecord, r.Kind)
+		return fmt.Errorf("%w: kind %s is not a saga transition", ErrInvalidRecord, r.Kind)
 	}
-	return n, nil
+	n.Seq++
+	n.UpdatedAt = r.At
+	return nil
 }
 
 func abortMessage(r *Record) string {

@@ -132,6 +132,11 @@ type Store struct {
 	// latest caches the latest version of each definition read or written
 	// (Start reads it for every saga). Values are never mutated.
 	latest map[string]*Definition
+	// replayBatch is the memtable size at which a Replayer commits its
+	// batch: a little over Pebble's large-batch threshold (half a
+	// memtable less its empty size), so that the batch bypasses the
+	// memtable.
+	replayBatch int
 	// maxID is the greatest saga id of the generated form (hexID) ever
 	// applied: a start with a greater id of that form cannot name an
 	// existing saga, so its existence lookup (a Pebble read that misses,
@@ -215,7 +220,8 @@ func OpenStore(dir string, o StoreOptions) (*Store, error) {
 	if o.FS != nil && o.FS != vfs.Default {
 		tmpDir = os.TempDir()
 	}
-	s := &Store{db: db, fs: fs, dir: dir, tmpDir: tmpDir, cache: cache, live: map[string]*Saga{}, liveMax: o.LiveSagas, latest: map[string]*Definition{}}
+	s := &Store{db: db, fs: fs, dir: dir, tmpDir: tmpDir, cache: cache, live: map[string]*Saga{}, liveMax: o.LiveSagas, latest: map[string]*Definition{},
+		replayBatch: int(opts.MemTableSize/2) + 64<<10}
 	if err := s.loadMeta(); err != nil {
 		_ = s.CloseNoFlush()
 		return nil, err
@@ -429,135 +435,223 @@ func (s *Store) applyBatch(entries []Entry, source uint64) ([]Result, error) {
 	for _, e := range entries {
 		size += 2*len(e.Raw) + 64
 	}
-	b := s.db.NewBatchWithSize(size)
-	defer b.Close()
-	var hk, hv []byte                    // scratch for history keys and values
-	var w enc                            // scratch for saga values
-	sagas := make(map[string]*Saga)      // overlay of sagas written by this batch
-	before := make(map[string]*Saga)     // their state before the batch (nil: new)
-	var touched []string                 // ids in order of first change
-	keys := make(map[string]string)      // idempotency keys taken by this batch
-	defs := make(map[string]*Definition) // latest definitions written by this batch
+	a := s.newApplier(size)
+	defer a.close()
 	out := make([]Result, len(entries))
-	maxID := s.maxID
+	if err := a.add(entries, out); err != nil {
+		return nil, err
+	}
+	if err := a.commit(source); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// applier builds one Pebble batch from consecutive entries, possibly
+// given in several calls to add, and commits it. Its overlays hold what
+// the batch changes, for the entries after: a saga's value and indexes
+// are written once per batch, however many of its transitions the batch
+// holds. It is used by the store's one applier goroutine only.
+type applier struct {
+	s      *Store
+	b      *pebble.Batch
+	hk, hv []byte           // scratch for history keys and values
+	w      enc              // scratch for saga values
+	sagas  map[string]*Saga // overlay of sagas written by this batch
+	before map[string]*Saga // their state before the batch (nil: new)
+	// owned marks the sagas in the overlay whose value no one else has
+	// seen (no Result carried it): add may change them in place.
+	owned   map[string]bool
+	touched []string               // ids in order of first change
+	keys    map[string]string      // idempotency keys taken by this batch
+	defs    map[string]*Definition // latest definitions written by this batch
+	maxID   string
+	last    uint64 // index of the last entry added; 0 before the first
+	n       int    // entries added
+	pending int    // about the bytes commit will add (saga values, indexes)
+}
+
+func (s *Store) newApplier(size int) *applier {
+	return &applier{
+		s:      s,
+		b:      s.db.NewBatchWithSize(size),
+		sagas:  make(map[string]*Saga),
+		before: make(map[string]*Saga),
+		owned:  make(map[string]bool),
+		keys:   make(map[string]string),
+		defs:   make(map[string]*Definition),
+		maxID:  s.maxID,
+		last:   s.applied.Load(),
+	}
+}
+
+func (a *applier) close() { a.b.Close() }
+
+// add applies entries to the batch. With out (one Result per entry) it
+// reports each entry's outcome; without, the sagas the batch changes are
+// changed in place after their first copy, since no result shares them.
+// An error is an I/O error or entries that do not follow the applied
+// index: the batch must then be dropped.
+func (a *applier) add(entries []Entry, out []Result) error {
+	s, b := a.s, a.b
 	for i, e := range entries {
-		if i == 0 && e.Index != s.applied.Load()+1 {
-			return nil, fmt.Errorf("fsm: entry index %d does not follow the applied index %d", e.Index, s.applied.Load())
+		if e.Index != a.last+1 {
+			if a.n == 0 {
+				return fmt.Errorf("fsm: entry index %d does not follow the applied index %d", e.Index, a.last)
+			}
+			return fmt.Errorf("fsm: entry index %d does not follow %d", e.Index, a.last)
 		}
-		if i > 0 && e.Index != entries[i-1].Index+1 {
-			return nil, fmt.Errorf("fsm: entry index %d does not follow %d", e.Index, entries[i-1].Index)
-		}
+		a.last = e.Index
+		a.n++
+		var res Result
 		r := e.Rec
 		if r.Kind == KindDefine {
-			latest, ok := defs[r.Def.Name]
+			latest, ok := a.defs[r.Def.Name]
 			if !ok {
 				var err error
 				if latest, err = s.LatestDefinition(r.Def.Name); err != nil && !errors.Is(err, ErrUnknownDefinition) {
-					return nil, err
+					return err
 				}
 			}
 			d, err := ApplyDefinition(latest, r)
 			if err != nil {
-				out[i].Err = err
-				continue
+				res.Err = err
+			} else {
+				if err := b.Set(defKey(d.Name, d.Version), marshal(d, 256), nil); err != nil {
+					return err
+				}
+				a.defs[d.Name] = d
+				res.Def = d
 			}
-			if err := b.Set(defKey(d.Name, d.Version), marshal(d, 256), nil); err != nil {
-				return nil, err
+			if out != nil {
+				out[i] = res
 			}
-			defs[d.Name] = d
-			out[i].Def = d
 			continue
 		}
-		cur, ok := sagas[r.Saga]
+		cur, ok := a.sagas[r.Saga]
 		switch {
 		case ok:
-		case r.Kind == KindSagaStarted && hexID(r.Saga) && r.Saga > maxID:
+		case r.Kind == KindSagaStarted && hexID(r.Saga) && r.Saga > a.maxID:
 			// Greater than every id of its form ever applied: new for sure.
 		default:
 			var err error
 			if cur, err = s.get(r.Saga); err != nil && !errors.Is(err, ErrUnknownSaga) {
-				return nil, err
+				return err
 			}
 		}
-		if r.Kind == KindSagaStarted && r.Start.IdempotencyKey != "" && cur == nil {
-			k := r.Start.IdempotencyKey
-			owner, taken := keys[k]
-			if !taken {
-				var err error
-				if owner, err = s.KeyOwner(k); err != nil {
-					return nil, err
+		err, ioErr := a.keyTaken(r, cur)
+		if ioErr != nil {
+			return ioErr
+		}
+		var next *Saga
+		switch {
+		case err != nil:
+		case out == nil && cur != nil && a.owned[r.Saga] && r.Kind != KindSagaStarted:
+			// Validated as Apply would; cur is this batch's own copy.
+			if err = r.Validate(); err == nil {
+				if err = applyInPlace(cur, r); err == nil {
+					next = cur
 				}
-				taken = owner != ""
 			}
-			if taken {
-				out[i].Err = &DuplicateKeyError{Key: k, Existing: owner}
-				continue
-			}
+		default:
+			next, err = Apply(cur, r)
 		}
-		next, err := Apply(cur, r)
 		if err != nil {
-			out[i].Err = err
+			res.Err = err
+			if out != nil {
+				out[i] = res
+			}
 			continue
 		}
-		if _, seen := before[r.Saga]; !seen {
-			before[r.Saga] = cur
-			touched = append(touched, r.Saga)
+		if _, seen := a.before[r.Saga]; !seen {
+			a.before[r.Saga] = cur
+			a.touched = append(a.touched, r.Saga)
+			a.pending += sagaSizeHint(next) + 3*64 // its value, keys and index keys
 		}
-		hk = appendHistKey(hk[:0], next.ID, next.Seq)
-		hv = append(binary.BigEndian.AppendUint64(hv[:0], e.Index), e.Raw...)
-		if err := b.Set(hk, hv, nil); err != nil {
-			return nil, err
+		a.hk = appendHistKey(a.hk[:0], next.ID, next.Seq)
+		a.hv = append(binary.BigEndian.AppendUint64(a.hv[:0], e.Index), e.Raw...)
+		if err := b.Set(a.hk, a.hv, nil); err != nil {
+			return err
 		}
 		if r.Kind == KindSagaStarted && r.Start.IdempotencyKey != "" {
-			keys[r.Start.IdempotencyKey] = r.Saga
+			a.keys[r.Start.IdempotencyKey] = r.Saga
 		}
-		if r.Kind == KindSagaStarted && hexID(r.Saga) && r.Saga > maxID {
-			maxID = r.Saga
+		if r.Kind == KindSagaStarted && hexID(r.Saga) && r.Saga > a.maxID {
+			a.maxID = r.Saga
 		}
-		sagas[r.Saga] = next
-		out[i].Saga = next
-		if cur != nil {
-			out[i].Prev = cur.State
-		}
-	}
-	// Each saga's value and indexes are written once per batch, however
-	// many of its transitions the batch holds.
-	for _, id := range touched {
-		if err := s.writeSaga(b, &w, before[id], sagas[id]); err != nil {
-			return nil, err
+		a.sagas[r.Saga] = next
+		a.owned[r.Saga] = out == nil
+		if out != nil {
+			res.Saga = next
+			if cur != nil {
+				res.Prev = cur.State
+			}
+			out[i] = res
 		}
 	}
-	if maxID != s.maxID {
-		if err := b.Set(keyMaxID, []byte(maxID), nil); err != nil {
+	return nil
+}
+
+// keyTaken returns a *DuplicateKeyError for a start whose idempotency key
+// another saga holds, or the I/O error of looking the key up.
+func (a *applier) keyTaken(r *Record, cur *Saga) (dup, err error) {
+	if r.Kind != KindSagaStarted || r.Start == nil || r.Start.IdempotencyKey == "" || cur != nil {
+		return nil, nil
+	}
+	k := r.Start.IdempotencyKey
+	owner, taken := a.keys[k]
+	if !taken {
+		if owner, err = a.s.KeyOwner(k); err != nil {
 			return nil, err
 		}
+		taken = owner != ""
 	}
-	last := s.applied.Load()
-	if len(entries) > 0 {
-		last = entries[len(entries)-1].Index
-		if err := b.Set(keyApplied, binary.BigEndian.AppendUint64(nil, last), nil); err != nil {
-			return nil, err
+	if taken {
+		return &DuplicateKeyError{Key: k, Existing: owner}, nil
+	}
+	return nil, nil
+}
+
+// commit writes each touched saga's value and indexes and the applied
+// index (and source, if not 0) and commits the batch, then publishes the
+// new state to the caches. An error means nothing of the batch was
+// applied.
+func (a *applier) commit(source uint64) error {
+	s, b := a.s, a.b
+	for _, id := range a.touched {
+		if err := s.writeSaga(b, &a.w, a.before[id], a.sagas[id]); err != nil {
+			return err
+		}
+	}
+	if a.maxID != s.maxID {
+		if err := b.Set(keyMaxID, []byte(a.maxID), nil); err != nil {
+			return err
+		}
+	}
+	if a.n > 0 {
+		if err := b.Set(keyApplied, binary.BigEndian.AppendUint64(nil, a.last), nil); err != nil {
+			return err
 		}
 	}
 	if source != 0 {
 		if err := b.Set(keySource, binary.BigEndian.AppendUint64(nil, source), nil); err != nil {
-			return nil, err
+			return err
 		}
 	}
 	// NoSync: durability comes from the saga log; see the Store doc.
 	if err := b.Commit(pebble.NoSync); err != nil {
-		return nil, fmt.Errorf("fsm: commit batch: %w", err)
+		return fmt.Errorf("fsm: commit batch: %w", err)
 	}
-	s.applied.Store(last)
+	s.applied.Store(a.last)
 	if source != 0 {
 		s.source.Store(source)
 	}
-	s.maxID = maxID
+	s.maxID = a.maxID
 	s.mu.Lock()
-	for name, d := range defs {
+	for name, d := range a.defs {
 		s.latest[name] = d
 	}
-	for id, sg := range sagas {
+	for id, sg := range a.sagas {
 		if sg.State.Terminal() {
 			delete(s.live, id)
 		} else if _, ok := s.live[id]; ok || len(s.live) < s.liveMax {
@@ -565,7 +659,74 @@ func (s *Store) applyBatch(entries []Entry, source uint64) ([]Result, error) {
 		}
 	}
 	s.mu.Unlock()
-	return out, nil
+	return nil
+}
+
+// Replayer applies a long run of log entries, as ApplyBatch would entry by
+// entry, but in few large Pebble batches: the recovery of a log the state
+// has not seen. Each saga's value is written once per batch, and a saga
+// is copied once per batch and then changed in place. A batch of at least
+// half a memtable is one Pebble does not copy into its memtable: it
+// becomes a memtable of its own, flushed as it is (Pebble's large-batch
+// path), which skips the skiplist inserts, and the fresh memtable memory,
+// that were most of the cost of a replay.
+//
+// A Replayer gives no per-entry results. Entries must follow each other
+// and AppliedIndex; AppliedIndex advances at each batch commit. Like
+// ApplyBatch, it is for the store's one applier; reads are safe meanwhile.
+type Replayer struct {
+	s     *Store
+	a     *applier
+	limit int
+}
+
+// NewReplayer returns a Replayer for s.
+func (s *Store) NewReplayer() *Replayer {
+	return &Replayer{s: s, limit: s.replayBatch}
+}
+
+// Apply applies entries. An error is an I/O error (or entries that do not
+// follow): the batch being built is dropped, and what was committed
+// before stays applied.
+func (r *Replayer) Apply(entries []Entry) error {
+	if r.a == nil {
+		// Sized for a whole batch, with room for a chunk's overshoot:
+		// growing it by doubling would copy it and touch fresh memory.
+		r.a = r.s.newApplier(r.limit / 2)
+	}
+	if err := r.a.add(entries, nil); err != nil {
+		r.a.close()
+		r.a = nil
+		return err
+	}
+	if r.a.memTableSize() >= r.limit {
+		return r.Finish()
+	}
+	return nil
+}
+
+// nodeOverhead is less than what Pebble charges a key in a memtable
+// beyond its key and value bytes (about 200: the tallest skiplist node,
+// 20 levels of 8 bytes, a header and the key's trailer). Were it more, a
+// replay batch could fall just short of the large-batch threshold and go
+// through the memtable: slower, not wrong.
+const nodeOverhead = 160
+
+// memTableSize is about the room the batch would take in a memtable once
+// committed, counting the saga values and index keys commit adds.
+func (a *applier) memTableSize() int {
+	return a.b.Len() + int(a.b.Count())*nodeOverhead + a.pending + len(a.touched)*3*nodeOverhead
+}
+
+// Finish commits what Apply has added and not yet committed.
+func (r *Replayer) Finish() error {
+	a := r.a
+	if a == nil {
+		return nil
+	}
+	r.a = nil
+	defer a.close()
+	return a.commit(0)
 }
 
 // sagaSizeHint is about the encoded size of sg, so that encoding it
