@@ -97,7 +97,8 @@ type Log interface {
 	// Append makes recs durable as consecutive entries (one fsync) and
 	// returns the index of the first.
 	Append(recs [][]byte) (first uint64, err error)
-	// Scan calls fn for each entry from index from on.
+	// Scan calls fn for each entry from index from on. The payload is
+	// valid only until fn returns.
 	Scan(from uint64, fn func(index uint64, payload []byte) error) error
 	FirstIndex() uint64
 	LastIndex() uint64
@@ -462,35 +463,60 @@ func (e *Engine) replay() error {
 	}
 	// Reading and decoding the log runs in its own goroutine, ahead of
 	// applying: on two cores that overlaps the two halves of the work.
-	const chunk = 4096
-	chunks := make(chan []fsm.Entry, 2)
+	// Chunks go round between the two: one being read, two queued, one
+	// being applied. Their records and payload bytes are reused from
+	// round to round, so replay touches little new memory (a first touch
+	// of a page costs more than decoding what it holds, on some VMs).
+	const chunk, nChunks = 4096, 4
+	chunks := make(chan *replayChunk, nChunks-2)
+	free := make(chan *replayChunk, nChunks)
+	for range nChunks {
+		free <- &replayChunk{recs: make([]fsm.Record, chunk), entries: make([]fsm.Entry, 0, chunk)}
+	}
 	readErr := make(chan error, 1)
 	stop := make(chan struct{})
 	go func() {
 		defer close(chunks)
-		batch := make([]fsm.Entry, 0, chunk)
+		var c *replayChunk
+		take := func() bool {
+			select {
+			case c = <-free:
+				c.entries, c.raw = c.entries[:0], c.raw[:0]
+				return true
+			case <-stop:
+				return false
+			}
+		}
 		send := func() bool {
 			select {
-			case chunks <- batch:
-				batch = make([]fsm.Entry, 0, chunk)
+			case chunks <- c:
+				c = nil
 				return true
 			case <-stop:
 				return false
 			}
 		}
 		errStopped := errors.New("stopped")
+		if !take() {
+			readErr <- nil
+			return
+		}
 		err := e.log.Scan(applied+1, func(idx uint64, p []byte) error {
-			r, err := fsm.Decode(p)
-			if err != nil {
+			// p is valid only during the call: the chunk keeps a copy.
+			n := len(c.entries)
+			r := &c.recs[n]
+			if err := fsm.DecodeInto(p, r); err != nil {
 				return fmt.Errorf("%w: log entry %d: %v", ErrRecovery, idx, err)
 			}
-			batch = append(batch, fsm.Entry{Index: idx, Rec: r, Raw: p})
-			if len(batch) == chunk && !send() {
+			off := len(c.raw)
+			c.raw = append(c.raw, p...)
+			c.entries = append(c.entries, fsm.Entry{Index: idx, Rec: r, Raw: c.raw[off:len(c.raw):len(c.raw)]})
+			if n+1 == chunk && (!send() || !take()) {
 				return errStopped
 			}
 			return nil
 		})
-		if err == nil && len(batch) > 0 {
+		if err == nil && len(c.entries) > 0 {
 			send()
 		}
 		if errors.Is(err, errStopped) {
@@ -502,16 +528,17 @@ func (e *Engine) replay() error {
 	// counts as replayed once added (a failure fails Open anyway).
 	rp := e.store.NewReplayer()
 	var applyErr error
-	for batch := range chunks {
+	for c := range chunks {
 		if applyErr != nil {
 			continue
 		}
-		if err := rp.Apply(batch); err != nil {
+		if err := rp.Apply(c.entries); err != nil {
 			applyErr = fmt.Errorf("%w: %v", ErrRecovery, err)
 			close(stop)
 			continue
 		}
-		e.recovery.Replayed += uint64(len(batch))
+		e.recovery.Replayed += uint64(len(c.entries))
+		free <- c // the Replayer keeps nothing of a chunk once applied
 	}
 	if applyErr == nil {
 		if err := rp.Finish(); err != nil {
@@ -526,6 +553,15 @@ func (e *Engine) replay() error {
 	}
 	e.sinceCkpt.Store(e.recovery.Replayed)
 	return nil
+}
+
+// replayChunk is a run of decoded log entries on its way from the reader
+// to the applier. Raw payloads point into raw, records into recs: both
+// are reused once the chunk is applied.
+type replayChunk struct {
+	entries []fsm.Entry
+	recs    []fsm.Record
+	raw     []byte
 }
 
 // afterApply runs hooks and wakes waiters of sagas that settled.

@@ -84,16 +84,24 @@ func Encode(r *Record) ([]byte, error) {
 // Decode parses and structurally validates a record. It never panics.
 func Decode(b []byte) (*Record, error) {
 	var r Record
-	if err := unmarshal(b, &r); err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrInvalidRecord, err)
-	}
-	if r.V == 0 || r.V > RecordVersion {
-		return nil, fmt.Errorf("%w: version %d (this build reads up to %d)", ErrUnsupportedVersion, r.V, RecordVersion)
-	}
-	if err := r.Validate(); err != nil {
+	if err := DecodeInto(b, &r); err != nil {
 		return nil, err
 	}
 	return &r, nil
+}
+
+// DecodeInto is Decode into r, which it overwrites entirely (for a caller
+// that reuses Record values). The result shares no memory with b. On
+// error r holds no meaningful record.
+func DecodeInto(b []byte, r *Record) error {
+	*r = Record{}
+	if err := unmarshal(b, r); err != nil {
+		return fmt.Errorf("%w: %v", ErrInvalidRecord, err)
+	}
+	if r.V == 0 || r.V > RecordVersion {
+		return fmt.Errorf("%w: version %d (this build reads up to %d)", ErrUnsupportedVersion, r.V, RecordVersion)
+	}
+	return r.Validate()
 }
 
 // ValidID reports whether s may be a saga id or a definition name:
