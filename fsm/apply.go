@@ -216,6 +216,13 @@ func abortMessage(r *Record) string {
 }
 
 func start(r *Record) *Saga {
+	return startWith(r, append([]StepDef(nil), r.Start.Steps...))
+}
+
+// startWith is start with the steps' definitions in plan, which the saga
+// keeps (start copies the record's; the Replayer, whose records are its
+// own, passes them).
+func startWith(r *Record, plan []StepDef) *Saga {
 	si := r.Start
 	s := &Saga{
 		ID:             r.Saga,
@@ -235,7 +242,6 @@ func start(r *Record) *Saga {
 		UpdatedAt:      r.At,
 		Seq:            1,
 	}
-	plan := append([]StepDef(nil), si.Steps...)
 	for i := range plan {
 		s.Steps[i].StepDef = &plan[i]
 	}

@@ -174,15 +174,23 @@ func (d *Definition) Validate() error {
 	if d.Timeout < 0 {
 		probs = append(probs, "negative timeout")
 	}
-	seen := make(map[string]bool, len(d.Steps))
+	// Names seen: by a scan of the steps before for a few steps (every
+	// start record is validated on replay, and the map was most of the
+	// cost), by a map for many.
+	var seen map[string]bool
+	if len(d.Steps) > 16 {
+		seen = make(map[string]bool, len(d.Steps))
+	}
 	for i, s := range d.Steps {
 		switch {
 		case !ValidID(s.Name):
 			probs = append(probs, fmt.Sprintf("step %d: invalid name %q", i, s.Name))
-		case seen[s.Name]:
+		case usedBefore(d.Steps, i, seen):
 			probs = append(probs, fmt.Sprintf("step %d: name %q used twice", i, s.Name))
 		}
-		seen[s.Name] = true
+		if seen != nil {
+			seen[s.Name] = true
+		}
 		if s.Timeout < 0 {
 			probs = append(probs, fmt.Sprintf("step %q: negative timeout", s.Name))
 		}
@@ -204,6 +212,20 @@ func (d *Definition) Validate() error {
 		return nil
 	}
 	return &DefinitionError{Name: d.Name, Problems: probs}
+}
+
+// usedBefore reports whether steps[i]'s name is the name of an earlier
+// step: seen holds those names, or is nil to scan them.
+func usedBefore(steps []StepDef, i int, seen map[string]bool) bool {
+	if seen != nil {
+		return seen[steps[i].Name]
+	}
+	for j := range i {
+		if steps[j].Name == steps[i].Name {
+			return true
+		}
+	}
+	return false
 }
 
 // DefinitionError lists every problem of a definition.

@@ -553,6 +553,12 @@ func (a *applier) add(entries []Entry, out []Result) error {
 					next = cur
 				}
 			}
+		case out == nil && cur == nil && r.Kind == KindSagaStarted:
+			// Apply(nil, r), keeping the record's step definitions
+			// instead of a copy (see Replayer.Apply).
+			if err = r.Validate(); err == nil {
+				next = startWith(r, r.Start.Steps)
+			}
 		default:
 			next, err = Apply(cur, r)
 		}
@@ -688,6 +694,11 @@ func (s *Store) NewReplayer() *Replayer {
 // Apply applies entries. An error is an I/O error (or entries that do not
 // follow): the batch being built is dropped, and what was committed
 // before stays applied.
+//
+// The state may keep parts of the entries' records (a start's step
+// definitions, outputs, errors): the caller must not change them
+// afterwards. It may reuse the Record values themselves, and the Raw
+// bytes, once Apply returns.
 func (r *Replayer) Apply(entries []Entry) error {
 	if r.a == nil {
 		// Sized for a whole batch, with room for a chunk's overshoot:
