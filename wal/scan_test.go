@@ -65,3 +65,30 @@ func TestScanReportsDamage(t *testing.T) {
 		t.Fatalf("scan stopped after index %d, want one in segment [%d, %d)", seen, segs[1].first, segs[2].first)
 	}
 }
+
+// TestScanRecordsLargerThanItsBuffer: records that straddle refills of
+// Scan's buffer, and one larger than the buffer, come back whole.
+func TestScanRecordsLargerThanItsBuffer(t *testing.T) {
+	dir := t.TempDir()
+	l := openT(t, dir, Options{})
+	defer l.Close()
+	sizes := []int{10, 300 << 10, 700 << 10, 5, scanBuffer + 12345, 3 * scanBuffer, 1, 400 << 10}
+	var recs [][]byte
+	for i, n := range sizes {
+		recs = append(recs, bytes.Repeat([]byte{byte('a' + i)}, n))
+	}
+	if _, err := l.Append(recs); err != nil {
+		t.Fatal(err)
+	}
+	seen := 0
+	err := l.Scan(1, func(i uint64, p []byte) error {
+		if !bytes.Equal(p, recs[i-1]) {
+			t.Fatalf("record %d: %d bytes, want %d", i, len(p), len(recs[i-1]))
+		}
+		seen++
+		return nil
+	})
+	if err != nil || seen != len(recs) {
+		t.Fatalf("scan: %v after %d records, want %d", err, seen, len(recs))
+	}
+}

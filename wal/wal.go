@@ -818,10 +818,11 @@ func (l *Log) readLocked(index uint64) ([]byte, error) {
 // to fn is valid only until fn returns: it is a view of a buffer Scan
 // reuses (copy what you keep).
 //
-// Scan reads the segment files sequentially, one at a time into one
-// buffer, and verifies each record (checksum and index) as Read does; it
-// does not go through tidwall, whose Read loads each segment into fresh
-// memory, indexes it and copies every record out.
+// Scan streams the segment files in order through one small buffer and
+// verifies each record (checksum and index) as Read does. It does not go
+// through tidwall, whose Read loads each segment into fresh memory,
+// indexes it and copies every record out: on a virtual machine where a
+// first touch of a page is dear, that cost more than the reading.
 func (l *Log) Scan(from uint64, fn func(index uint64, payload []byte) error) error {
 	l.mu.RLock()
 	if err := l.check(); err != nil {
@@ -840,7 +841,7 @@ func (l *Log) Scan(from uint64, fn func(index uint64, payload []byte) error) err
 	if err != nil {
 		return err
 	}
-	var buf []byte
+	sc := segmentScanner{buf: make([]byte, 0, scanBuffer)}
 	next := from // the next index fn is owed
 	for i, sg := range segs {
 		if i+1 < len(segs) && segs[i+1].first <= from {
@@ -849,31 +850,89 @@ func (l *Log) Scan(from uint64, fn func(index uint64, payload []byte) error) err
 		if sg.first > next {
 			break // a gap: reported below
 		}
-		if buf, err = readSegment(sg.path, buf); err != nil {
+		if next, err = sc.scan(sg, from, last, fn); err != nil {
 			return err
-		}
-		off, idx := 0, sg.first
-		for off < len(buf) && idx <= last {
-			e, err := parseEntry(buf, off, len(buf))
-			if err == nil && e.index != idx {
-				err = fmt.Errorf("record carries index %d", e.index)
-			}
-			if err != nil {
-				return fmt.Errorf("%w: index %d in %s: %v", ErrCorrupt, idx, sg.path, err)
-			}
-			if idx >= from {
-				if err := fn(idx, e.payload); err != nil {
-					return err
-				}
-				next = idx + 1
-			}
-			off, idx = e.end, idx+1
 		}
 		if next > last {
 			return nil
 		}
+		next = max(next, from)
 	}
 	return fmt.Errorf("%w: %d (the segment files end before index %d, the last)", ErrNotFound, next, last)
+}
+
+// scanBuffer is the size of Scan's buffer; it grows for a larger record.
+const scanBuffer = 1 << 20
+
+// segmentScanner reads one segment file after another through buf.
+type segmentScanner struct{ buf []byte }
+
+// scan calls fn for the records of segment sg with indexes in [from,
+// last] and returns the index after the last record it read.
+func (sc *segmentScanner) scan(sg segmentFile, from, last uint64, fn func(uint64, []byte) error) (uint64, error) {
+	f, err := os.Open(sg.path)
+	if err != nil {
+		return 0, fmt.Errorf("wal: read segment %s: %w", sg.path, err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return 0, fmt.Errorf("wal: read segment %s: %w", sg.path, err)
+	}
+	maxFrame := int(fi.Size())
+	buf, start, eof := sc.buf[:0], 0, false
+	// fill reads more of the file after buf[start:], which it first moves
+	// to the front, into a buffer that holds at least need bytes.
+	fill := func(need int) error {
+		n := copy(buf[:cap(buf)], buf[start:])
+		buf, start = buf[:n], 0
+		if need > cap(buf) {
+			buf = append(make([]byte, 0, need), buf...)
+		}
+		m, err := io.ReadFull(f, buf[n:cap(buf)])
+		buf = buf[:n+m]
+		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+			eof, err = true, nil
+		}
+		if err != nil {
+			return fmt.Errorf("wal: read segment %s: %w", sg.path, err)
+		}
+		return nil
+	}
+	defer func() { sc.buf = buf[:0] }()
+	idx, off := sg.first, int64(0)
+	for idx <= last {
+		if len(buf)-start < binary.MaxVarintLen64 && !eof {
+			if err := fill(0); err != nil {
+				return 0, err
+			}
+		}
+		if len(buf) == start {
+			break // the end of the segment
+		}
+		if size, n := binary.Uvarint(buf[start:]); n > 0 && size <= uint64(maxFrame) &&
+			uint64(len(buf)-start-n) < size && !eof {
+			if err := fill(n + int(size)); err != nil {
+				return 0, err
+			}
+		}
+		e, err := parseEntry(buf[start:], 0, maxFrame)
+		if err == nil && e.index != idx {
+			err = fmt.Errorf("record carries index %d", e.index)
+		}
+		if err != nil {
+			return 0, fmt.Errorf("%w: index %d at offset %d of %s: %v", ErrCorrupt, idx, off, sg.path, err)
+		}
+		if idx >= from {
+			if err := fn(idx, e.payload); err != nil {
+				return 0, err
+			}
+		}
+		start += e.end
+		off += int64(e.end)
+		idx++
+	}
+	return idx, nil
 }
 
 // FirstIndex is the index of the first record; LastIndex()+1 when empty.
