@@ -20,6 +20,7 @@ type SagaJSON struct {
 	LastError   string     `json:"last_error,omitempty"`
 	User        string     `json:"user,omitempty"`
 	Driven      bool       `json:"engine_driven"`
+	Durability  string     `json:"durability"`
 	CreatedAt   time.Time  `json:"created_at"`
 	UpdatedAt   time.Time  `json:"updated_at"`
 	Deadline    *time.Time `json:"deadline,omitempty"`
@@ -44,8 +45,9 @@ func NewSagaJSON(st *engine.Status) SagaJSON {
 	j := SagaJSON{ID: st.ID, Definition: st.Definition, Version: st.Version, State: st.State.String(),
 		CurrentStep: st.CurrentStep, Completed: nonNil(st.Completed), Compensated: nonNil(st.Compensated),
 		Pending: st.Pending, User: st.User, CreatedAt: st.CreatedAt.UTC(), UpdatedAt: st.UpdatedAt.UTC()}
+	j.Durability = engine.DurabilityStrict.String()
 	if st.Saga != nil {
-		j.Driven = st.Saga.Driven
+		j.Driven, j.Durability = st.Saga.Driven, st.Saga.Durability.String()
 	}
 	if st.LastError != nil {
 		j.LastError = st.LastError.Error()

@@ -28,6 +28,9 @@ func newShow(g *globals) *cobra.Command {
 			}
 			s := rep.Saga
 			fmt.Fprintf(g.out, "saga %s  %s@v%d  %s\n", s.ID, s.Definition, s.Version, s.State)
+			if s.Durability != "" && s.Durability != engine.DurabilityStrict.String() {
+				fmt.Fprintf(g.out, "durability %s\n", s.Durability)
+			}
 			if s.User != "" {
 				fmt.Fprintf(g.out, "user %s\n", s.User)
 			}
