@@ -1359,7 +1359,16 @@ func (l *ixLog) setHold(hold, fail bool) {
 	l.hold = hold
 }
 
-func (l *ixLog) heldCount() int { return int(l.held.Load()) }
+// heldCount is the number of appends the hold keeps: none once released
+// (those woken may not have left Append's loop yet).
+func (l *ixLog) heldCount() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !l.hold || l.fail {
+		return 0
+	}
+	return int(l.held.Load())
+}
 
 // --- the replicated log ---
 
@@ -1426,7 +1435,15 @@ func (f *ixRep) setHold(hold, _ bool) {
 	f.hold = hold
 }
 
-func (f *ixRep) heldCount() int { return int(f.held.Load()) }
+// heldCount is the number of proposals the hold keeps: none once released.
+func (f *ixRep) heldCount() int {
+	f.hmu.Lock()
+	defer f.hmu.Unlock()
+	if !f.hold {
+		return 0
+	}
+	return int(f.held.Load())
+}
 
 func (f *ixRep) apply(raw [][]byte) ([]fsm.Result, error) {
 	f.mu.Lock()
