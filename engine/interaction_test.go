@@ -1180,7 +1180,10 @@ func (h *ixHarness) logIdle(held int) bool {
 	if writing {
 		return held > 0
 	}
-	e.applyMu.Lock() // the leader that finished lets go of it once applied
+	// The leader that set writing to false holds applyMu until its batch
+	// is applied: taking it waits for that.
+	e.applyMu.Lock()
+	//lint:ignore SA2001 the critical section is the wait
 	e.applyMu.Unlock()
 	return true
 }
