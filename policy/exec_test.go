@@ -313,7 +313,7 @@ func TestLayersMergeFieldByField(t *testing.T) {
 	}
 }
 
-func runIngest(t *testing.T, x *Executor, uc UserContext, upTo int, werr error) (Result, error, int) {
+func runIngest(t *testing.T, x *Executor, uc UserContext, upTo int, werr error) (Result, int, error) {
 	t.Helper()
 	c, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -327,7 +327,7 @@ func runIngest(t *testing.T, x *Executor, uc UserContext, upTo int, werr error) 
 		}
 		return werr
 	})
-	return res, err, ran
+	return res, ran, err
 }
 
 // A workflow that fails after its last milestone leaves no COMPLETED saga:
@@ -338,7 +338,7 @@ func TestWorkflowErrorAfterLastMilestoneCompensatesEveryMilestone(t *testing.T) 
 	var undone []string
 	_, x := execFixture(t, ingestPolicy, ingestRegistry(t, &undone, &mu))
 	boom := errors.New("post-processing failed")
-	res, err, _ := runIngest(t, x, UserContext{}, 4, boom)
+	res, _, err := runIngest(t, x, UserContext{}, 4, boom)
 	if !errors.Is(err, boom) || res.State != fsm.StateFailed {
 		t.Fatalf("result %+v, err %v; want FAILED and the workflow's error", res, err)
 	}
@@ -356,7 +356,7 @@ func TestMilestoneThatNeverStartedIsNotCompensated(t *testing.T) {
 	var undone []string
 	_, x := execFixture(t, ingestPolicy, ingestRegistry(t, &undone, &mu))
 	boom := errors.New("between milestones")
-	res, err, _ := runIngest(t, x, UserContext{}, 2, boom)
+	res, _, err := runIngest(t, x, UserContext{}, 2, boom)
 	if !errors.Is(err, boom) || res.State != fsm.StateFailed {
 		t.Fatalf("result %+v, err %v", res, err)
 	}
@@ -375,7 +375,7 @@ func TestRefusedDefinitionFailsTheCallInsteadOfFallingBack(t *testing.T) {
 	writeFile(t, path, ingestPolicy+"on_engine_unavailable: run_without_saga\n")
 	m := newManager(t, Options{File: path, NoWatch: true}) // no registry: the policy is not checked
 	x := NewExecutor(m, memEngine(t, compensation.NewRegistry()))
-	res, err, ran := runIngest(t, x, UserContext{}, 4, nil)
+	res, ran, err := runIngest(t, x, UserContext{}, 4, nil)
 	if err == nil || res.Fallback || ran != 0 || !errors.Is(err, compensation.ErrUnknownName) {
 		t.Fatalf("result %+v, err %v, workflow ran %d time(s); want a typed error and no run", res, err, ran)
 	}
@@ -387,17 +387,17 @@ func TestIdempotencyKeyRunsTheWorkflowOnce(t *testing.T) {
 	var undone []string
 	_, x := execFixture(t, ingestPolicy, ingestRegistry(t, &undone, &mu))
 	uc := UserContext{UserID: "u", IdempotencyKey: "upload-42"}
-	first, err, _ := runIngest(t, x, uc, 4, nil)
+	first, _, err := runIngest(t, x, uc, 4, nil)
 	must(t, err)
-	again, err, ran := runIngest(t, x, uc, 4, nil)
+	again, ran, err := runIngest(t, x, uc, 4, nil)
 	if err != nil || ran != 0 || !again.Duplicate || again.SagaID != first.SagaID || again.State != fsm.StateCompleted {
 		t.Fatalf("re-sent call: %+v, %v, workflow ran %d time(s)", again, err, ran)
 	}
-	failing, err, _ := runIngest(t, x, UserContext{IdempotencyKey: "upload-43"}, 1, errors.New("no"))
+	failing, _, err := runIngest(t, x, UserContext{IdempotencyKey: "upload-43"}, 1, errors.New("no"))
 	if failing.State != fsm.StateFailed || err == nil {
 		t.Fatalf("failing call: %+v %v", failing, err)
 	}
-	if _, err, ran := runIngest(t, x, UserContext{IdempotencyKey: "upload-43"}, 4, nil); !errors.Is(err, ErrDuplicateCall) || ran != 0 {
+	if _, ran, err := runIngest(t, x, UserContext{IdempotencyKey: "upload-43"}, 4, nil); !errors.Is(err, ErrDuplicateCall) || ran != 0 {
 		t.Fatalf("re-sent failed call: %v, ran %d", err, ran)
 	}
 }
@@ -418,17 +418,17 @@ func TestOutcomeUnknownStartDoesNotFallBack(t *testing.T) {
 	must(t, err)
 	defer e.Close()
 	x := NewExecutor(m, e)
-	_, err, _ = runIngest(t, x, UserContext{}, 4, nil)
+	_, _, err = runIngest(t, x, UserContext{}, 4, nil)
 	must(t, err)
 	segs, _ := filepath.Glob(filepath.Join(dir, "wal", "0*"))
 	for _, s := range segs {
 		must(t, os.Remove(s))
 	}
-	res, err, ran := runIngest(t, x, UserContext{}, 4, nil)
+	res, ran, err := runIngest(t, x, UserContext{}, 4, nil)
 	if !errors.Is(err, engine.ErrOutcomeUnknown) || ran != 0 || res.Fallback {
 		t.Fatalf("start with an unknown outcome: %+v, %v, workflow ran %d time(s)", res, err, ran)
 	}
-	res, err, ran = runIngest(t, x, UserContext{}, 4, nil)
+	res, ran, err = runIngest(t, x, UserContext{}, 4, nil)
 	if err != nil || !res.Fallback || ran != 1 {
 		t.Fatalf("a stopped engine: %+v, %v, ran %d; want the run_without_saga fallback", res, err, ran)
 	}

@@ -240,7 +240,9 @@ type rig struct {
 	dir string
 }
 
-func newRig(work time.Duration, failAt int) *rig { return newRigMode(work, failAt, engine.DurabilityStrict) }
+func newRig(work time.Duration, failAt int) *rig {
+	return newRigMode(work, failAt, engine.DurabilityStrict)
+}
 
 // newRigMode is newRig with the definition's durability mode.
 func newRigMode(work time.Duration, failAt int, mode engine.Durability) *rig {
