@@ -481,48 +481,76 @@ func (h *deadlineHeap) Pop() any {
 	return x
 }
 
+// dlMsg is a message to the deadline loop, which owns the heap: arm a
+// deadline, or forget them all (a term of leadership ended).
+type dlMsg struct {
+	d     deadline
+	clear bool
+}
+
 // armDeadline schedules the abort of an in-progress saga at its deadline
 // (unix ns). One goroutine and one timer serve every saga.
 func (e *Engine) armDeadline(id string, at int64) {
-	e.dlMu.Lock()
-	heap.Push(&e.dl, deadline{at: at, id: id})
-	e.dlMu.Unlock()
 	select {
-	case e.dlWake <- struct{}{}:
-	default:
+	case e.dlIn <- dlMsg{d: deadline{at: at, id: id}}:
+	case <-e.ctx.Done():
 	}
 }
 
-// deadlineLoop fires deadlines in time order on the engine's clock.
+// clearDeadlines forgets every armed deadline; those armed after it stay.
+func (e *Engine) clearDeadlines() {
+	select {
+	case e.dlIn <- dlMsg{clear: true}:
+	case <-e.ctx.Done():
+	}
+}
+
+// deadlineLoop fires deadlines in time order on the engine's clock. It
+// alone owns the heap: others send it dlMsgs, handled in the order sent.
 func (e *Engine) deadlineLoop() {
 	defer e.bg.Done()
+	var dl deadlineHeap
+	handle := func(m dlMsg) {
+		if m.clear {
+			dl = dl[:0]
+		} else {
+			heap.Push(&dl, m.d)
+		}
+	}
 	for {
-		e.dlMu.Lock()
 		var timer compensation.Timer
 		var timerC <-chan time.Time
-		if len(e.dl) > 0 {
-			timer = e.opts.Clock.NewTimer(time.Duration(e.dl[0].at - e.now()))
+		if len(dl) > 0 {
+			timer = e.opts.Clock.NewTimer(time.Duration(dl[0].at - e.now()))
 			timerC = timer.C()
 		}
-		e.dlMu.Unlock()
 		select {
 		case <-e.ctx.Done():
 			if timer != nil {
 				timer.Stop()
 			}
 			return
-		case <-e.dlWake:
+		case m := <-e.dlIn:
 			if timer != nil {
 				timer.Stop()
 			}
+			handle(m)
+			// Take every message waiting (a resume arms thousands) before
+			// the next timer.
+			for more := true; more; {
+				select {
+				case m := <-e.dlIn:
+					handle(m)
+				default:
+					more = false
+				}
+			}
 		case <-timerC:
 			now := e.now()
-			e.dlMu.Lock()
 			var due []string
-			for len(e.dl) > 0 && e.dl[0].at <= now {
-				due = append(due, heap.Pop(&e.dl).(deadline).id)
+			for len(dl) > 0 && dl[0].at <= now {
+				due = append(due, heap.Pop(&dl).(deadline).id)
 			}
-			e.dlMu.Unlock()
 			for _, id := range due {
 				tctx := e.termCtx()
 				e.goDriver(func() { e.expire(tctx, id) })

@@ -130,9 +130,7 @@ type Engine struct {
 	drivers sync.WaitGroup // goroutines that drive sagas
 	bg      sync.WaitGroup // the deadline scheduler
 
-	dlMu   sync.Mutex
-	dl     deadlineHeap
-	dlWake chan struct{}
+	dlIn chan dlMsg // to the deadline loop, which owns the deadlines
 
 	// closeMu orders store reads of public calls with Close closing the
 	// store; storeClosed is set under its write lock.
@@ -218,7 +216,7 @@ func Open(dir string, opts Options) (*Engine, error) {
 		watchers: map[string][]chan *fsm.Saga{},
 		ckpt:     make(chan struct{}, 1),
 		ckptDone: make(chan struct{}),
-		dlWake:   make(chan struct{}, 1),
+		dlIn:     make(chan dlMsg, 256),
 	}
 	replicated := opts.Replicator != nil
 	fail := func(err error) (*Engine, error) {

@@ -178,9 +178,7 @@ func (e *Engine) endTerm() {
 	e.mu.Lock() // ordered with launch's check: no invocation joins t.wg after this
 	t.cancel()
 	e.mu.Unlock()
-	e.dlMu.Lock()
-	e.dl = e.dl[:0]
-	e.dlMu.Unlock()
+	e.clearDeadlines()
 	e.dropCaches()
 	e.opts.Logger.Info("engine: no longer the leader; drivers stopped")
 }
