@@ -294,7 +294,7 @@ func (e *Engine) Advance(ctx context.Context, id string, res StepResult) (*Statu
 	// A pipelined saga's report returns once the record that began the
 	// step just reported is durable (this one may still be on its way):
 	// the caller is never more than one step ahead of the log.
-	if err := prev(); err != nil {
+	if err := e.waitDurable(prev); err != nil {
 		return nil, fmt.Errorf("%w: an earlier step's record of saga %s did not become durable: %v", ErrOutcomeUnknown, id, err)
 	}
 	if sg.State == fsm.StateCompensating {

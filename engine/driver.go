@@ -149,28 +149,28 @@ func (e *Engine) launch(t *term, id string, r *run, w work) {
 // finish takes an ended invocation out of its saga's run and kicks the
 // saga again.
 func (e *Engine) finish(tctx context.Context, id string, r *run, step int, err error) {
-	transient := err != nil && tctx.Err() == nil && !errors.Is(err, fsm.ErrIllegalTransition) && !fatal(err)
+	var pause time.Duration
 	r.mu.Lock()
 	delete(r.calls, step)
-	var d time.Duration
-	if transient {
-		d = r.pause()
-	} else if err == nil {
-		r.backoff = 0
-	}
-	r.mu.Unlock()
 	switch {
-	case err == nil, tctx.Err() != nil, errors.Is(err, fsm.ErrIllegalTransition):
-		// Done, or the saga moved under it (an abort, a deadline): the
-		// kick below looks again.
+	case err == nil:
+		r.backoff = 0
+	case tctx.Err() != nil, errors.Is(err, fsm.ErrIllegalTransition):
+		// Closing, the term ended, or the saga moved under it (an abort,
+		// a deadline): the kick below looks again.
 	case fatal(err):
+		r.mu.Unlock()
 		e.opts.Logger.Error("engine: saga driver stopped", "saga", id, "err", err)
 		return
 	default:
 		// A transient failure must not leave the saga undriven until the
 		// next Open: try again after a pause.
-		e.opts.Logger.Warn("engine: saga driver failed; retrying", "saga", id, "in", d, "err", err)
-		if !e.sleep(tctx, nil, d) {
+		pause = r.pause()
+	}
+	r.mu.Unlock()
+	if pause > 0 {
+		e.opts.Logger.Warn("engine: saga driver failed; retrying", "saga", id, "in", pause, "err", err)
+		if !e.sleep(tctx, nil, pause) {
 			return
 		}
 	}
@@ -321,7 +321,7 @@ func (e *Engine) act(tctx, ctx context.Context, inv *invocation, sg *fsm.Saga, i
 			// Never more than one step ahead of the log: the record that
 			// began the step just done must be durable before the next
 			// begins (pipelined mode; in strict mode it is).
-			if err := prev(); err != nil {
+			if err := e.waitDurable(prev); err != nil {
 				return next.Current, err
 			}
 			sg, i = next, next.Current

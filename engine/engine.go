@@ -140,7 +140,6 @@ type Engine struct {
 	applyMu  sync.Mutex // the apply stage: applies in log order, ordered with poisoning
 	mu       sync.Mutex
 	closing  bool // Close has begun
-	closed   bool // Close has stopped the drivers and refuses proposals
 	poison   error
 	runs     map[string]*run
 	watchers map[string][]chan *fsm.Saga // woken with the settled saga
@@ -665,7 +664,7 @@ func (e *Engine) proposal(ctx context.Context, recs []*fsm.Record) (*proposal, e
 	if e.opts.Inspect {
 		return nil, ErrReadOnly
 	}
-	if poison := e.poisoned(); poison != nil && e.opts.Replicator == nil {
+	if poison := e.poisoned(); poison != nil {
 		return nil, fmt.Errorf("%w (cause: %v)", ErrPoisoned, poison)
 	}
 	return &proposal{recs: recs, raw: raw, done: make(chan proposalResult, 1)}, nil
@@ -724,14 +723,18 @@ func (e *Engine) transition(ctx context.Context, id string, build func(cur *fsm.
 // records leave the saga in progress, it returns as soon as they have
 // their place in the log, with the state they lead to (cached as the
 // saga's state: every later record of the saga is queued after them).
-// Otherwise, in strict mode and in replicated mode, it is transition. Its
-// wait returns once the records before these, the ones that began the
-// step now done, are durable: the caller must wait for it before the next
-// step begins, so that the saga is never more than one step ahead of the
-// log. then, if set, runs under the saga's lock with the new state.
-func (e *Engine) transitionAhead(ctx context.Context, id string, build func(cur *fsm.Saga) ([]*fsm.Record, error), then func(*run, *fsm.Saga)) (next *fsm.Saga, wait func() error, err error) {
+// Otherwise, in strict mode and in replicated mode, it is transition. prev
+// is the future of the records before these, the ones that began the step
+// now done: the caller must waitDurable(prev) before the next step begins,
+// so that the saga is never more than one step ahead of the log. then, if
+// set, runs under the saga's lock with the new state.
+func (e *Engine) transitionAhead(ctx context.Context, id string, build func(cur *fsm.Saga) ([]*fsm.Record, error), then func(*run, *fsm.Saga)) (next *fsm.Saga, prev *future, err error) {
 	return e.change(ctx, id, build, true, then)
 }
+
+// waitDurable returns once the records of f are durable (at once for a
+// nil f), with their error.
+func (e *Engine) waitDurable(f *future) error { return f.wait(&e.syncWaits) }
 
 // future is the outcome of records queued ahead of their durability.
 type future struct {
@@ -739,6 +742,8 @@ type future struct {
 	err  error
 }
 
+// wait returns once the records are durable (at once for a nil f),
+// counting in waits a wait that had to block (Stats.SyncWaits).
 func (f *future) wait(waits *atomic.Uint64) error {
 	if f == nil {
 		return nil
@@ -752,7 +757,10 @@ func (f *future) wait(waits *atomic.Uint64) error {
 	return f.err
 }
 
-func (e *Engine) change(ctx context.Context, id string, build func(cur *fsm.Saga) ([]*fsm.Record, error), ahead bool, then func(*run, *fsm.Saga)) (*fsm.Saga, func() error, error) {
+// change is transition and transitionAhead: it returns the saga's new
+// state and the future of the records queued before these and not yet
+// known durable (nil if none).
+func (e *Engine) change(ctx context.Context, id string, build func(cur *fsm.Saga) ([]*fsm.Record, error), ahead bool, then func(*run, *fsm.Saga)) (*fsm.Saga, *future, error) {
 	if err := e.gate(ctx); err != nil {
 		return nil, nil, err
 	}
@@ -773,7 +781,7 @@ func (e *Engine) change(ctx context.Context, id string, build func(cur *fsm.Saga
 		return nil, nil, err
 	}
 	if len(recs) == 0 {
-		return r.saga, e.waitFor(r.ahead), nil // nothing to change
+		return r.saga, r.ahead, nil // nothing to change
 	}
 	next := r.saga
 	for _, rec := range recs {
@@ -810,7 +818,7 @@ func (e *Engine) change(ctx context.Context, id string, build func(cur *fsm.Saga
 			f.err = err
 			close(f.done)
 		}()
-		return next, e.waitFor(prev), nil
+		return next, prev, nil
 	}
 	results, err := e.propose(ctx, recs)
 	if err != nil {
@@ -832,12 +840,7 @@ func (e *Engine) change(ctx context.Context, id string, build func(cur *fsm.Saga
 	if then != nil {
 		then(r, r.saga)
 	}
-	return r.saga, e.waitFor(r.ahead), nil
-}
-
-// waitFor returns the wait of f (nil: nothing to wait for).
-func (e *Engine) waitFor(f *future) func() error {
-	return func() error { return f.wait(&e.syncWaits) }
+	return r.saga, nil, nil
 }
 
 // dropRunLocked forgets the run of a saga that is gone (not loaded) or
@@ -855,7 +858,8 @@ func (e *Engine) dropRunLocked(id string, r *run) {
 
 // Close stops the drivers (an action or compensation in flight sees its
 // context cancelled and is treated as uncertain at the next Open), lets
-// the commit loop finish, flushes the state and closes the log. It waits
+// the writer queue answer what it holds, flushes the state and closes the
+// log. It waits
 // for handlers in flight to return: a handler that ignores its context
 // holds Close up. A second Close returns ErrClosed.
 func (e *Engine) Close() error {
@@ -869,9 +873,6 @@ func (e *Engine) Close() error {
 	e.mu.Unlock()
 	e.bg.Wait()
 	e.drivers.Wait()
-	e.mu.Lock()
-	e.closed = true
-	e.mu.Unlock()
 	var errs []error
 	// Stop what feeds the store first: the replicator's applies, or the
 	// writer queue and the checkpoints.

@@ -226,10 +226,8 @@ func (e *Engine) dropCaches() {
 }
 
 // proposeReplicated sends one proposal through the replicator.
+// Its caller, propose, has refused it if the engine is poisoned.
 func (e *Engine) proposeReplicated(ctx context.Context, raw [][]byte) ([]fsm.Result, error) {
-	if poison := e.poisoned(); poison != nil {
-		return nil, fmt.Errorf("%w (cause: %v)", ErrPoisoned, poison)
-	}
 	e.mu.Lock()
 	closing := e.closing
 	e.mu.Unlock()

@@ -822,7 +822,11 @@ func (l *Log) readLocked(index uint64) ([]byte, error) {
 // verifies each record (checksum and index) as Read does. It does not go
 // through tidwall, whose Read loads each segment into fresh memory,
 // indexes it and copies every record out: on a virtual machine where a
-// first touch of a page is dear, that cost more than the reading.
+// first touch of a page is dear, that cost more than the reading. It reads
+// the files without holding the log's lock: appends may go on meanwhile
+// (it stops at the last record there was when it began), but a
+// TruncateFront meanwhile may make it fail (the engine scans only while it
+// opens).
 func (l *Log) Scan(from uint64, fn func(index uint64, payload []byte) error) error {
 	l.mu.RLock()
 	if err := l.check(); err != nil {
