@@ -8,7 +8,9 @@ import (
 	"maps"
 	"math/rand/v2"
 	"reflect"
+	"sort"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/sagaengine/saga/compensation"
@@ -182,6 +184,9 @@ func (e *Engine) start(ctx context.Context, definition string, input []byte, o S
 		}
 		si.Durability = *o.Durability
 	}
+	if si.Durability == DurabilityPipelined && fsm.Parallel(def.Steps) {
+		return "", false, fmt.Errorf("%w: definition %s has parallel steps (after), which run strict: pipelined durability is for sequences", ErrInvalidArgument, def.Name)
+	}
 	timeout := def.Timeout
 	if o.Timeout > 0 {
 		timeout = o.Timeout
@@ -276,11 +281,18 @@ func (e *Engine) Advance(ctx context.Context, id string, res StepResult) (*Statu
 			return nil, &fsm.TransitionError{Saga: id, Kind: kind, State: cur.State, Step: cur.Current,
 				Reason: "the saga is not in progress"}
 		}
-		if name := cur.Steps[cur.Current].Name; res.Step != name {
+		step := cur.Current
+		if cur.Parallel() {
+			// Any running step may be reported; Apply refuses one whose
+			// dependencies are not done, naming them.
+			if step = stepNamed(cur, res.Step); step < 0 {
+				return nil, fmt.Errorf("%w: saga %s has no step %q", ErrInvalidArgument, id, res.Step)
+			}
+		} else if name := cur.Steps[cur.Current].Name; res.Step != name {
 			return nil, &fsm.TransitionError{Saga: id, Kind: kind, State: cur.State, Step: cur.Current,
 				Reason: fmt.Sprintf("reported step %q, but the current step is %q", res.Step, name)}
 		}
-		r := &fsm.Record{Saga: id, At: e.now(), Step: cur.Current}
+		r := &fsm.Record{Saga: id, At: e.now(), Step: step}
 		if res.Err == nil {
 			r.Kind, r.Output = fsm.KindStepCompleted, bytes.Clone(res.Output)
 		} else {
@@ -301,6 +313,16 @@ func (e *Engine) Advance(ctx context.Context, id string, res StepResult) (*Statu
 		e.kick(id)
 	}
 	return newStatus(sg), nil
+}
+
+// stepNamed returns the index of sg's step named name, or -1.
+func stepNamed(sg *fsm.Saga, name string) int {
+	for i := range sg.Steps {
+		if sg.Steps[i].Name == name {
+			return i
+		}
+	}
+	return -1
 }
 
 // resent reports whether res is exactly what the saga already recorded for
@@ -523,8 +545,12 @@ type Status struct {
 	Version    int
 	State      fsm.SagaState
 	// CurrentStep is the step running (IN_PROGRESS) or being compensated
-	// (COMPENSATING, STUCK); "" in a terminal state.
+	// (COMPENSATING, STUCK); "" in a terminal state. For a saga with
+	// parallel steps: the steps running, comma-separated, or the first
+	// stuck one.
 	CurrentStep string
+	// Running lists the steps whose action is running, in step order.
+	Running     []string
 	Completed   []string // steps whose action completed, in order
 	Compensated []string // steps compensated, in the order they were undone
 	// Pending lists the compensations still to run, in order.
@@ -558,15 +584,27 @@ func statusOf(sg *fsm.Saga) *Status {
 	if sg.Current >= 0 && sg.Current < len(sg.Steps) {
 		st.CurrentStep = sg.Steps[sg.Current].Name
 	}
+	for _, i := range sg.Running() {
+		st.Running = append(st.Running, sg.Steps[i].Name)
+	}
+	if sg.Parallel() && sg.State == fsm.StateInProgress {
+		st.CurrentStep = strings.Join(st.Running, ", ")
+	}
 	for _, s := range sg.Steps {
 		if s.EndedAt > 0 && (s.Status == fsm.StepDone || s.Status == fsm.StepCompensating || s.Status == fsm.StepCompensated) && !s.Uncertain {
 			st.Completed = append(st.Completed, s.Name)
 		}
 	}
+	var undone []int
 	for i := len(sg.Steps) - 1; i >= 0; i-- {
 		if sg.Steps[i].Status == fsm.StepCompensated {
-			st.Compensated = append(st.Compensated, sg.Steps[i].Name)
+			undone = append(undone, i)
 		}
+	}
+	// In the order undone (parallel branches: by time).
+	sort.SliceStable(undone, func(a, b int) bool { return sg.Steps[undone[a]].CompEndedAt < sg.Steps[undone[b]].CompEndedAt })
+	for _, i := range undone {
+		st.Compensated = append(st.Compensated, sg.Steps[i].Name)
 	}
 	for _, i := range fsm.Pending(sg) {
 		st.Pending = append(st.Pending, sg.Steps[i].Name)

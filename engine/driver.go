@@ -6,6 +6,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/sagaengine/saga/compensation"
@@ -45,8 +47,13 @@ type work struct {
 	kind compensation.Kind
 }
 
-// due returns the invocations sg calls for, given those in flight.
-func due(sg *fsm.Saga, inFlight int) []work {
+// due returns the invocations sg calls for, given those in flight (calls)
+// and the bound on them (limit, for a saga with parallel steps).
+func due(sg *fsm.Saga, calls map[int]*invocation, limit int) []work {
+	if sg.Parallel() {
+		return dueParallel(sg, calls, limit)
+	}
+	inFlight := len(calls)
 	switch {
 	case sg.State == fsm.StateInProgress && sg.Driven && sg.Current >= 0 && sg.Steps[sg.Current].Status == fsm.StepRunning:
 		return []work{{step: sg.Current, kind: compensation.KindAction}}
@@ -56,6 +63,36 @@ func due(sg *fsm.Saga, inFlight int) []work {
 		return []work{{step: sg.Current, kind: compensation.KindCompensation}}
 	}
 	return nil
+}
+
+// dueParallel is due for a DAG saga: every running step's action (an
+// engine-driven saga), or every compensation that its dependents no
+// longer hold back and whose step has no call in flight (an action
+// cancelled by the failure that began the compensation, say), up to limit
+// calls in flight.
+func dueParallel(sg *fsm.Saga, calls map[int]*invocation, limit int) []work {
+	var out []work
+	room := limit - len(calls)
+	add := func(i int, k compensation.Kind) {
+		if _, busy := calls[i]; !busy && len(out) < room {
+			out = append(out, work{step: i, kind: k})
+		}
+	}
+	switch sg.State {
+	case fsm.StateInProgress:
+		if sg.Driven {
+			for _, i := range sg.Running() {
+				add(i, compensation.KindAction)
+			}
+		}
+	case fsm.StateCompensating:
+		for _, i := range fsm.Pending(sg) {
+			if sg.CompensationReady(i) {
+				add(i, compensation.KindCompensation)
+			}
+		}
+	}
+	return out
 }
 
 // kick starts what the saga's state calls for and is not in flight, unless
@@ -86,7 +123,7 @@ func (e *Engine) kick(id string) {
 		}
 		r.saga = sg
 	}
-	for _, w := range due(r.saga, len(r.calls)) {
+	for _, w := range due(r.saga, r.calls, e.opts.MaxParallelSteps) {
 		if _, busy := r.calls[w.step]; !busy {
 			e.launch(t, id, r, w)
 		}
@@ -206,6 +243,30 @@ func (e *Engine) callCtx(parent context.Context, timeout time.Duration) (context
 
 var errStepTimeout = errors.New("step attempt timed out")
 
+func handlerLimits(bounds map[string]int) map[string]chan struct{} {
+	m := make(map[string]chan struct{}, len(bounds))
+	for name, n := range bounds {
+		m[name] = make(chan struct{}, n)
+	}
+	return m
+}
+
+// acquire waits for a slot of the named handler's concurrency bound
+// (Options.HandlerConcurrency) and returns its release; false if ctx
+// ended first. A name without a bound takes no slot.
+func (e *Engine) acquire(ctx context.Context, name string) (release func(), ok bool) {
+	sem, bounded := e.limits[name]
+	if !bounded {
+		return func() {}, true
+	}
+	select {
+	case sem <- struct{}{}:
+		return func() { <-sem }, true
+	case <-ctx.Done():
+		return nil, false
+	}
+}
+
 // timedOut reports whether the call's context ended by its step timeout.
 func timedOut(ctx context.Context) bool { return errors.Is(context.Cause(ctx), errStepTimeout) }
 
@@ -282,12 +343,18 @@ func (e *Engine) act(tctx, ctx context.Context, inv *invocation, sg *fsm.Saga, i
 			// leader (or Open) runs it, or it is compensated as uncertain.
 			return i, nil
 		}
+		release, ok := e.acquire(ctx, st.Action)
+		if !ok {
+			return i, nil // aborted, or the term ended, while waiting for a slot: never started
+		}
 		cctx, cancel := e.callCtx(ctx, st.Timeout)
 		if ctx.Err() != nil {
 			cancel()
+			release()
 			return i, nil // aborted while the call was prepared: never started
 		}
 		out, err := safeAction(cctx, action, e.call(sg, i, compensation.KindAction, st.Attempts))
+		release()
 		timeout := timedOut(cctx)
 		cancel()
 		if tctx.Err() != nil {
@@ -306,7 +373,7 @@ func (e *Engine) act(tctx, ctx context.Context, inv *invocation, sg *fsm.Saga, i
 				return []*fsm.Record{{Kind: fsm.KindStepCompleted, Saga: sg.ID, At: e.now(), Step: i, Output: out}}, nil
 			}
 			next, prev, terr := e.transitionAhead(tctx, sg.ID, done, func(r *run, next *fsm.Saga) {
-				if next.State == fsm.StateInProgress {
+				if next.State == fsm.StateInProgress && !next.Parallel() {
 					// This invocation goes on with the next step.
 					delete(r.calls, i)
 					r.calls[next.Current] = inv
@@ -315,7 +382,9 @@ func (e *Engine) act(tctx, ctx context.Context, inv *invocation, sg *fsm.Saga, i
 			if terr != nil {
 				return i, terr
 			}
-			if next.State != fsm.StateInProgress {
+			if next.State != fsm.StateInProgress || next.Parallel() {
+				// Done, or parallel steps: the kick that follows starts
+				// every step this one made ready.
 				return i, nil
 			}
 			// Never more than one step ahead of the log: the record that
@@ -352,10 +421,13 @@ func (e *Engine) act(tctx, ctx context.Context, inv *invocation, sg *fsm.Saga, i
 	}
 }
 
+// failStep records that step i failed. In the same transition, under the
+// saga's lock, it cancels the saga's other calls: parallel steps still
+// running are now uncertain and compensated (a sequence has none).
 func (e *Engine) failStep(tctx context.Context, id string, i int, ei *fsm.ErrorInfo) error {
-	_, err := e.transition(tctx, id, func(*fsm.Saga) ([]*fsm.Record, error) {
+	_, _, err := e.change(tctx, id, func(*fsm.Saga) ([]*fsm.Record, error) {
 		return []*fsm.Record{{Kind: fsm.KindStepFailed, Saga: id, At: e.now(), Step: i, Err: ei}}, nil
-	})
+	}, false, cancelCalls)
 	return err
 }
 
@@ -381,9 +453,14 @@ func (e *Engine) compensate(tctx, ctx context.Context, inv *invocation, r *run, 
 		if !ok {
 			herr = fmt.Errorf("compensation handler %q is not registered in this process", st.Compensation)
 		} else {
+			release, ok := e.acquire(ctx, st.Compensation)
+			if !ok {
+				return i, nil // closing or the term ended: as above
+			}
 			cctx, cancel := e.callCtx(ctx, st.Timeout)
 			herr = safeHandler(cctx, h, e.call(sg, i, compensation.KindCompensation, st.CompAttempts))
 			cancel()
+			release()
 		}
 		if tctx.Err() != nil {
 			return i, nil // closing or no longer leading: re-run at next Open or by the next leader
@@ -395,14 +472,16 @@ func (e *Engine) compensate(tctx, ctx context.Context, inv *invocation, r *run, 
 			recs := []*fsm.Record{{Kind: fsm.KindCompCompleted, Saga: sg.ID, At: e.now(), Step: i}}
 			// Join "k compensated" with "k-1 compensation started": one fsync.
 			after, aerr := fsm.Apply(cur, recs[0])
-			if aerr == nil && after.State == fsm.StateCompensating {
+			if aerr == nil && after.State == fsm.StateCompensating && !after.Parallel() {
 				j := after.Current
 				recs = append(recs, &fsm.Record{Kind: fsm.KindCompStarted, Saga: sg.ID, At: recs[0].At, Step: j,
 					Attempt: after.Steps[j].CompAttempts + 1})
 			}
 			return recs, nil
 		})
-		if err != nil || next.State != fsm.StateCompensating {
+		if err != nil || next.State != fsm.StateCompensating || next.Parallel() {
+			// Parallel steps: the kick that follows starts every
+			// compensation this one made ready.
 			break
 		}
 		// Go on with the step before, under the same registration.
@@ -581,7 +660,7 @@ func (e *Engine) expire(tctx context.Context, id string) {
 		if cur.State != fsm.StateInProgress {
 			return nil, errNothingToDo
 		}
-		return []*fsm.Record{{Kind: fsm.KindAborted, Saga: id, At: e.now(), Step: cur.Current,
+		return []*fsm.Record{{Kind: fsm.KindAborted, Saga: id, At: e.now(), Step: max(cur.Current, 0),
 			Actor: "engine", Reason: "deadline exceeded"}}, nil
 	}, false, cancelCalls)
 	if err != nil {
@@ -668,19 +747,20 @@ func (e *Engine) resumeAll(tctx context.Context) (resumed, stuckN int, err error
 			continue
 		}
 		resumed++
-		st := sg.Steps[sg.Current]
-		var rec *fsm.Record
-		if sg.Durability == fsm.DurabilityPipelined {
+		var recs []*fsm.Record
+		if sg.Parallel() {
+			recs = e.resumeParallel(sg)
+		} else if st := sg.Steps[sg.Current]; sg.Durability == fsm.DurabilityPipelined {
 			// The step after the current one may have run too, before its
 			// record was durable: both are compensated as uncertain.
 			last := min(sg.Current+1, len(sg.Steps)-1)
-			rec = &fsm.Record{Kind: fsm.KindAborted, Saga: sg.ID, At: e.now(), Step: last, Actor: "recovery",
-				Reason: fmt.Sprintf("step %q (pipelined: and the one after it) was running when the engine stopped (uncertain)", st.Name)}
+			recs = []*fsm.Record{{Kind: fsm.KindAborted, Saga: sg.ID, At: e.now(), Step: last, Actor: "recovery",
+				Reason: fmt.Sprintf("step %q (pipelined: and the one after it) was running when the engine stopped (uncertain)", st.Name)}}
 		} else if st.OnUncertain == fsm.UncertainRetry {
-			rec = &fsm.Record{Kind: fsm.KindStepStarted, Saga: sg.ID, At: e.now(), Step: sg.Current, Attempt: st.Attempts + 1}
+			recs = []*fsm.Record{{Kind: fsm.KindStepStarted, Saga: sg.ID, At: e.now(), Step: sg.Current, Attempt: st.Attempts + 1}}
 		} else {
-			rec = &fsm.Record{Kind: fsm.KindAborted, Saga: sg.ID, At: e.now(), Step: sg.Current,
-				Actor: "recovery", Reason: fmt.Sprintf("step %q was running when the engine stopped (uncertain)", st.Name)}
+			recs = []*fsm.Record{{Kind: fsm.KindAborted, Saga: sg.ID, At: e.now(), Step: sg.Current,
+				Actor: "recovery", Reason: fmt.Sprintf("step %q was running when the engine stopped (uncertain)", st.Name)}}
 		}
 		// Proposed concurrently: one group commit covers them all.
 		id := sg.ID
@@ -690,7 +770,7 @@ func (e *Engine) resumeAll(tctx context.Context) (resumed, stuckN int, err error
 					if cur.Seq != sg.Seq {
 						return nil, nil // moved meanwhile (an abort, a deadline): nothing uncertain left
 					}
-					return []*fsm.Record{rec}, nil
+					return recs, nil
 				})
 				switch {
 				case err == nil:
@@ -712,4 +792,26 @@ func (e *Engine) resumeAll(tctx context.Context) (resumed, stuckN int, err error
 		})
 	}
 	return resumed, stuckN, nil
+}
+
+// resumeParallel is what recovery records for a DAG saga whose steps were
+// running: a new attempt of each if every one of them says retry, else an
+// abort that compensates them all as uncertain (one running step that
+// must not run twice decides for the saga).
+func (e *Engine) resumeParallel(sg *fsm.Saga) []*fsm.Record {
+	var recs []*fsm.Record
+	var names []string
+	retry := true
+	now := e.now()
+	for _, i := range sg.Running() {
+		st := sg.Steps[i]
+		names = append(names, strconv.Quote(st.Name))
+		retry = retry && st.OnUncertain == fsm.UncertainRetry
+		recs = append(recs, &fsm.Record{Kind: fsm.KindStepStarted, Saga: sg.ID, At: now, Step: i, Attempt: st.Attempts + 1})
+	}
+	if retry {
+		return recs
+	}
+	return []*fsm.Record{{Kind: fsm.KindAborted, Saga: sg.ID, At: now, Actor: "recovery",
+		Reason: fmt.Sprintf("parallel steps %s were running when the engine stopped (uncertain)", strings.Join(names, ", "))}}
 }

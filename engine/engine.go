@@ -121,7 +121,10 @@ type Engine struct {
 	// into; removed by Close.
 	scratch string
 
-	wq       writerQueue // the single-node commit path (commit.go)
+	wq writerQueue // the single-node commit path (commit.go)
+	// limits holds a semaphore per handler name of
+	// Options.HandlerConcurrency; fixed at Open.
+	limits   map[string]chan struct{}
 	ckpt     chan struct{}
 	ckptDone chan struct{}
 
@@ -212,6 +215,7 @@ func Open(dir string, opts Options) (*Engine, error) {
 		opts:     opts,
 		lock:     lock,
 		runs:     map[string]*run{},
+		limits:   handlerLimits(opts.HandlerConcurrency),
 		watchers: map[string][]chan *fsm.Saga{},
 		ckpt:     make(chan struct{}, 1),
 		ckptDone: make(chan struct{}),

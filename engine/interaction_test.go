@@ -37,6 +37,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -88,6 +89,9 @@ type ixHarness struct {
 	epoch time.Time
 	reg   *compensation.Registry
 	names map[string]bool // registered handler and action names
+	// parallel holds the definitions with parallel steps and their
+	// sagas: their events are sorted, having no order of their own.
+	parallel map[string]bool
 
 	e       *Engine
 	log     *ixLog // single-node mode: the current log wrapper
@@ -152,7 +156,7 @@ func newIxHarness(t *testing.T, mode string) *ixHarness {
 	h := &ixHarness{
 		t: t, mode: mode, dir: t.TempDir(), ctx: ctx,
 		clk: &ixClock{fc: fakeclock.New(epoch)}, epoch: epoch,
-		reg: compensation.NewRegistry(), names: map[string]bool{},
+		reg: compensation.NewRegistry(), names: map[string]bool{}, parallel: map[string]bool{},
 		runs: map[string]*ixRun{}, pending: map[*ixCall]bool{}, gids: map[uint64]string{},
 	}
 	if mode == ixReplicated {
@@ -276,7 +280,13 @@ func (h *ixHarness) withEvents(out string) string {
 	evs := h.events
 	h.events = nil
 	h.mu.Unlock()
-	sort.SliceStable(evs, func(i, j int) bool { return evs[i].saga < evs[j].saga })
+	sort.SliceStable(evs, func(i, j int) bool {
+		if evs[i].saga != evs[j].saga {
+			return evs[i].saga < evs[j].saga
+		}
+		// Parallel steps: calls start and end in no order of their own.
+		return h.parallel[evs[i].saga] && evs[i].text < evs[j].text
+	})
 	var b strings.Builder
 	b.WriteString(out)
 	for _, ev := range evs {
@@ -405,6 +415,8 @@ func (h *ixHarness) define(t *testing.T, d *datadriven.TestData) string {
 				sd.CompensationRetry.Multiplier = flt()
 			case "timeout":
 				sd.Timeout = ixDuration(t, v)
+			case "after":
+				sd.After = strings.Split(v, ",")
 			case "on_uncertain":
 				switch v {
 				case "retry":
@@ -430,6 +442,9 @@ func (h *ixHarness) define(t *testing.T, d *datadriven.TestData) string {
 	got, err := h.e.Define(h.ctx, def)
 	if err != nil {
 		return ixErr(err)
+	}
+	if fsm.Parallel(def.Steps) {
+		h.parallel["def:"+def.Name] = true
 	}
 	return fmt.Sprintf("%s v%d", got.Name, got.Version)
 }
@@ -507,6 +522,7 @@ func (h *ixHarness) run(t *testing.T, d *datadriven.TestData) string {
 	input, _ := ixArg(d, "input")
 	o := h.startOptions(t, d, id)
 	h.know(id)
+	h.parallel[id] = h.parallel["def:"+def]
 	ctx, cancel := context.WithCancel(h.ctx)
 	r := &ixRun{cancel: cancel, done: make(chan struct{})}
 	h.runs[id] = r
@@ -533,6 +549,7 @@ func (h *ixHarness) start(t *testing.T, d *datadriven.TestData) string {
 	def, _ := ixArg(d, "def")
 	input, _ := ixArg(d, "input")
 	h.know(id)
+	h.parallel[id] = h.parallel["def:"+def]
 	got, err := h.e.Start(h.ctx, def, []byte(input), h.startOptions(t, d, id))
 	if err != nil {
 		return ixErr(err)
@@ -680,6 +697,9 @@ func (h *ixHarness) status(t *testing.T, d *datadriven.TestData) string {
 		}
 		if s.Uncertain {
 			b.WriteString(" uncertain")
+		}
+		if s.Stuck {
+			b.WriteString(" stuck")
 		}
 		if len(s.Output) > 0 {
 			fmt.Fprintf(&b, " output=%s", s.Output)
@@ -1022,13 +1042,9 @@ func (h *ixHarness) quiescent() (ok bool, why string) {
 	now := h.clk.Now()
 
 	h.mu.Lock()
-	handlers := map[string]*ixCall{} // by saga
+	handlers := map[string][]*ixCall{} // by saga
 	for c := range h.pending {
-		if o := handlers[c.c.SagaID]; o != nil {
-			h.mu.Unlock()
-			return false, fmt.Sprintf("two handlers of %s blocked: %s and %s", c.c.SagaID, o, c)
-		}
-		handlers[c.c.SagaID] = c
+		handlers[c.c.SagaID] = append(handlers[c.c.SagaID], c)
 	}
 	type timerCount struct{ action, undo, timeout int }
 	timers := map[string]*timerCount{}
@@ -1104,17 +1120,27 @@ func (h *ixHarness) quiescent() (ok bool, why string) {
 		}
 		var want []work
 		if leading {
-			want = due(sg, 0)
+			want = due(sg, nil, math.MaxInt)
+		}
+		if leading && sg.Parallel() && sg.State == fsm.StateStuck {
+			// Compensations of other branches in flight when the saga
+			// went STUCK finish their attempt; nothing new starts.
+			for _, k := range inFlight {
+				if st := sg.Steps[k]; st.Status == fsm.StepCompensating && !st.Stuck {
+					want = append(want, work{step: k, kind: compensation.KindCompensation})
+				}
+			}
 		}
 		slices.Sort(inFlight)
 		var wantSteps []int
 		for _, w := range want {
 			wantSteps = append(wantSteps, w.step)
 		}
+		slices.Sort(wantSteps)
 		if !slices.Equal(inFlight, wantSteps) {
 			return false, fmt.Sprintf("%s (%s): invocations in flight for steps %v, its state calls for %v", id, sg.State, inFlight, wantSteps)
 		}
-		hc := handlers[id]
+		hcs := handlers[id]
 		delete(handlers, id)
 		tc := timers[id]
 		delete(timers, id)
@@ -1122,44 +1148,53 @@ func (h *ixHarness) quiescent() (ok bool, why string) {
 			tc = &timerCount{}
 		}
 		if len(want) == 0 {
-			if hc != nil {
-				return false, fmt.Sprintf("%s: handler %s blocked, but nothing is due", id, hc)
+			if len(hcs) > 0 {
+				return false, fmt.Sprintf("%s: handler %s blocked, but nothing is due", id, hcs[0])
 			}
 			if *tc != (timerCount{}) {
 				return false, fmt.Sprintf("%s: timers pending, but nothing is due: %+v", id, *tc)
 			}
 			continue
 		}
-		w := want[0]
-		st := sg.Steps[w.step]
-		attempt := st.Attempts
-		if w.kind == compensation.KindCompensation {
-			attempt = st.CompAttempts
+		// Each call due is in a handler (with its step timeout's timer)
+		// or sleeping on its backoff; nothing else is pending.
+		for _, w := range want {
+			st := sg.Steps[w.step]
+			attempt := st.Attempts
+			if w.kind == compensation.KindCompensation {
+				attempt = st.CompAttempts
+			}
+			k := slices.IndexFunc(hcs, func(hc *ixCall) bool {
+				return hc.c.StepIndex == w.step && hc.c.Kind == w.kind && hc.c.Attempt == attempt
+			})
+			switch {
+			case k >= 0:
+				hcs = slices.Delete(hcs, k, k+1)
+				if st.Timeout > 0 {
+					tc.timeout--
+				}
+			case !wake && w.kind == compensation.KindAction && tc.action > 0:
+				tc.action-- // sleeping on its backoff
+			case !wake && w.kind == compensation.KindCompensation && tc.undo > 0:
+				tc.undo--
+			case held > 0 && sg.Current-stored.Current >= 2:
+				// Pipelined: waits for the held record that began the step
+				// before (never more than one step ahead of the log).
+			case len(hcs) > 0:
+				return false, fmt.Sprintf("%s: handler %s blocked, but the state calls for %s of step %d attempt %d", id, hcs[0], w.kind, w.step, attempt)
+			default:
+				return false, fmt.Sprintf("%s: its %s of step %d is neither in a handler nor backing off (timers %+v)", id, w.kind, w.step, *tc)
+			}
 		}
-		switch {
-		case hc != nil:
-			if hc.c.StepIndex != w.step || hc.c.Kind != w.kind || hc.c.Attempt != attempt {
-				return false, fmt.Sprintf("%s: handler %s blocked, but the state calls for %s of step %d attempt %d", id, hc, w.kind, w.step, attempt)
-			}
-			wantTimeout := 0
-			if st.Timeout > 0 {
-				wantTimeout = 1
-			}
-			if tc.timeout != wantTimeout || tc.action+tc.undo != 0 {
-				return false, fmt.Sprintf("%s: handler %s blocked with timers %+v", id, hc, *tc)
-			}
-		case !wake && tc.timeout == 0 && ((w.kind == compensation.KindAction && tc.action == 1 && tc.undo == 0) ||
-			(w.kind == compensation.KindCompensation && tc.undo == 1 && tc.action == 0)):
-			// Sleeping on its backoff.
-		case held > 0 && sg.Current-stored.Current >= 2:
-			// Pipelined: waits for the held record that began the step
-			// before (never more than one step ahead of the log).
-		default:
-			return false, fmt.Sprintf("%s: its %s of step %d is neither in a handler nor backing off (timers %+v)", id, w.kind, w.step, *tc)
+		if len(hcs) > 0 {
+			return false, fmt.Sprintf("%s: handler %s blocked, but nothing calls for it", id, hcs[0])
+		}
+		if *tc != (timerCount{}) {
+			return false, fmt.Sprintf("%s: handlers blocked with timers %+v left over", id, *tc)
 		}
 	}
-	for id, hc := range handlers {
-		return false, fmt.Sprintf("%s: handler %s blocked for a saga not checked", id, hc)
+	for id, hcs := range handlers {
+		return false, fmt.Sprintf("%s: handler %s blocked for a saga not checked", id, hcs[0])
 	}
 	for id, tc := range timers {
 		return false, fmt.Sprintf("%s: timers %+v pending for a saga not checked", id, *tc)

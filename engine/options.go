@@ -4,7 +4,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"math/rand/v2"
+	"slices"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2/vfs"
@@ -37,6 +39,16 @@ type Options struct {
 	// DefaultActionRetry applies to steps whose definition sets no action
 	// retry policy. Default compensation.DefaultActionPolicy(): one attempt.
 	DefaultActionRetry compensation.Policy
+
+	// MaxParallelSteps bounds the handler calls in flight at once for one
+	// saga with parallel steps (after): ready steps beyond it wait for a
+	// call to end. Default 16.
+	MaxParallelSteps int
+	// HandlerConcurrency bounds, per action or compensation handler name,
+	// the calls of it in flight at once across every saga of the engine
+	// (a remote service that must not be flooded, after a restart with
+	// many sagas to resume, say). Names not in the map are unbounded.
+	HandlerConcurrency map[string]int
 
 	// MaxBatch bounds the records in one group commit (one log fsync).
 	// Default 4096.
@@ -100,6 +112,9 @@ func (o *Options) EnsureDefaults() {
 	if o.MaxBatch <= 0 {
 		o.MaxBatch = 4096
 	}
+	if o.MaxParallelSteps <= 0 {
+		o.MaxParallelSteps = 16
+	}
 	if o.CheckpointEvery == 0 {
 		o.CheckpointEvery = 1 << 18
 	}
@@ -117,6 +132,14 @@ func (o *Options) EnsureDefaults() {
 // error, never replaced by the default.
 func (o *Options) Validate() error {
 	var errs []error
+	if o.MaxParallelSteps < 0 {
+		errs = append(errs, fmt.Errorf("MaxParallelSteps %d is negative", o.MaxParallelSteps))
+	}
+	for _, name := range slices.Sorted(maps.Keys(o.HandlerConcurrency)) {
+		if n := o.HandlerConcurrency[name]; n <= 0 {
+			errs = append(errs, fmt.Errorf("HandlerConcurrency[%q] is %d: a bound must be positive (leave the name out for none)", name, n))
+		}
+	}
 	if o.MaxBatch < 0 {
 		errs = append(errs, fmt.Errorf("MaxBatch %d is negative", o.MaxBatch))
 	}

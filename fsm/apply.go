@@ -47,6 +47,14 @@ func transition(n *Saga, r *Record) error {
 	illegal := func(why string, a ...any) error {
 		return &TransitionError{Saga: n.ID, Kind: r.Kind, State: n.State, Step: r.Step, Reason: fmt.Sprintf(why, a...)}
 	}
+	if n.parallel() {
+		if err := dagTransition(n, r, illegal); err != nil {
+			return err
+		}
+		n.Seq++
+		n.UpdatedAt = r.At
+		return nil
+	}
 	// Checks shared by every per-step record.
 	needStep := func(st SagaState) error {
 		if n.State != st {
@@ -245,6 +253,10 @@ func startWith(r *Record, plan []StepDef) *Saga {
 	for i := range plan {
 		s.Steps[i].StepDef = &plan[i]
 	}
+	if Parallel(plan) {
+		startDAG(s, r.At)
+		return s
+	}
 	runStep(&s.Steps[0], r.At)
 	return s
 }
@@ -281,10 +293,14 @@ func nextCompensation(n *Saga, at int64) {
 }
 
 // Pending reports the compensations still to run for a saga, in the order
-// they will run.
+// they will run (for a DAG saga: those ready now first; several run at
+// once).
 func Pending(s *Saga) []int {
 	if s.State != StateCompensating && s.State != StateStuck {
 		return nil
+	}
+	if s.parallel() {
+		return pendingDAG(s)
 	}
 	var out []int
 	for i := s.Current; i >= 0; i-- {

@@ -103,8 +103,14 @@ func parseSteps(t *testing.T, d *datadriven.TestData) []StepDef {
 	}
 	var out []StepDef
 	for _, v := range arg.Vals {
-		name, comp, _ := strings.Cut(v, ":")
-		out = append(out, StepDef{Name: name, Compensation: comp})
+		// name:compensation[:after+after...]
+		name, rest, _ := strings.Cut(v, ":")
+		comp, after, _ := strings.Cut(rest, ":")
+		sd := StepDef{Name: name, Compensation: comp}
+		if after != "" {
+			sd.After = strings.Split(after, "+")
+		}
+		out = append(out, sd)
 	}
 	return out
 }
@@ -125,6 +131,9 @@ func describe(s *Saga) string {
 		}
 		if st.Uncertain {
 			b.WriteString(" uncertain")
+		}
+		if st.Stuck {
+			b.WriteString(" stuck")
 		}
 		if st.Compensation == "" {
 			b.WriteString(" (no compensation)")

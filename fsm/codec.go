@@ -531,7 +531,12 @@ func (p *RetryPolicy) decodeFrom(rr *rd) {
 func (s *StepDef) EncodeMsgpack(e *msgpack.Encoder) error { return encodeTo(e, s) }
 
 func (s *StepDef) appendMsgpack(w *enc) {
-	w.arr(7)
+	// After is written only when set: see Definition.appendMsgpack.
+	if len(s.After) > 0 {
+		w.arr(8)
+	} else {
+		w.arr(7)
+	}
 	w.str(s.Name)
 	w.str(s.Compensation)
 	w.str(s.Action)
@@ -539,6 +544,12 @@ func (s *StepDef) appendMsgpack(w *enc) {
 	w.value(&s.CompensationRetry, false)
 	w.i64(int64(s.Timeout))
 	w.u64(uint64(s.OnUncertain))
+	if len(s.After) > 0 {
+		w.arr(len(s.After))
+		for _, a := range s.After {
+			w.str(a)
+		}
+	}
 }
 
 // DecodeMsgpack implements msgpack.CustomDecoder.
@@ -557,6 +568,12 @@ func (s *StepDef) decodeFrom(rr *rd) {
 	}
 	r.dur(&s.Timeout)
 	r.u8((*uint8)(&s.OnUncertain))
+	if n := r.arrayLen(); n > 0 {
+		s.After = make([]string, 0, min(n, 256))
+		for j := 0; j < n && r.r.err == nil; j++ {
+			s.After = append(s.After, r.r.string())
+		}
+	}
 	r.done()
 }
 
@@ -730,7 +747,11 @@ func (rec *Record) decodeFrom(rr *rd) {
 func (st *Step) EncodeMsgpack(e *msgpack.Encoder) error { return encodeTo(e, st) }
 
 func (st *Step) appendMsgpack(w *enc) {
-	w.arr(13)
+	if st.Stuck {
+		w.arr(14) // written only when set: see Definition.appendMsgpack
+	} else {
+		w.arr(13)
+	}
 	w.value(st.StepDef, st.StepDef == nil)
 	w.u64(uint64(st.Status))
 	w.bool(st.Uncertain)
@@ -744,6 +765,9 @@ func (st *Step) appendMsgpack(w *enc) {
 	w.i64(st.CompRoundStart)
 	w.value(st.CompErr, st.CompErr == nil)
 	w.i64(st.CompEndedAt)
+	if st.Stuck {
+		w.bool(true)
+	}
 }
 
 // DecodeMsgpack implements msgpack.CustomDecoder.
@@ -773,6 +797,7 @@ func (st *Step) decodeFrom(rr *rd) {
 		st.CompErr.decodeFrom(r.r)
 	}
 	r.i64(&st.CompEndedAt)
+	r.bool(&st.Stuck)
 	r.done()
 }
 

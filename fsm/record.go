@@ -208,6 +208,12 @@ func (d *Definition) Validate() error {
 			}
 		}
 	}
+	if Parallel(d.Steps) {
+		probs = append(probs, dagProblems(d.Steps)...)
+		if d.Durability == DurabilityPipelined {
+			probs = append(probs, "pipelined durability is for sequences: a definition with dependencies (after) is strict")
+		}
+	}
 	if len(probs) == 0 {
 		return nil
 	}

@@ -1041,6 +1041,9 @@ func (s *Store) LatestDefinition(name string) (*Definition, error) {
 func (d *Definition) copy() *Definition {
 	c := *d
 	c.Steps = append([]StepDef(nil), d.Steps...)
+	for i := range c.Steps {
+		c.Steps[i].After = slices.Clone(c.Steps[i].After)
+	}
 	return &c
 }
 

@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"slices"
 	"time"
 )
 
@@ -194,6 +195,11 @@ type StepDef struct {
 	Timeout time.Duration `json:"timeout,omitempty"`
 	// OnUncertain is what recovery does when the step was running.
 	OnUncertain UncertainPolicy `json:"on_uncertain,omitempty"`
+	// After names the steps that must be done before this one starts. A
+	// definition in which no step has After is a sequence, each step
+	// after the one before; one in which any step has After is a DAG, and
+	// a step without After starts with the saga. See dag.go.
+	After []string `json:"after,omitempty"`
 }
 
 // Definition is a durable, versioned saga type.
@@ -245,6 +251,9 @@ type Step struct {
 	CompRoundStart int64
 	CompErr        *ErrorInfo
 	CompEndedAt    int64
+	// Stuck marks a step of a DAG saga whose compensation exhausted its
+	// budget (a sequence's stuck step is its Current).
+	Stuck bool
 }
 
 // Saga is the applied state of one saga.
@@ -295,6 +304,7 @@ func (s *Saga) DeepCopy() *Saga {
 		st := &c.Steps[i]
 		if st.StepDef != nil {
 			d := *st.StepDef
+			d.After = slices.Clone(d.After)
 			st.StepDef = &d
 		}
 		st.Output = bytes.Clone(st.Output)

@@ -1,0 +1,200 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/sagaengine/saga/compensation"
+	"github.com/sagaengine/saga/fsm"
+)
+
+// fanOut is a definition: root, then n branches after it, then join after
+// every branch.
+func fanOut(name string, n int) Definition {
+	d := Definition{Name: name, Steps: []StepDef{{Name: "root", Action: "act", Compensation: "undo"}}}
+	var branches []string
+	for i := range n {
+		b := fmt.Sprintf("b%d", i)
+		branches = append(branches, b)
+		d.Steps = append(d.Steps, StepDef{Name: b, Action: "act", Compensation: "undo", After: []string{"root"}})
+	}
+	d.Steps = append(d.Steps, StepDef{Name: "join", Action: "act", Compensation: "undo", After: branches})
+	return d
+}
+
+// gate is an action that holds every call of a branch until want of them
+// are in at once: it proves they run concurrently (a sequence would
+// deadlock; the test context's deadline turns that into a failure).
+type gate struct {
+	mu      sync.Mutex
+	in, max int
+	want    int
+	all     chan struct{}
+	undone  []string
+	fail    string
+}
+
+func (g *gate) act(ctx context.Context, c compensation.Call) ([]byte, error) {
+	if c.Step == g.fail {
+		return nil, compensation.Permanent(errors.New("refused"))
+	}
+	if !strings.HasPrefix(c.Step, "b") {
+		return []byte(c.Step), nil
+	}
+	g.mu.Lock()
+	g.in++
+	g.max = max(g.max, g.in)
+	if g.in == g.want {
+		close(g.all)
+	}
+	g.mu.Unlock()
+	defer func() { g.mu.Lock(); g.in--; g.mu.Unlock() }()
+	select {
+	case <-g.all:
+		return []byte(c.Step), nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+func (g *gate) undo(_ context.Context, c compensation.Call) error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.undone = append(g.undone, c.Step)
+	return nil
+}
+
+func gateRegistry(t *testing.T, g *gate) *compensation.Registry {
+	reg := compensation.NewRegistry()
+	must(t, reg.RegisterAction("act", g.act))
+	must(t, reg.Register("undo", g.undo))
+	return reg
+}
+
+func TestParallelBranchesRunAtOnceAndJoinWaitsForAll(t *testing.T) {
+	g := &gate{want: 8, all: make(chan struct{})}
+	e := openT(t, t.TempDir(), Options{Registry: gateRegistry(t, g)})
+	defer e.Close()
+	_, err := e.Define(ctx, fanOut("fan", 8))
+	must(t, err)
+	st, err := e.Run(ctx, "fan", nil, StartOptions{})
+	must(t, err)
+	if st.State != fsm.StateCompleted || g.max != 8 {
+		t.Fatalf("state %s, at most %d branches at once; want COMPLETED with 8", st.State, g.max)
+	}
+	join := st.Saga.Steps[len(st.Saga.Steps)-1]
+	for _, s := range st.Saga.Steps[1:9] {
+		if s.EndedAt > join.StartedAt {
+			t.Fatalf("join started at %d, before branch %s ended at %d", join.StartedAt, s.Name, s.EndedAt)
+		}
+	}
+}
+
+func TestParallelStepsRespectTheSagaAndHandlerBounds(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		opts Options
+		want int
+	}{
+		{"per saga", Options{MaxParallelSteps: 3}, 3},
+		{"per handler", Options{HandlerConcurrency: map[string]int{"act": 2}}, 2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var mu sync.Mutex
+			in, peak := 0, 0
+			reg := compensation.NewRegistry()
+			must(t, reg.RegisterAction("act", func(context.Context, compensation.Call) ([]byte, error) {
+				mu.Lock()
+				in++
+				peak = max(peak, in)
+				mu.Unlock()
+				// Let the others in if the bound allows them.
+				for range 50 {
+					mu.Lock()
+					full := in >= tc.want+1
+					mu.Unlock()
+					if full {
+						break
+					}
+					waitBriefly()
+				}
+				mu.Lock()
+				in--
+				mu.Unlock()
+				return nil, nil
+			}))
+			must(t, reg.Register("undo", func(context.Context, compensation.Call) error { return nil }))
+			tc.opts.Registry = reg
+			e := openT(t, t.TempDir(), tc.opts)
+			defer e.Close()
+			_, err := e.Define(ctx, fanOut("fan", 8))
+			must(t, err)
+			st, err := e.Run(ctx, "fan", nil, StartOptions{})
+			must(t, err)
+			if st.State != fsm.StateCompleted || peak > tc.want {
+				t.Fatalf("state %s, peak %d calls at once; want COMPLETED and at most %d", st.State, peak, tc.want)
+			}
+		})
+	}
+}
+
+func TestAFailingBranchCompensatesDependentsFirst(t *testing.T) {
+	g := &gate{want: 1 << 30, all: make(chan struct{}), fail: "join"}
+	close(g.all)
+	e := openT(t, t.TempDir(), Options{Registry: gateRegistry(t, g)})
+	defer e.Close()
+	_, err := e.Define(ctx, fanOut("fan", 4))
+	must(t, err)
+	st, err := e.Run(ctx, "fan", nil, StartOptions{})
+	must(t, err)
+	if st.State != fsm.StateFailed {
+		t.Fatalf("state %s", st.State)
+	}
+	if len(g.undone) != 5 || g.undone[4] != "root" {
+		t.Fatalf("compensated %v: want the 4 branches, then root", g.undone)
+	}
+	if len(st.Compensated) != 5 || st.Compensated[4] != "root" {
+		t.Fatalf("status lists the compensated steps as %v", st.Compensated)
+	}
+}
+
+func TestParallelDefinitionsAreValidatedAndRunStrict(t *testing.T) {
+	g := &gate{}
+	e := openT(t, t.TempDir(), Options{Registry: gateRegistry(t, g)})
+	defer e.Close()
+	bad := Definition{Name: "bad", Steps: []StepDef{
+		{Name: "a", Action: "act", After: []string{"c"}},
+		{Name: "b", Action: "act", After: []string{"nope"}},
+		{Name: "c", Action: "act", After: []string{"a"}},
+	}}
+	_, err := e.Define(ctx, bad)
+	var de *fsm.DefinitionError
+	if !errors.As(err, &de) || len(de.Problems) != 2 {
+		t.Fatalf("Define: %v; want the unknown name and the cycle", err)
+	}
+	if _, err := e.Definition(ctx, "bad", 0); !errors.Is(err, fsm.ErrUnknownDefinition) {
+		t.Fatalf("a refused definition was stored: %v", err)
+	}
+	_, err = e.Define(ctx, fanOut("fan", 2))
+	must(t, err)
+	p := DurabilityPipelined
+	if _, err := e.Start(ctx, "fan", nil, StartOptions{Durability: &p}); !errors.Is(err, ErrInvalidArgument) {
+		t.Fatalf("a pipelined start of parallel steps: %v", err)
+	}
+	n, err := e.store.Count()
+	must(t, err)
+	for s, c := range n {
+		if c != 0 {
+			t.Fatalf("a refused start left %d sagas %s", c, s)
+		}
+	}
+}
+
+// waitBriefly yields for the other calls to arrive: a bounded number of
+// yields, not a timing assumption (a call that never comes costs them).
+func waitBriefly() { runtime.Gosched() }
