@@ -129,6 +129,27 @@ func resumeAction(sg *fsm.Saga) string {
 	case fsm.StateStuck:
 		return "wait for an operator (retry or resolve " + sg.Steps[sg.Current].Name + ")"
 	}
+	if sg.Parallel() {
+		running := sg.Running()
+		retry := true
+		for _, i := range running {
+			retry = retry && sg.Steps[i].OnUncertain == fsm.UncertainRetry
+		}
+		switch {
+		case !sg.Driven:
+			return "wait for the caller (steps " + names(running) + ")"
+		case retry:
+			return "retry uncertain steps " + names(running)
+		default:
+			var done []int
+			for i := len(sg.Steps) - 1; i >= 0; i-- {
+				if s := sg.Steps[i]; s.Compensation != "" && (s.Status == fsm.StepDone || s.Status == fsm.StepRunning) {
+					done = append(done, i)
+				}
+			}
+			return "abort: compensate " + names(done) + " (" + names(running) + " uncertain)"
+		}
+	}
 	st := sg.Steps[sg.Current]
 	switch {
 	case !sg.Driven:

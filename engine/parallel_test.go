@@ -198,3 +198,27 @@ func TestParallelDefinitionsAreValidatedAndRunStrict(t *testing.T) {
 // waitBriefly yields for the other calls to arrive: a bounded number of
 // yields, not a timing assumption (a call that never comes costs them).
 func waitBriefly() { runtime.Gosched() }
+
+func TestResumptionsNameTheRunningParallelSteps(t *testing.T) {
+	g := &gate{}
+	e := openT(t, t.TempDir(), Options{Registry: gateRegistry(t, g)})
+	defer e.Close()
+	d := fanOut("fan", 2)
+	for i := range d.Steps {
+		d.Steps[i].Action = ""
+	}
+	_, err := e.Define(ctx, d)
+	must(t, err)
+	id, err := e.Start(ctx, "fan", nil, StartOptions{})
+	must(t, err)
+	_, err = e.Advance(ctx, id, StepResult{Step: "root"})
+	must(t, err)
+	rs, err := e.Resumptions(ctx)
+	must(t, err)
+	if len(rs) != 1 || rs[0].Action != "wait for the caller (steps b0, b1)" {
+		t.Fatalf("resumptions %+v", rs)
+	}
+	if got := rs[0].Status.Running; len(got) != 2 || rs[0].Status.CurrentStep != "b0, b1" {
+		t.Fatalf("status: running %v, current %q", got, rs[0].Status.CurrentStep)
+	}
+}
