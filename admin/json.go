@@ -14,6 +14,8 @@ type SagaJSON struct {
 	Version     int        `json:"version"`
 	State       string     `json:"state"`
 	CurrentStep string     `json:"current_step,omitempty"`
+	Running     []string   `json:"running,omitempty"`
+	Parallel    bool       `json:"parallel,omitempty"`
 	Completed   []string   `json:"completed"`
 	Compensated []string   `json:"compensated"`
 	Pending     []string   `json:"pending_compensations,omitempty"`
@@ -38,16 +40,33 @@ type StepJSON struct {
 	Error                string `json:"error,omitempty"`
 	CompensationError    string `json:"compensation_error,omitempty"`
 	Duration             string `json:"duration,omitempty"`
+	// After lists the steps this one waits for (parallel steps).
+	After []string `json:"after,omitempty"`
+	// Stuck marks a parallel step whose compensation exhausted its budget.
+	Stuck         bool       `json:"stuck,omitempty"`
+	StartedAt     *time.Time `json:"started_at,omitempty"`
+	EndedAt       *time.Time `json:"ended_at,omitempty"`
+	CompensatedAt *time.Time `json:"compensated_at,omitempty"`
+}
+
+func jsonTime(ns int64) *time.Time {
+	if ns <= 0 {
+		return nil
+	}
+	t := time.Unix(0, ns).UTC()
+	return &t
 }
 
 // NewSagaJSON converts a status.
 func NewSagaJSON(st *engine.Status) SagaJSON {
 	j := SagaJSON{ID: st.ID, Definition: st.Definition, Version: st.Version, State: st.State.String(),
 		CurrentStep: st.CurrentStep, Completed: nonNil(st.Completed), Compensated: nonNil(st.Compensated),
-		Pending: st.Pending, User: st.User, CreatedAt: st.CreatedAt.UTC(), UpdatedAt: st.UpdatedAt.UTC()}
+		Pending: st.Pending, User: st.User, CreatedAt: st.CreatedAt.UTC(), UpdatedAt: st.UpdatedAt.UTC(),
+		Running: st.Running}
 	j.Durability = engine.DurabilityStrict.String()
 	if st.Saga != nil {
 		j.Driven, j.Durability = st.Saga.Driven, st.Saga.Durability.String()
+		j.Parallel = st.Saga.Parallel()
 	}
 	if st.LastError != nil {
 		j.LastError = st.LastError.Error()
@@ -68,7 +87,8 @@ func NewSagaJSON(st *engine.Status) SagaJSON {
 	}
 	for _, s := range st.Steps {
 		sj := StepJSON{Name: s.Name, Status: s.Status.String(), Compensation: s.Compensation, Attempts: s.Attempts,
-			CompensationAttempts: s.CompAttempts, Uncertain: s.Uncertain}
+			CompensationAttempts: s.CompAttempts, Uncertain: s.Uncertain, After: s.After, Stuck: s.Stuck,
+			StartedAt: jsonTime(s.StartedAt), EndedAt: jsonTime(s.EndedAt), CompensatedAt: jsonTime(s.CompEndedAt)}
 		if s.Err != nil {
 			sj.Error = s.Err.Error()
 		}

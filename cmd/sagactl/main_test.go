@@ -134,6 +134,11 @@ func seedMain() int {
 		{Name: "stucky", Steps: []engine.StepDef{{Name: "pay", Action: "ok", Compensation: "undo_broken",
 			CompensationRetry: engine.RetryPolicy{MaxAttempts: 1}}, {Name: "ship", Action: "boom"}}},
 		{Name: "manual", Steps: []engine.StepDef{{Name: "upload", Compensation: "undo"}, {Name: "parse"}}},
+		// The seed plan's data mapping: both sides analyzed at once.
+		{Name: "mapping", Steps: []engine.StepDef{{Name: "fetch", Action: "ok", Compensation: "undo"},
+			{Name: "analyze_source", Action: "ok", Compensation: "undo", After: []string{"fetch"}},
+			{Name: "analyze_target", Action: "ok", Compensation: "undo", After: []string{"fetch"}},
+			{Name: "map", Action: "boom", After: []string{"analyze_source", "analyze_target"}}}},
 	}
 	for _, d := range defs {
 		if _, err := e.Define(ctx, d); err != nil {
@@ -147,7 +152,7 @@ func seedMain() int {
 			return 1
 		}
 	}
-	for _, r := range []struct{ def, id string }{{"failing", "failed-1"}, {"stucky", "stuck-1"}} {
+	for _, r := range []struct{ def, id string }{{"failing", "failed-1"}, {"stucky", "stuck-1"}, {"mapping", "mapping-1"}} {
 		if _, err := e.Run(ctx, r.def, nil, engine.StartOptions{ID: r.id}); err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			return 1

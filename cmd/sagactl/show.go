@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"net/url"
+	"strings"
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
@@ -40,8 +41,15 @@ func newShow(g *globals) *cobra.Command {
 			if len(s.Pending) > 0 {
 				fmt.Fprintf(g.out, "pending compensations: %v\n", s.Pending)
 			}
+			if s.Parallel {
+				fmt.Fprintf(g.out, "flow: %s\n", flow(s.Steps))
+			}
 			w := tabwriter.NewWriter(g.out, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(w, "\nSTEP\tSTATUS\tATTEMPTS\tCOMPENSATION\tCOMP. ATTEMPTS\tDURATION\tERROR")
+			after := ""
+			if s.Parallel {
+				after = "\tAFTER"
+			}
+			fmt.Fprintln(w, "\nSTEP"+after+"\tSTATUS\tATTEMPTS\tCOMPENSATION\tCOMP. ATTEMPTS\tDURATION\tERROR")
 			for _, st := range s.Steps {
 				errText := st.Error
 				if st.CompensationError != "" && st.Status != "compensated" {
@@ -57,7 +65,14 @@ func newShow(g *globals) *cobra.Command {
 				case st.Uncertain:
 					status += " (uncertain)"
 				}
-				fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%d\t%s\t%s\n", st.Name, status, st.Attempts, dash(st.Compensation),
+				if st.Stuck {
+					status += " (stuck)"
+				}
+				name := st.Name
+				if s.Parallel {
+					name += "\t" + dash(strings.Join(st.After, ","))
+				}
+				fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%d\t%s\t%s\n", name, status, st.Attempts, dash(st.Compensation),
 					st.CompensationAttempts, dash(st.Duration), dash(errText))
 			}
 			fmt.Fprintln(w, "\nSEQ\tLOG INDEX\tAT\tTRANSITION\tSTEP\tATTEMPT\tDETAIL")
@@ -83,4 +98,64 @@ func newShow(g *globals) *cobra.Command {
 			return w.Flush()
 		},
 	}
+}
+
+// flow draws a DAG's steps as its layers, left to right: each step in the
+// layer after its deepest dependency, parallel steps in braces, with
+// their status, e.g. "plan✓ → {source✓ target✗} → join".
+func flow(steps []admin.StepJSON) string {
+	depth := map[string]int{}
+	var layer func(name string, seen int) int
+	byName := map[string]admin.StepJSON{}
+	for _, st := range steps {
+		byName[st.Name] = st
+	}
+	layer = func(name string, seen int) int {
+		if d, ok := depth[name]; ok {
+			return d
+		}
+		d := 0
+		if seen <= len(steps) { // a definition is acyclic; bound it anyway
+			for _, a := range byName[name].After {
+				d = max(d, layer(a, seen+1)+1)
+			}
+		}
+		depth[name] = d
+		return d
+	}
+	var layers [][]string
+	for _, st := range steps {
+		d := layer(st.Name, 0)
+		for len(layers) <= d {
+			layers = append(layers, nil)
+		}
+		layers[d] = append(layers[d], st.Name+mark(st))
+	}
+	parts := make([]string, 0, len(layers))
+	for _, l := range layers {
+		if len(l) == 1 {
+			parts = append(parts, l[0])
+		} else {
+			parts = append(parts, "{"+strings.Join(l, " ")+"}")
+		}
+	}
+	return strings.Join(parts, " → ")
+}
+
+// mark is a step's status in one character: done ✓, running …, failed ✗,
+// compensated ↺, compensating ~, pending none.
+func mark(st admin.StepJSON) string {
+	switch st.Status {
+	case "done":
+		return "✓"
+	case "running":
+		return "…"
+	case "failed":
+		return "✗"
+	case "compensated":
+		return "↺"
+	case "compensating":
+		return "~"
+	}
+	return ""
 }
