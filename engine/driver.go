@@ -86,10 +86,13 @@ func dueParallel(sg *fsm.Saga, calls map[int]*invocation, limit int) []work {
 			}
 		}
 	case fsm.StateCompensating:
+		// Pending lists those ready first: once out is full, or past
+		// them, the rest need no look (each look scans the steps).
 		for _, i := range fsm.Pending(sg) {
-			if sg.CompensationReady(i) {
-				add(i, compensation.KindCompensation)
+			if len(out) >= room || !sg.CompensationReady(i) {
+				break
 			}
+			add(i, compensation.KindCompensation)
 		}
 	}
 	return out

@@ -83,6 +83,25 @@ func (s *Saga) Blockers(i int) []string {
 	return out
 }
 
+// depsDone reports whether every dependency of step i is done; idx maps
+// names to indexes, or is nil to scan the steps.
+func depsDone(s *Saga, i int, idx map[string]int) bool {
+	for _, d := range s.Steps[i].After {
+		k := -1
+		if idx != nil {
+			if j, ok := idx[d]; ok {
+				k = j
+			}
+		} else {
+			k = stepIndex(s.Steps, d)
+		}
+		if k < 0 || s.Steps[k].Status != StepDone {
+			return false
+		}
+	}
+	return true
+}
+
 // settledBackward reports whether a step's dependents no longer stand in
 // the way of its compensation.
 func settledBackward(st StepStatus) bool {
@@ -103,6 +122,40 @@ func (s *Saga) CompensationReady(i int) bool {
 		}
 	}
 	return true
+}
+
+// heldBack marks the steps whose compensation waits for a step that
+// depends on them and is not settled: CompensationReady for every step
+// at once, in one pass over the dependencies (asking each step in turn
+// made a wide fan-out quadratic on every kick and status).
+func heldBack(s *Saga) []bool {
+	var idx map[string]int
+	if len(s.Steps) > 16 {
+		idx = make(map[string]int, len(s.Steps))
+		for i := range s.Steps {
+			idx[s.Steps[i].Name] = i
+		}
+	}
+	held := make([]bool, len(s.Steps))
+	for j := range s.Steps {
+		if settledBackward(s.Steps[j].Status) {
+			continue
+		}
+		for _, d := range s.Steps[j].After {
+			k := -1
+			if idx != nil {
+				if v, ok := idx[d]; ok {
+					k = v
+				}
+			} else {
+				k = stepIndex(s.Steps, d)
+			}
+			if k >= 0 && k != j {
+				held[k] = true
+			}
+		}
+	}
+	return held
 }
 
 // Running returns the indexes of the steps running forward.
@@ -292,9 +345,20 @@ func dagTransition(n *Saga, r *Record, illegal func(string, ...any) error) error
 			return illegal("step is %s, not running", st.Status)
 		}
 		st.Status, st.Output, st.EndedAt, st.Err = StepDone, r.Output, r.At, nil
+		// Only a step after this one can have become ready: every other
+		// pending step waits for a step that is not done. Its dependencies
+		// are looked up by a map for many steps (a wide fan-in checked by a
+		// scan of the steps per name made each completion quadratic).
+		var idx map[string]int
+		if len(n.Steps) > 16 {
+			idx = make(map[string]int, len(n.Steps))
+			for i := range n.Steps {
+				idx[n.Steps[i].Name] = i
+			}
+		}
 		all := true
 		for i := range n.Steps {
-			if n.Steps[i].Status == StepPending && len(n.Blockers(i)) == 0 {
+			if n.Steps[i].Status == StepPending && slices.Contains(n.Steps[i].After, st.Name) && depsDone(n, i, idx) {
 				runStep(&n.Steps[i], r.At)
 			}
 			all = all && n.Steps[i].Status == StepDone
@@ -442,9 +506,10 @@ func abandonRunning(n *Saga, at int64) {
 func settleDAG(n *Saga, at int64) {
 	for changed := true; changed; {
 		changed = false
+		held := heldBack(n)
 		for i := range n.Steps {
 			st := &n.Steps[i]
-			if st.Status == StepDone && st.Compensation == "" && n.CompensationReady(i) {
+			if st.Status == StepDone && st.Compensation == "" && !held[i] {
 				st.Status, st.CompEndedAt = StepCompensated, at
 				changed = true
 			}
@@ -465,10 +530,11 @@ func settleDAG(n *Saga, at int64) {
 // each group in reverse step order.
 func pendingDAG(s *Saga) []int {
 	var ready, later []int
+	held := heldBack(s)
 	for i := len(s.Steps) - 1; i >= 0; i-- {
 		st := s.Steps[i]
 		if (st.Status == StepDone || st.Status == StepCompensating) && st.Compensation != "" {
-			if s.CompensationReady(i) {
+			if !held[i] {
 				ready = append(ready, i)
 			} else {
 				later = append(later, i)
