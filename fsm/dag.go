@@ -208,16 +208,23 @@ func dagProblems(steps []StepDef) []string {
 			queue = append(queue, i)
 		}
 	}
+	// The steps after each step (deps[j] holds a step at most once), so
+	// that the order costs the edges, not steps times edges: every start
+	// record is validated, on replay too.
+	after := make([][]int, len(steps))
+	for j := range deps {
+		for _, k := range deps[j] {
+			after[k] = append(after[k], j)
+		}
+	}
 	reached := make([]bool, len(steps))
 	for len(queue) > 0 {
 		i := queue[0]
 		queue = queue[1:]
 		reached[i] = true
-		for j := range deps {
-			if slices.Contains(deps[j], i) {
-				if indeg[j]--; indeg[j] == 0 {
-					queue = append(queue, j)
-				}
+		for _, j := range after[i] {
+			if indeg[j]--; indeg[j] == 0 {
+				queue = append(queue, j)
 			}
 		}
 	}

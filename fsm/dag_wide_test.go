@@ -98,3 +98,16 @@ func BenchmarkWideFanIn(b *testing.B) {
 		_ = Pending(s)
 	}
 }
+
+// BenchmarkValidateWideFanIn: before the reverse edges, validating a
+// fan-in of 20000 steps took about 2 s (Kahn's order scanned every step's
+// dependencies for each step reached); every start record is validated,
+// on replay too.
+func BenchmarkValidateWideFanIn(b *testing.B) {
+	d := &Definition{Name: "d", Steps: fanout(20000)}
+	for b.Loop() {
+		if err := d.Validate(); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
