@@ -516,6 +516,11 @@ func (e *Engine) compensationFailed(tctx context.Context, inv *invocation, sg *f
 		return err
 	}
 	if next.State == fsm.StateStuck {
+		if retry {
+			// Another branch's compensation made the saga STUCK: this one
+			// stops after its attempt, until an operator retries.
+			return nil
+		}
 		e.opts.Logger.Error("engine: saga STUCK: a compensation exhausted its retry budget; an operator must retry or resolve it",
 			"saga", sg.ID, "step", st.Name, "handler", st.Compensation, "attempts", next.Steps[i].CompAttempts, "err", ei.Error())
 		return nil
