@@ -33,7 +33,9 @@ import (
 //   - every step of a FAILED saga whose action ran was compensated, and the
 //     compensations ran in reverse step order (first runs), at least once;
 //     half the sagas are pipelined (DurabilityPipelined), for which this
-//     is the whole of what the mode promises.
+//     is the whole of what the mode promises;
+//   - a third of the sagas are a fan-out of parallel branches with their
+//     own journal and checks: see crash_dag_test.go.
 //
 // SAGA_CRASH_KILLS sets the number of kills (default 20), SAGA_CRASH_SEED
 // the seed (printed on failure).
@@ -45,11 +47,16 @@ func crashRegistry(dir string) (*compensation.Registry, func(), error) {
 	if err != nil {
 		return nil, nil, err
 	}
+	reg := compensation.NewRegistry()
+	closeJournal, err := registerDAG(reg, dir)
+	if err != nil {
+		ledger.Close()
+		return nil, nil, err
+	}
 	write := func(s string) error {
 		_, err := ledger.WriteString(s + "\n")
 		return err
 	}
-	reg := compensation.NewRegistry()
 	_ = reg.RegisterAction("work", func(ctx context.Context, c compensation.Call) ([]byte, error) {
 		// The input names the step that fails ("fail=3"), so the outcome
 		// is the same after a restart.
@@ -68,7 +75,7 @@ func crashRegistry(dir string) (*compensation.Registry, func(), error) {
 		}
 		return write(fmt.Sprintf("undo %s %d", c.SagaID, c.StepIndex))
 	})
-	return reg, func() { ledger.Close() }, nil
+	return reg, func() { ledger.Close(); closeJournal() }, nil
 }
 
 func crashDefinitions() []Definition {
@@ -91,7 +98,7 @@ func crashDefinitions() []Definition {
 		p.Name, p.Durability = fmt.Sprintf("p%d", n), DurabilityPipelined
 		defs = append(defs, p)
 	}
-	return defs
+	return append(defs, dagDefinitions()...)
 }
 
 // TestCrashChild is the child's workload; it only runs under the parent.
@@ -101,6 +108,10 @@ func TestCrashChild(t *testing.T) {
 		t.Skip("run by TestCrashRecovery in a child process")
 	}
 	seed, _ := strconv.ParseUint(os.Getenv("SAGA_CRASH_CHILD_SEED"), 10, 64)
+	// The parent kills this process within seconds; the deadline ends an
+	// orphan.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
 	reg, closeLedger, err := crashRegistry(dir)
 	if err != nil {
 		t.Fatal(err)
@@ -126,7 +137,7 @@ func TestCrashChild(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, d := range crashDefinitions() {
-		if _, err := e.Define(context.Background(), d); err != nil {
+		if _, err := e.Define(ctx, d); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -137,6 +148,13 @@ func TestCrashChild(t *testing.T) {
 			defer wg.Done()
 			rng := rand.New(rand.NewPCG(seed, uint64(w)))
 			for {
+				if rng.IntN(3) == 0 { // a fan-out
+					def := []string{"fanc", "fanr", "fanm"}[rng.IntN(3)]
+					if _, err := e.Run(ctx, def, []byte(dagInput(rng)), StartOptions{}); err != nil {
+						return
+					}
+					continue
+				}
 				n := 3 + rng.IntN(8)
 				input := "fail=-1"
 				if rng.IntN(5) == 0 { // about one saga in five fails
@@ -146,13 +164,13 @@ func TestCrashChild(t *testing.T) {
 				if rng.IntN(2) == 0 {
 					kind = "p" // pipelined
 				}
-				if _, err := e.Run(context.Background(), fmt.Sprintf("%s%d", kind, n), []byte(input), StartOptions{}); err != nil {
+				if _, err := e.Run(ctx, fmt.Sprintf("%s%d", kind, n), []byte(input), StartOptions{}); err != nil {
 					return
 				}
 			}
 		}(w)
 	}
-	wg.Wait() // forever, until SIGKILL
+	wg.Wait() // until SIGKILL
 }
 
 func TestCrashRecovery(t *testing.T) {
@@ -335,6 +353,9 @@ func checkFinal(t *testing.T, dir string) {
 	}
 	var completed, failed, compensations int
 	for id, st := range states {
+		if st.Saga.Parallel() {
+			continue // a fan-out: checkDAGJournal below
+		}
 		switch st.State {
 		case fsm.StateCompleted:
 			completed++
@@ -372,8 +393,14 @@ func checkFinal(t *testing.T, dir string) {
 			compensations += len(first)
 		}
 	}
-	t.Logf("%d sagas: %d completed, %d failed, %d compensations", len(states), completed, failed, compensations)
+	t.Logf("%d sagas: %d sequences completed, %d failed, %d compensations", len(states), completed, failed, compensations)
 	if completed == 0 || failed == 0 || compensations == 0 {
 		t.Fatal("the workload did not exercise both outcomes")
+	}
+	completed, failed, parallel, acrossKills := checkDAGJournal(t, dir, states)
+	t.Logf("fan-outs: %d completed, %d failed, %d with branches compensated in parallel, %d with compensations across a kill",
+		completed, failed, parallel, acrossKills)
+	if completed == 0 || failed == 0 || parallel == 0 {
+		t.Fatal("the workload did not exercise both outcomes of fan-outs, or parallel compensation")
 	}
 }
