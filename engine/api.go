@@ -501,10 +501,16 @@ func (e *Engine) Wait(ctx context.Context, id string) (*Status, error) {
 	e.mu.Lock()
 	e.watchers[id] = append(e.watchers[id], ch)
 	e.mu.Unlock()
-	st, err := e.Status(ctx, id)
-	if err != nil || st.State.Terminal() || st.State == fsm.StateStuck {
+	// A look at the shared state (no copy): a Status is built only for a
+	// saga that has settled.
+	var sg *fsm.Saga
+	if err := e.read(func() (err error) { sg, err = e.store.Peek(id); return err }); err != nil {
 		e.unwatch(id, ch)
-		return st, err
+		return nil, err
+	}
+	if sg.State.Terminal() || sg.State == fsm.StateStuck {
+		e.unwatch(id, ch)
+		return newStatus(sg), nil
 	}
 	select {
 	case sg := <-ch:

@@ -109,7 +109,7 @@ func (e *Engine) kick(id string) {
 	defer r.mu.Unlock()
 	if r.saga == nil {
 		var sg *fsm.Saga
-		err := e.read(func() (err error) { sg, err = e.store.Get(id); return err })
+		err := e.read(func() (err error) { sg, err = e.store.Peek(id); return err })
 		if err != nil {
 			if !fatal(err) {
 				// A transient failure (a store read, say) must not leave

@@ -171,8 +171,11 @@ type Engine struct {
 // the applied result; the scheduler (driver.go) decides under it what to
 // start and registers it in calls. No handler runs under it.
 type run struct {
-	mu      sync.Mutex
-	saga    *fsm.Saga           // latest applied state; nil until loaded
+	mu sync.Mutex
+	// saga is the latest applied state; nil until loaded. It is shared
+	// (with the store's cache, the results of transitions, handlers in
+	// flight) and never modified: a transition replaces it.
+	saga    *fsm.Saga
 	calls   map[int]*invocation // handler invocations in flight, by step
 	backoff time.Duration       // pause before driving again after a transient failure
 	// ahead is the outcome of the saga's latest records queued ahead of
@@ -774,7 +777,7 @@ func (e *Engine) change(ctx context.Context, id string, build func(cur *fsm.Saga
 	defer e.dropRunLocked(id, r)
 	if r.saga == nil {
 		var sg *fsm.Saga
-		err := e.read(func() (err error) { sg, err = e.store.Get(id); return err })
+		err := e.read(func() (err error) { sg, err = e.store.Peek(id); return err })
 		if err != nil {
 			return nil, nil, err
 		}

@@ -792,6 +792,14 @@ func (s *Store) Get(id string) (*Saga, error) {
 	return sg.DeepCopy(), nil
 }
 
+// Peek is Get without the copy: it returns the saga as the store holds
+// it (its cache's value, or one just decoded), shared with the store and
+// with every other caller. The caller must not modify it, nor anything it
+// points to. The store never changes a saga it has published: a later
+// transition makes a new one. For the engine, which treats every state
+// as immutable; Get is for callers that keep or change what they read.
+func (s *Store) Peek(id string) (*Saga, error) { return s.get(id) }
+
 // get returns a saga that the caller must not modify.
 func (s *Store) get(id string) (*Saga, error) {
 	s.mu.RLock()
