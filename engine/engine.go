@@ -121,7 +121,8 @@ type Engine struct {
 	// into; removed by Close.
 	scratch string
 
-	wq writerQueue // the single-node commit path (commit.go)
+	wq     writerQueue // the single-node commit path (commit.go)
+	checks sync.Pool   // of *fsm.Saga: scratch states change checks records on
 	// limits holds a semaphore per handler name of
 	// Options.HandlerConcurrency; fixed at Open.
 	limits   map[string]chan struct{}
@@ -790,13 +791,24 @@ func (e *Engine) change(ctx context.Context, id string, build func(cur *fsm.Saga
 	if len(recs) == 0 {
 		return r.saga, r.ahead, nil // nothing to change
 	}
+	// The check runs on a scratch state: the state the records lead to is
+	// the one the store applies (and shares), except when queued ahead.
+	scratch, _ := e.checks.Get().(*fsm.Saga)
+	if scratch == nil {
+		scratch = new(fsm.Saga)
+	}
+	defer func() {
+		scratch.Reset()
+		e.checks.Put(scratch)
+	}()
 	next := r.saga
 	for _, rec := range recs {
-		if next, err = fsm.Apply(next, rec); err != nil {
+		if next, err = fsm.ApplyInto(scratch, next, rec); err != nil {
 			return nil, nil, err
 		}
 	}
 	if ahead && e.opts.Replicator == nil && next.Durability == fsm.DurabilityPipelined && next.State == fsm.StateInProgress {
+		next = next.Clone() // shared from here on: r.saga, the caller's
 		p, err := e.proposal(ctx, recs)
 		if err != nil {
 			return nil, nil, err

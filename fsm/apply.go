@@ -8,7 +8,15 @@ import "fmt"
 //
 // Apply is pure and deterministic: the result depends only on (s, r).
 // Define records are not saga transitions: see ApplyDefinition.
-func Apply(s *Saga, r *Record) (*Saga, error) {
+func Apply(s *Saga, r *Record) (*Saga, error) { return ApplyInto(nil, s, r) }
+
+// ApplyInto is Apply with the new state written into dst (when s exists),
+// reusing dst's memory: for a caller that only checks a transition, or
+// keeps the result in a scratch value it owns. dst nil allocates, as Apply
+// does; dst == s changes s in place (and on error leaves it untouched).
+// Otherwise dst's previous contents are overwritten, and the result shares
+// with s what Apply's would. It returns the new state.
+func ApplyInto(dst, s *Saga, r *Record) (*Saga, error) {
 	if err := r.Validate(); err != nil {
 		return nil, err
 	}
@@ -27,7 +35,7 @@ func Apply(s *Saga, r *Record) (*Saga, error) {
 	if s.ID != r.Saga {
 		return nil, fmt.Errorf("%w: record for saga %s applied to saga %s", ErrInvalidRecord, r.Saga, s.ID)
 	}
-	n := s.Clone()
+	n := s.cloneInto(dst)
 	if err := transition(n, r); err != nil {
 		return nil, err
 	}
