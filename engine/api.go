@@ -71,7 +71,7 @@ func (e *Engine) Define(ctx context.Context, d Definition) (*Definition, error) 
 }
 
 func (e *Engine) checkNames(steps []StepDef) error {
-	var handlers, actions []string
+	handlers, actions := make([]string, 0, len(steps)), make([]string, 0, len(steps))
 	for _, s := range steps {
 		handlers = append(handlers, s.Compensation)
 		actions = append(actions, s.Action)
@@ -90,6 +90,17 @@ func (e *Engine) Definition(ctx context.Context, name string, version int) (d *D
 		}
 		return err
 	})
+	return d, err
+}
+
+// peekDefinition is Definition for a caller that only reads the result
+// (start, which copies the steps it keeps): the latest version is the
+// store's shared value, not a copy.
+func (e *Engine) peekDefinition(name string, version int) (d *Definition, err error) {
+	if version > 0 {
+		return e.Definition(context.Background(), name, version)
+	}
+	err = e.read(func() error { d, err = e.store.PeekLatestDefinition(name); return err })
 	return d, err
 }
 
@@ -145,7 +156,7 @@ func (e *Engine) start(ctx context.Context, definition string, input []byte, o S
 			return owner, false, nil
 		}
 	}
-	def, err := e.Definition(ctx, definition, o.Version)
+	def, err := e.peekDefinition(definition, o.Version)
 	if err != nil {
 		return "", false, err
 	}

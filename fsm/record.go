@@ -78,7 +78,27 @@ type Record struct {
 // Encode returns the msgpack encoding of r, stamping the current version.
 func Encode(r *Record) ([]byte, error) {
 	r.V = RecordVersion
-	return marshal(r, 64+len(r.Output)), nil
+	return marshal(r, encodedSizeHint(r)), nil
+}
+
+// encodedSizeHint is about the encoded size of r, at least: enough that
+// encoding a start (whose steps carry names and retry policies, about 100
+// bytes each) allocates once rather than growing its buffer by doubling.
+func encodedSizeHint(r *Record) int {
+	n := 64 + len(r.Saga) + len(r.Output) + len(r.Actor) + len(r.Reason)
+	if r.Err != nil {
+		n += 16 + len(r.Err.Kind) + len(r.Err.Message)
+	}
+	if si := r.Start; si != nil {
+		n += 64 + len(si.Definition) + len(si.User) + len(si.IdempotencyKey) + len(si.Input) + 128*len(si.Steps)
+		for k, v := range si.Meta {
+			n += 8 + len(k) + len(v)
+		}
+	}
+	if r.Def != nil {
+		n += 64 + 128*len(r.Def.Steps)
+	}
+	return n
 }
 
 // Decode parses and structurally validates a record. It never panics.

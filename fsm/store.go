@@ -1026,11 +1026,22 @@ func (s *Store) Definition(name string, version int) (*Definition, error) {
 
 // LatestDefinition returns the highest version of a definition.
 func (s *Store) LatestDefinition(name string) (*Definition, error) {
+	d, err := s.PeekLatestDefinition(name)
+	if err != nil {
+		return nil, err
+	}
+	return d.copy(), nil
+}
+
+// PeekLatestDefinition is LatestDefinition without the copy: the
+// definition is shared with the store's cache, and the caller must not
+// modify it (its Steps included). A redefinition caches a new value.
+func (s *Store) PeekLatestDefinition(name string) (*Definition, error) {
 	s.mu.RLock()
 	d, ok := s.latest[name]
 	s.mu.RUnlock()
 	if ok {
-		return d.copy(), nil
+		return d, nil
 	}
 	d, err := s.latestFromDisk(name)
 	if err != nil {
@@ -1043,7 +1054,7 @@ func (s *Store) LatestDefinition(name string) (*Definition, error) {
 		s.latest[name] = d
 	}
 	s.mu.Unlock()
-	return d.copy(), nil
+	return d, nil
 }
 
 func (d *Definition) copy() *Definition {
