@@ -226,21 +226,24 @@ func fatal(err error) bool {
 
 // callCtx returns the context for one attempt of a handler: it ends when
 // the invocation's does (engine closed, term ended, abort) or when the
-// step's timeout passes.
+// step's timeout passes. Without a timeout it is the invocation's own
+// context: a context per attempt would only cost allocations (and a
+// child registered with the invocation's) on every step.
 func (e *Engine) callCtx(parent context.Context, timeout time.Duration) (context.Context, context.CancelFunc) {
+	if timeout <= 0 {
+		return parent, func() {}
+	}
 	ctx, cancelCause := context.WithCancelCause(parent)
 	cancel := func() { cancelCause(context.Canceled) }
-	if timeout > 0 {
-		t := e.opts.Clock.NewTimer(timeout)
-		go func() {
-			select {
-			case <-t.C():
-				cancelCause(errStepTimeout)
-			case <-ctx.Done():
-				t.Stop()
-			}
-		}()
-	}
+	t := e.opts.Clock.NewTimer(timeout)
+	go func() {
+		select {
+		case <-t.C():
+			cancelCause(errStepTimeout)
+		case <-ctx.Done():
+			t.Stop()
+		}
+	}()
 	return ctx, cancel
 }
 
