@@ -34,6 +34,7 @@ type writerQueue struct {
 type proposal struct {
 	recs []*fsm.Record
 	raw  [][]byte
+	one  [1][]byte           // raw's room for a proposal of one record, the usual one
 	done chan proposalResult // buffered (1): a lead token, then the result
 }
 

@@ -654,7 +654,12 @@ func (e *Engine) propose(ctx context.Context, recs []*fsm.Record) ([]fsm.Result,
 
 // proposal encodes recs and checks that the engine takes proposals.
 func (e *Engine) proposal(ctx context.Context, recs []*fsm.Record) (*proposal, error) {
-	raw := make([][]byte, len(recs))
+	p := &proposal{recs: recs}
+	raw := p.one[:]
+	if len(recs) > len(p.one) {
+		raw = make([][]byte, len(recs))
+	}
+	raw = raw[:len(recs)]
 	for i, r := range recs {
 		b, err := fsm.Encode(r)
 		if err != nil {
@@ -675,7 +680,8 @@ func (e *Engine) proposal(ctx context.Context, recs []*fsm.Record) (*proposal, e
 	if poison := e.poisoned(); poison != nil {
 		return nil, fmt.Errorf("%w (cause: %v)", ErrPoisoned, poison)
 	}
-	return &proposal{recs: recs, raw: raw, done: make(chan proposalResult, 1)}, nil
+	p.raw, p.done = raw, make(chan proposalResult, 1)
+	return p, nil
 }
 
 // getRun returns the in-memory run of a saga, creating it.
