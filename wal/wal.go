@@ -1145,7 +1145,45 @@ func (l *Log) reloadTail() error {
 		l.tail.Close()
 	}
 	l.tail, l.tailPath, l.tailSize = f, segs[len(segs)-1].path, int(info.Size())
+	if l.tw != nil {
+		reserveTidwallTail(l.tw, l.opts.SegmentSize+tailSlack)
+	}
 	return nil
+}
+
+// tailSlack is the room reserved in the tail segment's buffer beyond
+// SegmentSize: tidwall closes a segment once it reaches SegmentSize, after
+// the entry that crossed it.
+const tailSlack = 64 << 10
+
+// reserveTidwallTail gives the in-memory copy of the tail segment that
+// tidwall/wal v1.2.1 keeps (segment.ebuf, every entry appended to it) the
+// capacity of a whole segment, keeping its length and bytes: tidwall
+// grows it by append, and Go grows a large slice by a quarter at a time,
+// so a segment of n bytes cost about 5n bytes of fresh memory and 4n of
+// copying, in the log stage of every group commit (BenchmarkAppend). If a
+// later version changes the fields, it does nothing (and
+// TestTailBufferReserved fails). l.mu held: tidwall is not in use.
+func reserveTidwallTail(tl *twal.Log, size int) {
+	segs := reflect.ValueOf(tl).Elem().FieldByName("segments")
+	if !segs.IsValid() || segs.Kind() != reflect.Slice || segs.Len() == 0 {
+		return
+	}
+	seg := segs.Index(segs.Len() - 1)
+	if seg.Kind() != reflect.Pointer || seg.IsNil() || seg.Elem().Kind() != reflect.Struct {
+		return
+	}
+	ebuf := seg.Elem().FieldByName("ebuf")
+	if !ebuf.IsValid() || ebuf.Type() != reflect.TypeOf([]byte(nil)) {
+		return
+	}
+	b := (*[]byte)(unsafe.Pointer(ebuf.UnsafeAddr()))
+	if cap(*b) >= size {
+		return
+	}
+	grown := make([]byte, len(*b), size)
+	copy(grown, *b)
+	*b = grown
 }
 
 // checkTail fails with ErrVanished when the tail segment file is no longer
