@@ -39,7 +39,7 @@ import (
 var (
 	quick   = flag.Bool("quick", false, "small sizes: a smoke run")
 	cpuProf = flag.String("cpuprofile", "", "write a CPU profile of the run to this file")
-	only    = flag.String("only", "", `"replication": figures 9 and 10 only (with the single-node points they compare to)`)
+	only    = flag.String("only", "", `"replication": figures 9 and 10 only (with the single-node points they compare to); "parallel": figures 1c, 2b and the ceiling they compare to`)
 	outDir  = flag.String("out", "bench/results", "directory for latest.json and latest.md")
 	quiet   = slog.New(slog.NewTextHandler(io.Discard, nil))
 )
@@ -107,23 +107,38 @@ func main() {
 			os.Exit(1)
 		}
 		return
+	} else if *only == "parallel" {
+		ceiling := figCeiling()
+		fig2b, diamond := figDiamond(ceiling.perSec, nil)
+		fig1c, fan := figFanOut()
+		rep.Figures = []Figure{fig1c, fig2b, ceiling.fig}
+		rep.Targets = parallelTargets(fan, diamond, nil, ceiling.perSec)
+		rep.Elapsed = time.Since(rep.Started).Round(time.Second).String()
+		if err := write(rep); err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			os.Exit(1)
+		}
+		return
 	} else if *only != "" {
-		fmt.Fprintf(os.Stderr, "bench: -only %q: the only partial run is \"replication\"\n", *only)
+		fmt.Fprintf(os.Stderr, "bench: -only %q: the partial runs are \"replication\" and \"parallel\"\n", *only)
 		os.Exit(2)
 	}
 	// Memory first, in a process that has done nothing else yet.
 	fig7, rss := figMemory()
 	fig2, tput := figThroughput()
 	ceiling := figCeiling()
+	fig2b, diamond := figDiamond(ceiling.perSec, tput)
 	fig1, over := figOverhead()
 	fig1b, modes := figPipelined()
+	fig1c, fan := figFanOut()
 	fig5, ratio := figCompensation()
 	fig6, replay := figRecovery()
 	fig4 := figPolicyOff()
 	fig8 := figPeers(tput, over)
 	fig9, fig10, repl := figReplication(tput)
-	rep.Figures = []Figure{fig1, fig1b, fig2, ceiling.fig, fig4, fig5, fig6, fig7, fig8, fig9, fig10}
+	rep.Figures = []Figure{fig1, fig1b, fig1c, fig2, fig2b, ceiling.fig, fig4, fig5, fig6, fig7, fig8, fig9, fig10}
 	rep.Targets = targets(tput, over, modes, ceiling.perSec, ratio, replay, rss, repl)
+	rep.Targets = append(rep.Targets, parallelTargets(fan, diamond, tput, ceiling.perSec)...)
 	rep.Elapsed = time.Since(rep.Started).Round(time.Second).String()
 	if err := write(rep); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
@@ -192,6 +207,10 @@ func machine() map[string]any {
 				break
 			}
 		}
+	}
+	if b, err := os.ReadFile("/proc/loadavg"); err == nil {
+		// Other work on the machine moves every figure: say how busy it was.
+		m["loadavg_1m_at_start"] = strings.Fields(string(b))[0]
 	}
 	m["fsync_256B_append_median_us"] = fsyncLatency()
 	return m
