@@ -25,7 +25,13 @@ import (
 //     outcome through transition (which takes r.mu), and when it ends it
 //     leaves r.calls and kicks the saga again;
 //   - every public call that makes a saga drivable (Run, Advance, abort,
-//     retry, resolve, a deadline, recovery) kicks it after its transition.
+//     retry, resolve, a deadline, recovery) kicks it after its transition;
+//   - a saga with parallel steps (single-node) lets go of r.mu while its
+//     records are synced, so that branches ending together share an fsync
+//     (changeQueued); while any are queued, r.saga runs ahead of the log
+//     and kick starts nothing from it, but notes (r.rekick) that the
+//     change which ends the last of them must kick: persist before side
+//     effect, and no kick lost while a branch keeps retrying.
 //
 // So a saga is never without an invocation while its state calls for one
 // (whoever ends one kicks), and never has two for the same step (kick
@@ -107,6 +113,12 @@ func (e *Engine) kick(id string) {
 	}
 	r := e.lockRun(id)
 	defer r.mu.Unlock()
+	if r.queued > 0 {
+		// The state includes records not yet durable: the change that
+		// makes the last of them durable kicks again.
+		r.rekick = true
+		return
+	}
 	if r.saga == nil {
 		var sg *fsm.Saga
 		err := e.read(func() (err error) { sg, err = e.store.Peek(id); return err })

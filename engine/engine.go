@@ -182,6 +182,13 @@ type run struct {
 	// ahead is the outcome of the saga's latest records queued ahead of
 	// their durability (pipelined mode); nil once they are known durable.
 	ahead *future
+	// queued counts the changes of a saga with parallel steps whose
+	// records are in the log queue and not yet known durable: saga
+	// includes them (later records are built on it), so nothing may start
+	// from it until queued is 0. rekick says a kick was put off meanwhile;
+	// the change that brings queued to 0 makes it.
+	queued int
+	rekick bool
 }
 
 // Open opens the engine in dir, creating it if needed, and recovers: it
@@ -778,6 +785,12 @@ func (e *Engine) change(ctx context.Context, id string, build func(cur *fsm.Saga
 	if err := e.gate(ctx); err != nil {
 		return nil, nil, err
 	}
+	var rekick bool
+	defer func() {
+		if rekick {
+			e.kick(id)
+		}
+	}()
 	r := e.lockRun(id)
 	defer r.mu.Unlock()
 	// Whatever happens, a run whose saga is gone or terminal leaves memory.
@@ -845,6 +858,13 @@ func (e *Engine) change(ctx context.Context, id string, build func(cur *fsm.Saga
 		}()
 		return next, prev, nil
 	}
+	if e.opts.Replicator == nil && next.Parallel() {
+		sg, err := e.changeQueued(ctx, r, recs, next.Clone(), then)
+		if r.queued == 0 && r.rekick {
+			r.rekick, rekick = false, true
+		}
+		return sg, nil, err
+	}
 	results, err := e.propose(ctx, recs)
 	if err != nil {
 		if errors.Is(err, ErrOutcomeUnknown) {
@@ -868,10 +888,52 @@ func (e *Engine) change(ctx context.Context, id string, build func(cur *fsm.Saga
 	return r.saga, nil, nil
 }
 
+// changeQueued is change for a saga with parallel steps (single-node):
+// several of its invocations record outcomes at once, and holding r.mu
+// across each fsync would give each its own. So the records take their
+// place in the log under the lock, next (the state they lead to) becomes
+// the saga's, and the lock is let go while they become durable: the
+// changes of branches that end together share one fsync. It returns once
+// they are durable, with r.mu held again. Persist before side effect
+// holds: kick starts nothing while a change is queued (r.queued), and
+// every caller acts on its own change only once it returns.
+func (e *Engine) changeQueued(ctx context.Context, r *run, recs []*fsm.Record, next *fsm.Saga, then func(*run, *fsm.Saga)) (*fsm.Saga, error) {
+	p, err := e.proposal(ctx, recs)
+	if err != nil {
+		return nil, err
+	}
+	lead, err := e.enqueue(p)
+	if err != nil {
+		return nil, err
+	}
+	r.saga = next
+	r.queued++
+	if then != nil {
+		then(r, next)
+	}
+	r.mu.Unlock()
+	e.syncWaits.Add(1)
+	results, err := e.await(p, lead)
+	for _, res := range results {
+		if err == nil && res.Err != nil {
+			err = res.Err // cannot happen: built under the lock, queued in order
+		}
+	}
+	r.mu.Lock()
+	r.queued--
+	if err != nil {
+		// The log is poisoned (every record queued after these fails
+		// too): reload from the store if the saga is ever used again.
+		r.saga = nil
+		return nil, err
+	}
+	return next, nil
+}
+
 // dropRunLocked forgets the run of a saga that is gone (not loaded) or
 // terminal, once nothing of it is in flight. r.mu held.
 func (e *Engine) dropRunLocked(id string, r *run) {
-	if (r.saga != nil && !r.saga.State.Terminal()) || len(r.calls) > 0 {
+	if (r.saga != nil && !r.saga.State.Terminal()) || len(r.calls) > 0 || r.queued > 0 {
 		return
 	}
 	e.mu.Lock()

@@ -7,7 +7,9 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/sagaengine/saga/compensation"
 	"github.com/sagaengine/saga/fsm"
@@ -220,5 +222,102 @@ func TestResumptionsNameTheRunningParallelSteps(t *testing.T) {
 	}
 	if got := rs[0].Status.Running; len(got) != 2 || rs[0].Status.CurrentStep != "b0, b1" {
 		t.Fatalf("status: running %v, current %q", got, rs[0].Status.CurrentStep)
+	}
+}
+
+// joinLog holds the fsync of the branch completions of a diamond to set
+// up the race a join must not win: branch a's completion is being synced
+// while branch b's completion is queued behind it, and b's sync is held
+// until the engine either starts the join (wrong: b's completion is not
+// durable) or puts off the kick that would (right).
+type joinLog struct {
+	Log
+	e        *Engine
+	aSyncing chan struct{}
+	joinIn   chan struct{}
+	bDurable atomic.Bool
+	t        *testing.T
+	deadline time.Time
+}
+
+// until polls cond on the saga's run until it holds or the test's
+// deadline passes (an error, then).
+func (l *joinLog) until(id, what string, cond func(r *run) bool) {
+	for !time.Now().After(l.deadline) {
+		r := l.e.lockRun(id)
+		ok := cond(r)
+		r.mu.Unlock()
+		if ok {
+			return
+		}
+		select {
+		case <-l.joinIn:
+			return
+		case <-time.After(time.Millisecond):
+		}
+	}
+	l.t.Errorf("timed out waiting for %s", what)
+}
+
+func (l *joinLog) Append(recs [][]byte) (uint64, error) {
+	for _, b := range recs {
+		rec, err := fsm.Decode(b)
+		if err != nil || rec.Kind != fsm.KindStepCompleted {
+			continue
+		}
+		switch rec.Step {
+		case 1: // a: let b finish and queue its completion behind this sync
+			close(l.aSyncing)
+			l.until(rec.Saga, "b's completion to queue", func(r *run) bool { return r.queued >= 2 })
+		case 2: // b: hold its sync until the engine has decided about the join
+			l.until(rec.Saga, "the kick after a's completion", func(r *run) bool { return r.rekick })
+			first, err := l.Log.Append(recs)
+			l.bDurable.Store(err == nil)
+			return first, err
+		}
+	}
+	return l.Log.Append(recs)
+}
+
+// TestAJoinStartsOnlyOnceEveryBranchCompletionIsDurable: persist before
+// side effect across branches. Branch completions share fsyncs, so the
+// saga's state in memory runs ahead of the log; the join must not start
+// from a state whose branch completion is still queued.
+func TestAJoinStartsOnlyOnceEveryBranchCompletionIsDurable(t *testing.T) {
+	tctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	dl, _ := tctx.Deadline()
+	jl := &joinLog{aSyncing: make(chan struct{}), joinIn: make(chan struct{}), t: t, deadline: dl}
+	reg := compensation.NewRegistry()
+	must(t, reg.RegisterAction("act", func(ctx context.Context, c compensation.Call) ([]byte, error) {
+		switch c.Step {
+		case "b":
+			select {
+			case <-jl.aSyncing:
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+		case "join":
+			if !jl.bDurable.Load() {
+				t.Errorf("join started before b's completion was durable")
+			}
+			close(jl.joinIn)
+		}
+		return nil, nil
+	}))
+	e := openT(t, t.TempDir(), Options{Registry: reg, WrapLog: func(l Log) Log { jl.Log = l; return jl }})
+	defer e.Close()
+	jl.e = e
+	_, err := e.Define(tctx, Definition{Name: "diamond", Steps: []StepDef{
+		{Name: "root", Action: "act"},
+		{Name: "a", Action: "act", After: []string{"root"}},
+		{Name: "b", Action: "act", After: []string{"root"}},
+		{Name: "join", Action: "act", After: []string{"a", "b"}},
+	}})
+	must(t, err)
+	st, err := e.Run(tctx, "diamond", nil, StartOptions{})
+	must(t, err)
+	if st.State != fsm.StateCompleted {
+		t.Fatalf("state %s, want COMPLETED", st.State)
 	}
 }
