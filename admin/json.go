@@ -26,7 +26,11 @@ type SagaJSON struct {
 	CreatedAt   time.Time  `json:"created_at"`
 	UpdatedAt   time.Time  `json:"updated_at"`
 	Deadline    *time.Time `json:"deadline,omitempty"`
-	Steps       []StepJSON `json:"steps"`
+	// Parent is the saga whose step runs this one (a nested saga), at
+	// nesting depth Depth.
+	Parent string     `json:"parent,omitempty"`
+	Depth  int        `json:"depth,omitempty"`
+	Steps  []StepJSON `json:"steps"`
 }
 
 // StepJSON is one step of a saga.
@@ -42,6 +46,10 @@ type StepJSON struct {
 	Duration             string `json:"duration,omitempty"`
 	// After lists the steps this one waits for (parallel steps).
 	After []string `json:"after,omitempty"`
+	// Child is the definition a child step runs, and ChildSaga the id of
+	// its saga (which exists once the step has started).
+	Child     string `json:"child,omitempty"`
+	ChildSaga string `json:"child_saga,omitempty"`
 	// Stuck marks a parallel step whose compensation exhausted its budget.
 	Stuck         bool       `json:"stuck,omitempty"`
 	StartedAt     *time.Time `json:"started_at,omitempty"`
@@ -67,6 +75,7 @@ func NewSagaJSON(st *engine.Status) SagaJSON {
 	if st.Saga != nil {
 		j.Driven, j.Durability = st.Saga.Driven, st.Saga.Durability.String()
 		j.Parallel = st.Saga.Parallel()
+		j.Parent, j.Depth = st.Saga.Parent, st.Saga.Depth
 	}
 	if st.LastError != nil {
 		j.LastError = st.LastError.Error()
@@ -89,6 +98,9 @@ func NewSagaJSON(st *engine.Status) SagaJSON {
 		sj := StepJSON{Name: s.Name, Status: s.Status.String(), Compensation: s.Compensation, Attempts: s.Attempts,
 			CompensationAttempts: s.CompAttempts, Uncertain: s.Uncertain, After: s.After, Stuck: s.Stuck,
 			StartedAt: jsonTime(s.StartedAt), EndedAt: jsonTime(s.EndedAt), CompensatedAt: jsonTime(s.CompEndedAt)}
+		if s.Child != "" {
+			sj.Child, sj.ChildSaga = s.Child, engine.ChildID(st.ID, len(j.Steps))
+		}
 		if s.Err != nil {
 			sj.Error = s.Err.Error()
 		}

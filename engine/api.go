@@ -47,6 +47,9 @@ func (e *Engine) Define(ctx context.Context, d Definition) (*Definition, error) 
 	}
 	e.defMu.Lock()
 	defer e.defMu.Unlock()
+	if err := e.checkChildren(&d); err != nil {
+		return nil, err
+	}
 	var latest *Definition
 	err := e.read(func() (err error) { latest, err = e.store.LatestDefinition(d.Name); return err })
 	switch {
@@ -132,6 +135,10 @@ type StartOptions struct {
 	// Durability overrides the definition's durability mode when set (a
 	// policy sets it per operation).
 	Durability *Durability
+
+	// parent and depth start a child saga (nested.go).
+	parent string
+	depth  int
 }
 
 // Start creates a saga of the named definition [execute_saga_journey];
@@ -162,10 +169,12 @@ func (e *Engine) start(ctx context.Context, definition string, input []byte, o S
 	}
 	if driven {
 		for _, s := range def.Steps {
-			if s.Action == "" {
+			if s.Action == "" && s.Child == "" {
 				return "", false, fmt.Errorf("%w: %s step %q", ErrNotDriven, def.Name, s.Name)
 			}
 		}
+	} else if hasChild(def.Steps) {
+		return "", false, fmt.Errorf("%w: %s runs child sagas, which only the engine drives: start it with Run", ErrInvalidArgument, def.Name)
 	}
 	// Handlers are registered per process: check them again, so that a
 	// saga never starts in a process that could not compensate it.
@@ -187,6 +196,7 @@ func (e *Engine) start(ctx context.Context, definition string, input []byte, o S
 	si := &fsm.StartInfo{
 		Definition: def.Name, Version: def.Version, Steps: e.plan(def.Steps), Driven: driven,
 		User: o.User, IdempotencyKey: o.IdempotencyKey, Input: bytes.Clone(input), Meta: maps.Clone(o.Meta),
+		Parent: o.parent, Depth: o.depth,
 	}
 	si.Durability = def.Durability
 	if o.Durability != nil {
@@ -213,6 +223,9 @@ func (e *Engine) start(ctx context.Context, definition string, input []byte, o S
 	if errors.As(res[0].Err, &dk) {
 		return dk.Existing, false, nil
 	}
+	if o.parent != "" && errors.Is(res[0].Err, fsm.ErrSagaExists) {
+		return id, false, nil // a child step run again: its child exists
+	}
 	if res[0].Err != nil {
 		return "", false, res[0].Err
 	}
@@ -233,6 +246,11 @@ func (e *Engine) plan(steps []StepDef) []StepDef {
 		}
 		if out[i].CompensationRetry == (RetryPolicy{}) {
 			out[i].CompensationRetry = RetryPolicy(e.opts.DefaultCompensationRetry)
+		}
+		if out[i].Child != "" {
+			// Running a child step again finds its child by id: a crash
+			// leaves nothing uncertain about it.
+			out[i].OnUncertain = fsm.UncertainRetry
 		}
 	}
 	return out

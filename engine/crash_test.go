@@ -98,7 +98,19 @@ func crashDefinitions() []Definition {
 		p.Name, p.Durability = fmt.Sprintf("p%d", n), DurabilityPipelined
 		defs = append(defs, p)
 	}
-	return append(defs, dagDefinitions()...)
+	defs = append(defs, dagDefinitions()...)
+	// Nested sagas two deep: nest2 runs nest1 as its step 1, which runs
+	// w3 as its own step 1. The input is every level's ("fail=1" fails
+	// w3's s1, so all three fail; "fail=3" fails nest2's s3 after both
+	// children completed, so they are reverted).
+	step := func(k int) StepDef {
+		// Retried when uncertain: a kill does not turn most of them into
+		// aborts, so that children complete and are reverted.
+		return StepDef{Name: fmt.Sprintf("s%d", k), Action: "work", Compensation: "undo", OnUncertain: fsm.UncertainRetry,
+			CompensationRetry: RetryPolicy{InitialBackoff: time.Millisecond, MaxBackoff: 5 * time.Millisecond, Multiplier: 2}}
+	}
+	defs = append(defs, Definition{Name: "nest1", Steps: []StepDef{step(0), {Name: "s1", Child: "w3"}}})
+	return append(defs, Definition{Name: "nest2", Steps: []StepDef{step(0), {Name: "s1", Child: "nest1"}, step(2), step(3)}})
 }
 
 // TestCrashChild is the child's workload; it only runs under the parent.
@@ -148,6 +160,13 @@ func TestCrashChild(t *testing.T) {
 			defer wg.Done()
 			rng := rand.New(rand.NewPCG(seed, uint64(w)))
 			for {
+				if rng.IntN(6) == 0 { // nested sagas
+					input := []string{"fail=-1", "fail=0", "fail=1", "fail=2", "fail=3", "fail=3", "fail=3"}[rng.IntN(7)]
+					if _, err := e.Run(ctx, "nest2", []byte(input), StartOptions{}); err != nil {
+						return
+					}
+					continue
+				}
 				if rng.IntN(3) == 0 { // a fan-out
 					def := []string{"fanc", "fanr", "fanm"}[rng.IntN(3)]
 					if _, err := e.Run(ctx, def, []byte(dagInput(rng)), StartOptions{}); err != nil {
@@ -300,29 +319,38 @@ func checkFinal(t *testing.T, dir string) {
 		t.Fatal(err)
 	}
 	e := openT(t, filepath.Join(dir, "engine"), Options{Registry: reg, WAL: walOptions(4 << 10)})
+	// Resuming a parent may start a child saga that did not exist when a
+	// pass of the list went by: list again until a pass finds nothing new.
 	states := map[string]*Status{}
-	after := ""
-	for {
-		page, next, err := e.List(ctx, fsm.Query{After: after, Limit: 500})
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, st := range page {
-			wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-			final, err := e.Wait(wctx, st.ID)
-			cancel()
+	for fresh := true; fresh; {
+		fresh = false
+		after := ""
+		for {
+			page, next, err := e.List(ctx, fsm.Query{After: after, Limit: 500})
 			if err != nil {
-				t.Fatalf("saga %s did not settle: %v", st.ID, err)
+				t.Fatal(err)
 			}
-			if !final.State.Terminal() {
-				t.Fatalf("saga %s ended %s, want COMPLETED or FAILED", st.ID, final.State)
+			for _, st := range page {
+				if states[st.ID] != nil {
+					continue
+				}
+				fresh = true
+				wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+				final, err := e.Wait(wctx, st.ID)
+				cancel()
+				if err != nil {
+					t.Fatalf("saga %s did not settle: %v", st.ID, err)
+				}
+				if !final.State.Terminal() {
+					t.Fatalf("saga %s ended %s, want COMPLETED or FAILED", st.ID, final.State)
+				}
+				states[st.ID] = final
 			}
-			states[st.ID] = final
+			if next == "" {
+				break
+			}
+			after = next
 		}
-		if next == "" {
-			break
-		}
-		after = next
 	}
 	must(t, e.Close())
 	closeLedger()
@@ -333,7 +361,8 @@ func checkFinal(t *testing.T, dir string) {
 	}
 	did := map[string]map[int]bool{}
 	undone := map[string][]int{}
-	for _, line := range strings.Split(strings.TrimSpace(string(data)), "\n") {
+	undonePos := map[string][]int{} // ledger line of each undo, as undone
+	for pos, line := range strings.Split(strings.TrimSpace(string(data)), "\n") {
 		var op, id string
 		var step int
 		if _, err := fmt.Sscanf(line, "%s %s %d", &op, &id, &step); err != nil {
@@ -349,8 +378,10 @@ func checkFinal(t *testing.T, dir string) {
 			did[id][step] = true
 		} else {
 			undone[id] = append(undone[id], step)
+			undonePos[id] = append(undonePos[id], pos)
 		}
 	}
+	checkNested(t, states, undone, undonePos)
 	var completed, failed, compensations int
 	for id, st := range states {
 		if st.Saga.Parallel() {
@@ -363,7 +394,7 @@ func checkFinal(t *testing.T, dir string) {
 				t.Fatalf("completed saga %s was compensated: %v", id, undone[id])
 			}
 			for k := range st.Steps {
-				if !did[id][k] {
+				if st.Steps[k].Child == "" && !did[id][k] { // a child step runs no action of its own
 					t.Fatalf("completed saga %s: step %d never ran", id, k)
 				}
 			}
@@ -402,5 +433,56 @@ func checkFinal(t *testing.T, dir string) {
 		completed, failed, parallel, acrossKills)
 	if completed == 0 || failed == 0 || parallel == 0 {
 		t.Fatal("the workload did not exercise both outcomes of fan-outs, or parallel compensation")
+	}
+}
+
+// checkNested checks the nested sagas of the crash workload: a child ends
+// as its parent does (a completed child of a failed parent was reverted),
+// and a child is compensated whole before its parent compensates any
+// step before the one that ran it.
+func checkNested(t *testing.T, states map[string]*Status, undone map[string][]int, undonePos map[string][]int) {
+	t.Helper()
+	var parents, reverted int
+	for id, st := range states {
+		p := st.Saga.Parent
+		if p == "" {
+			continue
+		}
+		ps, ok := states[p]
+		if !ok {
+			t.Fatalf("child saga %s names parent %s, which the engine does not know", id, p)
+		}
+		k := -1
+		for i := range ps.Steps {
+			if ChildID(p, i) == id {
+				k = i
+			}
+		}
+		if k < 0 {
+			t.Fatalf("child saga %s is not the child of any step of %s", id, p)
+		}
+		if st.State != ps.State {
+			t.Fatalf("child saga %s ended %s, its parent %s %s", id, st.State, p, ps.State)
+		}
+		if ps.Saga.Depth == 0 {
+			parents++
+		}
+		if st.LastError != nil && st.LastError.Kind == "reverted" {
+			reverted++
+		}
+		last := -1
+		if n := len(undonePos[id]); n > 0 {
+			last = undonePos[id][n-1]
+		}
+		for j, s := range undone[p] {
+			if s < k && undonePos[p][j] < last {
+				t.Fatalf("parent %s compensated step %d (ledger line %d) before its child %s at step %d was compensated whole (line %d)",
+					p, s, undonePos[p][j], id, k, last)
+			}
+		}
+	}
+	t.Logf("nested: %d top-level sagas with children, %d children reverted", parents, reverted)
+	if parents == 0 || reverted == 0 {
+		t.Fatal("the workload did not exercise nested sagas and their revert")
 	}
 }

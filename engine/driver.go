@@ -350,6 +350,9 @@ func (e *Engine) act(tctx, ctx context.Context, inv *invocation, sg *fsm.Saga, i
 	for {
 		st := sg.Steps[i]
 		action, ok := e.opts.Registry.Action(st.Action)
+		if st.Child != "" {
+			action, ok = e.childAction(sg, i), true
+		}
 		if !ok {
 			// Registered at start; a restarted process may have forgotten
 			// it. Fail the step so the saga is compensated rather than hang.
@@ -464,6 +467,9 @@ func (e *Engine) compensate(tctx, ctx context.Context, inv *invocation, r *run, 
 		sg = next
 		st := sg.Steps[i]
 		h, ok := e.opts.Registry.Handler(st.Compensation)
+		if st.Child != "" {
+			h, ok = e.childUndo(sg, i), true
+		}
 		if ctx.Err() != nil {
 			return i, nil // closing or the term ended: the next Open or leader runs it
 		}

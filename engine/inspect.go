@@ -143,7 +143,7 @@ func resumeAction(sg *fsm.Saga) string {
 		default:
 			var done []int
 			for i := len(sg.Steps) - 1; i >= 0; i-- {
-				if s := sg.Steps[i]; s.Compensation != "" && (s.Status == fsm.StepDone || s.Status == fsm.StepRunning) {
+				if s := sg.Steps[i]; s.Undoable() && (s.Status == fsm.StepDone || s.Status == fsm.StepRunning) {
 					done = append(done, i)
 				}
 			}
@@ -159,7 +159,7 @@ func resumeAction(sg *fsm.Saga) string {
 	default:
 		var done []int
 		for i := sg.Current; i >= 0; i-- {
-			if sg.Steps[i].Compensation != "" && (i == sg.Current || sg.Steps[i].Status == fsm.StepDone) {
+			if sg.Steps[i].Undoable() && (i == sg.Current || sg.Steps[i].Status == fsm.StepDone) {
 				done = append(done, i)
 			}
 		}

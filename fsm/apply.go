@@ -8,6 +8,13 @@ import "fmt"
 //
 // Apply is pure and deterministic: the result depends only on (s, r).
 // Define records are not saga transitions: see ApplyDefinition.
+//
+// COMPLETED and FAILED are final, with one exception: a COMPLETED child
+// saga (Saga.Parent set) leaves COMPLETED for COMPENSATING by a
+// KindReverted record, when its parent undoes the step that ran it; it
+// then ends FAILED like any compensated saga, and nothing leaves FAILED.
+// A top-level saga's COMPLETED is final: what its caller was told stays
+// true.
 func Apply(s *Saga, r *Record) (*Saga, error) { return ApplyInto(nil, s, r) }
 
 // ApplyInto is Apply with the new state written into dst (when s exists),
@@ -212,6 +219,13 @@ func transition(n *Saga, r *Record) error {
 		n.State = StateCompensating
 		nextCompensation(n, r.At)
 
+	case KindReverted:
+		if err := revertable(n, illegal); err != nil {
+			return err
+		}
+		n.LastError = revertError(r)
+		beginCompensation(n, r.At)
+
 	default:
 		return fmt.Errorf("%w: kind %s is not a saga transition", ErrInvalidRecord, r.Kind)
 	}
@@ -254,6 +268,8 @@ func startWith(r *Record, plan []StepDef) *Saga {
 		Steps:          make([]Step, len(si.Steps)),
 		Current:        0,
 		Deadline:       si.Deadline,
+		Parent:         si.Parent,
+		Depth:          si.Depth,
 		CreatedAt:      r.At,
 		UpdatedAt:      r.At,
 		Seq:            1,
@@ -290,7 +306,7 @@ func nextCompensation(n *Saga, at int64) {
 		if st.Status != StepDone {
 			continue
 		}
-		if st.Compensation == "" {
+		if !st.Undoable() {
 			st.Status, st.CompEndedAt = StepCompensated, at
 			continue
 		}
@@ -313,7 +329,7 @@ func Pending(s *Saga) []int {
 	var out []int
 	for i := s.Current; i >= 0; i-- {
 		st := s.Steps[i]
-		if (st.Status == StepDone || st.Status == StepCompensating) && st.Compensation != "" {
+		if (st.Status == StepDone || st.Status == StepCompensating) && st.Undoable() {
 			out = append(out, i)
 		}
 	}

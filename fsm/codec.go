@@ -531,10 +531,14 @@ func (p *RetryPolicy) decodeFrom(rr *rd) {
 func (s *StepDef) EncodeMsgpack(e *msgpack.Encoder) error { return encodeTo(e, s) }
 
 func (s *StepDef) appendMsgpack(w *enc) {
-	// After is written only when set: see Definition.appendMsgpack.
-	if len(s.After) > 0 {
+	// After and Child are written only when set: see
+	// Definition.appendMsgpack.
+	switch {
+	case s.Child != "":
+		w.arr(9)
+	case len(s.After) > 0:
 		w.arr(8)
-	} else {
+	default:
 		w.arr(7)
 	}
 	w.str(s.Name)
@@ -544,11 +548,14 @@ func (s *StepDef) appendMsgpack(w *enc) {
 	w.value(&s.CompensationRetry, false)
 	w.i64(int64(s.Timeout))
 	w.u64(uint64(s.OnUncertain))
-	if len(s.After) > 0 {
+	if len(s.After) > 0 || s.Child != "" {
 		w.arr(len(s.After))
 		for _, a := range s.After {
 			w.str(a)
 		}
+	}
+	if s.Child != "" {
+		w.str(s.Child)
 	}
 }
 
@@ -574,6 +581,7 @@ func (s *StepDef) decodeFrom(rr *rd) {
 			s.After = append(s.After, r.r.string())
 		}
 	}
+	r.str(&s.Child)
 	r.done()
 }
 
@@ -656,9 +664,12 @@ func (ei *ErrorInfo) decodeFrom(rr *rd) {
 func (si *StartInfo) EncodeMsgpack(e *msgpack.Encoder) error { return encodeTo(e, si) }
 
 func (si *StartInfo) appendMsgpack(w *enc) {
-	if si.Durability != DurabilityStrict {
-		w.arr(10) // written only when set: see Definition.appendMsgpack
-	} else {
+	switch { // fields written only when set: see Definition.appendMsgpack
+	case si.Parent != "":
+		w.arr(12)
+	case si.Durability != DurabilityStrict:
+		w.arr(10)
+	default:
 		w.arr(9)
 	}
 	w.str(si.Definition)
@@ -670,8 +681,12 @@ func (si *StartInfo) appendMsgpack(w *enc) {
 	w.bytes(si.Input)
 	w.strMap(si.Meta)
 	w.i64(si.Deadline)
-	if si.Durability != DurabilityStrict {
+	if si.Durability != DurabilityStrict || si.Parent != "" {
 		w.u64(uint64(si.Durability))
+	}
+	if si.Parent != "" {
+		w.str(si.Parent)
+		w.i64(int64(si.Depth))
 	}
 }
 
@@ -690,6 +705,8 @@ func (si *StartInfo) decodeFrom(rr *rd) {
 	r.strMap(&si.Meta)
 	r.i64(&si.Deadline)
 	r.u8((*uint8)(&si.Durability))
+	r.str(&si.Parent)
+	r.int(&si.Depth)
 	r.done()
 }
 
@@ -805,9 +822,12 @@ func (st *Step) decodeFrom(rr *rd) {
 func (s *Saga) EncodeMsgpack(e *msgpack.Encoder) error { return encodeTo(e, s) }
 
 func (s *Saga) appendMsgpack(w *enc) {
-	if s.Durability != DurabilityStrict {
-		w.arr(17) // written only when set: see Definition.appendMsgpack
-	} else {
+	switch { // fields written only when set: see Definition.appendMsgpack
+	case s.Parent != "":
+		w.arr(19)
+	case s.Durability != DurabilityStrict:
+		w.arr(17)
+	default:
 		w.arr(16)
 	}
 	w.str(s.ID)
@@ -829,8 +849,12 @@ func (s *Saga) appendMsgpack(w *enc) {
 	w.i64(s.CreatedAt)
 	w.i64(s.UpdatedAt)
 	w.u64(s.Seq)
-	if s.Durability != DurabilityStrict {
+	if s.Durability != DurabilityStrict || s.Parent != "" {
 		w.u64(uint64(s.Durability))
+	}
+	if s.Parent != "" {
+		w.str(s.Parent)
+		w.i64(int64(s.Depth))
 	}
 }
 
@@ -868,5 +892,7 @@ func (s *Saga) decodeFrom(rr *rd) {
 	r.i64(&s.UpdatedAt)
 	r.u64(&s.Seq)
 	r.u8((*uint8)(&s.Durability))
+	r.str(&s.Parent)
+	r.int(&s.Depth)
 	r.done()
 }

@@ -414,7 +414,7 @@ func dagTransition(n *Saga, r *Record, illegal func(string, ...any) error) error
 			}
 			return illegal("step %q is compensated only after the steps that depend on it", st.Name)
 		}
-		if st.Compensation == "" {
+		if !st.Undoable() {
 			return illegal("step %q has no compensation", st.Name)
 		}
 		if r.Attempt != st.CompAttempts+1 {
@@ -458,6 +458,14 @@ func dagTransition(n *Saga, r *Record, illegal func(string, ...any) error) error
 				n.State, n.Current = StateStuck, r.Step
 			}
 		}
+
+	case KindReverted:
+		if err := revertable(n, illegal); err != nil {
+			return err
+		}
+		n.LastError = revertError(r)
+		n.State, n.Current = StateCompensating, -1
+		settleDAG(n, r.At)
 
 	case KindRetried:
 		if err := inState(StateStuck); err != nil {
@@ -516,7 +524,7 @@ func settleDAG(n *Saga, at int64) {
 		held := heldBack(n)
 		for i := range n.Steps {
 			st := &n.Steps[i]
-			if st.Status == StepDone && st.Compensation == "" && !held[i] {
+			if st.Status == StepDone && !st.Undoable() && !held[i] {
 				st.Status, st.CompEndedAt = StepCompensated, at
 				changed = true
 			}
@@ -540,7 +548,7 @@ func pendingDAG(s *Saga) []int {
 	held := heldBack(s)
 	for i := len(s.Steps) - 1; i >= 0; i-- {
 		st := s.Steps[i]
-		if (st.Status == StepDone || st.Status == StepCompensating) && st.Compensation != "" {
+		if (st.Status == StepDone || st.Status == StepCompensating) && st.Undoable() {
 			if !held[i] {
 				ready = append(ready, i)
 			} else {

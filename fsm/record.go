@@ -24,6 +24,7 @@ const (
 	KindAborted       Kind = 9  // abort (operator, deadline, uncertain step): compensate what was done
 	KindRetried       Kind = 10 // operator: retry a STUCK saga's compensation now, with a fresh budget
 	KindResolved      Kind = 11 // operator: the STUCK compensation was done by hand
+	KindReverted      Kind = 12 // a COMPLETED child saga is compensated as a whole: its parent undoes the step that ran it
 )
 
 var kindNames = map[Kind]string{
@@ -32,6 +33,7 @@ var kindNames = map[Kind]string{
 	KindCompStarted: "compensation_started", KindCompCompleted: "compensation_completed",
 	KindCompFailed: "compensation_failed", KindAborted: "aborted", KindRetried: "retried",
 	KindResolved: "resolved",
+	KindReverted: "reverted",
 }
 
 func (k Kind) String() string {
@@ -54,6 +56,9 @@ type StartInfo struct {
 	Meta           map[string]string
 	Deadline       int64
 	Durability     Durability
+	// Parent and Depth: see Saga.Parent.
+	Parent string
+	Depth  int
 }
 
 // Record is one transition. Which fields matter depends on Kind.
@@ -168,6 +173,10 @@ func (r *Record) Validate() error {
 		if r.Start == nil {
 			return bad("no start info")
 		}
+		if si := r.Start; (si.Parent == "") != (si.Depth == 0) || si.Depth < 0 || si.Depth > MaxDepth ||
+			(si.Parent != "" && !ValidID(si.Parent)) {
+			return bad("parent %q at depth %d (a child saga names its parent, at depth 1 to %d)", si.Parent, si.Depth, MaxDepth)
+		}
 		d := Definition{Name: r.Start.Definition, Version: r.Start.Version, Steps: r.Start.Steps, Durability: r.Start.Durability}
 		if err := d.Validate(); err != nil {
 			return err
@@ -216,6 +225,17 @@ func (d *Definition) Validate() error {
 		}
 		if s.OnUncertain > UncertainRetry {
 			probs = append(probs, fmt.Sprintf("step %q: unknown uncertain policy %d", s.Name, s.OnUncertain))
+		}
+		if s.Child != "" {
+			switch {
+			case !ValidID(s.Child):
+				probs = append(probs, fmt.Sprintf("step %q: invalid child definition name %q", s.Name, s.Child))
+			case s.Child == d.Name:
+				probs = append(probs, fmt.Sprintf("step %q: a definition cannot run itself as a child", s.Name))
+			}
+			if s.Action != "" || s.Compensation != "" {
+				probs = append(probs, fmt.Sprintf("step %q: a child step has no action or compensation of its own (its child saga is both)", s.Name))
+			}
 		}
 		for _, rp := range [...]struct {
 			what string

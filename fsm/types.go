@@ -200,7 +200,17 @@ type StepDef struct {
 	// after the one before; one in which any step has After is a DAG, and
 	// a step without After starts with the saga. See dag.go.
 	After []string `json:"after,omitempty"`
+	// Child names a definition whose saga the step runs as a whole (a
+	// nested saga): the step is done when the child saga completes and
+	// fails when it fails, having compensated itself. Undoing the step
+	// compensates the child as a whole (KindReverted). A child step has no
+	// Action or Compensation of its own. See nested.go.
+	Child string `json:"child,omitempty"`
 }
+
+// Undoable reports whether the step has something to undo once done: a
+// compensation handler, or a child saga.
+func (d *StepDef) Undoable() bool { return d.Compensation != "" || d.Child != "" }
 
 // Definition is a durable, versioned saga type.
 type Definition struct {
@@ -282,6 +292,11 @@ type Saga struct {
 	// Seq counts the transitions applied to this saga; the history holds
 	// exactly Seq records.
 	Seq uint64
+	// Parent is the id of the saga whose step runs this one (a nested
+	// saga), "" for a saga started by a caller; Depth is its nesting
+	// depth (0 for a top-level saga).
+	Parent string
+	Depth  int
 }
 
 // Clone returns a copy whose steps can be changed without touching s:

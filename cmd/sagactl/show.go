@@ -35,6 +35,9 @@ func newShow(g *globals) *cobra.Command {
 			if s.User != "" {
 				fmt.Fprintf(g.out, "user %s\n", s.User)
 			}
+			if s.Parent != "" {
+				fmt.Fprintf(g.out, "child saga of %s (depth %d)\n", s.Parent, s.Depth)
+			}
 			if s.LastError != "" {
 				fmt.Fprintf(g.out, "last error: %s\n", s.LastError)
 			}
@@ -57,7 +60,7 @@ func newShow(g *globals) *cobra.Command {
 				}
 				status := st.Status
 				switch {
-				case st.Status == "compensated" && st.Compensation == "":
+				case st.Status == "compensated" && st.Compensation == "" && st.Child == "":
 					status = "done, nothing to undo" // no compensation: skipped
 					if st.Uncertain {
 						status = "uncertain, nothing to undo"
@@ -72,7 +75,11 @@ func newShow(g *globals) *cobra.Command {
 				if s.Parallel {
 					name += "\t" + dash(strings.Join(st.After, ","))
 				}
-				fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%d\t%s\t%s\n", name, status, st.Attempts, dash(st.Compensation),
+				comp := st.Compensation
+				if st.Child != "" {
+					comp = "child " + st.Child + " (saga " + st.ChildSaga + ")" // undone as a whole
+				}
+				fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%d\t%s\t%s\n", name, status, st.Attempts, dash(comp),
 					st.CompensationAttempts, dash(st.Duration), dash(errText))
 			}
 			fmt.Fprintln(w, "\nSEQ\tLOG INDEX\tAT\tTRANSITION\tSTEP\tATTEMPT\tDETAIL")

@@ -1,0 +1,36 @@
+package fsm
+
+// Nested sagas. A step with StepDef.Child runs a saga of another
+// definition as a whole (the engine starts it, with Parent and Depth set,
+// and waits for it): the step is done when the child completes, and fails
+// when the child fails, having compensated itself first. Undoing the step
+// undoes the child as a whole: a COMPLETED child is reverted (KindReverted:
+// COMPLETED → COMPENSATING, its done steps compensated as if its last step
+// had failed, ending FAILED). This is the one way out of COMPLETED, and
+// only for a child: see Apply.
+
+// MaxDepth bounds the nesting of child sagas: a top-level saga has depth
+// 0, its children 1, and so on; no saga starts deeper than MaxDepth.
+const MaxDepth = 4
+
+// revertable checks that n may be reverted: a COMPLETED child saga.
+func revertable(n *Saga, illegal func(string, ...any) error) error {
+	if n.Parent == "" {
+		return illegal("only a child saga can be reverted; a top-level saga's COMPLETED is final")
+	}
+	if n.State != StateCompleted {
+		return illegal("only a COMPLETED child saga can be reverted, this one is %s", n.State)
+	}
+	return nil
+}
+
+func revertError(r *Record) *ErrorInfo {
+	msg := r.Reason
+	if msg == "" {
+		msg = "reverted by its parent saga"
+	}
+	if r.Actor != "" {
+		msg += " (by " + r.Actor + ")"
+	}
+	return &ErrorInfo{Kind: "reverted", Message: msg}
+}
