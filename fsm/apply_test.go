@@ -138,6 +138,9 @@ func describe(s *Saga) string {
 		if st.Compensation == "" {
 			b.WriteString(" (no compensation)")
 		}
+		if st.CompErr != nil {
+			fmt.Fprintf(&b, " comp_err=%s", st.CompErr.Message)
+		}
 		b.WriteString("\n")
 	}
 	if s.LastError != nil {

@@ -27,10 +27,12 @@ import (
 //     A step without a compensation handler is settled as soon as it is
 //     reachable. The saga is FAILED when nothing is left to undo.
 //   - A compensation that exhausts its budget marks its step stuck and the
-//     saga STUCK (Current names the first stuck step); compensations in
-//     flight may still record their outcome, but none starts until an
+//     saga STUCK (Current names the first stuck step, LastError its error);
+//     compensations in flight may still record their outcome (a failure
+//     in the step's CompErr, never in LastError), but none starts until an
 //     operator retries (every stuck step gets a fresh round) or resolves
-//     (the stuck step named by Current).
+//     (the stuck step named by Current; Current and LastError then name
+//     the next stuck step, if any).
 //
 // Current is -1 for a DAG saga except while it is STUCK.
 
@@ -451,7 +453,12 @@ func dagTransition(n *Saga, r *Record, illegal func(string, ...any) error) error
 			return illegal("attempt %d failed but attempt %d is running", r.Attempt, st.CompAttempts)
 		}
 		st.CompErr = r.Err
-		n.LastError = r.Err
+		// While STUCK, LastError is the error that made it so: a branch
+		// still in flight that fails (for good or not) keeps its error in
+		// its own step (CompErr) and in the history.
+		if n.State != StateStuck {
+			n.LastError = r.Err
+		}
 		if r.Final {
 			st.Stuck = true
 			if n.State != StateStuck {
@@ -496,6 +503,9 @@ func dagTransition(n *Saga, r *Record, illegal func(string, ...any) error) error
 		}
 		if n.Current < 0 {
 			n.State = StateCompensating
+		} else if e := n.Steps[n.Current].CompErr; e != nil {
+			// Still STUCK, now at another step: its error explains why.
+			n.LastError = e
 		}
 		settleDAG(n, r.At)
 
