@@ -32,12 +32,16 @@ type RetryPolicy = fsm.RetryPolicy
 // compensation handler and action it names must already be registered
 // (compensation.ErrUnknownName otherwise); a malformed definition returns
 // an *fsm.DefinitionError listing every problem. Sagas already started keep
-// the definition they started with.
+// the definition they started with. Neither d nor the result shares memory
+// with the engine: either may be changed afterwards.
 func (e *Engine) Define(ctx context.Context, d Definition) (*Definition, error) {
 	if e.opts.Inspect {
 		return nil, ErrReadOnly
 	}
-	d.Steps = append([]StepDef(nil), d.Steps...)
+	// The record, and the definition the store caches, own copies: a
+	// caller changing its value afterwards must not change what was
+	// logged.
+	d = *d.Clone()
 	d.Version = 1
 	if err := d.Validate(); err != nil {
 		return nil, err
@@ -70,7 +74,8 @@ func (e *Engine) Define(ctx context.Context, d Definition) (*Definition, error) 
 	if res[0].Err != nil {
 		return nil, res[0].Err
 	}
-	return res[0].Def, nil
+	// The applied definition is the one the store caches as the latest.
+	return res[0].Def.Clone(), nil
 }
 
 func (e *Engine) checkNames(steps []StepDef) error {
@@ -83,7 +88,7 @@ func (e *Engine) checkNames(steps []StepDef) error {
 }
 
 // Definition returns the latest version of a definition, or the given
-// version when version > 0.
+// version when version > 0: a copy the caller owns (so does Definitions).
 func (e *Engine) Definition(ctx context.Context, name string, version int) (d *Definition, err error) {
 	err = e.read(func() error {
 		if version > 0 {

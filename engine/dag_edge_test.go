@@ -3,8 +3,10 @@ package engine
 import (
 	"context"
 	"errors"
+	"reflect"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/sagaengine/saga/compensation"
 	"github.com/sagaengine/saga/fsm"
@@ -59,4 +61,74 @@ func TestCallerDrivenDAGFailureCompensatesDoneBranchesAtOnce(t *testing.T) {
 	if len(got) != 4 || got[3] != "a" || slices.Index(got, "c") > slices.Index(got, "a") {
 		t.Fatalf("compensated %v: want y, b and c (any order), then a", got)
 	}
+}
+
+// scribble changes every part of a definition a caller could reach.
+func scribble(d *Definition) {
+	d.Name, d.Version, d.Timeout = "scribbled", 99, time.Hour
+	for i := range d.Steps {
+		d.Steps[i].Name, d.Steps[i].Compensation = "x", "nope"
+		for k := range d.Steps[i].After {
+			d.Steps[i].After[k] = "x"
+		}
+	}
+	d.Steps = append(d.Steps[:1], StepDef{Name: "extra"})
+}
+
+func TestDefinitionsHandedToCallersShareNothingWithTheEngine(t *testing.T) {
+	tctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	reg := compensation.NewRegistry()
+	must(t, reg.Register("undo", func(context.Context, compensation.Call) error { return nil }))
+	e := openT(t, t.TempDir(), Options{Registry: reg})
+	defer e.Close()
+	in := callerDAG("dag")
+	want := callerDAG("dag")
+	want.Version = 1
+	got, err := e.Define(tctx, in)
+	must(t, err)
+	// The caller's value, changed after Define, is not what was stored.
+	scribble(&in)
+	check := func(what string) {
+		t.Helper()
+		d, err := e.Definition(tctx, "dag", 0)
+		must(t, err)
+		if !reflect.DeepEqual(*d, want) {
+			t.Fatalf("after a caller changed %s, the engine holds %+v", what, d)
+		}
+		id, err := e.Start(tctx, "dag", nil, StartOptions{})
+		must(t, err)
+		st, err := e.Status(tctx, id)
+		must(t, err)
+		if st.Saga.Steps[4].Name != "c" || !slices.Equal(st.Saga.Steps[4].After, []string{"a"}) {
+			t.Fatalf("after a caller changed %s, a new saga has step %+v", what, *st.Saga.Steps[4].StepDef)
+		}
+		// What Status hands out is the caller's too.
+		scribble(&Definition{Steps: []StepDef{*st.Saga.Steps[4].StepDef}})
+		st.Saga.Steps[4].After[0] = "x"
+		again, err := e.Status(tctx, id)
+		must(t, err)
+		if !slices.Equal(again.Saga.Steps[4].After, []string{"a"}) {
+			t.Fatalf("a change to a status changed the saga: after %v", again.Saga.Steps[4].After)
+		}
+	}
+	check("its input")
+	scribble(got)
+	check("the result of a new Define")
+	again, err := e.Define(tctx, callerDAG("dag"))
+	must(t, err)
+	scribble(again)
+	check("the result of an unchanged Define")
+	latest, err := e.Definition(tctx, "dag", 0)
+	must(t, err)
+	scribble(latest)
+	check("the result of Definition")
+	v1, err := e.Definition(tctx, "dag", 1)
+	must(t, err)
+	scribble(v1)
+	check("the result of Definition by version")
+	all, err := e.Definitions(tctx)
+	must(t, err)
+	scribble(all[0])
+	check("the result of Definitions")
 }

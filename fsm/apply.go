@@ -353,7 +353,5 @@ func ApplyDefinition(latest *Definition, r *Record) (*Definition, error) {
 		return nil, fmt.Errorf("%w: definition %q version %d, expected version %d",
 			ErrIllegalTransition, r.Def.Name, r.Def.Version, want)
 	}
-	d := *r.Def
-	d.Steps = append([]StepDef(nil), r.Def.Steps...)
-	return &d, nil
+	return r.Def.Clone(), nil
 }

@@ -1030,7 +1030,7 @@ func (s *Store) LatestDefinition(name string) (*Definition, error) {
 	if err != nil {
 		return nil, err
 	}
-	return d.copy(), nil
+	return d.Clone(), nil
 }
 
 // PeekLatestDefinition is LatestDefinition without the copy: the
@@ -1055,15 +1055,6 @@ func (s *Store) PeekLatestDefinition(name string) (*Definition, error) {
 	}
 	s.mu.Unlock()
 	return d, nil
-}
-
-func (d *Definition) copy() *Definition {
-	c := *d
-	c.Steps = append([]StepDef(nil), d.Steps...)
-	for i := range c.Steps {
-		c.Steps[i].After = slices.Clone(c.Steps[i].After)
-	}
-	return &c
 }
 
 func (s *Store) latestFromDisk(name string) (*Definition, error) {

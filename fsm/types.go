@@ -227,6 +227,18 @@ type Definition struct {
 	Durability Durability `json:"durability,omitempty"`
 }
 
+// Clone returns a copy that shares no memory with d (its steps and their
+// After lists): what the store and the engine hand to callers, who may
+// change it.
+func (d *Definition) Clone() *Definition {
+	c := *d
+	c.Steps = slices.Clone(d.Steps)
+	for i := range c.Steps {
+		c.Steps[i].After = slices.Clone(c.Steps[i].After)
+	}
+	return &c
+}
+
 // ErrorInfo is an error as data: a Go error value does not survive a restart.
 type ErrorInfo struct {
 	Kind      string `json:"kind,omitempty"`
