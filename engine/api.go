@@ -311,9 +311,14 @@ func (e *Engine) Advance(ctx context.Context, id string, res StepResult) (*Statu
 		if resent(cur, res) {
 			return nil, nil // already recorded: a re-send after a crash changes nothing
 		}
+		// An error names the step reported, by index and name: a DAG
+		// saga's Current is -1, and is no step to name.
+		refused := func(reason string) error {
+			return &fsm.TransitionError{Saga: id, Kind: kind, State: cur.State, Step: stepNamed(cur, res.Step),
+				StepName: res.Step, Reason: reason}
+		}
 		if cur.State != fsm.StateInProgress {
-			return nil, &fsm.TransitionError{Saga: id, Kind: kind, State: cur.State, Step: cur.Current,
-				Reason: "the saga is not in progress"}
+			return nil, refused("the saga is not in progress")
 		}
 		step := cur.Current
 		if cur.Parallel() {
@@ -323,8 +328,7 @@ func (e *Engine) Advance(ctx context.Context, id string, res StepResult) (*Statu
 				return nil, fmt.Errorf("%w: saga %s has no step %q", ErrInvalidArgument, id, res.Step)
 			}
 		} else if name := cur.Steps[cur.Current].Name; res.Step != name {
-			return nil, &fsm.TransitionError{Saga: id, Kind: kind, State: cur.State, Step: cur.Current,
-				Reason: fmt.Sprintf("reported step %q, but the current step is %q", res.Step, name)}
+			return nil, refused(fmt.Sprintf("reported step %q, but the current step is %q", res.Step, name))
 		}
 		r := &fsm.Record{Saga: id, At: e.now(), Step: step}
 		if res.Err == nil {

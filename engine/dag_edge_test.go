@@ -5,6 +5,7 @@ import (
 	"errors"
 	"reflect"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -131,4 +132,50 @@ func TestDefinitionsHandedToCallersShareNothingWithTheEngine(t *testing.T) {
 	must(t, err)
 	scribble(all[0])
 	check("the result of Definitions")
+}
+
+func TestAdvanceErrorsOfADAGSagaNameTheStep(t *testing.T) {
+	tctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	// A compensation that never ends keeps the saga COMPENSATING.
+	block := make(chan struct{})
+	defer close(block)
+	reg := compensation.NewRegistry()
+	must(t, reg.Register("undo", func(ctx context.Context, _ compensation.Call) error {
+		select {
+		case <-block:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}))
+	e := openT(t, t.TempDir(), Options{Registry: reg})
+	defer e.Close()
+	_, err := e.Define(tctx, callerDAG("dag"))
+	must(t, err)
+	id, err := e.Start(tctx, "dag", nil, StartOptions{})
+	must(t, err)
+	index := map[string]int{"a": 0, "y": 1, "b": 2, "x": 3, "c": 4}
+	refused := func(res StepResult, want string) {
+		t.Helper()
+		_, err := e.Advance(tctx, id, res)
+		var te *TransitionError
+		if !errors.As(err, &te) {
+			t.Fatalf("Advance %s: %v, want a *TransitionError", res.Step, err)
+		}
+		if te.StepName != res.Step || te.Step != index[res.Step] || !strings.Contains(err.Error(), want) {
+			t.Fatalf("Advance %s: %v (step %d %q), want it named, with %q", res.Step, err, te.Step, te.StepName, want)
+		}
+	}
+	// Not ready: c waits for a.
+	refused(StepResult{Step: "c"}, `step 4 "c"`)
+	_, err = e.Advance(tctx, id, StepResult{Step: "a"})
+	must(t, err)
+	// Reported twice, differently.
+	refused(StepResult{Step: "a", Output: []byte("other")}, `step 0 "a"`)
+	_, err = e.Advance(tctx, id, StepResult{Step: "x", Err: errors.New("x broke")})
+	must(t, err)
+	// Not in progress any more.
+	refused(StepResult{Step: "b"}, `step 2 "b"`)
+	refused(StepResult{Step: "y", Err: errors.New("late")}, `step 1 "y"`)
 }

@@ -60,7 +60,15 @@ func applyInPlace(n *Saga, r *Record) error { return transition(n, r) }
 // check comes before the first change.
 func transition(n *Saga, r *Record) error {
 	illegal := func(why string, a ...any) error {
-		return &TransitionError{Saga: n.ID, Kind: r.Kind, State: n.State, Step: r.Step, Reason: fmt.Sprintf(why, a...)}
+		e := &TransitionError{Saga: n.ID, Kind: r.Kind, State: n.State, Step: r.Step, Reason: fmt.Sprintf(why, a...)}
+		switch {
+		case r.Kind == KindAborted && n.Durability != DurabilityPipelined, r.Kind == KindRetried,
+			r.Kind == KindResolved && n.State != StateStuck:
+			e.Step = -1 // about the saga: its Step names no step
+		case r.Step < len(n.Steps):
+			e.StepName = n.Steps[r.Step].Name
+		}
+		return e
 	}
 	if n.parallel() {
 		if err := dagTransition(n, r, illegal); err != nil {
@@ -79,7 +87,7 @@ func transition(n *Saga, r *Record) error {
 			return illegal("saga has %d steps", len(n.Steps))
 		}
 		if r.Step != n.Current {
-			return illegal("step %d is not the current step %d", r.Step, n.Current)
+			return illegal("step %s is not the current step %s", stepLabel(n, r.Step), stepLabel(n, n.Current))
 		}
 		return nil
 	}
@@ -141,7 +149,7 @@ func transition(n *Saga, r *Record) error {
 		last := n.Current
 		if n.Durability == DurabilityPipelined && r.Step != n.Current {
 			if r.Step != n.Current+1 || r.Step >= len(n.Steps) {
-				return illegal("a pipelined saga's abort names its current step %d or the one after it", n.Current)
+				return illegal("a pipelined saga's abort names its current step %s or the one after it", stepLabel(n, n.Current))
 			}
 			last = r.Step
 		}
@@ -212,7 +220,7 @@ func transition(n *Saga, r *Record) error {
 			return illegal("only a STUCK saga can be resolved by hand, this one is %s", n.State)
 		}
 		if r.Step != n.Current {
-			return illegal("step %d is not the stuck step %d", r.Step, n.Current)
+			return illegal("step %s is not the stuck step %s", stepLabel(n, r.Step), stepLabel(n, n.Current))
 		}
 		st := &n.Steps[n.Current]
 		st.Status, st.CompEndedAt = StepCompensated, r.At
@@ -283,6 +291,14 @@ func startWith(r *Record, plan []StepDef) *Saga {
 	}
 	runStep(&s.Steps[0], r.At)
 	return s
+}
+
+// stepLabel names step i of n in a message: its index and name.
+func stepLabel(n *Saga, i int) string {
+	if i >= 0 && i < len(n.Steps) {
+		return fmt.Sprintf("%d %q", i, n.Steps[i].Name)
+	}
+	return fmt.Sprint(i)
 }
 
 func runStep(st *Step, at int64) {

@@ -491,7 +491,7 @@ func dagTransition(n *Saga, r *Record, illegal func(string, ...any) error) error
 		}
 		st := &n.Steps[r.Step]
 		if !st.Stuck {
-			return illegal("step %d is not a stuck step", r.Step)
+			return illegal("step %s is not a stuck step", stepLabel(n, r.Step))
 		}
 		st.Stuck, st.Status, st.CompEndedAt = false, StepCompensated, r.At
 		n.Current = -1

@@ -374,16 +374,32 @@ var (
 
 // TransitionError explains why a record was refused.
 type TransitionError struct {
-	Saga   string
-	Kind   Kind
-	State  SagaState
-	Step   int
-	Reason string
+	Saga  string
+	Kind  Kind
+	State SagaState
+	// Step is the index of the step the record names (maybe one the saga
+	// does not have); -1 when it names none: an abort or a retry is about
+	// the whole saga, and Advance names -1 for a step name the saga does
+	// not have.
+	Step int
+	// StepName is the name of that step ("" when none): a DAG saga's
+	// steps are told apart by name, and an index alone says little.
+	StepName string
+	Reason   string
 }
 
 func (e *TransitionError) Error() string {
-	return fmt.Sprintf("fsm: illegal transition %s on saga %s (state %s, step %d): %s",
-		e.Kind, e.Saga, e.State, e.Step, e.Reason)
+	step := ""
+	switch {
+	case e.StepName != "" && e.Step >= 0:
+		step = fmt.Sprintf(", step %d %q", e.Step, e.StepName)
+	case e.StepName != "":
+		step = fmt.Sprintf(", step %q", e.StepName)
+	case e.Step >= 0:
+		step = fmt.Sprintf(", step %d", e.Step)
+	}
+	return fmt.Sprintf("fsm: illegal transition %s on saga %s (state %s%s): %s",
+		e.Kind, e.Saga, e.State, step, e.Reason)
 }
 
 // Unwrap makes errors.Is(err, ErrIllegalTransition) true.
