@@ -31,7 +31,8 @@ type RetryPolicy = fsm.RetryPolicy
 // nothing changed, one more when the steps or timeout changed. Every
 // compensation handler and action it names must already be registered
 // (compensation.ErrUnknownName otherwise); a malformed definition returns
-// an *fsm.DefinitionError listing every problem. Sagas already started keep
+// an *fsm.DefinitionError listing every problem, among them more than
+// MaxSteps steps (ErrTooManySteps). Sagas already started keep
 // the definition they started with. Neither d nor the result shares memory
 // with the engine: either may be changed afterwards.
 func (e *Engine) Define(ctx context.Context, d Definition) (*Definition, error) {
@@ -43,7 +44,7 @@ func (e *Engine) Define(ctx context.Context, d Definition) (*Definition, error) 
 	// logged.
 	d = *d.Clone()
 	d.Version = 1
-	if err := d.Validate(); err != nil {
+	if err := d.ValidateNew(); err != nil {
 		return nil, err
 	}
 	if err := e.checkNames(d.Steps); err != nil {

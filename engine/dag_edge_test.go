@@ -3,6 +3,7 @@ package engine
 import (
 	"context"
 	"errors"
+	"fmt"
 	"reflect"
 	"slices"
 	"strings"
@@ -178,4 +179,50 @@ func TestAdvanceErrorsOfADAGSagaNameTheStep(t *testing.T) {
 	// Not in progress any more.
 	refused(StepResult{Step: "b"}, `step 2 "b"`)
 	refused(StepResult{Step: "y", Err: errors.New("late")}, `step 1 "y"`)
+}
+
+// chain is a DAG definition of n steps, each after the one before.
+func chain(name string, n int) Definition {
+	d := Definition{Name: name}
+	for i := range n {
+		s := StepDef{Name: fmt.Sprintf("s%d", i), Compensation: "undo"}
+		if i > 0 {
+			s.After = []string{fmt.Sprintf("s%d", i-1)}
+		}
+		d.Steps = append(d.Steps, s)
+	}
+	return d
+}
+
+func TestDefineRefusesMoreThanMaxStepsWithEveryOtherProblem(t *testing.T) {
+	tctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	reg := compensation.NewRegistry()
+	must(t, reg.Register("undo", func(context.Context, compensation.Call) error { return nil }))
+	e := openT(t, t.TempDir(), Options{Registry: reg})
+	defer e.Close()
+	ok, err := e.Define(tctx, chain("long", MaxSteps))
+	must(t, err)
+	over := chain("long", MaxSteps+1)
+	over.Timeout = -time.Second
+	_, err = e.Define(tctx, over)
+	var de *DefinitionError
+	if !errors.Is(err, ErrTooManySteps) || !errors.As(err, &de) || len(de.Problems) != 2 {
+		t.Fatalf("Define of %d steps and a negative timeout: %v; want ErrTooManySteps in a DefinitionError of 2 problems", MaxSteps+1, err)
+	}
+	over.Steps = over.Steps[:MaxSteps]
+	if _, err := e.Define(tctx, over); !errors.As(err, &de) || errors.Is(err, ErrTooManySteps) {
+		t.Fatalf("Define of %d steps and a negative timeout: %v; want only the timeout", MaxSteps, err)
+	}
+	latest, err := e.Definition(tctx, "long", 0)
+	must(t, err)
+	if latest.Version != ok.Version || len(latest.Steps) != MaxSteps {
+		t.Fatalf("a refused redefinition changed the stored one: v%d with %d steps", latest.Version, len(latest.Steps))
+	}
+	if _, err := e.Define(tctx, chain("huge", 4*MaxSteps)); !errors.Is(err, ErrTooManySteps) {
+		t.Fatalf("Define of %d steps: %v", 4*MaxSteps, err)
+	}
+	if _, err := e.Definition(tctx, "huge", 0); !errors.Is(err, ErrUnknownDefinition) {
+		t.Fatalf("a refused definition was stored: %v", err)
+	}
 }

@@ -57,6 +57,11 @@ const (
 	DurabilityPipelined = fsm.DurabilityPipelined
 )
 
+// MaxSteps bounds the steps of a definition Define accepts (256): a
+// scheduling pass over a saga with parallel steps looks at every step.
+// Definitions stored before the bound keep working.
+const MaxSteps = fsm.MaxSteps
+
 // ParseDurability parses "strict" or "pipelined" ("" is strict).
 func ParseDurability(s string) (Durability, error) { return fsm.ParseDurability(s) }
 
@@ -96,6 +101,9 @@ var (
 	// ErrDuplicateKey: a start record whose idempotency key another saga
 	// holds (Start itself answers a repeated key with the first saga).
 	ErrDuplicateKey = fsm.ErrDuplicateKey
+	// ErrTooManySteps: Define was given more than MaxSteps steps (in a
+	// *DefinitionError listing every problem).
+	ErrTooManySteps = fsm.ErrTooManySteps
 	// ErrUnknownHandler: a definition names an action or compensation the
 	// Registry does not hold.
 	ErrUnknownHandler = compensation.ErrUnknownName

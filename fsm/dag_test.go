@@ -2,6 +2,7 @@ package fsm
 
 import (
 	"errors"
+	"fmt"
 	"reflect"
 	"strings"
 	"testing"
@@ -77,5 +78,24 @@ func TestSequenceAndItsChainDAGAgree(t *testing.T) {
 	}
 	if a, b := run(seq), run(dag); !reflect.DeepEqual(a, b) {
 		t.Fatalf("sequence %v, chain %v", a, b)
+	}
+}
+
+// The bound is for new definitions: a define record already in a log
+// replays, whatever its size.
+func TestMaxStepsBoundsNewDefinitionsNotReplay(t *testing.T) {
+	d := &Definition{Name: "d", Version: 1}
+	for i := range MaxSteps + 1 {
+		d.Steps = append(d.Steps, StepDef{Name: fmt.Sprintf("s%d", i)})
+	}
+	if err := d.ValidateNew(); !errors.Is(err, ErrTooManySteps) || !errors.Is(err, ErrInvalidRecord) {
+		t.Fatalf("ValidateNew of %d steps: %v", len(d.Steps), err)
+	}
+	if _, err := ApplyDefinition(nil, &Record{Kind: KindDefine, Def: d}); err != nil {
+		t.Fatalf("a logged definition of %d steps no longer replays: %v", len(d.Steps), err)
+	}
+	d.Steps = d.Steps[:MaxSteps]
+	if err := d.ValidateNew(); err != nil {
+		t.Fatalf("ValidateNew of %d steps: %v", MaxSteps, err)
 	}
 }

@@ -185,8 +185,37 @@ func (r *Record) Validate() error {
 	return nil
 }
 
+// MaxSteps bounds the steps of a new definition (ValidateNew): a pass of
+// the scheduler over a DAG saga looks at every step and its dependencies,
+// so a definition of 100k steps would make each completion cost the
+// square of that.
+const MaxSteps = 256
+
+// ValidateNew is Validate for a definition about to be written (Define):
+// it also holds the definition to the bounds of a new one (MaxSteps). A
+// record already in a log is held only to Validate, so that a log written
+// before a bound existed still replays to the same state.
+func (d *Definition) ValidateNew() error {
+	var probs []string
+	if len(d.Steps) > MaxSteps {
+		probs = append(probs, fmt.Sprintf("%d steps, over the limit of %d", len(d.Steps), MaxSteps))
+	}
+	probs = append(probs, d.problems()...)
+	if len(probs) == 0 {
+		return nil
+	}
+	return &DefinitionError{Name: d.Name, Problems: probs, TooManySteps: len(d.Steps) > MaxSteps}
+}
+
 // Validate reports every problem of a definition at once.
 func (d *Definition) Validate() error {
+	if probs := d.problems(); len(probs) > 0 {
+		return &DefinitionError{Name: d.Name, Problems: probs}
+	}
+	return nil
+}
+
+func (d *Definition) problems() []string {
 	var probs []string
 	if !ValidID(d.Name) {
 		probs = append(probs, fmt.Sprintf("invalid name %q (1-128 of letters, digits, . _ : @ -)", d.Name))
@@ -254,10 +283,7 @@ func (d *Definition) Validate() error {
 			probs = append(probs, "pipelined durability is for sequences: a definition with dependencies (after) is strict")
 		}
 	}
-	if len(probs) == 0 {
-		return nil
-	}
-	return &DefinitionError{Name: d.Name, Problems: probs}
+	return probs
 }
 
 // usedBefore reports whether steps[i]'s name is the name of an earlier
@@ -278,6 +304,9 @@ func usedBefore(steps []StepDef, i int, seen map[string]bool) bool {
 type DefinitionError struct {
 	Name     string
 	Problems []string
+	// TooManySteps: one of the problems is more steps than MaxSteps
+	// (errors.Is(err, ErrTooManySteps) is then true too).
+	TooManySteps bool
 }
 
 func (e *DefinitionError) Error() string {
@@ -288,5 +317,11 @@ func (e *DefinitionError) Error() string {
 	return s
 }
 
-// Unwrap makes errors.Is(err, ErrInvalidRecord) true.
-func (e *DefinitionError) Unwrap() error { return ErrInvalidRecord }
+// Unwrap makes errors.Is(err, ErrInvalidRecord) true, and
+// errors.Is(err, ErrTooManySteps) when that is one of the problems.
+func (e *DefinitionError) Unwrap() []error {
+	if e.TooManySteps {
+		return []error{ErrInvalidRecord, ErrTooManySteps}
+	}
+	return []error{ErrInvalidRecord}
+}

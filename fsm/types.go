@@ -368,6 +368,9 @@ var (
 	ErrUnsupportedVersion = errors.New("fsm: unsupported record version")
 	// ErrUnknownDefinition: no such definition (or version).
 	ErrUnknownDefinition = errors.New("fsm: unknown definition")
+	// ErrTooManySteps: a new definition has more than MaxSteps steps
+	// (wrapped in a *DefinitionError, with its other problems).
+	ErrTooManySteps = errors.New("fsm: too many steps")
 	// ErrInvalidOptions: OpenStore was given a negative size.
 	ErrInvalidOptions = errors.New("fsm: invalid store options")
 )
