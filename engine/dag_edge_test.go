@@ -65,6 +65,18 @@ func TestCallerDrivenDAGFailureCompensatesDoneBranchesAtOnce(t *testing.T) {
 	}
 }
 
+// openUndo opens an engine whose "undo" compensation does nothing, and
+// returns it with a context of a bounded life; both end with the test.
+func openUndo(t *testing.T) (context.Context, *Engine) {
+	tctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	t.Cleanup(cancel)
+	reg := compensation.NewRegistry()
+	must(t, reg.Register("undo", func(context.Context, compensation.Call) error { return nil }))
+	e := openT(t, t.TempDir(), Options{Registry: reg})
+	t.Cleanup(func() { e.Close() })
+	return tctx, e
+}
+
 // scribble changes every part of a definition a caller could reach.
 func scribble(d *Definition) {
 	d.Name, d.Version, d.Timeout = "scribbled", 99, time.Hour
@@ -78,12 +90,7 @@ func scribble(d *Definition) {
 }
 
 func TestDefinitionsHandedToCallersShareNothingWithTheEngine(t *testing.T) {
-	tctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	reg := compensation.NewRegistry()
-	must(t, reg.Register("undo", func(context.Context, compensation.Call) error { return nil }))
-	e := openT(t, t.TempDir(), Options{Registry: reg})
-	defer e.Close()
+	tctx, e := openUndo(t)
 	in := callerDAG("dag")
 	want := callerDAG("dag")
 	want.Version = 1
@@ -117,22 +124,26 @@ func TestDefinitionsHandedToCallersShareNothingWithTheEngine(t *testing.T) {
 	check("its input")
 	scribble(got)
 	check("the result of a new Define")
-	again, err := e.Define(tctx, callerDAG("dag"))
-	must(t, err)
-	scribble(again)
-	check("the result of an unchanged Define")
-	latest, err := e.Definition(tctx, "dag", 0)
-	must(t, err)
-	scribble(latest)
-	check("the result of Definition")
-	v1, err := e.Definition(tctx, "dag", 1)
-	must(t, err)
-	scribble(v1)
-	check("the result of Definition by version")
-	all, err := e.Definitions(tctx)
-	must(t, err)
-	scribble(all[0])
-	check("the result of Definitions")
+	for _, c := range []struct {
+		what string
+		get  func() (*Definition, error)
+	}{
+		{"the result of an unchanged Define", func() (*Definition, error) { return e.Define(tctx, callerDAG("dag")) }},
+		{"the result of Definition", func() (*Definition, error) { return e.Definition(tctx, "dag", 0) }},
+		{"the result of Definition by version", func() (*Definition, error) { return e.Definition(tctx, "dag", 1) }},
+		{"the result of Definitions", func() (*Definition, error) {
+			all, err := e.Definitions(tctx)
+			if err != nil {
+				return nil, err
+			}
+			return all[0], nil
+		}},
+	} {
+		d, err := c.get()
+		must(t, err)
+		scribble(d)
+		check(c.what)
+	}
 }
 
 func TestAdvanceErrorsOfADAGSagaNameTheStep(t *testing.T) {
@@ -195,12 +206,7 @@ func chain(name string, n int) Definition {
 }
 
 func TestDefineRefusesMoreThanMaxStepsWithEveryOtherProblem(t *testing.T) {
-	tctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	reg := compensation.NewRegistry()
-	must(t, reg.Register("undo", func(context.Context, compensation.Call) error { return nil }))
-	e := openT(t, t.TempDir(), Options{Registry: reg})
-	defer e.Close()
+	tctx, e := openUndo(t)
 	ok, err := e.Define(tctx, chain("long", MaxSteps))
 	must(t, err)
 	over := chain("long", MaxSteps+1)
