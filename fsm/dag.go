@@ -171,6 +171,12 @@ func (s *Saga) Running() []int {
 	return out
 }
 
+// DependencyProblems names every problem of the dependencies (After)
+// among steps, as Definition.Validate reports them: for callers that
+// build definitions from their own configuration (the policy's
+// milestones) and validate it before any Define.
+func DependencyProblems(steps []StepDef) []string { return dagProblems(steps) }
+
 // dagProblems names every problem of a DAG's dependencies: unknown or
 // repeated names, a step after itself, cycles, and steps that no start
 // can reach because they depend on a cycle.

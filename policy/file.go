@@ -26,6 +26,8 @@ import (
 //	  data_mapping:
 //	    milestones:
 //	      - {name: analyze_source, compensation: revert_source_analysis}
+//	      - {name: analyze_target, compensation: revert_target_analysis}
+//	      - {name: map, compensation: drop_mapping, after: [analyze_source, analyze_target]}
 //	    retry: {max_attempts: 5, initial_backoff: 100ms, max_backoff: 5s, max_elapsed: 2m}
 //	    on_engine_unavailable: fail
 //	    timeout: 30m                          # saga deadline (default 1h)
@@ -33,6 +35,12 @@ import (
 //	  user_123: {enable_saga: false}
 //	tenants:
 //	  acme: {saga_operations: [data_mapping]}
+//
+// Milestones without any after are a sequence, in list order. Once one
+// milestone names others in after, the operation is a DAG: a milestone
+// without after may run at once, the others once their dependencies are
+// done (above: both analyses in parallel, then map). compensation_handlers
+// has no after: its operations are sequences.
 
 // ParseFile reads and validates a policy file.
 func ParseFile(path string) (*Policy, error) {
@@ -228,6 +236,10 @@ func parseOperation(file string, p *Policy, opName string, op *Operation, body *
 				case yaml.MappingNode:
 					for f := 0; f+1 < len(m.Content); f += 2 {
 						fk, fv := m.Content[f], m.Content[f+1]
+						if fk.Value == "after" {
+							ms.After = parseAfter(fv, bad)
+							continue
+						}
 						if fv.Kind != yaml.ScalarNode {
 							bad(fv, "milestone %s: want a name", fk.Value)
 							continue
@@ -238,11 +250,11 @@ func parseOperation(file string, p *Policy, opName string, op *Operation, body *
 						case "compensation":
 							ms.Compensation = fv.Value
 						default:
-							bad(fk, "milestone: unknown key %q (want name, compensation)", fk.Value)
+							bad(fk, "milestone: unknown key %q (want name, compensation, after)", fk.Value)
 						}
 					}
 				default:
-					bad(m, "milestone: want a name or {name, compensation}")
+					bad(m, "milestone: want a name or {name, compensation, after}")
 					continue
 				}
 				p.lines[opName+"/"+ms.Name] = m.Line
@@ -298,6 +310,20 @@ func parseOperation(file string, p *Policy, opName string, op *Operation, body *
 		}
 	}
 	return probs
+}
+
+// parseAfter reads a milestone's after: a list of milestone names, or
+// one name.
+func parseAfter(v *yaml.Node, bad func(*yaml.Node, string, ...any)) []string {
+	if v.Kind == yaml.ScalarNode && v.Tag != "!!null" {
+		return []string{v.Value}
+	}
+	var names []string
+	if err := v.Decode(&names); err != nil || v.Kind != yaml.SequenceNode {
+		bad(v, "milestone after: want a list of milestone names")
+		return nil
+	}
+	return append([]string{}, names...)
 }
 
 // Environment variables read by FromEnv.

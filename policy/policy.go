@@ -25,6 +25,7 @@ import (
 
 	"github.com/sagaengine/saga/compensation"
 	"github.com/sagaengine/saga/engine"
+	"github.com/sagaengine/saga/fsm"
 )
 
 // Errors of this package. Match them with errors.Is.
@@ -63,6 +64,28 @@ const (
 type Milestone struct {
 	Name         string `json:"name"`
 	Compensation string `json:"compensation,omitempty"`
+	// After names the milestones this one depends on. An operation none
+	// of whose milestones names any is a sequence, in the order listed;
+	// one where some milestone does is a DAG: a milestone without After
+	// may then run at once, and each other one once every milestone it
+	// names is done (Group.Go). Validated with the policy: unknown names,
+	// cycles.
+	After []string `json:"after,omitempty"`
+}
+
+// cloneMilestones copies ms, After lists included.
+func cloneMilestones(ms []Milestone) []Milestone {
+	if ms == nil {
+		return nil
+	}
+	out := make([]Milestone, len(ms))
+	for i, m := range ms {
+		out[i] = m
+		if m.After != nil {
+			out[i].After = append([]string{}, m.After...)
+		}
+	}
+	return out
 }
 
 // Retry is an operation's compensation retry settings.
@@ -100,7 +123,7 @@ func (o *Operation) clone() *Operation {
 		return nil
 	}
 	c := *o
-	c.Milestones = append([]Milestone(nil), o.Milestones...)
+	c.Milestones = cloneMilestones(o.Milestones)
 	if o.Retry != nil {
 		r := *o.Retry
 		c.Retry = &r
@@ -232,6 +255,15 @@ func (p *Policy) Validate(source string, reg *compensation.Registry) error {
 				}
 			}
 		}
+		if steps := dependencies(op.Milestones); fsm.Parallel(steps) {
+			for _, prob := range fsm.DependencyProblems(steps) {
+				probs = append(probs, fmt.Sprintf("%soperation %q: %s", at(name), name, prob))
+			}
+			if d, _ := engine.ParseDurability(op.Durability); d == engine.DurabilityPipelined {
+				probs = append(probs, fmt.Sprintf("%soperation %q: durability pipelined is for sequences: milestones with after run strict",
+					at(name), name))
+			}
+		}
 		if r := op.Retry; r != nil && (r.MaxAttempts < 0 || r.InitialBackoff < 0 || r.MaxBackoff < 0 || r.MaxElapsed < 0) {
 			probs = append(probs, fmt.Sprintf("%soperation %q: negative retry setting", at(name), name))
 		}
@@ -262,6 +294,16 @@ func (p *Policy) Validate(source string, reg *compensation.Registry) error {
 		return nil
 	}
 	return &ValidationError{Source: source, Problems: probs}
+}
+
+// dependencies returns the milestones as steps that carry only their
+// names and dependencies, for the state machine's DAG rules.
+func dependencies(ms []Milestone) []fsm.StepDef {
+	steps := make([]fsm.StepDef, len(ms))
+	for i, m := range ms {
+		steps[i] = fsm.StepDef{Name: m.Name, After: m.After}
+	}
+	return steps
 }
 
 func validName(s string) bool {
@@ -355,7 +397,7 @@ func merge(version uint64, layers []layer) *Snapshot {
 				merged = &Operation{}
 			}
 			if def.Milestones != nil {
-				merged.Milestones = append([]Milestone(nil), def.Milestones...)
+				merged.Milestones = cloneMilestones(def.Milestones)
 				s.opsFrom[op] = name
 			}
 			if def.Retry != nil {
