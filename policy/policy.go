@@ -108,6 +108,10 @@ type Operation struct {
 	// still in progress (its caller crashed or hung) is aborted and
 	// compensated. Default DefaultTimeout.
 	Timeout time.Duration `json:"timeout,omitempty"`
+	// shape is the milestones as a graph: set on the snapshot's own
+	// copies, shared by their clones (immutable).
+	shape *shape
+
 	// Durability is the operation's durability mode (the seed plan's "WAL
 	// policy"): "strict" (the default) or "pipelined", where a milestone's
 	// record is made durable while the next milestone runs (see
@@ -355,6 +359,7 @@ type Snapshot struct {
 	operationsFrom string
 	fallback       Fallback
 	ops            map[string]*Operation
+	anyParallel    bool // some operation's milestones are a DAG
 	opsFrom        map[string]string
 	users          map[string]Override
 	tenants        map[string]Override
@@ -418,7 +423,57 @@ func merge(version uint64, layers []layer) *Snapshot {
 		mergeOverrides(s.users, p.Users)
 		mergeOverrides(s.tenants, p.Tenants)
 	}
+	for _, op := range s.ops {
+		op.shape = newShape(op.Milestones)
+		s.anyParallel = s.anyParallel || op.shape.parallel
+	}
 	return s
+}
+
+// shape is an operation's milestones as a graph.
+type shape struct {
+	index map[string]int
+	// deps lists the indexes of each milestone's dependencies: After in
+	// a DAG, the one before in a sequence.
+	deps     [][]int
+	parallel bool // a DAG: some milestone names After
+}
+
+func newShape(ms []Milestone) *shape {
+	sh := &shape{index: make(map[string]int, len(ms)), deps: make([][]int, len(ms)), parallel: fsm.Parallel(dependencies(ms))}
+	for i, m := range ms {
+		if _, dup := sh.index[m.Name]; !dup {
+			sh.index[m.Name] = i
+		}
+	}
+	for i, m := range ms {
+		switch {
+		case !sh.parallel && i > 0:
+			sh.deps[i] = []int{i - 1}
+		case sh.parallel:
+			for _, a := range m.After {
+				if d, ok := sh.index[a]; ok { // validated: always
+					sh.deps[i] = append(sh.deps[i], d)
+				}
+			}
+		}
+	}
+	return sh
+}
+
+// offShape is the shape the no-saga handle of a call keeps: that of a
+// DAG operation, whose groups then wait for dependencies as with a
+// saga. Nil for every other operation (a sequence's group does not
+// wait), and found without a lookup while no operation is a DAG: the
+// off path stays a few nanoseconds.
+func (s *Snapshot) offShape(operation string) *shape {
+	if !s.anyParallel {
+		return nil
+	}
+	if op := s.ops[operation]; op != nil && op.shape.parallel {
+		return op.shape
+	}
+	return nil
 }
 
 // mergeOverrides lays src over dst field by field.

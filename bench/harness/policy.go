@@ -20,6 +20,9 @@ func (noSagaHandle) Step(ctx context.Context, _ string, fn func(context.Context)
 }
 func (noSagaHandle) ID() string { return "" }
 
+// Group is not used by the measured workflow.
+func (noSagaHandle) Group(context.Context) policy.Group { return nil }
+
 // figPolicyOff: the disabled path of ExecuteWithSaga vs a direct call.
 func figPolicyOff() Figure {
 	progress("policy off vs direct call")
