@@ -497,7 +497,7 @@ func (h *handle) Step(ctx context.Context, milestone string, fn func(ctx context
 	if err != nil {
 		return err
 	}
-	return h.run(ctx, i, fn)
+	return h.run(ctx, i, fn, nil)
 }
 
 func (h *handle) Group(ctx context.Context) Group {
@@ -526,7 +526,7 @@ func (g *sagaGroup) Go(milestone string, fn func(ctx context.Context) ([]byte, e
 		defer g.wg.Done()
 		err := h.await(g.ctx, i)
 		if err == nil {
-			err = h.run(g.ctx, i, fn)
+			err = h.run(g.ctx, i, fn, g.fail)
 		}
 		if err != nil {
 			g.fail(err)
@@ -612,8 +612,10 @@ func (h *handle) await(ctx context.Context, i int) error {
 // run runs milestone i's function, then records its outcome. The engine
 // recorded the milestone as running (Start, or the Advance of its last
 // dependency): the side effect may happen now. Its outcome is recorded
-// even if the caller's context ended meanwhile.
-func (h *handle) run(ctx context.Context, i int, fn func(ctx context.Context) ([]byte, error)) error {
+// even if the caller's context ended meanwhile. fail, if not nil, is
+// told a failure before the other milestones are cancelled (a group's
+// first error is then this one, not a cancellation it caused).
+func (h *handle) run(ctx context.Context, i int, fn func(ctx context.Context) ([]byte, error), fail func(error)) error {
 	mctx, cancel := context.WithCancelCause(ctx)
 	unwatch := context.AfterFunc(h.stop, func() { cancel(context.Cause(h.stop)) })
 	out, err := fn(mctx)
@@ -651,10 +653,13 @@ func (h *handle) run(ctx context.Context, i int, fn func(ctx context.Context) ([
 		h.failRecorded = aerr == nil
 		close(h.recorded)
 		h.mu.Unlock()
-		h.halt(h.stoppedErr())
 		if aerr != nil {
-			return fmt.Errorf("%w (and recording the failure failed: %v)", err, aerr)
+			err = fmt.Errorf("%w (and recording the failure failed: %v)", err, aerr)
 		}
+		if fail != nil {
+			fail(err)
+		}
+		h.halt(h.stoppedErr())
 		return err
 	}
 	h.left--

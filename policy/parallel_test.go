@@ -188,7 +188,10 @@ func TestFailingBranchCancelsTheOthersAndCompensatesDependentsFirst(t *testing.T
 		g := s.Group(ctx)
 		g.Go("root", stepNoop)
 		g.Go("b1", func(context.Context) ([]byte, error) { close(b1Done); return []byte("b1"), nil })
-		g.Go("b2", func(ctx context.Context) ([]byte, error) {
+		// b2 runs in a group of its own: the failure of b3 must cancel it
+		// through the saga, not only through b3's group.
+		g2 := s.Group(ctx)
+		g2.Go("b2", func(ctx context.Context) ([]byte, error) {
 			close(b2In)
 			<-ctx.Done() // only the failure of b3 ends it (or the test's deadline)
 			b2Cause = context.Cause(ctx)
@@ -206,10 +209,13 @@ func TestFailingBranchCancelsTheOthersAndCompensatesDependentsFirst(t *testing.T
 		})
 		g.Go("join", func(context.Context) ([]byte, error) { joined.Store(true); return nil, nil })
 		werr := g.Wait()
+		if err := g2.Wait(); !errors.Is(err, context.Canceled) {
+			t.Errorf("b2's group: %v, want the cancellation", err)
+		}
 		afterErr = s.Step(ctx, "join", stepNoop)
 		return werr
 	})
-	if !errors.Is(err, boom) || res.State != fsm.StateFailed {
+	if !errors.Is(err, boom) || errors.Is(err, ErrMilestoneOrder) || res.State != fsm.StateFailed {
 		t.Fatalf("result %+v, err %v; want FAILED with b3's error", res, err)
 	}
 	if !errors.Is(b2Cause, boom) {
