@@ -169,6 +169,9 @@ func TestFanOutRunsItsBranchesAtOnceWithAndWithoutASaga(t *testing.T) {
 	if got := u.list(); len(got) != 0 {
 		t.Fatalf("compensated %v after successes", got)
 	}
+	if r := m.Explain("fan", UserContext{}).String(); !strings.Contains(r, "join (after b1, b2, b3)") {
+		t.Fatalf("Explain does not show the dependencies:\n%s", r)
+	}
 }
 
 // One failing branch: no milestone starts after it, the branch still

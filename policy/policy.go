@@ -568,10 +568,17 @@ func (s *Snapshot) Explain(operation string, uc UserContext) Decision {
 			d.Fallback = op.OnEngineUnavailable
 		}
 		names := make([]string, len(op.Milestones))
+		sep := " → "
 		for i, m := range op.Milestones {
 			names[i] = m.Name
+			if op.shape != nil && op.shape.parallel {
+				sep = ", "
+				if len(m.After) > 0 {
+					names[i] += " (after " + strings.Join(m.After, ", ") + ")"
+				}
+			}
 		}
-		d.Reasons = append(d.Reasons, fmt.Sprintf("milestones %s, from %s", strings.Join(names, " → "), s.opsFrom[operation]))
+		d.Reasons = append(d.Reasons, fmt.Sprintf("milestones %s, from %s", strings.Join(names, sep), s.opsFrom[operation]))
 	} else {
 		d.Reasons = append(d.Reasons, "no milestones are defined for "+operation+": it cannot run as a saga")
 	}

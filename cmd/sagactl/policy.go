@@ -112,7 +112,11 @@ func printPolicy(g *globals, d policy.Description) {
 	for _, n := range names {
 		var ms []string
 		for _, m := range d.Operations[n].Milestones {
-			ms = append(ms, m.Name+"→"+dash(m.Compensation))
+			desc := m.Name + "→" + dash(m.Compensation)
+			if len(m.After) > 0 {
+				desc += " (after " + strings.Join(m.After, ", ") + ")"
+			}
+			ms = append(ms, desc)
 		}
 		fmt.Fprintf(g.out, "  %s: %s\n", n, strings.Join(ms, ", "))
 	}
