@@ -35,7 +35,7 @@ func fanOutDef(n int) engine.Definition {
 
 // newDAGRig is an engine with def defined as "bench": the "branch" action
 // sleeps work, "noop" and the "undo" compensation do nothing.
-func newDAGRig(def engine.Definition, work time.Duration) *rig {
+func newDAGRig(def engine.Definition, work time.Duration, children ...engine.Definition) *rig {
 	dir, _ := os.MkdirTemp("", "saga-bench-dag-")
 	reg := compensation.NewRegistry()
 	_ = reg.RegisterAction("branch", func(context.Context, compensation.Call) ([]byte, error) {
@@ -50,8 +50,10 @@ func newDAGRig(def engine.Definition, work time.Duration) *rig {
 	if err != nil {
 		panic(err)
 	}
-	if _, err := e.Define(context.Background(), def); err != nil {
-		panic(err)
+	for _, d := range append(children, def) {
+		if _, err := e.Define(context.Background(), d); err != nil {
+			panic(err)
+		}
 	}
 	return &rig{e: e, dir: dir}
 }
@@ -284,4 +286,60 @@ func parallelTargets(fan, diamond, seq map[string]float64, ceiling float64) []Ta
 	}
 	add("diamond (parallel steps), c=64, share of the ceiling", "≥ 85%", pct, "% of raw tidwall/wal group commit", pct >= 85, bound)
 	return ts
+}
+
+// figNested: what nesting costs. The same 4 no-op steps as a flat
+// sequence, and as a parent whose 2 steps are each a child saga of 2
+// steps; per saga at c=1 (exposed fsyncs) and throughput at c=64.
+func figNested() (Figure, map[string]float64) {
+	steps := func(names ...string) []engine.StepDef {
+		var out []engine.StepDef
+		for _, n := range names {
+			out = append(out, engine.StepDef{Name: n, Action: "noop", Compensation: "undo"})
+		}
+		return out
+	}
+	flat := engine.Definition{Name: "bench", Steps: steps("s0", "s1", "s2", "s3")}
+	pair := engine.Definition{Name: "pair", Steps: steps("a", "b")}
+	nested := engine.Definition{Name: "bench", Steps: []engine.StepDef{{Name: "c0", Child: "pair"}, {Name: "c1", Child: "pair"}}}
+	fig := Figure{Name: "11. Nested sagas: 4 no-op steps flat, and as 2 child sagas of 2 steps",
+		Method: "strict; c=1: sequential sagas, engine time per saga and the log's fsyncs per saga; c=64: engine-driven sagas for a fixed time; " +
+			"records per saga: flat 5 (start, 4 steps), nested 9 (the parent's start and 2 step completions, each child's start and 2 steps)"}
+	n1, dur := 300, 3*time.Second
+	if *quick {
+		n1, dur = 50, 500*time.Millisecond
+	}
+	out := map[string]float64{}
+	for _, shape := range []struct {
+		name     string
+		def      engine.Definition
+		children []engine.Definition
+	}{{"flat", flat, nil}, {"nested", nested, []engine.Definition{pair}}} {
+		progress("nested: %s", shape.name)
+		r := newDAGRig(shape.def, 0, shape.children...)
+		s0 := r.e.Stats()
+		el := r.runN(1, n1)
+		s1 := r.e.Stats()
+		perSaga := el.Seconds() * 1000 / float64(n1)
+		syncs := float64(s1.LogSyncs-s0.LogSyncs) / float64(n1)
+		recs := float64(s1.Records-s0.Records) / float64(n1)
+		s0 = r.e.Stats()
+		t := time.Now()
+		n, lat, fails := r.runFor(64, dur)
+		sec := time.Since(t).Seconds()
+		s1 = r.e.Stats()
+		r.close()
+		row := map[string]any{"shape": shape.name, "c1_ms_per_saga": round2(perSaga), "c1_fsyncs_per_saga": round2(syncs),
+			"records_per_saga": round2(recs), "c64_sagas_per_s": round(float64(n) / sec), "c64_p50_ms": round2(percentile(lat, 0.5)),
+			"c64_transitions_per_s": round(float64(s1.Records-s0.Records) / sec)}
+		fails.mark(row)
+		fig.Rows = append(fig.Rows, row)
+		out[shape.name+"/c1_ms"], out[shape.name+"/c64"] = perSaga, float64(n)/sec
+	}
+	if out["flat/c1_ms"] > 0 && out["nested/c64"] > 0 {
+		fig.Rows = append(fig.Rows, map[string]any{"shape": "nested / flat", "c1_ms_per_saga": round2(out["nested/c1_ms"] / out["flat/c1_ms"]),
+			"c1_fsyncs_per_saga": "", "records_per_saga": "", "c64_sagas_per_s": round2(out["nested/c64"] / out["flat/c64"]),
+			"c64_p50_ms": "", "c64_transitions_per_s": ""})
+	}
+	return fig, out
 }

@@ -39,7 +39,7 @@ import (
 var (
 	quick   = flag.Bool("quick", false, "small sizes: a smoke run")
 	cpuProf = flag.String("cpuprofile", "", "write a CPU profile of the run to this file")
-	only    = flag.String("only", "", `"replication": figures 9 and 10 only (with the single-node points they compare to); "parallel": figures 1c, 2b and the ceiling they compare to`)
+	only    = flag.String("only", "", `"replication": figures 9 and 10 only (with the single-node points they compare to); "parallel": figures 1c, 2b, 11 and the ceiling they compare to`)
 	outDir  = flag.String("out", "bench/results", "directory for latest.json and latest.md")
 	quiet   = slog.New(slog.NewTextHandler(io.Discard, nil))
 )
@@ -111,7 +111,8 @@ func main() {
 		ceiling := figCeiling()
 		fig2b, diamond := figDiamond(ceiling.perSec, nil)
 		fig1c, fan := figFanOut()
-		rep.Figures = []Figure{fig1c, fig2b, ceiling.fig}
+		fig11, _ := figNested()
+		rep.Figures = []Figure{fig1c, fig2b, ceiling.fig, fig11}
 		rep.Targets = parallelTargets(fan, diamond, nil, ceiling.perSec)
 		rep.Elapsed = time.Since(rep.Started).Round(time.Second).String()
 		if err := write(rep); err != nil {
@@ -136,7 +137,8 @@ func main() {
 	fig4 := figPolicyOff()
 	fig8 := figPeers(tput, over)
 	fig9, fig10, repl := figReplication(tput)
-	rep.Figures = []Figure{fig1, fig1b, fig1c, fig2, fig2b, ceiling.fig, fig4, fig5, fig6, fig7, fig8, fig9, fig10}
+	fig11, _ := figNested()
+	rep.Figures = []Figure{fig1, fig1b, fig1c, fig2, fig2b, ceiling.fig, fig4, fig5, fig6, fig7, fig8, fig9, fig10, fig11}
 	rep.Targets = targets(tput, over, modes, ceiling.perSec, ratio, replay, rss, repl)
 	rep.Targets = append(rep.Targets, parallelTargets(fan, diamond, tput, ceiling.perSec)...)
 	rep.Elapsed = time.Since(rep.Started).Round(time.Second).String()
