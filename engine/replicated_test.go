@@ -521,3 +521,38 @@ func TestNewTermResumesOnlyAfterEarlierTermsAreApplied(t *testing.T) {
 			barriers.Load(), st.State, c.get("do_b"), c.get("undo_b"), c.get("undo_a"))
 	}
 }
+
+// Nested sagas in replicated mode: a child saga is started, waited for
+// and reverted through proposals like any other transition, so a later
+// failure of the parent reverts its completed child on the leader.
+func TestReplicatedParentRevertsItsCompletedChild(t *testing.T) {
+	c := &calls{n: map[string]int{}}
+	f := newFake()
+	e := openFake(t, f, driveRegistry(t, c, "c"))
+	f.setLeader(true)
+	waitFor(t, "the term", func() bool { return leading(e) })
+	ctx := testctx.New(t)
+	child := drivenDef("a", "b")
+	child.Name = "child"
+	if _, err := e.Define(ctx, child); err != nil {
+		t.Fatal(err)
+	}
+	parent := engine.Definition{Name: "parent", Steps: []engine.StepDef{
+		{Name: "kid", Child: "child"}, {Name: "c", Action: "do_c", Compensation: "undo_c"}}}
+	if _, err := e.Define(ctx, parent); err != nil {
+		t.Fatal(err)
+	}
+	st, err := e.Run(ctx, "parent", nil, engine.StartOptions{ID: "p"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	kid, err := e.Status(ctx, engine.ChildID("p", 0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.State != fsm.StateFailed || kid.State != fsm.StateFailed || kid.LastError == nil || kid.LastError.Kind != "reverted" ||
+		c.get("undo_a") != 1 || c.get("undo_b") != 1 {
+		t.Fatalf("parent %s, child %s (%v); undo a=%d b=%d: want both FAILED, the child reverted, each step undone once",
+			st.State, kid.State, kid.LastError, c.get("undo_a"), c.get("undo_b"))
+	}
+}
