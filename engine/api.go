@@ -230,7 +230,16 @@ func (e *Engine) start(ctx context.Context, definition string, input []byte, o S
 		return dk.Existing, false, nil
 	}
 	if o.parent != "" && errors.Is(res[0].Err, fsm.ErrSagaExists) {
-		return id, false, nil // a child step run again: its child exists
+		// A child step run again: its child exists. A saga with that id
+		// that another parent (or a caller) started is not this step's.
+		var sg *fsm.Saga
+		if err := e.read(func() (err error) { sg, err = e.store.Peek(id); return err }); err != nil {
+			return "", false, err
+		}
+		if sg.Parent != o.parent {
+			return "", false, fmt.Errorf("%w: saga %s exists and is not a child of %s", ErrInvalidArgument, id, o.parent)
+		}
+		return id, false, nil
 	}
 	if res[0].Err != nil {
 		return "", false, res[0].Err

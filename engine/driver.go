@@ -425,6 +425,9 @@ func (e *Engine) act(tctx, ctx context.Context, inv *invocation, sg *fsm.Saga, i
 		elapsed := time.Duration(e.now() - st.StartedAt)
 		delay, retry := policy.Next(st.Attempts, elapsed, e.opts.Rand())
 		if compensation.IsPermanent(err) || !retry {
+			if st.Child != "" && !e.settleChild(ctx, inv, sg, i) {
+				return i, nil
+			}
 			return i, e.failStep(tctx, sg.ID, i, ei)
 		}
 		if !e.sleep(tctx, inv.wake, delay) {

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"time"
 
 	"github.com/sagaengine/saga/compensation"
 	"github.com/sagaengine/saga/fsm"
@@ -150,6 +151,11 @@ func (e *Engine) childUndo(parent *fsm.Saga, i int) compensation.Handler {
 				return nil // the step never started its child (an uncertain step)
 			case err != nil:
 				return err
+			case sg.Parent != parent.ID:
+				return nil // not its child: the step never started one
+			}
+			if ctx.Err() != nil {
+				return ctx.Err()
 			}
 			switch sg.State {
 			case fsm.StateFailed:
@@ -234,4 +240,31 @@ func (e *Engine) waitSettledAfter(ctx context.Context, id string, seq uint64) er
 
 func stuckChild(id string) error {
 	return fmt.Errorf("child saga %s is STUCK: retry or resolve it, then retry this saga", id)
+}
+
+// settleChild brings the child of step i to FAILED before the step fails
+// for good (its wait ended by the step's timeout, or an error the retry
+// policy gave up on): a failed step is not compensated, so a child left
+// running would complete behind its failed parent. A STUCK child holds
+// the step until an operator settles it. It reports false when ctx ended
+// first (the saga was aborted, or the term ended): the step is then
+// compensated as uncertain, or run again, which finds the same child.
+func (e *Engine) settleChild(ctx context.Context, inv *invocation, sg *fsm.Saga, i int) bool {
+	undo := e.childUndo(sg, i)
+	call := e.call(sg, i, compensation.KindCompensation, sg.Steps[i].Attempts)
+	for {
+		err := undo(ctx, call)
+		if err == nil {
+			return true
+		}
+		if ctx.Err() != nil {
+			return false
+		}
+		if _, werr := e.waitFinal(ctx, ChildID(sg.ID, i), true); werr != nil && ctx.Err() != nil {
+			return false
+		}
+		if !e.sleep(ctx, inv.wake, 50*time.Millisecond) {
+			return false
+		}
+	}
 }
