@@ -75,6 +75,12 @@ func (e *Engine) checkChildren(d *Definition) error {
 					continue
 				}
 			}
+			for _, cs := range child.Steps {
+				if cs.Action == "" && cs.Child == "" && child != d {
+					probs = append(probs, fmt.Sprintf("step %q of %s: child %s has step %q without an action: a child saga is engine-driven", s.Name, def.Name, s.Child, cs.Name))
+					break
+				}
+			}
 			if len(path) > fsm.MaxDepth {
 				return fsm.MaxDepth + 1
 			}
@@ -169,18 +175,26 @@ func (e *Engine) childUndo(parent *fsm.Saga, i int) compensation.Handler {
 			}
 			var te *fsm.TransitionError
 			if err != nil && !errors.As(err, &te) {
-				return err // a transition error: the child moved meanwhile; look again
+				return err
 			}
-			if err == nil {
-				if sg, err = e.waitFinal(ctx, id, false); err != nil {
-					return err
+			if err != nil {
+				// Refused: the child moved meanwhile (look again), unless
+				// it has not, and the refusal stands: then the attempt
+				// fails, and the compensation's retry policy backs off.
+				var now *fsm.Saga
+				if perr := e.read(func() (err error) { now, err = e.store.Peek(id); return err }); perr != nil || now.Seq == sg.Seq {
+					return fmt.Errorf("child saga %s: %w", id, err)
 				}
-				if sg.State == fsm.StateFailed {
-					return nil
-				}
-				if sg.State == fsm.StateStuck {
-					return stuckChild(id)
-				}
+				continue
+			}
+			if sg, err = e.waitFinal(ctx, id, false); err != nil {
+				return err
+			}
+			if sg.State == fsm.StateFailed {
+				return nil
+			}
+			if sg.State == fsm.StateStuck {
+				return stuckChild(id)
 			}
 		}
 	}

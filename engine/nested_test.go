@@ -211,6 +211,8 @@ func TestDefineRefusesBadChildStepsAndChangesNothing(t *testing.T) {
 		must(t, err)
 		prev = name
 	}
+	_, err := e.Define(tctx, Definition{Name: "manual", Steps: []StepDef{{Name: "m", Compensation: "undo"}}})
+	must(t, err)
 	before, err := e.Definitions(tctx)
 	must(t, err)
 	for _, tc := range []struct {
@@ -222,6 +224,7 @@ func TestDefineRefusesBadChildStepsAndChangesNothing(t *testing.T) {
 		{"too deep", Definition{Name: "x", Steps: []StepDef{{Name: "c", Child: prev}}}, "the bound is"},
 		{"action and child", Definition{Name: "x", Steps: []StepDef{{Name: "c", Child: "reserve", Action: "act"}}}, "no action or compensation of its own"},
 		{"itself", Definition{Name: "x", Steps: []StepDef{{Name: "c", Child: "x"}}}, "cannot run itself"},
+		{"a caller-driven child", Definition{Name: "x", Steps: []StepDef{{Name: "c", Child: "manual"}}}, "without an action"},
 		{"a cycle through a redefinition", Definition{Name: "reserve", Steps: []StepDef{{Name: "c", Child: "order"}}}, "a cycle"},
 	} {
 		_, err := e.Define(tctx, tc.def)
