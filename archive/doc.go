@@ -10,6 +10,8 @@
 //
 //	{"v":1,"saga":{...},"history":[...]}
 //
+// Its fields:
+//
 //   - v: the format version, 1. A reader refuses other versions
 //     (ErrVersion). Fields may be added to version 1; readers ignore the
 //     ones they do not know. Anything else is a new version.
