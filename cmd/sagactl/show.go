@@ -27,84 +27,90 @@ func newShow(g *globals) *cobra.Command {
 			if g.json() {
 				return g.printJSON(rep)
 			}
-			s := rep.Saga
-			fmt.Fprintf(g.out, "saga %s  %s@v%d  %s\n", s.ID, s.Definition, s.Version, s.State)
-			if s.Durability != "" && s.Durability != engine.DurabilityStrict.String() {
-				fmt.Fprintf(g.out, "durability %s\n", s.Durability)
-			}
-			if s.User != "" {
-				fmt.Fprintf(g.out, "user %s\n", s.User)
-			}
-			if s.Parent != "" {
-				fmt.Fprintf(g.out, "child saga of %s (depth %d)\n", s.Parent, s.Depth)
-			}
-			if s.LastError != "" {
-				fmt.Fprintf(g.out, "last error: %s\n", s.LastError)
-			}
-			if len(s.Pending) > 0 {
-				fmt.Fprintf(g.out, "pending compensations: %v\n", s.Pending)
-			}
-			if s.Parallel {
-				fmt.Fprintf(g.out, "flow: %s\n", flow(s.Steps))
-			}
-			w := tabwriter.NewWriter(g.out, 0, 4, 2, ' ', 0)
-			after := ""
-			if s.Parallel {
-				after = "\tAFTER"
-			}
-			fmt.Fprintln(w, "\nSTEP"+after+"\tSTATUS\tATTEMPTS\tCOMPENSATION\tCOMP. ATTEMPTS\tDURATION\tERROR")
-			for _, st := range s.Steps {
-				errText := st.Error
-				if st.CompensationError != "" && st.Status != "compensated" {
-					errText = "compensation: " + st.CompensationError // still failing
-				}
-				status := st.Status
-				switch {
-				case st.Status == "compensated" && st.Compensation == "" && st.Child == "":
-					status = "done, nothing to undo" // no compensation: skipped
-					if st.Uncertain {
-						status = "uncertain, nothing to undo"
-					}
-				case st.Uncertain:
-					status += " (uncertain)"
-				}
-				if st.Stuck {
-					status += " (stuck)"
-				}
-				name := st.Name
-				if s.Parallel {
-					name += "\t" + dash(strings.Join(st.After, ","))
-				}
-				comp := st.Compensation
-				if st.Child != "" {
-					comp = "child " + st.Child + " (saga " + st.ChildSaga + ")" // undone as a whole
-				}
-				fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%d\t%s\t%s\n", name, status, st.Attempts, dash(comp),
-					st.CompensationAttempts, dash(st.Duration), dash(errText))
-			}
-			fmt.Fprintln(w, "\nSEQ\tLOG INDEX\tAT\tTRANSITION\tSTEP\tATTEMPT\tDETAIL")
-			for _, h := range rep.History {
-				detail := h.Error
-				if h.Actor != "" {
-					detail = fmt.Sprintf("by %s: %s", h.Actor, h.Reason)
-				}
-				if h.Final {
-					detail += " (final: STUCK)"
-				}
-				attempt := "-"
-				if h.Attempt > 0 {
-					attempt = fmt.Sprint(h.Attempt)
-				}
-				fmt.Fprintf(w, "%d\t%d\t%s\t%s\t%s\t%s\t%s\n", h.Seq, h.Index, h.At.Format("15:04:05.000"), h.Kind,
-					dash(h.Step), attempt, dash(detail))
-			}
-			if s.State == "STUCK" {
-				fmt.Fprintf(w, "\nSTUCK: retry with `sagactl retry %s`, or undo %s by hand and `sagactl resolve %s --reason ...`\n",
-					s.ID, s.CurrentStep, s.ID)
-			}
-			return w.Flush()
+			return printShow(g, rep)
 		},
 	}
+}
+
+// printShow prints a saga and its history as a table: what `show` prints
+// of a saga in an engine and `archive show FILE ID` of an archived one.
+func printShow(g *globals, rep *admin.ShowReply) error {
+	s := rep.Saga
+	fmt.Fprintf(g.out, "saga %s  %s@v%d  %s\n", s.ID, s.Definition, s.Version, s.State)
+	if s.Durability != "" && s.Durability != engine.DurabilityStrict.String() {
+		fmt.Fprintf(g.out, "durability %s\n", s.Durability)
+	}
+	if s.User != "" {
+		fmt.Fprintf(g.out, "user %s\n", s.User)
+	}
+	if s.Parent != "" {
+		fmt.Fprintf(g.out, "child saga of %s (depth %d)\n", s.Parent, s.Depth)
+	}
+	if s.LastError != "" {
+		fmt.Fprintf(g.out, "last error: %s\n", s.LastError)
+	}
+	if len(s.Pending) > 0 {
+		fmt.Fprintf(g.out, "pending compensations: %v\n", s.Pending)
+	}
+	if s.Parallel {
+		fmt.Fprintf(g.out, "flow: %s\n", flow(s.Steps))
+	}
+	w := tabwriter.NewWriter(g.out, 0, 4, 2, ' ', 0)
+	after := ""
+	if s.Parallel {
+		after = "\tAFTER"
+	}
+	fmt.Fprintln(w, "\nSTEP"+after+"\tSTATUS\tATTEMPTS\tCOMPENSATION\tCOMP. ATTEMPTS\tDURATION\tERROR")
+	for _, st := range s.Steps {
+		errText := st.Error
+		if st.CompensationError != "" && st.Status != "compensated" {
+			errText = "compensation: " + st.CompensationError // still failing
+		}
+		status := st.Status
+		switch {
+		case st.Status == "compensated" && st.Compensation == "" && st.Child == "":
+			status = "done, nothing to undo" // no compensation: skipped
+			if st.Uncertain {
+				status = "uncertain, nothing to undo"
+			}
+		case st.Uncertain:
+			status += " (uncertain)"
+		}
+		if st.Stuck {
+			status += " (stuck)"
+		}
+		name := st.Name
+		if s.Parallel {
+			name += "\t" + dash(strings.Join(st.After, ","))
+		}
+		comp := st.Compensation
+		if st.Child != "" {
+			comp = "child " + st.Child + " (saga " + st.ChildSaga + ")" // undone as a whole
+		}
+		fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%d\t%s\t%s\n", name, status, st.Attempts, dash(comp),
+			st.CompensationAttempts, dash(st.Duration), dash(errText))
+	}
+	fmt.Fprintln(w, "\nSEQ\tLOG INDEX\tAT\tTRANSITION\tSTEP\tATTEMPT\tDETAIL")
+	for _, h := range rep.History {
+		detail := h.Error
+		if h.Actor != "" {
+			detail = fmt.Sprintf("by %s: %s", h.Actor, h.Reason)
+		}
+		if h.Final {
+			detail += " (final: STUCK)"
+		}
+		attempt := "-"
+		if h.Attempt > 0 {
+			attempt = fmt.Sprint(h.Attempt)
+		}
+		fmt.Fprintf(w, "%d\t%d\t%s\t%s\t%s\t%s\t%s\n", h.Seq, h.Index, h.At.Format("15:04:05.000"), h.Kind,
+			dash(h.Step), attempt, dash(detail))
+	}
+	if s.State == "STUCK" {
+		fmt.Fprintf(w, "\nSTUCK: retry with `sagactl retry %s`, or undo %s by hand and `sagactl resolve %s --reason ...`\n",
+			s.ID, s.CurrentStep, s.ID)
+	}
+	return w.Flush()
 }
 
 // flow draws a DAG's steps as its layers, left to right: each step in the
