@@ -89,6 +89,9 @@ func newRoot(g *globals) *cobra.Command {
 Offline, on a data directory whose engine is not running:
   sagactl --dir DIR status | list | show ID | recover | export | wal verify|repair|dump
 
+On an archive of finished sagas (a file or directory):
+  sagactl archive show FILE [ID]
+
 Online, through a running engine's admin API:
   sagactl --addr URL status | list | show ID | watch
   sagactl --addr URL retry ID | abort ID --reason R | resolve ID --reason R
@@ -116,7 +119,7 @@ unauthorized.`,
 	pf.StringVar(&g.tokenFile, "token-file", "", "file holding the admin API token (or env SAGACTL_TOKEN)")
 	pf.StringVarP(&g.output, "output", "o", "table", "output format: table or json (snake_case fields; errors as {\"error\", \"hint\", \"exit_code\"} on stderr)")
 	root.AddCommand(newVersion(g), newStatus(g), newList(g), newShow(g), newWatch(g), newRecover(g), newExport(g),
-		newWal(g), newRetry(g), newAbort(g), newResolve(g), newPolicy(g), newCluster(g))
+		newWal(g), newArchive(g), newRetry(g), newAbort(g), newResolve(g), newPolicy(g), newCluster(g))
 	return root
 }
 
