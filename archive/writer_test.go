@@ -306,3 +306,37 @@ func TestOptionsValidateReportsEveryProblem(t *testing.T) {
 		t.Fatalf("Open with two bad options: %v", err)
 	}
 }
+
+// Concurrent Writes each land whole, once, across rotations.
+func TestConcurrentWritesLandWholeAndOnce(t *testing.T) {
+	dir := t.TempDir()
+	w := openWriter(t, dir, Options{MaxFileRecords: 3})
+	var wg sync.WaitGroup
+	errs := make(chan error, 8*5) // one per Write: no sender blocks
+	for g := range 8 {
+		wg.Go(func() {
+			for i := range 5 {
+				errs <- w.Write(testctx.New(t), rec(fmt.Sprint(g, "-", i, "a"), 1), rec(fmt.Sprint(g, "-", i, "b"), 1))
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	w.Close()
+	ids, err := readAll(t, dir, ReadOptions{})
+	if err != nil || len(ids) != 80 {
+		t.Fatalf("read %d ids, %v; want 80", len(ids), err)
+	}
+	seen := map[string]bool{}
+	for i, id := range ids {
+		if seen[id] || (strings.HasSuffix(id, "a") && ids[i+1] != strings.TrimSuffix(id, "a")+"b") {
+			t.Fatalf("batch of %s split or doubled: %v", id, ids)
+		}
+		seen[id] = true
+	}
+}
