@@ -491,7 +491,7 @@ func (e *Engine) List(ctx context.Context, q fsm.Query) ([]*Status, string, erro
 
 // Count returns the number of sagas in each state.
 func (e *Engine) Count(ctx context.Context) (counts map[fsm.SagaState]int, err error) {
-	err = e.read(func() error { counts, err = e.store.Count(); return err })
+	err = e.read(func() error { counts, err = e.store.CountByState(); return err })
 	return counts, err
 }
 

@@ -760,7 +760,7 @@ func (e *Engine) resumeAll(tctx context.Context) (resumed, stuckN int, err error
 	}); err != nil {
 		return 0, 0, err
 	}
-	stuck, err := e.store.Count()
+	stuck, err := e.store.CountByState()
 	if err != nil {
 		return 0, 0, err
 	}

@@ -188,7 +188,7 @@ func TestParallelDefinitionsAreValidatedAndRunStrict(t *testing.T) {
 	if _, err := e.Start(ctx, "fan", nil, StartOptions{Durability: &p}); !errors.Is(err, ErrInvalidArgument) {
 		t.Fatalf("a pipelined start of parallel steps: %v", err)
 	}
-	n, err := e.store.Count()
+	n, err := e.store.CountByState()
 	must(t, err)
 	for s, c := range n {
 		if c != 0 {

@@ -335,7 +335,11 @@ func (s *Store) Restore(r io.Reader) error {
 	s.live = map[string]*Saga{}
 	s.latest = map[string]*Definition{}
 	s.mu.Unlock()
-	return s.loadMeta()
+	if err := s.loadMeta(); err != nil {
+		return err
+	}
+	// A snapshot of a store older than the query indexes lacks them.
+	return s.ensureQueryIndex(false)
 }
 
 // Hash returns a SHA-256 of every key and value of the store, in order:

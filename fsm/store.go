@@ -31,6 +31,7 @@ import (
 //	x/d/<definition>\x00<id>        → "" (index by definition)
 //	k/<idempotency key>             → saga id
 //	d/<name>\x00<version BE>        → msgpack Definition
+//	q/…, m/qindex                   → the query indexes (see query.go)
 var (
 	keyApplied   = []byte("m/applied")
 	keyMaxID     = []byte("m/maxid")
@@ -143,6 +144,12 @@ type Store struct {
 	// the costliest part of applying a start) is skipped. Part of the
 	// state: deterministic on replay. Only ApplyBatch touches it.
 	maxID string
+	// indexed is set once the query indexes (q/ keys, see query.go) are
+	// complete; without them List and Count scan the sagas.
+	indexed atomic.Bool
+	// querySteps counts the index keys and sagas List and Count visit:
+	// the seam of the test that proves a query reads an index, not all.
+	querySteps atomic.Int64
 }
 
 // hexID reports whether id has the form of the ids the engine generates:
@@ -223,6 +230,10 @@ func OpenStore(dir string, o StoreOptions) (*Store, error) {
 	s := &Store{db: db, fs: fs, dir: dir, tmpDir: tmpDir, cache: cache, live: map[string]*Saga{}, liveMax: o.LiveSagas, latest: map[string]*Definition{},
 		replayBatch: int(opts.MemTableSize/2) + 64<<10}
 	if err := s.loadMeta(); err != nil {
+		_ = s.CloseNoFlush()
+		return nil, err
+	}
+	if err := s.ensureQueryIndex(o.ReadOnly); err != nil {
 		_ = s.CloseNoFlush()
 		return nil, err
 	}
@@ -779,7 +790,7 @@ func (s *Store) writeSaga(b *pebble.Batch, w *enc, prev, next *Saga) error {
 			return err
 		}
 	}
-	return nil
+	return writeQueryKeys(b, prev, next)
 }
 
 // Get returns a saga, or an error wrapping ErrUnknownSaga. The caller
@@ -878,89 +889,29 @@ func (s *Store) History(id string) ([]HistoryEntry, error) {
 	return out, nil
 }
 
-// Query selects sagas for List. Zero fields do not filter.
-type Query struct {
-	State      SagaState
-	Definition string
-	// After is the pagination cursor: the id of the last saga of the
-	// previous page ("" for the first page).
-	After string
-	// Limit bounds the page; default 100.
-	Limit int
-	// CreatedSince, if not 0, keeps only sagas created at or after it
-	// (Unix nanoseconds). It filters before the page is cut, so a page is
-	// full unless no more sagas match.
-	CreatedSince int64
-}
-
-// List returns sagas matching q in id order (ids from the engine sort by
-// creation time) and the cursor of the next page ("" when done).
-func (s *Store) List(q Query) ([]*Saga, string, error) {
-	if q.Limit <= 0 {
-		q.Limit = 100
-	}
-	var p []byte
-	switch {
-	case q.State != 0:
-		p = key(prefixState, []byte{byte(q.State), '/'})
-	case q.Definition != "":
-		p = key(prefixDefIdx, []byte(q.Definition), []byte{0})
-	default:
-		p = prefixSaga
-	}
-	lower := p
-	if q.After != "" {
-		lower = append(key(p, []byte(q.After)), 0)
-	}
-	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: lower, UpperBound: upperBound(p)})
-	if err != nil {
-		return nil, "", err
-	}
-	defer it.Close()
-	var out []*Saga
-	for it.First(); it.Valid(); it.Next() {
-		id := string(it.Key()[len(p):])
-		sg, err := s.Get(id)
-		if err != nil {
-			return nil, "", err
-		}
-		if q.Definition != "" && sg.Definition != q.Definition {
-			continue
-		}
-		if sg.CreatedAt < q.CreatedSince {
-			continue
-		}
-		if len(out) == q.Limit {
-			return out, out[len(out)-1].ID, nil
-		}
-		out = append(out, sg)
-	}
-	return out, "", it.Error()
-}
-
 // Each calls fn for every saga in state st, in id order, until fn returns
 // an error.
 func (s *Store) Each(st SagaState, fn func(*Saga) error) error {
-	after := ""
-	for {
-		page, next, err := s.List(Query{State: st, After: after, Limit: 1000})
+	p := key(prefixState, []byte{byte(st), '/'})
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: p, UpperBound: upperBound(p)})
+	if err != nil {
+		return err
+	}
+	defer it.Close()
+	for it.First(); it.Valid(); it.Next() {
+		sg, err := s.Get(string(it.Key()[len(p):]))
 		if err != nil {
 			return err
 		}
-		for _, sg := range page {
-			if err := fn(sg); err != nil {
-				return err
-			}
+		if err := fn(sg); err != nil {
+			return err
 		}
-		if next == "" {
-			return nil
-		}
-		after = next
 	}
+	return it.Error()
 }
 
-// Count returns the number of sagas in each state.
-func (s *Store) Count() (map[SagaState]int, error) { return count(s.db) }
+// CountByState returns the number of sagas in each state.
+func (s *Store) CountByState() (map[SagaState]int, error) { return count(s.db) }
 
 // CountLater takes a consistent snapshot now and returns a function that
 // counts the sagas per state as of that snapshot, to be run later (and

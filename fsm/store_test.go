@@ -90,7 +90,7 @@ func TestStoreApplyQueryAndReject(t *testing.T) {
 	if owner, _ := s.KeyOwner("k1"); owner != "a1" {
 		t.Fatalf("owner of k1 = %q", owner)
 	}
-	counts, _ := s.Count()
+	counts, _ := s.CountByState()
 	if counts[StateInProgress] != 1 || counts[StateFailed] != 1 {
 		t.Fatalf("counts %v", counts)
 	}
