@@ -473,9 +473,16 @@ func (e *Engine) Status(ctx context.Context, id string) (*Status, error) {
 	return statusOf(sg), nil // Get returned a copy
 }
 
-// List returns a page of sagas (by state, by definition) and the cursor of
-// the next page ("" at the end).
+// List returns a page of the sagas matching q, in creation order (oldest
+// or newest first), and the cursor of the next page ("" at the end). The
+// filters combine (state, definition and version, user, tenant, meta
+// key=value, created and updated ranges); the store reads the most
+// selective index (see fsm.Query). A query that cannot be run returns an
+// error wrapping ErrInvalidQuery.
 func (e *Engine) List(ctx context.Context, q fsm.Query) ([]*Status, string, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, "", err
+	}
 	var sagas []*fsm.Saga
 	var next string
 	err := e.read(func() (err error) { sagas, next, err = e.store.List(q); return err })
@@ -493,6 +500,26 @@ func (e *Engine) List(ctx context.Context, q fsm.Query) ([]*Status, string, erro
 func (e *Engine) Count(ctx context.Context) (counts map[fsm.SagaState]int, err error) {
 	err = e.read(func() error { counts, err = e.store.CountByState(); return err })
 	return counts, err
+}
+
+// CountQuery returns the number of sagas matching q (its cursor and limit
+// aside), or an error wrapping ErrInvalidQuery.
+func (e *Engine) CountQuery(ctx context.Context, q fsm.Query) (n int, err error) {
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
+	err = e.read(func() error { n, err = e.store.Count(q); return err })
+	return n, err
+}
+
+// DefinitionVersions returns every definition with all its versions, by
+// name.
+func (e *Engine) DefinitionVersions(ctx context.Context) (ds []fsm.DefinitionVersions, err error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	err = e.read(func() error { ds, err = e.store.AllDefinitionVersions(); return err })
+	return ds, err
 }
 
 // History returns every transition of a saga, in order.

@@ -78,6 +78,9 @@ func replayWorkload(rng *rand.Rand, n int) []*fsm.Record {
 			if rng.IntN(4) == 0 {
 				si.Meta = map[string]string{"team": "t" + strconv.Itoa(rng.IntN(3)), "x": "y"}
 			}
+			if rng.IntN(2) == 0 { // indexed: the hash covers the query indexes
+				si.User = "u" + strconv.Itoa(rng.IntN(5))
+			}
 			emit(&fsm.Record{Kind: fsm.KindSagaStarted, Saga: id, Start: si})
 			if model[id] != nil && !model[id].State.Terminal() {
 				live = append(live, id)

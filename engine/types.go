@@ -96,6 +96,10 @@ var (
 	// Advance of a step that is not current, a retry of a saga that is not
 	// STUCK); nothing changed. The error is a *TransitionError.
 	ErrIllegalTransition = fsm.ErrIllegalTransition
+	// ErrInvalidQuery: List or CountQuery was given a query that cannot
+	// be run (a version without a definition, a malformed cursor, an
+	// empty range…); nothing was read.
+	ErrInvalidQuery = fsm.ErrInvalidQuery
 	// ErrSagaExists: Start with an id that is already used.
 	ErrSagaExists = fsm.ErrSagaExists
 	// ErrDuplicateKey: a start record whose idempotency key another saga
