@@ -182,6 +182,8 @@ func (s *Server) Handler() http.Handler {
 	mux.Handle("GET /v1/status", auth(s.status))
 	mux.Handle("GET /v1/sagas", auth(s.list))
 	mux.Handle("GET /v1/sagas/{id}", auth(s.show))
+	mux.Handle("GET /v1/count", auth(s.count))
+	mux.Handle("GET /v1/definitions", auth(s.definitions))
 	mux.Handle("POST /v1/sagas/{id}/{action}", auth(s.act))
 	mux.Handle("GET /v1/watch", auth(s.watch))
 	mux.Handle("GET /v1/policy", auth(s.policyGet))
@@ -290,7 +292,7 @@ func engineError(w http.ResponseWriter, err error) {
 		writeError(w, http.StatusNotFound, err, "list sagas with: sagactl list")
 	case errors.Is(err, fsm.ErrIllegalTransition):
 		writeError(w, http.StatusConflict, err, "look at the saga's state with: sagactl show ID")
-	case errors.Is(err, engine.ErrInvalidArgument), errors.Is(err, fsm.ErrInvalidRecord):
+	case errors.Is(err, engine.ErrInvalidArgument), errors.Is(err, fsm.ErrInvalidRecord), errors.Is(err, fsm.ErrInvalidQuery):
 		writeError(w, http.StatusBadRequest, err, "")
 	case errors.Is(err, engine.ErrReadOnly):
 		writeError(w, http.StatusConflict, err, "")
@@ -355,44 +357,106 @@ type ListReply struct {
 	Next  string     `json:"next,omitempty"`
 }
 
-// ParseQuery reads list filters (state, definition, after, limit, since).
-func ParseQuery(get func(string) string) (fsm.Query, time.Time, error) {
+// QueryParams are the query parameters of GET /v1/sagas and /v1/count,
+// which ParseQuery reads:
+//
+//	state          IN_PROGRESS, COMPENSATING, COMPLETED, FAILED or STUCK (any case)
+//	definition     definition name; version: one of its versions (needs definition)
+//	user, tenant   the saga's user; its tenant (Meta["tenant"], as the policy layer records it)
+//	meta           key=value: a meta pair the saga must hold
+//	since, until   created in [since, until): RFC 3339 or a duration ago such as 1h
+//	updated_since, updated_until  last changed in that range (same forms)
+//	order          newest or oldest (default oldest)
+//	limit          page size, 1-10000 (default 100)
+//	cursor         the "next" of the previous page (after: the same, its older name)
+var QueryParams = []string{"state", "definition", "version", "user", "tenant", "meta", "since", "until",
+	"updated_since", "updated_until", "order", "limit", "cursor", "after"}
+
+// ParseQuery reads the list filters of QueryParams through get. It reports
+// every bad parameter at once, in an error wrapping fsm.ErrInvalidQuery,
+// and checks the query as the store would (fsm.Query.Validate).
+func ParseQuery(get func(string) string) (fsm.Query, error) {
 	var q fsm.Query
-	var since time.Time
+	var errs []string
+	bad := func(format string, args ...any) { errs = append(errs, fmt.Sprintf(format, args...)) }
 	if v := get("state"); v != "" {
 		st, err := fsm.ParseState(strings.ToUpper(v))
 		if err != nil {
-			return q, since, err
+			bad("state %q: want IN_PROGRESS, COMPENSATING, COMPLETED, FAILED or STUCK", v)
 		}
 		q.State = st
 	}
-	q.Definition, q.After = get("definition"), get("after")
+	q.Definition, q.User, q.Tenant = get("definition"), get("user"), get("tenant")
+	if v := get("version"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n <= 0 {
+			bad("version %q: want a positive number", v)
+		}
+		q.Version = n
+	}
+	if v := get("meta"); v != "" {
+		k, val, ok := strings.Cut(v, "=")
+		if !ok || k == "" {
+			bad("meta %q: want key=value", v)
+		} else {
+			q.Meta = map[string]string{k: val}
+		}
+	}
+	q.After = get("cursor")
+	if v := get("after"); v != "" {
+		if q.After != "" && q.After != v {
+			bad("cursor and after disagree (after is cursor's older name)")
+		}
+		q.After = v
+	}
 	if v := get("limit"); v != "" {
 		n, err := strconv.Atoi(v)
 		if err != nil || n <= 0 || n > 10000 {
-			return q, since, fmt.Errorf("limit %q: want a number from 1 to 10000", v)
+			bad("limit %q: want a number from 1 to 10000", v)
 		}
 		q.Limit = n
 	}
-	if v := get("since"); v != "" {
+	if v := get("order"); v != "" {
+		o, err := fsm.ParseOrder(v)
+		if err != nil {
+			bad("order %q: want newest or oldest", v)
+		}
+		q.Order = o
+	}
+	now := time.Now()
+	for _, p := range []struct {
+		name string
+		dst  *int64
+	}{{"since", &q.CreatedSince}, {"until", &q.CreatedUntil},
+		{"updated_since", &q.UpdatedSince}, {"updated_until", &q.UpdatedUntil}} {
+		v := get(p.name)
+		if v == "" {
+			continue
+		}
 		t, err := time.Parse(time.RFC3339, v)
 		if err != nil {
 			d, derr := time.ParseDuration(v)
-			if derr != nil {
-				return q, since, fmt.Errorf("since %q: want RFC 3339 time or a duration such as 1h", v)
+			if derr != nil || d < 0 {
+				bad("%s %q: want an RFC 3339 time or a duration ago such as 1h", p.name, v)
+				continue
 			}
-			t = time.Now().Add(-d)
+			t = now.Add(-d)
 		}
-		since = t
-		q.CreatedSince = t.UnixNano()
+		*p.dst = t.UnixNano()
 	}
-	return q, since, nil
+	if len(errs) == 0 {
+		if err := q.Validate(); err != nil {
+			return q, err
+		}
+		return q, nil
+	}
+	return q, fmt.Errorf("%w: %s", fsm.ErrInvalidQuery, strings.Join(errs, "; "))
 }
 
 func (s *Server) list(w http.ResponseWriter, r *http.Request) {
-	q, _, err := ParseQuery(r.URL.Query().Get)
+	q, err := ParseQuery(r.URL.Query().Get)
 	if err != nil {
-		writeError(w, http.StatusBadRequest, err, "")
+		writeError(w, http.StatusBadRequest, err, queryHint)
 		return
 	}
 	sagas, next, err := s.e.List(r.Context(), q)
@@ -405,6 +469,48 @@ func (s *Server) list(w http.ResponseWriter, r *http.Request) {
 		rep.Sagas = append(rep.Sagas, NewSagaJSON(st))
 	}
 	writeJSON(w, http.StatusOK, rep)
+}
+
+const queryHint = "parameters: state definition version user tenant meta=k=v since until updated_since updated_until order=newest|oldest limit cursor"
+
+// CountReply is the body of GET /v1/count.
+type CountReply struct {
+	Count int `json:"count"`
+}
+
+// count answers GET /v1/count: the number of sagas matching the list
+// filters (cursor and limit aside).
+func (s *Server) count(w http.ResponseWriter, r *http.Request) {
+	q, err := ParseQuery(r.URL.Query().Get)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err, queryHint)
+		return
+	}
+	n, err := s.e.CountQuery(r.Context(), q)
+	if err != nil {
+		engineError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, CountReply{Count: n})
+}
+
+// DefinitionJSON is one definition and its versions in GET /v1/definitions.
+type DefinitionJSON struct {
+	Name     string `json:"name"`
+	Versions []int  `json:"versions"`
+}
+
+func (s *Server) definitions(w http.ResponseWriter, r *http.Request) {
+	ds, err := s.e.DefinitionVersions(r.Context())
+	if err != nil {
+		engineError(w, err)
+		return
+	}
+	out := []DefinitionJSON{}
+	for _, d := range ds {
+		out = append(out, DefinitionJSON{Name: d.Name, Versions: d.Versions})
+	}
+	writeJSON(w, http.StatusOK, out)
 }
 
 // ShowReply is the body of GET /v1/sagas/{id}.

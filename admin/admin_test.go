@@ -110,6 +110,8 @@ func TestAuthMatrix(t *testing.T) {
 		{"GET", "/v1/status", ""},
 		{"GET", "/v1/sagas", ""},
 		{"GET", "/v1/sagas/stuck-1", ""},
+		{"GET", "/v1/count", ""},
+		{"GET", "/v1/definitions", ""},
 		{"POST", "/v1/sagas/stuck-1/retry", `{"actor":"mallory"}`},
 		{"POST", "/v1/sagas/stuck-1/resolve", `{"actor":"mallory","reason":"x"}`},
 		{"POST", "/v1/sagas/ok-1/abort", `{"actor":"mallory","reason":"x"}`},
@@ -158,6 +160,13 @@ func TestBadRequestsChangeNothing(t *testing.T) {
 		{"POST", "/v1/sagas/stuck-1/retry", `{"actor":"` + strings.Repeat("a", 2<<20) + `"}`, http.StatusBadRequest}, // oversized
 		{"GET", "/v1/sagas?state=SOMETIMES", "", http.StatusBadRequest},
 		{"GET", "/v1/sagas?limit=-1", "", http.StatusBadRequest},
+		{"GET", "/v1/sagas?order=sideways", "", http.StatusBadRequest},
+		{"GET", "/v1/sagas?version=2", "", http.StatusBadRequest}, // a version needs a definition
+		{"GET", "/v1/sagas?meta=novalue", "", http.StatusBadRequest},
+		{"GET", "/v1/sagas?since=yesterday", "", http.StatusBadRequest},
+		{"GET", "/v1/sagas?since=1h&until=2h", "", http.StatusBadRequest}, // an empty range
+		{"GET", "/v1/sagas?cursor=stuck-1", "", http.StatusBadRequest},     // not a cursor
+		{"GET", "/v1/count?updated_since=-1h", "", http.StatusBadRequest},
 		{"GET", "/v1/sagas/nope", "", http.StatusNotFound},
 		{"PUT", "/v1/policy", "enable_saga: maybe\n", http.StatusBadRequest},
 		{"GET", "/v1/policy/explain", "", http.StatusBadRequest},
@@ -285,4 +294,54 @@ func writeSelfSigned(t *testing.T, dir string) (string, string) {
 	must(t, os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600))
 	must(t, os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb}), 0o600))
 	return certFile, keyFile
+}
+
+// TestListCountAndDefinitions: the filters of the query parameters
+// combine, pages follow the cursor newest first, and counts and
+// definition versions answer.
+func TestListCountAndDefinitions(t *testing.T) {
+	_, _, h := fixture(t)
+	auth := "Bearer " + token
+	get := func(path string, v any) {
+		t.Helper()
+		rec := call(h, "GET", path, auth, "")
+		if rec.Code != http.StatusOK {
+			t.Fatalf("GET %s: %d %s", path, rec.Code, rec.Body.String())
+		}
+		must(t, json.Unmarshal(rec.Body.Bytes(), v))
+	}
+	var ids []string
+	for path := "/v1/sagas?order=newest&limit=1&since=1h"; ; {
+		var rep ListReply
+		get(path, &rep)
+		for _, sg := range rep.Sagas {
+			ids = append(ids, sg.ID)
+		}
+		if rep.Next == "" {
+			break
+		}
+		path = "/v1/sagas?order=newest&limit=1&since=1h&cursor=" + rep.Next
+	}
+	if strings.Join(ids, ",") != "stuck-1,failed-1,ok-1" {
+		t.Fatalf("newest first: %v", ids)
+	}
+	var rep ListReply
+	get("/v1/sagas?state=failed&definition=failing&version=1", &rep)
+	if len(rep.Sagas) != 1 || rep.Sagas[0].ID != "failed-1" {
+		t.Fatalf("failed of failing@v1: %+v", rep.Sagas)
+	}
+	get("/v1/sagas?state=failed&definition=order", &rep)
+	if len(rep.Sagas) != 0 {
+		t.Fatalf("failed of order: %+v", rep.Sagas)
+	}
+	var c CountReply
+	get("/v1/count?updated_since=1h", &c)
+	if c.Count != 3 {
+		t.Fatalf("count %d, want 3", c.Count)
+	}
+	var ds []DefinitionJSON
+	get("/v1/definitions", &ds)
+	if len(ds) != 3 || ds[0].Name != "failing" || len(ds[0].Versions) != 1 {
+		t.Fatalf("definitions %+v", ds)
+	}
 }

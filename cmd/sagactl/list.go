@@ -11,22 +11,60 @@ import (
 )
 
 func newList(g *globals) *cobra.Command {
-	var state, definition, since, after string
-	var limit int
+	var state, definition, user, tenant, meta, since, until, updatedSince, updatedUntil, order, cursor string
+	var version, limit int
+	var count bool
 	cmd := &cobra.Command{
 		Use:   "list",
-		Short: "List sagas (by state, by definition, since a time)",
+		Short: "List or count sagas: filters on state, definition, user, tenant, meta, created and updated times combine",
 		Example: `  sagactl --dir DIR list --state STUCK
-  sagactl --addr URL list --definition checkout --since 1h -o json`,
+  sagactl --addr URL list --definition checkout --since 1h -o json
+  sagactl --addr URL list --user alice --state STUCK --updated-since 2026-12-03T10:00:00Z --order newest
+  sagactl --addr URL list --tenant acme --meta region=eu --count`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			params := map[string]string{"state": state, "definition": definition, "since": since, "after": after}
-			if limit > 0 {
+			params := map[string]string{"state": state, "definition": definition, "user": user, "tenant": tenant,
+				"meta": meta, "since": since, "until": until, "updated_since": updatedSince,
+				"updated_until": updatedUntil, "order": order, "cursor": cursor}
+			if version != 0 {
+				params["version"] = strconv.Itoa(version)
+			}
+			if limit != 100 || cmd.Flags().Changed("limit") {
 				params["limit"] = strconv.Itoa(limit)
 			}
-			q, _, err := admin.ParseQuery(func(k string) string { return params[k] })
+			q, err := admin.ParseQuery(func(k string) string { return params[k] })
 			if err != nil {
-				return fail(exitUsage, err, "")
+				return fail(exitUsage, err, "see sagactl list --help")
+			}
+			var kv []string
+			for _, k := range admin.QueryParams {
+				kv = append(kv, k, params[k])
+			}
+			if count {
+				var rep admin.CountReply
+				if g.online() {
+					c, err := g.client()
+					if err != nil {
+						return err
+					}
+					if err := c.do(cmd.Context(), "GET", "/v1/count"+query(kv...), nil, &rep); err != nil {
+						return err
+					}
+				} else {
+					e, err := g.openOffline()
+					if err != nil {
+						return err
+					}
+					defer e.Close()
+					if rep.Count, err = e.CountQuery(cmd.Context(), q); err != nil {
+						return fail(exitFailed, err, "")
+					}
+				}
+				if g.json() {
+					return g.printJSON(rep)
+				}
+				_, err := fmt.Fprintln(g.out, rep.Count)
+				return err
 			}
 			var rep admin.ListReply
 			if g.online() {
@@ -34,8 +72,7 @@ func newList(g *globals) *cobra.Command {
 				if err != nil {
 					return err
 				}
-				if err := c.do(cmd.Context(), "GET", "/v1/sagas"+query("state", state, "definition", definition,
-					"since", since, "after", after, "limit", params["limit"]), nil, &rep); err != nil {
+				if err := c.do(cmd.Context(), "GET", "/v1/sagas"+query(kv...), nil, &rep); err != nil {
 					return err
 				}
 			} else {
@@ -63,7 +100,7 @@ func newList(g *globals) *cobra.Command {
 					dash(s.CurrentStep), s.CreatedAt.Format("2006-01-02 15:04:05"), dash(s.LastError))
 			}
 			if rep.Next != "" {
-				fmt.Fprintf(w, "\nmore: --after %s\n", rep.Next)
+				fmt.Fprintf(w, "\nmore: --cursor %s\n", rep.Next)
 			}
 			return w.Flush()
 		},
@@ -71,9 +108,20 @@ func newList(g *globals) *cobra.Command {
 	f := cmd.Flags()
 	f.StringVar(&state, "state", "", "IN_PROGRESS, COMPENSATING, COMPLETED, FAILED or STUCK")
 	f.StringVar(&definition, "definition", "", "definition name")
-	f.StringVar(&since, "since", "", "created since: RFC 3339 time or a duration such as 1h")
-	f.StringVar(&after, "after", "", "pagination cursor: the last id of the previous page")
+	f.IntVar(&version, "version", 0, "definition version (needs --definition)")
+	f.StringVar(&user, "user", "", "the saga's user")
+	f.StringVar(&tenant, "tenant", "", "the saga's tenant (its meta tenant=…, as the policy layer records it)")
+	f.StringVar(&meta, "meta", "", "key=value: a meta pair the saga holds")
+	f.StringVar(&since, "since", "", "created at or after: RFC 3339 time or a duration ago such as 1h")
+	f.StringVar(&until, "until", "", "created before: RFC 3339 time or a duration ago")
+	f.StringVar(&updatedSince, "updated-since", "", "last changed at or after: RFC 3339 time or a duration ago")
+	f.StringVar(&updatedUntil, "updated-until", "", "last changed before: RFC 3339 time or a duration ago")
+	f.StringVar(&order, "order", "oldest", "newest or oldest (by creation)")
+	f.StringVar(&cursor, "cursor", "", "pagination cursor: the \"more: --cursor\" of the previous page")
+	f.StringVar(&cursor, "after", "", "the old name of --cursor")
+	_ = f.MarkHidden("after")
 	f.IntVar(&limit, "limit", 100, "page size (1-10000)")
+	f.BoolVar(&count, "count", false, "print the number of matching sagas instead of a page")
 	return cmd
 }
 
