@@ -165,7 +165,7 @@ func TestBadRequestsChangeNothing(t *testing.T) {
 		{"GET", "/v1/sagas?meta=novalue", "", http.StatusBadRequest},
 		{"GET", "/v1/sagas?since=yesterday", "", http.StatusBadRequest},
 		{"GET", "/v1/sagas?since=1h&until=2h", "", http.StatusBadRequest}, // an empty range
-		{"GET", "/v1/sagas?cursor=stuck-1", "", http.StatusBadRequest},     // not a cursor
+		{"GET", "/v1/sagas?cursor=stuck-1", "", http.StatusBadRequest},    // not a cursor
 		{"GET", "/v1/count?updated_since=-1h", "", http.StatusBadRequest},
 		{"GET", "/v1/sagas/nope", "", http.StatusNotFound},
 		{"PUT", "/v1/policy", "enable_saga: maybe\n", http.StatusBadRequest},
