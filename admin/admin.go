@@ -382,7 +382,7 @@ func ParseQuery(get func(string) string) (fsm.Query, error) {
 	if v := get("state"); v != "" {
 		st, err := fsm.ParseState(strings.ToUpper(v))
 		if err != nil {
-			bad("state %q: want IN_PROGRESS, COMPENSATING, COMPLETED, FAILED or STUCK", v)
+			bad("state %q: unknown saga state (want IN_PROGRESS, COMPENSATING, COMPLETED, FAILED or STUCK)", v)
 		}
 		q.State = st
 	}
