@@ -409,40 +409,60 @@ func (q *Query) bounds(ix index, cur *cursor) (lo, hi []byte) {
 	return lo, hi
 }
 
-// probeLimit is how many keys choose reads of each candidate index to
-// compare their sizes.
-const probeLimit = 64
+// probeFirst is how many keys choose first reads of each candidate
+// index; it quadruples up to a maximum: listProbeMax for List, which
+// stops at a page of matches and so rarely reads a large index to its
+// end, and countProbeMax for Count, which reads the chosen index whole.
+const (
+	probeFirst    = 64
+	listProbeMax  = 1 << 10
+	countProbeMax = 1 << 16
+)
 
-// choose returns the candidate with the fewest keys in range: each is
-// probed for up to probeLimit keys; a candidate that ends first is the
-// smallest, and among those that do not, the first (by kind) wins.
-func (s *Store) choose(src iterSource, q *Query, cur *cursor) (index, error) {
+// choose returns the candidate index with the fewest keys in range. The
+// index of every saga is never smaller than a filter's, so with one filter
+// that filter's index is taken unread. With several, each is probed for up
+// to probeFirst keys, then four times as many, until one ends: the first
+// to end is the smallest, and its cost is at most a few times the number
+// of candidates times its size. Past probeMax keys each, the first
+// candidate (by kind: user, meta, definition, state) is taken.
+func (s *Store) choose(src iterSource, q *Query, cur *cursor, probeMax int) (index, error) {
 	cs := q.candidates()
+	if len(cs) > 1 {
+		cs = cs[:len(cs)-1] // the index of every saga
+	}
 	if len(cs) == 1 {
 		return cs[0], nil
 	}
-	best, bestN := 0, probeLimit+1
-	for i, ix := range cs {
-		lo, hi := q.bounds(ix, cur)
-		it, err := src.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: hi})
-		if err != nil {
-			return index{}, err
+	for limit := probeFirst; ; limit *= 4 {
+		best, bestN := -1, limit+1
+		for i, ix := range cs {
+			lo, hi := q.bounds(ix, cur)
+			it, err := src.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: hi})
+			if err != nil {
+				return index{}, err
+			}
+			n := 0
+			for ok := it.First(); ok && n <= limit; ok = it.Next() {
+				n++
+				s.querySteps.Add(1)
+			}
+			err = it.Error()
+			it.Close()
+			if err != nil {
+				return index{}, err
+			}
+			if n < bestN {
+				best, bestN = i, n
+			}
 		}
-		n := 0
-		for ok := it.First(); ok && n <= probeLimit; ok = it.Next() {
-			n++
-			s.querySteps.Add(1)
+		if best >= 0 {
+			return cs[best], nil
 		}
-		err = it.Error()
-		it.Close()
-		if err != nil {
-			return index{}, err
-		}
-		if n < bestN {
-			best, bestN = i, n
+		if limit >= probeMax {
+			return cs[0], nil
 		}
 	}
-	return cs[best], nil
 }
 
 // scan calls fn with each id, in q's order, that ix holds in range, until
@@ -495,7 +515,7 @@ func (s *Store) List(q Query) ([]*Saga, string, error) {
 	}
 	snap := s.db.NewSnapshot()
 	defer snap.Close()
-	ix, err := s.choose(snap, &q, cur)
+	ix, err := s.choose(snap, &q, cur, listProbeMax)
 	if err != nil {
 		return nil, "", err
 	}
@@ -555,7 +575,7 @@ func (s *Store) Count(q Query) (int, error) {
 	}
 	snap := s.db.NewSnapshot()
 	defer snap.Close()
-	ix, err := s.choose(snap, &q, nil)
+	ix, err := s.choose(snap, &q, nil, countProbeMax)
 	if err != nil {
 		return 0, err
 	}
