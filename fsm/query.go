@@ -132,6 +132,18 @@ func sameQueryKeys(prev, next *Saga) bool {
 // writeQueryKeys moves the q/ keys of a saga from prev's (nil: none) to
 // next's, in b.
 func writeQueryKeys(b *pebble.Batch, prev, next *Saga) error {
+	if prev != nil && prev.State != next.State {
+		st := *prev
+		st.State = next.State
+		if sameQueryKeys(&st, next) {
+			// Only the state changed (the common transition): move its key.
+			sort := appendSort(nil, next.CreatedAt, next.ID)
+			if err := b.Delete(key(prefixQState, []byte{byte(prev.State)}, sort), nil); err != nil {
+				return err
+			}
+			return b.Set(key(prefixQState, []byte{byte(next.State)}, sort), nil, nil)
+		}
+	}
 	if prev != nil && sameQueryKeys(prev, next) {
 		return nil
 	}
