@@ -191,6 +191,10 @@ func (s *Store) ensureQueryIndex(readOnly bool) error {
 	if err := b.DeleteRange(prefixQuery, upperBound(prefixQuery), nil); err != nil {
 		return err
 	}
+	// The definition index of older stores, which q/d replaces.
+	if err := b.DeleteRange(prefixDefIdx, upperBound(prefixDefIdx), nil); err != nil {
+		return err
+	}
 	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: prefixSaga, UpperBound: upperBound(prefixSaga)})
 	if err != nil {
 		return err

@@ -28,7 +28,7 @@ import (
 //	s/<id>                          → msgpack Saga
 //	h/<id>/<seq BE>                 → uint64 BE log index + the record as logged
 //	x/s/<state byte>/<id>           → "" (index by state)
-//	x/d/<definition>\x00<id>        → "" (index by definition)
+//	x/d/…                           → (no longer written: q/d/ replaced it; removed by the query index rebuild)
 //	k/<idempotency key>             → saga id
 //	d/<name>\x00<version BE>        → msgpack Definition
 //	q/…, m/qindex                   → the query indexes (see query.go)
@@ -60,9 +60,6 @@ func appendHistKey(dst []byte, id string, seq uint64) []byte {
 }
 func stateKey(st SagaState, id string) []byte {
 	return key(prefixState, []byte{byte(st), '/'}, []byte(id))
-}
-func defIdxKey(def, id string) []byte {
-	return key(prefixDefIdx, []byte(def), []byte{0}, []byte(id))
 }
 func idemKey(k string) []byte { return key(prefixKey, []byte(k)) }
 func defKey(name string, v int) []byte {
@@ -771,9 +768,6 @@ func (s *Store) writeSaga(b *pebble.Batch, w *enc, prev, next *Saga) error {
 		return err
 	}
 	if prev == nil {
-		if err := b.Set(defIdxKey(next.Definition, next.ID), nil, nil); err != nil {
-			return err
-		}
 		if next.IdempotencyKey != "" {
 			if err := b.Set(idemKey(next.IdempotencyKey), []byte(next.ID), nil); err != nil {
 				return err
