@@ -8,6 +8,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/sagaengine/saga/admin"
+	"github.com/sagaengine/saga/engine"
 )
 
 func newList(g *globals) *cobra.Command {
@@ -41,54 +42,32 @@ func newList(g *globals) *cobra.Command {
 				kv = append(kv, k, params[k])
 			}
 			if count {
-				var rep admin.CountReply
-				if g.online() {
-					c, err := g.client()
-					if err != nil {
-						return err
-					}
-					if err := c.do(cmd.Context(), "GET", "/v1/count"+query(kv...), nil, &rep); err != nil {
-						return err
-					}
-				} else {
-					e, err := g.openOffline()
-					if err != nil {
-						return err
-					}
-					defer e.Close()
-					if rep.Count, err = e.CountQuery(cmd.Context(), q); err != nil {
-						return fail(exitFailed, err, "")
-					}
+				rep, err := fetch(g, cmd.Context(), "/v1/count"+query(kv...), func(e *engine.Engine) (*admin.CountReply, error) {
+					n, err := e.CountQuery(cmd.Context(), q)
+					return &admin.CountReply{Count: n}, err
+				}, "")
+				if err != nil {
+					return err
 				}
 				if g.json() {
 					return g.printJSON(rep)
 				}
-				_, err := fmt.Fprintln(g.out, rep.Count)
+				_, err = fmt.Fprintln(g.out, rep.Count)
 				return err
 			}
-			var rep admin.ListReply
-			if g.online() {
-				c, err := g.client()
-				if err != nil {
-					return err
-				}
-				if err := c.do(cmd.Context(), "GET", "/v1/sagas"+query(kv...), nil, &rep); err != nil {
-					return err
-				}
-			} else {
-				e, err := g.openOffline()
-				if err != nil {
-					return err
-				}
-				defer e.Close()
+			rep, err := fetch(g, cmd.Context(), "/v1/sagas"+query(kv...), func(e *engine.Engine) (*admin.ListReply, error) {
 				sagas, next, err := e.List(cmd.Context(), q)
 				if err != nil {
-					return fail(exitFailed, err, "")
+					return nil, err
 				}
-				rep.Sagas, rep.Next = []admin.SagaJSON{}, next
+				rep := &admin.ListReply{Sagas: []admin.SagaJSON{}, Next: next}
 				for _, st := range sagas {
 					rep.Sagas = append(rep.Sagas, admin.NewSagaJSON(st))
 				}
+				return rep, nil
+			}, "")
+			if err != nil {
+				return err
 			}
 			if g.json() {
 				return g.printJSON(rep)
