@@ -2,8 +2,6 @@ package engine
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"strconv"
@@ -24,14 +22,7 @@ import (
 
 // ChildID is the id of the child saga that step i of saga parent runs:
 // parent.i, or a hash of it where that would be over the id limit.
-func ChildID(parent string, i int) string {
-	id := parent + "." + strconv.Itoa(i)
-	if fsm.ValidID(id) {
-		return id
-	}
-	sum := sha256.Sum256([]byte(id))
-	return "child." + hex.EncodeToString(sum[:16])
-}
+func ChildID(parent string, i int) string { return fsm.ChildID(parent, i) }
 
 // hasChild reports whether any step runs a child saga.
 func hasChild(steps []StepDef) bool {

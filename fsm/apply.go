@@ -27,8 +27,8 @@ func ApplyInto(dst, s *Saga, r *Record) (*Saga, error) {
 	if err := r.Validate(); err != nil {
 		return nil, err
 	}
-	if r.Kind == KindDefine {
-		return nil, fmt.Errorf("%w: a define record is not a saga transition", ErrInvalidRecord)
+	if r.Kind == KindDefine || r.Kind == KindRemoved {
+		return nil, fmt.Errorf("%w: a %s record is not a saga transition", ErrInvalidRecord, r.Kind)
 	}
 	if r.Kind == KindSagaStarted {
 		if s != nil {

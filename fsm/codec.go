@@ -136,6 +136,13 @@ func (w *enc) value(v appender, isNil bool) {
 	v.appendMsgpack(w)
 }
 
+func (w *enc) strs(ss []string) {
+	w.arr(len(ss))
+	for _, s := range ss {
+		w.str(s)
+	}
+}
+
 func (w *enc) strMap(m map[string]string) {
 	if m == nil {
 		w.nil()
@@ -457,6 +464,17 @@ func (d *dec) present() bool {
 	return d.next() && !d.r.isNil()
 }
 
+func (d *dec) strs(p *[]string) {
+	n := d.arrayLen()
+	if n == 0 {
+		return
+	}
+	*p = make([]string, 0, min(n, MaxRemoval))
+	for j := 0; j < n && d.r.err == nil; j++ {
+		*p = append(*p, d.r.string())
+	}
+}
+
 func (d *dec) strMap(p *map[string]string) {
 	if !d.next() || d.r.isNil() {
 		return
@@ -612,17 +630,23 @@ func (d *Definition) EncodeMsgpack(e *msgpack.Encoder) error { return encodeTo(e
 func (d *Definition) appendMsgpack(w *enc) {
 	// Fields added later are written only when set, so that values
 	// without them keep the encoding of the writers before them.
-	if d.Durability != DurabilityStrict {
+	switch {
+	case d.Retention != 0:
+		w.arr(6)
+	case d.Durability != DurabilityStrict:
 		w.arr(5)
-	} else {
+	default:
 		w.arr(4)
 	}
 	w.str(d.Name)
 	w.i64(int64(d.Version))
 	encodeSteps(w, d.Steps)
 	w.i64(int64(d.Timeout))
-	if d.Durability != DurabilityStrict {
+	if d.Durability != DurabilityStrict || d.Retention != 0 {
 		w.u64(uint64(d.Durability))
+	}
+	if d.Retention != 0 {
+		w.i64(int64(d.Retention))
 	}
 }
 
@@ -636,6 +660,7 @@ func (d *Definition) decodeFrom(rr *rd) {
 	decodeSteps(&r, &d.Steps)
 	r.dur(&d.Timeout)
 	r.u8((*uint8)(&d.Durability))
+	r.dur(&d.Retention)
 	r.done()
 }
 
@@ -714,7 +739,13 @@ func (si *StartInfo) decodeFrom(rr *rd) {
 func (rec *Record) EncodeMsgpack(e *msgpack.Encoder) error { return encodeTo(e, rec) }
 
 func (rec *Record) appendMsgpack(w *enc) {
-	w.arr(13)
+	// Remove is written only when set, so that other records keep the
+	// encoding of the writers before it.
+	if rec.Remove != nil {
+		w.arr(14)
+	} else {
+		w.arr(13)
+	}
 	w.u64(uint64(rec.V))
 	w.u64(uint64(rec.Kind))
 	w.str(rec.Saga)
@@ -728,6 +759,24 @@ func (rec *Record) appendMsgpack(w *enc) {
 	w.str(rec.Reason)
 	w.value(rec.Start, rec.Start == nil)
 	w.value(rec.Def, rec.Def == nil)
+	if rec.Remove != nil {
+		rec.Remove.appendMsgpack(w)
+	}
+}
+
+func (rm *Removal) appendMsgpack(w *enc) {
+	w.arr(3)
+	w.strs(rm.Sagas)
+	w.bool(rm.KeepKeys)
+	w.strs(rm.Keys)
+}
+
+func (rm *Removal) decodeFrom(rr *rd) {
+	r := newDec(rr)
+	r.strs(&rm.Sagas)
+	r.bool(&rm.KeepKeys)
+	r.strs(&rm.Keys)
+	r.done()
 }
 
 // DecodeMsgpack implements msgpack.CustomDecoder.
@@ -756,6 +805,10 @@ func (rec *Record) decodeFrom(rr *rd) {
 	if r.present() {
 		rec.Def = &Definition{}
 		rec.Def.decodeFrom(r.r)
+	}
+	if r.present() {
+		rec.Remove = &Removal{}
+		rec.Remove.decodeFrom(r.r)
 	}
 	r.done()
 }

@@ -1,5 +1,11 @@
 package fsm
 
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"strconv"
+)
+
 // Nested sagas. A step with StepDef.Child runs a saga of another
 // definition as a whole (the engine starts it, with Parent and Depth set,
 // and waits for it): the step is done when the child completes, and fails
@@ -8,6 +14,19 @@ package fsm
 // COMPLETED → COMPENSATING, its done steps compensated as if its last step
 // had failed, ending FAILED). This is the one way out of COMPLETED, and
 // only for a child: see Apply.
+
+// ChildID is the id of the child saga that step i of saga parent runs:
+// parent.i, or a hash of it where that would be over the id limit. The
+// engine starts children under it; a removal (KindRemoved) finds a
+// parent's children by it.
+func ChildID(parent string, i int) string {
+	id := parent + "." + strconv.Itoa(i)
+	if ValidID(id) {
+		return id
+	}
+	sum := sha256.Sum256([]byte(id))
+	return "child." + hex.EncodeToString(sum[:16])
+}
 
 // MaxDepth bounds the nesting of child sagas: a top-level saga has depth
 // 0, its children 1, and so on; no saga starts deeper than MaxDepth.

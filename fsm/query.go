@@ -26,6 +26,7 @@ import (
 //	q/v/<str definition><version BE><sort> → "" (by definition and version)
 //	q/n/<str user><sort>                → "" (by user)
 //	q/m/<str key><str value><sort>      → "" (by meta key=value; the tenant is Meta["tenant"])
+//	q/r/…                               → finished top-level sagas by definition and finish time (retention.go)
 //	m/qindex                            → queryIndexVersion once the q/ keys are complete
 //
 // where <sort> is the creation time (Unix ns, sign bit flipped, BE) and
@@ -56,7 +57,7 @@ var (
 
 // queryIndexVersion is the layout of the q/ keys; a store holding another
 // value (or none) has them rebuilt.
-const queryIndexVersion = "1"
+const queryIndexVersion = "2" // 2: q/r/ (retention.go)
 
 // ErrInvalidQuery: List or Count was given a query that cannot be run (an
 // unknown state or order, a version without a definition, a malformed
@@ -132,6 +133,9 @@ func sameQueryKeys(prev, next *Saga) bool {
 // writeQueryKeys moves the q/ keys of a saga from prev's (nil: none) to
 // next's, in b.
 func writeQueryKeys(b *pebble.Batch, prev, next *Saga) error {
+	if err := writeRetentionKey(b, prev, next); err != nil {
+		return err
+	}
 	if prev != nil && prev.State != next.State {
 		st := *prev
 		st.State = next.State

@@ -25,6 +25,7 @@ const (
 	KindRetried       Kind = 10 // operator: retry a STUCK saga's compensation now, with a fresh budget
 	KindResolved      Kind = 11 // operator: the STUCK compensation was done by hand
 	KindReverted      Kind = 12 // a COMPLETED child saga is compensated as a whole: its parent undoes the step that ran it
+	KindRemoved       Kind = 13 // retention: finished sagas and expired idempotency keys are removed (store-level, no saga)
 )
 
 var kindNames = map[Kind]string{
@@ -33,7 +34,7 @@ var kindNames = map[Kind]string{
 	KindCompStarted: "compensation_started", KindCompCompleted: "compensation_completed",
 	KindCompFailed: "compensation_failed", KindAborted: "aborted", KindRetried: "retried",
 	KindResolved: "resolved",
-	KindReverted: "reverted",
+	KindReverted: "reverted", KindRemoved: "removed",
 }
 
 func (k Kind) String() string {
@@ -78,7 +79,31 @@ type Record struct {
 	Reason string
 	Start  *StartInfo
 	Def    *Definition
+	// Remove is the payload of KindRemoved.
+	Remove *Removal
 }
+
+// Removal is the payload of KindRemoved, chosen by the proposer (the
+// engine's retention loop; see retention.go) and applied as it says, so
+// every replica removes the same sagas at the same log index.
+type Removal struct {
+	// Sagas are top-level finished sagas to remove, each with its
+	// history, its index keys and its child sagas. An id that is not a
+	// finished top-level saga (unknown, already removed, running, STUCK,
+	// a child) is skipped: Apply never removes anything else.
+	Sagas []string
+	// KeepKeys: the idempotency keys of the removed sagas outlive them
+	// (the dedupe window is longer than the retention): each is kept,
+	// still naming its saga, until a later removal lists it in Keys.
+	KeepKeys bool
+	// Keys are idempotency keys of sagas removed earlier to forget now
+	// (their dedupe window has passed). A key that is not one kept this
+	// way is skipped.
+	Keys []string
+}
+
+// MaxRemoval bounds the sagas plus keys of one KindRemoved record.
+const MaxRemoval = 4096
 
 // Encode returns the msgpack encoding of r, stamping the current version.
 func Encode(r *Record) ([]byte, error) {
@@ -102,6 +127,9 @@ func encodedSizeHint(r *Record) int {
 	}
 	if r.Def != nil {
 		n += 64 + 128*len(r.Def.Steps)
+	}
+	if rm := r.Remove; rm != nil {
+		n += 16 + 26*len(rm.Sagas) + 40*len(rm.Keys)
 	}
 	return n
 }
@@ -162,6 +190,25 @@ func (r *Record) Validate() error {
 			return bad("no definition")
 		}
 		return r.Def.Validate()
+	}
+	if r.Kind == KindRemoved {
+		if r.Remove == nil {
+			return bad("no removal")
+		}
+		if n := len(r.Remove.Sagas) + len(r.Remove.Keys); n > MaxRemoval {
+			return bad("%d sagas and keys, more than %d", n, MaxRemoval)
+		}
+		for _, id := range r.Remove.Sagas {
+			if !ValidID(id) {
+				return bad("invalid saga id %q", id)
+			}
+		}
+		for _, k := range r.Remove.Keys {
+			if k == "" {
+				return bad("empty idempotency key")
+			}
+		}
+		return nil
 	}
 	if !ValidID(r.Saga) {
 		return bad("invalid saga id %q", r.Saga)
@@ -231,6 +278,9 @@ func (d *Definition) problems() []string {
 	}
 	if d.Timeout < 0 {
 		probs = append(probs, "negative timeout")
+	}
+	if d.Retention < 0 && d.Retention != KeepForever {
+		probs = append(probs, fmt.Sprintf("negative retention %s (want 0 for the engine's default, a duration, or KeepForever)", d.Retention))
 	}
 	// Names seen: by a scan of the steps before for a few steps (every
 	// start record is validated on replay, and the map was most of the

@@ -29,7 +29,8 @@ import (
 //	h/<id>/<seq BE>                 → uint64 BE log index + the record as logged
 //	x/s/<state byte>/<id>           → "" (index by state)
 //	x/d/…                           → (no longer written: q/d/ replaced it; removed by the query index rebuild)
-//	k/<idempotency key>             → saga id
+//	k/<idempotency key>             → saga id (see retention.go for a key kept past its saga)
+//	g/<finished><idempotency key>   → "" (keys kept past their saga: retention.go)
 //	d/<name>\x00<version BE>        → msgpack Definition
 //	q/…, m/qindex                   → the query indexes (see query.go)
 var (
@@ -343,6 +344,9 @@ type Result struct {
 	Prev SagaState
 	Def  *Definition
 	Err  error
+	// Removed lists the sagas a KindRemoved record removed (children
+	// after their parent).
+	Removed []string
 }
 
 // ApplyBatch applies entries, in order, in one Pebble batch that also
@@ -536,6 +540,19 @@ func (a *applier) add(entries []Entry, out []Result) error {
 			}
 			continue
 		}
+		if r.Kind == KindRemoved {
+			if res.Err = r.Validate(); res.Err == nil {
+				removed, err := a.remove(r)
+				if err != nil {
+					return err
+				}
+				res.Removed = removed
+			}
+			if out != nil {
+				out[i] = res
+			}
+			continue
+		}
 		cur, ok := a.sagas[r.Saga]
 		switch {
 		case ok:
@@ -613,14 +630,11 @@ func (a *applier) keyTaken(r *Record, cur *Saga) (dup, err error) {
 		return nil, nil
 	}
 	k := r.Start.IdempotencyKey
-	owner, taken := a.keys[k]
-	if !taken {
-		if owner, err = a.s.KeyOwner(k); err != nil {
-			return nil, err
-		}
-		taken = owner != ""
+	v, err := a.keyValue(k)
+	if err != nil {
+		return nil, err
 	}
-	if taken {
+	if owner, _, _ := splitKeyValue(v); v != nil {
 		return &DuplicateKeyError{Key: k, Existing: owner}, nil
 	}
 	return nil, nil
@@ -633,6 +647,9 @@ func (a *applier) keyTaken(r *Record, cur *Saga) (dup, err error) {
 func (a *applier) commit(source uint64) error {
 	s, b := a.s, a.b
 	for _, id := range a.touched {
+		if a.sagas[id] == nil {
+			continue // removed by this batch (see removeTree)
+		}
 		if err := s.writeSaga(b, &a.w, a.before[id], a.sagas[id]); err != nil {
 			return err
 		}
@@ -666,7 +683,7 @@ func (a *applier) commit(source uint64) error {
 		s.latest[name] = d
 	}
 	for id, sg := range a.sagas {
-		if sg.State.Terminal() {
+		if sg == nil || sg.State.Terminal() {
 			delete(s.live, id)
 		} else if _, ok := s.live[id]; ok || len(s.live) < s.liveMax {
 			s.live[id] = sg
@@ -838,7 +855,8 @@ func (s *Store) KeyOwner(k string) (string, error) {
 		return "", fmt.Errorf("fsm: read idempotency key: %w", err)
 	}
 	defer closer.Close()
-	return string(v), nil
+	owner, _, _ := splitKeyValue(v)
+	return owner, nil
 }
 
 // HistoryEntry is one applied transition of a saga.

@@ -225,7 +225,14 @@ type Definition struct {
 	// Durability is the default durability mode of the definition's
 	// sagas (a start may override it).
 	Durability Durability `json:"durability,omitempty"`
+	// Retention is how long the definition's finished sagas are kept
+	// after they finish (see the engine's Options.Retention): 0 means
+	// the engine's default, KeepForever keeps them.
+	Retention time.Duration `json:"retention,omitempty"`
 }
+
+// KeepForever as a retention keeps finished sagas forever.
+const KeepForever time.Duration = -1
 
 // Clone returns a copy that shares no memory with d (its steps and their
 // After lists): what the store and the engine hand to callers, who may

@@ -1,0 +1,260 @@
+package fsm
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"slices"
+
+	"github.com/cockroachdb/pebble/v2"
+)
+
+// Retention. Finished sagas are removed by KindRemoved records, which the
+// engine's retention loop proposes like any transition: the record names
+// the sagas and keys to remove, so every replica, and every replay,
+// removes the same ones at the same log index. Two indexes serve it:
+//
+//	q/r/<str definition><finished><id> → "" (finished top-level sagas, oldest first per definition)
+//	g/<finished><idempotency key>      → "" (keys kept past their saga's removal)
+//
+// where <finished> is the saga's UpdatedAt once it is COMPLETED or FAILED
+// (Unix ns, sign bit flipped, BE), which no later transition of a
+// top-level saga changes. q/r/ is a query index (rebuilt with the others;
+// see query.go). A child saga is not in it: a COMPLETED child can still
+// be reverted while its parent runs, so children are removed with their
+// parent, which finishes only once they have.
+//
+// Removing a saga deletes its value, its history (one range delete), its
+// index keys and its idempotency key, or keeps the key (Removal.KeepKeys):
+// k/<key> then holds the saga id, a zero byte and <finished>, and g/ lists
+// it for a later removal to forget (Removal.Keys). A kept key still
+// refuses a second start with it (DuplicateKeyError names the removed
+// saga): the dedupe window outlives the saga.
+var (
+	prefixQRetain = []byte("q/r/")
+	prefixKept    = []byte("g/")
+)
+
+// retentionKey is the q/r/ key of sg, nil unless sg is a finished
+// top-level saga.
+func retentionKey(sg *Saga) []byte {
+	if sg == nil || sg.Parent != "" || !sg.State.Terminal() {
+		return nil
+	}
+	return appendSort(appendStr(slices.Clone(prefixQRetain), sg.Definition), sg.UpdatedAt, sg.ID)
+}
+
+// writeRetentionKey moves the q/r/ key of a saga from prev's (nil: none)
+// to next's, in b.
+func writeRetentionKey(b *pebble.Batch, prev, next *Saga) error {
+	pk, nk := retentionKey(prev), retentionKey(next)
+	if bytes.Equal(pk, nk) {
+		return nil
+	}
+	if pk != nil {
+		if err := b.Delete(pk, nil); err != nil {
+			return err
+		}
+	}
+	if nk != nil {
+		return b.Set(nk, nil, nil)
+	}
+	return nil
+}
+
+func keptKey(finished int64, k string) []byte {
+	return append(appendTime(slices.Clone(prefixKept), finished), k...)
+}
+
+// keptValue is the k/ value of a key kept past its saga's removal.
+func keptValue(id string, finished int64) []byte {
+	return appendTime(append([]byte(id), 0), finished)
+}
+
+// splitKeyValue parses a k/ value: the owning saga's id and, for a key
+// kept past its saga, when the saga finished.
+func splitKeyValue(v []byte) (owner string, finished int64, kept bool) {
+	i := bytes.IndexByte(v, 0)
+	if i < 0 || len(v) != i+9 {
+		return string(v), 0, false
+	}
+	return string(v[:i]), int64(binary.BigEndian.Uint64(v[i+1:]) ^ (1 << 63)), true
+}
+
+// Expired returns up to limit ids of finished top-level sagas of the
+// definition that finished before the time (Unix ns), oldest first: the
+// candidates for a removal.
+func (s *Store) Expired(definition string, before int64, limit int) ([]string, error) {
+	p := appendStr(slices.Clone(prefixQRetain), definition)
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: p, UpperBound: appendTime(slices.Clone(p), before)})
+	if err != nil {
+		return nil, err
+	}
+	defer it.Close()
+	var ids []string
+	for it.First(); it.Valid() && len(ids) < limit; it.Next() {
+		ids = append(ids, string(it.Key()[len(p)+8:]))
+	}
+	return ids, it.Error()
+}
+
+// ExpiredKeys returns up to limit idempotency keys kept past their
+// sagas' removal whose sagas finished before the time, oldest first.
+func (s *Store) ExpiredKeys(before int64, limit int) ([]string, error) {
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: prefixKept, UpperBound: appendTime(slices.Clone(prefixKept), before)})
+	if err != nil {
+		return nil, err
+	}
+	defer it.Close()
+	var ks []string
+	for it.First(); it.Valid() && len(ks) < limit; it.Next() {
+		ks = append(ks, string(it.Key()[len(prefixKept)+8:]))
+	}
+	return ks, it.Error()
+}
+
+// lookup returns the saga as this batch sees it: nil if it does not exist
+// or this batch removed it.
+func (a *applier) lookup(id string) (*Saga, error) {
+	if sg, ok := a.sagas[id]; ok {
+		return sg, nil
+	}
+	sg, err := a.s.get(id)
+	if errors.Is(err, ErrUnknownSaga) {
+		return nil, nil
+	}
+	return sg, err
+}
+
+// keyValue returns the k/ value of an idempotency key as this batch sees
+// it (nil: free).
+func (a *applier) keyValue(k string) ([]byte, error) {
+	if v, ok := a.keys[k]; ok {
+		if v == "" {
+			return nil, nil
+		}
+		return []byte(v), nil
+	}
+	v, closer, err := a.s.db.Get(idemKey(k))
+	if errors.Is(err, pebble.ErrNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("fsm: read idempotency key: %w", err)
+	}
+	defer closer.Close()
+	return slices.Clone(v), nil
+}
+
+// remove applies a KindRemoved record and returns the ids it removed
+// (each listed saga, then its children). An error is an I/O error.
+func (a *applier) remove(r *Record) ([]string, error) {
+	var removed []string
+	for _, id := range r.Remove.Sagas {
+		sg, err := a.lookup(id)
+		if err != nil {
+			return nil, err
+		}
+		if sg == nil || sg.Parent != "" || !sg.State.Terminal() {
+			continue
+		}
+		if removed, err = a.removeTree(sg, r.Remove.KeepKeys, removed); err != nil {
+			return nil, err
+		}
+	}
+	for _, k := range r.Remove.Keys {
+		v, err := a.keyValue(k)
+		if err != nil {
+			return nil, err
+		}
+		_, finished, kept := splitKeyValue(v)
+		if !kept {
+			continue // free, or held by a saga that still exists
+		}
+		if err := a.b.Delete(idemKey(k), nil); err != nil {
+			return nil, err
+		}
+		if err := a.b.Delete(keptKey(finished, k), nil); err != nil {
+			return nil, err
+		}
+		a.keys[k] = ""
+	}
+	return removed, nil
+}
+
+// removeTree deletes sg, its history and its keys, then its children
+// (found by ChildID, and only those that name sg as their parent and are
+// finished: a parent finishes after its children), appending their ids
+// to removed.
+func (a *applier) removeTree(sg *Saga, keepKeys bool, removed []string) ([]string, error) {
+	b, id := a.b, sg.ID
+	// What Pebble holds for the saga: its state before this batch if the
+	// batch touched it (the batch's own value is only written at commit),
+	// or the value just read.
+	inStore := sg
+	if prev, touched := a.before[id]; touched {
+		inStore = prev
+	}
+	if inStore != nil {
+		if err := b.Delete(sagaKey(id), nil); err != nil {
+			return nil, err
+		}
+		if err := b.Delete(stateKey(inStore.State, id), nil); err != nil {
+			return nil, err
+		}
+		for _, k := range append(queryKeys(inStore), retentionKey(inStore)) {
+			if k != nil {
+				if err := b.Delete(k, nil); err != nil {
+					return nil, err
+				}
+			}
+		}
+	}
+	hp := histPrefix(id)
+	if err := b.DeleteRange(hp, upperBound(hp), nil); err != nil {
+		return nil, err
+	}
+	if k := sg.IdempotencyKey; k != "" {
+		if keepKeys {
+			v := keptValue(id, sg.UpdatedAt)
+			if err := b.Set(idemKey(k), v, nil); err != nil {
+				return nil, err
+			}
+			if err := b.Set(keptKey(sg.UpdatedAt, k), nil, nil); err != nil {
+				return nil, err
+			}
+			a.keys[k] = string(v)
+		} else {
+			if err := b.Delete(idemKey(k), nil); err != nil {
+				return nil, err
+			}
+			a.keys[k] = ""
+		}
+	}
+	// The batch now sees no such saga: commit writes nothing for it, and
+	// a start of the same id later in the batch makes a new one.
+	if _, touched := a.before[id]; !touched {
+		a.touched = append(a.touched, id)
+	}
+	a.before[id] = nil
+	a.sagas[id] = nil
+	delete(a.owned, id)
+	removed = append(removed, id)
+	for i := range sg.Steps {
+		if sg.Steps[i].StepDef == nil || sg.Steps[i].Child == "" {
+			continue
+		}
+		c, err := a.lookup(ChildID(id, i))
+		if err != nil {
+			return nil, err
+		}
+		if c == nil || c.Parent != id || !c.State.Terminal() {
+			continue
+		}
+		if removed, err = a.removeTree(c, keepKeys, removed); err != nil {
+			return nil, err
+		}
+	}
+	return removed, nil
+}
