@@ -324,6 +324,13 @@ func (s *Store) AppliedIndex() uint64 { return s.applied.Load() }
 // below it after a restart.
 func (s *Store) SourceIndex() uint64 { return s.source.Load() }
 
+// QueryReads is the number of query index keys that List and Count have
+// visited since OpenStore (on a store without the indexes, the sagas they
+// scanned). Its change across one call is what that query read: the
+// benchmark harness reports it to show that a filtered list reads an
+// index, not every saga.
+func (s *Store) QueryReads() int64 { return s.querySteps.Load() }
+
 // RestoreIncomplete reports whether a Restore was cut short (by a crash or
 // an error): the state is then partial and must be restored again before
 // it is used.
