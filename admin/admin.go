@@ -5,6 +5,10 @@
 // Deny by default: the server refuses to start without a bearer token, it
 // binds to 127.0.0.1 (or a unix socket) unless told otherwise, and every
 // endpoint but /healthz requires the token, compared in constant time.
+//
+// The cluster endpoints (/v1/cluster) reach a replicated member through
+// the Cluster interface, set in Options.Cluster: this package imports no
+// consensus library, and admin/raftcluster adapts a *replication.Node.
 package admin
 
 import (
@@ -30,7 +34,6 @@ import (
 	"github.com/sagaengine/saga/engine"
 	"github.com/sagaengine/saga/fsm"
 	"github.com/sagaengine/saga/policy"
-	"github.com/sagaengine/saga/replication"
 )
 
 // Errors returned by New and Start.
@@ -58,6 +61,10 @@ type Options struct {
 	CertFile, KeyFile string
 	// Policy, if set, is served under /v1/policy.
 	Policy *policy.Manager
+	// Cluster serves /v1/cluster and its join and remove actions for a
+	// replicated engine: required then (raftcluster.New(node) for a
+	// *replication.Node), refused for a single-node one. Default nil.
+	Cluster Cluster
 	// Logger; default slog.Default().
 	Logger *slog.Logger
 }
@@ -87,6 +94,10 @@ func New(e *engine.Engine, o *Observer, opts Options) (*Server, error) {
 	}
 	if e == nil || o == nil {
 		probs = append(probs, "an engine and an observer are required")
+	} else if replicated := e.Replicator() != nil; replicated && opts.Cluster == nil {
+		probs = append(probs, "the engine is replicated: set Cluster (raftcluster.New(node)) for the cluster endpoints")
+	} else if !replicated && opts.Cluster != nil {
+		probs = append(probs, "Cluster is set but the engine is not replicated")
 	}
 	if len(probs) > 0 {
 		return nil, fmt.Errorf("%w: %s", ErrInvalidOptions, strings.Join(probs, "; "))
@@ -287,6 +298,10 @@ func writeError(w http.ResponseWriter, code int, err error, hint string) {
 
 // engineError maps an engine error to a status code and a hint.
 func engineError(w http.ResponseWriter, err error) {
+	// A replicator's (or a Cluster's) errors say what they mean by method,
+	// as engine.Replicator documents, so that admin need not import it.
+	var notLeader interface{ NotLeader() (id, addr string) }
+	var unknown interface{ OutcomeUnknown() bool }
 	switch {
 	case errors.Is(err, fsm.ErrUnknownSaga):
 		writeError(w, http.StatusNotFound, err, "list sagas with: sagactl list")
@@ -296,9 +311,9 @@ func engineError(w http.ResponseWriter, err error) {
 		writeError(w, http.StatusBadRequest, err, "")
 	case errors.Is(err, engine.ErrReadOnly):
 		writeError(w, http.StatusConflict, err, "")
-	case errors.Is(err, engine.ErrNotLeader), errors.Is(err, replication.ErrNotLeader):
+	case errors.Is(err, engine.ErrNotLeader), errors.As(err, &notLeader):
 		writeError(w, http.StatusConflict, err, "this member follows: send changes to the leader's admin API (see sagactl cluster status)")
-	case errors.Is(err, replication.ErrOutcomeUnknown):
+	case errors.As(err, &unknown) && unknown.OutcomeUnknown():
 		writeError(w, http.StatusServiceUnavailable, err, "leadership changed while the change was in flight: look at the saga on the new leader")
 	case errors.Is(err, engine.ErrPoisoned), errors.Is(err, engine.ErrClosed), errors.Is(err, engine.ErrOutcomeUnknown):
 		writeError(w, http.StatusServiceUnavailable, err, "the engine stopped after an I/O error: restart the process")

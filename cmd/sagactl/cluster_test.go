@@ -11,13 +11,14 @@ import (
 	"github.com/hashicorp/raft"
 
 	"github.com/sagaengine/saga/admin"
+	"github.com/sagaengine/saga/admin/raftcluster"
 	"github.com/sagaengine/saga/engine"
 	"github.com/sagaengine/saga/replication"
 )
 
 // inmemMember opens a replicated engine on an in-memory raft transport
-// (address ID:7000), closed at the test's end.
-func inmemMember(t *testing.T, id string, bootstrap bool) (*engine.Engine, *raft.InmemTransport, string) {
+// (address ID:7000), closed at the test's end, and its admin.Cluster.
+func inmemMember(t *testing.T, id string, bootstrap bool) (*engine.Engine, admin.Cluster, *raft.InmemTransport, string) {
 	t.Helper()
 	_, trans := raft.NewInmemTransport(raft.ServerAddress(id + ":7000"))
 	dir := t.TempDir()
@@ -31,13 +32,13 @@ func inmemMember(t *testing.T, id string, bootstrap bool) (*engine.Engine, *raft
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { e.Close() })
-	return e, trans, dir
+	return e, raftcluster.New(node), trans, dir
 }
 
 func TestClusterCommandsOnAReplicatedMember(t *testing.T) {
-	e, trans, dir := inmemMember(t, "n1", true)
+	e, cl, trans, dir := inmemMember(t, "n1", true)
 	const tok = "0123456789abcdef-token"
-	srv, err := admin.New(e, admin.NewObserver(), admin.Options{Token: tok})
+	srv, err := admin.New(e, admin.NewObserver(), admin.Options{Token: tok, Cluster: cl})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -62,7 +63,7 @@ func TestClusterCommandsOnAReplicatedMember(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	// n2 runs, reachable: join makes it a voter once it has caught up.
-	_, trans2, _ := inmemMember(t, "n2", false)
+	_, _, trans2, _ := inmemMember(t, "n2", false)
 	trans.Connect(trans2.LocalAddr(), trans2)
 	trans2.Connect(trans.LocalAddr(), trans)
 	code, out, errOut := runCLI("--addr", hs.URL, "--token-file", tf, "-o", "json", "cluster", "join", "n2", "n2:7000")

@@ -45,6 +45,7 @@ import (
 	"time"
 
 	"github.com/sagaengine/saga/admin"
+	"github.com/sagaengine/saga/admin/raftcluster"
 	"github.com/sagaengine/saga/compensation"
 	"github.com/sagaengine/saga/engine"
 	"github.com/sagaengine/saga/fsm"
@@ -192,7 +193,7 @@ func serve(o *options, log *slog.Logger) error {
 	}
 	var srv *admin.Server
 	if token := os.Getenv("SAGA_ADMIN_TOKEN"); token != "" {
-		if srv, err = admin.New(eng, obs, admin.Options{Addr: o.adminAddr, Token: token, Logger: log}); err == nil {
+		if srv, err = admin.New(eng, obs, admin.Options{Addr: o.adminAddr, Token: token, Logger: log, Cluster: raftcluster.New(node)}); err == nil {
 			err = srv.Start()
 		}
 		if err != nil {

@@ -1,21 +1,53 @@
-package admin
+package raftcluster_test
 
 import (
+	"context"
 	"encoding/json"
+	"errors"
+	"io"
+	"log/slog"
 	"net/http"
+	"net/http/httptest"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/hashicorp/raft"
 
+	"github.com/sagaengine/saga/admin"
+	"github.com/sagaengine/saga/admin/raftcluster"
 	"github.com/sagaengine/saga/engine"
 	"github.com/sagaengine/saga/replication"
 )
 
-// replicatedMember opens a replicated engine on an in-memory raft
-// transport and its admin handler.
-func replicatedMember(t *testing.T, id string, bootstrap bool) (*engine.Engine, *replication.Node, *raft.InmemTransport, http.Handler) {
+var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
+
+const token = "0123456789abcdef-secret"
+
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// call serves one request, with a deadline.
+func call(h http.Handler, method, path, auth, body string) *httptest.ResponseRecorder {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	req := httptest.NewRequestWithContext(ctx, method, path, strings.NewReader(body))
+	if auth != "" {
+		req.Header.Set("Authorization", auth)
+	}
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, req)
+	return rec
+}
+
+// openMember opens a replicated engine on an in-memory raft transport
+// (address ID:7000), closed at the test's end.
+func openMember(t *testing.T, id string, bootstrap bool) (*engine.Engine, *replication.Node, *raft.InmemTransport) {
 	t.Helper()
 	_, trans := raft.NewInmemTransport(raft.ServerAddress(id + ":7000"))
 	dir := t.TempDir()
@@ -25,18 +57,25 @@ func replicatedMember(t *testing.T, id string, bootstrap bool) (*engine.Engine, 
 	e, err := engine.Open(dir, engine.Options{Replicator: node, Logger: quiet})
 	must(t, err)
 	t.Cleanup(func() { e.Close() })
-	srv, err := New(e, NewObserver(), Options{Token: token, Logger: quiet})
+	return e, node, trans
+}
+
+// replicatedMember opens a replicated engine and its admin handler.
+func replicatedMember(t *testing.T, id string, bootstrap bool) (*engine.Engine, *replication.Node, *raft.InmemTransport, http.Handler) {
+	t.Helper()
+	e, node, trans := openMember(t, id, bootstrap)
+	srv, err := admin.New(e, admin.NewObserver(), admin.Options{Token: token, Logger: quiet, Cluster: raftcluster.New(node)})
 	must(t, err)
 	return e, node, trans, srv.Handler()
 }
 
-func clusterOf(t *testing.T, h http.Handler) ClusterReply {
+func clusterOf(t *testing.T, h http.Handler) admin.ClusterReply {
 	t.Helper()
 	rec := call(h, "GET", "/v1/cluster", "Bearer "+token, "")
 	if rec.Code != 200 {
 		t.Fatalf("GET /v1/cluster: %d %s", rec.Code, rec.Body)
 	}
-	var rep ClusterReply
+	var rep admin.ClusterReply
 	must(t, json.Unmarshal(rec.Body.Bytes(), &rep))
 	return rep
 }
@@ -106,5 +145,45 @@ func TestClusterEndpoints(t *testing.T) {
 	}
 	if n := len(clusterOf(t, h1).Servers); n != 1 {
 		t.Fatalf("after remove: %d servers", n)
+	}
+}
+
+func TestNewRequiresAClusterForAReplicatedEngine(t *testing.T) {
+	e, _, _ := openMember(t, "n1", true)
+	_, err := admin.New(e, admin.NewObserver(), admin.Options{Token: token, Logger: quiet})
+	if !errors.Is(err, admin.ErrInvalidOptions) || !strings.Contains(err.Error(), "replicated") {
+		t.Fatalf("a replicated engine without Options.Cluster: %v, want ErrInvalidOptions naming the cause", err)
+	}
+}
+
+func TestTaggedErrorsMatchAdminSentinelsAndKeepTheirMessage(t *testing.T) {
+	e, node, _, h := replicatedMember(t, "n1", true)
+	waitLeader(t, e)
+	c := raftcluster.New(node)
+	err := c.Join(context.Background(), "bad id!", "x:1")
+	if !errors.Is(err, admin.ErrInvalidMember) || !errors.Is(err, replication.ErrInvalidConfig) || !strings.HasPrefix(err.Error(), "replication: ") {
+		t.Fatalf("join with a bad id: %v, want ErrInvalidMember and ErrInvalidConfig with replication's message", err)
+	}
+	err = c.Remove(context.Background(), "nobody")
+	if !errors.Is(err, admin.ErrInvalidMember) {
+		t.Fatalf("remove of no member: %v, want ErrInvalidMember", err)
+	}
+	rec := call(h, "POST", "/v1/cluster/remove", "Bearer "+token, `{"id":"nobody"}`)
+	if rec.Code != http.StatusBadRequest || !strings.Contains(rec.Body.String(), "replication: invalid configuration") {
+		t.Fatalf("POST remove nobody: %d %s", rec.Code, rec.Body)
+	}
+}
+
+func waitLeader(t *testing.T, e *engine.Engine) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if _, _, self := e.Leader(); self {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no leadership")
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
