@@ -6,6 +6,16 @@
 // binds to 127.0.0.1 (or a unix socket) unless told otherwise, and every
 // endpoint but /healthz requires the token, compared in constant time.
 //
+// Metrics: an Observer turns the engine's hooks into Prometheus metrics
+// (listed on Observer). NewObserver keeps them in a registry of its own;
+// NewObserverWith(ObserverOptions{Registerer: reg}) registers them in the
+// application's registry instead, and /metrics then serves that
+// registry's Gatherer (the application's metrics with the saga ones). A
+// registration conflict (two observers on one registry) is
+// ErrRegisterMetrics, never a panic. The options live here, not in
+// engine.Options: the engine reports through Hooks and links no
+// Prometheus.
+//
 // The cluster endpoints (/v1/cluster) reach a replicated member through
 // the Cluster interface, set in Options.Cluster: this package imports no
 // consensus library, and admin/raftcluster adapts a *replication.Node.
@@ -109,7 +119,7 @@ func New(e *engine.Engine, o *Observer, opts Options) (*Server, error) {
 		opts.Logger = slog.Default()
 	}
 	s := &Server{e: e, o: o, opts: opts, quit: make(chan struct{})}
-	o.watchStates(e)
+	o.WatchStates(e)
 	s.srv = &http.Server{
 		Handler: s.Handler(),
 		// Every request is small and answered at once; only the watch
@@ -189,7 +199,7 @@ func (s *Server) Handler() http.Handler {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
 	auth := func(h http.HandlerFunc) http.Handler { return h }
-	mux.Handle("GET /metrics", auth(promhttp.HandlerFor(s.o.registry, promhttp.HandlerOpts{}).ServeHTTP))
+	mux.Handle("GET /metrics", auth(promhttp.HandlerFor(s.o.gatherer, promhttp.HandlerOpts{}).ServeHTTP))
 	mux.Handle("GET /v1/status", auth(s.status))
 	mux.Handle("GET /v1/sagas", auth(s.list))
 	mux.Handle("GET /v1/sagas/{id}", auth(s.show))

@@ -1,7 +1,10 @@
 package admin
 
 import (
+	"errors"
+	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -13,36 +16,84 @@ import (
 // Observer turns engine hooks into Prometheus metrics and a live feed of
 // transitions (watch). Create it before the engine and pass Hooks() in
 // engine.Options; then give it to New.
+//
+// The metrics (all prefixed saga_, labelled by definition or state only,
+// never by saga id):
+//
+//	saga_sagas_started_total, saga_sagas_completed_total,
+//	saga_sagas_failed_total, saga_sagas_stuck_total   counters {definition}
+//	saga_compensation_attempts_total                   counter {definition}
+//	saga_step_duration_seconds                         histogram {definition}
+//	saga_compensation_duration_seconds                 histogram {definition}
+//	saga_wal_append_seconds                            histogram (write + fsync of one group commit)
+//	saga_group_commit_records                          histogram (records per fsync)
+//	saga_recovery_seconds                              gauge (the last Open)
+//	saga_sagas                                         gauge {state}, once WatchStates (or New) named the engine
 type Observer struct {
 	started, completed, failed, stuck *prometheus.CounterVec
 	compAttempts                      *prometheus.CounterVec
 	stepLatency, compLatency          *prometheus.HistogramVec
 	appendLatency, batchSize          prometheus.Histogram
 	recovery                          prometheus.Gauge
-	registry                          *prometheus.Registry
+	states                            *stateGauges
+	gatherer                          prometheus.Gatherer // what /metrics serves
 
-	mu     sync.Mutex
-	subs   map[chan Event]struct{}
-	gauges sync.Once
+	mu   sync.Mutex
+	subs map[chan Event]struct{}
 }
 
-// watchStates registers the per-state gauges of e (saga_sagas{state}):
-// STUCK > 0 is what an alert watches. The engine keeps the counts current,
-// so a scrape costs nothing.
-func (o *Observer) watchStates(e *engine.Engine) {
-	o.gauges.Do(func() {
-		for _, st := range fsm.States() {
-			st := st
-			o.registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "saga", Name: "sagas",
-				Help: "Sagas per state.", ConstLabels: prometheus.Labels{"state": st.String()}}, func() float64 {
-				counts, err := e.StateCounts()
-				if err != nil {
-					return -1
-				}
-				return float64(counts[st])
-			}))
+// ObserverOptions configures an Observer; the zero value works.
+type ObserverOptions struct {
+	// Registerer receives the saga metrics, so that the application serves
+	// them on its own /metrics (prometheus.DefaultRegisterer, say).
+	// Default: a registry of the observer's own.
+	Registerer prometheus.Registerer
+	// Gatherer is what the admin server's /metrics serves. Default:
+	// Registerer if it is also a Gatherer (a *prometheus.Registry is), the
+	// observer's own registry if Registerer is nil. Required when
+	// Registerer is not a Gatherer (prometheus.WrapRegistererWith, say).
+	Gatherer prometheus.Gatherer
+}
+
+// ErrRegisterMetrics: NewObserverWith could not register the saga metrics
+// (the registerer already holds a metric of that name: another Observer,
+// say). It wraps the prometheus error (a prometheus.AlreadyRegisteredError
+// for a duplicate), and none of the observer's metrics stays registered.
+var ErrRegisterMetrics = errors.New("admin: cannot register the saga metrics")
+
+// stateGauges is saga_sagas{state}: the engine's state counts, read at
+// scrape time (the engine keeps them current, so a scrape costs nothing).
+// STUCK > 0 is what an alert watches. It reports nothing until an engine
+// is set; the first one set stays.
+type stateGauges struct {
+	desc *prometheus.Desc
+	e    atomic.Pointer[engine.Engine]
+}
+
+func (g *stateGauges) Describe(ch chan<- *prometheus.Desc) { ch <- g.desc }
+
+func (g *stateGauges) Collect(ch chan<- prometheus.Metric) {
+	e := g.e.Load()
+	if e == nil {
+		return
+	}
+	counts, err := e.StateCounts()
+	for _, st := range fsm.States() {
+		v := -1.0 // the counts are unavailable (a closed engine)
+		if err == nil {
+			v = float64(counts[st])
 		}
-	})
+		ch <- prometheus.MustNewConstMetric(g.desc, prometheus.GaugeValue, v, st.String())
+	}
+}
+
+// WatchStates serves saga_sagas{state} from e's state counts. New calls
+// it; call it when the metrics are served without the admin server. Only
+// the first engine counts.
+func (o *Observer) WatchStates(e *engine.Engine) {
+	if e != nil {
+		o.states.e.CompareAndSwap(nil, e)
+	}
 }
 
 // Event is one transition as the watch feed sends it.
@@ -59,12 +110,40 @@ type Event struct {
 	At         string `json:"at"`
 }
 
-// NewObserver creates the metrics in their own registry.
+// NewObserver creates the metrics in a registry of their own, served by
+// the admin server's /metrics.
 func NewObserver() *Observer {
-	o := &Observer{registry: prometheus.NewRegistry(), subs: map[chan Event]struct{}{}}
+	o, err := NewObserverWith(ObserverOptions{})
+	if err != nil {
+		panic(err) // a fresh registry holds nothing to conflict with
+	}
+	return o
+}
+
+// NewObserverWith creates the metrics in opts.Registerer. Errors:
+// ErrInvalidOptions (a Registerer that is no Gatherer, without Gatherer),
+// ErrRegisterMetrics.
+func NewObserverWith(opts ObserverOptions) (*Observer, error) {
+	o := &Observer{subs: map[chan Event]struct{}{}, gatherer: opts.Gatherer}
+	reg := opts.Registerer
+	if reg == nil {
+		own := prometheus.NewRegistry()
+		reg = own
+		if o.gatherer == nil {
+			o.gatherer = own
+		}
+	}
+	if o.gatherer == nil {
+		g, ok := reg.(prometheus.Gatherer)
+		if !ok {
+			return nil, fmt.Errorf("%w: ObserverOptions.Registerer (%T) is not a Gatherer: set Gatherer to what /metrics serves", ErrInvalidOptions, reg)
+		}
+		o.gatherer = g
+	}
+	var all []prometheus.Collector
 	counter := func(name, help string, labels ...string) *prometheus.CounterVec {
 		c := prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "saga", Name: name, Help: help}, labels)
-		o.registry.MustRegister(c)
+		all = append(all, c)
 		return c
 	}
 	o.started = counter("sagas_started_total", "Sagas started.", "definition")
@@ -83,8 +162,17 @@ func NewObserver() *Observer {
 		Help: "Records per group commit (per fsync).", Buckets: prometheus.ExponentialBuckets(1, 2, 13)})
 	o.recovery = prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "saga", Name: "recovery_seconds",
 		Help: "Duration of the last Open (replay and resume)."})
-	o.registry.MustRegister(o.stepLatency, o.compLatency, o.appendLatency, o.batchSize, o.recovery)
-	return o
+	o.states = &stateGauges{desc: prometheus.NewDesc("saga_sagas", "Sagas per state.", []string{"state"}, nil)}
+	all = append(all, o.stepLatency, o.compLatency, o.appendLatency, o.batchSize, o.recovery, o.states)
+	for i, c := range all {
+		if err := reg.Register(c); err != nil {
+			for _, done := range all[:i] {
+				reg.Unregister(done)
+			}
+			return nil, fmt.Errorf("%w: %w", ErrRegisterMetrics, err)
+		}
+	}
+	return o, nil
 }
 
 // Hooks returns the engine hooks that feed the observer.
