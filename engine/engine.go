@@ -148,6 +148,7 @@ type Engine struct {
 	runs     map[string]*run
 	watchers map[string][]chan *fsm.Saga // woken with the settled saga
 	defMu    sync.Mutex
+	removeMu sync.Mutex // one RemoveExpired at a time
 
 	// counts holds the number of sagas per state once StateCounts has
 	// been called (counted lazily: a scan of the index); deltas gathers
@@ -291,8 +292,9 @@ func Open(dir string, opts Options) (*Engine, error) {
 		e.curTerm().ready.Store(true)
 		go e.checkpointLoop()
 		if !opts.Inspect {
-			e.bg.Add(1)
+			e.bg.Add(2)
 			go e.deadlineLoop()
+			go e.retentionLoop()
 			resumed, stuck, err := e.resumeAll(e.ctx)
 			if err != nil {
 				_ = e.Close()

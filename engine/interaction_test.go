@@ -172,7 +172,7 @@ func newIxHarness(t *testing.T, mode string) *ixHarness {
 }
 
 func (h *ixHarness) options() Options {
-	o := Options{Registry: h.reg, Logger: quiet, Clock: h.clk, Rand: func() float64 { return 0 }}
+	o := Options{Registry: h.reg, Logger: quiet, Clock: h.clk, Rand: func() float64 { return 0 }, RemovalInterval: ManualRemoval}
 	if h.mode == ixSingle {
 		h.log = &ixLog{release: make(chan struct{})}
 		o.WrapLog = func(l Log) Log { h.log.Log = l; return h.log }

@@ -50,6 +50,30 @@ type Options struct {
 	// many sagas to resume, say). Names not in the map are unbounded.
 	HandlerConcurrency map[string]int
 
+	// Retention is how long a finished (COMPLETED or FAILED) saga is kept
+	// after it finished, for definitions that set none of their own
+	// (Definition.Retention): then it is removed with its history, and
+	// handed to the Archiver first if there is one. STUCK and running
+	// sagas are never removed. Default DefaultRetention (7 days);
+	// KeepForever keeps every saga. See retention.go.
+	Retention time.Duration
+	// DedupeWindow is how long after its saga finished an idempotency
+	// key still refuses a second start with it. It is at least the
+	// retention of the saga's definition (a key is kept past its saga
+	// when the window is longer). Default: Retention; KeepForever keeps
+	// keys forever. Shorter than Retention is an error.
+	DedupeWindow time.Duration
+	// RemovalInterval is how often the engine removes expired sagas (on
+	// the leader, in a replicated group). Default DefaultRemovalInterval;
+	// ManualRemoval: only when RemoveExpired is called.
+	RemovalInterval time.Duration
+	// RemovalBatch bounds the sagas one removal record names. Default 512.
+	RemovalBatch int
+	// Archiver, if set, receives each finished saga with its history
+	// before the saga is removed; a saga is removed only once Archive
+	// returned nil for it. Package archive is a file sink.
+	Archiver Archiver
+
 	// MaxBatch bounds the records in one group commit (one log fsync).
 	// Default 4096.
 	MaxBatch int
@@ -112,6 +136,18 @@ func (o *Options) EnsureDefaults() {
 	if o.MaxBatch <= 0 {
 		o.MaxBatch = 4096
 	}
+	if o.Retention == 0 {
+		o.Retention = DefaultRetention
+	}
+	if o.DedupeWindow == 0 {
+		o.DedupeWindow = o.Retention
+	}
+	if o.RemovalInterval == 0 {
+		o.RemovalInterval = DefaultRemovalInterval
+	}
+	if o.RemovalBatch <= 0 {
+		o.RemovalBatch = 512
+	}
 	if o.MaxParallelSteps <= 0 {
 		o.MaxParallelSteps = 16
 	}
@@ -142,6 +178,27 @@ func (o *Options) Validate() error {
 	}
 	if o.MaxBatch < 0 {
 		errs = append(errs, fmt.Errorf("MaxBatch %d is negative", o.MaxBatch))
+	}
+	for _, d := range []struct {
+		name string
+		d    time.Duration
+	}{{"Retention", o.Retention}, {"DedupeWindow", o.DedupeWindow}} {
+		if d.d < 0 && d.d != KeepForever {
+			errs = append(errs, fmt.Errorf("%s %s is negative (0 is the default, KeepForever keeps forever)", d.name, d.d))
+		}
+	}
+	ret := o.Retention
+	if ret == 0 {
+		ret = DefaultRetention
+	}
+	if w := o.DedupeWindow; w != 0 && w != KeepForever && (ret == KeepForever || w < ret) {
+		errs = append(errs, fmt.Errorf("DedupeWindow %s is shorter than the retention %s: an idempotency key must outlive its saga", w, ret))
+	}
+	if o.RemovalInterval < 0 && o.RemovalInterval != ManualRemoval {
+		errs = append(errs, fmt.Errorf("RemovalInterval %s is negative (ManualRemoval turns the removal loop off)", o.RemovalInterval))
+	}
+	if o.RemovalBatch < 0 || o.RemovalBatch > fsm.MaxRemoval {
+		errs = append(errs, fmt.Errorf("RemovalBatch %d is outside [0, %d]", o.RemovalBatch, fsm.MaxRemoval))
 	}
 	if o.StoreCacheSize < 0 {
 		errs = append(errs, fmt.Errorf("StoreCacheSize %d is negative", o.StoreCacheSize))

@@ -113,9 +113,10 @@ func (e *Engine) openReplicated() error {
 	if err := e.opts.Replicator.Start((*replica)(e)); err != nil {
 		return fmt.Errorf("engine: start replication: %w", err)
 	}
-	e.bg.Add(2)
+	e.bg.Add(3)
 	go e.deadlineLoop()
 	go e.leadershipLoop()
+	go e.retentionLoop()
 	return nil
 }
 
@@ -273,6 +274,9 @@ func (e *Engine) countResults(entries []fsm.Entry, results []fsm.Result) {
 					m[r.Prev]--
 				}
 				m[r.Saga.State]++
+			}
+			for _, sg := range r.Removed {
+				m[sg.State]--
 			}
 		}
 	}

@@ -147,10 +147,11 @@ func (a *applier) keyValue(k string) ([]byte, error) {
 	return slices.Clone(v), nil
 }
 
-// remove applies a KindRemoved record and returns the ids it removed
-// (each listed saga, then its children). An error is an I/O error.
-func (a *applier) remove(r *Record) ([]string, error) {
-	var removed []string
+// remove applies a KindRemoved record and returns the sagas it removed
+// (each listed saga, then its children), as they were. An error is an I/O
+// error.
+func (a *applier) remove(r *Record) ([]*Saga, error) {
+	var removed []*Saga
 	for _, id := range r.Remove.Sagas {
 		sg, err := a.lookup(id)
 		if err != nil {
@@ -187,7 +188,7 @@ func (a *applier) remove(r *Record) ([]string, error) {
 // (found by ChildID, and only those that name sg as their parent and are
 // finished: a parent finishes after its children), appending their ids
 // to removed.
-func (a *applier) removeTree(sg *Saga, keepKeys bool, removed []string) ([]string, error) {
+func (a *applier) removeTree(sg *Saga, keepKeys bool, removed []*Saga) ([]*Saga, error) {
 	b, id := a.b, sg.ID
 	// What Pebble holds for the saga: its state before this batch if the
 	// batch touched it (the batch's own value is only written at commit),
@@ -240,7 +241,7 @@ func (a *applier) removeTree(sg *Saga, keepKeys bool, removed []string) ([]strin
 	a.before[id] = nil
 	a.sagas[id] = nil
 	delete(a.owned, id)
-	removed = append(removed, id)
+	removed = append(removed, sg)
 	for i := range sg.Steps {
 		if sg.Steps[i].StepDef == nil || sg.Steps[i].Child == "" {
 			continue

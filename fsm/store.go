@@ -351,9 +351,9 @@ type Result struct {
 	Prev SagaState
 	Def  *Definition
 	Err  error
-	// Removed lists the sagas a KindRemoved record removed (children
-	// after their parent).
-	Removed []string
+	// Removed lists the sagas a KindRemoved record removed, as they were
+	// (children after their parent). The caller must not modify them.
+	Removed []*Saga
 }
 
 // ApplyBatch applies entries, in order, in one Pebble batch that also
