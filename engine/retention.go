@@ -118,7 +118,10 @@ func (e *Engine) RemoveExpired(ctx context.Context) (RemovalStats, error) {
 		}
 		for {
 			var ids []string
-			if err := e.read(func() (err error) { ids, err = e.store.Expired(dv.Name, now-int64(ret), e.opts.RemovalBatch); return err }); err != nil {
+			if err := e.read(func() (err error) {
+				ids, err = e.store.Expired(dv.Name, now-int64(ret), e.opts.RemovalBatch)
+				return err
+			}); err != nil {
 				return st, err
 			}
 			if len(ids) == 0 {
