@@ -1,0 +1,329 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/sagaengine/saga/compensation"
+	"github.com/sagaengine/saga/compensation/fakeclock"
+	"github.com/sagaengine/saga/fsm"
+)
+
+// retentionEngine opens an engine on a fake clock with no removal loop
+// (RemoveExpired is called by the test), with definitions:
+//   - ok: one step that succeeds;
+//   - fails: a step that succeeds, then one that fails (FAILED);
+//   - stuck: as fails, with a compensation that always fails once (STUCK);
+//   - driven: a step the caller reports (stays IN_PROGRESS);
+//   - slow: as ok, kept 3h; forever: as ok, kept forever;
+//   - nest: a child saga of ok, then a step that succeeds.
+func retentionEngine(t *testing.T, o Options) (*Engine, *fakeclock.Clock) {
+	t.Helper()
+	clk := fakeclock.New(time.Unix(1_700_000_000, 0))
+	reg := compensation.NewRegistry()
+	must(t, reg.RegisterAction("ok", func(context.Context, compensation.Call) ([]byte, error) { return nil, nil }))
+	must(t, reg.RegisterAction("no", func(context.Context, compensation.Call) ([]byte, error) {
+		return nil, compensation.Permanent(errors.New("refused"))
+	}))
+	must(t, reg.Register("undo", func(context.Context, compensation.Call) error { return nil }))
+	must(t, reg.Register("undo_broken", func(context.Context, compensation.Call) error {
+		return compensation.Permanent(errors.New("broken"))
+	}))
+	o.Registry, o.Clock, o.RemovalInterval = reg, clk, ManualRemoval
+	e := openT(t, t.TempDir(), o)
+	t.Cleanup(func() { _ = e.Close() })
+	once := RetryPolicy{MaxAttempts: 1}
+	for _, d := range []Definition{
+		{Name: "ok", Steps: []StepDef{{Name: "a", Action: "ok", Compensation: "undo"}}},
+		{Name: "fails", Steps: []StepDef{{Name: "a", Action: "ok", Compensation: "undo"}, {Name: "b", Action: "no"}}},
+		{Name: "stuck", Steps: []StepDef{{Name: "a", Action: "ok", Compensation: "undo_broken", CompensationRetry: once}, {Name: "b", Action: "no"}}},
+		{Name: "driven", Steps: []StepDef{{Name: "a", Compensation: "undo"}}},
+		{Name: "slow", Retention: 3 * time.Hour, Steps: []StepDef{{Name: "a", Action: "ok"}}},
+		{Name: "forever", Retention: KeepForever, Steps: []StepDef{{Name: "a", Action: "ok"}}},
+		{Name: "nest", Steps: []StepDef{{Name: "c", Child: "ok"}, {Name: "b", Action: "ok"}}},
+	} {
+		if _, err := e.Define(ctx, d); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return e, clk
+}
+
+func runAs(t *testing.T, e *Engine, def, id string, o StartOptions) *Status {
+	t.Helper()
+	o.ID = id
+	st, err := e.Run(waitCtx(t), def, nil, o)
+	if err != nil {
+		t.Fatalf("run %s: %v", id, err)
+	}
+	return st
+}
+
+// present returns which of ids exist.
+func present(t *testing.T, e *Engine, ids ...string) []string {
+	t.Helper()
+	var out []string
+	for _, id := range ids {
+		_, err := e.Status(ctx, id)
+		switch {
+		case err == nil:
+			out = append(out, id)
+		case !errors.Is(err, ErrUnknownSaga):
+			t.Fatal(err)
+		}
+	}
+	return out
+}
+
+// Exactly the finished sagas past their retention are removed: the
+// engine's for most definitions, a definition's own where it sets one,
+// never with KeepForever; STUCK and running sagas are kept however old,
+// and a child goes with its parent.
+func TestRetentionRemovesExactlyTheFinishedSagasPastTheirRetention(t *testing.T) {
+	e, clk := retentionEngine(t, Options{Retention: time.Hour})
+	if st := runAs(t, e, "ok", "done-0", StartOptions{}); st.State != fsm.StateCompleted {
+		t.Fatalf("done-0: %s", st.State)
+	}
+	if st := runAs(t, e, "fails", "failed-0", StartOptions{}); st.State != fsm.StateFailed {
+		t.Fatalf("failed-0: %s", st.State)
+	}
+	if st := runAs(t, e, "stuck", "stuck-0", StartOptions{}); st.State != fsm.StateStuck {
+		t.Fatalf("stuck-0: %s", st.State)
+	}
+	if _, err := e.Start(ctx, "driven", nil, StartOptions{ID: "running-0"}); err != nil {
+		t.Fatal(err)
+	}
+	runAs(t, e, "slow", "slow-0", StartOptions{})
+	runAs(t, e, "forever", "forever-0", StartOptions{})
+	runAs(t, e, "nest", "nest-0", StartOptions{})
+	clk.Advance(30 * time.Minute)
+	runAs(t, e, "ok", "done-30m", StartOptions{})
+	if _, err := e.StateCounts(); err != nil { // counted from here on, incrementally
+		t.Fatal(err)
+	}
+	all := []string{"done-0", "failed-0", "stuck-0", "running-0", "slow-0", "forever-0", "nest-0", "nest-0.0", "done-30m"}
+
+	// At 59 minutes nothing is old enough.
+	clk.Advance(29 * time.Minute)
+	if st, err := e.RemoveExpired(ctx); err != nil || st.Sagas != 0 {
+		t.Fatalf("at 59m: removed %+v, %v", st, err)
+	}
+	clk.Advance(2 * time.Minute) // 61m
+	st, err := e.RemoveExpired(ctx)
+	if err != nil || st.Sagas != 4 {
+		t.Fatalf("at 61m: removed %+v, %v; want done-0, failed-0, nest-0 and its child", st, err)
+	}
+	if got, want := present(t, e, all...), []string{"stuck-0", "running-0", "slow-0", "forever-0", "done-30m"}; !slices.Equal(got, want) {
+		t.Fatalf("at 61m left %v, want %v", got, want)
+	}
+	clk.Advance(30 * time.Minute) // 91m
+	if _, err := e.RemoveExpired(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := present(t, e, all...), []string{"stuck-0", "running-0", "slow-0", "forever-0"}; !slices.Equal(got, want) {
+		t.Fatalf("at 91m left %v, want %v", got, want)
+	}
+	clk.Advance(100 * 24 * time.Hour)
+	if _, err := e.RemoveExpired(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := present(t, e, all...), []string{"stuck-0", "running-0", "forever-0"}; !slices.Equal(got, want) {
+		t.Fatalf("after 100 days left %v, want %v", got, want)
+	}
+	if n, err := e.CountQuery(ctx, fsm.Query{}); err != nil || n != 3 {
+		t.Fatalf("count %d, %v; want 3", n, err)
+	}
+	scanned, err := e.Count(ctx)
+	must(t, err)
+	kept, err := e.StateCounts()
+	must(t, err)
+	for _, s := range fsm.States() {
+		if scanned[s] != kept[s] {
+			t.Fatalf("state counts kept %v, counted %v", kept, scanned)
+		}
+	}
+}
+
+// With a dedupe window longer than the retention, an idempotency key
+// outlives its saga: a second start with it returns the removed saga's
+// id and starts nothing, until the window ends; then the key is free.
+func TestIdempotencyKeysAreHonouredForTheDedupeWindow(t *testing.T) {
+	e, clk := retentionEngine(t, Options{Retention: time.Hour, DedupeWindow: 2 * time.Hour})
+	first := runAs(t, e, "ok", "", StartOptions{IdempotencyKey: "order-7"})
+	clk.Advance(61 * time.Minute)
+	if st, err := e.RemoveExpired(ctx); err != nil || st.Sagas != 1 || st.Keys != 0 {
+		t.Fatalf("at 61m: %+v, %v", st, err)
+	}
+	id, err := e.Start(ctx, "ok", nil, StartOptions{IdempotencyKey: "order-7"})
+	if err != nil || id != first.ID {
+		t.Fatalf("a start inside the window: %q, %v; want the removed saga's id %s", id, err, first.ID)
+	}
+	if _, err := e.Status(ctx, id); !errors.Is(err, ErrUnknownSaga) {
+		t.Fatalf("the removed saga: %v", err)
+	}
+	clk.Advance(60 * time.Minute) // 121m
+	if st, err := e.RemoveExpired(ctx); err != nil || st.Keys != 1 {
+		t.Fatalf("at 121m: %+v, %v; want the key forgotten", st, err)
+	}
+	id, err = e.Start(ctx, "ok", nil, StartOptions{IdempotencyKey: "order-7"})
+	if err != nil || id == first.ID {
+		t.Fatalf("a start after the window: %q, %v; want a new saga", id, err)
+	}
+}
+
+// With the default window (the retention), the key goes with the saga.
+func TestTheDefaultDedupeWindowIsTheRetention(t *testing.T) {
+	e, clk := retentionEngine(t, Options{Retention: time.Hour})
+	first := runAs(t, e, "ok", "", StartOptions{IdempotencyKey: "order-8"})
+	clk.Advance(59 * time.Minute)
+	if id, _ := e.Start(ctx, "ok", nil, StartOptions{IdempotencyKey: "order-8"}); id != first.ID {
+		t.Fatalf("inside the retention a start with the key gave %s, want %s", id, first.ID)
+	}
+	clk.Advance(2 * time.Minute)
+	if _, err := e.RemoveExpired(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if id, err := e.Start(ctx, "ok", nil, StartOptions{IdempotencyKey: "order-8"}); err != nil || id == first.ID {
+		t.Fatalf("after the retention: %q, %v; want a new saga", id, err)
+	}
+}
+
+// recordingArchiver keeps what it was given; it can be made to fail.
+type recordingArchiver struct {
+	mu   sync.Mutex
+	e    *Engine
+	got  []string
+	fail error
+	// present: whether each saga still existed when Archive was called.
+	present []bool
+}
+
+func (a *recordingArchiver) Archive(_ context.Context, sagas []ArchivedSaga) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.fail != nil {
+		return a.fail
+	}
+	for _, s := range sagas {
+		a.got = append(a.got, s.Status.ID)
+		_, err := a.e.Status(ctx, s.Status.ID)
+		a.present = append(a.present, err == nil && len(s.History) > 0)
+	}
+	return nil
+}
+
+// A saga is handed to the archiver, with its history and its children,
+// while it still exists, and is removed only once the archiver returned;
+// a failed archive removes nothing.
+func TestArchiveComesBeforeRemovalAndAFailedArchiveRemovesNothing(t *testing.T) {
+	a := &recordingArchiver{fail: errors.New("disk full")}
+	e, clk := retentionEngine(t, Options{Retention: time.Hour, Archiver: a})
+	a.mu.Lock()
+	a.e = e
+	a.mu.Unlock()
+	runAs(t, e, "ok", "done-0", StartOptions{})
+	runAs(t, e, "nest", "nest-0", StartOptions{})
+	clk.Advance(2 * time.Hour)
+	st, err := e.RemoveExpired(ctx)
+	if err == nil || st.Sagas != 0 {
+		t.Fatalf("with a failing archiver: %+v, %v; want an error and nothing removed", st, err)
+	}
+	if got := present(t, e, "done-0", "nest-0", "nest-0.0"); len(got) != 3 {
+		t.Fatalf("a failed archive removed sagas: left %v", got)
+	}
+	a.mu.Lock()
+	a.fail = nil
+	a.mu.Unlock()
+	if st, err = e.RemoveExpired(ctx); err != nil || st.Sagas != 3 || st.Archived != 3 {
+		t.Fatalf("%+v, %v; want 3 archived and removed", st, err)
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	// By definition (nest, ok), each parent before its children.
+	if want := []string{"nest-0", "nest-0.0", "done-0"}; !slices.Equal(a.got, want) {
+		t.Fatalf("archived %v, want %v", a.got, want)
+	}
+	for i, ok := range a.present {
+		if !ok {
+			t.Fatalf("%s was archived after its removal (or without its history)", a.got[i])
+		}
+	}
+	if got := present(t, e, "done-0", "nest-0", "nest-0.0"); len(got) != 0 {
+		t.Fatalf("left %v after the archive", got)
+	}
+}
+
+// Removals are in the log: a reopened engine has the same sagas removed,
+// and a saga removed in one life stays removed.
+func TestRemovalsSurviveAReopen(t *testing.T) {
+	dir := t.TempDir()
+	clk := fakeclock.New(time.Unix(1_700_000_000, 0))
+	reg := compensation.NewRegistry()
+	must(t, reg.RegisterAction("ok", func(context.Context, compensation.Call) ([]byte, error) { return nil, nil }))
+	o := Options{Registry: reg, Clock: clk, Retention: time.Hour, RemovalInterval: ManualRemoval}
+	e := openT(t, dir, o)
+	_, err := e.Define(ctx, Definition{Name: "ok", Steps: []StepDef{{Name: "a", Action: "ok"}}})
+	must(t, err)
+	runAs(t, e, "ok", "old", StartOptions{})
+	clk.Advance(2 * time.Hour)
+	runAs(t, e, "ok", "new", StartOptions{})
+	if st, err := e.RemoveExpired(ctx); err != nil || st.Sagas != 1 {
+		t.Fatalf("%+v, %v", st, err)
+	}
+	must(t, e.Close())
+	e = openT(t, dir, o)
+	defer e.Close()
+	if got := present(t, e, "old", "new"); !slices.Equal(got, []string{"new"}) {
+		t.Fatalf("after a reopen: %v", got)
+	}
+}
+
+// The removal loop runs on its own every RemovalInterval.
+func TestTheRemovalLoopRemovesOnItsOwn(t *testing.T) {
+	clk := fakeclock.New(time.Unix(1_700_000_000, 0))
+	reg := compensation.NewRegistry()
+	must(t, reg.RegisterAction("ok", func(context.Context, compensation.Call) ([]byte, error) { return nil, nil }))
+	e := openT(t, t.TempDir(), Options{Registry: reg, Clock: clk, Retention: time.Hour, RemovalInterval: time.Minute})
+	defer e.Close()
+	_, err := e.Define(ctx, Definition{Name: "ok", Steps: []StepDef{{Name: "a", Action: "ok"}}})
+	must(t, err)
+	runAs(t, e, "ok", "old", StartOptions{})
+	clk.Advance(2 * time.Hour)
+	for deadline := time.Now().Add(time.Minute); len(present(t, e, "old")) > 0; {
+		if time.Now().After(deadline) {
+			t.Fatal("the loop never removed the expired saga")
+		}
+		changed := clk.Changed()
+		if !clk.AdvanceToNext() {
+			select {
+			case <-changed:
+			case <-time.After(100 * time.Millisecond):
+			}
+		}
+	}
+}
+
+// Bad retention options are refused at Open, every one named.
+func TestRetentionOptionsAreValidated(t *testing.T) {
+	for _, o := range []Options{
+		{Retention: -5 * time.Second},
+		{DedupeWindow: -5 * time.Second},
+		{Retention: 2 * time.Hour, DedupeWindow: time.Hour},
+		{Retention: KeepForever, DedupeWindow: time.Hour},
+		{RemovalInterval: -3 * time.Second},
+		{RemovalBatch: fsm.MaxRemoval + 1},
+	} {
+		o.Logger = quiet
+		if _, err := Open(t.TempDir(), o); !errors.Is(err, ErrInvalidOptions) {
+			t.Errorf("Open with %+v: %v, want ErrInvalidOptions", o, err)
+		}
+	}
+	e, _ := retentionEngine(t, Options{})
+	if _, err := e.Define(ctx, Definition{Name: "bad", Retention: -2, Steps: []StepDef{{Name: "a", Action: "ok"}}}); err == nil {
+		t.Fatal("a definition with a negative retention was accepted")
+	}
+}
