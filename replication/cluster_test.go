@@ -70,6 +70,8 @@ type cluster struct {
 	// gate, when set, blocks handlers until closed (to kill a leader mid-compensation).
 	gate chan struct{}
 	opts func(*replication.Config)
+	// engineOpts, when set, changes each member's engine options.
+	engineOpts func(*engine.Options)
 }
 
 func registry(t *testing.T, memberID string, c *cluster) *compensation.Registry {
@@ -105,7 +107,11 @@ func must(t testing.TB, err error) {
 }
 
 func newCluster(t *testing.T, n int, opts func(*replication.Config)) *cluster {
-	c := &cluster{t: t, j: &journal{comps: map[string][]string{}, by: map[string]int{}}, opts: opts}
+	return newClusterWith(t, &cluster{t: t, j: &journal{comps: map[string][]string{}, by: map[string]int{}}, opts: opts}, n)
+}
+
+// newClusterWith starts n members of c.
+func newClusterWith(t *testing.T, c *cluster, n int) *cluster {
 	var peers []replication.Server
 	for i := 0; i < n; i++ {
 		id := fmt.Sprintf("n%d", i+1)
@@ -155,8 +161,12 @@ func (c *cluster) start(m *member, bootstrap bool, peers []replication.Server) {
 	cfg.Bootstrap, cfg.Peers = bootstrap, peers
 	node, err := replication.New(cfg)
 	must(c.t, err)
-	eng, err := engine.Open(m.dir, engine.Options{Replicator: node, Registry: registry(c.t, m.id, c), Logger: quiet,
-		DefaultCompensationRetry: compensation.Policy{MaxAttempts: 1000, InitialBackoff: time.Millisecond, MaxBackoff: 10 * time.Millisecond, Multiplier: 2}})
+	o := engine.Options{Replicator: node, Registry: registry(c.t, m.id, c), Logger: quiet,
+		DefaultCompensationRetry: compensation.Policy{MaxAttempts: 1000, InitialBackoff: time.Millisecond, MaxBackoff: 10 * time.Millisecond, Multiplier: 2}}
+	if c.engineOpts != nil {
+		c.engineOpts(&o)
+	}
+	eng, err := engine.Open(m.dir, o)
 	must(c.t, err)
 	m.node, m.eng = node, eng
 }
@@ -327,6 +337,40 @@ func TestClusterReplicatesSagasToEveryMember(t *testing.T) {
 		}
 	}
 	c.j.mu.Unlock()
+}
+
+// Removals are replicated: the leader's removal takes the same sagas off
+// every member (equal state hashes), and a follower proposes none.
+func TestMembersRemoveTheSameSagasAtTheSameIndex(t *testing.T) {
+	c := &cluster{t: t, j: &journal{comps: map[string][]string{}, by: map[string]int{}}}
+	c.engineOpts = func(o *engine.Options) {
+		o.Retention, o.DedupeWindow, o.RemovalInterval = time.Nanosecond, time.Hour, engine.ManualRemoval
+	}
+	c = newClusterWith(t, c, 3)
+	l := c.leader()
+	c.define(l)
+	runSagas(t, l, 20, "old")
+	before := c.converge()
+	for _, m := range c.members {
+		if m == l {
+			continue
+		}
+		if _, err := m.eng.RemoveExpired(testctx.New(t)); err == nil {
+			t.Fatalf("follower %s removed sagas", m.id)
+		}
+	}
+	st, err := l.eng.RemoveExpired(testctx.New(t))
+	if err != nil || st.Sagas != 20 {
+		t.Fatalf("leader's removal: %+v, %v; want 20", st, err)
+	}
+	if after := c.converge(); bytes.Equal(after, before) {
+		t.Fatal("the removal changed no state")
+	}
+	for _, m := range c.members {
+		if n, err := m.eng.CountQuery(testctx.New(t), fsm.Query{}); err != nil || n != 0 {
+			t.Fatalf("member %s has %d sagas after the removal (%v)", m.id, n, err)
+		}
+	}
 }
 
 func TestFollowerRefusesWritesNamingTheLeader(t *testing.T) {
