@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/klauspost/compress/zstd"
+
+	"github.com/sagaengine/saga/engine"
 )
 
 // FS is the file system the Writer writes through: the seam at which
@@ -289,3 +291,16 @@ func Files(dir string) ([]string, error) {
 	}
 	return files, nil // os.ReadDir sorts by name: by sequence number
 }
+
+// Archive makes a Writer an engine.Archiver: the sagas become one batch
+// (Write), durable when it returns, so the engine removes them only once
+// they are on disk.
+func (w *Writer) Archive(ctx context.Context, sagas []engine.ArchivedSaga) error {
+	recs := make([]Record, len(sagas))
+	for i, s := range sagas {
+		recs[i] = NewRecord(s.Status, s.History)
+	}
+	return w.Write(ctx, recs...)
+}
+
+var _ engine.Archiver = (*Writer)(nil)
