@@ -39,7 +39,7 @@ import (
 var (
 	quick   = flag.Bool("quick", false, "small sizes: a smoke run")
 	cpuProf = flag.String("cpuprofile", "", "write a CPU profile of the run to this file")
-	only    = flag.String("only", "", `"replication": figures 9 and 10 only (with the single-node points they compare to); "parallel": figures 1c, 2b, 11 and the ceiling they compare to; "queries": figure 12`)
+	only    = flag.String("only", "", `"replication": figures 9 and 10 only (with the single-node points they compare to); "parallel": figures 1c, 2b, 11 and the ceiling they compare to; "queries": figure 12; "retention": figure 13`)
 	outDir  = flag.String("out", "bench/results", "directory for latest.json and latest.md")
 	quiet   = slog.New(slog.NewTextHandler(io.Discard, nil))
 )
@@ -120,6 +120,15 @@ func main() {
 			os.Exit(1)
 		}
 		return
+	} else if *only == "retention" {
+		fig13, ts := figRetention()
+		rep.Figures, rep.Targets = []Figure{fig13}, ts
+		rep.Elapsed = time.Since(rep.Started).Round(time.Second).String()
+		if err := write(rep); err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			os.Exit(1)
+		}
+		return
 	} else if *only == "queries" {
 		rep.Figures = []Figure{figQueries()}
 		rep.Elapsed = time.Since(rep.Started).Round(time.Second).String()
@@ -129,7 +138,7 @@ func main() {
 		}
 		return
 	} else if *only != "" {
-		fmt.Fprintf(os.Stderr, "bench: -only %q: the partial runs are \"replication\", \"parallel\" and \"queries\"\n", *only)
+		fmt.Fprintf(os.Stderr, "bench: -only %q: the partial runs are \"replication\", \"parallel\", \"queries\" and \"retention\"\n", *only)
 		os.Exit(2)
 	}
 	// Memory first, in a process that has done nothing else yet.
@@ -147,9 +156,11 @@ func main() {
 	fig9, fig10, repl := figReplication(tput)
 	fig11, _ := figNested()
 	fig12 := figQueries()
-	rep.Figures = []Figure{fig1, fig1b, fig1c, fig2, fig2b, ceiling.fig, fig4, fig5, fig6, fig7, fig8, fig9, fig10, fig11, fig12}
+	fig13, retTargets := figRetention()
+	rep.Figures = []Figure{fig1, fig1b, fig1c, fig2, fig2b, ceiling.fig, fig4, fig5, fig6, fig7, fig8, fig9, fig10, fig11, fig12, fig13}
 	rep.Targets = targets(tput, over, modes, ceiling.perSec, ratio, replay, rss, repl)
 	rep.Targets = append(rep.Targets, parallelTargets(fan, diamond, tput, ceiling.perSec)...)
+	rep.Targets = append(rep.Targets, retTargets...)
 	rep.Elapsed = time.Since(rep.Started).Round(time.Second).String()
 	if err := write(rep); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
