@@ -431,6 +431,10 @@ func (e *Engine) Run(ctx context.Context, definition string, input []byte, o Sta
 	}
 	if !created {
 		st, err := e.Status(ctx, id)
+		if errors.Is(err, ErrUnknownSaga) && o.IdempotencyKey != "" {
+			return nil, fmt.Errorf("%w: idempotency key %q belongs to saga %s, which finished and was removed; the key refuses a new start for Options.DedupeWindow: %w",
+				ErrRemoved, o.IdempotencyKey, id, err)
+		}
 		if err != nil {
 			return nil, err
 		}

@@ -165,6 +165,9 @@ func TestIdempotencyKeysAreHonouredForTheDedupeWindow(t *testing.T) {
 	if _, err := e.Status(ctx, id); !errors.Is(err, ErrUnknownSaga) {
 		t.Fatalf("the removed saga: %v", err)
 	}
+	if _, err := e.Run(ctx, "ok", nil, StartOptions{IdempotencyKey: "order-7"}); !errors.Is(err, ErrRemoved) || !errors.Is(err, ErrUnknownSaga) {
+		t.Fatalf("Run with the kept key: %v, want ErrRemoved", err)
+	}
 	clk.Advance(60 * time.Minute) // 121m
 	if st, err := e.RemoveExpired(ctx); err != nil || st.Keys != 1 {
 		t.Fatalf("at 121m: %+v, %v; want the key forgotten", st, err)

@@ -7,6 +7,7 @@ package engine
 // name is used.
 
 import (
+	"errors"
 	"github.com/sagaengine/saga/compensation"
 	"github.com/sagaengine/saga/fsm"
 )
@@ -90,6 +91,11 @@ func Permanent(err error) error { return compensation.Permanent(err) }
 var (
 	// ErrUnknownSaga: no saga has that id.
 	ErrUnknownSaga = fsm.ErrUnknownSaga
+	// ErrRemoved: Run was given an idempotency key whose saga finished
+	// and was removed after its retention, the key being kept for the
+	// dedupe window (Options.DedupeWindow): the work was done; nothing
+	// started. It also matches ErrUnknownSaga.
+	ErrRemoved = errors.New("engine: saga removed after its retention")
 	// ErrUnknownDefinition: no definition has that name (or version).
 	ErrUnknownDefinition = fsm.ErrUnknownDefinition
 	// ErrIllegalTransition: the saga's state does not allow the call (an
