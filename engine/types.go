@@ -8,6 +8,7 @@ package engine
 
 import (
 	"errors"
+
 	"github.com/sagaengine/saga/compensation"
 	"github.com/sagaengine/saga/fsm"
 )
