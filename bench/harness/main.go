@@ -90,7 +90,9 @@ func main() {
 	rep := &Report{Started: time.Now().UTC()}
 	rep.Machine = machine()
 	progress("machine: %v", rep.Machine)
-	if *only == "replication" {
+	switch *only {
+	case "":
+	case "replication":
 		tput := map[string]float64{}
 		for _, c := range []int{1, 64} {
 			r := newRig(0, -1)
@@ -101,43 +103,27 @@ func main() {
 		}
 		fig9, fig10, _ := figReplication(tput)
 		rep.Figures = []Figure{fig9, fig10}
-		rep.Elapsed = time.Since(rep.Started).Round(time.Second).String()
-		if err := write(rep); err != nil {
-			fmt.Fprintln(os.Stderr, "bench:", err)
-			os.Exit(1)
-		}
+		finish(rep)
 		return
-	} else if *only == "parallel" {
+	case "parallel":
 		ceiling := figCeiling()
 		fig2b, diamond := figDiamond(ceiling.perSec, nil)
 		fig1c, fan := figFanOut()
 		fig11, _ := figNested()
 		rep.Figures = []Figure{fig1c, fig2b, ceiling.fig, fig11}
 		rep.Targets = parallelTargets(fan, diamond, nil, ceiling.perSec)
-		rep.Elapsed = time.Since(rep.Started).Round(time.Second).String()
-		if err := write(rep); err != nil {
-			fmt.Fprintln(os.Stderr, "bench:", err)
-			os.Exit(1)
-		}
+		finish(rep)
 		return
-	} else if *only == "retention" {
+	case "retention":
 		fig13, ts := figRetention()
 		rep.Figures, rep.Targets = []Figure{fig13}, ts
-		rep.Elapsed = time.Since(rep.Started).Round(time.Second).String()
-		if err := write(rep); err != nil {
-			fmt.Fprintln(os.Stderr, "bench:", err)
-			os.Exit(1)
-		}
+		finish(rep)
 		return
-	} else if *only == "queries" {
+	case "queries":
 		rep.Figures = []Figure{figQueries()}
-		rep.Elapsed = time.Since(rep.Started).Round(time.Second).String()
-		if err := write(rep); err != nil {
-			fmt.Fprintln(os.Stderr, "bench:", err)
-			os.Exit(1)
-		}
+		finish(rep)
 		return
-	} else if *only != "" {
+	default:
 		fmt.Fprintf(os.Stderr, "bench: -only %q: the partial runs are \"replication\", \"parallel\", \"queries\" and \"retention\"\n", *only)
 		os.Exit(2)
 	}
@@ -161,6 +147,11 @@ func main() {
 	rep.Targets = targets(tput, over, modes, ceiling.perSec, ratio, replay, rss, repl)
 	rep.Targets = append(rep.Targets, parallelTargets(fan, diamond, tput, ceiling.perSec)...)
 	rep.Targets = append(rep.Targets, retTargets...)
+	finish(rep)
+}
+
+// finish stamps the run's length and writes the report, or exits 1.
+func finish(rep *Report) {
 	rep.Elapsed = time.Since(rep.Started).Round(time.Second).String()
 	if err := write(rep); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
