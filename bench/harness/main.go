@@ -87,6 +87,12 @@ func main() {
 		}
 		defer pprof.StopCPUProfile()
 	}
+	switch *only {
+	case "", "replication", "parallel", "retention", "queries":
+	default:
+		fmt.Fprintf(os.Stderr, "bench: -only %q: the partial runs are \"replication\", \"parallel\", \"queries\" and \"retention\"\n", *only)
+		os.Exit(2)
+	}
 	rep := &Report{Started: time.Now().UTC()}
 	rep.Machine = machine()
 	progress("machine: %v", rep.Machine)
@@ -123,9 +129,6 @@ func main() {
 		rep.Figures = []Figure{figQueries()}
 		finish(rep)
 		return
-	default:
-		fmt.Fprintf(os.Stderr, "bench: -only %q: the partial runs are \"replication\", \"parallel\", \"queries\" and \"retention\"\n", *only)
-		os.Exit(2)
 	}
 	// Memory first, in a process that has done nothing else yet.
 	fig7, rss := figMemory()
