@@ -1,14 +1,19 @@
 package admin
 
 import (
+	"context"
 	"errors"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/sagaengine/saga/compensation"
 	"github.com/sagaengine/saga/engine"
+
+	"github.com/sagaengine/saga/internal/testctx"
 )
 
 // sagaFamilies lists the saga_ metric families g holds.
@@ -123,5 +128,62 @@ func TestMetricNamesFollowPrometheusConventions(t *testing.T) {
 				}
 			}
 		}
+	}
+}
+
+// failingLog fails every append once fail is set, as a full or broken
+// disk would.
+type failingLog struct {
+	engine.Log
+	fail atomic.Bool
+}
+
+var errDisk = errors.New("injected: no space left on device")
+
+func (l *failingLog) Append(recs [][]byte) (uint64, error) {
+	if l.fail.Load() {
+		return 0, errDisk
+	}
+	return l.Log.Append(recs)
+}
+
+// TestFailStopShowsInAGauge: saga_engine_fail_stopped is 0 while the
+// engine runs, 1 once a log write failed and poisoned it, and 0 again
+// when the directory is reopened with the same observer.
+func TestFailStopShowsInAGauge(t *testing.T) {
+	dir := t.TempDir()
+	obs := NewObserver()
+	fl := &failingLog{}
+	reg := compensation.NewRegistry()
+	must(t, reg.RegisterAction("ok", func(context.Context, compensation.Call) ([]byte, error) { return nil, nil }))
+	e, err := engine.Open(dir, engine.Options{Registry: reg, Logger: quiet, Hooks: obs.Hooks(),
+		WrapLog: func(l engine.Log) engine.Log { fl.Log = l; return fl }})
+	must(t, err)
+	ctx := testctx.New(t)
+	def := engine.Definition{Name: "d", Steps: []engine.StepDef{{Name: "s", Action: "ok"}}}
+	if got := testutil.ToFloat64(obs.failStopped); got != 0 {
+		t.Fatalf("saga_engine_fail_stopped on a healthy engine: %v, want 0", got)
+	}
+	fl.fail.Store(true)
+	if _, err := e.Define(ctx, def); !errors.Is(err, engine.ErrOutcomeUnknown) {
+		t.Fatalf("Define on a failing log: %v, want ErrOutcomeUnknown", err)
+	}
+	if got := testutil.ToFloat64(obs.failStopped); got != 1 {
+		t.Fatalf("saga_engine_fail_stopped after a failed append: %v, want 1", got)
+	}
+	if _, err := e.Define(ctx, def); !errors.Is(err, engine.ErrPoisoned) {
+		t.Fatalf("Define on the poisoned engine: %v, want ErrPoisoned", err)
+	}
+	if got := testutil.ToFloat64(obs.failStopped); got != 1 {
+		t.Fatalf("saga_engine_fail_stopped stays until a reopen: %v, want 1", got)
+	}
+	if err := e.Close(); !errors.Is(err, engine.ErrPoisoned) {
+		t.Fatalf("Close of the poisoned engine: %v, want ErrPoisoned", err)
+	}
+	e, err = engine.Open(dir, engine.Options{Registry: reg, Logger: quiet, Hooks: obs.Hooks()})
+	must(t, err)
+	defer e.Close()
+	if got := testutil.ToFloat64(obs.failStopped); got != 0 {
+		t.Fatalf("saga_engine_fail_stopped after the reopen: %v, want 0", got)
 	}
 }

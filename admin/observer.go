@@ -28,13 +28,14 @@ import (
 //	saga_wal_append_seconds                            histogram (write + fsync of one group commit)
 //	saga_group_commit_records                          histogram (records per fsync)
 //	saga_recovery_seconds                              gauge (the last Open)
+//	saga_engine_fail_stopped                           gauge: 1 once an I/O error stopped the engine (engine.Hooks.OnPoisoned), 0 from its next Open
 //	saga_sagas                                         gauge {state}, once WatchStates (or New) named the engine
 type Observer struct {
 	started, completed, failed, stuck *prometheus.CounterVec
 	compAttempts                      *prometheus.CounterVec
 	stepLatency, compLatency          *prometheus.HistogramVec
 	appendLatency, batchSize          prometheus.Histogram
-	recovery                          prometheus.Gauge
+	recovery, failStopped             prometheus.Gauge
 	states                            *stateGauges
 	gatherer                          prometheus.Gatherer // what /metrics serves
 
@@ -162,8 +163,10 @@ func NewObserverWith(opts ObserverOptions) (*Observer, error) {
 		Help: "Records per group commit (per fsync).", Buckets: prometheus.ExponentialBuckets(1, 2, 13)})
 	o.recovery = prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "saga", Name: "recovery_seconds",
 		Help: "Duration of the last Open (replay and resume)."})
+	o.failStopped = prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "saga", Name: "engine_fail_stopped",
+		Help: "1 once an I/O error stopped the engine (fail-stop: nothing commits until it is closed and reopened), 0 from its next Open."})
 	o.states = &stateGauges{desc: prometheus.NewDesc("saga_sagas", "Sagas per state.", []string{"state"}, nil)}
-	all = append(all, o.stepLatency, o.compLatency, o.appendLatency, o.batchSize, o.recovery, o.states)
+	all = append(all, o.stepLatency, o.compLatency, o.appendLatency, o.batchSize, o.recovery, o.failStopped, o.states)
 	for i, c := range all {
 		if err := reg.Register(c); err != nil {
 			for _, done := range all[:i] {
@@ -183,7 +186,13 @@ func (o *Observer) Hooks() engine.Hooks {
 			o.batchSize.Observe(float64(records))
 			o.appendLatency.Observe(d.Seconds())
 		},
-		OnRecovered: func(rs engine.RecoveryStats) { o.recovery.Set(rs.Duration.Seconds()) },
+		OnRecovered: func(rs engine.RecoveryStats) {
+			o.recovery.Set(rs.Duration.Seconds())
+			o.failStopped.Set(0) // an engine reopened with this observer runs again
+		},
+		// The engine calls it once, from the commit path, when it poisons
+		// itself; it stays poisoned until closed, so the gauge stays 1.
+		OnPoisoned: func(error) { o.failStopped.Set(1) },
 	}
 }
 
