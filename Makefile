@@ -13,9 +13,11 @@ build:
 	$(GO) build -ldflags "-X main.version=$(VERSION)" -o bin/sagactl ./cmd/sagactl
 
 # The README's test command: every package under the race detector,
-# including 20 SIGKILL crash rounds and the fuzz seed corpora.
+# including 20 SIGKILL crash rounds and the fuzz seed corpora; then the
+# alert rules and dashboard in deploy/ (a module of its own, see its doc.go).
 test:
 	$(GO) test -race -timeout 15m ./...
+	cd deploy && $(GO) test -timeout 5m ./...
 
 # A real workload on the embedded default (a temp data dir), some sagas
 # failing and compensated, then a crash mid-compensation and a recovery.
@@ -31,6 +33,7 @@ platform:
 
 lint:
 	$(GO) vet ./...
+	cd deploy && $(GO) vet ./...
 	$(GO) tool staticcheck ./...
 	@test -z "$$(gofmt -l .)" || { echo "gofmt wants to reformat:"; gofmt -l .; exit 1; }
 
