@@ -116,10 +116,12 @@ func (e *Engine) RemoveExpired(ctx context.Context) (RemovalStats, error) {
 		if ret == KeepForever {
 			continue
 		}
-		for {
+		// By a cursor: a saga the removal skips (one whose child is not
+		// finished) stays in the index, and must not stall the pass.
+		for cur := ""; ; {
 			var ids []string
 			if err := e.read(func() (err error) {
-				ids, err = e.store.Expired(dv.Name, now-int64(ret), e.opts.RemovalBatch)
+				ids, cur, err = e.store.ExpiredAfter(dv.Name, now-int64(ret), cur, e.opts.RemovalBatch)
 				return err
 			}); err != nil {
 				return st, err
@@ -143,7 +145,7 @@ func (e *Engine) RemoveExpired(ctx context.Context) (RemovalStats, error) {
 				return st, res[0].Err
 			}
 			st.Sagas += len(res[0].Removed)
-			if len(ids) < e.opts.RemovalBatch {
+			if cur == "" {
 				break
 			}
 		}
@@ -177,8 +179,10 @@ func (e *Engine) RemoveExpired(ctx context.Context) (RemovalStats, error) {
 // to the Archiver, and returns how many it gave.
 func (e *Engine) archive(ctx context.Context, ids []string) (int, error) {
 	var batch []ArchivedSaga
-	var add func(id string, parent string) error
-	add = func(id, parent string) error {
+	// add adds the tree of id to batch; false: the removal skips it (a
+	// saga in it is not finished), and so does the archive.
+	var add func(id string, parent string) (bool, error)
+	add = func(id, parent string) (bool, error) {
 		var sg *fsm.Saga
 		var h []fsm.HistoryEntry
 		err := e.read(func() (err error) {
@@ -189,27 +193,35 @@ func (e *Engine) archive(ctx context.Context, ids []string) (int, error) {
 			return err
 		})
 		if errors.Is(err, fsm.ErrUnknownSaga) {
-			return nil
+			return parent != "", nil // a child that never started; a parent already gone
 		}
 		if err != nil {
-			return err
+			return false, err
 		}
-		if sg.Parent != parent || !sg.State.Terminal() {
-			return nil // what the removal skips
+		if sg.Parent != parent {
+			return parent != "", nil // not its child: the step never started one
+		}
+		if !sg.State.Terminal() {
+			return false, nil // what the removal skips
 		}
 		batch = append(batch, ArchivedSaga{Status: statusOf(sg), History: h})
 		for i := range sg.Steps {
 			if sg.Steps[i].StepDef != nil && sg.Steps[i].Child != "" {
-				if err := add(fsm.ChildID(id, i), id); err != nil {
-					return err
+				if ok, err := add(fsm.ChildID(id, i), id); err != nil || !ok {
+					return false, err
 				}
 			}
 		}
-		return nil
+		return true, nil
 	}
 	for _, id := range ids {
-		if err := add(id, ""); err != nil {
+		n := len(batch)
+		ok, err := add(id, "")
+		if err != nil {
 			return 0, err
+		}
+		if !ok {
+			batch = batch[:n]
 		}
 	}
 	if len(batch) == 0 {

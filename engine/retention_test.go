@@ -330,3 +330,83 @@ func TestRetentionOptionsAreValidated(t *testing.T) {
 		t.Fatal("a definition with a negative retention was accepted")
 	}
 }
+
+// A parent an operator resolved while its child is STUCK has finished
+// before its child. Its removal waits for the child (a child goes with
+// its parent, never alone, and is no candidate of its own: left behind,
+// it would stay forever). Such a parent neither stalls a pass nor keeps
+// the sagas after it from going, and is not archived while it waits.
+// Once the child is settled, both go.
+func TestAParentWaitsForItsUnfinishedChildAndStallsNoPass(t *testing.T) {
+	a := &recordingArchiver{}
+	e, clk := retentionEngine(t, Options{Retention: time.Hour, RemovalBatch: 1, Archiver: a})
+	a.mu.Lock()
+	a.e = e
+	a.mu.Unlock()
+	must(t, e.opts.Registry.RegisterAction("maybe", func(_ context.Context, c compensation.Call) ([]byte, error) {
+		if string(c.Input) == "fail" {
+			return nil, compensation.Permanent(errors.New("refused"))
+		}
+		return nil, nil
+	}))
+	once := RetryPolicy{MaxAttempts: 1}
+	for _, d := range []Definition{
+		{Name: "maybe", Steps: []StepDef{{Name: "a", Action: "ok", Compensation: "undo_broken", CompensationRetry: once}, {Name: "b", Action: "maybe"}}},
+		{Name: "parent", Steps: []StepDef{{Name: "c", Child: "maybe", CompensationRetry: once}}},
+	} {
+		if _, err := e.Define(ctx, d); err != nil {
+			t.Fatal(err)
+		}
+	}
+	wctx := waitCtx(t)
+	go func() { _, _ = e.Run(wctx, "parent", []byte("fail"), StartOptions{ID: "p"}) }()
+	// The child goes STUCK; the parent's step waits through it.
+	for {
+		st, err := e.Status(ctx, "p.0")
+		if err == nil && st.State == fsm.StateStuck {
+			time.Sleep(10 * time.Millisecond) // the parent's step waits through it
+			break
+		}
+		if wctx.Err() != nil {
+			t.Fatalf("child p.0: %v, %v", st, err)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if _, err := e.Abort(ctx, "p", "ops", "give up"); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := e.Wait(wctx, "p"); err != nil || st.State != fsm.StateStuck {
+		t.Fatalf("parent after the abort: %v, %v; want STUCK on its STUCK child", st, err)
+	}
+	if st, err := e.Resolve(ctx, "p", "ops", "undone by hand"); err != nil || st.State != fsm.StateFailed {
+		t.Fatalf("parent resolved: %v, %v; want FAILED", st, err)
+	}
+	clk.Advance(time.Minute)
+	if st, err := e.Run(wctx, "parent", []byte("ok"), StartOptions{ID: "q"}); err != nil || st.State != fsm.StateCompleted {
+		t.Fatalf("q: %v, %v", st, err)
+	}
+	clk.Advance(2 * time.Hour)
+	pass, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	st, err := e.RemoveExpired(pass)
+	if err != nil || st.Sagas != 2 {
+		t.Fatalf("first pass: %+v, %v; want q and its child removed", st, err)
+	}
+	if got := present(t, e, "p", "p.0", "q", "q.0"); !slices.Equal(got, []string{"p", "p.0"}) {
+		t.Fatalf("after the first pass left %v, want p and its STUCK child", got)
+	}
+	a.mu.Lock()
+	if want := []string{"q", "q.0"}; !slices.Equal(a.got, want) {
+		t.Errorf("archived %v, want %v", a.got, want)
+	}
+	a.mu.Unlock()
+	if st, err := e.Resolve(ctx, "p.0", "ops", "undone by hand"); err != nil || st.State != fsm.StateFailed {
+		t.Fatalf("child resolved: %v, %v; want FAILED", st, err)
+	}
+	if st, err = e.RemoveExpired(pass); err != nil || st.Sagas != 2 {
+		t.Fatalf("second pass: %+v, %v; want p and its child removed", st, err)
+	}
+	if got := present(t, e, "p", "p.0"); len(got) != 0 {
+		t.Fatalf("left %v", got)
+	}
+}

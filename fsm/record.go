@@ -90,7 +90,9 @@ type Removal struct {
 	// Sagas are top-level finished sagas to remove, each with its
 	// history, its index keys and its child sagas. An id that is not a
 	// finished top-level saga (unknown, already removed, running, STUCK,
-	// a child) is skipped: Apply never removes anything else.
+	// a child), or whose child sagas are not all finished (a parent
+	// resolved by hand while its child is STUCK), is skipped: Apply never
+	// removes anything else.
 	Sagas []string
 	// KeepKeys: the idempotency keys of the removed sagas outlive them
 	// (the dedupe window is longer than the retention): each is kept,

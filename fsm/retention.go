@@ -86,17 +86,38 @@ func splitKeyValue(v []byte) (owner string, finished int64, kept bool) {
 // definition that finished before the time (Unix ns), oldest first: the
 // candidates for a removal.
 func (s *Store) Expired(definition string, before int64, limit int) ([]string, error) {
+	ids, _, err := s.ExpiredAfter(definition, before, "", limit)
+	return ids, err
+}
+
+// ExpiredAfter is Expired from a cursor: after is "" or the next cursor
+// a previous call returned, and next is the cursor of the candidates
+// after these ("" when there are no more). A removal skips a candidate
+// whose tree is not finished (a child still STUCK or running), which
+// stays first in the index: a pass pages on past it.
+func (s *Store) ExpiredAfter(definition string, before int64, after string, limit int) (ids []string, next string, err error) {
 	p := appendStr(slices.Clone(prefixQRetain), definition)
-	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: p, UpperBound: appendTime(slices.Clone(p), before)})
+	lower := p
+	if after != "" {
+		if !bytes.HasPrefix([]byte(after), p) || len(after) < len(p)+8 {
+			return nil, "", fmt.Errorf("%w: bad retention cursor", ErrInvalidQuery)
+		}
+		lower = append([]byte(after), 0) // the least key after it
+	}
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: lower, UpperBound: appendTime(slices.Clone(p), before)})
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	defer it.Close()
-	var ids []string
+	var last string
 	for it.First(); it.Valid() && len(ids) < limit; it.Next() {
-		ids = append(ids, string(it.Key()[len(p)+8:]))
+		last = string(it.Key()) // a copy: the iterator reuses its key
+		ids = append(ids, last[len(p)+8:])
 	}
-	return ids, it.Error()
+	if len(ids) == limit && it.Valid() {
+		next = last
+	}
+	return ids, next, it.Error()
 }
 
 // ExpiredKeys returns up to limit idempotency keys kept past their
@@ -160,6 +181,15 @@ func (a *applier) remove(r *Record) ([]*Saga, error) {
 		if sg == nil || sg.Parent != "" || !sg.State.Terminal() {
 			continue
 		}
+		// A parent resolved by hand can finish before its child: the tree
+		// stays whole until every saga in it has finished (a child left
+		// behind would never be removed: it is no candidate of its own).
+		if done, err := a.treeFinished(sg); err != nil || !done {
+			if err != nil {
+				return nil, err
+			}
+			continue
+		}
 		if removed, err = a.removeTree(sg, r.Remove.KeepKeys, removed); err != nil {
 			return nil, err
 		}
@@ -182,6 +212,30 @@ func (a *applier) remove(r *Record) ([]*Saga, error) {
 		a.keys[k] = ""
 	}
 	return removed, nil
+}
+
+// treeFinished reports whether every child saga below sg (found as
+// removeTree finds them) is finished.
+func (a *applier) treeFinished(sg *Saga) (bool, error) {
+	for i := range sg.Steps {
+		if sg.Steps[i].StepDef == nil || sg.Steps[i].Child == "" {
+			continue
+		}
+		c, err := a.lookup(ChildID(sg.ID, i))
+		if err != nil {
+			return false, err
+		}
+		if c == nil || c.Parent != sg.ID {
+			continue
+		}
+		if !c.State.Terminal() {
+			return false, nil
+		}
+		if done, err := a.treeFinished(c); err != nil || !done {
+			return false, err
+		}
+	}
+	return true, nil
 }
 
 // removeTree deletes sg, its history and its keys, then its children

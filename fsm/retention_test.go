@@ -260,3 +260,76 @@ func TestRemovalRecordRoundTripsAndMalformedOnesAreRefused(t *testing.T) {
 		t.Fatalf("a refused removal changed the store: %v, %v", sg, err)
 	}
 }
+
+// orphanable returns the records of a parent saga that an operator
+// resolved to FAILED while its child is STUCK: the child's undo (step 1
+// of the parent) could not bring the child to FAILED, the parent went
+// STUCK on it, and the operator settled the parent's step by hand. The
+// parent is finished, top-level and past any retention; its child is not
+// finished.
+func orphanable() []*Record {
+	parent := startRec("op", "", "a")
+	parent.Start.Steps = append(parent.Start.Steps, StepDef{Name: "c", Child: "reserve"})
+	child := startRec("op.1", "key-op-child", "x", "y")
+	child.Start.Definition, child.Start.Parent, child.Start.Depth = "reserve", "op", 1
+	return []*Record{
+		parent,
+		{Kind: KindStepCompleted, Saga: "op", Step: 0, At: 2},
+		child,
+		{Kind: KindStepCompleted, Saga: "op.1", Step: 0, At: 3},
+		{Kind: KindStepFailed, Saga: "op.1", Step: 1, At: 4, Err: &ErrorInfo{Message: "no"}},
+		{Kind: KindCompStarted, Saga: "op.1", Step: 0, Attempt: 1, At: 5},
+		{Kind: KindCompFailed, Saga: "op.1", Step: 0, Attempt: 1, At: 6, Final: true, Err: &ErrorInfo{Message: "down"}},
+		{Kind: KindAborted, Saga: "op", Step: 1, At: 7, Reason: "operator"},
+		{Kind: KindCompStarted, Saga: "op", Step: 1, Attempt: 1, At: 8},
+		{Kind: KindCompFailed, Saga: "op", Step: 1, Attempt: 1, At: 9, Final: true, Err: &ErrorInfo{Message: "child op.1 is STUCK"}},
+		{Kind: KindResolved, Saga: "op", Step: 1, At: 10, Actor: "ops"},
+		{Kind: KindCompStarted, Saga: "op", Step: 0, Attempt: 1, At: 11},
+		{Kind: KindCompCompleted, Saga: "op", Step: 0, Attempt: 1, At: 12},
+	}
+}
+
+// A parent resolved by hand can finish while its child is still STUCK.
+// Removing the parent then must not strand the child: the child is
+// never a removal candidate itself (children go with their parent), so a
+// child left behind by its removed parent would stay in the store
+// forever, even once an operator settles it. The tree stays whole until
+// every saga in it is finished, and then goes together.
+func TestARemovalKeepsAParentWhoseChildIsNotFinished(t *testing.T) {
+	s := openStoreT(t, vfs.NewMem())
+	defer s.Close()
+	applyAll(t, s, orphanable())
+	if sg, _ := s.Get("op"); sg == nil || sg.State != StateFailed {
+		t.Fatalf("parent: %v, want FAILED", sg)
+	}
+	if sg, _ := s.Get("op.1"); sg == nil || sg.State != StateStuck {
+		t.Fatalf("child: %v, want STUCK", sg)
+	}
+	res := applyAll(t, s, []*Record{removal(false, "op")})
+	if len(res[0].Removed) != 0 {
+		t.Fatalf("removed %d sagas of a tree whose child is STUCK", len(res[0].Removed))
+	}
+	if _, err := s.Get("op"); err != nil {
+		t.Fatalf("the parent of a STUCK child was removed: %v", err)
+	}
+	// The operator settles the child; the next removal takes both.
+	applyAll(t, s, []*Record{
+		{Kind: KindResolved, Saga: "op.1", Step: 0, At: 13, Actor: "ops"},
+	})
+	if sg, _ := s.Get("op.1"); sg == nil || sg.State != StateFailed {
+		t.Fatalf("child after resolve: %v, want FAILED", sg)
+	}
+	ids, err := s.Expired("order", 1000, 10)
+	if err != nil || !slices.Equal(ids, []string{"op"}) {
+		t.Fatalf("expired: %v, %v; want [op]", ids, err)
+	}
+	res = applyAll(t, s, []*Record{removal(false, ids...)})
+	if len(res[0].Removed) != 2 {
+		t.Fatalf("removed %d sagas, want the parent and its child", len(res[0].Removed))
+	}
+	for _, id := range []string{"op", "op.1"} {
+		if _, err := s.Get(id); !errors.Is(err, ErrUnknownSaga) {
+			t.Fatalf("%s after the removal: %v", id, err)
+		}
+	}
+}
