@@ -130,11 +130,20 @@ func (e *Engine) RemoveExpired(ctx context.Context) (RemovalStats, error) {
 				break
 			}
 			if e.opts.Archiver != nil {
-				n, err := e.archive(ctx, ids)
-				if err != nil {
+				// Only the trees archived are named: one skipped (a child
+				// not finished) may finish before the record applies.
+				var n int
+				var err error
+				if ids, n, err = e.archive(ctx, ids); err != nil {
 					return st, fmt.Errorf("engine: archive before removal (nothing removed): %w", err)
 				}
 				st.Archived += n
+			}
+			if len(ids) == 0 {
+				if cur == "" {
+					break
+				}
+				continue
 			}
 			res, err := e.propose(ctx, []*fsm.Record{{Kind: fsm.KindRemoved, At: e.now(),
 				Remove: &fsm.Removal{Sagas: ids, KeepKeys: e.keepKeys(ret)}}})
@@ -176,8 +185,10 @@ func (e *Engine) RemoveExpired(ctx context.Context) (RemovalStats, error) {
 }
 
 // archive gives the sagas, and the children a removal takes with them,
-// to the Archiver, and returns how many it gave.
-func (e *Engine) archive(ctx context.Context, ids []string) (int, error) {
+// to the Archiver, and returns the ids of the top-level sagas it gave
+// (with their trees: the ones the removal may name) and how many sagas
+// it gave.
+func (e *Engine) archive(ctx context.Context, ids []string) ([]string, int, error) {
 	var batch []ArchivedSaga
 	// add adds the tree of id to batch; false: the removal skips it (a
 	// saga in it is not finished), and so does the archive.
@@ -214,23 +225,26 @@ func (e *Engine) archive(ctx context.Context, ids []string) (int, error) {
 		}
 		return true, nil
 	}
+	var archived []string
 	for _, id := range ids {
 		n := len(batch)
 		ok, err := add(id, "")
 		if err != nil {
-			return 0, err
+			return nil, 0, err
 		}
 		if !ok {
 			batch = batch[:n]
+			continue
 		}
+		archived = append(archived, id)
 	}
 	if len(batch) == 0 {
-		return 0, nil
+		return nil, 0, nil
 	}
 	if err := e.opts.Archiver.Archive(ctx, batch); err != nil {
-		return 0, err
+		return nil, 0, err
 	}
-	return len(batch), nil
+	return archived, len(batch), nil
 }
 
 // retentionLoop runs RemoveExpired every RemovalInterval, on the leader.

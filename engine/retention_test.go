@@ -203,10 +203,18 @@ type recordingArchiver struct {
 	fail error
 	// present: whether each saga still existed when Archive was called.
 	present []bool
+	// during, if set, runs (once, unlocked) in the next Archive call.
+	during func()
 }
 
 func (a *recordingArchiver) Archive(_ context.Context, sagas []ArchivedSaga) error {
 	a.mu.Lock()
+	if f := a.during; f != nil {
+		a.during = nil
+		a.mu.Unlock()
+		f()
+		a.mu.Lock()
+	}
 	defer a.mu.Unlock()
 	if a.fail != nil {
 		return a.fail
@@ -331,15 +339,15 @@ func TestRetentionOptionsAreValidated(t *testing.T) {
 	}
 }
 
-// A parent an operator resolved while its child is STUCK has finished
-// before its child. Its removal waits for the child (a child goes with
-// its parent, never alone, and is no candidate of its own: left behind,
-// it would stay forever). Such a parent neither stalls a pass nor keeps
-// the sagas after it from going, and is not archived while it waits.
-// Once the child is settled, both go.
-func TestAParentWaitsForItsUnfinishedChildAndStallsNoPass(t *testing.T) {
+// resolvedParent opens a retention engine (Retention 1h) with an archiver
+// and two sagas of definition parent, each running a child saga: p, which
+// an operator resolved to FAILED while its child p.0 is STUCK, and q, a
+// minute later, COMPLETED with its child q.0. The clock is then 2h on.
+func resolvedParent(t *testing.T, o Options) (*Engine, *recordingArchiver) {
+	t.Helper()
 	a := &recordingArchiver{}
-	e, clk := retentionEngine(t, Options{Retention: time.Hour, RemovalBatch: 1, Archiver: a})
+	o.Retention, o.Archiver = time.Hour, a
+	e, clk := retentionEngine(t, o)
 	a.mu.Lock()
 	a.e = e
 	a.mu.Unlock()
@@ -386,6 +394,17 @@ func TestAParentWaitsForItsUnfinishedChildAndStallsNoPass(t *testing.T) {
 		t.Fatalf("q: %v, %v", st, err)
 	}
 	clk.Advance(2 * time.Hour)
+	return e, a
+}
+
+// A parent an operator resolved while its child is STUCK has finished
+// before its child. Its removal waits for the child (a child goes with
+// its parent, never alone, and is no candidate of its own: left behind,
+// it would stay forever). Such a parent neither stalls a pass nor keeps
+// the sagas after it from going, and is not archived while it waits.
+// Once the child is settled, both go.
+func TestAParentWaitsForItsUnfinishedChildAndStallsNoPass(t *testing.T) {
+	e, a := resolvedParent(t, Options{RemovalBatch: 1})
 	pass, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	st, err := e.RemoveExpired(pass)
@@ -408,5 +427,30 @@ func TestAParentWaitsForItsUnfinishedChildAndStallsNoPass(t *testing.T) {
 	}
 	if got := present(t, e, "p", "p.0"); len(got) != 0 {
 		t.Fatalf("left %v", got)
+	}
+}
+
+// A tree the archive skipped (its child was STUCK) is not removed by the
+// record that follows, even if the child finished in between: only what
+// was archived is removed.
+func TestATreeSettledDuringTheArchiveIsNotRemovedUnarchived(t *testing.T) {
+	e, a := resolvedParent(t, Options{RemovalBatch: 2})
+	a.mu.Lock()
+	a.during = func() {
+		if _, err := e.Resolve(ctx, "p.0", "ops", "undone by hand"); err != nil {
+			t.Errorf("resolve p.0 during the archive: %v", err)
+		}
+	}
+	a.mu.Unlock()
+	if _, err := e.RemoveExpired(ctx); err != nil {
+		t.Fatal(err)
+	}
+	a.mu.Lock()
+	archived := slices.Clone(a.got)
+	a.mu.Unlock()
+	for _, id := range []string{"p", "p.0", "q", "q.0"} {
+		if len(present(t, e, id)) == 0 && !slices.Contains(archived, id) {
+			t.Errorf("%s was removed without being archived (archived %v)", id, archived)
+		}
 	}
 }
