@@ -145,15 +145,17 @@ func (e *Engine) RemoveExpired(ctx context.Context) (RemovalStats, error) {
 				}
 				continue
 			}
-			res, err := e.propose(ctx, []*fsm.Record{{Kind: fsm.KindRemoved, At: e.now(),
-				Remove: &fsm.Removal{Sagas: ids, KeepKeys: e.keepKeys(ret)}}})
-			if err != nil {
-				return st, err
+			for _, part := range e.fitRecord(ids) {
+				res, err := e.propose(ctx, []*fsm.Record{{Kind: fsm.KindRemoved, At: e.now(),
+					Remove: &fsm.Removal{Sagas: part, KeepKeys: e.keepKeys(ret)}}})
+				if err != nil {
+					return st, err
+				}
+				if res[0].Err != nil {
+					return st, res[0].Err
+				}
+				st.Sagas += len(res[0].Removed)
 			}
-			if res[0].Err != nil {
-				return st, res[0].Err
-			}
-			st.Sagas += len(res[0].Removed)
 			if cur == "" {
 				break
 			}
@@ -168,20 +170,40 @@ func (e *Engine) RemoveExpired(ctx context.Context) (RemovalStats, error) {
 			if len(ks) == 0 {
 				break
 			}
-			res, err := e.propose(ctx, []*fsm.Record{{Kind: fsm.KindRemoved, At: e.now(), Remove: &fsm.Removal{Keys: ks}}})
-			if err != nil {
-				return st, err
+			for _, part := range e.fitRecord(ks) {
+				res, err := e.propose(ctx, []*fsm.Record{{Kind: fsm.KindRemoved, At: e.now(), Remove: &fsm.Removal{Keys: part}}})
+				if err != nil {
+					return st, err
+				}
+				if res[0].Err != nil {
+					return st, res[0].Err
+				}
+				st.Keys += len(part)
 			}
-			if res[0].Err != nil {
-				return st, res[0].Err
-			}
-			st.Keys += len(ks)
 			if len(ks) < e.opts.RemovalBatch {
 				break
 			}
 		}
 	}
 	return st, nil
+}
+
+// fitRecord cuts the ids or keys of a removal into parts whose records
+// fit Options.WAL.MaxRecordSize: an idempotency key is as long as a start
+// record allows, and a page of them can be far over it.
+func (e *Engine) fitRecord(items []string) [][]string {
+	budget := e.opts.WAL.MaxRecordSize - 256 // the record's other fields
+	var parts [][]string
+	start, size := 0, 0
+	for i, it := range items {
+		n := len(it) + 5 // a msgpack str header is at most 5 bytes
+		if i > start && size+n > budget {
+			parts = append(parts, items[start:i])
+			start, size = i, 0
+		}
+		size += n
+	}
+	return append(parts, items[start:])
 }
 
 // archive gives the sagas, and the children a removal takes with them,

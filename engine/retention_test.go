@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -451,6 +452,35 @@ func TestATreeSettledDuringTheArchiveIsNotRemovedUnarchived(t *testing.T) {
 	for _, id := range []string{"p", "p.0", "q", "q.0"} {
 		if len(present(t, e, id)) == 0 && !slices.Contains(archived, id) {
 			t.Errorf("%s was removed without being archived (archived %v)", id, archived)
+		}
+	}
+}
+
+// Idempotency keys are as long as a start record allows: the removal
+// records that forget them are cut to fit the log's record size, so that
+// long keys are still forgotten when their window ends (rather than every
+// pass failing with a record over the limit).
+func TestLongKeysAreForgottenInRecordsThatFitTheLog(t *testing.T) {
+	o := Options{Retention: time.Hour, DedupeWindow: 2 * time.Hour}
+	o.WAL.MaxRecordSize = 64 << 10
+	e, clk := retentionEngine(t, o)
+	var keys []string
+	for i := range 4 {
+		k := strings.Repeat(string(rune('a'+i)), 24<<10)
+		keys = append(keys, k)
+		runAs(t, e, "ok", "", StartOptions{IdempotencyKey: k})
+	}
+	clk.Advance(61 * time.Minute)
+	if st, err := e.RemoveExpired(ctx); err != nil || st.Sagas != 4 {
+		t.Fatalf("at 61m: %+v, %v; want the 4 sagas removed", st, err)
+	}
+	clk.Advance(60 * time.Minute)
+	if st, err := e.RemoveExpired(ctx); err != nil || st.Keys != 4 {
+		t.Fatalf("at 121m: %+v, %v; want the 4 keys forgotten", st, err)
+	}
+	for _, k := range keys {
+		if _, created, err := e.start(ctx, "ok", nil, StartOptions{IdempotencyKey: k}, false); err != nil || !created {
+			t.Fatalf("a start with a forgotten key: created %v, %v", created, err)
 		}
 	}
 }
