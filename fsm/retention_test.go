@@ -333,3 +333,69 @@ func TestARemovalKeepsAParentWhoseChildIsNotFinished(t *testing.T) {
 		}
 	}
 }
+
+// A tree kept for its unfinished child, then settled and removed, gives
+// the same state in any batching (one batch, entry by entry, replicated
+// commands, a replay).
+func TestAKeptTreeIsTheSameInAnyBatching(t *testing.T) {
+	recs := append(orphanable(),
+		removal(true, "op"),
+		&Record{Kind: KindResolved, Saga: "op.1", Step: 0, At: 13, Actor: "ops"},
+		removal(true, "op"),
+		startRec("op", "", "a"), // the id again: a new saga
+	)
+	var hashes [][]byte
+	for _, c := range []struct {
+		name  string
+		apply func(*Store, []Entry) error
+	}{
+		{"one batch", func(s *Store, es []Entry) error { _, err := s.ApplyBatch(es); return err }},
+		{"entry by entry", func(s *Store, es []Entry) error {
+			for _, e := range es {
+				if _, err := s.ApplyBatch([]Entry{e}); err != nil {
+					return err
+				}
+			}
+			return nil
+		}},
+		{"commands", func(s *Store, es []Entry) error {
+			var cmds []Command
+			for i, e := range es {
+				cmds = append(cmds, Command{Source: uint64(i + 1), Entries: []Entry{e}})
+			}
+			_, err := s.ApplyCommands(cmds)
+			return err
+		}},
+		{"replay", func(s *Store, es []Entry) error {
+			rp := s.NewReplayer()
+			if err := rp.Apply(es); err != nil {
+				return err
+			}
+			return rp.Finish()
+		}},
+	} {
+		s := openStoreT(t, vfs.NewMem())
+		if err := c.apply(s, entries(t, 1, recs...)); err != nil {
+			t.Fatal(c.name, err)
+		}
+		if _, err := s.Get("op.1"); !errors.Is(err, ErrUnknownSaga) {
+			t.Fatalf("%s: the child after its tree's removal: %v", c.name, err)
+		}
+		if sg, err := s.Get("op"); err != nil || sg.State != StateInProgress || sg.Seq != 1 {
+			t.Fatalf("%s: the reused id: %v, %v", c.name, sg, err)
+		}
+		h, err := s.Hash()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c.name != "commands" { // also holds the source index
+			hashes = append(hashes, h)
+		}
+		s.Close()
+	}
+	for _, h := range hashes[1:] {
+		if !bytes.Equal(h, hashes[0]) {
+			t.Fatalf("state hashes differ between batchings: %x", hashes)
+		}
+	}
+}
