@@ -100,6 +100,10 @@ func (e *Engine) RemoveExpired(ctx context.Context) (RemovalStats, error) {
 	if e.opts.Inspect {
 		return st, ErrReadOnly
 	}
+	// A follower cannot remove: refused before it archives anything.
+	if err := e.gate(ctx); err != nil {
+		return st, err
+	}
 	e.removeMu.Lock()
 	defer e.removeMu.Unlock()
 	now := e.now()

@@ -373,6 +373,57 @@ func TestMembersRemoveTheSameSagasAtTheSameIndex(t *testing.T) {
 	}
 }
 
+// countingArchiver counts the sagas it was given.
+type countingArchiver struct {
+	mu sync.Mutex
+	n  int
+}
+
+func (a *countingArchiver) Archive(_ context.Context, sagas []engine.ArchivedSaga) error {
+	a.mu.Lock()
+	a.n += len(sagas)
+	a.mu.Unlock()
+	return nil
+}
+
+func (a *countingArchiver) count() int { a.mu.Lock(); defer a.mu.Unlock(); return a.n }
+
+// A follower's RemoveExpired is refused before it archives anything: it
+// cannot remove, and its archive would hold the leader's sagas again.
+func TestAFollowerArchivesNothing(t *testing.T) {
+	c := &cluster{t: t, j: &journal{comps: map[string][]string{}, by: map[string]int{}}}
+	var mu sync.Mutex
+	archivers := map[engine.Replicator]*countingArchiver{}
+	c.engineOpts = func(o *engine.Options) {
+		a := &countingArchiver{}
+		mu.Lock()
+		archivers[o.Replicator] = a
+		mu.Unlock()
+		o.Retention, o.RemovalInterval, o.Archiver = time.Nanosecond, engine.ManualRemoval, a
+	}
+	c = newClusterWith(t, c, 3)
+	l := c.leader()
+	c.define(l)
+	runSagas(t, l, 5, "old")
+	c.converge()
+	for _, m := range c.members {
+		if m == l {
+			continue
+		}
+		_, err := m.eng.RemoveExpired(testctx.New(t))
+		var nl *engine.NotLeaderError
+		if !errors.As(err, &nl) {
+			t.Fatalf("follower %s: %v, want a NotLeaderError", m.id, err)
+		}
+		mu.Lock()
+		n := archivers[m.node].count()
+		mu.Unlock()
+		if n != 0 {
+			t.Fatalf("follower %s archived %d sagas it cannot remove", m.id, n)
+		}
+	}
+}
+
 func TestFollowerRefusesWritesNamingTheLeader(t *testing.T) {
 	c := newCluster(t, 3, nil)
 	l := c.leader()
