@@ -75,7 +75,7 @@ type RemovalStats struct {
 	Keys int
 }
 
-// retentionOf is the retention of a definition's sagas.
+// retentionOf is the retention of the sagas of a definition version.
 func (e *Engine) retentionOf(d *Definition) time.Duration {
 	if d.Retention != 0 {
 		return d.Retention
@@ -111,9 +111,19 @@ func (e *Engine) RemoveExpired(ctx context.Context) (RemovalStats, error) {
 	if err := e.read(func() (err error) { defs, err = e.store.AllDefinitionVersions(); return err }); err != nil {
 		return st, err
 	}
+	type version struct {
+		name string
+		v    int
+	}
+	var versions []version
 	for _, dv := range defs {
+		for _, v := range dv.Versions {
+			versions = append(versions, version{dv.Name, v})
+		}
+	}
+	for _, dv := range versions {
 		var d *Definition
-		if err := e.read(func() (err error) { d, err = e.store.PeekLatestDefinition(dv.Name); return err }); err != nil {
+		if err := e.read(func() (err error) { d, err = e.store.Definition(dv.name, dv.v); return err }); err != nil {
 			return st, err
 		}
 		ret := e.retentionOf(d)
@@ -125,7 +135,7 @@ func (e *Engine) RemoveExpired(ctx context.Context) (RemovalStats, error) {
 		for cur := ""; ; {
 			var ids []string
 			if err := e.read(func() (err error) {
-				ids, cur, err = e.store.ExpiredAfter(dv.Name, now-int64(ret), cur, e.opts.RemovalBatch)
+				ids, cur, err = e.store.ExpiredAfter(dv.name, dv.v, now-int64(ret), cur, e.opts.RemovalBatch)
 				return err
 			}); err != nil {
 				return st, err

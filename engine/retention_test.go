@@ -484,3 +484,26 @@ func TestLongKeysAreForgottenInRecordsThatFitTheLog(t *testing.T) {
 		}
 	}
 }
+
+// A saga keeps the retention of the definition version it started with:
+// redefining the definition with another retention changes it for new
+// sagas only.
+func TestASagaKeepsTheRetentionOfItsDefinitionVersion(t *testing.T) {
+	e, clk := retentionEngine(t, Options{Retention: time.Hour})
+	_, err := e.Define(ctx, Definition{Name: "kept", Retention: KeepForever, Steps: []StepDef{{Name: "a", Action: "ok"}}})
+	must(t, err)
+	runAs(t, e, "kept", "v1-saga", StartOptions{})
+	d, err := e.Define(ctx, Definition{Name: "kept", Steps: []StepDef{{Name: "a", Action: "ok"}}})
+	must(t, err)
+	if d.Version != 2 {
+		t.Fatalf("redefined as version %d, want 2", d.Version)
+	}
+	runAs(t, e, "kept", "v2-saga", StartOptions{})
+	clk.Advance(2 * time.Hour)
+	if _, err := e.RemoveExpired(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := present(t, e, "v1-saga", "v2-saga"); !slices.Equal(got, []string{"v1-saga"}) {
+		t.Fatalf("left %v, want the version-1 saga only (kept forever)", got)
+	}
+}

@@ -57,7 +57,7 @@ var (
 
 // queryIndexVersion is the layout of the q/ keys; a store holding another
 // value (or none) has them rebuilt.
-const queryIndexVersion = "2" // 2: q/r/ (retention.go)
+const queryIndexVersion = "3" // 2: q/r/ (retention.go); 3: q/r/ by definition version
 
 // ErrInvalidQuery: List or Count was given a query that cannot be run (an
 // unknown state or order, a version without a definition, a malformed

@@ -15,7 +15,7 @@ import (
 // the sagas and keys to remove, so every replica, and every replay,
 // removes the same ones at the same log index. Two indexes serve it:
 //
-//	q/r/<str definition><finished><id> → "" (finished top-level sagas, oldest first per definition)
+//	q/r/<str definition><version BE><finished><id> → "" (finished top-level sagas, oldest first per definition version)
 //	g/<finished><idempotency key>      → "" (keys kept past their saga's removal)
 //
 // where <finished> is the saga's UpdatedAt once it is COMPLETED or FAILED
@@ -42,7 +42,12 @@ func retentionKey(sg *Saga) []byte {
 	if sg == nil || sg.Parent != "" || !sg.State.Terminal() {
 		return nil
 	}
-	return appendSort(appendStr(slices.Clone(prefixQRetain), sg.Definition), sg.UpdatedAt, sg.ID)
+	return appendSort(retentionPrefix(sg.Definition, sg.Version), sg.UpdatedAt, sg.ID)
+}
+
+// retentionPrefix is the q/r/ prefix of a definition version's sagas.
+func retentionPrefix(definition string, version int) []byte {
+	return binary.BigEndian.AppendUint64(appendStr(slices.Clone(prefixQRetain), definition), uint64(version))
 }
 
 // writeRetentionKey moves the q/r/ key of a saga from prev's (nil: none)
@@ -82,11 +87,13 @@ func splitKeyValue(v []byte) (owner string, finished int64, kept bool) {
 	return string(v[:i]), int64(binary.BigEndian.Uint64(v[i+1:]) ^ (1 << 63)), true
 }
 
-// Expired returns up to limit ids of finished top-level sagas of the
-// definition that finished before the time (Unix ns), oldest first: the
-// candidates for a removal.
-func (s *Store) Expired(definition string, before int64, limit int) ([]string, error) {
-	ids, _, err := s.ExpiredAfter(definition, before, "", limit)
+// Expired returns up to limit ids of finished top-level sagas of a
+// definition version that finished before the time (Unix ns), oldest
+// first: the candidates for a removal. Each version has its own
+// retention (the definition a saga started with decides, as for
+// everything else about it).
+func (s *Store) Expired(definition string, version int, before int64, limit int) ([]string, error) {
+	ids, _, err := s.ExpiredAfter(definition, version, before, "", limit)
 	return ids, err
 }
 
@@ -95,8 +102,8 @@ func (s *Store) Expired(definition string, before int64, limit int) ([]string, e
 // after these ("" when there are no more). A removal skips a candidate
 // whose tree is not finished (a child still STUCK or running), which
 // stays first in the index: a pass pages on past it.
-func (s *Store) ExpiredAfter(definition string, before int64, after string, limit int) (ids []string, next string, err error) {
-	p := appendStr(slices.Clone(prefixQRetain), definition)
+func (s *Store) ExpiredAfter(definition string, version int, before int64, after string, limit int) (ids []string, next string, err error) {
+	p := retentionPrefix(definition, version)
 	lower := p
 	if after != "" {
 		if !bytes.HasPrefix([]byte(after), p) || len(after) < len(p)+8 {

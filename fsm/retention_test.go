@@ -160,12 +160,12 @@ func TestExpiredListsFinishedTopLevelSagasOldestFirst(t *testing.T) {
 		{1000, 1, []string{"gone-parent"}},
 		{5, 10, nil},
 	} {
-		got, err := s.Expired("order", c.before, c.limit)
+		got, err := s.Expired("order", 1, c.before, c.limit)
 		if err != nil || !slices.Equal(got, c.want) {
 			t.Errorf("Expired(order, %d, %d) = %v, %v; want %v", c.before, c.limit, got, err, c.want)
 		}
 	}
-	if got, _ := s.Expired("reserve", 1000, 10); len(got) != 0 {
+	if got, _ := s.Expired("reserve", 1, 1000, 10); len(got) != 0 {
 		t.Errorf("children listed as expired: %v", got)
 	}
 }
@@ -319,7 +319,7 @@ func TestARemovalKeepsAParentWhoseChildIsNotFinished(t *testing.T) {
 	if sg, _ := s.Get("op.1"); sg == nil || sg.State != StateFailed {
 		t.Fatalf("child after resolve: %v, want FAILED", sg)
 	}
-	ids, err := s.Expired("order", 1000, 10)
+	ids, err := s.Expired("order", 1, 1000, 10)
 	if err != nil || !slices.Equal(ids, []string{"op"}) {
 		t.Fatalf("expired: %v, %v; want [op]", ids, err)
 	}
