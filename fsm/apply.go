@@ -76,6 +76,7 @@ func transition(n *Saga, r *Record) error {
 		}
 		n.Seq++
 		n.UpdatedAt = r.At
+		n.noteHistory(r)
 		return nil
 	}
 	// Checks shared by every per-step record.
@@ -239,6 +240,7 @@ func transition(n *Saga, r *Record) error {
 	}
 	n.Seq++
 	n.UpdatedAt = r.At
+	n.noteHistory(r)
 	return nil
 }
 
@@ -278,6 +280,7 @@ func startWith(r *Record, plan []StepDef) *Saga {
 		Deadline:       si.Deadline,
 		Parent:         si.Parent,
 		Depth:          si.Depth,
+		HistoryCap:     si.HistoryCap,
 		CreatedAt:      r.At,
 		UpdatedAt:      r.At,
 		Seq:            1,

@@ -690,6 +690,8 @@ func (si *StartInfo) EncodeMsgpack(e *msgpack.Encoder) error { return encodeTo(e
 
 func (si *StartInfo) appendMsgpack(w *enc) {
 	switch { // fields written only when set: see Definition.appendMsgpack
+	case si.HistoryCap != 0:
+		w.arr(13)
 	case si.Parent != "":
 		w.arr(12)
 	case si.Durability != DurabilityStrict:
@@ -706,12 +708,15 @@ func (si *StartInfo) appendMsgpack(w *enc) {
 	w.bytes(si.Input)
 	w.strMap(si.Meta)
 	w.i64(si.Deadline)
-	if si.Durability != DurabilityStrict || si.Parent != "" {
+	if si.Durability != DurabilityStrict || si.Parent != "" || si.HistoryCap != 0 {
 		w.u64(uint64(si.Durability))
 	}
-	if si.Parent != "" {
+	if si.Parent != "" || si.HistoryCap != 0 {
 		w.str(si.Parent)
 		w.i64(int64(si.Depth))
+	}
+	if si.HistoryCap != 0 {
+		w.i64(int64(si.HistoryCap))
 	}
 }
 
@@ -732,6 +737,7 @@ func (si *StartInfo) decodeFrom(rr *rd) {
 	r.u8((*uint8)(&si.Durability))
 	r.str(&si.Parent)
 	r.int(&si.Depth)
+	r.int(&si.HistoryCap)
 	r.done()
 }
 
@@ -875,7 +881,10 @@ func (st *Step) decodeFrom(rr *rd) {
 func (s *Saga) EncodeMsgpack(e *msgpack.Encoder) error { return encodeTo(e, s) }
 
 func (s *Saga) appendMsgpack(w *enc) {
+	history := s.historySet()
 	switch { // fields written only when set: see Definition.appendMsgpack
+	case history:
+		w.arr(24)
 	case s.Parent != "":
 		w.arr(19)
 	case s.Durability != DurabilityStrict:
@@ -902,13 +911,26 @@ func (s *Saga) appendMsgpack(w *enc) {
 	w.i64(s.CreatedAt)
 	w.i64(s.UpdatedAt)
 	w.u64(s.Seq)
-	if s.Durability != DurabilityStrict || s.Parent != "" {
+	if s.Durability != DurabilityStrict || s.Parent != "" || history {
 		w.u64(uint64(s.Durability))
 	}
-	if s.Parent != "" {
+	if s.Parent != "" || history {
 		w.str(s.Parent)
 		w.i64(int64(s.Depth))
 	}
+	if history {
+		w.i64(int64(s.HistoryCap))
+		w.u64(s.HistoryRun)
+		w.u64(s.HistoryDropped)
+		w.u64(s.HistoryDroppedFirst)
+		w.u64(s.HistoryDroppedLast)
+	}
+}
+
+// historySet reports whether any of the history cap's fields is set.
+func (s *Saga) historySet() bool {
+	return s.HistoryCap != 0 || s.HistoryRun != 0 || s.HistoryDropped != 0 ||
+		s.HistoryDroppedFirst != 0 || s.HistoryDroppedLast != 0
 }
 
 // DecodeMsgpack implements msgpack.CustomDecoder.
@@ -947,5 +969,10 @@ func (s *Saga) decodeFrom(rr *rd) {
 	r.u8((*uint8)(&s.Durability))
 	r.str(&s.Parent)
 	r.int(&s.Depth)
+	r.int(&s.HistoryCap)
+	r.u64(&s.HistoryRun)
+	r.u64(&s.HistoryDropped)
+	r.u64(&s.HistoryDroppedFirst)
+	r.u64(&s.HistoryDroppedLast)
 	r.done()
 }

@@ -60,6 +60,10 @@ type StartInfo struct {
 	// Parent and Depth: see Saga.Parent.
 	Parent string
 	Depth  int
+	// HistoryCap bounds the saga's history: past it, the oldest attempt
+	// records of a retry loop are dropped and summarised (see
+	// history.go). 0 is no cap.
+	HistoryCap int
 }
 
 // Record is one transition. Which fields matter depends on Kind.
@@ -221,6 +225,9 @@ func (r *Record) Validate() error {
 	if r.Kind == KindSagaStarted {
 		if r.Start == nil {
 			return bad("no start info")
+		}
+		if r.Start.HistoryCap < 0 {
+			return bad("negative history cap %d", r.Start.HistoryCap)
 		}
 		if si := r.Start; (si.Parent == "") != (si.Depth == 0) || si.Depth < 0 || si.Depth > MaxDepth ||
 			(si.Parent != "" && !ValidID(si.Parent)) {

@@ -26,7 +26,7 @@ import (
 //	m/restoring                     → present while a snapshot is being restored
 //	m/maxid                         → the greatest generated-form saga id applied (see hexID)
 //	s/<id>                          → msgpack Saga
-//	h/<id>/<seq BE>                 → uint64 BE log index + the record as logged
+//	h/<id>/<seq BE>                 → uint64 BE log index + the record as logged (past a saga's history cap, its oldest attempt records are deleted: history.go)
 //	x/s/<state byte>/<id>           → "" (index by state)
 //	x/d/…                           → (no longer written: q/d/ replaced it; removed by the query index rebuild)
 //	k/<idempotency key>             → saga id (see retention.go for a key kept past its saga)
@@ -575,6 +575,10 @@ func (a *applier) add(entries []Entry, out []Result) error {
 		if ioErr != nil {
 			return ioErr
 		}
+		var dropped uint64 // cur's, which an in-place apply changes
+		if cur != nil {
+			dropped = cur.HistoryDropped
+		}
 		var next *Saga
 		switch {
 		case err != nil:
@@ -610,6 +614,13 @@ func (a *applier) add(entries []Entry, out []Result) error {
 		a.hv = append(binary.BigEndian.AppendUint64(a.hv[:0], e.Index), e.Raw...)
 		if err := b.Set(a.hk, a.hv, nil); err != nil {
 			return err
+		}
+		if next.HistoryDropped != dropped {
+			// Past its history cap: the record Apply dropped (history.go).
+			a.hk = appendHistKey(a.hk[:0], next.ID, next.HistoryDroppedLast)
+			if err := b.Delete(a.hk, nil); err != nil {
+				return err
+			}
 		}
 		if r.Kind == KindSagaStarted && r.Start.IdempotencyKey != "" {
 			a.keys[r.Start.IdempotencyKey] = r.Saga
@@ -873,7 +884,9 @@ type HistoryEntry struct {
 	Record *Record
 }
 
-// History returns every transition applied to a saga, in order.
+// History returns the transitions applied to a saga, in order: every one,
+// except the attempt records its history cap dropped (see history.go),
+// which Saga.HistoryDropped summarises and which leave gaps in Seq.
 func (s *Store) History(id string) ([]HistoryEntry, error) {
 	p := histPrefix(id)
 	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: p, UpperBound: upperBound(p)})

@@ -309,13 +309,25 @@ type Saga struct {
 	CreatedAt int64
 	UpdatedAt int64
 	// Seq counts the transitions applied to this saga; the history holds
-	// exactly Seq records.
+	// Seq-HistoryDropped records.
 	Seq uint64
 	// Parent is the id of the saga whose step runs this one (a nested
 	// saga), "" for a saga started by a caller; Depth is its nesting
 	// depth (0 for a top-level saga).
 	Parent string
 	Depth  int
+	// HistoryCap is the saga's history cap (StartInfo.HistoryCap; 0:
+	// none). See history.go.
+	HistoryCap int
+	// HistoryRun is the seq of the oldest record still kept of the
+	// current run of attempt records, 0 when the last record applied is
+	// not an attempt record (see history.go).
+	HistoryRun uint64
+	// HistoryDropped is the summary of the attempt records the history
+	// cap dropped: how many, and the seqs of the first and the last.
+	HistoryDropped      uint64
+	HistoryDroppedFirst uint64
+	HistoryDroppedLast  uint64
 }
 
 // Clone returns a copy whose steps can be changed without touching s:
