@@ -205,6 +205,9 @@ func (e *Engine) start(ctx context.Context, definition string, input []byte, o S
 		Parent: o.parent, Depth: o.depth,
 	}
 	si.Durability = def.Durability
+	if e.opts.HistoryCap > 0 {
+		si.HistoryCap = e.opts.HistoryCap // UnlimitedHistory: 0, no cap
+	}
 	if o.Durability != nil {
 		if *o.Durability > DurabilityPipelined {
 			return "", false, fmt.Errorf("%w: unknown durability %d (want DurabilityStrict or DurabilityPipelined)", ErrInvalidArgument, uint8(*o.Durability))
@@ -526,7 +529,10 @@ func (e *Engine) DefinitionVersions(ctx context.Context) (ds []fsm.DefinitionVer
 	return ds, err
 }
 
-// History returns every transition of a saga, in order.
+// History returns every transition of a saga, in order, but the oldest
+// attempts of a retry loop that ran past the saga's history cap
+// (Options.HistoryCap): Status.HistoryDropped summarises those, and their
+// seqs are missing from the history.
 func (e *Engine) History(ctx context.Context, id string) ([]fsm.HistoryEntry, error) {
 	var h []fsm.HistoryEntry
 	err := e.read(func() (err error) { h, err = e.store.History(id); return err })
@@ -648,7 +654,12 @@ type Status struct {
 	CreatedAt time.Time
 	UpdatedAt time.Time
 	Deadline  time.Time // zero when none
-	Saga      *fsm.Saga // the full applied state (a copy the caller owns)
+	// HistoryDropped is the number of attempt records the history cap
+	// dropped from History (see Options.HistoryCap); the seqs of the
+	// first and the last of them are in Saga.HistoryDroppedFirst and
+	// HistoryDroppedLast.
+	HistoryDropped uint64
+	Saga           *fsm.Saga // the full applied state (a copy the caller owns)
 }
 
 // newStatus builds a status from a saga the engine shares (its cache, a
@@ -662,6 +673,7 @@ func statusOf(sg *fsm.Saga) *Status {
 		ID: sg.ID, Definition: sg.Definition, Version: sg.Version, State: sg.State,
 		LastError: sg.LastError, Steps: sg.Steps, User: sg.User, Meta: sg.Meta,
 		CreatedAt: time.Unix(0, sg.CreatedAt), UpdatedAt: time.Unix(0, sg.UpdatedAt), Saga: sg,
+		HistoryDropped: sg.HistoryDropped,
 	}
 	if sg.Deadline > 0 {
 		st.Deadline = time.Unix(0, sg.Deadline)

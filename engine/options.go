@@ -74,6 +74,17 @@ type Options struct {
 	// returned nil for it. Package archive is a file sink.
 	Archiver Archiver
 
+	// HistoryCap bounds the history of each saga started from now on
+	// (the cap travels in its start record, so a saga keeps the cap it
+	// started with): past it, the oldest attempts of a retry loop (a
+	// compensation retried for days, a step retried many times) are
+	// dropped from the history and summarised in the saga's
+	// fsm.Saga.HistoryDropped; the start, every completion and failure,
+	// aborts and operator actions are always kept (the rule is in
+	// fsm/history.go). Recovery never reads the history. Default
+	// DefaultHistoryCap records; UnlimitedHistory keeps every record.
+	HistoryCap int
+
 	// MaxBatch bounds the records in one group commit (one log fsync).
 	// Default 4096.
 	MaxBatch int
@@ -113,6 +124,16 @@ type Options struct {
 	WrapLog func(Log) Log
 }
 
+// DefaultHistoryCap is the history cap of a saga (Options.HistoryCap)
+// when Options sets none: a thousand records, far more than a saga that
+// does not retry for long ever writes (a 256-step saga that compensates
+// writes under 800), and a few hundred kilobytes per saga at most.
+const DefaultHistoryCap = 1000
+
+// UnlimitedHistory as Options.HistoryCap keeps every record of every
+// saga's history.
+const UnlimitedHistory = -1
+
 // EnsureDefaults fills every unset field with its default.
 func (o *Options) EnsureDefaults() {
 	if o.Registry == nil {
@@ -135,6 +156,9 @@ func (o *Options) EnsureDefaults() {
 	}
 	if o.MaxBatch <= 0 {
 		o.MaxBatch = 4096
+	}
+	if o.HistoryCap == 0 {
+		o.HistoryCap = DefaultHistoryCap
 	}
 	if o.Retention == 0 {
 		o.Retention = DefaultRetention
@@ -178,6 +202,9 @@ func (o *Options) Validate() error {
 	}
 	if o.MaxBatch < 0 {
 		errs = append(errs, fmt.Errorf("MaxBatch %d is negative", o.MaxBatch))
+	}
+	if o.HistoryCap < 0 && o.HistoryCap != UnlimitedHistory {
+		errs = append(errs, fmt.Errorf("HistoryCap %d is negative (0 is the default, UnlimitedHistory keeps every record)", o.HistoryCap))
 	}
 	for _, d := range []struct {
 		name string
