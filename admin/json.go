@@ -31,6 +31,19 @@ type SagaJSON struct {
 	Parent string     `json:"parent,omitempty"`
 	Depth  int        `json:"depth,omitempty"`
 	Steps  []StepJSON `json:"steps"`
+	// HistoryDropped summarises the attempt records the saga's history
+	// cap dropped from its history (engine.Options.HistoryCap); absent
+	// when none were.
+	HistoryDropped *HistoryDroppedJSON `json:"history_dropped,omitempty"`
+}
+
+// HistoryDroppedJSON summarises the attempt records dropped from a
+// saga's history: how many, and the seqs of the first and the last (the
+// history has no entry with those seqs, nor with some between them).
+type HistoryDroppedJSON struct {
+	Count    uint64 `json:"count"`
+	FirstSeq uint64 `json:"first_seq"`
+	LastSeq  uint64 `json:"last_seq"`
 }
 
 // StepJSON is one step of a saga.
@@ -76,6 +89,9 @@ func NewSagaJSON(st *engine.Status) SagaJSON {
 		j.Driven, j.Durability = st.Saga.Driven, st.Saga.Durability.String()
 		j.Parallel = st.Saga.Parallel()
 		j.Parent, j.Depth = st.Saga.Parent, st.Saga.Depth
+		if sg := st.Saga; sg.HistoryDropped > 0 {
+			j.HistoryDropped = &HistoryDroppedJSON{Count: sg.HistoryDropped, FirstSeq: sg.HistoryDroppedFirst, LastSeq: sg.HistoryDroppedLast}
+		}
 	}
 	if st.LastError != nil {
 		j.LastError = st.LastError.Error()

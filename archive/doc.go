@@ -20,7 +20,10 @@
 //     updated_at, ...), plus idempotency_key, meta, input (base64) and
 //     seq, the number of transitions applied to it.
 //   - history: every transition, as the API shows it (admin.HistoryJSON:
-//     seq, log_index, at, kind, step, attempt, error, ...).
+//     seq, log_index, at, kind, step, attempt, error, ...), but the
+//     attempt records that the saga's history cap dropped: the saga's
+//     history_dropped (count, first_seq, last_seq) summarises those,
+//     and their seqs are missing from the history.
 //
 // Times are RFC 3339 in UTC.
 //

@@ -32,7 +32,8 @@ type Saga struct {
 	// Input is the saga's input as given to Start (base64 in JSON).
 	Input []byte `json:"input,omitempty"`
 	// Seq is the number of transitions applied to the saga (the length
-	// of its history): with ID, it tells two copies of one saga apart.
+	// of its history, with the records its history cap dropped): with
+	// ID, it tells two copies of one saga apart.
 	Seq uint64 `json:"seq"`
 }
 

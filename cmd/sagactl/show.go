@@ -90,8 +90,18 @@ func printShow(g *globals, rep *admin.ShowReply) error {
 		fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%d\t%s\t%s\n", name, status, st.Attempts, dash(comp),
 			st.CompensationAttempts, dash(st.Duration), dash(errText))
 	}
+	if d := s.HistoryDropped; d != nil {
+		fmt.Fprintf(w, "\n%d earlier %s summarised (history cap): seq %d to %d\n", d.Count, plural(d.Count, "attempt record"), d.FirstSeq, d.LastSeq)
+	}
 	fmt.Fprintln(w, "\nSEQ\tLOG INDEX\tAT\tTRANSITION\tSTEP\tATTEMPT\tDETAIL")
+	var prev uint64
 	for _, h := range rep.History {
+		if s.HistoryDropped != nil && h.Seq > prev+1 && prev > 0 {
+			// The gap the history cap left: one run of retries.
+			n := h.Seq - prev - 1
+			fmt.Fprintf(w, "…\t\t\t%d %s summarised\t\t\t-\n", n, plural(n, "attempt record"))
+		}
+		prev = h.Seq
 		detail := h.Error
 		if h.Actor != "" {
 			detail = fmt.Sprintf("by %s: %s", h.Actor, h.Reason)
@@ -171,4 +181,12 @@ func mark(st admin.StepJSON) string {
 		return "~"
 	}
 	return ""
+}
+
+// plural is word, with an s unless n is 1.
+func plural(n uint64, word string) string {
+	if n == 1 {
+		return word
+	}
+	return word + "s"
 }
