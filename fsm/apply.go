@@ -281,6 +281,7 @@ func startWith(r *Record, plan []StepDef) *Saga {
 		Parent:         si.Parent,
 		Depth:          si.Depth,
 		HistoryCap:     si.HistoryCap,
+		Trace:          si.Trace,
 		CreatedAt:      r.At,
 		UpdatedAt:      r.At,
 		Seq:            1,

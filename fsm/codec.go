@@ -690,6 +690,8 @@ func (si *StartInfo) EncodeMsgpack(e *msgpack.Encoder) error { return encodeTo(e
 
 func (si *StartInfo) appendMsgpack(w *enc) {
 	switch { // fields written only when set: see Definition.appendMsgpack
+	case len(si.Trace) > 0:
+		w.arr(14)
 	case si.HistoryCap != 0:
 		w.arr(13)
 	case si.Parent != "":
@@ -708,15 +710,18 @@ func (si *StartInfo) appendMsgpack(w *enc) {
 	w.bytes(si.Input)
 	w.strMap(si.Meta)
 	w.i64(si.Deadline)
-	if si.Durability != DurabilityStrict || si.Parent != "" || si.HistoryCap != 0 {
+	if si.Durability != DurabilityStrict || si.Parent != "" || si.HistoryCap != 0 || len(si.Trace) > 0 {
 		w.u64(uint64(si.Durability))
 	}
-	if si.Parent != "" || si.HistoryCap != 0 {
+	if si.Parent != "" || si.HistoryCap != 0 || len(si.Trace) > 0 {
 		w.str(si.Parent)
 		w.i64(int64(si.Depth))
 	}
-	if si.HistoryCap != 0 {
+	if si.HistoryCap != 0 || len(si.Trace) > 0 {
 		w.i64(int64(si.HistoryCap))
+	}
+	if len(si.Trace) > 0 {
+		w.strMap(si.Trace)
 	}
 }
 
@@ -738,6 +743,7 @@ func (si *StartInfo) decodeFrom(rr *rd) {
 	r.str(&si.Parent)
 	r.int(&si.Depth)
 	r.int(&si.HistoryCap)
+	r.strMap(&si.Trace)
 	r.done()
 }
 
@@ -883,6 +889,8 @@ func (s *Saga) EncodeMsgpack(e *msgpack.Encoder) error { return encodeTo(e, s) }
 func (s *Saga) appendMsgpack(w *enc) {
 	history := s.historySet()
 	switch { // fields written only when set: see Definition.appendMsgpack
+	case len(s.Trace) > 0:
+		w.arr(25)
 	case history:
 		w.arr(24)
 	case s.Parent != "":
@@ -911,19 +919,22 @@ func (s *Saga) appendMsgpack(w *enc) {
 	w.i64(s.CreatedAt)
 	w.i64(s.UpdatedAt)
 	w.u64(s.Seq)
-	if s.Durability != DurabilityStrict || s.Parent != "" || history {
+	if s.Durability != DurabilityStrict || s.Parent != "" || history || len(s.Trace) > 0 {
 		w.u64(uint64(s.Durability))
 	}
-	if s.Parent != "" || history {
+	if s.Parent != "" || history || len(s.Trace) > 0 {
 		w.str(s.Parent)
 		w.i64(int64(s.Depth))
 	}
-	if history {
+	if history || len(s.Trace) > 0 {
 		w.i64(int64(s.HistoryCap))
 		w.u64(s.HistoryRun)
 		w.u64(s.HistoryDropped)
 		w.u64(s.HistoryDroppedFirst)
 		w.u64(s.HistoryDroppedLast)
+	}
+	if len(s.Trace) > 0 {
+		w.strMap(s.Trace)
 	}
 }
 
@@ -974,5 +985,6 @@ func (s *Saga) decodeFrom(rr *rd) {
 	r.u64(&s.HistoryDropped)
 	r.u64(&s.HistoryDroppedFirst)
 	r.u64(&s.HistoryDroppedLast)
+	r.strMap(&s.Trace)
 	r.done()
 }

@@ -64,6 +64,9 @@ type StartInfo struct {
 	// records of a retry loop are dropped and summarised (see
 	// history.go). 0 is no cap.
 	HistoryCap int
+	// Trace is the W3C trace context of the call that started the saga
+	// (see Saga.Trace); nil when the engine traces nothing.
+	Trace map[string]string
 }
 
 // Record is one transition. Which fields matter depends on Kind.
@@ -128,6 +131,9 @@ func encodedSizeHint(r *Record) int {
 	if si := r.Start; si != nil {
 		n += 64 + len(si.Definition) + len(si.User) + len(si.IdempotencyKey) + len(si.Input) + 128*len(si.Steps)
 		for k, v := range si.Meta {
+			n += 8 + len(k) + len(v)
+		}
+		for k, v := range si.Trace {
 			n += 8 + len(k) + len(v)
 		}
 	}

@@ -328,6 +328,12 @@ type Saga struct {
 	HistoryDropped      uint64
 	HistoryDroppedFirst uint64
 	HistoryDroppedLast  uint64
+	// Trace is the W3C trace context (traceparent, tracestate, baggage:
+	// header names as keys) of the call that started the saga, recorded
+	// so that spans made after a restart or a failover continue its
+	// trace. Nil when the engine traced nothing at the start. Apply never
+	// reads it.
+	Trace map[string]string
 }
 
 // Clone returns a copy whose steps can be changed without touching s:
@@ -345,6 +351,7 @@ func (s *Saga) DeepCopy() *Saga {
 	c := s.Clone()
 	c.Input = bytes.Clone(s.Input)
 	c.Meta = maps.Clone(s.Meta)
+	c.Trace = maps.Clone(s.Trace)
 	c.LastError = cloneErr(s.LastError)
 	for i := range c.Steps {
 		st := &c.Steps[i]
