@@ -1,8 +1,10 @@
 package compensation
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"log/slog"
 	"testing"
 	"time"
 )
@@ -74,5 +76,34 @@ func TestPolicyNext(t *testing.T) {
 	}
 	if !IsPermanent(Permanent(errors.New("x"))) || IsPermanent(errors.New("x")) || Permanent(nil) != nil {
 		t.Fatal("Permanent/IsPermanent")
+	}
+}
+
+// TestLoggerNamesTheCall: a handler's logger carries the saga, step,
+// kind and attempt of its call (and extra attributes after them), also
+// from a context derived from the handler's; outside a call it is
+// slog.Default().
+func TestLoggerNamesTheCall(t *testing.T) {
+	var buf bytes.Buffer
+	base := slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{
+		ReplaceAttr: func(_ []string, a slog.Attr) slog.Attr {
+			if a.Key == slog.TimeKey {
+				return slog.Attr{}
+			}
+			return a
+		}}))
+	c := Call{SagaID: "s1", Step: "pay", Kind: KindCompensation, Attempt: 3}
+	ctx, cancel := context.WithCancel(WithCall(context.Background(), base, &c, "trace_id", "t1"))
+	defer cancel()
+	Logger(ctx).Info("refunded")
+	want := "level=INFO msg=refunded saga=s1 step=pay kind=compensation attempt=3 trace_id=t1\n"
+	if buf.String() != want {
+		t.Fatalf("logged %q, want %q", buf.String(), want)
+	}
+	if Logger(context.Background()) != slog.Default() {
+		t.Fatal("outside a call, Logger is not slog.Default()")
+	}
+	if Logger(WithCall(context.Background(), nil, &c)) == nil {
+		t.Fatal("a call without a base logger has no logger")
 	}
 }
