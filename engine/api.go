@@ -224,6 +224,11 @@ func (e *Engine) start(ctx context.Context, definition string, input []byte, o S
 	if timeout > 0 {
 		si.Deadline = now + int64(timeout)
 	}
+	span, bag, tc := e.tr.begin(ctx, id, si)
+	if span != nil {
+		si.Trace = tc
+		defer func() { e.tr.started(id, span, bag, created, err) }()
+	}
 	res, err := e.propose(ctx, []*fsm.Record{{Kind: fsm.KindSagaStarted, Saga: id, At: now, Start: si}})
 	if err != nil {
 		return "", false, err
@@ -571,6 +576,7 @@ func (e *Engine) operator(ctx context.Context, id string, kind fsm.Kind, actor, 
 	if err != nil {
 		return nil, err
 	}
+	e.tr.event(sg, kind, actor, reason)
 	if sg.State == fsm.StateCompensating {
 		e.kick(id)
 	}

@@ -374,9 +374,12 @@ func (e *Engine) act(tctx, ctx context.Context, inv *invocation, sg *fsm.Saga, i
 			release()
 			return i, nil // aborted while the call was prepared: never started
 		}
-		out, err := safeAction(cctx, action, e.call(sg, i, compensation.KindAction, st.Attempts))
+		c := e.call(sg, i, compensation.KindAction, st.Attempts)
+		hctx, span := e.handlerCtx(cctx, sg, &c)
+		out, err := safeAction(hctx, action, c)
 		release()
 		timeout := timedOut(cctx)
+		endAttempt(span, err, timeout)
 		cancel()
 		if tctx.Err() != nil {
 			// Closing, or no longer the leader: the step stays running,
@@ -485,7 +488,10 @@ func (e *Engine) compensate(tctx, ctx context.Context, inv *invocation, r *run, 
 				return i, nil // closing or the term ended: as above
 			}
 			cctx, cancel := e.callCtx(ctx, st.Timeout)
-			herr = safeHandler(cctx, h, e.call(sg, i, compensation.KindCompensation, st.CompAttempts))
+			c := e.call(sg, i, compensation.KindCompensation, st.CompAttempts)
+			hctx, span := e.handlerCtx(cctx, sg, &c)
+			herr = safeHandler(hctx, h, c)
+			endAttempt(span, herr, timedOut(cctx))
 			cancel()
 			release()
 		}
@@ -707,6 +713,7 @@ func (e *Engine) expire(tctx context.Context, id string) {
 		}
 		return
 	}
+	e.tr.event(sg, fsm.KindAborted, "engine", "deadline exceeded")
 	if sg.State == fsm.StateCompensating {
 		e.kick(id)
 	}
@@ -798,14 +805,19 @@ func (e *Engine) resumeAll(tctx context.Context) (resumed, stuckN int, err error
 		id := sg.ID
 		e.goDriver(func() {
 			for backoff := time.Second; ; backoff = min(2*backoff, time.Minute) {
-				_, err := e.transition(tctx, id, func(cur *fsm.Saga) ([]*fsm.Record, error) {
+				proposed := false
+				next, err := e.transition(tctx, id, func(cur *fsm.Saga) ([]*fsm.Record, error) {
 					if cur.Seq != sg.Seq {
 						return nil, nil // moved meanwhile (an abort, a deadline): nothing uncertain left
 					}
+					proposed = true
 					return recs, nil
 				})
 				switch {
 				case err == nil:
+					if r := recs[0]; proposed && r.Kind == fsm.KindAborted {
+						e.tr.event(next, r.Kind, r.Actor, r.Reason)
+					}
 					e.kick(id)
 					return
 				case tctx.Err() != nil:

@@ -121,6 +121,7 @@ type Engine struct {
 	// into; removed by Close.
 	scratch string
 
+	tr     *tracing    // nil when Options.TracerProvider is (trace.go)
 	wq     writerQueue // the single-node commit path (commit.go)
 	checks sync.Pool   // of *fsm.Saga: scratch states change checks records on
 	// limits holds a semaphore per handler name of
@@ -232,6 +233,7 @@ func Open(dir string, opts Options) (*Engine, error) {
 		ckpt:     make(chan struct{}, 1),
 		ckptDone: make(chan struct{}),
 		dlIn:     make(chan dlMsg, 256),
+		tr:       newTracing(opts.TracerProvider),
 	}
 	replicated := opts.Replicator != nil
 	fail := func(err error) (*Engine, error) {
@@ -595,6 +597,11 @@ func (e *Engine) afterApply(entries []fsm.Entry, results []fsm.Result) {
 	}
 	if len(settled) == 0 {
 		return
+	}
+	if e.tr != nil {
+		for _, sg := range settled {
+			e.tr.settle(sg)
+		}
 	}
 	e.mu.Lock()
 	for _, sg := range settled {
@@ -962,6 +969,7 @@ func (e *Engine) Close() error {
 	e.mu.Unlock()
 	e.bg.Wait()
 	e.drivers.Wait()
+	e.tr.endAll("engine closed")
 	var errs []error
 	// Stop what feeds the store first: the replicator's applies, or the
 	// writer queue and the checkpoints.

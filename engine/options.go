@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/cockroachdb/pebble/v2/vfs"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/sagaengine/saga/compensation"
 	"github.com/sagaengine/saga/fsm"
@@ -31,6 +32,15 @@ type Options struct {
 	Rand func() float64
 	// Hooks are called on transitions; see Hooks.
 	Hooks Hooks
+	// TracerProvider, if set, turns tracing on: a span per saga (a child
+	// of the span of the context given to Start or Run), a span per
+	// attempt of an action or a compensation, events for operator
+	// actions; the W3C trace context of the start is recorded in the
+	// saga's start record, so that spans after a crash, a restart or a
+	// failover continue the trace; handlers get a context with their
+	// span and the recorded baggage. See trace.go. Default nil: off, at
+	// no cost (nothing recorded, no span, no allocation).
+	TracerProvider trace.TracerProvider
 
 	// DefaultCompensationRetry applies to steps whose definition sets no
 	// compensation retry policy. Default compensation.DefaultCompensationPolicy():

@@ -181,6 +181,7 @@ func (e *Engine) endTerm() {
 	e.mu.Unlock()
 	e.clearDeadlines()
 	e.dropCaches()
+	e.tr.endAll("leadership ended")
 	e.opts.Logger.Info("engine: no longer the leader; drivers stopped")
 }
 
