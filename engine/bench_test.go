@@ -9,6 +9,10 @@ import (
 	"testing"
 	"time"
 
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/sagaengine/saga/compensation"
 	"github.com/sagaengine/saga/wal"
 )
@@ -25,43 +29,67 @@ func noopRegistry(b testing.TB) *compensation.Registry {
 // SAGA_BENCH_NOSYNC=1 the log skips fsync: the CPU-bound ceiling of
 // everything but the disk (never a production setting).
 func BenchmarkRun4Steps(b *testing.B) {
-	noSync := os.Getenv("SAGA_BENCH_NOSYNC") == "1"
 	for _, conc := range []int{1, 64, 256} {
-		b.Run(fmt.Sprintf("c=%d", conc), func(b *testing.B) {
-			e := openT(b, b.TempDir(), Options{Registry: noopRegistry(b), WAL: wal.Options{NoSync: noSync}})
-			defer e.Close()
-			d := Definition{Name: "bench"}
-			for k := 0; k < 4; k++ {
-				d.Steps = append(d.Steps, StepDef{Name: fmt.Sprintf("s%d", k), Action: "noop", Compensation: "undo"})
+		b.Run(fmt.Sprintf("c=%d", conc), func(b *testing.B) { run4Steps(b, conc, nil) })
+	}
+}
+
+// BenchmarkRun4StepsTracing is BenchmarkRun4Steps with tracing off, on
+// with spans made and dropped (a provider without a processor: sampled,
+// never exported), and on with every span kept in memory (100%
+// sampling into tracetest's in-memory exporter).
+func BenchmarkRun4StepsTracing(b *testing.B) {
+	for _, conc := range []int{1, 64} {
+		for _, mode := range []string{"off", "dropped", "recorded"} {
+			b.Run(fmt.Sprintf("c=%d/tracing=%s", conc, mode), func(b *testing.B) {
+				var tp trace.TracerProvider
+				switch mode {
+				case "dropped":
+					tp = sdktrace.NewTracerProvider()
+				case "recorded":
+					tp = sdktrace.NewTracerProvider(sdktrace.WithSyncer(tracetest.NewInMemoryExporter()))
+				}
+				run4Steps(b, conc, tp)
+			})
+		}
+	}
+}
+
+func run4Steps(b *testing.B, conc int, tp trace.TracerProvider) {
+	noSync := os.Getenv("SAGA_BENCH_NOSYNC") == "1"
+	e := openT(b, b.TempDir(), Options{Registry: noopRegistry(b), WAL: wal.Options{NoSync: noSync}, TracerProvider: tp})
+	defer e.Close()
+	d := Definition{Name: "bench"}
+	for k := 0; k < 4; k++ {
+		d.Steps = append(d.Steps, StepDef{Name: fmt.Sprintf("s%d", k), Action: "noop", Compensation: "undo"})
+	}
+	_, err := e.Define(context.Background(), d)
+	must(b, err)
+	s0 := e.Stats()
+	var next atomic.Int64
+	b.ReportAllocs()
+	b.ResetTimer()
+	var wg sync.WaitGroup
+	for w := 0; w < conc; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for next.Add(1) <= int64(b.N) {
+				if _, err := e.Run(context.Background(), "bench", nil, StartOptions{}); err != nil {
+					b.Error(err)
+					return
+				}
 			}
-			_, err := e.Define(context.Background(), d)
-			must(b, err)
-			s0 := e.Stats()
-			var next atomic.Int64
-			b.ResetTimer()
-			var wg sync.WaitGroup
-			for w := 0; w < conc; w++ {
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
-					for next.Add(1) <= int64(b.N) {
-						if _, err := e.Run(context.Background(), "bench", nil, StartOptions{}); err != nil {
-							b.Error(err)
-							return
-						}
-					}
-				}()
-			}
-			wg.Wait()
-			b.StopTimer()
-			s1 := e.Stats()
-			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "sagas/s")
-			b.ReportMetric(float64(s1.LogSyncs-s0.LogSyncs)/float64(b.N), "fsyncs/saga")
-			b.ReportMetric(float64(s1.Records-s0.Records)/float64(s1.Commits-s0.Commits), "records/commit")
-			if syncs := s1.LogSyncs - s0.LogSyncs; syncs > 0 {
-				b.ReportMetric(float64((s1.LogSyncTime-s0.LogSyncTime).Microseconds())/float64(syncs), "µs/fsync")
-			}
-		})
+		}()
+	}
+	wg.Wait()
+	b.StopTimer()
+	s1 := e.Stats()
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "sagas/s")
+	b.ReportMetric(float64(s1.LogSyncs-s0.LogSyncs)/float64(b.N), "fsyncs/saga")
+	b.ReportMetric(float64(s1.Records-s0.Records)/float64(s1.Commits-s0.Commits), "records/commit")
+	if syncs := s1.LogSyncs - s0.LogSyncs; syncs > 0 {
+		b.ReportMetric(float64((s1.LogSyncTime-s0.LogSyncTime).Microseconds())/float64(syncs), "µs/fsync")
 	}
 }
 
