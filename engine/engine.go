@@ -24,6 +24,20 @@
 // Transitions of concurrent sagas share log batches (group commit): one
 // fsync acknowledges every transition that arrived while the previous one
 // was in flight.
+//
+// # Handlers' contexts, logs and traces
+//
+// An action or compensation handler runs on a context of the engine (it
+// ends when the engine closes, the saga is aborted or the step's timeout
+// passes), not on the caller's: a saga outlives the call that started
+// it. Logger(ctx) is a logger naming the call's saga, step, kind and
+// attempt. With Options.TracerProvider set, the context also carries the
+// attempt's span and the baggage of the caller's context at Start; the
+// saga's span is a child of the caller's span, and the caller's W3C
+// trace context is kept in the saga's start record, so that the spans of
+// a saga resumed after a crash, a restart or a failover continue the same
+// trace under the same parent span. See trace.go for the span tree and
+// why the saga span is a child of the caller's rather than linked to it.
 package engine
 
 import (

@@ -7,7 +7,9 @@ package engine
 // name is used.
 
 import (
+	"context"
 	"errors"
+	"log/slog"
 
 	"github.com/sagaengine/saga/compensation"
 	"github.com/sagaengine/saga/fsm"
@@ -86,6 +88,11 @@ func NewRegistry() *Registry { return compensation.NewRegistry() }
 // Permanent marks an action's error as not worth retrying: the step fails
 // at once.
 func Permanent(err error) error { return compensation.Permanent(err) }
+
+// Logger is compensation.Logger: the logger of the call a handler's
+// context was made for, naming its saga, step, kind and attempt (and,
+// when tracing, its trace and span ids); slog.Default() outside a call.
+func Logger(ctx context.Context) *slog.Logger { return compensation.Logger(ctx) }
 
 // Errors a call may return, besides those declared in engine.go. Match
 // them with errors.Is.
