@@ -52,7 +52,7 @@ func attr(s sdktrace.ReadOnlySpan, key attribute.Key) attribute.Value {
 // spanLine names a span for a comparison: its name, attempt and status.
 func spanLine(s sdktrace.ReadOnlySpan) string {
 	line := s.Name()
-	if a := attr(s, attrAttempt); a.Type() != attribute.INVALID {
+	if a := attr(s, attrAttempt); a.Type() != attribute.EMPTY {
 		line += fmt.Sprintf(" #%d", a.AsInt64())
 	}
 	if s.Status().Code == codes.Error {
