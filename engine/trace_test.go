@@ -425,3 +425,40 @@ func TestResumedCompensationContinuesTheStartTrace(t *testing.T) {
 		t.Errorf("the resumed handler got baggage tenant=%v, want the recorded acme", v)
 	}
 }
+
+// TestChildSagaSpanHangsUnderItsParentsStep: a nested saga's span is a
+// child of the span of the parent's step that runs it, so the whole tree
+// is one trace under the caller's span.
+func TestChildSagaSpanHangsUnderItsParentsStep(t *testing.T) {
+	sr, tp := recorder()
+	tctx := testCtx(t)
+	tr := &trail{}
+	e := openT(t, t.TempDir(), Options{Registry: tr.registry(t), TracerProvider: tp})
+	defer e.Close()
+	_, err := e.Define(tctx, Definition{Name: "reserve", Steps: steps("r1", "r2")})
+	must(t, err)
+	order := Definition{Name: "order", Steps: append(steps("pay"), StepDef{Name: "stock", Child: "reserve"})}
+	_, err = e.Define(tctx, order)
+	must(t, err)
+	cctx, req := callerCtx(t, tctx, tp)
+	st, err := e.Run(cctx, "order", nil, StartOptions{ID: "n1"})
+	must(t, err)
+	req.End()
+	if st.State != StateCompleted {
+		t.Fatalf("saga is %s, want COMPLETED", st.State)
+	}
+	byName := map[string]sdktrace.ReadOnlySpan{}
+	for _, s := range checkTree(t, sr.Ended(), req.SpanContext()) {
+		byName[s.Name()] = s
+	}
+	for child, parent := range map[string]string{"saga order": "request", "step pay": "saga order", "step stock": "saga order",
+		"saga reserve": "step stock", "step r1": "saga reserve", "step r2": "saga reserve"} {
+		c, p := byName[child], byName[parent]
+		if c == nil || p == nil {
+			t.Fatalf("no span %q or %q among %d", child, parent, len(byName))
+		}
+		if c.Parent().SpanID() != p.SpanContext().SpanID() {
+			t.Errorf("span %q is not a child of %q", child, parent)
+		}
+	}
+}
