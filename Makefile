@@ -4,7 +4,7 @@ VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 KILLS ?= 500
 FUZZTIME ?= 30s
 
-.PHONY: all build test demo platform lint crash cluster-torture fuzz bench gobench benchcmp clean
+.PHONY: all build test demo platform lint generate crash cluster-torture fuzz bench gobench benchcmp clean
 
 all: build
 
@@ -30,6 +30,14 @@ POLICY ?= examples/platform/policies/critical.yaml
 FAIL_AT ?=
 platform:
 	$(GO) run ./examples/platform -policy $(POLICY) -fail-at "$(FAIL_AT)"
+
+# Regenerate the saga service's code (gen/) from proto/ with buf and the
+# protoc plugins, all pinned as Go tools in tools/go.mod: nothing is
+# fetched but Go modules. proto/generate_test.go fails when gen/ is stale.
+BUF = $(GO) tool -modfile=tools/go.mod buf
+generate:
+	$(BUF) generate
+	$(BUF) lint
 
 lint:
 	$(GO) vet ./...
