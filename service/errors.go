@@ -1,0 +1,93 @@
+package service
+
+import (
+	"context"
+	"crypto/subtle"
+	"errors"
+	"net/http"
+
+	"connectrpc.com/connect"
+
+	"github.com/sagaengine/saga/engine"
+	"github.com/sagaengine/saga/fsm"
+)
+
+// LeaderHeader names the leader's address on a CodeUnavailable error of
+// a replicated member that does not lead (empty when none is known).
+const LeaderHeader = "Saga-Leader"
+
+// connectError maps an engine (or request) error to a connect code:
+//
+//   - CodeInvalidArgument: a malformed request or definition, a query that
+//     cannot be run (nothing was read or changed);
+//   - CodeNotFound: no such saga or definition (or the saga was removed
+//     after its retention);
+//   - CodeFailedPrecondition: the saga's state does not allow the call
+//     (an Advance of a step that is not running, a Retry of a saga that is
+//     not STUCK), a definition naming a handler the server does not have,
+//     an engine opened read only;
+//   - CodeAlreadyExists: a Start with a saga id already used;
+//   - CodeUnavailable: not the leader (LeaderHeader names it), the engine
+//     is closed or stopped by an I/O error: nothing was applied, and the
+//     call may be sent again (elsewhere, or after a restart);
+//   - CodeUnknown: the outcome is unknown (an I/O error while the change
+//     was made durable, leadership lost while it was in flight): look at
+//     the saga before acting again;
+//   - CodeCanceled, CodeDeadlineExceeded: the caller's context ended;
+//   - CodeInternal: anything else.
+func connectError(err error) *connect.Error {
+	var notLeader *engine.NotLeaderError
+	var unknown interface{ OutcomeUnknown() bool }
+	code := connect.CodeInternal
+	switch {
+	case errors.Is(err, errBadRequest),
+		errors.Is(err, engine.ErrInvalidArgument),
+		errors.Is(err, fsm.ErrInvalidRecord), // a *DefinitionError among them
+		errors.Is(err, engine.ErrInvalidQuery):
+		code = connect.CodeInvalidArgument
+	case errors.Is(err, engine.ErrUnknownSaga), errors.Is(err, engine.ErrUnknownDefinition), errors.Is(err, engine.ErrRemoved):
+		code = connect.CodeNotFound
+	case errors.Is(err, engine.ErrIllegalTransition), errors.Is(err, engine.ErrUnknownHandler),
+		errors.Is(err, engine.ErrNotDriven), errors.Is(err, engine.ErrReadOnly):
+		code = connect.CodeFailedPrecondition
+	case errors.Is(err, engine.ErrSagaExists), errors.Is(err, engine.ErrDuplicateKey):
+		code = connect.CodeAlreadyExists
+	case errors.As(err, &notLeader):
+		ce := connect.NewError(connect.CodeUnavailable, err)
+		ce.Meta().Set(LeaderHeader, notLeader.LeaderAddr)
+		return ce
+	case errors.Is(err, engine.ErrNotLeader), errors.Is(err, engine.ErrPoisoned), errors.Is(err, engine.ErrClosed):
+		code = connect.CodeUnavailable
+	case errors.Is(err, engine.ErrOutcomeUnknown), errors.As(err, &unknown) && unknown.OutcomeUnknown():
+		code = connect.CodeUnknown
+	case errors.Is(err, context.Canceled):
+		code = connect.CodeCanceled
+	case errors.Is(err, context.DeadlineExceeded):
+		code = connect.CodeDeadlineExceeded
+	}
+	return connect.NewError(code, err)
+}
+
+// RequireToken wraps h so that only requests carrying
+// "Authorization: Bearer <token>" reach it. Others are refused with
+// CodeUnauthenticated in the request's own protocol (gRPC, gRPC-Web or
+// Connect), before their body is read, and their connection is closed.
+func RequireToken(token string, h http.Handler) http.Handler {
+	want := []byte("Bearer " + token)
+	ew := connect.NewErrorWriter()
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got := []byte(r.Header.Get("Authorization"))
+		if token == "" || subtle.ConstantTimeCompare(got, want) != 1 {
+			w.Header().Set("Connection", "close")
+			w.Header().Set("WWW-Authenticate", `Bearer realm="sagad"`)
+			err := connect.NewError(connect.CodeUnauthenticated, errors.New("missing or wrong bearer token (Authorization: Bearer …)"))
+			if ew.IsSupported(r) {
+				_ = ew.Write(w, r, err)
+				return
+			}
+			http.Error(w, err.Error(), http.StatusUnauthorized)
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
+}
