@@ -11,6 +11,7 @@ all: build
 build:
 	$(GO) build ./...
 	$(GO) build -ldflags "-X main.version=$(VERSION)" -o bin/sagactl ./cmd/sagactl
+	$(GO) build -o bin/sagad ./cmd/sagad
 
 # The README's test command: every package under the race detector,
 # including 20 SIGKILL crash rounds and the fuzz seed corpora; then the
@@ -88,4 +89,4 @@ benchcmp:
 	$(GO) run $(BENCHSTAT) /tmp/saga-benchcmp/old.txt /tmp/saga-benchcmp/new.txt
 
 clean:
-	rm -rf bin demo-data
+	rm -rf bin demo-data sagad-data

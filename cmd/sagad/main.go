@@ -1,0 +1,215 @@
+// Command sagad serves the saga engine to every language: the
+// saga.v1.SagaService (proto/saga/v1/saga.proto) over gRPC, gRPC-Web and
+// plain JSON over HTTP, on an embedded engine.
+//
+//	go run ./cmd/sagad
+//
+// starts it on the embedded default: the data directory ./sagad-data, the
+// address 127.0.0.1:7080, and a bearer token read from -token-file or
+// SAGAD_TOKEN, or else generated on first start into
+// ./sagad-data/sagad.token (mode 0600; its path is printed).
+//
+// In this slice sagas are caller-driven (Start, then Advance for each
+// step); steps may name no action, and compensations only those the
+// server registers (none yet: remote HTTP handlers are the next slice).
+// Without TLS (a later slice, with the YAML config file) sagad listens
+// on loopback addresses only.
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/sagaengine/saga/engine"
+	"github.com/sagaengine/saga/service"
+)
+
+// TokenEnv names the environment variable that may hold the token.
+const TokenEnv = "SAGAD_TOKEN"
+
+// tokenFileName is the generated token's file in the data directory.
+const tokenFileName = "sagad.token"
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr, nil); err != nil {
+		if !errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintln(os.Stderr, "sagad:", err)
+		}
+		os.Exit(2)
+	}
+}
+
+// run is sagad until ctx ends; ready, if not nil, is told the address
+// it listens on once it serves.
+func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer, ready func(addr string)) error {
+	fs := flag.NewFlagSet("sagad", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	listen := fs.String("listen", "127.0.0.1:7080", "address to serve on (loopback only until TLS is supported)")
+	dataDir := fs.String("data", "sagad-data", "the engine's data directory (created if missing)")
+	tokenFile := fs.String("token-file", "", "file holding the bearer token (default: env "+TokenEnv+", else DATA/"+tokenFileName+", generated on first start)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	if err := loopbackOnly(*listen); err != nil {
+		return err
+	}
+	log := slog.New(slog.NewTextHandler(stderr, nil))
+
+	token, from, err := loadToken(*tokenFile, getenv(TokenEnv), *dataDir)
+	if err != nil {
+		return err
+	}
+
+	eng, err := engine.Open(*dataDir, engine.Options{Logger: log})
+	if err != nil {
+		return fmt.Errorf("open the engine in %s: %w", *dataDir, err)
+	}
+	defer eng.Close()
+	svc, err := service.New(eng, service.Options{})
+	if err != nil {
+		return err
+	}
+	mux := http.NewServeMux()
+	mux.Handle(svc.Handler())
+
+	ln, err := net.Listen("tcp", *listen)
+	if err != nil {
+		return err
+	}
+	protocols := new(http.Protocols)
+	protocols.SetHTTP1(true)
+	protocols.SetUnencryptedHTTP2(true) // gRPC without TLS (h2c)
+	srv := &http.Server{
+		Handler:           service.RequireToken(token, mux),
+		Protocols:         protocols,
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+	addr := ln.Addr().String()
+	abs, _ := filepath.Abs(*dataDir)
+	fmt.Fprintf(stdout, "sagad: serving saga.v1.SagaService on http://%s (gRPC, gRPC-Web, JSON)\n", addr)
+	fmt.Fprintf(stdout, "sagad: data in %s\n", abs)
+	fmt.Fprintf(stdout, "sagad: bearer token %s\n", from)
+
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	if ready != nil {
+		ready(addr)
+	}
+	select {
+	case err := <-served:
+		return err
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		_ = srv.Close()
+	}
+	return eng.Close()
+}
+
+// loopbackOnly refuses an address other clients could reach: without TLS
+// the token would cross the network in clear.
+func loopbackOnly(addr string) error {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("-listen %q: %w", addr, err)
+	}
+	if host == "localhost" {
+		return nil
+	}
+	if ip := net.ParseIP(host); ip != nil && ip.IsLoopback() {
+		return nil
+	}
+	return fmt.Errorf("-listen %q is not a loopback address: without TLS (not supported yet) the token would cross the network in clear", addr)
+}
+
+// loadToken returns the token and says where it came from: the file
+// named (which must hold one), the environment, or DATA/sagad.token,
+// generated with mode 0600 when missing.
+func loadToken(file, env, dataDir string) (token, from string, err error) {
+	if file != "" {
+		b, err := os.ReadFile(file)
+		if err != nil {
+			return "", "", fmt.Errorf("-token-file: %w", err)
+		}
+		if token = strings.TrimSpace(string(b)); token == "" {
+			return "", "", fmt.Errorf("-token-file %s is empty", file)
+		}
+		return token, "read from " + file, nil
+	}
+	if token = strings.TrimSpace(env); token != "" {
+		return token, "from " + TokenEnv, nil
+	}
+	path, err := filepath.Abs(filepath.Join(dataDir, tokenFileName))
+	if err != nil {
+		return "", "", err
+	}
+	if b, err := os.ReadFile(path); err == nil {
+		if token = strings.TrimSpace(string(b)); token == "" {
+			return "", "", fmt.Errorf("%s is empty: remove it to have a new token generated", path)
+		}
+		return token, "in " + path, nil
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return "", "", err
+	}
+	if err := os.MkdirAll(dataDir, 0o700); err != nil {
+		return "", "", err
+	}
+	raw := make([]byte, 32)
+	if _, err := rand.Read(raw); err != nil {
+		return "", "", err
+	}
+	token = hex.EncodeToString(raw)
+	if err := writeFileSync(path, []byte(token+"\n"), 0o600); err != nil {
+		return "", "", fmt.Errorf("write the token: %w", err)
+	}
+	return token, "generated into " + path + " (mode 0600)", nil
+}
+
+// writeFileSync creates path (it must not exist), writes b and syncs the
+// file and its directory, so that the token survives a crash.
+func writeFileSync(path string, b []byte, mode os.FileMode) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, mode)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(b); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	d, err := os.Open(filepath.Dir(path))
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}

@@ -1,0 +1,195 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// syncBuffer is a bytes.Buffer safe for the server's goroutine and the
+// test's.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// start runs sagad in the current directory with args and returns its
+// address; it stops at the end of the test.
+func start(t *testing.T, env map[string]string, args ...string) (addr string, stdout *syncBuffer) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	stdout = &syncBuffer{}
+	ready := make(chan string, 1)
+	done := make(chan error, 1)
+	go func() {
+		done <- run(ctx, append([]string{"-listen", "127.0.0.1:0"}, args...), func(k string) string { return env[k] },
+			stdout, io.Discard, func(a string) { ready <- a })
+	}()
+	select {
+	case addr = <-ready:
+	case err := <-done:
+		cancel()
+		t.Fatalf("sagad stopped before serving: %v", err)
+	case <-time.After(30 * time.Second):
+		cancel()
+		t.Fatal("sagad did not serve within 30s")
+	}
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("sagad stopped with %v", err)
+			}
+		case <-time.After(30 * time.Second):
+			t.Error("sagad did not stop within 30s")
+		}
+	})
+	return addr, stdout
+}
+
+func post(t *testing.T, addr, token, method, body string) (int, string) {
+	t.Helper()
+	req, err := http.NewRequest("POST", "http://"+addr+"/saga.v1.SagaService/"+method, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	resp, err := http.DefaultClient.Do(req.WithContext(ctx))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// TestSagadStartsOnAFreshDirectory runs sagad as `sagad` alone would, in
+// an empty working directory: it makes its data directory there, writes
+// a token 0600 and prints its path, serves JSON with it and refuses calls
+// without it; a restart keeps the token and the sagas.
+func TestSagadStartsOnAFreshDirectory(t *testing.T) {
+	t.Chdir(t.TempDir())
+	addr, out := start(t, nil)
+	path := filepath.Join("sagad-data", tokenFileName)
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatalf("no token file: %v\n%s", err, out)
+	}
+	if fi.Mode().Perm() != 0o600 {
+		t.Fatalf("token file mode %v, want 0600", fi.Mode().Perm())
+	}
+	abs, _ := filepath.Abs(path)
+	if !strings.Contains(out.String(), abs) {
+		t.Fatalf("the token's path %s is not printed:\n%s", abs, out)
+	}
+	b, _ := os.ReadFile(path)
+	token := strings.TrimSpace(string(b))
+	if len(token) < 32 {
+		t.Fatalf("token %q is short", token)
+	}
+	if code, body := post(t, addr, "", "Define", `{"definition":{"name":"order","steps":[{"name":"pay"}]}}`); code != http.StatusUnauthorized {
+		t.Fatalf("without the token: %d %s", code, body)
+	}
+	if code, body := post(t, addr, token, "Define", `{"definition":{"name":"order","steps":[{"name":"pay"}]}}`); code != 200 {
+		t.Fatalf("define: %d %s", code, body)
+	}
+	if code, body := post(t, addr, token, "Start", `{"definition":"order","id":"o-1"}`); code != 200 || !strings.Contains(body, `"id":"o-1"`) {
+		t.Fatalf("start: %d %s", code, body)
+	}
+	if code, body := post(t, addr, token, "Advance", `{"sagaId":"o-1","step":"pay"}`); code != 200 || !strings.Contains(body, "SAGA_STATE_COMPLETED") {
+		t.Fatalf("advance: %d %s", code, body)
+	}
+}
+
+func TestSagadRestartKeepsTokenAndSagas(t *testing.T) {
+	t.Chdir(t.TempDir())
+	ctx, cancel := context.WithCancel(context.Background())
+	ready := make(chan string, 1)
+	done := make(chan error, 1)
+	go func() {
+		done <- run(ctx, []string{"-listen", "127.0.0.1:0"}, func(string) string { return "" }, io.Discard, io.Discard, func(a string) { ready <- a })
+	}()
+	addr := <-ready
+	b, _ := os.ReadFile(filepath.Join("sagad-data", tokenFileName))
+	token := strings.TrimSpace(string(b))
+	post(t, addr, token, "Define", `{"definition":{"name":"order","steps":[{"name":"pay"}]}}`)
+	if code, body := post(t, addr, token, "Start", `{"definition":"order","id":"o-1"}`); code != 200 {
+		t.Fatalf("start: %d %s", code, body)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("stop: %v", err)
+	}
+	addr, _ = start(t, nil)
+	if code, body := post(t, addr, token, "Status", `{"sagaId":"o-1"}`); code != 200 || !strings.Contains(body, "SAGA_STATE_IN_PROGRESS") {
+		t.Fatalf("status after a restart with the first token: %d %s", code, body)
+	}
+}
+
+func TestSagadTokenFromEnvOrFile(t *testing.T) {
+	t.Chdir(t.TempDir())
+	addr, out := start(t, map[string]string{TokenEnv: "from-env-token"}, "-data", "d1")
+	if code, body := post(t, addr, "from-env-token", "Status", `{"sagaId":"x"}`); code != http.StatusNotFound {
+		t.Fatalf("with the env token: %d %s", code, body)
+	}
+	if _, err := os.Stat(filepath.Join("d1", tokenFileName)); !os.IsNotExist(err) {
+		t.Fatalf("a token file was written though the env had one: %v\n%s", err, out)
+	}
+	if err := os.WriteFile("tok", []byte("from-file-token\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	addr, _ = start(t, map[string]string{TokenEnv: "from-env-token"}, "-data", "d2", "-token-file", "tok")
+	if code, _ := post(t, addr, "from-file-token", "Status", `{"sagaId":"x"}`); code != http.StatusNotFound {
+		t.Fatalf("with the file's token: %d", code)
+	}
+	if code, _ := post(t, addr, "from-env-token", "Status", `{"sagaId":"x"}`); code != http.StatusUnauthorized {
+		t.Fatalf("the env token beside -token-file: %d, want 401", code)
+	}
+}
+
+func TestSagadRefusesBadStarts(t *testing.T) {
+	t.Chdir(t.TempDir())
+	if err := os.WriteFile("empty", nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{
+		{"-listen", "0.0.0.0:0"},
+		{"-listen", "192.0.2.1:7080"},
+		{"-listen", "127.0.0.1:0", "-token-file", "missing"},
+		{"-listen", "127.0.0.1:0", "-token-file", "empty"},
+		{"-listen", "127.0.0.1:0", "extra"},
+	} {
+		err := run(context.Background(), args, func(string) string { return "" }, io.Discard, io.Discard, nil)
+		if err == nil {
+			t.Errorf("sagad %q started", args)
+		}
+	}
+	if _, err := os.Stat("sagad-data"); !os.IsNotExist(err) {
+		t.Errorf("a refused start made the data directory: %v", err)
+	}
+}
