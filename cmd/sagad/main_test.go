@@ -137,17 +137,29 @@ func TestSagadRestartKeepsTokenAndSagas(t *testing.T) {
 	addr := <-ready
 	b, _ := os.ReadFile(filepath.Join("sagad-data", tokenFileName))
 	token := strings.TrimSpace(string(b))
-	post(t, addr, token, "Define", `{"definition":{"name":"order","steps":[{"name":"pay"}]}}`)
+	post(t, addr, token, "Define", `{"definition":{"name":"order","steps":[{"name":"reserve"},{"name":"pay"}]}}`)
 	if code, body := post(t, addr, token, "Start", `{"definition":"order","id":"o-1"}`); code != 200 {
 		t.Fatalf("start: %d %s", code, body)
+	}
+	reserved := `{"sagaId":"o-1","step":"reserve","output":"cmVzLTE="}`
+	if code, body := post(t, addr, token, "Advance", reserved); code != 200 {
+		t.Fatalf("advance: %d %s", code, body)
 	}
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatalf("stop: %v", err)
 	}
 	addr, _ = start(t, nil)
-	if code, body := post(t, addr, token, "Status", `{"sagaId":"o-1"}`); code != 200 || !strings.Contains(body, "SAGA_STATE_IN_PROGRESS") {
+	if code, body := post(t, addr, token, "Status", `{"sagaId":"o-1"}`); code != 200 || !strings.Contains(body, `"currentStep":"pay"`) {
 		t.Fatalf("status after a restart with the first token: %d %s", code, body)
+	}
+	// A caller that lost the reply re-sends its result after the restart:
+	// the saga is answered as it is.
+	if code, body := post(t, addr, token, "Advance", reserved); code != 200 || !strings.Contains(body, `"currentStep":"pay"`) {
+		t.Fatalf("the same result re-sent after a restart: %d %s", code, body)
+	}
+	if code, body := post(t, addr, token, "Advance", `{"sagaId":"o-1","step":"reserve","output":"b3RoZXI="}`); code != http.StatusBadRequest || !strings.Contains(body, "failed_precondition") {
+		t.Fatalf("another result for a reported step: %d %s", code, body)
 	}
 }
 
