@@ -57,6 +57,9 @@ type Options struct {
 	DefaultWait time.Duration
 	// MaxWait bounds the wait a request may ask for. Default 5 minutes.
 	MaxWait time.Duration
+	// Policy serves GetPolicy, SetPolicy and ExplainPolicy; nil: they
+	// answer CodeFailedPrecondition.
+	Policy Policy
 }
 
 // EnsureDefaults fills the unset fields.

@@ -12,6 +12,10 @@
 // In this slice sagas are caller-driven (Start, then Advance for each
 // step); steps may name no action, and compensations only those the
 // server registers (none yet: remote HTTP handlers are the next slice).
+// -policy FILE (or SAGA_POLICY_FILE) serves a policy file, hot-reloaded,
+// through GetPolicy, SetPolicy and ExplainPolicy; SetPolicy's layer lives
+// in memory until the process stops.
+//
 // Without TLS (a later slice, with the YAML config file) sagad listens
 // on loopback addresses only.
 package main
@@ -35,6 +39,7 @@ import (
 	"time"
 
 	"github.com/sagaengine/saga/engine"
+	"github.com/sagaengine/saga/policy"
 	"github.com/sagaengine/saga/service"
 )
 
@@ -62,6 +67,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	fs.SetOutput(stderr)
 	listen := fs.String("listen", "127.0.0.1:7080", "address to serve on (loopback only until TLS is supported)")
 	dataDir := fs.String("data", "sagad-data", "the engine's data directory (created if missing)")
+	policyFile := fs.String("policy", "", "policy file (YAML), hot-reloaded (default: env SAGA_POLICY_FILE; none)")
 	tokenFile := fs.String("token-file", "", "file holding the bearer token (default: env "+TokenEnv+", else DATA/"+tokenFileName+", generated on first start)")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -84,7 +90,13 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return fmt.Errorf("open the engine in %s: %w", *dataDir, err)
 	}
 	defer eng.Close()
-	svc, err := service.New(eng, service.Options{})
+	lookup := func(k string) (string, bool) { v := getenv(k); return v, v != "" }
+	pm, err := policy.New(policy.Options{File: *policyFile, LookupEnv: lookup, Logger: log})
+	if err != nil {
+		return err // "policy: …"
+	}
+	defer pm.Close()
+	svc, err := service.New(eng, service.Options{Policy: pm})
 	if err != nil {
 		return err
 	}

@@ -205,3 +205,15 @@ func TestSagadRefusesBadStarts(t *testing.T) {
 		t.Errorf("a refused start made the data directory: %v", err)
 	}
 }
+
+func TestSagadServesThePolicyFile(t *testing.T) {
+	t.Chdir(t.TempDir())
+	if err := os.WriteFile("policy.yaml", []byte("enable_saga: true\nsaga_operations: [checkout]\ncompensation_handlers:\n  checkout:\n    payment: refund\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	addr, _ := start(t, map[string]string{TokenEnv: "tok"}, "-policy", "policy.yaml")
+	code, body := post(t, addr, "tok", "ExplainPolicy", `{"operation":"checkout"}`)
+	if code != 200 || !strings.Contains(body, `"saga":true`) {
+		t.Fatalf("explain: %d %s", code, body)
+	}
+}

@@ -2569,6 +2569,697 @@ func (x *ResolveResponse) GetSaga() *Saga {
 	return nil
 }
 
+// Milestone is one step of a policy operation and the handler that
+// undoes it.
+type Milestone struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Compensation  string                 `protobuf:"bytes,2,opt,name=compensation,proto3" json:"compensation,omitempty"`
+	After         []string               `protobuf:"bytes,3,rep,name=after,proto3" json:"after,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Milestone) Reset() {
+	*x = Milestone{}
+	mi := &file_saga_v1_saga_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Milestone) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Milestone) ProtoMessage() {}
+
+func (x *Milestone) ProtoReflect() protoreflect.Message {
+	mi := &file_saga_v1_saga_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Milestone.ProtoReflect.Descriptor instead.
+func (*Milestone) Descriptor() ([]byte, []int) {
+	return file_saga_v1_saga_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *Milestone) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Milestone) GetCompensation() string {
+	if x != nil {
+		return x.Compensation
+	}
+	return ""
+}
+
+func (x *Milestone) GetAfter() []string {
+	if x != nil {
+		return x.After
+	}
+	return nil
+}
+
+// PolicyRetry bounds each compensation's retries of an operation.
+type PolicyRetry struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	MaxAttempts    int32                  `protobuf:"varint,1,opt,name=max_attempts,json=maxAttempts,proto3" json:"max_attempts,omitempty"`
+	InitialBackoff *durationpb.Duration   `protobuf:"bytes,2,opt,name=initial_backoff,json=initialBackoff,proto3" json:"initial_backoff,omitempty"`
+	MaxBackoff     *durationpb.Duration   `protobuf:"bytes,3,opt,name=max_backoff,json=maxBackoff,proto3" json:"max_backoff,omitempty"`
+	MaxElapsed     *durationpb.Duration   `protobuf:"bytes,4,opt,name=max_elapsed,json=maxElapsed,proto3" json:"max_elapsed,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *PolicyRetry) Reset() {
+	*x = PolicyRetry{}
+	mi := &file_saga_v1_saga_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PolicyRetry) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PolicyRetry) ProtoMessage() {}
+
+func (x *PolicyRetry) ProtoReflect() protoreflect.Message {
+	mi := &file_saga_v1_saga_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PolicyRetry.ProtoReflect.Descriptor instead.
+func (*PolicyRetry) Descriptor() ([]byte, []int) {
+	return file_saga_v1_saga_proto_rawDescGZIP(), []int{33}
+}
+
+func (x *PolicyRetry) GetMaxAttempts() int32 {
+	if x != nil {
+		return x.MaxAttempts
+	}
+	return 0
+}
+
+func (x *PolicyRetry) GetInitialBackoff() *durationpb.Duration {
+	if x != nil {
+		return x.InitialBackoff
+	}
+	return nil
+}
+
+func (x *PolicyRetry) GetMaxBackoff() *durationpb.Duration {
+	if x != nil {
+		return x.MaxBackoff
+	}
+	return nil
+}
+
+func (x *PolicyRetry) GetMaxElapsed() *durationpb.Duration {
+	if x != nil {
+		return x.MaxElapsed
+	}
+	return nil
+}
+
+// PolicyOperation is the saga shape of one operation.
+type PolicyOperation struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Milestones []*Milestone           `protobuf:"bytes,1,rep,name=milestones,proto3" json:"milestones,omitempty"`
+	Retry      *PolicyRetry           `protobuf:"bytes,2,opt,name=retry,proto3" json:"retry,omitempty"`
+	// run_without_saga or fail; empty: the policy's.
+	OnEngineUnavailable string               `protobuf:"bytes,3,opt,name=on_engine_unavailable,json=onEngineUnavailable,proto3" json:"on_engine_unavailable,omitempty"`
+	Timeout             *durationpb.Duration `protobuf:"bytes,4,opt,name=timeout,proto3" json:"timeout,omitempty"`
+	// strict or pipelined; empty: strict.
+	Durability    string `protobuf:"bytes,5,opt,name=durability,proto3" json:"durability,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PolicyOperation) Reset() {
+	*x = PolicyOperation{}
+	mi := &file_saga_v1_saga_proto_msgTypes[34]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PolicyOperation) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PolicyOperation) ProtoMessage() {}
+
+func (x *PolicyOperation) ProtoReflect() protoreflect.Message {
+	mi := &file_saga_v1_saga_proto_msgTypes[34]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PolicyOperation.ProtoReflect.Descriptor instead.
+func (*PolicyOperation) Descriptor() ([]byte, []int) {
+	return file_saga_v1_saga_proto_rawDescGZIP(), []int{34}
+}
+
+func (x *PolicyOperation) GetMilestones() []*Milestone {
+	if x != nil {
+		return x.Milestones
+	}
+	return nil
+}
+
+func (x *PolicyOperation) GetRetry() *PolicyRetry {
+	if x != nil {
+		return x.Retry
+	}
+	return nil
+}
+
+func (x *PolicyOperation) GetOnEngineUnavailable() string {
+	if x != nil {
+		return x.OnEngineUnavailable
+	}
+	return ""
+}
+
+func (x *PolicyOperation) GetTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.Timeout
+	}
+	return nil
+}
+
+func (x *PolicyOperation) GetDurability() string {
+	if x != nil {
+		return x.Durability
+	}
+	return ""
+}
+
+// PolicyOverride changes the policy for one user or tenant.
+type PolicyOverride struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	EnableSaga     *bool                  `protobuf:"varint,1,opt,name=enable_saga,json=enableSaga,proto3,oneof" json:"enable_saga,omitempty"`
+	SagaOperations []string               `protobuf:"bytes,2,rep,name=saga_operations,json=sagaOperations,proto3" json:"saga_operations,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *PolicyOverride) Reset() {
+	*x = PolicyOverride{}
+	mi := &file_saga_v1_saga_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PolicyOverride) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PolicyOverride) ProtoMessage() {}
+
+func (x *PolicyOverride) ProtoReflect() protoreflect.Message {
+	mi := &file_saga_v1_saga_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PolicyOverride.ProtoReflect.Descriptor instead.
+func (*PolicyOverride) Descriptor() ([]byte, []int) {
+	return file_saga_v1_saga_proto_rawDescGZIP(), []int{35}
+}
+
+func (x *PolicyOverride) GetEnableSaga() bool {
+	if x != nil && x.EnableSaga != nil {
+		return *x.EnableSaga
+	}
+	return false
+}
+
+func (x *PolicyOverride) GetSagaOperations() []string {
+	if x != nil {
+		return x.SagaOperations
+	}
+	return nil
+}
+
+// Policy is the policy in force, every layer merged.
+type Policy struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Counts the changes that took effect.
+	Version    uint64 `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
+	EnableSaga bool   `protobuf:"varint,2,opt,name=enable_saga,json=enableSaga,proto3" json:"enable_saga,omitempty"`
+	// The layer that set enable_saga (default, file, env, api).
+	EnableSagaFrom      string                      `protobuf:"bytes,3,opt,name=enable_saga_from,json=enableSagaFrom,proto3" json:"enable_saga_from,omitempty"`
+	SagaOperations      []string                    `protobuf:"bytes,4,rep,name=saga_operations,json=sagaOperations,proto3" json:"saga_operations,omitempty"`
+	SagaOperationsFrom  string                      `protobuf:"bytes,5,opt,name=saga_operations_from,json=sagaOperationsFrom,proto3" json:"saga_operations_from,omitempty"`
+	OnEngineUnavailable string                      `protobuf:"bytes,6,opt,name=on_engine_unavailable,json=onEngineUnavailable,proto3" json:"on_engine_unavailable,omitempty"`
+	Operations          map[string]*PolicyOperation `protobuf:"bytes,7,rep,name=operations,proto3" json:"operations,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Users               map[string]*PolicyOverride  `protobuf:"bytes,8,rep,name=users,proto3" json:"users,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Tenants             map[string]*PolicyOverride  `protobuf:"bytes,9,rep,name=tenants,proto3" json:"tenants,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
+}
+
+func (x *Policy) Reset() {
+	*x = Policy{}
+	mi := &file_saga_v1_saga_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Policy) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Policy) ProtoMessage() {}
+
+func (x *Policy) ProtoReflect() protoreflect.Message {
+	mi := &file_saga_v1_saga_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Policy.ProtoReflect.Descriptor instead.
+func (*Policy) Descriptor() ([]byte, []int) {
+	return file_saga_v1_saga_proto_rawDescGZIP(), []int{36}
+}
+
+func (x *Policy) GetVersion() uint64 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *Policy) GetEnableSaga() bool {
+	if x != nil {
+		return x.EnableSaga
+	}
+	return false
+}
+
+func (x *Policy) GetEnableSagaFrom() string {
+	if x != nil {
+		return x.EnableSagaFrom
+	}
+	return ""
+}
+
+func (x *Policy) GetSagaOperations() []string {
+	if x != nil {
+		return x.SagaOperations
+	}
+	return nil
+}
+
+func (x *Policy) GetSagaOperationsFrom() string {
+	if x != nil {
+		return x.SagaOperationsFrom
+	}
+	return ""
+}
+
+func (x *Policy) GetOnEngineUnavailable() string {
+	if x != nil {
+		return x.OnEngineUnavailable
+	}
+	return ""
+}
+
+func (x *Policy) GetOperations() map[string]*PolicyOperation {
+	if x != nil {
+		return x.Operations
+	}
+	return nil
+}
+
+func (x *Policy) GetUsers() map[string]*PolicyOverride {
+	if x != nil {
+		return x.Users
+	}
+	return nil
+}
+
+func (x *Policy) GetTenants() map[string]*PolicyOverride {
+	if x != nil {
+		return x.Tenants
+	}
+	return nil
+}
+
+type GetPolicyRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetPolicyRequest) Reset() {
+	*x = GetPolicyRequest{}
+	mi := &file_saga_v1_saga_proto_msgTypes[37]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetPolicyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetPolicyRequest) ProtoMessage() {}
+
+func (x *GetPolicyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_saga_v1_saga_proto_msgTypes[37]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetPolicyRequest.ProtoReflect.Descriptor instead.
+func (*GetPolicyRequest) Descriptor() ([]byte, []int) {
+	return file_saga_v1_saga_proto_rawDescGZIP(), []int{37}
+}
+
+type GetPolicyResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Policy        *Policy                `protobuf:"bytes,1,opt,name=policy,proto3" json:"policy,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetPolicyResponse) Reset() {
+	*x = GetPolicyResponse{}
+	mi := &file_saga_v1_saga_proto_msgTypes[38]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetPolicyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetPolicyResponse) ProtoMessage() {}
+
+func (x *GetPolicyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_saga_v1_saga_proto_msgTypes[38]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetPolicyResponse.ProtoReflect.Descriptor instead.
+func (*GetPolicyResponse) Descriptor() ([]byte, []int) {
+	return file_saga_v1_saga_proto_rawDescGZIP(), []int{38}
+}
+
+func (x *GetPolicyResponse) GetPolicy() *Policy {
+	if x != nil {
+		return x.Policy
+	}
+	return nil
+}
+
+type SetPolicyRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// A policy in the policy file's YAML (or JSON) format; at most 1 MiB.
+	Yaml          string `protobuf:"bytes,1,opt,name=yaml,proto3" json:"yaml,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetPolicyRequest) Reset() {
+	*x = SetPolicyRequest{}
+	mi := &file_saga_v1_saga_proto_msgTypes[39]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetPolicyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetPolicyRequest) ProtoMessage() {}
+
+func (x *SetPolicyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_saga_v1_saga_proto_msgTypes[39]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetPolicyRequest.ProtoReflect.Descriptor instead.
+func (*SetPolicyRequest) Descriptor() ([]byte, []int) {
+	return file_saga_v1_saga_proto_rawDescGZIP(), []int{39}
+}
+
+func (x *SetPolicyRequest) GetYaml() string {
+	if x != nil {
+		return x.Yaml
+	}
+	return ""
+}
+
+type SetPolicyResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The policy in force afterwards.
+	Policy        *Policy `protobuf:"bytes,1,opt,name=policy,proto3" json:"policy,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetPolicyResponse) Reset() {
+	*x = SetPolicyResponse{}
+	mi := &file_saga_v1_saga_proto_msgTypes[40]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetPolicyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetPolicyResponse) ProtoMessage() {}
+
+func (x *SetPolicyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_saga_v1_saga_proto_msgTypes[40]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetPolicyResponse.ProtoReflect.Descriptor instead.
+func (*SetPolicyResponse) Descriptor() ([]byte, []int) {
+	return file_saga_v1_saga_proto_rawDescGZIP(), []int{40}
+}
+
+func (x *SetPolicyResponse) GetPolicy() *Policy {
+	if x != nil {
+		return x.Policy
+	}
+	return nil
+}
+
+type ExplainPolicyRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Operation     string                 `protobuf:"bytes,1,opt,name=operation,proto3" json:"operation,omitempty"`
+	User          string                 `protobuf:"bytes,2,opt,name=user,proto3" json:"user,omitempty"`
+	Tenant        string                 `protobuf:"bytes,3,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExplainPolicyRequest) Reset() {
+	*x = ExplainPolicyRequest{}
+	mi := &file_saga_v1_saga_proto_msgTypes[41]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExplainPolicyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExplainPolicyRequest) ProtoMessage() {}
+
+func (x *ExplainPolicyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_saga_v1_saga_proto_msgTypes[41]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExplainPolicyRequest.ProtoReflect.Descriptor instead.
+func (*ExplainPolicyRequest) Descriptor() ([]byte, []int) {
+	return file_saga_v1_saga_proto_rawDescGZIP(), []int{41}
+}
+
+func (x *ExplainPolicyRequest) GetOperation() string {
+	if x != nil {
+		return x.Operation
+	}
+	return ""
+}
+
+func (x *ExplainPolicyRequest) GetUser() string {
+	if x != nil {
+		return x.User
+	}
+	return ""
+}
+
+func (x *ExplainPolicyRequest) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
+type ExplainPolicyResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The call runs as a saga.
+	Saga      bool   `protobuf:"varint,1,opt,name=saga,proto3" json:"saga,omitempty"`
+	Operation string `protobuf:"bytes,2,opt,name=operation,proto3" json:"operation,omitempty"`
+	// The operation's milestones and handlers; unset when it has none.
+	Spec     *PolicyOperation `protobuf:"bytes,3,opt,name=spec,proto3" json:"spec,omitempty"`
+	Fallback string           `protobuf:"bytes,4,opt,name=fallback,proto3" json:"fallback,omitempty"`
+	Version  uint64           `protobuf:"varint,5,opt,name=version,proto3" json:"version,omitempty"`
+	// One line per rule that applied.
+	Reasons       []string `protobuf:"bytes,6,rep,name=reasons,proto3" json:"reasons,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExplainPolicyResponse) Reset() {
+	*x = ExplainPolicyResponse{}
+	mi := &file_saga_v1_saga_proto_msgTypes[42]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExplainPolicyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExplainPolicyResponse) ProtoMessage() {}
+
+func (x *ExplainPolicyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_saga_v1_saga_proto_msgTypes[42]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExplainPolicyResponse.ProtoReflect.Descriptor instead.
+func (*ExplainPolicyResponse) Descriptor() ([]byte, []int) {
+	return file_saga_v1_saga_proto_rawDescGZIP(), []int{42}
+}
+
+func (x *ExplainPolicyResponse) GetSaga() bool {
+	if x != nil {
+		return x.Saga
+	}
+	return false
+}
+
+func (x *ExplainPolicyResponse) GetOperation() string {
+	if x != nil {
+		return x.Operation
+	}
+	return ""
+}
+
+func (x *ExplainPolicyResponse) GetSpec() *PolicyOperation {
+	if x != nil {
+		return x.Spec
+	}
+	return nil
+}
+
+func (x *ExplainPolicyResponse) GetFallback() string {
+	if x != nil {
+		return x.Fallback
+	}
+	return ""
+}
+
+func (x *ExplainPolicyResponse) GetVersion() uint64 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *ExplainPolicyResponse) GetReasons() []string {
+	if x != nil {
+		return x.Reasons
+	}
+	return nil
+}
+
 var File_saga_v1_saga_proto protoreflect.FileDescriptor
 
 const file_saga_v1_saga_proto_rawDesc = "" +
@@ -2777,7 +3468,74 @@ const file_saga_v1_saga_proto_rawDesc = "" +
 	"\x05actor\x18\x02 \x01(\tR\x05actor\x12\x16\n" +
 	"\x06reason\x18\x03 \x01(\tR\x06reason\"4\n" +
 	"\x0fResolveResponse\x12!\n" +
-	"\x04saga\x18\x01 \x01(\v2\r.saga.v1.SagaR\x04saga*\xa7\x01\n" +
+	"\x04saga\x18\x01 \x01(\v2\r.saga.v1.SagaR\x04saga\"Y\n" +
+	"\tMilestone\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\"\n" +
+	"\fcompensation\x18\x02 \x01(\tR\fcompensation\x12\x14\n" +
+	"\x05after\x18\x03 \x03(\tR\x05after\"\xec\x01\n" +
+	"\vPolicyRetry\x12!\n" +
+	"\fmax_attempts\x18\x01 \x01(\x05R\vmaxAttempts\x12B\n" +
+	"\x0finitial_backoff\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x0einitialBackoff\x12:\n" +
+	"\vmax_backoff\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\n" +
+	"maxBackoff\x12:\n" +
+	"\vmax_elapsed\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\n" +
+	"maxElapsed\"\xfa\x01\n" +
+	"\x0fPolicyOperation\x122\n" +
+	"\n" +
+	"milestones\x18\x01 \x03(\v2\x12.saga.v1.MilestoneR\n" +
+	"milestones\x12*\n" +
+	"\x05retry\x18\x02 \x01(\v2\x14.saga.v1.PolicyRetryR\x05retry\x122\n" +
+	"\x15on_engine_unavailable\x18\x03 \x01(\tR\x13onEngineUnavailable\x123\n" +
+	"\atimeout\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\atimeout\x12\x1e\n" +
+	"\n" +
+	"durability\x18\x05 \x01(\tR\n" +
+	"durability\"o\n" +
+	"\x0ePolicyOverride\x12$\n" +
+	"\venable_saga\x18\x01 \x01(\bH\x00R\n" +
+	"enableSaga\x88\x01\x01\x12'\n" +
+	"\x0fsaga_operations\x18\x02 \x03(\tR\x0esagaOperationsB\x0e\n" +
+	"\f_enable_saga\"\xa8\x05\n" +
+	"\x06Policy\x12\x18\n" +
+	"\aversion\x18\x01 \x01(\x04R\aversion\x12\x1f\n" +
+	"\venable_saga\x18\x02 \x01(\bR\n" +
+	"enableSaga\x12(\n" +
+	"\x10enable_saga_from\x18\x03 \x01(\tR\x0eenableSagaFrom\x12'\n" +
+	"\x0fsaga_operations\x18\x04 \x03(\tR\x0esagaOperations\x120\n" +
+	"\x14saga_operations_from\x18\x05 \x01(\tR\x12sagaOperationsFrom\x122\n" +
+	"\x15on_engine_unavailable\x18\x06 \x01(\tR\x13onEngineUnavailable\x12?\n" +
+	"\n" +
+	"operations\x18\a \x03(\v2\x1f.saga.v1.Policy.OperationsEntryR\n" +
+	"operations\x120\n" +
+	"\x05users\x18\b \x03(\v2\x1a.saga.v1.Policy.UsersEntryR\x05users\x126\n" +
+	"\atenants\x18\t \x03(\v2\x1c.saga.v1.Policy.TenantsEntryR\atenants\x1aW\n" +
+	"\x0fOperationsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12.\n" +
+	"\x05value\x18\x02 \x01(\v2\x18.saga.v1.PolicyOperationR\x05value:\x028\x01\x1aQ\n" +
+	"\n" +
+	"UsersEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12-\n" +
+	"\x05value\x18\x02 \x01(\v2\x17.saga.v1.PolicyOverrideR\x05value:\x028\x01\x1aS\n" +
+	"\fTenantsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12-\n" +
+	"\x05value\x18\x02 \x01(\v2\x17.saga.v1.PolicyOverrideR\x05value:\x028\x01\"\x12\n" +
+	"\x10GetPolicyRequest\"<\n" +
+	"\x11GetPolicyResponse\x12'\n" +
+	"\x06policy\x18\x01 \x01(\v2\x0f.saga.v1.PolicyR\x06policy\"&\n" +
+	"\x10SetPolicyRequest\x12\x12\n" +
+	"\x04yaml\x18\x01 \x01(\tR\x04yaml\"<\n" +
+	"\x11SetPolicyResponse\x12'\n" +
+	"\x06policy\x18\x01 \x01(\v2\x0f.saga.v1.PolicyR\x06policy\"`\n" +
+	"\x14ExplainPolicyRequest\x12\x1c\n" +
+	"\toperation\x18\x01 \x01(\tR\toperation\x12\x12\n" +
+	"\x04user\x18\x02 \x01(\tR\x04user\x12\x16\n" +
+	"\x06tenant\x18\x03 \x01(\tR\x06tenant\"\xc7\x01\n" +
+	"\x15ExplainPolicyResponse\x12\x12\n" +
+	"\x04saga\x18\x01 \x01(\bR\x04saga\x12\x1c\n" +
+	"\toperation\x18\x02 \x01(\tR\toperation\x12,\n" +
+	"\x04spec\x18\x03 \x01(\v2\x18.saga.v1.PolicyOperationR\x04spec\x12\x1a\n" +
+	"\bfallback\x18\x04 \x01(\tR\bfallback\x12\x18\n" +
+	"\aversion\x18\x05 \x01(\x04R\aversion\x12\x18\n" +
+	"\areasons\x18\x06 \x03(\tR\areasons*\xa7\x01\n" +
 	"\tSagaState\x12\x1a\n" +
 	"\x16SAGA_STATE_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16SAGA_STATE_IN_PROGRESS\x10\x01\x12\x1b\n" +
@@ -2806,7 +3564,7 @@ const file_saga_v1_saga_proto_rawDesc = "" +
 	"\x05Order\x12\x15\n" +
 	"\x11ORDER_UNSPECIFIED\x10\x00\x12\x10\n" +
 	"\fORDER_OLDEST\x10\x01\x12\x10\n" +
-	"\fORDER_NEWEST\x10\x022\x81\x06\n" +
+	"\fORDER_NEWEST\x10\x022\xe5\a\n" +
 	"\vSagaService\x12;\n" +
 	"\x06Define\x12\x16.saga.v1.DefineRequest\x1a\x17.saga.v1.DefineResponse\"\x00\x12S\n" +
 	"\rGetDefinition\x12\x1d.saga.v1.GetDefinitionRequest\x1a\x1e.saga.v1.GetDefinitionResponse\"\x03\x90\x02\x01\x128\n" +
@@ -2819,7 +3577,10 @@ const file_saga_v1_saga_proto_rawDesc = "" +
 	"\x04Wait\x12\x14.saga.v1.WaitRequest\x1a\x15.saga.v1.WaitResponse\"\x03\x90\x02\x01\x128\n" +
 	"\x05Abort\x12\x15.saga.v1.AbortRequest\x1a\x16.saga.v1.AbortResponse\"\x00\x128\n" +
 	"\x05Retry\x12\x15.saga.v1.RetryRequest\x1a\x16.saga.v1.RetryResponse\"\x00\x12>\n" +
-	"\aResolve\x12\x17.saga.v1.ResolveRequest\x1a\x18.saga.v1.ResolveResponse\"\x00B/Z-github.com/sagaengine/saga/gen/saga/v1;sagav1b\x06proto3"
+	"\aResolve\x12\x17.saga.v1.ResolveRequest\x1a\x18.saga.v1.ResolveResponse\"\x00\x12G\n" +
+	"\tGetPolicy\x12\x19.saga.v1.GetPolicyRequest\x1a\x1a.saga.v1.GetPolicyResponse\"\x03\x90\x02\x01\x12D\n" +
+	"\tSetPolicy\x12\x19.saga.v1.SetPolicyRequest\x1a\x1a.saga.v1.SetPolicyResponse\"\x00\x12S\n" +
+	"\rExplainPolicy\x12\x1d.saga.v1.ExplainPolicyRequest\x1a\x1e.saga.v1.ExplainPolicyResponse\"\x03\x90\x02\x01B/Z-github.com/sagaengine/saga/gen/saga/v1;sagav1b\x06proto3"
 
 var (
 	file_saga_v1_saga_proto_rawDescOnce sync.Once
@@ -2834,7 +3595,7 @@ func file_saga_v1_saga_proto_rawDescGZIP() []byte {
 }
 
 var file_saga_v1_saga_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_saga_v1_saga_proto_msgTypes = make([]protoimpl.MessageInfo, 35)
+var file_saga_v1_saga_proto_msgTypes = make([]protoimpl.MessageInfo, 49)
 var file_saga_v1_saga_proto_goTypes = []any{
 	(SagaState)(0),                // 0: saga.v1.SagaState
 	(StepStatus)(0),               // 1: saga.v1.StepStatus
@@ -2873,95 +3634,130 @@ var file_saga_v1_saga_proto_goTypes = []any{
 	(*RetryResponse)(nil),         // 34: saga.v1.RetryResponse
 	(*ResolveRequest)(nil),        // 35: saga.v1.ResolveRequest
 	(*ResolveResponse)(nil),       // 36: saga.v1.ResolveResponse
-	nil,                           // 37: saga.v1.Saga.MetaEntry
-	nil,                           // 38: saga.v1.StartRequest.MetaEntry
-	nil,                           // 39: saga.v1.SagaFilter.MetaEntry
-	(*durationpb.Duration)(nil),   // 40: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 41: google.protobuf.Timestamp
+	(*Milestone)(nil),             // 37: saga.v1.Milestone
+	(*PolicyRetry)(nil),           // 38: saga.v1.PolicyRetry
+	(*PolicyOperation)(nil),       // 39: saga.v1.PolicyOperation
+	(*PolicyOverride)(nil),        // 40: saga.v1.PolicyOverride
+	(*Policy)(nil),                // 41: saga.v1.Policy
+	(*GetPolicyRequest)(nil),      // 42: saga.v1.GetPolicyRequest
+	(*GetPolicyResponse)(nil),     // 43: saga.v1.GetPolicyResponse
+	(*SetPolicyRequest)(nil),      // 44: saga.v1.SetPolicyRequest
+	(*SetPolicyResponse)(nil),     // 45: saga.v1.SetPolicyResponse
+	(*ExplainPolicyRequest)(nil),  // 46: saga.v1.ExplainPolicyRequest
+	(*ExplainPolicyResponse)(nil), // 47: saga.v1.ExplainPolicyResponse
+	nil,                           // 48: saga.v1.Saga.MetaEntry
+	nil,                           // 49: saga.v1.StartRequest.MetaEntry
+	nil,                           // 50: saga.v1.SagaFilter.MetaEntry
+	nil,                           // 51: saga.v1.Policy.OperationsEntry
+	nil,                           // 52: saga.v1.Policy.UsersEntry
+	nil,                           // 53: saga.v1.Policy.TenantsEntry
+	(*durationpb.Duration)(nil),   // 54: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 55: google.protobuf.Timestamp
 }
 var file_saga_v1_saga_proto_depIdxs = []int32{
-	40, // 0: saga.v1.RetryPolicy.initial_backoff:type_name -> google.protobuf.Duration
-	40, // 1: saga.v1.RetryPolicy.max_backoff:type_name -> google.protobuf.Duration
-	40, // 2: saga.v1.RetryPolicy.max_elapsed:type_name -> google.protobuf.Duration
+	54, // 0: saga.v1.RetryPolicy.initial_backoff:type_name -> google.protobuf.Duration
+	54, // 1: saga.v1.RetryPolicy.max_backoff:type_name -> google.protobuf.Duration
+	54, // 2: saga.v1.RetryPolicy.max_elapsed:type_name -> google.protobuf.Duration
 	5,  // 3: saga.v1.StepDef.retry:type_name -> saga.v1.RetryPolicy
 	5,  // 4: saga.v1.StepDef.compensation_retry:type_name -> saga.v1.RetryPolicy
-	40, // 5: saga.v1.StepDef.timeout:type_name -> google.protobuf.Duration
+	54, // 5: saga.v1.StepDef.timeout:type_name -> google.protobuf.Duration
 	3,  // 6: saga.v1.StepDef.on_uncertain:type_name -> saga.v1.UncertainPolicy
 	6,  // 7: saga.v1.Definition.steps:type_name -> saga.v1.StepDef
-	40, // 8: saga.v1.Definition.timeout:type_name -> google.protobuf.Duration
+	54, // 8: saga.v1.Definition.timeout:type_name -> google.protobuf.Duration
 	2,  // 9: saga.v1.Definition.durability:type_name -> saga.v1.Durability
-	40, // 10: saga.v1.Definition.retention:type_name -> google.protobuf.Duration
+	54, // 10: saga.v1.Definition.retention:type_name -> google.protobuf.Duration
 	1,  // 11: saga.v1.Step.status:type_name -> saga.v1.StepStatus
 	8,  // 12: saga.v1.Step.error:type_name -> saga.v1.ErrorInfo
-	41, // 13: saga.v1.Step.started_at:type_name -> google.protobuf.Timestamp
-	41, // 14: saga.v1.Step.ended_at:type_name -> google.protobuf.Timestamp
+	55, // 13: saga.v1.Step.started_at:type_name -> google.protobuf.Timestamp
+	55, // 14: saga.v1.Step.ended_at:type_name -> google.protobuf.Timestamp
 	8,  // 15: saga.v1.Step.compensation_error:type_name -> saga.v1.ErrorInfo
-	41, // 16: saga.v1.Step.compensated_at:type_name -> google.protobuf.Timestamp
+	55, // 16: saga.v1.Step.compensated_at:type_name -> google.protobuf.Timestamp
 	0,  // 17: saga.v1.Saga.state:type_name -> saga.v1.SagaState
 	8,  // 18: saga.v1.Saga.last_error:type_name -> saga.v1.ErrorInfo
 	9,  // 19: saga.v1.Saga.steps:type_name -> saga.v1.Step
-	37, // 20: saga.v1.Saga.meta:type_name -> saga.v1.Saga.MetaEntry
+	48, // 20: saga.v1.Saga.meta:type_name -> saga.v1.Saga.MetaEntry
 	2,  // 21: saga.v1.Saga.durability:type_name -> saga.v1.Durability
-	41, // 22: saga.v1.Saga.created_at:type_name -> google.protobuf.Timestamp
-	41, // 23: saga.v1.Saga.updated_at:type_name -> google.protobuf.Timestamp
-	41, // 24: saga.v1.Saga.deadline:type_name -> google.protobuf.Timestamp
+	55, // 22: saga.v1.Saga.created_at:type_name -> google.protobuf.Timestamp
+	55, // 23: saga.v1.Saga.updated_at:type_name -> google.protobuf.Timestamp
+	55, // 24: saga.v1.Saga.deadline:type_name -> google.protobuf.Timestamp
 	7,  // 25: saga.v1.DefineRequest.definition:type_name -> saga.v1.Definition
 	7,  // 26: saga.v1.DefineResponse.definition:type_name -> saga.v1.Definition
 	7,  // 27: saga.v1.GetDefinitionResponse.definition:type_name -> saga.v1.Definition
-	38, // 28: saga.v1.StartRequest.meta:type_name -> saga.v1.StartRequest.MetaEntry
-	40, // 29: saga.v1.StartRequest.timeout:type_name -> google.protobuf.Duration
+	49, // 28: saga.v1.StartRequest.meta:type_name -> saga.v1.StartRequest.MetaEntry
+	54, // 29: saga.v1.StartRequest.timeout:type_name -> google.protobuf.Duration
 	2,  // 30: saga.v1.StartRequest.durability:type_name -> saga.v1.Durability
 	10, // 31: saga.v1.StartResponse.saga:type_name -> saga.v1.Saga
 	8,  // 32: saga.v1.AdvanceRequest.error:type_name -> saga.v1.ErrorInfo
 	10, // 33: saga.v1.AdvanceResponse.saga:type_name -> saga.v1.Saga
 	10, // 34: saga.v1.StatusResponse.saga:type_name -> saga.v1.Saga
 	0,  // 35: saga.v1.SagaFilter.state:type_name -> saga.v1.SagaState
-	39, // 36: saga.v1.SagaFilter.meta:type_name -> saga.v1.SagaFilter.MetaEntry
-	41, // 37: saga.v1.SagaFilter.created_since:type_name -> google.protobuf.Timestamp
-	41, // 38: saga.v1.SagaFilter.created_until:type_name -> google.protobuf.Timestamp
-	41, // 39: saga.v1.SagaFilter.updated_since:type_name -> google.protobuf.Timestamp
-	41, // 40: saga.v1.SagaFilter.updated_until:type_name -> google.protobuf.Timestamp
+	50, // 36: saga.v1.SagaFilter.meta:type_name -> saga.v1.SagaFilter.MetaEntry
+	55, // 37: saga.v1.SagaFilter.created_since:type_name -> google.protobuf.Timestamp
+	55, // 38: saga.v1.SagaFilter.created_until:type_name -> google.protobuf.Timestamp
+	55, // 39: saga.v1.SagaFilter.updated_since:type_name -> google.protobuf.Timestamp
+	55, // 40: saga.v1.SagaFilter.updated_until:type_name -> google.protobuf.Timestamp
 	21, // 41: saga.v1.ListRequest.filter:type_name -> saga.v1.SagaFilter
 	4,  // 42: saga.v1.ListRequest.order:type_name -> saga.v1.Order
 	10, // 43: saga.v1.ListResponse.sagas:type_name -> saga.v1.Saga
 	21, // 44: saga.v1.CountRequest.filter:type_name -> saga.v1.SagaFilter
-	41, // 45: saga.v1.Transition.at:type_name -> google.protobuf.Timestamp
+	55, // 45: saga.v1.Transition.at:type_name -> google.protobuf.Timestamp
 	8,  // 46: saga.v1.Transition.error:type_name -> saga.v1.ErrorInfo
 	27, // 47: saga.v1.HistoryResponse.transitions:type_name -> saga.v1.Transition
-	40, // 48: saga.v1.WaitRequest.timeout:type_name -> google.protobuf.Duration
+	54, // 48: saga.v1.WaitRequest.timeout:type_name -> google.protobuf.Duration
 	10, // 49: saga.v1.WaitResponse.saga:type_name -> saga.v1.Saga
 	10, // 50: saga.v1.AbortResponse.saga:type_name -> saga.v1.Saga
 	10, // 51: saga.v1.RetryResponse.saga:type_name -> saga.v1.Saga
 	10, // 52: saga.v1.ResolveResponse.saga:type_name -> saga.v1.Saga
-	11, // 53: saga.v1.SagaService.Define:input_type -> saga.v1.DefineRequest
-	13, // 54: saga.v1.SagaService.GetDefinition:input_type -> saga.v1.GetDefinitionRequest
-	15, // 55: saga.v1.SagaService.Start:input_type -> saga.v1.StartRequest
-	17, // 56: saga.v1.SagaService.Advance:input_type -> saga.v1.AdvanceRequest
-	19, // 57: saga.v1.SagaService.Status:input_type -> saga.v1.StatusRequest
-	22, // 58: saga.v1.SagaService.List:input_type -> saga.v1.ListRequest
-	24, // 59: saga.v1.SagaService.Count:input_type -> saga.v1.CountRequest
-	26, // 60: saga.v1.SagaService.History:input_type -> saga.v1.HistoryRequest
-	29, // 61: saga.v1.SagaService.Wait:input_type -> saga.v1.WaitRequest
-	31, // 62: saga.v1.SagaService.Abort:input_type -> saga.v1.AbortRequest
-	33, // 63: saga.v1.SagaService.Retry:input_type -> saga.v1.RetryRequest
-	35, // 64: saga.v1.SagaService.Resolve:input_type -> saga.v1.ResolveRequest
-	12, // 65: saga.v1.SagaService.Define:output_type -> saga.v1.DefineResponse
-	14, // 66: saga.v1.SagaService.GetDefinition:output_type -> saga.v1.GetDefinitionResponse
-	16, // 67: saga.v1.SagaService.Start:output_type -> saga.v1.StartResponse
-	18, // 68: saga.v1.SagaService.Advance:output_type -> saga.v1.AdvanceResponse
-	20, // 69: saga.v1.SagaService.Status:output_type -> saga.v1.StatusResponse
-	23, // 70: saga.v1.SagaService.List:output_type -> saga.v1.ListResponse
-	25, // 71: saga.v1.SagaService.Count:output_type -> saga.v1.CountResponse
-	28, // 72: saga.v1.SagaService.History:output_type -> saga.v1.HistoryResponse
-	30, // 73: saga.v1.SagaService.Wait:output_type -> saga.v1.WaitResponse
-	32, // 74: saga.v1.SagaService.Abort:output_type -> saga.v1.AbortResponse
-	34, // 75: saga.v1.SagaService.Retry:output_type -> saga.v1.RetryResponse
-	36, // 76: saga.v1.SagaService.Resolve:output_type -> saga.v1.ResolveResponse
-	65, // [65:77] is the sub-list for method output_type
-	53, // [53:65] is the sub-list for method input_type
-	53, // [53:53] is the sub-list for extension type_name
-	53, // [53:53] is the sub-list for extension extendee
-	0,  // [0:53] is the sub-list for field type_name
+	54, // 53: saga.v1.PolicyRetry.initial_backoff:type_name -> google.protobuf.Duration
+	54, // 54: saga.v1.PolicyRetry.max_backoff:type_name -> google.protobuf.Duration
+	54, // 55: saga.v1.PolicyRetry.max_elapsed:type_name -> google.protobuf.Duration
+	37, // 56: saga.v1.PolicyOperation.milestones:type_name -> saga.v1.Milestone
+	38, // 57: saga.v1.PolicyOperation.retry:type_name -> saga.v1.PolicyRetry
+	54, // 58: saga.v1.PolicyOperation.timeout:type_name -> google.protobuf.Duration
+	51, // 59: saga.v1.Policy.operations:type_name -> saga.v1.Policy.OperationsEntry
+	52, // 60: saga.v1.Policy.users:type_name -> saga.v1.Policy.UsersEntry
+	53, // 61: saga.v1.Policy.tenants:type_name -> saga.v1.Policy.TenantsEntry
+	41, // 62: saga.v1.GetPolicyResponse.policy:type_name -> saga.v1.Policy
+	41, // 63: saga.v1.SetPolicyResponse.policy:type_name -> saga.v1.Policy
+	39, // 64: saga.v1.ExplainPolicyResponse.spec:type_name -> saga.v1.PolicyOperation
+	39, // 65: saga.v1.Policy.OperationsEntry.value:type_name -> saga.v1.PolicyOperation
+	40, // 66: saga.v1.Policy.UsersEntry.value:type_name -> saga.v1.PolicyOverride
+	40, // 67: saga.v1.Policy.TenantsEntry.value:type_name -> saga.v1.PolicyOverride
+	11, // 68: saga.v1.SagaService.Define:input_type -> saga.v1.DefineRequest
+	13, // 69: saga.v1.SagaService.GetDefinition:input_type -> saga.v1.GetDefinitionRequest
+	15, // 70: saga.v1.SagaService.Start:input_type -> saga.v1.StartRequest
+	17, // 71: saga.v1.SagaService.Advance:input_type -> saga.v1.AdvanceRequest
+	19, // 72: saga.v1.SagaService.Status:input_type -> saga.v1.StatusRequest
+	22, // 73: saga.v1.SagaService.List:input_type -> saga.v1.ListRequest
+	24, // 74: saga.v1.SagaService.Count:input_type -> saga.v1.CountRequest
+	26, // 75: saga.v1.SagaService.History:input_type -> saga.v1.HistoryRequest
+	29, // 76: saga.v1.SagaService.Wait:input_type -> saga.v1.WaitRequest
+	31, // 77: saga.v1.SagaService.Abort:input_type -> saga.v1.AbortRequest
+	33, // 78: saga.v1.SagaService.Retry:input_type -> saga.v1.RetryRequest
+	35, // 79: saga.v1.SagaService.Resolve:input_type -> saga.v1.ResolveRequest
+	42, // 80: saga.v1.SagaService.GetPolicy:input_type -> saga.v1.GetPolicyRequest
+	44, // 81: saga.v1.SagaService.SetPolicy:input_type -> saga.v1.SetPolicyRequest
+	46, // 82: saga.v1.SagaService.ExplainPolicy:input_type -> saga.v1.ExplainPolicyRequest
+	12, // 83: saga.v1.SagaService.Define:output_type -> saga.v1.DefineResponse
+	14, // 84: saga.v1.SagaService.GetDefinition:output_type -> saga.v1.GetDefinitionResponse
+	16, // 85: saga.v1.SagaService.Start:output_type -> saga.v1.StartResponse
+	18, // 86: saga.v1.SagaService.Advance:output_type -> saga.v1.AdvanceResponse
+	20, // 87: saga.v1.SagaService.Status:output_type -> saga.v1.StatusResponse
+	23, // 88: saga.v1.SagaService.List:output_type -> saga.v1.ListResponse
+	25, // 89: saga.v1.SagaService.Count:output_type -> saga.v1.CountResponse
+	28, // 90: saga.v1.SagaService.History:output_type -> saga.v1.HistoryResponse
+	30, // 91: saga.v1.SagaService.Wait:output_type -> saga.v1.WaitResponse
+	32, // 92: saga.v1.SagaService.Abort:output_type -> saga.v1.AbortResponse
+	34, // 93: saga.v1.SagaService.Retry:output_type -> saga.v1.RetryResponse
+	36, // 94: saga.v1.SagaService.Resolve:output_type -> saga.v1.ResolveResponse
+	43, // 95: saga.v1.SagaService.GetPolicy:output_type -> saga.v1.GetPolicyResponse
+	45, // 96: saga.v1.SagaService.SetPolicy:output_type -> saga.v1.SetPolicyResponse
+	47, // 97: saga.v1.SagaService.ExplainPolicy:output_type -> saga.v1.ExplainPolicyResponse
+	83, // [83:98] is the sub-list for method output_type
+	68, // [68:83] is the sub-list for method input_type
+	68, // [68:68] is the sub-list for extension type_name
+	68, // [68:68] is the sub-list for extension extendee
+	0,  // [0:68] is the sub-list for field type_name
 }
 
 func init() { file_saga_v1_saga_proto_init() }
@@ -2969,13 +3765,14 @@ func file_saga_v1_saga_proto_init() {
 	if File_saga_v1_saga_proto != nil {
 		return
 	}
+	file_saga_v1_saga_proto_msgTypes[35].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_saga_v1_saga_proto_rawDesc), len(file_saga_v1_saga_proto_rawDesc)),
 			NumEnums:      5,
-			NumMessages:   35,
+			NumMessages:   49,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -71,6 +71,13 @@ const (
 	SagaServiceRetryProcedure = "/saga.v1.SagaService/Retry"
 	// SagaServiceResolveProcedure is the fully-qualified name of the SagaService's Resolve RPC.
 	SagaServiceResolveProcedure = "/saga.v1.SagaService/Resolve"
+	// SagaServiceGetPolicyProcedure is the fully-qualified name of the SagaService's GetPolicy RPC.
+	SagaServiceGetPolicyProcedure = "/saga.v1.SagaService/GetPolicy"
+	// SagaServiceSetPolicyProcedure is the fully-qualified name of the SagaService's SetPolicy RPC.
+	SagaServiceSetPolicyProcedure = "/saga.v1.SagaService/SetPolicy"
+	// SagaServiceExplainPolicyProcedure is the fully-qualified name of the SagaService's ExplainPolicy
+	// RPC.
+	SagaServiceExplainPolicyProcedure = "/saga.v1.SagaService/ExplainPolicy"
 )
 
 // SagaServiceClient is a client for the saga.v1.SagaService service.
@@ -115,6 +122,17 @@ type SagaServiceClient interface {
 	// Resolve records that an operator undid a STUCK saga's current step by
 	// hand; compensation continues with the steps before it.
 	Resolve(context.Context, *connect.Request[v1.ResolveRequest]) (*connect.Response[v1.ResolveResponse], error)
+	// GetPolicy returns the policy in force ("optional by policy": which
+	// operations of policy.ExecuteWithSaga run as sagas), every layer
+	// merged. FAILED_PRECONDITION when the server has no policy manager.
+	GetPolicy(context.Context, *connect.Request[v1.GetPolicyRequest]) (*connect.Response[v1.GetPolicyResponse], error)
+	// SetPolicy replaces the policy's API layer (the highest) with a policy
+	// in the policy file's YAML format. An invalid policy is refused whole
+	// (INVALID_ARGUMENT) and the policy in force stays.
+	SetPolicy(context.Context, *connect.Request[v1.SetPolicyRequest]) (*connect.Response[v1.SetPolicyResponse], error)
+	// ExplainPolicy says whether a call of an operation, by a user of a
+	// tenant, runs as a saga, and why.
+	ExplainPolicy(context.Context, *connect.Request[v1.ExplainPolicyRequest]) (*connect.Response[v1.ExplainPolicyResponse], error)
 }
 
 // NewSagaServiceClient constructs a client for the saga.v1.SagaService service. By default, it uses
@@ -206,6 +224,26 @@ func NewSagaServiceClient(httpClient connect.HTTPClient, baseURL string, opts ..
 			connect.WithSchema(sagaServiceMethods.ByName("Resolve")),
 			connect.WithClientOptions(opts...),
 		),
+		getPolicy: connect.NewClient[v1.GetPolicyRequest, v1.GetPolicyResponse](
+			httpClient,
+			baseURL+SagaServiceGetPolicyProcedure,
+			connect.WithSchema(sagaServiceMethods.ByName("GetPolicy")),
+			connect.WithIdempotency(connect.IdempotencyNoSideEffects),
+			connect.WithClientOptions(opts...),
+		),
+		setPolicy: connect.NewClient[v1.SetPolicyRequest, v1.SetPolicyResponse](
+			httpClient,
+			baseURL+SagaServiceSetPolicyProcedure,
+			connect.WithSchema(sagaServiceMethods.ByName("SetPolicy")),
+			connect.WithClientOptions(opts...),
+		),
+		explainPolicy: connect.NewClient[v1.ExplainPolicyRequest, v1.ExplainPolicyResponse](
+			httpClient,
+			baseURL+SagaServiceExplainPolicyProcedure,
+			connect.WithSchema(sagaServiceMethods.ByName("ExplainPolicy")),
+			connect.WithIdempotency(connect.IdempotencyNoSideEffects),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
@@ -223,6 +261,9 @@ type sagaServiceClient struct {
 	abort         *connect.Client[v1.AbortRequest, v1.AbortResponse]
 	retry         *connect.Client[v1.RetryRequest, v1.RetryResponse]
 	resolve       *connect.Client[v1.ResolveRequest, v1.ResolveResponse]
+	getPolicy     *connect.Client[v1.GetPolicyRequest, v1.GetPolicyResponse]
+	setPolicy     *connect.Client[v1.SetPolicyRequest, v1.SetPolicyResponse]
+	explainPolicy *connect.Client[v1.ExplainPolicyRequest, v1.ExplainPolicyResponse]
 }
 
 // Define calls saga.v1.SagaService.Define.
@@ -285,6 +326,21 @@ func (c *sagaServiceClient) Resolve(ctx context.Context, req *connect.Request[v1
 	return c.resolve.CallUnary(ctx, req)
 }
 
+// GetPolicy calls saga.v1.SagaService.GetPolicy.
+func (c *sagaServiceClient) GetPolicy(ctx context.Context, req *connect.Request[v1.GetPolicyRequest]) (*connect.Response[v1.GetPolicyResponse], error) {
+	return c.getPolicy.CallUnary(ctx, req)
+}
+
+// SetPolicy calls saga.v1.SagaService.SetPolicy.
+func (c *sagaServiceClient) SetPolicy(ctx context.Context, req *connect.Request[v1.SetPolicyRequest]) (*connect.Response[v1.SetPolicyResponse], error) {
+	return c.setPolicy.CallUnary(ctx, req)
+}
+
+// ExplainPolicy calls saga.v1.SagaService.ExplainPolicy.
+func (c *sagaServiceClient) ExplainPolicy(ctx context.Context, req *connect.Request[v1.ExplainPolicyRequest]) (*connect.Response[v1.ExplainPolicyResponse], error) {
+	return c.explainPolicy.CallUnary(ctx, req)
+}
+
 // SagaServiceHandler is an implementation of the saga.v1.SagaService service.
 type SagaServiceHandler interface {
 	// Define stores a definition durably (the seed's design_saga_journey) and
@@ -327,6 +383,17 @@ type SagaServiceHandler interface {
 	// Resolve records that an operator undid a STUCK saga's current step by
 	// hand; compensation continues with the steps before it.
 	Resolve(context.Context, *connect.Request[v1.ResolveRequest]) (*connect.Response[v1.ResolveResponse], error)
+	// GetPolicy returns the policy in force ("optional by policy": which
+	// operations of policy.ExecuteWithSaga run as sagas), every layer
+	// merged. FAILED_PRECONDITION when the server has no policy manager.
+	GetPolicy(context.Context, *connect.Request[v1.GetPolicyRequest]) (*connect.Response[v1.GetPolicyResponse], error)
+	// SetPolicy replaces the policy's API layer (the highest) with a policy
+	// in the policy file's YAML format. An invalid policy is refused whole
+	// (INVALID_ARGUMENT) and the policy in force stays.
+	SetPolicy(context.Context, *connect.Request[v1.SetPolicyRequest]) (*connect.Response[v1.SetPolicyResponse], error)
+	// ExplainPolicy says whether a call of an operation, by a user of a
+	// tenant, runs as a saga, and why.
+	ExplainPolicy(context.Context, *connect.Request[v1.ExplainPolicyRequest]) (*connect.Response[v1.ExplainPolicyResponse], error)
 }
 
 // NewSagaServiceHandler builds an HTTP handler from the service implementation. It returns the path
@@ -414,6 +481,26 @@ func NewSagaServiceHandler(svc SagaServiceHandler, opts ...connect.HandlerOption
 		connect.WithSchema(sagaServiceMethods.ByName("Resolve")),
 		connect.WithHandlerOptions(opts...),
 	)
+	sagaServiceGetPolicyHandler := connect.NewUnaryHandler(
+		SagaServiceGetPolicyProcedure,
+		svc.GetPolicy,
+		connect.WithSchema(sagaServiceMethods.ByName("GetPolicy")),
+		connect.WithIdempotency(connect.IdempotencyNoSideEffects),
+		connect.WithHandlerOptions(opts...),
+	)
+	sagaServiceSetPolicyHandler := connect.NewUnaryHandler(
+		SagaServiceSetPolicyProcedure,
+		svc.SetPolicy,
+		connect.WithSchema(sagaServiceMethods.ByName("SetPolicy")),
+		connect.WithHandlerOptions(opts...),
+	)
+	sagaServiceExplainPolicyHandler := connect.NewUnaryHandler(
+		SagaServiceExplainPolicyProcedure,
+		svc.ExplainPolicy,
+		connect.WithSchema(sagaServiceMethods.ByName("ExplainPolicy")),
+		connect.WithIdempotency(connect.IdempotencyNoSideEffects),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/saga.v1.SagaService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case SagaServiceDefineProcedure:
@@ -440,6 +527,12 @@ func NewSagaServiceHandler(svc SagaServiceHandler, opts ...connect.HandlerOption
 			sagaServiceRetryHandler.ServeHTTP(w, r)
 		case SagaServiceResolveProcedure:
 			sagaServiceResolveHandler.ServeHTTP(w, r)
+		case SagaServiceGetPolicyProcedure:
+			sagaServiceGetPolicyHandler.ServeHTTP(w, r)
+		case SagaServiceSetPolicyProcedure:
+			sagaServiceSetPolicyHandler.ServeHTTP(w, r)
+		case SagaServiceExplainPolicyProcedure:
+			sagaServiceExplainPolicyHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -495,4 +588,16 @@ func (UnimplementedSagaServiceHandler) Retry(context.Context, *connect.Request[v
 
 func (UnimplementedSagaServiceHandler) Resolve(context.Context, *connect.Request[v1.ResolveRequest]) (*connect.Response[v1.ResolveResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("saga.v1.SagaService.Resolve is not implemented"))
+}
+
+func (UnimplementedSagaServiceHandler) GetPolicy(context.Context, *connect.Request[v1.GetPolicyRequest]) (*connect.Response[v1.GetPolicyResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("saga.v1.SagaService.GetPolicy is not implemented"))
+}
+
+func (UnimplementedSagaServiceHandler) SetPolicy(context.Context, *connect.Request[v1.SetPolicyRequest]) (*connect.Response[v1.SetPolicyResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("saga.v1.SagaService.SetPolicy is not implemented"))
+}
+
+func (UnimplementedSagaServiceHandler) ExplainPolicy(context.Context, *connect.Request[v1.ExplainPolicyRequest]) (*connect.Response[v1.ExplainPolicyResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("saga.v1.SagaService.ExplainPolicy is not implemented"))
 }
