@@ -510,7 +510,8 @@ func TestJSONOverHTTP(t *testing.T) {
 	}
 }
 
-// TestGRPC speaks gRPC over unencrypted HTTP/2, as sagad serves it.
+// TestGRPC speaks gRPC over unencrypted HTTP/2, as sagad serves it, and
+// gRPC-Web over HTTP/1.
 func TestGRPC(t *testing.T) {
 	f := newFixture(t)
 	ctx := testCtx(t)
@@ -542,6 +543,11 @@ func TestGRPC(t *testing.T) {
 	_, err = sagav1connect.NewSagaServiceClient(hc, "http://"+ln.Addr().String(), connect.WithGRPC()).
 		Status(ctx, connect.NewRequest(&sagav1.StatusRequest{SagaId: "nope"}))
 	wantCode(t, "gRPC without the token", err, connect.CodeUnauthenticated)
+	web := sagav1connect.NewSagaServiceClient(http.DefaultClient, "http://"+ln.Addr().String(), connect.WithGRPCWeb(), connect.WithInterceptors(bearer(token)))
+	d, err := web.GetDefinition(ctx, connect.NewRequest(&sagav1.GetDefinitionRequest{Name: "checkout"}))
+	if err != nil || d.Msg.Definition.Version != 1 {
+		t.Fatalf("gRPC-Web: %v %v", d, err)
+	}
 }
 
 func TestNewRefusesBadOptions(t *testing.T) {
