@@ -376,3 +376,30 @@ func benchStart(id string, cap int, steps ...string) *Record {
 	r.Start.HistoryCap = cap
 	return r
 }
+
+// The history cap and the trace context, both appended to the start
+// record and the saga, round-trip together and each alone.
+func TestHistoryCapAndTraceRoundTripTogether(t *testing.T) {
+	tc := map[string]string{"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}
+	for _, c := range []struct {
+		cap   int
+		trace map[string]string
+	}{{1000, tc}, {0, tc}, {1000, nil}} {
+		sg := fullSaga()
+		sg.HistoryCap, sg.HistoryDropped, sg.Trace = c.cap, uint64(c.cap/10), c.trace
+		var back Saga
+		if err := unmarshal(marshal(sg, 0), &back); err != nil || !reflect.DeepEqual(&back, sg) {
+			t.Fatalf("saga with cap %d and trace %v: decoded %+v, %v", c.cap, c.trace, back, err)
+		}
+		r := startRec("s1", "", "a")
+		r.Start.HistoryCap, r.Start.Trace = c.cap, c.trace
+		raw, err := Encode(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := Decode(raw)
+		if err != nil || got.Start.HistoryCap != c.cap || !reflect.DeepEqual(got.Start.Trace, c.trace) {
+			t.Fatalf("start with cap %d and trace %v: decoded %+v, %v", c.cap, c.trace, got.Start, err)
+		}
+	}
+}
