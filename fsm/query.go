@@ -363,61 +363,56 @@ func (q *Query) Matches(sg *Saga) bool {
 	return true
 }
 
-// index is one candidate index for a query: the key prefix before the
-// sort key, and whether it alone decides every filter but the times.
-type index struct {
-	prefix []byte
-	exact  bool
+// plan is how List and Count read the query indexes for q: the index of
+// each of its filters (the index of every saga when it has none), whose
+// ranges scan intersects in sort order, and whether that intersection
+// decides every filter (it does unless an updated range is asked: only
+// then must the sagas be read to filter them, and Count reads them).
+type plan struct {
+	prefixes [][]byte // the key prefix of each index, before the sort key
+	exact    bool
 }
 
-// candidates returns the indexes that can serve q, most selective first
-// by kind (a user's sagas are usually fewer than a definition's).
-func (q *Query) candidates() []index {
-	var c []index
-	m := q.meta()
-	// A filter is "exact" for an index when that index's key decides all
-	// non-time filters: only then can Count skip reading the sagas.
-	nfilters := len(m)
-	for _, f := range []bool{q.State != 0, q.Definition != "", q.User != ""} {
-		if f {
-			nfilters++
-		}
-	}
-	exactIf := func(covered int) bool {
-		return nfilters == covered && q.UpdatedSince == 0 && q.UpdatedUntil == 0
-	}
+// plan returns q's plan. Its indexes come most selective first by kind (a
+// user's sagas are usually fewer than a definition's), so the scan starts
+// with the one that is likely to skip the most.
+func (q *Query) plan() plan {
+	var ps [][]byte
 	if q.User != "" {
-		c = append(c, index{appendStr(slices.Clone(prefixQUser), q.User), exactIf(1)})
+		ps = append(ps, appendStr(slices.Clone(prefixQUser), q.User))
 	}
+	m := q.meta()
 	for _, k := range slices.Sorted(maps.Keys(m)) {
-		c = append(c, index{appendStr(appendStr(slices.Clone(prefixQMeta), k), m[k]), exactIf(1)})
+		ps = append(ps, appendStr(appendStr(slices.Clone(prefixQMeta), k), m[k]))
 	}
 	if q.Definition != "" {
 		if q.Version != 0 {
-			c = append(c, index{binary.BigEndian.AppendUint64(appendStr(slices.Clone(prefixQVersion), q.Definition), uint64(q.Version)), exactIf(1)})
+			ps = append(ps, binary.BigEndian.AppendUint64(appendStr(slices.Clone(prefixQVersion), q.Definition), uint64(q.Version)))
 		} else {
-			c = append(c, index{appendStr(slices.Clone(prefixQDef), q.Definition), exactIf(1)})
+			ps = append(ps, appendStr(slices.Clone(prefixQDef), q.Definition))
 		}
 	}
 	if q.State != 0 {
-		c = append(c, index{key(prefixQState, []byte{byte(q.State)}), exactIf(1)})
+		ps = append(ps, key(prefixQState, []byte{byte(q.State)}))
 	}
-	c = append(c, index{slices.Clone(prefixQAll), exactIf(0)})
-	return c
+	if len(ps) == 0 {
+		ps = append(ps, slices.Clone(prefixQAll))
+	}
+	return plan{prefixes: ps, exact: q.UpdatedSince == 0 && q.UpdatedUntil == 0}
 }
 
-// bounds returns the key range of ix that q (its created range and its
-// cursor) covers.
-func (q *Query) bounds(ix index, cur *cursor) (lo, hi []byte) {
-	lo, hi = ix.prefix, upperBound(ix.prefix)
+// bounds returns the key range of the index with this prefix that q (its
+// created range and its cursor) covers.
+func (q *Query) bounds(prefix []byte, cur *cursor) (lo, hi []byte) {
+	lo, hi = prefix, upperBound(prefix)
 	if q.CreatedSince != 0 {
-		lo = appendTime(slices.Clone(ix.prefix), q.CreatedSince)
+		lo = appendTime(slices.Clone(prefix), q.CreatedSince)
 	}
 	if q.CreatedUntil != 0 {
-		hi = appendTime(slices.Clone(ix.prefix), q.CreatedUntil)
+		hi = appendTime(slices.Clone(prefix), q.CreatedUntil)
 	}
 	if cur != nil {
-		k := appendSort(slices.Clone(ix.prefix), cur.created, cur.id)
+		k := appendSort(slices.Clone(prefix), cur.created, cur.id)
 		if q.Order == OrderNewest {
 			if bytes.Compare(k, hi) < 0 {
 				hi = k
@@ -429,94 +424,102 @@ func (q *Query) bounds(ix index, cur *cursor) (lo, hi []byte) {
 	return lo, hi
 }
 
-// probeFirst is how many keys choose first reads of each candidate
-// index; it quadruples up to a maximum: listProbeMax for List, which
-// stops at a page of matches and so rarely reads a large index to its
-// end, and countProbeMax for Count, which reads the chosen index whole.
-const (
-	probeFirst    = 64
-	listProbeMax  = 1 << 10
-	countProbeMax = 1 << 16
-)
-
-// choose returns the candidate index with the fewest keys in range. The
-// index of every saga is never smaller than a filter's, so with one filter
-// that filter's index is taken unread. With several, each is probed for up
-// to probeFirst keys, then four times as many, until one ends: the first
-// to end is the smallest, and its cost is at most a few times the number
-// of candidates times its size. Past probeMax keys each, the first
-// candidate (by kind: user, meta, definition, state) is taken.
-func (s *Store) choose(src iterSource, q *Query, cur *cursor, probeMax int) (index, error) {
-	cs := q.candidates()
-	if len(cs) > 1 {
-		cs = cs[:len(cs)-1] // the index of every saga
-	}
-	if len(cs) == 1 {
-		return cs[0], nil
-	}
-	for limit := probeFirst; ; limit *= 4 {
-		best, bestN := -1, limit+1
-		for i, ix := range cs {
-			lo, hi := q.bounds(ix, cur)
-			it, err := src.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: hi})
-			if err != nil {
-				return index{}, err
-			}
-			n := 0
-			for ok := it.First(); ok && n <= limit; ok = it.Next() {
-				n++
-				s.querySteps.Add(1)
-			}
-			err = it.Error()
+// scan calls fn with each id, in q's order, that every index of p holds
+// in range, until fn returns false. Every index ends in the same sort key,
+// so one index is a range scan and several are intersected by a leapfrog
+// join (Veldhuizen, "Leapfrog Triejoin", 2014): the iterators take turns
+// to seek to the sort key the previous one stands on (forward: the first
+// at or after it; newest first: the last at or before it), and a key on
+// which all of them land is in every index. Each seek moves its iterator
+// to a key of its index further in the order, and each iterator moves at
+// least once per turn, so the keys read are at most about the number of
+// indexes times the size, in range, of the smallest; far fewer when the
+// matches of the filters cluster. Nothing but the sizes of the indexes
+// in range bounds it, at any store size: there are no probes to run out.
+func (s *Store) scan(src iterSource, q *Query, p plan, cur *cursor, fn func(id string) (bool, error)) error {
+	n := len(p.prefixes)
+	its := make([]*pebble.Iterator, 0, n)
+	defer func() {
+		for _, it := range its {
 			it.Close()
-			if err != nil {
-				return index{}, err
-			}
-			if n < bestN {
-				best, bestN = i, n
-			}
 		}
-		if best >= 0 {
-			return cs[best], nil
-		}
-		if limit >= probeMax {
-			return cs[0], nil
-		}
-	}
-}
-
-// scan calls fn with each id, in q's order, that ix holds in range, until
-// fn returns false.
-func (s *Store) scan(src iterSource, q *Query, ix index, cur *cursor, fn func(id string) (bool, error)) error {
-	lo, hi := q.bounds(ix, cur)
-	it, err := src.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: hi})
-	if err != nil {
-		return err
-	}
-	defer it.Close()
-	first, next := it.First, it.Next
-	if q.Order == OrderNewest {
-		first, next = it.Last, it.Prev
-	}
-	skip := len(ix.prefix) + 8
-	for ok := first(); ok; ok = next() {
-		s.querySteps.Add(1)
-		k := it.Key()
-		if len(k) <= skip {
-			return fmt.Errorf("fsm: malformed query index key %q", k)
-		}
-		more, err := fn(string(k[skip:]))
-		if err != nil || !more {
+	}()
+	for _, prefix := range p.prefixes {
+		lo, hi := q.bounds(prefix, cur)
+		it, err := src.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: hi})
+		if err != nil {
 			return err
 		}
+		its = append(its, it)
 	}
-	return it.Error()
+	newest := q.Order == OrderNewest
+	var buf []byte
+	// at returns the sort key iterator i stands on after a move that
+	// returned ok (nil at the end of its range).
+	at := func(i int, ok bool) ([]byte, error) {
+		if !ok {
+			return nil, its[i].Error()
+		}
+		s.querySteps.Add(1)
+		k := its[i].Key()
+		if len(k) <= len(p.prefixes[i])+8 {
+			return nil, fmt.Errorf("fsm: malformed query index key %q", k)
+		}
+		return k[len(p.prefixes[i]):], nil
+	}
+	seek := func(i int, target []byte) bool {
+		buf = append(append(buf[:0], p.prefixes[i]...), target...)
+		if newest {
+			// The last key at or before target: every key after it is
+			// at or after target+"\x00".
+			return its[i].SeekLT(append(buf, 0))
+		}
+		return its[i].SeekGE(buf)
+	}
+	var ok bool
+	if newest {
+		ok = its[0].Last()
+	} else {
+		ok = its[0].First()
+	}
+	k, err := at(0, ok)
+	if k == nil {
+		return err
+	}
+	target := slices.Clone(k) // the sort key agree iterators stand on
+	agree := 1
+	for i := 1 % n; ; i = (i + 1) % n {
+		if agree == n {
+			more, err := fn(string(target[8:]))
+			if err != nil || !more {
+				return err
+			}
+			// Every iterator stands on target: move one past it.
+			if newest {
+				ok = its[i].Prev()
+			} else {
+				ok = its[i].Next()
+			}
+		} else {
+			ok = seek(i, target)
+		}
+		k, err := at(i, ok)
+		if k == nil {
+			return err
+		}
+		if bytes.Equal(k, target) {
+			agree++
+		} else {
+			target, agree = append(target[:0], k...), 1
+		}
+	}
 }
 
 // List returns the sagas matching q in its order, and the cursor of the
-// next page ("" when no more match). It reads the most selective index
-// the filters allow (see choose) and checks the remaining filters on the
-// sagas it reads; a page is full unless no more sagas match. An invalid
+// next page ("" when no more match). It intersects the indexes of its
+// filters (see scan), so it reads only the sagas that pass them, and
+// checks the updated range on those; a page is full unless no more
+// sagas match. An invalid
 // query returns an error wrapping ErrInvalidQuery.
 func (s *Store) List(q Query) ([]*Saga, string, error) {
 	if err := q.Validate(); err != nil {
@@ -535,13 +538,9 @@ func (s *Store) List(q Query) ([]*Saga, string, error) {
 	}
 	snap := s.db.NewSnapshot()
 	defer snap.Close()
-	ix, err := s.choose(snap, &q, cur, listProbeMax)
-	if err != nil {
-		return nil, "", err
-	}
 	var out []*Saga
 	next := ""
-	err = s.scan(snap, &q, ix, cur, func(id string) (bool, error) {
+	err := s.scan(snap, &q, q.plan(), cur, func(id string) (bool, error) {
 		sg, err := s.getFrom(snap, id)
 		if err != nil {
 			return false, err
@@ -581,8 +580,9 @@ func (s *Store) getFrom(src *pebble.Snapshot, id string) (*Saga, error) {
 }
 
 // Count returns the number of sagas matching q (its cursor and limit
-// aside). When one index decides every filter but the created range, it
-// counts index keys without reading the sagas.
+// aside). Unless it has an updated range, the intersection of its
+// filters' indexes decides it (see scan), and it counts index keys
+// without reading the sagas.
 func (s *Store) Count(q Query) (int, error) {
 	q.After, q.Limit = "", 0
 	if err := q.Validate(); err != nil {
@@ -595,13 +595,10 @@ func (s *Store) Count(q Query) (int, error) {
 	}
 	snap := s.db.NewSnapshot()
 	defer snap.Close()
-	ix, err := s.choose(snap, &q, nil, countProbeMax)
-	if err != nil {
-		return 0, err
-	}
+	p := q.plan()
 	n := 0
-	err = s.scan(snap, &q, ix, nil, func(id string) (bool, error) {
-		if !ix.exact {
+	err := s.scan(snap, &q, p, nil, func(id string) (bool, error) {
+		if !p.exact {
 			sg, err := s.getFrom(snap, id)
 			if err != nil {
 				return false, err
