@@ -66,7 +66,8 @@ func BenchmarkQuery(b *testing.B) {
 		{"countUser", Query{User: "user7"}, true},
 		{"countTenantFailed", Query{Tenant: "t3", State: StateFailed}, true},
 		// Two filters that match many sagas each and none together (t3
-		// holds j%10 == 3, def1 j%5 == 1): past the probes of one index.
+		// holds j%10 == 3, def1 j%5 == 1): the worst case of the join,
+		// which visits both in turn.
 		{"tenantDefDisjointNewest100", Query{Tenant: "t3", Definition: "def1", Order: OrderNewest, Limit: 100}, false},
 		{"countTenantDefDisjoint", Query{Tenant: "t3", Definition: "def1"}, true},
 		{"tenantInProgressNewest100", Query{Tenant: "t3", State: StateInProgress, Order: OrderNewest, Limit: 100}, false},
