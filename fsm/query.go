@@ -518,9 +518,9 @@ func (s *Store) scan(src iterSource, q *Query, p plan, cur *cursor, fn func(id s
 	agree := 1
 	for i := 1 % n; ; i = (i + 1) % n {
 		if agree == n {
-			more, err := fn(string(target[8:]))
-			if err != nil || !more {
-				return err
+			more, ferr := fn(string(target[8:]))
+			if ferr != nil || !more {
+				return ferr
 			}
 			// Every iterator stands on target: move one past it.
 			if newest {
