@@ -106,7 +106,8 @@ type Options struct {
 	// log at a segment start, and tidwall/wal rewrites that segment while
 	// appends wait, so smaller segments mean shorter stalls.
 	WAL wal.Options
-	// StoreCacheSize is the Pebble block cache in bytes. Default 32 MiB.
+	// StoreCacheSize is the Pebble block cache in bytes. Default 32 MiB;
+	// Pebble's memtables (32 MiB each, usually one or two) come on top.
 	StoreCacheSize int64
 	// StoreFS is the file system under the saga state (Pebble), for every
 	// access: Open's read-only probe, the store, its flushes. Default
