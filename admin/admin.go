@@ -199,7 +199,7 @@ func (s *Server) Handler() http.Handler {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
 	auth := func(h http.HandlerFunc) http.Handler { return h }
-	mux.Handle("GET /metrics", auth(promhttp.HandlerFor(s.o.gatherer, promhttp.HandlerOpts{}).ServeHTTP))
+	mux.Handle("GET /metrics", auth(promhttp.HandlerFor(s.o.gatherer, promhttp.HandlerOpts{EnableOpenMetrics: true}).ServeHTTP))
 	mux.Handle("GET /v1/status", auth(s.status))
 	mux.Handle("GET /v1/sagas", auth(s.list))
 	mux.Handle("GET /v1/sagas/{id}", auth(s.show))

@@ -209,11 +209,11 @@ func (o *Observer) onTransition(ev engine.TransitionEvent) {
 		o.compAttempts.WithLabelValues(def).Inc()
 	case fsm.KindStepCompleted:
 		if st := sg.Steps[r.Step]; st.StartedAt > 0 && st.EndedAt >= st.StartedAt {
-			o.stepLatency.WithLabelValues(def).Observe(time.Duration(st.EndedAt - st.StartedAt).Seconds())
+			observe(o.stepLatency.WithLabelValues(def), time.Duration(st.EndedAt-st.StartedAt).Seconds(), sg)
 		}
 	case fsm.KindCompCompleted:
 		if st := sg.Steps[r.Step]; st.CompRoundStart > 0 && st.CompEndedAt >= st.CompRoundStart {
-			o.compLatency.WithLabelValues(def).Observe(time.Duration(st.CompEndedAt - st.CompRoundStart).Seconds())
+			observe(o.compLatency.WithLabelValues(def), time.Duration(st.CompEndedAt-st.CompRoundStart).Seconds(), sg)
 		}
 	}
 	if ev.Prev != sg.State {
@@ -258,4 +258,37 @@ func (o *Observer) subscribe() (chan Event, func()) {
 		delete(o.subs, ch)
 		o.mu.Unlock()
 	}
+}
+
+// observe records a latency, with the saga's trace id as an exemplar when
+// the saga was started under a trace (engine.Options.TracerProvider
+// records the W3C traceparent in the start record): a slow bucket then
+// links to a trace that shows why. Exemplars are served in the
+// OpenMetrics format (/metrics with Accept: application/openmetrics-text).
+func observe(h prometheus.Observer, v float64, sg *fsm.Saga) {
+	if id := traceID(sg.Trace["traceparent"]); id != "" {
+		if eo, ok := h.(prometheus.ExemplarObserver); ok {
+			eo.ObserveWithExemplar(v, prometheus.Labels{"trace_id": id})
+			return
+		}
+	}
+	h.Observe(v)
+}
+
+// traceID is the trace id of a W3C traceparent (version-traceid-spanid-
+// flags), "" if it is not one.
+func traceID(tp string) string {
+	if len(tp) < 55 || tp[2] != '-' || tp[35] != '-' {
+		return ""
+	}
+	id := tp[3:35]
+	for _, c := range id {
+		if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
+			return ""
+		}
+	}
+	if id == "00000000000000000000000000000000" {
+		return ""
+	}
+	return id
 }
