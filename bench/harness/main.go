@@ -39,7 +39,7 @@ import (
 var (
 	quick   = flag.Bool("quick", false, "small sizes: a smoke run")
 	cpuProf = flag.String("cpuprofile", "", "write a CPU profile of the run to this file")
-	only    = flag.String("only", "", `"replication": figures 9 and 10 only (with the single-node points they compare to); "parallel": figures 1c, 2b, 11 and the ceiling they compare to; "queries": figure 12; "retention": figure 13`)
+	only    = flag.String("only", "", `"replication": figures 9 and 10 only (with the single-node points they compare to); "parallel": figures 1c, 2b, 11 and the ceiling they compare to; "queries": figure 12; "retention": figure 13; "tracing": figure 14`)
 	outDir  = flag.String("out", "bench/results", "directory for latest.json and latest.md")
 	quiet   = slog.New(slog.NewTextHandler(io.Discard, nil))
 )
@@ -88,9 +88,9 @@ func main() {
 		defer pprof.StopCPUProfile()
 	}
 	switch *only {
-	case "", "replication", "parallel", "retention", "queries":
+	case "", "replication", "parallel", "retention", "queries", "tracing":
 	default:
-		fmt.Fprintf(os.Stderr, "bench: -only %q: the partial runs are \"replication\", \"parallel\", \"queries\" and \"retention\"\n", *only)
+		fmt.Fprintf(os.Stderr, "bench: -only %q: the partial runs are \"replication\", \"parallel\", \"queries\", \"retention\" and \"tracing\"\n", *only)
 		os.Exit(2)
 	}
 	rep := &Report{Started: time.Now().UTC()}
@@ -129,6 +129,11 @@ func main() {
 		rep.Figures = []Figure{figQueries()}
 		finish(rep)
 		return
+	case "tracing":
+		fig14, ts := figTracing()
+		rep.Figures, rep.Targets = []Figure{fig14}, ts
+		finish(rep)
+		return
 	}
 	// Memory first, in a process that has done nothing else yet.
 	fig7, rss := figMemory()
@@ -146,10 +151,12 @@ func main() {
 	fig11, _ := figNested()
 	fig12 := figQueries()
 	fig13, retTargets := figRetention()
-	rep.Figures = []Figure{fig1, fig1b, fig1c, fig2, fig2b, ceiling.fig, fig4, fig5, fig6, fig7, fig8, fig9, fig10, fig11, fig12, fig13}
+	fig14, traceTargets := figTracing()
+	rep.Figures = []Figure{fig1, fig1b, fig1c, fig2, fig2b, ceiling.fig, fig4, fig5, fig6, fig7, fig8, fig9, fig10, fig11, fig12, fig13, fig14}
 	rep.Targets = targets(tput, over, modes, ceiling.perSec, ratio, replay, rss, repl)
 	rep.Targets = append(rep.Targets, parallelTargets(fan, diamond, tput, ceiling.perSec)...)
 	rep.Targets = append(rep.Targets, retTargets...)
+	rep.Targets = append(rep.Targets, traceTargets...)
 	finish(rep)
 }
 
