@@ -66,9 +66,19 @@ func run4Steps(b *testing.B, conc int, tp trace.TracerProvider) {
 	}
 	_, err := e.Define(context.Background(), d)
 	must(b, err)
-	s0 := e.Stats()
-	var next atomic.Int64
 	b.ReportAllocs()
+	s0, s1 := runBench(b, e, conc)
+	if syncs := s1.LogSyncs - s0.LogSyncs; syncs > 0 {
+		b.ReportMetric(float64((s1.LogSyncTime-s0.LogSyncTime).Microseconds())/float64(syncs), "µs/fsync")
+	}
+}
+
+// runBench runs b.N sagas of the definition "bench" from conc goroutines
+// and reports sagas/s, fsyncs per saga and records per commit; it
+// returns the engine's stats before and after.
+func runBench(b *testing.B, e *Engine, conc int) (s0, s1 Stats) {
+	s0 = e.Stats()
+	var next atomic.Int64
 	b.ResetTimer()
 	var wg sync.WaitGroup
 	for w := 0; w < conc; w++ {
@@ -85,13 +95,11 @@ func run4Steps(b *testing.B, conc int, tp trace.TracerProvider) {
 	}
 	wg.Wait()
 	b.StopTimer()
-	s1 := e.Stats()
+	s1 = e.Stats()
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "sagas/s")
 	b.ReportMetric(float64(s1.LogSyncs-s0.LogSyncs)/float64(b.N), "fsyncs/saga")
 	b.ReportMetric(float64(s1.Records-s0.Records)/float64(s1.Commits-s0.Commits), "records/commit")
-	if syncs := s1.LogSyncs - s0.LogSyncs; syncs > 0 {
-		b.ReportMetric(float64((s1.LogSyncTime-s0.LogSyncTime).Microseconds())/float64(syncs), "µs/fsync")
-	}
+	return s0, s1
 }
 
 // BenchmarkRunFanOut8 runs root → 8 branches → join at c=1 (fanOut in
@@ -149,27 +157,6 @@ func BenchmarkRunDiamond(b *testing.B) {
 			{Name: "join", Action: "noop", Compensation: "undo", After: []string{"left", "right"}},
 		}})
 		must(b, err)
-		s0 := e.Stats()
-		var next atomic.Int64
-		b.ResetTimer()
-		var wg sync.WaitGroup
-		for w := 0; w < conc; w++ {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for next.Add(1) <= int64(b.N) {
-					if _, err := e.Run(context.Background(), "bench", nil, StartOptions{}); err != nil {
-						b.Error(err)
-						return
-					}
-				}
-			}()
-		}
-		wg.Wait()
-		b.StopTimer()
-		s1 := e.Stats()
-		b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "sagas/s")
-		b.ReportMetric(float64(s1.LogSyncs-s0.LogSyncs)/float64(b.N), "fsyncs/saga")
-		b.ReportMetric(float64(s1.Records-s0.Records)/float64(s1.Commits-s0.Commits), "records/commit")
+		runBench(b, e, conc)
 	})
 }
