@@ -164,15 +164,7 @@ func (a *applier) keyValue(k string) ([]byte, error) {
 		}
 		return []byte(v), nil
 	}
-	v, closer, err := a.s.db.Get(idemKey(k))
-	if errors.Is(err, pebble.ErrNotFound) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("fsm: read idempotency key: %w", err)
-	}
-	defer closer.Close()
-	return slices.Clone(v), nil
+	return a.s.keyValue(k)
 }
 
 // remove applies a KindRemoved record and returns the sagas it removed
@@ -221,20 +213,33 @@ func (a *applier) remove(r *Record) ([]*Saga, error) {
 	return removed, nil
 }
 
-// treeFinished reports whether every child saga below sg (found as
-// removeTree finds them) is finished.
-func (a *applier) treeFinished(sg *Saga) (bool, error) {
+// children returns the child sagas of sg as this batch sees them: those
+// its child steps started (found by ChildID) that name sg as their
+// parent.
+func (a *applier) children(sg *Saga) ([]*Saga, error) {
+	var out []*Saga
 	for i := range sg.Steps {
 		if sg.Steps[i].StepDef == nil || sg.Steps[i].Child == "" {
 			continue
 		}
 		c, err := a.lookup(ChildID(sg.ID, i))
 		if err != nil {
-			return false, err
+			return nil, err
 		}
-		if c == nil || c.Parent != sg.ID {
-			continue
+		if c != nil && c.Parent == sg.ID {
+			out = append(out, c)
 		}
+	}
+	return out, nil
+}
+
+// treeFinished reports whether every child saga below sg is finished.
+func (a *applier) treeFinished(sg *Saga) (bool, error) {
+	cs, err := a.children(sg)
+	if err != nil {
+		return false, err
+	}
+	for _, c := range cs {
 		if !c.State.Terminal() {
 			return false, nil
 		}
@@ -251,6 +256,10 @@ func (a *applier) treeFinished(sg *Saga) (bool, error) {
 // to removed.
 func (a *applier) removeTree(sg *Saga, keepKeys bool, removed []*Saga) ([]*Saga, error) {
 	b, id := a.b, sg.ID
+	cs, err := a.children(sg) // every one finished: remove checked treeFinished
+	if err != nil {
+		return nil, err
+	}
 	// What Pebble holds for the saga: its state before this batch if the
 	// batch touched it (the batch's own value is only written at commit),
 	// or the value just read.
@@ -303,17 +312,7 @@ func (a *applier) removeTree(sg *Saga, keepKeys bool, removed []*Saga) ([]*Saga,
 	a.sagas[id] = nil
 	delete(a.owned, id)
 	removed = append(removed, sg)
-	for i := range sg.Steps {
-		if sg.Steps[i].StepDef == nil || sg.Steps[i].Child == "" {
-			continue
-		}
-		c, err := a.lookup(ChildID(id, i))
-		if err != nil {
-			return nil, err
-		}
-		if c == nil || c.Parent != id || !c.State.Terminal() {
-			continue
-		}
+	for _, c := range cs {
 		if removed, err = a.removeTree(c, keepKeys, removed); err != nil {
 			return nil, err
 		}

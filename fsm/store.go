@@ -872,17 +872,24 @@ func (s *Store) get(id string) (*Saga, error) {
 }
 
 // KeyOwner returns the id of the saga started with idempotency key k, or "".
+// A key kept past its removed saga still names it (see retention.go).
 func (s *Store) KeyOwner(k string) (string, error) {
+	v, err := s.keyValue(k)
+	owner, _, _ := splitKeyValue(v)
+	return owner, err
+}
+
+// keyValue returns the stored k/ value of an idempotency key (nil: free).
+func (s *Store) keyValue(k string) ([]byte, error) {
 	v, closer, err := s.db.Get(idemKey(k))
 	if errors.Is(err, pebble.ErrNotFound) {
-		return "", nil
+		return nil, nil
 	}
 	if err != nil {
-		return "", fmt.Errorf("fsm: read idempotency key: %w", err)
+		return nil, fmt.Errorf("fsm: read idempotency key: %w", err)
 	}
 	defer closer.Close()
-	owner, _, _ := splitKeyValue(v)
-	return owner, nil
+	return slices.Clone(v), nil
 }
 
 // HistoryEntry is one applied transition of a saga.
