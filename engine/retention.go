@@ -297,10 +297,7 @@ func (e *Engine) retentionLoop() {
 			return
 		case <-t.C():
 		}
-		if _, _, self := e.Leader(); !self {
-			continue
-		}
-		st, err := e.RemoveExpired(e.ctx)
+		st, err := e.RemoveExpired(e.ctx) // a follower's is refused at once (ErrNotLeader)
 		if err != nil && e.ctx.Err() == nil && !errors.Is(err, ErrNotLeader) {
 			e.opts.Logger.Warn("engine: removal of expired sagas stopped", "err", err, "removed", st.Sagas, "archived", st.Archived)
 		} else if st.Sagas > 0 || st.Keys > 0 {
