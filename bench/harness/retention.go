@@ -75,9 +75,7 @@ func figRetention() (Figure, []Target) {
 	}
 	run := func(o engine.Options) result {
 		r := newRigOpts(0, -1, engine.DurabilityStrict, o)
-		t := time.Now()
 		n, samples, fails := runSampled(r, conc, dur)
-		_ = time.Since(t)
 		r.e.Close()
 		res := result{n: n, samples: samples, state: diskBytes(filepath.Join(r.dir, "state")), fails: fails}
 		if fi, err := os.Stat(filepath.Join(r.dir, "state")); err != nil || !fi.IsDir() {
