@@ -169,6 +169,14 @@ func (e *Engine) handlerCtx(ctx context.Context, sg *fsm.Saga, c *compensation.C
 		return compensation.WithCall(ctx, e.opts.Logger, c), nil
 	}
 	t.mu.Lock()
+	if _, open := t.spans[sg.ID]; !open && ctx.Err() != nil {
+		// The term ended (or the engine is closing) after the driver's
+		// last check: endAll, which runs after the term's context is
+		// cancelled, may have passed already, and a saga span opened now
+		// would stay open on a deposed node. The attempt goes untraced.
+		t.mu.Unlock()
+		return compensation.WithCall(ctx, e.opts.Logger, c), nil
+	}
 	ss := t.sagaSpanLocked(sg)
 	t.mu.Unlock()
 	ctx = trace.ContextWithSpan(baggage.ContextWithBaggage(ctx, ss.bag), ss.span)
