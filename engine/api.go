@@ -227,7 +227,11 @@ func (e *Engine) start(ctx context.Context, definition string, input []byte, o S
 	span, bag, tc := e.tr.begin(ctx, id, si)
 	if span != nil {
 		si.Trace = tc
-		defer func() { e.tr.started(id, span, bag, created, err) }()
+		defer func() {
+			if span != nil { // not handed over below
+				e.tr.started(id, span, bag, created, err)
+			}
+		}()
 	}
 	res, err := e.propose(ctx, []*fsm.Record{{Kind: fsm.KindSagaStarted, Saga: id, At: now, Start: si}})
 	if err != nil {
@@ -251,6 +255,12 @@ func (e *Engine) start(ctx context.Context, definition string, input []byte, o S
 	}
 	if res[0].Err != nil {
 		return "", false, res[0].Err
+	}
+	if span != nil {
+		// Before the deadline is armed: a deadline that fired first would
+		// find no span for the saga and open a second one.
+		e.tr.started(id, span, bag, true, nil)
+		span = nil
 	}
 	if si.Deadline > 0 {
 		e.armDeadline(id, si.Deadline)
