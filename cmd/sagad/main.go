@@ -80,22 +80,35 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	log := slog.New(slog.NewTextHandler(stderr, nil))
 
-	token, from, err := loadToken(*tokenFile, getenv(TokenEnv), *dataDir)
-	if err != nil {
-		return err
-	}
-
-	eng, err := engine.Open(*dataDir, engine.Options{Logger: log})
-	if err != nil {
-		return fmt.Errorf("open the engine in %s: %w", *dataDir, err)
-	}
-	defer eng.Close()
+	// Everything that can refuse the start comes before anything that
+	// writes: the policy file, the token, the address, then the engine
+	// (which makes the data directory and takes its lock), and only once
+	// the directory is ours a generated token.
 	lookup := func(k string) (string, bool) { v := getenv(k); return v, v != "" }
 	pm, err := policy.New(policy.Options{File: *policyFile, LookupEnv: lookup, Logger: log})
 	if err != nil {
 		return err // "policy: …"
 	}
 	defer pm.Close()
+	token, from, err := loadToken(*tokenFile, getenv(TokenEnv), *dataDir)
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", *listen)
+	if err != nil {
+		return err
+	}
+	defer ln.Close()
+	eng, err := engine.Open(*dataDir, engine.Options{Logger: log})
+	if err != nil {
+		return fmt.Errorf("open the engine in %s: %w", *dataDir, err)
+	}
+	defer eng.Close()
+	if token == "" {
+		if token, from, err = generateToken(*dataDir); err != nil {
+			return err
+		}
+	}
 	svc, err := service.New(eng, service.Options{Policy: pm})
 	if err != nil {
 		return err
@@ -103,10 +116,6 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	mux := http.NewServeMux()
 	mux.Handle(svc.Handler())
 
-	ln, err := net.Listen("tcp", *listen)
-	if err != nil {
-		return err
-	}
 	protocols := new(http.Protocols)
 	protocols.SetHTTP1(true)
 	protocols.SetUnencryptedHTTP2(true) // gRPC without TLS (h2c)
@@ -158,8 +167,9 @@ func loopbackOnly(addr string) error {
 }
 
 // loadToken returns the token and says where it came from: the file
-// named (which must hold one), the environment, or DATA/sagad.token,
-// generated with mode 0600 when missing.
+// named (which must hold one), the environment, or DATA/sagad.token; it
+// writes nothing, and returns "" when DATA/sagad.token is still to be
+// generated.
 func loadToken(file, env, dataDir string) (token, from string, err error) {
 	if file != "" {
 		b, err := os.ReadFile(file)
@@ -186,7 +196,14 @@ func loadToken(file, env, dataDir string) (token, from string, err error) {
 	} else if !errors.Is(err, os.ErrNotExist) {
 		return "", "", err
 	}
-	if err := os.MkdirAll(dataDir, 0o700); err != nil {
+	return "", "", nil // none yet: generateToken, once the data directory is ours
+}
+
+// generateToken writes a new token into DATA/sagad.token (mode 0600);
+// the caller holds the data directory, so no other sagad races it.
+func generateToken(dataDir string) (token, from string, err error) {
+	path, err := filepath.Abs(filepath.Join(dataDir, tokenFileName))
+	if err != nil {
 		return "", "", err
 	}
 	raw := make([]byte, 32)

@@ -217,3 +217,31 @@ func TestSagadServesThePolicyFile(t *testing.T) {
 		t.Fatalf("explain: %d %s", code, body)
 	}
 }
+
+// TestSagadRefusedStartWritesNothing: a start refused after the flags
+// (a bad policy file, a data directory another sagad holds) leaves every
+// file as it was: no data directory made, no token generated.
+func TestSagadRefusedStartWritesNothing(t *testing.T) {
+	t.Chdir(t.TempDir())
+	if err := os.WriteFile("bad.yaml", []byte("enable_saga: [not a bool\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := run(context.Background(), []string{"-listen", "127.0.0.1:0", "-policy", "bad.yaml"},
+		func(string) string { return "" }, io.Discard, io.Discard, nil); err == nil {
+		t.Fatal("sagad started with a bad policy file")
+	}
+	if _, err := os.Stat("sagad-data"); !os.IsNotExist(err) {
+		t.Fatalf("a start refused for its policy file made the data directory: %v", err)
+	}
+
+	// A first sagad holds "held" with a token from the environment; a
+	// second one without it is refused and must not write a token there.
+	start(t, map[string]string{TokenEnv: "tok"}, "-data", "held")
+	if err := run(context.Background(), []string{"-listen", "127.0.0.1:0", "-data", "held"},
+		func(string) string { return "" }, io.Discard, io.Discard, nil); err == nil {
+		t.Fatal("a second sagad opened a held data directory")
+	}
+	if _, err := os.Stat(filepath.Join("held", tokenFileName)); !os.IsNotExist(err) {
+		t.Fatalf("a start refused for a locked data directory wrote a token: %v", err)
+	}
+}
