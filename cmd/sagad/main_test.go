@@ -134,7 +134,16 @@ func TestSagadRestartKeepsTokenAndSagas(t *testing.T) {
 	go func() {
 		done <- run(ctx, []string{"-listen", "127.0.0.1:0"}, func(string) string { return "" }, io.Discard, io.Discard, func(a string) { ready <- a })
 	}()
-	addr := <-ready
+	var addr string
+	select {
+	case addr = <-ready:
+	case err := <-done:
+		cancel()
+		t.Fatalf("sagad stopped before serving: %v", err)
+	case <-time.After(30 * time.Second):
+		cancel()
+		t.Fatal("sagad did not serve within 30s")
+	}
 	b, _ := os.ReadFile(filepath.Join("sagad-data", tokenFileName))
 	token := strings.TrimSpace(string(b))
 	post(t, addr, token, "Define", `{"definition":{"name":"order","steps":[{"name":"reserve"},{"name":"pay"}]}}`)
@@ -146,8 +155,13 @@ func TestSagadRestartKeepsTokenAndSagas(t *testing.T) {
 		t.Fatalf("advance: %d %s", code, body)
 	}
 	cancel()
-	if err := <-done; err != nil {
-		t.Fatalf("stop: %v", err)
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("stop: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("sagad did not stop within 30s")
 	}
 	addr, _ = start(t, nil)
 	if code, body := post(t, addr, token, "Status", `{"sagaId":"o-1"}`); code != 200 || !strings.Contains(body, `"currentStep":"pay"`) {
