@@ -170,10 +170,14 @@ func (s *Server) Start(ctx context.Context, req *connect.Request[sagav1.StartReq
 	if err := p.err(); err != nil {
 		return nil, connectError(err)
 	}
-	if o.ID != "" && o.IdempotencyKey == "" {
+	if o.ID != "" {
 		// The engine would log a start record for Apply to refuse: look
 		// first, so that a bad request does not cost a durable write.
-		if _, err := s.eng.Status(ctx, o.ID); err == nil {
+		// Only a re-send (the same id with the key it was started with)
+		// goes on, to be answered from the key without a write; an id in
+		// use with another key (or none) is refused here.
+		if st, err := s.eng.Status(ctx, o.ID); err == nil &&
+			(o.IdempotencyKey == "" || st.Saga.IdempotencyKey != o.IdempotencyKey) {
 			return nil, connectError(fmt.Errorf("%w: saga %s", engine.ErrSagaExists, o.ID))
 		}
 	}

@@ -335,6 +335,10 @@ func TestBadRequestsChangeNothing(t *testing.T) {
 			_, err := c.Start(ctx, connect.NewRequest(&sagav1.StartRequest{Definition: "checkout", Id: sg.Id}))
 			return err
 		}, connect.CodeAlreadyExists},
+		{"start with an id already used and a new idempotency key", func() error {
+			_, err := c.Start(ctx, connect.NewRequest(&sagav1.StartRequest{Definition: "checkout", Id: sg.Id, IdempotencyKey: "fresh-key"}))
+			return err
+		}, connect.CodeAlreadyExists},
 		{"start with a negative timeout", func() error {
 			_, err := c.Start(ctx, connect.NewRequest(&sagav1.StartRequest{Definition: "checkout", Timeout: durationpb.New(-time.Second)}))
 			return err
@@ -554,5 +558,25 @@ func TestNewRefusesBadOptions(t *testing.T) {
 	_, err := service.New(nil, service.Options{MaxRequestBytes: -1, DefaultWait: time.Hour, MaxWait: time.Minute})
 	if !errors.Is(err, service.ErrInvalidOptions) || !strings.Contains(err.Error(), "MaxRequestBytes") || !strings.Contains(err.Error(), "DefaultWait") {
 		t.Fatalf("New with bad options: %v", err)
+	}
+}
+
+// TestStartResentWithItsIDAndKey: a start re-sent with the id and key it
+// was started with answers the saga, without a write.
+func TestStartResentWithItsIDAndKey(t *testing.T) {
+	f := newFixture(t)
+	ctx := testCtx(t)
+	f.define(t, ctx)
+	req := &sagav1.StartRequest{Definition: "checkout", Id: "o-9", IdempotencyKey: "k-9"}
+	if _, err := f.client.Start(ctx, connect.NewRequest(req)); err != nil {
+		t.Fatal(err)
+	}
+	before := f.lastIndex(t)
+	res, err := f.client.Start(ctx, connect.NewRequest(req))
+	if err != nil || res.Msg.Saga.Id != "o-9" {
+		t.Fatalf("re-sent start: %v %v", res, err)
+	}
+	if f.lastIndex(t) != before {
+		t.Fatal("a re-sent start wrote to the log")
 	}
 }
