@@ -195,6 +195,28 @@ func (e *Engine) start(ctx context.Context, definition string, input []byte, o S
 		id = e.newID()
 	} else if !fsm.ValidID(id) {
 		return "", false, fmt.Errorf("%w: saga id %q (1-128 of letters, digits, . _ : @ -)", ErrInvalidArgument, id)
+	} else {
+		if o.parent == "" && fsm.ChildLike(id) {
+			return "", false, fmt.Errorf("%w: saga id %q has the form of a child saga's id (<parent id>.<step index>, or child.<32 hex digits>), "+
+				"which a child step of another saga could need: choose an id that does not end in a dot and digits", ErrInvalidArgument, id)
+		}
+		// An id in use is refused here, before anything is logged: the
+		// start record would only be refused by Apply, at the cost of a
+		// durable write (and a history a reader would find odd). Apply
+		// still refuses it, for a start that races another.
+		var sg *fsm.Saga
+		err := e.read(func() (err error) { sg, err = e.store.Peek(id); return err })
+		switch {
+		case errors.Is(err, fsm.ErrUnknownSaga):
+		case err != nil:
+			return "", false, err
+		case o.parent == "":
+			return "", false, fmt.Errorf("%w: saga %s", ErrSagaExists, id)
+		case sg.Parent != o.parent:
+			return "", false, fmt.Errorf("%w: saga %s exists and is not a child of %s", ErrInvalidArgument, id, o.parent)
+		default:
+			return id, false, nil // a child step run again: its child exists
+		}
 	}
 	now := e.now()
 	// The record owns copies: a caller reusing its buffers must not

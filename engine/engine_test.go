@@ -751,3 +751,42 @@ func TestStateCountsFollowTransitions(t *testing.T) {
 		t.Fatalf("counts %v", want)
 	}
 }
+
+// A start that is refused (an id in use, an id a child saga could need)
+// is refused before anything reaches the log: a bad request costs no
+// durable write, and the log holds no record for Apply to turn down.
+func TestARefusedStartWritesNothingToTheLog(t *testing.T) {
+	e := openT(t, t.TempDir(), Options{Registry: registry(t, &journal{}, []string{"a", "b"})})
+	defer e.Close()
+	_, err := e.Define(ctx, def("x", "a", "b"))
+	must(t, err)
+	_, err = e.Start(ctx, "x", nil, StartOptions{ID: "order-1", IdempotencyKey: "k1"})
+	must(t, err)
+	before := e.Stats().Records
+	for _, c := range []struct {
+		o    StartOptions
+		want error
+	}{
+		{StartOptions{ID: "order-1"}, ErrSagaExists},
+		{StartOptions{ID: "order-1", IdempotencyKey: "k2"}, ErrSagaExists},
+		{StartOptions{ID: "order.2"}, ErrInvalidArgument},
+		{StartOptions{ID: "child.0123456789abcdef0123456789abcdef"}, ErrInvalidArgument},
+	} {
+		if _, err := e.Start(ctx, "x", nil, c.o); !errors.Is(err, c.want) {
+			t.Errorf("start %+v: %v, want %v", c.o, err, c.want)
+		}
+	}
+	// A re-send with the key answers from the key, also without a write.
+	if id, err := e.Start(ctx, "x", nil, StartOptions{ID: "order-1", IdempotencyKey: "k1"}); err != nil || id != "order-1" {
+		t.Errorf("re-send with the key: %q, %v", id, err)
+	}
+	if got := e.Stats().Records; got != before {
+		t.Fatalf("refused starts logged %d records", got-before)
+	}
+	// Ids with dots that no child could have stay valid.
+	for _, id := range []string{"v1.2a", "order.x", "a.b.c", "2026.12.03-7"} {
+		if _, err := e.Start(ctx, "x", nil, StartOptions{ID: id}); err != nil {
+			t.Errorf("start %s: %v", id, err)
+		}
+	}
+}

@@ -81,7 +81,11 @@ func TestAChildStepDoesNotAdoptAnUnrelatedSagaWithItsID(t *testing.T) {
 	tr := &trail{fail: map[string]bool{"order:ship": true}}
 	e := nestedEngine(t, tctx, tr)
 	defer e.Close()
-	st, err := e.Run(tctx, "reserve", nil, StartOptions{ID: "o9.1"})
+	// A caller cannot choose such an id (see
+	// TestACallerIDOfAChildsFormIsRefusedAndWritesNothing); a child of
+	// another parent can hold one, as can a data directory written
+	// before that check.
+	st, err := e.Run(tctx, "reserve", nil, StartOptions{ID: "o9.1", parent: "elsewhere", depth: 1})
 	must(t, err)
 	if st.State != fsm.StateCompleted {
 		t.Fatalf("squatter %s", st.State)

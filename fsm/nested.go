@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"strconv"
+	"strings"
 )
 
 // Nested sagas. A step with StepDef.Child runs a saga of another
@@ -26,6 +27,34 @@ func ChildID(parent string, i int) string {
 	}
 	sum := sha256.Sum256([]byte(id))
 	return "child." + hex.EncodeToString(sum[:16])
+}
+
+// ChildLike reports whether id has a form ChildID gives: <parent>.<digits>
+// or child.<32 hex digits>. A caller-chosen id of that form could be the
+// id a child step of another saga needs; the engine refuses it.
+func ChildLike(id string) bool {
+	if rest, ok := strings.CutPrefix(id, "child."); ok && len(rest) == 32 && isHex(rest) {
+		return true
+	}
+	i := strings.LastIndexByte(id, '.')
+	if i <= 0 || i == len(id)-1 {
+		return false
+	}
+	for _, c := range id[i+1:] {
+		if c < '0' || c > '9' {
+			return false
+		}
+	}
+	return true
+}
+
+func isHex(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
+			return false
+		}
+	}
+	return true
 }
 
 // MaxDepth bounds the nesting of child sagas: a top-level saga has depth

@@ -156,17 +156,7 @@ type Store struct {
 
 // hexID reports whether id has the form of the ids the engine generates:
 // 22 lowercase hexadecimal digits, which sort like the numbers they spell.
-func hexID(id string) bool {
-	if len(id) != 22 {
-		return false
-	}
-	for i := 0; i < len(id); i++ {
-		if c := id[i]; !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
-			return false
-		}
-	}
-	return true
-}
+func hexID(id string) bool { return len(id) == 22 && isHex(id) }
 
 // OpenStore opens (or creates) the store in dir.
 func OpenStore(dir string, o StoreOptions) (*Store, error) {
