@@ -125,7 +125,9 @@ func (e *Engine) Definitions(ctx context.Context) (ds []*Definition, err error) 
 // StartOptions are the optional parts of Start and Run.
 type StartOptions struct {
 	// ID is the saga's id; default a new time-ordered id. 1-128 of
-	// letters, digits and . _ : @ -.
+	// letters, digits and . _ : @ -, and not of the form of a child
+	// saga's id (ending in a dot and digits, or child.<32 hex digits)
+	// nor in use: Start refuses those without writing anything.
 	ID string
 	// IdempotencyKey: a second Start with the same key returns the first
 	// saga's id and starts nothing.
