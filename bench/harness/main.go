@@ -39,7 +39,7 @@ import (
 var (
 	quick   = flag.Bool("quick", false, "small sizes: a smoke run")
 	cpuProf = flag.String("cpuprofile", "", "write a CPU profile of the run to this file")
-	only    = flag.String("only", "", `"replication": figures 9 and 10 only (with the single-node points they compare to); "parallel": figures 1c, 2b, 11 and the ceiling they compare to; "queries": figure 12; "retention": figure 13; "tracing": figure 14`)
+	only    = flag.String("only", "", `"replication": figures 9 and 10 only (with the single-node points they compare to); "parallel": figures 1c, 2b, 11 and the ceiling they compare to; "queries": figure 12; "retention": figure 13; "tracing": figure 14; "service": figure 15`)
 	outDir  = flag.String("out", "bench/results", "directory for latest.json and latest.md")
 	quiet   = slog.New(slog.NewTextHandler(io.Discard, nil))
 )
@@ -88,9 +88,9 @@ func main() {
 		defer pprof.StopCPUProfile()
 	}
 	switch *only {
-	case "", "replication", "parallel", "retention", "queries", "tracing":
+	case "", "replication", "parallel", "retention", "queries", "tracing", "service":
 	default:
-		fmt.Fprintf(os.Stderr, "bench: -only %q: the partial runs are \"replication\", \"parallel\", \"queries\", \"retention\" and \"tracing\"\n", *only)
+		fmt.Fprintf(os.Stderr, "bench: -only %q: the partial runs are \"replication\", \"parallel\", \"queries\", \"retention\", \"tracing\" and \"service\"\n", *only)
 		os.Exit(2)
 	}
 	rep := &Report{Started: time.Now().UTC()}
@@ -134,6 +134,11 @@ func main() {
 		rep.Figures, rep.Targets = []Figure{fig14}, ts
 		finish(rep)
 		return
+	case "service":
+		fig15, ts := figService()
+		rep.Figures, rep.Targets = []Figure{fig15}, ts
+		finish(rep)
+		return
 	}
 	// Memory first, in a process that has done nothing else yet.
 	fig7, rss := figMemory()
@@ -152,11 +157,13 @@ func main() {
 	fig12 := figQueries()
 	fig13, retTargets := figRetention()
 	fig14, traceTargets := figTracing()
-	rep.Figures = []Figure{fig1, fig1b, fig1c, fig2, fig2b, ceiling.fig, fig4, fig5, fig6, fig7, fig8, fig9, fig10, fig11, fig12, fig13, fig14}
+	fig15, serviceTargets := figService()
+	rep.Figures = []Figure{fig1, fig1b, fig1c, fig2, fig2b, ceiling.fig, fig4, fig5, fig6, fig7, fig8, fig9, fig10, fig11, fig12, fig13, fig14, fig15}
 	rep.Targets = targets(tput, over, modes, ceiling.perSec, ratio, replay, rss, repl)
 	rep.Targets = append(rep.Targets, parallelTargets(fan, diamond, tput, ceiling.perSec)...)
 	rep.Targets = append(rep.Targets, retTargets...)
 	rep.Targets = append(rep.Targets, traceTargets...)
+	rep.Targets = append(rep.Targets, serviceTargets...)
 	finish(rep)
 }
 
@@ -352,36 +359,10 @@ func (f *failures) mark(row map[string]any) {
 // runFor runs sagas at concurrency conc for dur; it returns the count of
 // sagas that succeeded, each one's latency in ms, and the failures.
 func (r *rig) runFor(conc int, dur time.Duration) (int, []float64, *failures) {
-	var n atomic.Int64
-	var mu sync.Mutex
-	var lat []float64
-	fails := &failures{}
-	deadline := time.Now().Add(dur)
-	var wg sync.WaitGroup
-	for w := 0; w < conc; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			var mine []float64
-			for time.Now().Before(deadline) {
-				t := time.Now()
-				if _, err := r.e.Run(context.Background(), "bench", nil, engine.StartOptions{}); err != nil {
-					fails.add(err)
-					if fails.n.Load() > 1000 {
-						return // the point has failed; stop hammering
-					}
-					continue
-				}
-				mine = append(mine, float64(time.Since(t).Microseconds())/1000)
-				n.Add(1)
-			}
-			mu.Lock()
-			lat = append(lat, mine...)
-			mu.Unlock()
-		}()
-	}
-	wg.Wait()
-	return int(n.Load()), lat, fails
+	return runSagas(func(ctx context.Context) error {
+		_, err := r.e.Run(ctx, "bench", nil, engine.StartOptions{})
+		return err
+	}, conc, dur)
 }
 
 // runN runs n sagas at concurrency conc and returns the wall time.

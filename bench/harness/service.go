@@ -1,0 +1,240 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"connectrpc.com/connect"
+
+	"github.com/sagaengine/saga/engine"
+	sagav1 "github.com/sagaengine/saga/gen/saga/v1"
+	"github.com/sagaengine/saga/gen/saga/v1/sagav1connect"
+	"github.com/sagaengine/saga/service"
+)
+
+// serviceSteps is the caller-driven saga of figure 15: a start and one
+// Advance per step, each a transition.
+const serviceSteps = 4
+
+// serviceRig is an engine behind the saga service, served on loopback
+// as sagad serves it (HTTP/1.1 and h2c), with caller-driven steps.
+type serviceRig struct {
+	e     *engine.Engine
+	dir   string
+	srv   *http.Server
+	url   string
+	token string
+}
+
+func newServiceRig() *serviceRig {
+	dir, _ := os.MkdirTemp("", "saga-bench-service-")
+	e, err := engine.Open(dir, engine.Options{Logger: quiet})
+	if err != nil {
+		panic(err)
+	}
+	d := engine.Definition{Name: "driven"}
+	for k := 0; k < serviceSteps; k++ {
+		d.Steps = append(d.Steps, engine.StepDef{Name: fmt.Sprintf("s%d", k)})
+	}
+	if _, err := e.Define(context.Background(), d); err != nil {
+		panic(err)
+	}
+	svc, err := service.New(e, service.Options{})
+	if err != nil {
+		panic(err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle(svc.Handler())
+	protocols := new(http.Protocols)
+	protocols.SetHTTP1(true)
+	protocols.SetUnencryptedHTTP2(true)
+	const token = "bench-token-0123456789abcdef"
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		panic(err)
+	}
+	srv := &http.Server{Handler: service.RequireToken(token, mux), Protocols: protocols, ReadHeaderTimeout: 10 * time.Second}
+	go func() { _ = srv.Serve(ln) }()
+	return &serviceRig{e: e, dir: dir, srv: srv, url: "http://" + ln.Addr().String(), token: token}
+}
+
+func (r *serviceRig) close() {
+	_ = r.srv.Close()
+	_ = r.e.Close()
+	_ = os.RemoveAll(r.dir)
+}
+
+// bearer adds the token to every call.
+type bearer struct {
+	base  http.RoundTripper
+	token string
+}
+
+func (b bearer) RoundTrip(req *http.Request) (*http.Response, error) {
+	req = req.Clone(req.Context())
+	req.Header.Set("Authorization", "Bearer "+b.token)
+	return b.base.RoundTrip(req)
+}
+
+// client returns a SagaService client speaking JSON over HTTP/1.1 (the
+// curl and any-language path) or gRPC over h2c.
+func (r *serviceRig) client(grpc bool, conc int) sagav1connect.SagaServiceClient {
+	tr := &http.Transport{MaxIdleConns: conc + 8, MaxIdleConnsPerHost: conc + 8, IdleConnTimeout: time.Minute}
+	var opts []connect.ClientOption
+	if grpc {
+		p := new(http.Protocols)
+		p.SetUnencryptedHTTP2(true)
+		tr.Protocols = p
+		opts = append(opts, connect.WithGRPC())
+	} else {
+		opts = append(opts, connect.WithProtoJSON())
+	}
+	return sagav1connect.NewSagaServiceClient(&http.Client{Transport: bearer{tr, r.token}, Timeout: time.Minute}, r.url, opts...)
+}
+
+// sagaFunc runs one caller-driven saga to COMPLETED.
+type sagaFunc func(ctx context.Context) error
+
+func (r *serviceRig) viaAPI(c sagav1connect.SagaServiceClient) sagaFunc {
+	return func(ctx context.Context) error {
+		st, err := c.Start(ctx, connect.NewRequest(&sagav1.StartRequest{Definition: "driven"}))
+		if err != nil {
+			return err
+		}
+		id := st.Msg.Saga.Id
+		for k := 0; k < serviceSteps; k++ {
+			if _, err := c.Advance(ctx, connect.NewRequest(&sagav1.AdvanceRequest{SagaId: id, Step: fmt.Sprintf("s%d", k)})); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+}
+
+func (r *serviceRig) embedded() sagaFunc {
+	return func(ctx context.Context) error {
+		id, err := r.e.Start(ctx, "driven", nil, engine.StartOptions{})
+		if err != nil {
+			return err
+		}
+		for k := 0; k < serviceSteps; k++ {
+			if _, err := r.e.Advance(ctx, id, engine.StepResult{Step: fmt.Sprintf("s%d", k)}); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+}
+
+// runSagas runs f from conc goroutines for dur; it returns the count of
+// sagas that succeeded, each one's latency in ms, and the failures.
+func runSagas(f sagaFunc, conc int, dur time.Duration) (int, []float64, *failures) {
+	var n atomic.Int64
+	var mu sync.Mutex
+	var lat []float64
+	fails := &failures{}
+	deadline := time.Now().Add(dur)
+	var wg sync.WaitGroup
+	for w := 0; w < conc; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var mine []float64
+			for time.Now().Before(deadline) {
+				t := time.Now()
+				if err := f(context.Background()); err != nil {
+					fails.add(err)
+					if fails.n.Load() > 1000 {
+						return // the point has failed; stop hammering
+					}
+					continue
+				}
+				mine = append(mine, float64(time.Since(t).Microseconds())/1000)
+				n.Add(1)
+			}
+			mu.Lock()
+			lat = append(lat, mine...)
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	return int(n.Load()), lat, fails
+}
+
+// figService: caller-driven sagas through the saga service against the
+// same sagas on the embedded engine, in one run: sagas/s, latency, and
+// what the server adds per transition.
+func figService() (Figure, []Target) {
+	rounds, dur := 3, 3*time.Second
+	if *quick {
+		rounds, dur = 1, time.Second
+	}
+	fig := Figure{Name: fmt.Sprintf("15. The saga service: caller-driven %d-step sagas (Start + %d Advance), embedded vs through the API", serviceSteps, serviceSteps),
+		Method: fmt.Sprintf("one engine (strict) behind service.Server on loopback, served as sagad serves it; per point %s of sagas from c goroutines, "+
+			"embedded (engine.Start + Advance in process), JSON (Connect protocol, HTTP/1.1) and gRPC (h2c) through the generated Go client; "+
+			"the three interleaved, median of %d rounds; added per transition = (api p50 − embedded p50) / %d calls at c=1", dur, rounds, serviceSteps+1)}
+	r := newServiceRig()
+	defer r.close()
+	type point struct {
+		rate     []float64
+		p50, p99 []float64
+	}
+	modes := []string{"embedded", "JSON", "gRPC"}
+	points := map[string]*point{}
+	for round := 0; round < rounds; round++ {
+		for _, conc := range []int{1, 64} {
+			for _, m := range modes {
+				progress("service: %s c=%d, round %d/%d", m, conc, round+1, rounds)
+				var f sagaFunc
+				switch m {
+				case "embedded":
+					f = r.embedded()
+				case "JSON":
+					f = r.viaAPI(r.client(false, conc))
+				case "gRPC":
+					f = r.viaAPI(r.client(true, conc))
+				}
+				t := time.Now()
+				n, lat, fails := runSagas(f, conc, dur)
+				k := fmt.Sprintf("%s/%d", m, conc)
+				if points[k] == nil {
+					points[k] = &point{}
+				}
+				p := points[k]
+				p.rate = append(p.rate, float64(n)/time.Since(t).Seconds())
+				p.p50 = append(p.p50, percentile(lat, 0.5))
+				p.p99 = append(p.p99, percentile(lat, 0.99))
+				if fails.n.Load() > 0 {
+					row := map[string]any{"mode": m, "concurrency": conc, "round": round + 1}
+					fails.mark(row)
+					fig.Rows = append(fig.Rows, row)
+				}
+			}
+		}
+	}
+	var ts []Target
+	for _, conc := range []int{1, 64} {
+		emb := points[fmt.Sprintf("embedded/%d", conc)]
+		for _, m := range modes {
+			p := points[fmt.Sprintf("%s/%d", m, conc)]
+			row := map[string]any{"mode": m, "concurrency": conc, "sagas_per_s": round(median(p.rate)),
+				"p50_ms": round2(median(p.p50)), "p99_ms": round2(median(p.p99)),
+				"share_of_embedded_pct": round2(100 * median(p.rate) / max(median(emb.rate), 1e-9))}
+			if conc == 1 && m != "embedded" {
+				added := (median(p.p50) - median(emb.p50)) * 1000 / float64(serviceSteps+1)
+				row["added_us_per_transition"] = round(added)
+				ts = append(ts, Target{Name: fmt.Sprintf("service (%s), c=1: the server's added cost per transition", m), Want: "reported",
+					Measured: round(added), Unit: "µs", Pass: true,
+					Bound: "a loopback round trip, the request's decoding and the response's encoding, per call; the fsync is the engine's and is the same embedded"})
+			}
+			fig.Rows = append(fig.Rows, row)
+		}
+	}
+	return fig, ts
+}
