@@ -675,12 +675,12 @@ func (s *Server) policySet(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusRequestEntityTooLarge, err, "a policy is at most 1 MiB")
 		return
 	}
-	p, err := policy.Parse("request body", body)
-	if err == nil {
-		err = s.opts.Policy.Set(p)
-	}
-	if err != nil {
-		writeError(w, http.StatusBadRequest, err, "nothing was changed; the policy in force stays")
+	if err := s.opts.Policy.SetText("request body", body); err != nil {
+		code := http.StatusBadRequest
+		if !policy.IsInvalid(err) {
+			code = http.StatusInternalServerError // it could not be kept
+		}
+		writeError(w, code, err, "nothing was changed; the policy in force stays")
 		return
 	}
 	writeJSON(w, http.StatusOK, s.opts.Policy.Snapshot().Describe())

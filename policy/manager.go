@@ -31,6 +31,11 @@ type Options struct {
 	Registry *compensation.Registry
 	// Logger receives reload results and fallbacks. Default slog.Default().
 	Logger *slog.Logger
+	// APIFile, if set, keeps the API layer across restarts: SetText
+	// writes the policy text it was given there (atomically, synced)
+	// before the change is in force, and New reads it back. "" keeps the
+	// API layer in memory only, as Set does.
+	APIFile string
 	// OnChange is called after every attempted change (file reload or
 	// Set) with the version in force and the rejection error, if any. It
 	// may run on the watcher's goroutine: it must not call Close.
@@ -94,6 +99,18 @@ func New(opts Options) (*Manager, error) {
 		}
 		m.file, m.lastFile = f, sha256.Sum256(data)
 	}
+	if opts.APIFile != "" {
+		data, err := os.ReadFile(opts.APIFile)
+		switch {
+		case errors.Is(err, os.ErrNotExist):
+		case err != nil:
+			return nil, fmt.Errorf("policy: read the API layer %s: %w", opts.APIFile, err)
+		default:
+			if m.api, err = Parse(opts.APIFile, data); err != nil {
+				return nil, err
+			}
+		}
+	}
 	if err := m.apply(); err != nil {
 		return nil, err
 	}
@@ -116,7 +133,11 @@ func (m *Manager) layers() []layer {
 
 // apply validates every layer and the result, then swaps the snapshot.
 // m.mu held (or not yet shared).
-func (m *Manager) apply() error {
+func (m *Manager) apply() error { return m.applyThen(nil) }
+
+// applyThen is apply with keep run after the validation and before the
+// swap: an error from it leaves the snapshot as it was.
+func (m *Manager) applyThen(keep func() error) error {
 	var errs []error
 	for _, l := range m.layers()[1:] {
 		if l.p != nil {
@@ -138,6 +159,11 @@ func (m *Manager) apply() error {
 	}
 	if len(errs) > 0 {
 		return errors.Join(errs...)
+	}
+	if keep != nil {
+		if err := keep(); err != nil {
+			return err
+		}
 	}
 	m.version++
 	m.snap.Store(s)
@@ -172,12 +198,12 @@ func (s *Snapshot) switchable() []string {
 }
 
 // change runs f under the lock and applies the result, restoring the
-// previous layers if the result is invalid.
-func (m *Manager) change(f func()) error {
+// previous layers if the result is invalid or keep fails.
+func (m *Manager) change(f func(), keep func() error) error {
 	m.mu.Lock()
 	file, env, api := m.file, m.env, m.api
 	f()
-	err := m.apply()
+	err := m.applyThen(keep)
 	if err != nil {
 		m.file, m.env, m.api = file, env, api
 	}
@@ -198,9 +224,83 @@ func (m *Manager) change(f func()) error {
 
 // Set replaces the API layer (the highest) with p; nil removes it. An
 // invalid policy is rejected whole and changes nothing.
+//
+// With Options.APIFile, Set refuses (ErrAPIFile): the layer is kept as
+// text, so use SetText.
 func (m *Manager) Set(p *Policy) error {
+	if m.opts.APIFile != "" {
+		return fmt.Errorf("%w (%s)", ErrAPIFile, m.opts.APIFile)
+	}
 	p = p.clone() // the caller may reuse its maps and slices
-	return m.change(func() { m.api = p })
+	return m.change(func() { m.api = p }, nil)
+}
+
+// ErrAPIFile: Set of a Policy value on a Manager that keeps its API
+// layer in Options.APIFile, which holds text.
+var ErrAPIFile = errors.New("policy: the API layer is kept in a file: set it with SetText")
+
+// SetText parses a policy document (the policy file's format; name labels
+// its errors) and makes it the API layer, as Set does. With
+// Options.APIFile the text is written there, synced, before the change is
+// in force: a policy set this way survives a restart, and one that could
+// not be written is not in force. An invalid policy, or one that could not
+// be kept, changes nothing.
+func (m *Manager) SetText(name string, data []byte) error {
+	p, err := Parse(name, data)
+	if err != nil {
+		return err
+	}
+	var keep func() error
+	if m.opts.APIFile != "" {
+		keep = func() error { return writeSynced(m.opts.APIFile, data) }
+	}
+	return m.change(func() { m.api = p }, keep)
+}
+
+// IsInvalid reports whether a Set, SetText or Reload error says the
+// policy is invalid (a *ValidationError), rather than that it could not be
+// read or kept.
+func IsInvalid(err error) bool {
+	var ve *ValidationError
+	return errors.As(err, &ve)
+}
+
+// writeSynced replaces path with data atomically and durably: a
+// temporary file in the same directory, synced, renamed over path, and
+// the directory synced. A crash leaves the old content or the new.
+func writeSynced(path string, data []byte) error {
+	dir := filepath.Dir(path)
+	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".*")
+	if err != nil {
+		return fmt.Errorf("policy: keep the API layer: %w", err)
+	}
+	tmp := f.Name()
+	_, err = f.Write(data)
+	if err == nil {
+		err = f.Chmod(0o600)
+	}
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
+		_ = os.Remove(tmp)
+		return fmt.Errorf("policy: keep the API layer in %s: %w", path, err)
+	}
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("policy: keep the API layer in %s: %w", path, err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("policy: keep the API layer in %s: sync %s: %w", path, dir, err)
+	}
+	return nil
 }
 
 // Reload re-reads the policy file. It is called by the watcher; call it
@@ -232,7 +332,7 @@ func (m *Manager) Reload() error {
 		}
 		return err
 	}
-	if err := m.change(func() { m.file = f }); err != nil {
+	if err := m.change(func() { m.file = f }, nil); err != nil {
 		return err
 	}
 	m.lastFile = sha256.Sum256(data)

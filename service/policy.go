@@ -17,9 +17,10 @@ import (
 type Policy interface {
 	// Snapshot returns the policy in force.
 	Snapshot() *policy.Snapshot
-	// Set replaces the API layer; an invalid policy is refused whole and
-	// changes nothing.
-	Set(p *policy.Policy) error
+	// SetText parses a policy document and makes it the API layer; an
+	// invalid policy, or one that could not be kept, is refused whole
+	// and changes nothing.
+	SetText(name string, data []byte) error
 	// Explain says whether a call runs as a saga, and why.
 	Explain(operation string, uc policy.UserContext) policy.Decision
 }
@@ -52,12 +53,11 @@ func (s *Server) SetPolicy(ctx context.Context, req *connect.Request[sagav1.SetP
 	if req.Msg.Yaml == "" {
 		return nil, connectError(fmt.Errorf("%w: yaml is required (a policy in the policy file's format)", errBadRequest))
 	}
-	p, err := policy.Parse("request", []byte(req.Msg.Yaml))
-	if err == nil {
-		err = s.opts.Policy.Set(p)
-	}
-	if err != nil {
+	if err := s.opts.Policy.SetText("request", []byte(req.Msg.Yaml)); err != nil {
 		// Nothing changed: the policy in force stays.
+		if !policy.IsInvalid(err) {
+			return nil, connect.NewError(connect.CodeInternal, err) // it could not be kept
+		}
 		return nil, connect.NewError(connect.CodeInvalidArgument, err)
 	}
 	return connect.NewResponse(&sagav1.SetPolicyResponse{Policy: policyOf(s.opts.Policy.Snapshot().Describe())}), nil

@@ -49,6 +49,10 @@ const TokenEnv = "SAGAD_TOKEN"
 // tokenFileName is the generated token's file in the data directory.
 const tokenFileName = "sagad.token"
 
+// policyAPIFile, in the data directory, keeps the policy set through
+// SetPolicy (the API layer) across restarts.
+const policyAPIFile = "policy-api.yaml"
+
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -85,7 +89,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	// (which makes the data directory and takes its lock), and only once
 	// the directory is ours a generated token.
 	lookup := func(k string) (string, bool) { v := getenv(k); return v, v != "" }
-	pm, err := policy.New(policy.Options{File: *policyFile, LookupEnv: lookup, Logger: log})
+	// The API layer (SetPolicy) is kept in the data directory.
+	pm, err := policy.New(policy.Options{File: *policyFile, APIFile: filepath.Join(*dataDir, policyAPIFile), LookupEnv: lookup, Logger: log})
 	if err != nil {
 		return err // "policy: …"
 	}

@@ -259,3 +259,22 @@ func TestSagadRefusedStartWritesNothing(t *testing.T) {
 		t.Fatalf("a start refused for a locked data directory wrote a token: %v", err)
 	}
 }
+
+// A policy set through SetPolicy is kept in the data directory: after a
+// restart it is still in force.
+func TestSagadKeepsThePolicySetThroughTheAPIAcrossARestart(t *testing.T) {
+	t.Chdir(t.TempDir())
+	env := map[string]string{TokenEnv: "tok"}
+	t.Run("set", func(t *testing.T) {
+		addr, _ := start(t, env)
+		yaml := `enable_saga: true\nsaga_operations: [checkout]\ncompensation_handlers:\n  checkout:\n    payment: refund\n`
+		if code, body := post(t, addr, "tok", "SetPolicy", `{"yaml":"`+yaml+`"}`); code != 200 {
+			t.Fatalf("set policy: %d %s", code, body)
+		}
+	}) // sagad stops here
+	addr, _ := start(t, env)
+	code, body := post(t, addr, "tok", "ExplainPolicy", `{"operation":"checkout"}`)
+	if code != 200 || !strings.Contains(body, `"saga":true`) {
+		t.Fatalf("explain after a restart: %d %s", code, body)
+	}
+}
