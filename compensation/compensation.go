@@ -218,8 +218,11 @@ type permanent struct{ err error }
 func (p permanent) Error() string { return p.err.Error() }
 func (p permanent) Unwrap() error { return p.err }
 
-// Permanent wraps err so that the engine does not retry the action that
-// returned it: the step fails at once and compensation begins.
+// Permanent wraps err so that the engine does not retry the call that
+// returned it. From an action: the step fails at once and compensation
+// begins. From a compensation handler: the saga is STUCK at once, waiting
+// for an operator to retry or resolve it (an operator's Retry runs the
+// handler again).
 func Permanent(err error) error {
 	if err == nil {
 		return nil

@@ -528,7 +528,8 @@ func (e *Engine) compensate(tctx, ctx context.Context, inv *invocation, r *run, 
 }
 
 // compensationFailed records a failed attempt (final when the retry
-// budget is spent or the handler is not registered: STUCK) and waits the
+// budget is spent, the error is permanent or the handler is not
+// registered: STUCK) and waits the
 // backoff before the next attempt.
 func (e *Engine) compensationFailed(tctx context.Context, inv *invocation, sg *fsm.Saga, i int, herr error, registered bool) error {
 	st := sg.Steps[i]
@@ -537,7 +538,9 @@ func (e *Engine) compensationFailed(tctx context.Context, inv *invocation, sg *f
 	attempts := st.CompAttempts - st.CompRoundBase
 	elapsed := time.Duration(e.now() - st.CompRoundStart)
 	delay, retry := policy.Next(attempts, elapsed, e.opts.Rand())
-	retry = retry && registered
+	// A permanent error (compensation.Permanent: a remote endpoint's 4xx,
+	// say) will not heal by retrying: STUCK at once, for an operator.
+	retry = retry && registered && !compensation.IsPermanent(herr)
 	next, err := e.transition(tctx, sg.ID, func(cur *fsm.Saga) ([]*fsm.Record, error) {
 		return []*fsm.Record{{Kind: fsm.KindCompFailed, Saga: sg.ID, At: e.now(), Step: i,
 			Attempt: cur.Steps[i].CompAttempts, Err: ei, Final: !retry}}, nil

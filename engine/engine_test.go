@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -439,6 +440,40 @@ func TestRetryBackoffStuckAndOperatorRetry(t *testing.T) {
 	// between compensation attempts.
 	if elapsed := clk.Now().Sub(time.Unix(1_700_000_000, 0)); elapsed < 3*time.Second {
 		t.Fatalf("virtual time advanced only %v", elapsed)
+	}
+}
+
+// A compensation returning a Permanent error is not retried: the saga is
+// STUCK after one attempt, whatever its retry budget, and an operator's
+// Retry runs it again.
+func TestPermanentCompensationErrorIsStuckAtOnce(t *testing.T) {
+	clk := fakeclock.New(time.Unix(1_700_000_000, 0))
+	reg := flaky(t, &journal{}, 0, 0)
+	var calls atomic.Int32
+	must(t, reg.Register("undo_refused", func(ctx context.Context, c compensation.Call) error {
+		if calls.Add(1) == 1 {
+			return compensation.Permanent(errors.New("400 bad request"))
+		}
+		return nil
+	}))
+	e := openT(t, t.TempDir(), Options{Registry: reg, Clock: clk})
+	defer e.Close()
+	_, err := e.Define(ctx, Definition{Name: "p", Steps: []StepDef{
+		{Name: "a", Action: "do_a", Compensation: "undo_refused", CompensationRetry: RetryPolicy{InitialBackoff: time.Second, MaxAttempts: 10}},
+		{Name: "b", Action: "do_fail"},
+	}})
+	must(t, err)
+	id, _, err := e.start(ctx, "p", nil, StartOptions{}, true)
+	must(t, err)
+	e.kick(id)
+	st := settle(t, e, clk, id)
+	if st.State != fsm.StateStuck || st.Steps[0].CompAttempts != 1 || calls.Load() != 1 {
+		t.Fatalf("state %s after %d compensation attempts (%d calls), want STUCK after 1", st.State, st.Steps[0].CompAttempts, calls.Load())
+	}
+	_, err = e.Retry(ctx, id, "alice", "fixed the request")
+	must(t, err)
+	if st = settle(t, e, clk, id); st.State != fsm.StateFailed {
+		t.Fatalf("after retry: %s", st.State)
 	}
 }
 

@@ -85,8 +85,8 @@ type (
 // NewRegistry returns an empty Registry.
 func NewRegistry() *Registry { return compensation.NewRegistry() }
 
-// Permanent marks an action's error as not worth retrying: the step fails
-// at once.
+// Permanent marks an error as not worth retrying: an action's step fails
+// at once; a compensation's saga is STUCK at once, for an operator.
 func Permanent(err error) error { return compensation.Permanent(err) }
 
 // Logger is compensation.Logger: the logger of the call a handler's
