@@ -47,9 +47,11 @@ const (
 type Call struct {
 	SagaID     string
 	Definition string
-	Step       string // the step's name
-	StepIndex  int
-	Kind       Kind
+	// Version is the version of the definition the saga started with.
+	Version   int
+	Step      string // the step's name
+	StepIndex int
+	Kind      Kind
 	// Input is the saga's input, as given to Start.
 	Input []byte
 	// Output is the step's recorded output (for a compensation: what the

@@ -325,7 +325,7 @@ func (e *Engine) sleep(ctx context.Context, wake <-chan struct{}, d time.Duratio
 func (e *Engine) call(sg *fsm.Saga, i int, kind compensation.Kind, attempt int) compensation.Call {
 	st := sg.Steps[i]
 	c := compensation.Call{
-		SagaID: sg.ID, Definition: sg.Definition, Step: st.Name, StepIndex: i, Kind: kind,
+		SagaID: sg.ID, Definition: sg.Definition, Version: sg.Version, Step: st.Name, StepIndex: i, Kind: kind,
 		Input: sg.Input, Attempt: attempt, User: sg.User,
 		IdempotencyKey: compensation.IdempotencyKey(sg.ID, st.Name, kind),
 	}
