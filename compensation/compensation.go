@@ -99,6 +99,11 @@ func NewRegistry() *Registry {
 	return &Registry{handlers: map[string]Handler{}, actions: map[string]Action{}}
 }
 
+// ValidName reports whether Register and RegisterAction accept name: 1-128
+// of letters, digits and . _ : @ -. Configuration that names handlers
+// (remote endpoints, say) checks its names with it before registering.
+func ValidName(name string) bool { return namePattern.MatchString(name) }
+
 func checkName(name string) error {
 	if !namePattern.MatchString(name) {
 		return fmt.Errorf("%w: %q (1-128 of letters, digits, . _ : @ -)", ErrInvalidName, name)
