@@ -87,7 +87,7 @@ type endpoint struct {
 	target  string // path and query, as signed
 	timeout time.Duration
 	maxBody int64
-	secret  []byte // nil: unsigned
+	secret  []byte        // nil: unsigned
 	sem     chan struct{} // a slot per call in flight
 	waiting atomic.Int64  // calls waiting for a slot
 	client  *http.Client
