@@ -1,7 +1,9 @@
 package remote_test
 
 import (
+	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -164,4 +166,172 @@ func TestEngineCompensatesRemoteStepsInReverse(t *testing.T) {
 
 func actionOf(comp string) string {
 	return map[string]string{"cancel_order": "create_order", "refund_payment": "process_payment", "release_inventory": "reserve_inventory"}[comp]
+}
+
+// openEngine opens an engine in a temp dir whose registry holds the
+// client's endpoints.
+func openEngine(t *testing.T, client *remote.Client) *engine.Engine {
+	t.Helper()
+	reg := engine.NewRegistry()
+	if err := client.Register(reg); err != nil {
+		t.Fatal(err)
+	}
+	e, err := engine.Open(t.TempDir(), engine.Options{Registry: reg, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { e.Close() })
+	return e
+}
+
+// A compensation endpoint answering 4xx is not retried: the saga is STUCK
+// at once, for an operator, whatever the compensation's retry budget.
+func TestEngineRemoteCompensationRefusedIsStuck(t *testing.T) {
+	var mu sync.Mutex
+	undos := 0
+	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/fail":
+			http.Error(w, "no", http.StatusBadRequest)
+		case "/undo":
+			mu.Lock()
+			undos++
+			mu.Unlock()
+			http.Error(w, "unknown order", http.StatusNotFound)
+		}
+	}))
+	defer hs.Close()
+	client := newClient(t, map[string]remote.EndpointConfig{
+		"do": {URL: hs.URL + "/do"}, "undo": {URL: hs.URL + "/undo"}, "fail": {URL: hs.URL + "/fail"},
+	}, remote.Options{})
+	e := openEngine(t, client)
+	_, err := e.Define(testCtx(t), engine.Definition{Name: "d", Steps: []engine.StepDef{
+		{Name: "a", Action: "do", Compensation: "undo", CompensationRetry: engine.RetryPolicy{InitialBackoff: time.Millisecond, MaxAttempts: 10}},
+		{Name: "b", Action: "fail"},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := e.Run(testCtx(t), "d", nil, engine.StartOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if st.State != engine.StateStuck || undos != 1 {
+		t.Fatalf("state %s after %d compensation calls, want STUCK after 1", st.State, undos)
+	}
+}
+
+// After a restart with many sagas to resume, the endpoint's service
+// never sees more than its concurrency in flight: the rest wait in the
+// engine. The first engine is closed while 40 sagas are in their first
+// step (3 at the service, 37 queued); the second resumes them all at once
+// (OnUncertain: retry). The service holds every request until the other
+// calls are all queued behind the bound, so the bound is under full
+// pressure; without it the extra requests reach the service at once.
+func TestEngineResumeAfterRestartRespectsTheBound(t *testing.T) {
+	const bound, sagas = 3, 40
+	var mu sync.Mutex
+	inflight, peak, phase := 0, 0, 1
+	release := make(chan struct{}) // phase 2: the service answers
+	over := make(chan struct{})    // phase 2: more than bound in flight
+	var overOnce sync.Once
+	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		mu.Lock()
+		inflight++
+		p := phase
+		if p == 2 {
+			peak = max(peak, inflight)
+			if inflight > bound {
+				overOnce.Do(func() { close(over) })
+			}
+		}
+		mu.Unlock()
+		defer func() { mu.Lock(); inflight--; mu.Unlock() }()
+		if p == 1 {
+			<-r.Context().Done() // the first engine closes meanwhile
+			return
+		}
+		select {
+		case <-release:
+			io.WriteString(w, "ok")
+		case <-r.Context().Done():
+		}
+	}))
+	defer hs.Close()
+	client := newClient(t, map[string]remote.EndpointConfig{"step": {URL: hs.URL, Concurrency: bound}}, remote.Options{})
+	reg := engine.NewRegistry()
+	if err := client.Register(reg); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	opts := engine.Options{Registry: reg, Logger: slog.New(slog.DiscardHandler)}
+	e, err := engine.Open(dir, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := testCtx(t)
+	if _, err := e.Define(ctx, engine.Definition{Name: "d", Steps: []engine.StepDef{
+		{Name: "a", Action: "step", OnUncertain: engine.UncertainRetry}, {Name: "b", Action: "step"},
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	ids := make([]string, sagas)
+	var wg sync.WaitGroup
+	for i := range ids {
+		ids[i] = fmt.Sprintf("saga-%d", i)
+		wg.Go(func() { e.Run(ctx, "d", nil, engine.StartOptions{ID: ids[i]}) }) // ends when e closes
+	}
+	waitFor(t, ctx, "40 sagas in their first step", func() bool {
+		s := client.Stats()["step"]
+		return s.InFlight+s.Waiting == sagas
+	})
+	e.Close()
+	wg.Wait()
+
+	mu.Lock()
+	phase = 2
+	mu.Unlock()
+	e, err = engine.Open(dir, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	waitFor(t, ctx, "the resumed calls queued behind the bound (or too many at the service)", func() bool {
+		select {
+		case <-over:
+			return true
+		default:
+		}
+		s := client.Stats()["step"]
+		return s.InFlight == bound && s.Waiting == sagas-bound
+	})
+	close(release)
+	for _, id := range ids {
+		st, err := e.Wait(ctx, id)
+		if err != nil || st.State != engine.StateCompleted {
+			t.Fatalf("%s: %v, %v", id, st, err)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if peak > bound {
+		t.Fatalf("the service saw %d calls in flight after the restart; the bound is %d", peak, bound)
+	}
+}
+
+// waitFor polls cond until it holds, failing the test when ctx ends.
+func waitFor(t *testing.T, ctx context.Context, what string, cond func() bool) {
+	t.Helper()
+	tick := time.NewTicker(time.Millisecond)
+	defer tick.Stop()
+	for !cond() {
+		select {
+		case <-ctx.Done():
+			t.Fatalf("waiting for %s: %v", what, ctx.Err())
+		case <-tick.C:
+		}
+	}
 }

@@ -230,11 +230,13 @@ func (c *Client) Action(name string) (compensation.Action, error) {
 	if !ok {
 		return nil, fmt.Errorf("%w: %q", ErrUnknownEndpoint, name)
 	}
-	return ep.call, nil
+	return func(ctx context.Context, call compensation.Call) ([]byte, error) {
+		return ep.call(ctx, call, true)
+	}, nil
 }
 
 // Handler returns the compensation handler that calls the named endpoint
-// (the body of its 2xx answer is ignored). ErrUnknownEndpoint if there is
+// (the body of its 2xx answer is ignored, whatever its size). ErrUnknownEndpoint if there is
 // none.
 func (c *Client) Handler(name string) (compensation.Handler, error) {
 	ep, ok := c.endpoints[name]
@@ -242,7 +244,7 @@ func (c *Client) Handler(name string) (compensation.Handler, error) {
 		return nil, fmt.Errorf("%w: %q", ErrUnknownEndpoint, name)
 	}
 	return func(ctx context.Context, call compensation.Call) error {
-		_, err := ep.call(ctx, call)
+		_, err := ep.call(ctx, call, false)
 		return err
 	}, nil
 }
@@ -273,8 +275,9 @@ var errAttemptTimeout = errors.New("attempt timeout")
 
 // call makes one attempt: it waits for a slot of the endpoint's
 // concurrency bound (or ctx's end), then POSTs the call within the
-// endpoint's timeout.
-func (ep *endpoint) call(ctx context.Context, c compensation.Call) ([]byte, error) {
+// endpoint's timeout. It returns the body of a 2xx answer when output is
+// set (an action's), and discards it otherwise.
+func (ep *endpoint) call(ctx context.Context, c compensation.Call, output bool) ([]byte, error) {
 	body, err := json.Marshal(Request{
 		SagaID: c.SagaID, Definition: c.Definition, Version: c.Version, Step: c.Step, StepIndex: c.StepIndex,
 		Kind: string(c.Kind), Input: c.Input, Output: c.Output, Attempt: c.Attempt, Uncertain: c.Uncertain,
@@ -312,6 +315,12 @@ func (ep *endpoint) call(ctx context.Context, c compensation.Call) ([]byte, erro
 	}
 	defer resp.Body.Close()
 	switch code := resp.StatusCode; {
+	case code >= 200 && code < 300 && !output:
+		// Drained (up to a bound) so that the connection is reused.
+		if _, err := io.Copy(io.Discard, io.LimitReader(resp.Body, ep.maxBody)); err != nil {
+			return nil, ep.transportError(ctx, actx, code, err)
+		}
+		return nil, nil
 	case code >= 200 && code < 300:
 		out, err := io.ReadAll(io.LimitReader(resp.Body, ep.maxBody+1))
 		if err != nil {

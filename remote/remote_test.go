@@ -180,6 +180,11 @@ func TestResponseBodyIsBounded(t *testing.T) {
 	if out, err := action(t, c, "fits")(testCtx(t), testCall(compensation.KindAction)); err != nil || len(out) != 1025 {
 		t.Fatalf("%d bytes, %v", len(out), err)
 	}
+	// A compensation's answer is not an output: its size does not matter.
+	h, _ := c.Handler("big")
+	if err := h(testCtx(t), testCall(compensation.KindCompensation)); err != nil {
+		t.Fatalf("compensation with a long answer: %v", err)
+	}
 }
 
 // The server must never see more than the endpoint's concurrency in
