@@ -61,6 +61,7 @@ endpoints:
     max_response_bytes: 99999999
   e:
     url: /relative/only
+    timeout: 5
 unknown_top: 1
 `), "")
 	var ce *remote.ConfigError
@@ -74,7 +75,7 @@ unknown_top: 1
 		`"c": tls.cert and tls.key go together`, `"c": tls is set but the url is http`,
 		`"bad name!": the name must be`,
 		`"d": url must not hold credentials`, `"d": max_response_bytes 99999999 is out of range`,
-		`"e": url scheme ""`,
+		`"e": url scheme ""`, "cannot unmarshal !!int `5` into time.Duration",
 	} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("the error does not say %q:\n%v", want, err)
