@@ -66,7 +66,9 @@ type EndpointConfig struct {
 	// It never appears in errors (it may carry a token in its query).
 	URL string `yaml:"url"`
 	// Timeout bounds one attempt: connecting, sending, and reading the
-	// whole response. Default DefaultTimeout (30s).
+	// whole response, not the wait for a concurrency slot (a step's own
+	// Timeout, if its definition sets one, bounds both). Default
+	// DefaultTimeout (30s).
 	Timeout time.Duration `yaml:"timeout"`
 	// Concurrency bounds the calls in flight at once, across every saga;
 	// a call waits for a slot (or for its context to end) before it

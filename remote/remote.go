@@ -236,8 +236,8 @@ func (c *Client) Action(name string) (compensation.Action, error) {
 }
 
 // Handler returns the compensation handler that calls the named endpoint
-// (the body of its 2xx answer is ignored, whatever its size). ErrUnknownEndpoint if there is
-// none.
+// (the body of its 2xx answer is ignored, whatever its size).
+// ErrUnknownEndpoint if there is none.
 func (c *Client) Handler(name string) (compensation.Handler, error) {
 	ep, ok := c.endpoints[name]
 	if !ok {
