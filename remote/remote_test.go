@@ -153,6 +153,9 @@ func TestTimeoutIsRetryable(t *testing.T) {
 	if !errors.As(err, &re) || !errors.Is(err, remote.ErrTimeout) || compensation.IsPermanent(err) || !re.Retryable() {
 		t.Fatalf("err %v, want a retryable ErrTimeout", err)
 	}
+	if s := c.Stats()["pay"]; s != (remote.Stats{}) {
+		t.Fatalf("a timed-out call kept its slot: %+v", s)
+	}
 }
 
 func TestConnectionRefusedIsRetryable(t *testing.T) {
