@@ -156,7 +156,7 @@ func ParseConfig(data []byte, baseDir string) (*Config, error) {
 	if len(problems) > 0 {
 		return nil, &ConfigError{Problems: problems}
 	}
-	c.resolve(baseDir)
+	c.ResolvePaths(baseDir)
 	return &c, nil
 }
 
@@ -220,8 +220,11 @@ func (c *Config) Validate() error {
 	return &ConfigError{Problems: problems}
 }
 
-// resolve makes c's relative file paths relative to dir.
-func (c *Config) resolve(dir string) {
+// ResolvePaths makes c's relative file paths (tls, hmac_secret_file)
+// relative to dir, as ParseConfig does; "" leaves them as they are. A
+// program that decodes Config as part of its own YAML file calls it with
+// that file's directory, then Validate.
+func (c *Config) ResolvePaths(dir string) {
 	if dir == "" {
 		return
 	}
