@@ -7,6 +7,8 @@ import (
 	"log/slog"
 	"testing"
 	"time"
+
+	"go.opentelemetry.io/otel/trace"
 )
 
 func TestRegistry(t *testing.T) {
@@ -80,9 +82,9 @@ func TestPolicyNext(t *testing.T) {
 }
 
 // TestLoggerNamesTheCall: a handler's logger carries the saga, step,
-// kind and attempt of its call (and extra attributes after them), also
-// from a context derived from the handler's; outside a call it is
-// slog.Default().
+// kind and attempt of its call (then the trace and span ids of a span in
+// its context, then extra attributes), also from a context derived from
+// the handler's; outside a call it is slog.Default().
 func TestLoggerNamesTheCall(t *testing.T) {
 	var buf bytes.Buffer
 	base := slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{
@@ -105,5 +107,17 @@ func TestLoggerNamesTheCall(t *testing.T) {
 	}
 	if Logger(WithCall(context.Background(), nil, &c)) == nil {
 		t.Fatal("a call without a base logger has no logger")
+	}
+
+	// A span in the call's context: its trace and span ids follow the
+	// call's attributes, before the extra ones.
+	buf.Reset()
+	sc := trace.NewSpanContext(trace.SpanContextConfig{
+		TraceID: trace.TraceID{0x4b, 0xf9, 0x2f, 0x35, 0x77, 0xb3, 0x4d, 0xa6, 0xa3, 0xce, 0x92, 0x9d, 0x0e, 0x0e, 0x47, 0x36},
+		SpanID:  trace.SpanID{0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7}, TraceFlags: trace.FlagsSampled})
+	Logger(WithCall(trace.ContextWithSpanContext(context.Background(), sc), base, &c, "extra", 1)).Info("refunded")
+	want = "level=INFO msg=refunded saga=s1 step=pay kind=compensation attempt=3 trace_id=4bf92f3577b34da6a3ce929d0e0e4736 span_id=00f067aa0ba902b7 extra=1\n"
+	if buf.String() != want {
+		t.Fatalf("logged %q, want %q", buf.String(), want)
 	}
 }

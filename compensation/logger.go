@@ -5,6 +5,8 @@ import (
 	"log/slog"
 	"strconv"
 	"sync"
+
+	"go.opentelemetry.io/otel/trace"
 )
 
 // callKey is the context key of the call a context was made for.
@@ -12,7 +14,8 @@ type callKey struct{}
 
 // callContext is a handler's context: its parent, plus what Logger needs
 // to name the call. One value per attempt; the logger is built on first
-// use, so a handler that does not log costs no more than this value.
+// use, so a handler that does not log costs no more than this value (the
+// trace and span ids, in particular, are formatted only then).
 type callContext struct {
 	context.Context
 	base    *slog.Logger
@@ -40,8 +43,9 @@ func (c *callContext) String() string {
 // WithCall returns a context, a child of ctx, for one attempt of the
 // call c: Logger of it (or of any context derived from it) returns base
 // (slog.Default() when nil) with the attributes saga, step, kind and
-// attempt of c, then attrs (key-value pairs, as slog.Logger.With takes
-// them). The engine hands every action and handler such a context; tests
+// attempt of c, then trace_id and span_id when ctx carries a valid span
+// context (an OpenTelemetry span: the attempt's, when the engine traces),
+// then attrs (key-value pairs, as slog.Logger.With takes them). The engine hands every action and handler such a context; tests
 // of a handler can make one the same way.
 func WithCall(ctx context.Context, base *slog.Logger, c *Call, attrs ...any) context.Context {
 	return &callContext{Context: ctx, base: base, attrs: attrs, saga: c.SagaID, step: c.Step, kind: c.Kind, attempt: c.Attempt}
@@ -61,7 +65,12 @@ func Logger(ctx context.Context) *slog.Logger {
 		if base == nil {
 			base = slog.Default()
 		}
-		c.logger = base.With(append([]any{"saga", c.saga, "step", c.step, "kind", string(c.kind), "attempt", c.attempt}, c.attrs...)...)
+		args := make([]any, 0, 12+len(c.attrs))
+		args = append(args, "saga", c.saga, "step", c.step, "kind", string(c.kind), "attempt", c.attempt)
+		if sc := trace.SpanContextFromContext(c.Context); sc.IsValid() {
+			args = append(args, "trace_id", sc.TraceID().String(), "span_id", sc.SpanID().String())
+		}
+		c.logger = base.With(append(args, c.attrs...)...)
 	})
 	return c.logger
 }

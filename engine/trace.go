@@ -188,8 +188,9 @@ func (e *Engine) handlerCtx(ctx context.Context, sg *fsm.Saga, c *compensation.C
 		attrSagaID.String(c.SagaID), attrDefinition.String(c.Definition), attrVersion.Int(sg.Version),
 		attrStep.String(c.Step), attrStepIndex.Int(c.StepIndex), attrKind.String(string(c.Kind)),
 		attrAttempt.Int(c.Attempt), attrIdempotencyKey.String(c.IdempotencyKey), attrUncertain.Bool(c.Uncertain)))
-	sc := span.SpanContext()
-	return compensation.WithCall(ctx, e.opts.Logger, c, "trace_id", sc.TraceID().String(), "span_id", sc.SpanID().String()), span
+	// The logger's trace_id and span_id come from ctx's span, formatted
+	// only if the handler asks for its logger (compensation.Logger).
+	return compensation.WithCall(ctx, e.opts.Logger, c), span
 }
 
 // endAttempt ends an attempt's span (nil: not tracing), recording its

@@ -1,9 +1,11 @@
 package engine
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -84,7 +86,8 @@ func checkTree(t *testing.T, spans []sdktrace.ReadOnlySpan, root trace.SpanConte
 
 // tracedRegistry: actions do_<s> (c fails), compensations undo_<s>
 // (undo_b fails its first attempt). Every call checks that its context
-// carries its own span, the caller's baggage and its logger.
+// carries its own span, the caller's baggage and its logger, whose
+// records name that span (logged to seen under the key "log").
 func tracedRegistry(t *testing.T, seen *sync.Map) *compensation.Registry {
 	reg := compensation.NewRegistry()
 	check := func(ctx context.Context, c compensation.Call) {
@@ -96,6 +99,8 @@ func tracedRegistry(t *testing.T, seen *sync.Map) *compensation.Registry {
 		if compensation.Logger(ctx) == nil {
 			t.Errorf("%s of %s: no logger", c.Kind, c.Step)
 		}
+		ids := "trace_id=" + sc.TraceID().String() + " span_id=" + sc.SpanID().String()
+		compensation.Logger(ctx).Info("handler", "want", ids)
 	}
 	for _, s := range []string{"a", "b", "c"} {
 		must(t, reg.RegisterAction("do_"+s, func(ctx context.Context, c compensation.Call) ([]byte, error) {
@@ -132,7 +137,9 @@ func fastUndo(d Definition) Definition {
 func TestTraceOfFailedSagaHangsEveryAttemptUnderItsSagaSpan(t *testing.T) {
 	sr, tp := recorder()
 	var seen sync.Map
-	e := openT(t, t.TempDir(), Options{Registry: tracedRegistry(t, &seen), TracerProvider: tp})
+	var logs lockedBuffer
+	e := openT(t, t.TempDir(), Options{Registry: tracedRegistry(t, &seen), TracerProvider: tp,
+		Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 	defer e.Close()
 	_, err := e.Define(ctx, fastUndo(def("order", "a", "b", "c")))
 	must(t, err)
@@ -185,6 +192,21 @@ func TestTraceOfFailedSagaHangsEveryAttemptUnderItsSagaSpan(t *testing.T) {
 			t.Errorf("span %q: error not recorded as an exception event", spanLine(s))
 		}
 	}
+	handlerLogs := 0
+	for _, l := range strings.Split(logs.String(), "\n") {
+		if !strings.Contains(l, "msg=handler") {
+			continue
+		}
+		handlerLogs++
+		_, want, _ := strings.Cut(l, `want="`)
+		want, _, _ = strings.Cut(want, `"`)
+		if !strings.Contains(l, " "+want+" ") {
+			t.Errorf("a handler's log names another span than the handler's (%s): %s", want, l)
+		}
+	}
+	if handlerLogs != len(spans)-2 {
+		t.Errorf("%d handler log records, want one per attempt (%d)", handlerLogs, len(spans)-2)
+	}
 	h, err := e.History(ctx, "o1")
 	must(t, err)
 	tc := h[0].Record.Start.Trace
@@ -194,6 +216,24 @@ func TestTraceOfFailedSagaHangsEveryAttemptUnderItsSagaSpan(t *testing.T) {
 	if tc["baggage"] != "tenant=acme" {
 		t.Errorf("recorded baggage %q, want tenant=acme", tc["baggage"])
 	}
+}
+
+// lockedBuffer is a bytes.Buffer that handlers log to concurrently.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
 
 // TestOperatorActionsAreEventsOfTheSagaSpan: an abort, and the retry and
