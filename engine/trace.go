@@ -62,6 +62,9 @@ type tracing struct {
 	prop   propagation.TextMapPropagator
 	mu     sync.Mutex
 	spans  map[string]*sagaSpan // the open saga spans, by saga id; under mu
+	// The names of attempt spans, by step name (attemptNameLocked);
+	// under mu.
+	stepNames, compNames map[string]string
 }
 
 // sagaSpan is the open span of a saga's stretch of driving, with the
@@ -79,6 +82,9 @@ func newTracing(tp trace.TracerProvider) *tracing {
 		tracer: tp.Tracer(tracerName),
 		prop:   propagation.NewCompositeTextMapPropagator(propagation.TraceContext{}, propagation.Baggage{}),
 		spans:  map[string]*sagaSpan{},
+
+		stepNames: map[string]string{},
+		compNames: map[string]string{},
 	}
 }
 
@@ -178,19 +184,67 @@ func (e *Engine) handlerCtx(ctx context.Context, sg *fsm.Saga, c *compensation.C
 		return compensation.WithCall(ctx, e.opts.Logger, c), nil
 	}
 	ss := t.sagaSpanLocked(sg)
+	name := t.attemptNameLocked(c)
 	t.mu.Unlock()
-	ctx = trace.ContextWithSpan(baggage.ContextWithBaggage(ctx, ss.bag), ss.span)
-	name := "step " + c.Step
-	if c.Kind == compensation.KindCompensation {
-		name = "compensation " + c.Step
+	if ss.bag.Len() > 0 || baggage.FromContext(ctx).Len() > 0 {
+		// (Without baggage on either side, the handler's would be empty
+		// either way: skip the two allocations.)
+		ctx = baggage.ContextWithBaggage(ctx, ss.bag)
 	}
-	ctx, span := t.tracer.Start(ctx, name, trace.WithAttributes(
+	ctx = trace.ContextWithSpan(ctx, ss.span)
+	a := attemptAttrsPool.Get().(*attemptAttrs)
+	a.kv = [len(a.kv)]attribute.KeyValue{
 		attrSagaID.String(c.SagaID), attrDefinition.String(c.Definition), attrVersion.Int(sg.Version),
 		attrStep.String(c.Step), attrStepIndex.Int(c.StepIndex), attrKind.String(string(c.Kind)),
-		attrAttempt.Int(c.Attempt), attrIdempotencyKey.String(c.IdempotencyKey), attrUncertain.Bool(c.Uncertain)))
+		attrAttempt.Int(c.Attempt), attrIdempotencyKey.String(c.IdempotencyKey), attrUncertain.Bool(c.Uncertain)}
+	ctx, span := t.tracer.Start(ctx, name, a.opts...)
+	a.kv = [len(a.kv)]attribute.KeyValue{} // hold no strings while pooled
+	attemptAttrsPool.Put(a)
 	// The logger's trace_id and span_id come from ctx's span, formatted
 	// only if the handler asks for its logger (compensation.Logger).
 	return compensation.WithCall(ctx, e.opts.Logger, c), span
+}
+
+// attemptAttrs is the start option of an attempt span, reused through
+// attemptAttrsPool: trace.WithAttributes keeps the slice it is given, the
+// option boxed in an interface and the options in a slice, three
+// allocations per attempt if made anew. opts[0] is
+// trace.WithAttributes(kv[:]...), boxed once: it sees whatever kv holds
+// when Start reads it. Reuse after Start returns is safe with any
+// TracerProvider that reads its options in Start, as the SDK's does: an
+// option can be read only through trace.NewSpanStartConfig, which copies
+// the attributes into the span config it returns.
+type attemptAttrs struct {
+	kv   [9]attribute.KeyValue
+	opts []trace.SpanStartOption
+}
+
+var attemptAttrsPool = sync.Pool{New: func() any {
+	a := &attemptAttrs{}
+	a.opts = []trace.SpanStartOption{trace.WithAttributes(a.kv[:]...)}
+	return a
+}}
+
+// maxCachedNames bounds attemptNameLocked's cache (step names are the
+// definitions', few; a process that defines without end gets no more).
+const maxCachedNames = 4096
+
+// attemptNameLocked returns the name of the span of an attempt of c
+// ("step <name>", "compensation <name>"), made once per step name rather
+// than per attempt. t.mu held.
+func (t *tracing) attemptNameLocked(c *compensation.Call) string {
+	names, prefix := t.stepNames, "step "
+	if c.Kind == compensation.KindCompensation {
+		names, prefix = t.compNames, "compensation "
+	}
+	if n, ok := names[c.Step]; ok {
+		return n
+	}
+	n := prefix + c.Step
+	if len(names) < maxCachedNames {
+		names[c.Step] = n
+	}
+	return n
 }
 
 // endAttempt ends an attempt's span (nil: not tracing), recording its
