@@ -2,7 +2,9 @@ package engine
 
 import (
 	"context"
+	"maps"
 	"sync"
+	"sync/atomic"
 
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/baggage"
@@ -61,10 +63,8 @@ type tracing struct {
 	tracer trace.Tracer
 	prop   propagation.TextMapPropagator
 	mu     sync.Mutex
-	spans  map[string]*sagaSpan // the open saga spans, by saga id; under mu
-	// The names of attempt spans, by step name (attemptNameLocked);
-	// under mu.
-	stepNames, compNames map[string]string
+	spans  map[string]sagaSpan // the open saga spans, by saga id; under mu
+	names  spanNames
 }
 
 // sagaSpan is the open span of a saga's stretch of driving, with the
@@ -81,10 +81,7 @@ func newTracing(tp trace.TracerProvider) *tracing {
 	return &tracing{
 		tracer: tp.Tracer(tracerName),
 		prop:   propagation.NewCompositeTextMapPropagator(propagation.TraceContext{}, propagation.Baggage{}),
-		spans:  map[string]*sagaSpan{},
-
-		stepNames: map[string]string{},
-		compNames: map[string]string{},
+		spans:  map[string]sagaSpan{},
 	}
 }
 
@@ -104,9 +101,15 @@ const (
 	attrReason         = attribute.Key("saga.reason")
 )
 
-func sagaAttrs(id, def string, version int) []attribute.KeyValue {
-	return []attribute.KeyValue{attrSagaID.String(id), attrDefinition.String(def), attrVersion.Int(version)}
-}
+// stateAttrs are the saga.state attributes that end a saga span, by
+// state: made once, where a SetAttributes call would allocate its
+// variadic slice at every end.
+var stateAttrs = func() (a [fsm.StateStuck + 1][]attribute.KeyValue) {
+	for _, st := range fsm.States() {
+		a[st] = []attribute.KeyValue{attrState.String(st.String())}
+	}
+	return a
+}()
 
 // begin starts the span of a saga about to start, a child of ctx's span,
 // and returns the trace context to record in its start record (nil if
@@ -115,7 +118,10 @@ func (t *tracing) begin(ctx context.Context, id string, si *fsm.StartInfo) (trac
 	if t == nil {
 		return nil, baggage.Baggage{}, nil
 	}
-	_, span := t.tracer.Start(ctx, "saga "+si.Definition, trace.WithAttributes(sagaAttrs(id, si.Definition, si.Version)...))
+	a := sagaAttrsPool.Get().(*startAttrs)
+	a.kv[0], a.kv[1], a.kv[2] = attrSagaID.String(id), attrDefinition.String(si.Definition), attrVersion.Int(si.Version)
+	_, span := t.tracer.Start(ctx, t.names.get(prefixSaga, si.Definition), a.opts...)
+	a.put(sagaAttrsPool)
 	pctx := ctx
 	if !trace.SpanContextFromContext(ctx).IsValid() {
 		pctx = trace.ContextWithSpan(ctx, span) // no caller's span: later stretches hang under this one
@@ -146,20 +152,20 @@ func (t *tracing) started(id string, span trace.Span, bag baggage.Baggage, creat
 	if old, ok := t.spans[id]; ok {
 		old.span.End() // cannot happen: a new saga has no span yet
 	}
-	t.spans[id] = &sagaSpan{span: span, bag: bag}
+	t.spans[id] = sagaSpan{span: span, bag: bag}
 	t.mu.Unlock()
 }
 
 // sagaSpanLocked returns the open span of sg, starting one (a child of
 // the context recorded at its start) if none is open. t.mu held.
-func (t *tracing) sagaSpanLocked(sg *fsm.Saga) *sagaSpan {
+func (t *tracing) sagaSpanLocked(sg *fsm.Saga) sagaSpan {
 	if ss, ok := t.spans[sg.ID]; ok {
 		return ss
 	}
 	ctx := t.prop.Extract(context.Background(), propagation.MapCarrier(sg.Trace))
-	_, span := t.tracer.Start(ctx, "saga "+sg.Definition, trace.WithAttributes(
-		append(sagaAttrs(sg.ID, sg.Definition, sg.Version), attrResumed.Bool(true))...))
-	ss := &sagaSpan{span: span, bag: baggage.FromContext(ctx)}
+	_, span := t.tracer.Start(ctx, t.names.get(prefixSaga, sg.Definition), trace.WithAttributes(
+		attrSagaID.String(sg.ID), attrDefinition.String(sg.Definition), attrVersion.Int(sg.Version), attrResumed.Bool(true)))
+	ss := sagaSpan{span: span, bag: baggage.FromContext(ctx)}
 	t.spans[sg.ID] = ss
 	return ss
 }
@@ -183,7 +189,6 @@ func (e *Engine) handlerCtx(ctx context.Context, sg *fsm.Saga, c *compensation.C
 		return compensation.WithCall(ctx, e.opts.Logger, c), nil
 	}
 	ss := t.sagaSpanLocked(sg)
-	name := t.attemptNameLocked(c)
 	t.mu.Unlock()
 	if ss.bag.Len() > 0 || baggage.FromContext(ctx).Len() > 0 {
 		// (Without baggage on either side, the handler's would be empty
@@ -191,64 +196,103 @@ func (e *Engine) handlerCtx(ctx context.Context, sg *fsm.Saga, c *compensation.C
 		ctx = baggage.ContextWithBaggage(ctx, ss.bag)
 	}
 	ctx = trace.ContextWithSpan(ctx, ss.span)
-	a := attemptAttrsPool.Get().(*attemptAttrs)
-	a.kv = [len(a.kv)]attribute.KeyValue{
+	prefix := prefixStep
+	if c.Kind == compensation.KindCompensation {
+		prefix = prefixCompensation
+	}
+	a := attemptAttrsPool.Get().(*startAttrs)
+	copy(a.kv, []attribute.KeyValue{
 		attrSagaID.String(c.SagaID), attrDefinition.String(c.Definition), attrVersion.Int(sg.Version),
 		attrStep.String(c.Step), attrKind.String(string(c.Kind)),
-		attrAttempt.Int(c.Attempt), attrIdempotencyKey.String(c.IdempotencyKey), attrUncertain.Bool(c.Uncertain)}
-	ctx, span := t.tracer.Start(ctx, name, a.opts...)
-	a.kv = [len(a.kv)]attribute.KeyValue{} // hold no strings while pooled
-	attemptAttrsPool.Put(a)
+		attrAttempt.Int(c.Attempt), attrIdempotencyKey.String(c.IdempotencyKey), attrUncertain.Bool(c.Uncertain)})
+	ctx, span := t.tracer.Start(ctx, t.names.get(prefix, c.Step), a.opts...)
+	a.put(attemptAttrsPool)
 	// The logger's trace_id and span_id come from ctx's span, formatted
 	// only if the handler asks for its logger (compensation.Logger).
 	return compensation.WithCall(ctx, e.opts.Logger, c), span
 }
 
-// attemptAttrs is the start option of an attempt span, reused through
-// attemptAttrsPool: trace.WithAttributes keeps the slice it is given, the
-// option boxed in an interface and the options in a slice, three
-// allocations per attempt if made anew. opts[0] is
-// trace.WithAttributes(kv[:]...), boxed once: it sees whatever kv holds
-// when Start reads it. Reuse after Start returns is safe with any
-// TracerProvider that reads its options in Start, as the SDK's does: an
-// option can be read only through trace.NewSpanStartConfig, which copies
-// the attributes into the span config it returns.
-//
-// Eight attributes, no more: when a span ends, the SDK dedupes its
-// attributes through a map sized to their number, which stays off the
-// heap up to 8 and costs 3 allocations per span from 9. So the step's
-// index is not one: the definition, its version and the step's name fix
-// it.
-type attemptAttrs struct {
-	kv   [8]attribute.KeyValue
+// startAttrs is the attribute option of a span's start, reused through
+// a pool (newStartAttrsPool): made anew, trace.WithAttributes' variadic
+// slice, the option boxing it and the options slice are three
+// allocations per span. opts[0] is trace.WithAttributes(kv...), boxed
+// once: it sees whatever kv holds when Start reads it. Reuse after Start
+// returns is safe with any TracerProvider that reads its options in
+// Start, as the SDK's does: an option can be read only through
+// trace.NewSpanStartConfig, which copies the attributes into the span
+// config it returns.
+type startAttrs struct {
+	kv   []attribute.KeyValue
 	opts []trace.SpanStartOption
 }
 
-var attemptAttrsPool = sync.Pool{New: func() any {
-	a := &attemptAttrs{}
-	a.opts = []trace.SpanStartOption{trace.WithAttributes(a.kv[:]...)}
-	return a
-}}
+func newStartAttrsPool(n int) *sync.Pool {
+	return &sync.Pool{New: func() any {
+		a := &startAttrs{kv: make([]attribute.KeyValue, n)}
+		a.opts = []trace.SpanStartOption{trace.WithAttributes(a.kv...)}
+		return a
+	}}
+}
 
-// maxCachedNames bounds attemptNameLocked's cache (step names are the
-// definitions', few; a process that defines without end gets no more).
-const maxCachedNames = 4096
+// put returns a to pool, holding no strings while pooled.
+func (a *startAttrs) put(pool *sync.Pool) {
+	clear(a.kv)
+	pool.Put(a)
+}
 
-// attemptNameLocked returns the name of the span of an attempt of c
-// ("step <name>", "compensation <name>"), made once per step name rather
-// than per attempt. t.mu held.
-func (t *tracing) attemptNameLocked(c *compensation.Call) string {
-	names, prefix := t.stepNames, "step "
-	if c.Kind == compensation.KindCompensation {
-		names, prefix = t.compNames, "compensation "
+var (
+	// The 3 attributes of a new saga span: id, definition, version.
+	sagaAttrsPool = newStartAttrsPool(3)
+	// The 8 attributes of an attempt span, no more: when a span ends,
+	// the SDK dedupes its attributes through a map sized to their
+	// number, which stays off the heap up to 8 and costs 3 allocations
+	// per span from 9. So the step's index is not one: the definition,
+	// its version and the step's name fix it.
+	attemptAttrsPool = newStartAttrsPool(8)
+)
+
+// Prefixes of span names (spanNames).
+const (
+	prefixSaga         = "saga "
+	prefixStep         = "step "
+	prefixCompensation = "compensation "
+)
+
+// maxSpanNames bounds the spanNames cache: span names are made of
+// definition and step names, few; a process that defines without end
+// gets no more.
+const maxSpanNames = 1024
+
+// spanNames caches span names ("saga <definition>", "step <name>",
+// "compensation <name>"): made once per name rather than per span. Read
+// without a lock (a map never written once published: each new name
+// publishes a copy).
+type spanNames struct {
+	m  atomic.Pointer[map[spanName]string]
+	mu sync.Mutex // serializes the copies
+}
+
+type spanName struct{ prefix, name string }
+
+func (sn *spanNames) get(prefix, name string) string {
+	k := spanName{prefix, name}
+	if m := sn.m.Load(); m != nil {
+		if n, ok := (*m)[k]; ok {
+			return n
+		}
 	}
-	if n, ok := names[c.Step]; ok {
-		return n
+	n := prefix + name
+	sn.mu.Lock()
+	defer sn.mu.Unlock()
+	m := map[spanName]string{}
+	if old := sn.m.Load(); old != nil {
+		if len(*old) >= maxSpanNames {
+			return n
+		}
+		m = maps.Clone(*old)
 	}
-	n := prefix + c.Step
-	if len(names) < maxCachedNames {
-		names[c.Step] = n
-	}
+	m[k] = n
+	sn.m.Store(&m)
 	return n
 }
 
@@ -281,7 +325,11 @@ func (t *tracing) settle(sg *fsm.Saga) {
 }
 
 func endSaga(span trace.Span, sg *fsm.Saga) {
-	span.SetAttributes(attrState.String(sg.State.String()))
+	if int(sg.State) < len(stateAttrs) && stateAttrs[sg.State] != nil {
+		span.SetAttributes(stateAttrs[sg.State]...)
+	} else {
+		span.SetAttributes(attrState.String(sg.State.String()))
+	}
 	switch sg.State {
 	case fsm.StateFailed, fsm.StateStuck:
 		msg := sg.State.String()
@@ -324,7 +372,7 @@ func (t *tracing) endAll(why string) {
 	}
 	t.mu.Lock()
 	spans := t.spans
-	t.spans = map[string]*sagaSpan{}
+	t.spans = map[string]sagaSpan{}
 	t.mu.Unlock()
 	for _, ss := range spans {
 		ss.span.AddEvent("saga.released", trace.WithAttributes(attrReason.String(why)))
