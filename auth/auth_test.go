@@ -167,4 +167,3 @@ func TestBearerToken(t *testing.T) {
 		}
 	}
 }
-
