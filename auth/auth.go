@@ -186,6 +186,10 @@ var namePattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$`)
 // digits, '.', '_', '@' or '-', starting with a letter or digit.
 func ValidName(name string) bool { return namePattern.MatchString(name) }
 
+// DefaultName names the token of the servers' single-token mode: one
+// secret, of scope Admin, as before tokens had names.
+const DefaultName = "default"
+
 // Tokens is a fixed set of named tokens; it is safe for concurrent use.
 type Tokens struct {
 	tokens []Token
@@ -230,7 +234,7 @@ func New(ts ...Token) (*Tokens, error) {
 }
 
 // Single returns a set of one token: name, of scope, with secret. It is
-// the single-token mode of the servers (a token named "default", of
+// the single-token mode of the servers (a token named DefaultName, of
 // scope Admin). Errors: those of New, and an empty secret.
 func Single(name string, scope Scope, secret string) (*Tokens, error) {
 	if secret == "" {

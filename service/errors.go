@@ -2,9 +2,7 @@ package service
 
 import (
 	"context"
-	"crypto/subtle"
 	"errors"
-	"net/http"
 
 	"connectrpc.com/connect"
 
@@ -66,28 +64,4 @@ func connectError(err error) *connect.Error {
 		code = connect.CodeDeadlineExceeded
 	}
 	return connect.NewError(code, err)
-}
-
-// RequireToken wraps h so that only requests carrying
-// "Authorization: Bearer <token>" reach it. Others are refused with
-// CodeUnauthenticated in the request's own protocol (gRPC, gRPC-Web or
-// Connect), before their body is read, and their connection is closed.
-func RequireToken(token string, h http.Handler) http.Handler {
-	want := []byte("Bearer " + token)
-	ew := connect.NewErrorWriter()
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		got := []byte(r.Header.Get("Authorization"))
-		if token == "" || subtle.ConstantTimeCompare(got, want) != 1 {
-			w.Header().Set("Connection", "close")
-			w.Header().Set("WWW-Authenticate", `Bearer realm="sagad"`)
-			err := connect.NewError(connect.CodeUnauthenticated, errors.New("missing or wrong bearer token (Authorization: Bearer …)"))
-			if ew.IsSupported(r) {
-				_ = ew.Write(w, r, err)
-				return
-			}
-			http.Error(w, err.Error(), http.StatusUnauthorized)
-			return
-		}
-		h.ServeHTTP(w, r)
-	})
 }

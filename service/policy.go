@@ -8,6 +8,7 @@ import (
 
 	"connectrpc.com/connect"
 
+	"github.com/sagaengine/saga/auth"
 	sagav1 "github.com/sagaengine/saga/gen/saga/v1"
 	"github.com/sagaengine/saga/policy"
 )
@@ -50,6 +51,10 @@ func (s *Server) SetPolicy(ctx context.Context, req *connect.Request[sagav1.SetP
 	if err := s.needPolicy(); err != nil {
 		return nil, err
 	}
+	who := "(unauthenticated)"
+	if id, ok := auth.FromContext(ctx); ok {
+		who = id.Name
+	}
 	if req.Msg.Yaml == "" {
 		return nil, connectError(fmt.Errorf("%w: yaml is required (a policy in the policy file's format)", errBadRequest))
 	}
@@ -60,7 +65,9 @@ func (s *Server) SetPolicy(ctx context.Context, req *connect.Request[sagav1.SetP
 		}
 		return nil, connect.NewError(connect.CodeInvalidArgument, err)
 	}
-	return connect.NewResponse(&sagav1.SetPolicyResponse{Policy: policyOf(s.opts.Policy.Snapshot().Describe())}), nil
+	d := s.opts.Policy.Snapshot().Describe()
+	s.opts.Logger.Info("service: policy set", "actor", who, "version", d.Version)
+	return connect.NewResponse(&sagav1.SetPolicyResponse{Policy: policyOf(d)}), nil
 }
 
 // ExplainPolicy implements saga.v1.SagaService.ExplainPolicy.

@@ -10,17 +10,28 @@
 // engine has made its transition durable and applied it (the engine's
 // "ack after apply"); its error means "not applied", except CodeUnknown,
 // which means the outcome is unknown (see connectError).
+//
+// Who calls: with Options.Tokens (or behind Require), every call carries
+// a named bearer token whose scope must allow it (ProcedureScope), and
+// the actor recorded by Abort, Retry and Resolve, and logged for
+// SetPolicy, is the token's name: the actor a request names is then
+// ignored. A refused call is CodeUnauthenticated (no token, or an unknown
+// one) or CodePermissionDenied (a scope too small) and changes nothing.
+// Start's user and meta stay the caller's: they say for whom the saga
+// runs, not who started it.
 package service
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"time"
 
 	"connectrpc.com/connect"
 
+	"github.com/sagaengine/saga/auth"
 	"github.com/sagaengine/saga/engine"
 	"github.com/sagaengine/saga/fsm"
 	sagav1 "github.com/sagaengine/saga/gen/saga/v1"
@@ -60,6 +71,15 @@ type Options struct {
 	// Policy serves GetPolicy, SetPolicy and ExplainPolicy; nil: they
 	// answer CodeFailedPrecondition.
 	Policy Policy
+	// Tokens, if set, authenticate every call: Handler is then wrapped
+	// with Require(Tokens, …). Default nil: Handler does not
+	// authenticate (wrap it with Require or RequireToken), and without a
+	// caller in the request's context Abort, Retry and Resolve record
+	// the actor the request names.
+	Tokens auth.Authenticator
+	// Logger receives a line for each policy change, with its actor.
+	// Default: a logger that discards.
+	Logger *slog.Logger
 }
 
 // EnsureDefaults fills the unset fields.
@@ -72,6 +92,9 @@ func (o *Options) EnsureDefaults() {
 	}
 	if o.MaxWait == 0 {
 		o.MaxWait = 5 * time.Minute
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
 	}
 }
 
@@ -124,10 +147,15 @@ func New(e Engine, opts Options) (*Server, error) {
 const compressMinBytes = 4 << 10
 
 // Handler returns the path prefix to mount the service on and its
-// handler (no authentication: wrap it with RequireToken).
+// handler: authenticated with Options.Tokens if set, else not (wrap it
+// with Require or RequireToken).
 func (s *Server) Handler() (string, http.Handler) {
 	opts := append(jsonCodecs(), connect.WithReadMaxBytes(s.opts.MaxRequestBytes), connect.WithCompressMinBytes(compressMinBytes))
-	return sagav1connect.NewSagaServiceHandler(s, opts...)
+	path, h := sagav1connect.NewSagaServiceHandler(s, opts...)
+	if s.opts.Tokens != nil {
+		h = Require(s.opts.Tokens, h)
+	}
+	return path, h
 }
 
 // Define implements saga.v1.SagaService.Define.
@@ -345,17 +373,31 @@ type operatorRequest interface {
 	GetReason() string
 }
 
+// actor is who makes a change: the authenticated caller's token name,
+// whatever the request says; without authentication (no caller in ctx),
+// the actor the request names, which is then required.
+func actor(ctx context.Context, claimed string, p *problems) string {
+	if id, ok := auth.FromContext(ctx); ok {
+		return id.Name
+	}
+	if claimed == "" {
+		p.add("actor is required: who is acting")
+	}
+	if len(claimed) > 256 {
+		p.add("actor too long (256 bytes)")
+	}
+	return claimed
+}
+
 func (s *Server) operator(ctx context.Context, m operatorRequest, needReason string,
 	act func(ctx context.Context, id, actor, reason string) (*engine.Status, error)) (*sagav1.Saga, error) {
 	var p problems
 	if m.GetSagaId() == "" {
 		p.add("saga_id is required")
 	}
-	if m.GetActor() == "" {
-		p.add("actor is required: who is acting")
-	}
-	if len(m.GetActor()) > 256 || len(m.GetReason()) > 4096 {
-		p.add("actor (256 bytes) or reason (4096 bytes) too long")
+	who := actor(ctx, m.GetActor(), &p)
+	if len(m.GetReason()) > 4096 {
+		p.add("reason too long (4096 bytes)")
 	}
 	if needReason != "" && m.GetReason() == "" {
 		p.add("%s", needReason)
@@ -363,7 +405,7 @@ func (s *Server) operator(ctx context.Context, m operatorRequest, needReason str
 	if err := p.err(); err != nil {
 		return nil, connectError(err)
 	}
-	st, err := act(ctx, m.GetSagaId(), m.GetActor(), m.GetReason())
+	st, err := act(ctx, m.GetSagaId(), who, m.GetReason())
 	if err != nil {
 		return nil, connectError(err)
 	}

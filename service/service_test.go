@@ -286,8 +286,10 @@ func TestOperatorCalls(t *testing.T) {
 	sg := f.start(t, ctx, "")
 	_, err := f.client.Retry(ctx, connect.NewRequest(&sagav1.RetryRequest{SagaId: sg.Id, Actor: "bob", Reason: "try"}))
 	wantCode(t, "retry of a saga that is not STUCK", err, connect.CodeFailedPrecondition)
-	_, err = f.client.Abort(ctx, connect.NewRequest(&sagav1.AbortRequest{SagaId: sg.Id, Reason: "who?"}))
-	wantCode(t, "abort without an actor", err, connect.CodeInvalidArgument)
+	_, err = f.client.Abort(ctx, connect.NewRequest(&sagav1.AbortRequest{SagaId: sg.Id, Actor: "bob"}))
+	wantCode(t, "abort without a reason", err, connect.CodeInvalidArgument)
+	// The actor is the token's name (RequireToken's is "default"), not
+	// what the request says.
 	res, err := f.client.Abort(ctx, connect.NewRequest(&sagav1.AbortRequest{SagaId: sg.Id, Actor: "bob", Reason: "customer cancelled"}))
 	if err != nil {
 		t.Fatal(err)
@@ -300,7 +302,7 @@ func TestOperatorCalls(t *testing.T) {
 		t.Fatal(err)
 	}
 	last := h.Msg.Transitions[1]
-	if last.Kind != "aborted" || last.Actor != "bob" || last.Reason != "customer cancelled" {
+	if last.Kind != "aborted" || last.Actor != "default" || last.Reason != "customer cancelled" {
 		t.Fatalf("abort recorded as %v", last)
 	}
 }
