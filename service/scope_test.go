@@ -343,4 +343,3 @@ func TestUnauthenticatedHandlerRecordsTheClaimedActor(t *testing.T) {
 		t.Fatalf("actors recorded: %v, want [bob]", actors)
 	}
 }
-
