@@ -4,7 +4,13 @@
 //
 // Deny by default: the server refuses to start without a bearer token, it
 // binds to 127.0.0.1 (or a unix socket) unless told otherwise, and every
-// endpoint but /healthz requires the token, compared in constant time.
+// endpoint but /healthz requires a token, compared in constant time.
+// Tokens are named and scoped (package auth): the GETs need scope read,
+// the saga actions (retry, abort, resolve) operator, PUT /v1/policy and
+// the cluster changes admin; a token without the scope is answered 403
+// and changes nothing. The actor recorded with an action is the token's
+// name, whatever the request's "actor" says. Options.Token is the
+// single-token shorthand: one admin token named "default".
 //
 // Metrics: an Observer turns the engine's hooks into Prometheus metrics
 // (listed on Observer). NewObserver keeps them in a registry of its own;
@@ -23,7 +29,6 @@ package admin
 
 import (
 	"context"
-	"crypto/subtle"
 	"crypto/tls"
 	"encoding/json"
 	"errors"
@@ -41,6 +46,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/sagaengine/saga/auth"
 	"github.com/sagaengine/saga/engine"
 	"github.com/sagaengine/saga/fsm"
 	"github.com/sagaengine/saga/policy"
@@ -49,7 +55,7 @@ import (
 // Errors returned by New and Start.
 var (
 	// ErrNoToken: the API would run open; it refuses to.
-	ErrNoToken = errors.New("admin: no token configured: refusing to serve an open admin API (set Options.Token)")
+	ErrNoToken = errors.New("admin: no token configured: refusing to serve an open admin API (set Options.Tokens or Options.Token)")
 	// ErrInvalidOptions: Options failed validation.
 	ErrInvalidOptions = errors.New("admin: invalid options")
 )
@@ -64,8 +70,12 @@ const maxBody = 1 << 20
 type Options struct {
 	// Addr is host:port, or unix:/path/to.sock. Default DefaultAddr.
 	Addr string
-	// Token is the bearer token every request but /healthz must carry.
-	// Required.
+	// Tokens authenticate every request but /healthz, and say what each
+	// may do (see the package comment). Token or Tokens is required.
+	Tokens auth.Authenticator
+	// Token is the shorthand for Tokens of one token: this secret (16
+	// characters or more), named auth.DefaultName, of scope admin. Not
+	// with Tokens.
 	Token string
 	// CertFile and KeyFile turn on TLS (both or neither).
 	CertFile, KeyFile string
@@ -82,6 +92,7 @@ type Options struct {
 // Server is the admin API of one engine.
 type Server struct {
 	e    *engine.Engine
+	auth auth.Authenticator // Options.Tokens, or Options.Token's
 	o    *Observer
 	opts Options
 	srv  *http.Server
@@ -92,12 +103,22 @@ type Server struct {
 
 // New checks the options and builds the server; Start serves it.
 func New(e *engine.Engine, o *Observer, opts Options) (*Server, error) {
-	if opts.Token == "" {
+	if opts.Token == "" && opts.Tokens == nil {
 		return nil, ErrNoToken
 	}
 	var probs []string
-	if len(opts.Token) < 16 {
+	var authn auth.Authenticator = opts.Tokens
+	switch {
+	case opts.Token != "" && opts.Tokens != nil:
+		probs = append(probs, "set Token or Tokens, not both")
+	case opts.Token != "" && len(opts.Token) < 16:
 		probs = append(probs, "the token is shorter than 16 characters")
+	case opts.Token != "":
+		ts, err := auth.Single(auth.DefaultName, auth.Admin, opts.Token)
+		if err != nil {
+			probs = append(probs, err.Error())
+		}
+		authn = ts
 	}
 	if (opts.CertFile == "") != (opts.KeyFile == "") {
 		probs = append(probs, "TLS needs both CertFile and KeyFile")
@@ -118,7 +139,7 @@ func New(e *engine.Engine, o *Observer, opts Options) (*Server, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
-	s := &Server{e: e, o: o, opts: opts, quit: make(chan struct{})}
+	s := &Server{e: e, o: o, auth: authn, opts: opts, quit: make(chan struct{})}
 	o.WatchStates(e)
 	s.srv = &http.Server{
 		Handler: s.Handler(),
@@ -198,20 +219,20 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
-	auth := func(h http.HandlerFunc) http.Handler { return h }
-	mux.Handle("GET /metrics", auth(promhttp.HandlerFor(s.o.gatherer, promhttp.HandlerOpts{EnableOpenMetrics: true}).ServeHTTP))
-	mux.Handle("GET /v1/status", auth(s.status))
-	mux.Handle("GET /v1/sagas", auth(s.list))
-	mux.Handle("GET /v1/sagas/{id}", auth(s.show))
-	mux.Handle("GET /v1/count", auth(s.count))
-	mux.Handle("GET /v1/definitions", auth(s.definitions))
-	mux.Handle("POST /v1/sagas/{id}/{action}", auth(s.act))
-	mux.Handle("GET /v1/watch", auth(s.watch))
-	mux.Handle("GET /v1/policy", auth(s.policyGet))
-	mux.Handle("PUT /v1/policy", auth(s.policySet))
-	mux.Handle("GET /v1/policy/explain", auth(s.policyExplain))
-	mux.Handle("GET /v1/cluster", auth(s.clusterGet))
-	mux.Handle("POST /v1/cluster/{action}", auth(s.clusterChange))
+	read, operator, admin := need(auth.Read), need(auth.Operator), need(auth.Admin)
+	mux.Handle("GET /metrics", read(promhttp.HandlerFor(s.o.gatherer, promhttp.HandlerOpts{EnableOpenMetrics: true}).ServeHTTP))
+	mux.Handle("GET /v1/status", read(s.status))
+	mux.Handle("GET /v1/sagas", read(s.list))
+	mux.Handle("GET /v1/sagas/{id}", read(s.show))
+	mux.Handle("GET /v1/count", read(s.count))
+	mux.Handle("GET /v1/definitions", read(s.definitions))
+	mux.Handle("POST /v1/sagas/{id}/{action}", operator(s.act))
+	mux.Handle("GET /v1/watch", read(s.watch))
+	mux.Handle("GET /v1/policy", read(s.policyGet))
+	mux.Handle("PUT /v1/policy", admin(s.policySet))
+	mux.Handle("GET /v1/policy/explain", read(s.policyExplain))
+	mux.Handle("GET /v1/cluster", read(s.clusterGet))
+	mux.Handle("POST /v1/cluster/{action}", admin(s.clusterChange))
 	return s.authenticate(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/healthz" && r.Method == http.MethodGet {
 			mux.ServeHTTP(w, r)
@@ -248,21 +269,37 @@ func (r *statusRecorder) Header() http.Header         { return r.header }
 func (r *statusRecorder) Write(b []byte) (int, error) { return len(b), nil }
 func (r *statusRecorder) WriteHeader(code int)        { r.code = code }
 
+// authenticate lets through to h only the requests with a known token
+// (and /healthz), with the caller in their context for need.
 func (s *Server) authenticate(h http.Handler) http.Handler {
-	want := []byte("Bearer " + s.opts.Token)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/healthz" {
 			h.ServeHTTP(w, r)
 			return
 		}
-		got := []byte(r.Header.Get("Authorization"))
-		if subtle.ConstantTimeCompare(got, want) != 1 {
+		id, err := s.auth.Authenticate(auth.BearerToken(r))
+		if err != nil {
 			refuseUnauthenticated(w, r)
 			return
 		}
 		r.Body = http.MaxBytesReader(w, r.Body, maxBody)
-		h.ServeHTTP(w, r)
+		h.ServeHTTP(w, r.WithContext(auth.NewContext(r.Context(), id)))
 	})
+}
+
+// need returns a wrapper that refuses, with 403 and before the body is
+// read, a request whose caller's scope does not allow scope.
+func need(scope auth.Scope) func(http.HandlerFunc) http.Handler {
+	return func(h http.HandlerFunc) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			id, _ := auth.FromContext(r.Context()) // authenticate put it there
+			if err := id.Require(scope); err != nil {
+				writeError(w, http.StatusForbidden, err, "nothing was changed; use a token of scope "+scope.String()+" or more")
+				return
+			}
+			h(w, r)
+		})
+	}
 }
 
 // refuseUnauthenticated answers 401 at once, without reading the request's
@@ -572,7 +609,9 @@ func (s *Server) show(w http.ResponseWriter, r *http.Request) {
 
 // ActionRequest is the body of POST /v1/sagas/{id}/{retry|abort|resolve}.
 type ActionRequest struct {
-	Actor  string `json:"actor"`
+	// Actor is ignored: the actor recorded is the name of the request's
+	// token. Kept so that older clients' bodies are still accepted.
+	Actor  string `json:"actor,omitempty"`
 	Reason string `json:"reason"`
 }
 
@@ -584,32 +623,30 @@ func (s *Server) act(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, fmt.Errorf("malformed request body: %w", err), `send {"actor": "…", "reason": "…"}`)
 		return
 	}
-	if req.Actor == "" {
-		writeError(w, http.StatusBadRequest, errors.New("actor is required: who is acting"), "")
+	if len(req.Reason) > 4096 {
+		writeError(w, http.StatusBadRequest, errors.New("reason too long (4096 bytes)"), "")
 		return
 	}
-	if len(req.Actor) > 256 || len(req.Reason) > 4096 {
-		writeError(w, http.StatusBadRequest, errors.New("actor (256 bytes) or reason (4096 bytes) too long"), "")
-		return
-	}
+	caller, _ := auth.FromContext(r.Context())
+	actor := caller.Name // who acts is who holds the token, not what the body says
 	id := r.PathValue("id")
 	var st *engine.Status
 	var err error
 	switch r.PathValue("action") {
 	case "retry":
-		st, err = s.e.Retry(r.Context(), id, req.Actor, req.Reason)
+		st, err = s.e.Retry(r.Context(), id, actor, req.Reason)
 	case "abort":
 		if req.Reason == "" {
 			writeError(w, http.StatusBadRequest, errors.New("abort needs a reason"), "")
 			return
 		}
-		st, err = s.e.Abort(r.Context(), id, req.Actor, req.Reason)
+		st, err = s.e.Abort(r.Context(), id, actor, req.Reason)
 	case "resolve":
 		if req.Reason == "" {
 			writeError(w, http.StatusBadRequest, errors.New("resolve needs a reason (what was done by hand)"), "")
 			return
 		}
-		st, err = s.e.Resolve(r.Context(), id, req.Actor, req.Reason)
+		st, err = s.e.Resolve(r.Context(), id, actor, req.Reason)
 	default:
 		writeError(w, http.StatusNotFound, fmt.Errorf("unknown action %q", r.PathValue("action")), "actions: retry, abort, resolve")
 		return
@@ -683,7 +720,10 @@ func (s *Server) policySet(w http.ResponseWriter, r *http.Request) {
 		writeError(w, code, err, "nothing was changed; the policy in force stays")
 		return
 	}
-	writeJSON(w, http.StatusOK, s.opts.Policy.Snapshot().Describe())
+	d := s.opts.Policy.Snapshot().Describe()
+	caller, _ := auth.FromContext(r.Context())
+	s.opts.Logger.Info("admin: policy set", "actor", caller.Name, "version", d.Version)
+	writeJSON(w, http.StatusOK, d)
 }
 
 func (s *Server) policyExplain(w http.ResponseWriter, r *http.Request) {

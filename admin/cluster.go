@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/sagaengine/saga/auth"
 	"github.com/sagaengine/saga/engine"
 )
 
@@ -176,5 +177,7 @@ func (s *Server) clusterChange(w http.ResponseWriter, r *http.Request) {
 		engineError(w, err)
 		return
 	}
+	caller, _ := auth.FromContext(r.Context())
+	s.opts.Logger.Info("admin: cluster changed", "action", r.PathValue("action"), "member", req.ID, "actor", caller.Name)
 	s.clusterGet(w, r)
 }

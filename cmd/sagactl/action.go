@@ -50,12 +50,13 @@ func newAction(g *globals, action string) *cobra.Command {
 			if g.json() {
 				return g.printJSON(s)
 			}
-			fmt.Fprintf(g.out, "%s: %s by %s; saga %s is now %s\n", s.ID, action, actor, s.ID, s.State)
+			// The server records its token's name as the actor, not --actor.
+			fmt.Fprintf(g.out, "%s: %s done; saga %s is now %s\n", s.ID, action, s.ID, s.State)
 			return nil
 		},
 	}
 	cmd.Flags().StringVar(&reason, "reason", "", "why (recorded in the saga's history)")
-	cmd.Flags().StringVar(&actor, "actor", "", "who (default: user@host)")
+	cmd.Flags().StringVar(&actor, "actor", "", "ignored by the server, which records the name of the token used (sent for older servers; default: user@host)")
 	return cmd
 }
 
