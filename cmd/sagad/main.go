@@ -5,9 +5,16 @@
 //	go run ./cmd/sagad
 //
 // starts it on the embedded default: the data directory ./sagad-data, the
-// address 127.0.0.1:7080, and a bearer token read from -token-file or
-// SAGAD_TOKEN, or else generated on first start into
-// ./sagad-data/sagad.token (mode 0600; its path is printed).
+// address 127.0.0.1:7080, and a single bearer token (named "default", of
+// scope admin) read from -token-file or SAGAD_TOKEN, or else generated
+// on first start into ./sagad-data/sagad.token (mode 0600; its path is
+// printed). -tokens FILE serves named tokens with scopes instead (read,
+// service, operator, admin: see package auth); the actor recorded by
+// Abort, Retry and Resolve is the token's name.
+//
+// -config FILE reads a YAML configuration (see Config); the flags given
+// override its values. A configuration is checked whole, every problem
+// named at once, before anything is written.
 //
 // In this slice sagas are caller-driven (Start, then Advance for each
 // step); steps may name no action, and compensations only those the
@@ -16,13 +23,15 @@
 // through GetPolicy, SetPolicy and ExplainPolicy; SetPolicy's layer lives
 // in memory until the process stops.
 //
-// Without TLS (a later slice, with the YAML config file) sagad listens
-// on loopback addresses only.
+// With -tls-cert and -tls-key (or tls: in the file) sagad serves HTTPS;
+// without TLS it refuses an address other than loopback, unless
+// -insecure-listen says to accept tokens crossing the network in clear.
 package main
 
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"flag"
@@ -38,6 +47,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/sagaengine/saga/auth"
 	"github.com/sagaengine/saga/engine"
 	"github.com/sagaengine/saga/policy"
 	"github.com/sagaengine/saga/service"
@@ -67,78 +77,145 @@ func main() {
 // run is sagad until ctx ends; ready, if not nil, is told the address
 // it listens on once it serves.
 func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer, ready func(addr string)) error {
+	def := defaultConfig()
 	fs := flag.NewFlagSet("sagad", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	listen := fs.String("listen", "127.0.0.1:7080", "address to serve on (loopback only until TLS is supported)")
-	dataDir := fs.String("data", "sagad-data", "the engine's data directory (created if missing)")
+	configFile := fs.String("config", "", "configuration file (YAML); the flags given override its values")
+	listen := fs.String("listen", def.Listen, "address to serve on (not loopback: needs TLS or -insecure-listen)")
+	certFile := fs.String("tls-cert", "", "serve HTTPS with this certificate (PEM; with -tls-key)")
+	keyFile := fs.String("tls-key", "", "the private key of -tls-cert (PEM)")
+	insecure := fs.Bool("insecure-listen", false, "allow a non-loopback -listen without TLS (tokens cross the network in clear)")
+	dataDir := fs.String("data", def.Data, "the engine's data directory (created if missing)")
 	policyFile := fs.String("policy", "", "policy file (YAML), hot-reloaded (default: env SAGA_POLICY_FILE; none)")
-	tokenFile := fs.String("token-file", "", "file holding the bearer token (default: env "+TokenEnv+", else DATA/"+tokenFileName+", generated on first start)")
+	tokensFile := fs.String("tokens", "", "tokens file: named tokens with scopes read, service, operator, admin (see package auth)")
+	tokenFile := fs.String("token-file", "", "file holding a single admin token named \"default\" (default: env "+TokenEnv+", else DATA/"+tokenFileName+", generated on first start)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected arguments %q", fs.Args())
 	}
-	if err := loopbackOnly(*listen); err != nil {
+	cfg := def
+	if *configFile != "" {
+		if err := loadConfig(*configFile, &cfg); err != nil {
+			return err
+		}
+	}
+	fs.Visit(func(f *flag.Flag) { // the flags given override the file
+		switch f.Name {
+		case "listen":
+			cfg.Listen = *listen
+		case "tls-cert":
+			cfg.TLS.Cert = *certFile
+		case "tls-key":
+			cfg.TLS.Key = *keyFile
+		case "insecure-listen":
+			cfg.InsecureListen = *insecure
+		case "data":
+			cfg.Data = *dataDir
+		case "policy":
+			cfg.Policy = *policyFile
+		case "tokens":
+			cfg.Tokens = *tokensFile
+		case "token-file":
+			cfg.TokenFile = *tokenFile
+		}
+	})
+	cert, err := cfg.Validate()
+	if err != nil {
 		return err
 	}
 	log := slog.New(slog.NewTextHandler(stderr, nil))
 
 	// Everything that can refuse the start comes before anything that
-	// writes: the policy file, the token, the address, then the engine
-	// (which makes the data directory and takes its lock), and only once
-	// the directory is ours a generated token.
+	// writes: the configuration and its key pair, the policy file, the
+	// tokens, the address, then the engine (which makes the data
+	// directory and takes its lock), and only once the directory is ours
+	// a generated token.
 	lookup := func(k string) (string, bool) { v := getenv(k); return v, v != "" }
 	// The API layer (SetPolicy) is kept in the data directory.
-	pm, err := policy.New(policy.Options{File: *policyFile, APIFile: filepath.Join(*dataDir, policyAPIFile), LookupEnv: lookup, Logger: log})
+	pm, err := policy.New(policy.Options{File: cfg.Policy, APIFile: filepath.Join(cfg.Data, policyAPIFile), LookupEnv: lookup, Logger: log})
 	if err != nil {
 		return err // "policy: …"
 	}
 	defer pm.Close()
-	token, from, err := loadToken(*tokenFile, getenv(TokenEnv), *dataDir)
-	if err != nil {
+	var tokens *auth.Tokens
+	var token, from string
+	if cfg.Tokens != "" {
+		if tokens, err = auth.Load(cfg.Tokens); err != nil {
+			return err
+		}
+		from = "named tokens from " + cfg.Tokens
+	} else if token, from, err = loadToken(cfg.TokenFile, getenv(TokenEnv), cfg.Data); err != nil {
 		return err
 	}
-	ln, err := net.Listen("tcp", *listen)
+	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		return err
 	}
 	defer ln.Close()
-	eng, err := engine.Open(*dataDir, engine.Options{Logger: log})
+	eng, err := engine.Open(cfg.Data, engine.Options{Logger: log})
 	if err != nil {
-		return fmt.Errorf("open the engine in %s: %w", *dataDir, err)
+		return fmt.Errorf("open the engine in %s: %w", cfg.Data, err)
 	}
 	defer eng.Close()
-	if token == "" {
-		if token, from, err = generateToken(*dataDir); err != nil {
+	if tokens == nil && token == "" {
+		if token, from, err = generateToken(cfg.Data); err != nil {
 			return err
 		}
 	}
-	svc, err := service.New(eng, service.Options{Policy: pm})
+	if tokens == nil {
+		if tokens, err = auth.Single(auth.DefaultName, auth.Admin, token); err != nil {
+			return err
+		}
+		from = "bearer token " + from + " (named " + auth.DefaultName + ", scope admin)"
+	}
+	svc, err := service.New(eng, service.Options{Policy: pm, Tokens: tokens, Logger: log})
 	if err != nil {
 		return err
 	}
 	mux := http.NewServeMux()
 	mux.Handle(svc.Handler())
+	// Every other path asks for a token too, so that it says nothing to
+	// a caller without one.
+	mux.Handle("/", service.Require(tokens, http.NotFoundHandler()))
 
 	protocols := new(http.Protocols)
 	protocols.SetHTTP1(true)
-	protocols.SetUnencryptedHTTP2(true) // gRPC without TLS (h2c)
+	scheme := "http"
+	if cert != nil {
+		protocols.SetHTTP2(true)
+		scheme = "https"
+	} else {
+		protocols.SetUnencryptedHTTP2(true) // gRPC without TLS (h2c)
+	}
 	srv := &http.Server{
-		Handler:           service.RequireToken(token, mux),
+		Handler:           mux,
 		Protocols:         protocols,
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
+	if cert != nil {
+		srv.TLSConfig = &tls.Config{Certificates: []tls.Certificate{*cert}, MinVersion: tls.VersionTLS12}
+	}
 	addr := ln.Addr().String()
-	abs, _ := filepath.Abs(*dataDir)
-	fmt.Fprintf(stdout, "sagad: serving saga.v1.SagaService on http://%s (gRPC, gRPC-Web, JSON)\n", addr)
+	abs, _ := filepath.Abs(cfg.Data)
+	fmt.Fprintf(stdout, "sagad: serving saga.v1.SagaService on %s://%s (gRPC, gRPC-Web, JSON)\n", scheme, addr)
 	fmt.Fprintf(stdout, "sagad: data in %s\n", abs)
-	fmt.Fprintf(stdout, "sagad: bearer token %s\n", from)
+	fmt.Fprintf(stdout, "sagad: %s\n", from)
+	for _, id := range tokens.Names() {
+		fmt.Fprintf(stdout, "sagad: token %s, scope %s\n", id.Name, id.Scope)
+	}
 
 	served := make(chan error, 1)
-	go func() { served <- srv.Serve(ln) }()
+	go func() {
+		if cert != nil {
+			served <- srv.ServeTLS(ln, "", "")
+			return
+		}
+		served <- srv.Serve(ln)
+	}()
 	if ready != nil {
 		ready(addr)
 	}
@@ -153,22 +230,6 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		_ = srv.Close()
 	}
 	return eng.Close()
-}
-
-// loopbackOnly refuses an address other clients could reach: without TLS
-// the token would cross the network in clear.
-func loopbackOnly(addr string) error {
-	host, _, err := net.SplitHostPort(addr)
-	if err != nil {
-		return fmt.Errorf("-listen %q: %w", addr, err)
-	}
-	if host == "localhost" {
-		return nil
-	}
-	if ip := net.ParseIP(host); ip != nil && ip.IsLoopback() {
-		return nil
-	}
-	return fmt.Errorf("-listen %q is not a loopback address: without TLS (not supported yet) the token would cross the network in clear", addr)
 }
 
 // loadToken returns the token and says where it came from: the file

@@ -1,0 +1,159 @@
+package main
+
+import (
+	"bytes"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+
+	"gopkg.in/yaml.v3"
+)
+
+// Config is sagad's configuration: the YAML file of -config, with the
+// flags given on the command line overriding its values. Relative paths
+// in the file are relative to the file's directory; those of flags, to
+// the working directory.
+//
+//	listen: 0.0.0.0:7443          # default 127.0.0.1:7080
+//	tls:
+//	  cert: /etc/sagad/cert.pem   # serve HTTPS (both or neither)
+//	  key: /etc/sagad/key.pem
+//	data: /var/lib/sagad          # default ./sagad-data
+//	policy: policy.yaml           # default: env SAGA_POLICY_FILE; none
+//	tokens: tokens.yaml           # named, scoped tokens (see package auth)
+//
+// Unknown keys are refused.
+type Config struct {
+	// Listen is the address to serve on. Default 127.0.0.1:7080. An
+	// address other than loopback needs TLS, or InsecureListen.
+	Listen string `yaml:"listen"`
+	// TLS serves HTTPS with this key pair (both files or neither).
+	// Default: none, plain HTTP (and h2c for gRPC).
+	TLS TLSConfig `yaml:"tls"`
+	// InsecureListen allows a non-loopback Listen without TLS: tokens
+	// then cross the network in clear. Default false.
+	InsecureListen bool `yaml:"insecure_listen"`
+	// Data is the engine's data directory. Default ./sagad-data.
+	Data string `yaml:"data"`
+	// Policy is the policy file (YAML), hot-reloaded. Default: the
+	// environment's SAGA_POLICY_FILE, else none.
+	Policy string `yaml:"policy"`
+	// Tokens is the tokens file: named tokens with scopes (package auth).
+	// Default: none, and a single admin token named "default" from
+	// TokenFile, SAGAD_TOKEN or DATA/sagad.token (generated).
+	Tokens string `yaml:"tokens"`
+	// TokenFile holds the single token (not with Tokens). Default: the
+	// environment's SAGAD_TOKEN, else DATA/sagad.token.
+	TokenFile string `yaml:"token_file"`
+	// Handlers: remote handler endpoints: wired by package remote. Each
+	// value is kept as YAML for that package to decode.
+	Handlers map[string]yaml.Node `yaml:"handlers"`
+}
+
+// TLSConfig is the key pair sagad serves HTTPS with.
+type TLSConfig struct {
+	// Cert is the certificate chain's PEM file.
+	Cert string `yaml:"cert"`
+	// Key is the private key's PEM file.
+	Key string `yaml:"key"`
+}
+
+// defaultConfig is what sagad runs with when neither the file nor a flag
+// says otherwise.
+func defaultConfig() Config {
+	return Config{Listen: "127.0.0.1:7080", Data: "sagad-data"}
+}
+
+// errConfig wraps every refusal of a configuration.
+var errConfig = errors.New("sagad: bad configuration")
+
+// loadConfig reads the YAML file at path into c (keeping the values the
+// file does not set), with its relative paths made relative to the
+// file's directory. Every unknown key is named.
+func loadConfig(path string, c *Config) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("%w: -config: %w", errConfig, err)
+	}
+	var f Config
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	if err := dec.Decode(&f); err != nil && !errors.Is(err, io.EOF) {
+		return fmt.Errorf("%w: %s: %w", errConfig, path, err)
+	}
+	dir := filepath.Dir(path)
+	rel := func(p string) string {
+		if p == "" || filepath.IsAbs(p) {
+			return p
+		}
+		return filepath.Join(dir, p)
+	}
+	if f.Listen != "" {
+		c.Listen = f.Listen
+	}
+	if f.TLS.Cert != "" || f.TLS.Key != "" {
+		c.TLS = TLSConfig{Cert: rel(f.TLS.Cert), Key: rel(f.TLS.Key)}
+	}
+	c.InsecureListen = c.InsecureListen || f.InsecureListen
+	for _, v := range []struct {
+		dst *string
+		val string
+	}{
+		{&c.Data, f.Data}, {&c.Policy, f.Policy}, {&c.Tokens, f.Tokens}, {&c.TokenFile, f.TokenFile},
+	} {
+		if v.val != "" {
+			*v.dst = rel(v.val)
+		}
+	}
+	c.Handlers = f.Handlers
+	return nil
+}
+
+// Validate reports every problem at once; it reads the TLS key pair
+// (returned, nil without TLS) but writes nothing.
+func (c *Config) Validate() (*tls.Certificate, error) {
+	var errs []error
+	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	var cert *tls.Certificate
+	switch {
+	case (c.TLS.Cert == "") != (c.TLS.Key == ""):
+		bad("tls: give both cert and key, or neither")
+	case c.TLS.Cert != "":
+		kp, err := tls.LoadX509KeyPair(c.TLS.Cert, c.TLS.Key)
+		if err != nil {
+			bad("tls: %w", err)
+		} else {
+			cert = &kp
+		}
+	}
+	if host, _, err := net.SplitHostPort(c.Listen); err != nil {
+		bad("listen %q: %w", c.Listen, err)
+	} else if !loopback(host) && c.TLS.Cert == "" && !c.InsecureListen {
+		bad("listen %q is not a loopback address: without TLS the tokens would cross the network in clear (set tls, or insecure_listen / -insecure-listen to accept that)", c.Listen)
+	}
+	if c.Data == "" {
+		bad("data: a data directory is required")
+	}
+	if c.Tokens != "" && c.TokenFile != "" {
+		bad("tokens and token_file: give one (a tokens file of named tokens, or a single token)")
+	}
+	if len(c.Handlers) > 0 {
+		bad("handlers: remote handler endpoints are not served by this build yet")
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, fmt.Errorf("%w: %w", errConfig, err)
+	}
+	return cert, nil
+}
+
+func loopback(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
