@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"gopkg.in/yaml.v3"
 )
@@ -73,17 +74,22 @@ var errConfig = errors.New("sagad: bad configuration")
 
 // loadConfig reads the YAML file at path into c (keeping the values the
 // file does not set), with its relative paths made relative to the
-// file's directory. Every unknown key is named.
-func loadConfig(path string, c *Config) error {
+// file's directory. Every unknown key and ill-typed value is named; the
+// keys that could be read are still read, so that Validate can name
+// their problems beside these.
+func loadConfig(path string, c *Config) (problems, err error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
-		return fmt.Errorf("%w: -config: %w", errConfig, err)
+		return nil, fmt.Errorf("%w: -config: %w", errConfig, err)
 	}
 	var f Config
 	dec := yaml.NewDecoder(bytes.NewReader(b))
 	dec.KnownFields(true)
-	if err := dec.Decode(&f); err != nil && !errors.Is(err, io.EOF) {
-		return fmt.Errorf("%w: %s: %w", errConfig, path, err)
+	var typeErr *yaml.TypeError
+	if err := dec.Decode(&f); errors.As(err, &typeErr) {
+		problems = fmt.Errorf("%s: %s", path, strings.Join(typeErr.Errors, "; "))
+	} else if err != nil && !errors.Is(err, io.EOF) {
+		return nil, fmt.Errorf("%w: %s: %w", errConfig, path, err) // not YAML: nothing to go on
 	}
 	dir := filepath.Dir(path)
 	rel := func(p string) string {
@@ -110,11 +116,11 @@ func loadConfig(path string, c *Config) error {
 		}
 	}
 	c.Handlers = f.Handlers
-	return nil
+	return problems, nil
 }
 
-// Validate reports every problem at once; it reads the TLS key pair
-// (returned, nil without TLS) but writes nothing.
+// Validate reports every problem at once (joined); it reads the TLS key
+// pair (returned, nil without TLS) but writes nothing.
 func (c *Config) Validate() (*tls.Certificate, error) {
 	var errs []error
 	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
@@ -145,7 +151,7 @@ func (c *Config) Validate() (*tls.Certificate, error) {
 		bad("handlers: remote handler endpoints are not served by this build yet")
 	}
 	if err := errors.Join(errs...); err != nil {
-		return nil, fmt.Errorf("%w: %w", errConfig, err)
+		return nil, err
 	}
 	return cert, nil
 }

@@ -96,8 +96,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return fmt.Errorf("unexpected arguments %q", fs.Args())
 	}
 	cfg := def
+	var fileErr error // unknown keys: named beside Validate's problems
 	if *configFile != "" {
-		if err := loadConfig(*configFile, &cfg); err != nil {
+		var err error
+		if fileErr, err = loadConfig(*configFile, &cfg); err != nil {
 			return err
 		}
 	}
@@ -122,8 +124,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		}
 	})
 	cert, err := cfg.Validate()
-	if err != nil {
-		return err
+	if fileErr != nil || err != nil {
+		return fmt.Errorf("%w: %w", errConfig, errors.Join(fileErr, err))
 	}
 	log := slog.New(slog.NewTextHandler(stderr, nil))
 
