@@ -35,10 +35,13 @@ func write(t *testing.T, path, content string) {
 }
 
 // refused runs sagad with args, which must refuse to start, and returns
-// its error.
+// its error. A sagad that starts instead is stopped after 30s, and the
+// test fails.
 func refused(t *testing.T, args ...string) error {
 	t.Helper()
-	err := run(context.Background(), args, func(string) string { return "" }, io.Discard, io.Discard, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	err := run(ctx, args, func(string) string { return "" }, io.Discard, io.Discard, func(string) { cancel() })
 	if err == nil {
 		t.Fatalf("sagad %q started", args)
 	}
