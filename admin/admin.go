@@ -620,7 +620,7 @@ func (s *Server) act(w http.ResponseWriter, r *http.Request) {
 	dec := json.NewDecoder(r.Body)
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&req); err != nil {
-		writeError(w, http.StatusBadRequest, fmt.Errorf("malformed request body: %w", err), `send {"actor": "…", "reason": "…"}`)
+		writeError(w, http.StatusBadRequest, fmt.Errorf("malformed request body: %w", err), `send {"reason": "…"} (the actor recorded is the token's name)`)
 		return
 	}
 	if len(req.Reason) > 4096 {
