@@ -343,3 +343,37 @@ func TestUnauthenticatedHandlerRecordsTheClaimedActor(t *testing.T) {
 		t.Fatalf("actors recorded: %v, want [bob]", actors)
 	}
 }
+
+// TestScopeRefusalsSpeakGRPC: a refusal is answered in the caller's
+// protocol, so a gRPC client sees PermissionDenied and Unauthenticated
+// as codes, not as transport errors.
+func TestScopeRefusalsSpeakGRPC(t *testing.T) {
+	ctx := testCtx(t)
+	tokens, err := auth.Single("dashboard", auth.Read, "read-secret-0123456789")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := engine.Open(t.TempDir(), engine.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = e.Close() })
+	srv, err := service.New(e, service.Options{Tokens: tokens})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle(srv.Handler())
+	hs := httptest.NewUnstartedServer(mux)
+	hs.EnableHTTP2 = true
+	hs.StartTLS()
+	t.Cleanup(hs.Close)
+	for secret, code := range map[string]connect.Code{"read-secret-0123456789": connect.CodePermissionDenied, "guess": connect.CodeUnauthenticated} {
+		c := sagav1connect.NewSagaServiceClient(hs.Client(), hs.URL, connect.WithGRPC(), connect.WithInterceptors(bearer(secret)))
+		_, err := c.Define(ctx, connect.NewRequest(&sagav1.DefineRequest{Definition: checkout}))
+		wantCode(t, "gRPC define with "+secret, err, code)
+	}
+	c := sagav1connect.NewSagaServiceClient(hs.Client(), hs.URL, connect.WithGRPC(), connect.WithInterceptors(bearer("read-secret-0123456789")))
+	_, err = c.GetDefinition(ctx, connect.NewRequest(&sagav1.GetDefinitionRequest{Name: "checkout"}))
+	wantCode(t, "the definition a refused gRPC call sent", err, connect.CodeNotFound)
+}
