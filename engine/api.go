@@ -490,6 +490,31 @@ func (e *Engine) Run(ctx context.Context, definition string, input []byte, o Sta
 	return e.waitStarted(ctx, id)
 }
 
+// Launch starts a saga as Run does, engine-driven, and returns once its
+// start is durable, without waiting for it to settle: the engine drives
+// it in the background (Wait or Status follow it). created is false when
+// the idempotency key was used already: id is then the existing saga's.
+// A key of a caller-driven saga is refused (ErrInvalidArgument), as by
+// Run.
+func (e *Engine) Launch(ctx context.Context, definition string, input []byte, o StartOptions) (id string, created bool, err error) {
+	id, created, err = e.start(ctx, definition, input, o, true)
+	if err != nil {
+		return "", false, err
+	}
+	if !created {
+		var sg *fsm.Saga
+		err := e.read(func() (err error) { sg, err = e.store.Peek(id); return err })
+		if err == nil && !sg.Driven {
+			return "", false, fmt.Errorf("%w: idempotency key %q belongs to saga %s, which its caller drives with Advance",
+				ErrInvalidArgument, o.IdempotencyKey, id)
+		}
+		// A saga removed after its retention keeps its key: id says so.
+		return id, false, nil
+	}
+	e.kick(id)
+	return id, true, nil
+}
+
 // waitStarted waits for a saga Run started; an early return says the saga
 // exists.
 func (e *Engine) waitStarted(ctx context.Context, id string) (*Status, error) {

@@ -45,6 +45,7 @@ type Engine interface {
 	Define(ctx context.Context, d engine.Definition) (*engine.Definition, error)
 	Definition(ctx context.Context, name string, version int) (*engine.Definition, error)
 	Start(ctx context.Context, definition string, input []byte, o engine.StartOptions) (string, error)
+	Launch(ctx context.Context, definition string, input []byte, o engine.StartOptions) (string, bool, error)
 	Advance(ctx context.Context, id string, res engine.StepResult) (*engine.Status, error)
 	Status(ctx context.Context, id string) (*engine.Status, error)
 	List(ctx context.Context, q fsm.Query) ([]*engine.Status, string, error)
@@ -188,7 +189,19 @@ func (s *Server) GetDefinition(ctx context.Context, req *connect.Request[sagav1.
 	return connect.NewResponse(&sagav1.GetDefinitionResponse{Definition: definitionOf(d)}), nil
 }
 
-// Start implements saga.v1.SagaService.Start: a caller-driven saga.
+// engineDriven reports whether every step of d names what runs it.
+func engineDriven(d *engine.Definition) bool {
+	for _, st := range d.Steps {
+		if st.Action == "" && st.Child == "" {
+			return false
+		}
+	}
+	return len(d.Steps) > 0
+}
+
+// Start implements saga.v1.SagaService.Start: an engine-driven saga when
+// every step of the definition names an action (or a child saga), else a
+// caller-driven one.
 func (s *Server) Start(ctx context.Context, req *connect.Request[sagav1.StartRequest]) (*connect.Response[sagav1.StartResponse], error) {
 	m := req.Msg
 	var p problems
@@ -204,18 +217,19 @@ func (s *Server) Start(ctx context.Context, req *connect.Request[sagav1.StartReq
 	if err := p.err(); err != nil {
 		return nil, connectError(err)
 	}
-	if o.ID != "" {
-		// The engine would log a start record for Apply to refuse: look
-		// first, so that a bad request does not cost a durable write.
-		// Only a re-send (the same id with the key it was started with)
-		// goes on, to be answered from the key without a write; an id in
-		// use with another key (or none) is refused here.
-		if st, err := s.eng.Status(ctx, o.ID); err == nil &&
-			(o.IdempotencyKey == "" || st.Saga.IdempotencyKey != o.IdempotencyKey) {
-			return nil, connectError(fmt.Errorf("%w: saga %s", engine.ErrSagaExists, o.ID))
-		}
+	// The engine drives a saga whose every step it can run (an action,
+	// a remote handler, or a child saga); the caller drives the others
+	// with Advance. The engine refuses a used id or key without writing.
+	d, err := s.eng.Definition(ctx, m.Definition, o.Version)
+	if err != nil {
+		return nil, connectError(err)
 	}
-	id, err := s.eng.Start(ctx, m.Definition, m.Input, o)
+	var id string
+	if engineDriven(d) {
+		id, _, err = s.eng.Launch(ctx, m.Definition, m.Input, o)
+	} else {
+		id, err = s.eng.Start(ctx, m.Definition, m.Input, o)
+	}
 	if err != nil {
 		return nil, connectError(err)
 	}
