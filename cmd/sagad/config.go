@@ -12,6 +12,8 @@ import (
 	"strings"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/sagaengine/saga/remote"
 )
 
 // Config is sagad's configuration: the YAML file of -config, with the
@@ -26,6 +28,12 @@ import (
 //	data: /var/lib/sagad          # default ./sagad-data
 //	policy: policy.yaml           # default: env SAGA_POLICY_FILE; none
 //	tokens: tokens.yaml           # named, scoped tokens (see package auth)
+//	handlers:                     # remote step actions and compensations
+//	  reserve_inventory:
+//	    url: http://127.0.0.1:9000/reserve_inventory
+//	    timeout: 5s               # one attempt; default 30s
+//	    concurrency: 8            # calls in flight at once; default 16
+//	    hmac_secret_file: inventory.secret   # optional: sign requests
 //
 // Unknown keys are refused.
 type Config struct {
@@ -50,10 +58,16 @@ type Config struct {
 	// TokenFile holds the single token (not with Tokens). Default: the
 	// environment's SAGAD_TOKEN, else DATA/sagad.token.
 	TokenFile string `yaml:"token_file"`
-	// Handlers: remote handler endpoints: wired by package remote. Each
-	// value is kept as YAML for that package to decode.
-	Handlers map[string]yaml.Node `yaml:"handlers"`
+	// Handlers maps each handler name that definitions may use as an
+	// action or a compensation to its HTTP endpoint (package remote: url,
+	// timeout, concurrency, max_response_bytes, tls, hmac_secret_file).
+	// Only this file says which URLs the engine calls: API callers name
+	// handlers, never URLs. Default: none (caller-driven steps only).
+	Handlers map[string]remote.EndpointConfig `yaml:"handlers"`
 }
+
+// remote is the handlers' configuration as package remote reads it.
+func (c *Config) remote() remote.Config { return remote.Config{Endpoints: c.Handlers} }
 
 // TLSConfig is the key pair sagad serves HTTPS with.
 type TLSConfig struct {
@@ -115,7 +129,11 @@ func loadConfig(path string, c *Config) (problems, err error) {
 			*v.dst = rel(v.val)
 		}
 	}
-	c.Handlers = f.Handlers
+	if f.Handlers != nil {
+		rc := f.remote()
+		rc.ResolvePaths(dir)
+		c.Handlers = rc.Endpoints
+	}
 	return problems, nil
 }
 
@@ -148,7 +166,10 @@ func (c *Config) Validate() (*tls.Certificate, error) {
 		bad("tokens and token_file: give one (a tokens file of named tokens, or a single token)")
 	}
 	if len(c.Handlers) > 0 {
-		bad("handlers: remote handler endpoints are not served by this build yet")
+		rc := c.remote()
+		if err := rc.Validate(); err != nil {
+			bad("handlers: %w", err)
+		}
 	}
 	if err := errors.Join(errs...); err != nil {
 		return nil, err

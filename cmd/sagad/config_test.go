@@ -62,7 +62,7 @@ tls:
 tokens: tokens.yaml
 token_file: token
 handlers:
-  refund: {url: "http://127.0.0.1:9/refund"}
+  refund: {url: "ftp://127.0.0.1:9/refund", retries: 3}
 `)
 	err := refused(t, "-config", "bad.yaml")
 	if !errors.Is(err, errConfig) {
@@ -73,7 +73,7 @@ handlers:
 		"tls: give both cert and key",
 		`listen "0.0.0.0:7080" is not a loopback address`,
 		"tokens and token_file: give one",
-		"handlers:",
+		"field retries not found", "handlers:", "ftp",
 	} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("the error does not say %q:\n%v", want, err)
@@ -85,6 +85,10 @@ handlers:
 	write(t, "badcert.yaml", "tls: {cert: nope.pem, key: nope.key}\n")
 	if err := refused(t, "-config", "badcert.yaml"); !strings.Contains(err.Error(), "tls:") {
 		t.Errorf("a missing key pair: %v", err)
+	}
+	write(t, "nosecret.yaml", "handlers:\n  refund: {url: \"http://127.0.0.1:9/refund\", hmac_secret_file: nope.secret}\n")
+	if err := refused(t, "-config", "nosecret.yaml"); !strings.Contains(err.Error(), "nope.secret") {
+		t.Errorf("a missing secret file: %v", err)
 	}
 	write(t, "badtokens.yaml", "tokens: tokens.yaml\n")
 	write(t, "tokens.yaml", "tokens:\n  - {name: a b, scope: root}\n")

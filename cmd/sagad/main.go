@@ -16,12 +16,13 @@
 // override its values. A configuration is checked whole, every problem
 // named at once, before anything is written.
 //
-// In this slice sagas are caller-driven (Start, then Advance for each
-// step); steps may name no action, and compensations only those the
-// server registers (none yet: remote HTTP handlers are the next slice).
+// Steps are caller-driven (Start, then Advance for each step) or run by
+// the engine through remote HTTP handlers: the configuration's handlers:
+// maps each handler name to an endpoint (package remote), and a
+// definition's actions and compensations may name those handlers only.
 // -policy FILE (or SAGA_POLICY_FILE) serves a policy file, hot-reloaded,
-// through GetPolicy, SetPolicy and ExplainPolicy; SetPolicy's layer lives
-// in memory until the process stops.
+// through GetPolicy, SetPolicy and ExplainPolicy; SetPolicy's layer is
+// kept in DATA/policy-api.yaml across restarts.
 //
 // With -tls-cert and -tls-key (or tls: in the file) sagad serves HTTPS;
 // without TLS it refuses an address other than loopback, unless
@@ -48,8 +49,10 @@ import (
 	"time"
 
 	"github.com/sagaengine/saga/auth"
+	"github.com/sagaengine/saga/compensation"
 	"github.com/sagaengine/saga/engine"
 	"github.com/sagaengine/saga/policy"
+	"github.com/sagaengine/saga/remote"
 	"github.com/sagaengine/saga/service"
 )
 
@@ -151,12 +154,25 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	} else if token, from, err = loadToken(cfg.TokenFile, getenv(TokenEnv), cfg.Data); err != nil {
 		return err
 	}
+	// The handlers' endpoints, with their certificates and secrets read:
+	// a file that is missing refuses the start here, before any write.
+	reg := compensation.NewRegistry()
+	if len(cfg.Handlers) > 0 {
+		rc, err := remote.New(cfg.remote(), remote.Options{})
+		if err != nil {
+			return fmt.Errorf("%w: handlers: %w", errConfig, err)
+		}
+		defer rc.Close()
+		if err := rc.Register(reg); err != nil {
+			return err
+		}
+	}
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		return err
 	}
 	defer ln.Close()
-	eng, err := engine.Open(cfg.Data, engine.Options{Logger: log})
+	eng, err := engine.Open(cfg.Data, engine.Options{Logger: log, Registry: reg})
 	if err != nil {
 		return fmt.Errorf("open the engine in %s: %w", cfg.Data, err)
 	}
