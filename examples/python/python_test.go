@@ -5,12 +5,14 @@ package python_test
 import (
 	"bufio"
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"runtime"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -90,15 +92,19 @@ func startSagad(t *testing.T, ctx context.Context, bin, dir, token string, args 
 }
 
 // runPython runs a script of this directory against s and returns its
-// output, failing the test if it fails.
-func runPython(t *testing.T, ctx context.Context, py string, s *server, script string, env ...string) string {
+// standard output, failing the test (with its standard error) if it
+// fails.
+func runPython(t *testing.T, ctx context.Context, py string, s *server, env []string, args ...string) string {
 	t.Helper()
-	cmd := exec.CommandContext(ctx, py, script)
+	cmd := exec.CommandContext(ctx, py, args...)
 	cmd.Env = append(os.Environ(), append(env, "SAGAD_URL="+s.url, "SAGAD_TOKEN="+s.token, "PYTHONDONTWRITEBYTECODE=1")...)
-	out, err := cmd.CombinedOutput()
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
 	if err != nil {
-		t.Fatalf("python3 %s: %v\n%s", script, err, out)
+		t.Fatalf("python3 %s: %v\n%s%s", strings.Join(args, " "), err, out, stderr.String())
 	}
+	t.Logf("python3 %s:\n%s%s", strings.Join(args, " "), out, stderr.String())
 	return string(out)
 }
 
@@ -110,9 +116,98 @@ func TestPythonClientRunsTheSeedsFourCallsAgainstSagad(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	s := startSagad(t, ctx, sagad(t, ctx), t.TempDir(), "python-test-token-0123456789")
-	out := runPython(t, ctx, py, s, "check_client.py")
+	out := runPython(t, ctx, py, s, nil, "check_client.py")
 	if !strings.Contains(out, "all checks passed") {
 		t.Fatalf("the checks did not finish:\n%s", out)
 	}
-	t.Log(out)
+}
+
+// handlers starts order_handlers.py and returns its address; it is
+// killed at the end of the test.
+func handlers(t *testing.T, ctx context.Context, py string, args ...string) string {
+	t.Helper()
+	cmd := exec.Command(py, append([]string{"order_handlers.py"}, args...)...)
+	cmd.Env = append(os.Environ(), "PYTHONDONTWRITEBYTECODE=1")
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	addr := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			if u, ok := strings.CutPrefix(sc.Text(), "handlers on "); ok {
+				addr <- u
+			}
+		}
+	}()
+	select {
+	case u := <-addr:
+		return u
+	case <-ctx.Done():
+		t.Fatalf("the handler server did not print its address: %v", ctx.Err())
+		return ""
+	}
+}
+
+// The seed's order pattern with its handlers in Python behind sagad:
+// orders that complete, one that fails at shipping and is compensated in
+// reverse, and one whose compensation is in flight when sagad is
+// SIGKILLed: after the restart the compensation finishes, and every
+// handler saw one idempotency key across its calls.
+func TestPythonHandlersBehindSagadCompensateInReverseAcrossASIGKILL(t *testing.T) {
+	py := python3(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	dir := t.TempDir()
+	journal, release := filepath.Join(dir, "journal.jsonl"), filepath.Join(dir, "release")
+	hurl := handlers(t, ctx, py, "--journal", journal, "--release", release)
+	var cfg strings.Builder
+	cfg.WriteString("handlers:\n")
+	for _, h := range []string{"create_order", "cancel_order", "process_payment", "refund_payment",
+		"reserve_inventory", "release_inventory", "ship_product", "cancel_shipment"} {
+		fmt.Fprintf(&cfg, "  %s: {url: %q, timeout: 2m}\n", h, hurl+"/"+h)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "sagad.yaml"), []byte(cfg.String()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	bin := sagad(t, ctx)
+	const token = "python-test-token-0123456789"
+	s := startSagad(t, ctx, bin, dir, token, "-config", "sagad.yaml")
+	env := []string{"JOURNAL=" + journal}
+	runPython(t, ctx, py, s, env, "check_orders.py", "run")
+
+	id := strings.TrimSpace(runPython(t, ctx, py, s, env, "check_orders.py", "hold"))
+	// Wait for release_inventory of that saga to be in flight, then kill.
+	for !strings.Contains(readFile(t, journal), `"handler": "release_inventory", "saga": "`+id+`"`) {
+		select {
+		case <-ctx.Done():
+			t.Fatalf("release_inventory of %s was never called:\n%s", id, readFile(t, journal))
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	if err := s.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	_ = s.cmd.Wait()
+	// The handler's first call now finishes, its answer lost with sagad.
+	if err := os.WriteFile(release, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s = startSagad(t, ctx, bin, dir, token, "-config", "sagad.yaml")
+	runPython(t, ctx, py, s, env, "check_orders.py", "finish", id)
+}
+
+func readFile(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil && !os.IsNotExist(err) {
+		t.Fatal(err)
+	}
+	return string(b)
 }
