@@ -6,6 +6,7 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -159,19 +160,29 @@ func handlers(t *testing.T, ctx context.Context, py string, args ...string) stri
 // orders that complete, one that fails at shipping and is compensated in
 // reverse, and one whose compensation is in flight when sagad is
 // SIGKILLed: after the restart the compensation finishes, and every
-// handler saw one idempotency key across its calls.
+// handler saw one idempotency key across its calls. Every call is
+// HMAC-signed, and the handlers refuse an unsigned one.
 func TestPythonHandlersBehindSagadCompensateInReverseAcrossASIGKILL(t *testing.T) {
 	py := python3(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	dir := t.TempDir()
 	journal, release := filepath.Join(dir, "journal.jsonl"), filepath.Join(dir, "release")
-	hurl := handlers(t, ctx, py, "--journal", journal, "--release", release)
+	// Every call is signed; the handlers refuse one that is not.
+	if err := os.WriteFile(filepath.Join(dir, "hmac.secret"), []byte("a-secret-shared-by-sagad-and-the-handlers\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	hurl := handlers(t, ctx, py, "--journal", journal, "--release", release, "--hmac-secret-file", filepath.Join(dir, "hmac.secret"))
+	if resp, err := http.Post(hurl+"/create_order", "application/json", strings.NewReader(`{"saga_id":"forged"}`)); err != nil {
+		t.Fatal(err)
+	} else if resp.Body.Close(); resp.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("an unsigned call to a handler: %s, want 401", resp.Status)
+	}
 	var cfg strings.Builder
 	cfg.WriteString("handlers:\n")
 	for _, h := range []string{"create_order", "cancel_order", "process_payment", "refund_payment",
 		"reserve_inventory", "release_inventory", "ship_product", "cancel_shipment"} {
-		fmt.Fprintf(&cfg, "  %s: {url: %q, timeout: 2m}\n", h, hurl+"/"+h)
+		fmt.Fprintf(&cfg, "  %s: {url: %q, timeout: 2m, hmac_secret_file: hmac.secret}\n", h, hurl+"/"+h)
 	}
 	if err := os.WriteFile(filepath.Join(dir, "sagad.yaml"), []byte(cfg.String()), 0o600); err != nil {
 		t.Fatal(err)
