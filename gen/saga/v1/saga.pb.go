@@ -1238,7 +1238,8 @@ type StartRequest struct {
 	User string            `protobuf:"bytes,5,opt,name=user,proto3" json:"user,omitempty"`
 	Meta map[string]string `protobuf:"bytes,6,rep,name=meta,proto3" json:"meta,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// The saga's id; empty: a new time-ordered id. 1-128 of letters, digits
-	// and . _ : @ -.
+	// and . _ : @ -, not in use, and not of a child saga's form (ending in a
+	// dot and digits).
 	Id string `protobuf:"bytes,7,opt,name=id,proto3" json:"id,omitempty"`
 	// Overrides the definition's saga deadline (from now).
 	Timeout *durationpb.Duration `protobuf:"bytes,8,opt,name=timeout,proto3" json:"timeout,omitempty"`
@@ -2258,7 +2259,8 @@ func (x *WaitResponse) GetSettled() bool {
 type AbortRequest struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
 	SagaId string                 `protobuf:"bytes,1,opt,name=saga_id,json=sagaId,proto3" json:"saga_id,omitempty"`
-	// Who acts; recorded with the transition.
+	// Ignored: the actor recorded with the transition is the name of the
+	// caller's token (kept for clients written before named tokens).
 	Actor         string `protobuf:"bytes,2,opt,name=actor,proto3" json:"actor,omitempty"`
 	Reason        string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
 	unknownFields protoimpl.UnknownFields
