@@ -3,18 +3,22 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"connectrpc.com/connect"
 
+	"github.com/sagaengine/saga/compensation"
 	"github.com/sagaengine/saga/engine"
 	sagav1 "github.com/sagaengine/saga/gen/saga/v1"
 	"github.com/sagaengine/saga/gen/saga/v1/sagav1connect"
+	"github.com/sagaengine/saga/remote"
 	"github.com/sagaengine/saga/service"
 )
 
@@ -25,25 +29,73 @@ const serviceSteps = 4
 // serviceRig is an engine behind the saga service, served on loopback
 // as sagad serves it (HTTP/1.1 and h2c), with caller-driven steps.
 type serviceRig struct {
-	e     *engine.Engine
-	dir   string
-	srv   *http.Server
-	url   string
-	token string
+	e        *engine.Engine
+	dir      string
+	srv      *http.Server
+	url      string
+	token    string
+	handlers *handlerServer
+	remote   *remote.Client
 }
 
-func newServiceRig() *serviceRig {
+// handlerServer answers the remote handlers "work" and "undo" on
+// loopback, with a 503 for a share failPct of the calls (retried by the
+// steps' policy).
+type handlerServer struct {
+	srv     *http.Server
+	url     string
+	calls   atomic.Int64
+	failPct int64
+}
+
+func newHandlerServer(failPct int) *handlerServer {
+	h := &handlerServer{failPct: int64(failPct)}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		panic(err)
+	}
+	h.url = "http://" + ln.Addr().String()
+	h.srv = &http.Server{ReadHeaderTimeout: 10 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		if n := h.calls.Add(1); h.failPct > 0 && n%100 < h.failPct {
+			http.Error(w, "injected", http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = w.Write([]byte("ok"))
+	})}
+	go func() { _ = h.srv.Serve(ln) }()
+	return h
+}
+
+func newServiceRig(failPct int) *serviceRig {
 	dir, _ := os.MkdirTemp("", "saga-bench-service-")
-	e, err := engine.Open(dir, engine.Options{Logger: quiet})
+	hs := newHandlerServer(failPct)
+	rc, err := remote.New(remote.Config{Endpoints: map[string]remote.EndpointConfig{
+		"work": {URL: hs.url + "/work", Concurrency: 64},
+		"undo": {URL: hs.url + "/undo", Concurrency: 64},
+	}}, remote.Options{})
+	if err != nil {
+		panic(err)
+	}
+	reg := compensation.NewRegistry()
+	if err := rc.Register(reg); err != nil {
+		panic(err)
+	}
+	e, err := engine.Open(dir, engine.Options{Logger: quiet, Registry: reg})
 	if err != nil {
 		panic(err)
 	}
 	d := engine.Definition{Name: "driven"}
+	h := engine.Definition{Name: "remote"}
+	retry := engine.RetryPolicy{InitialBackoff: time.Millisecond, MaxBackoff: 20 * time.Millisecond, Multiplier: 2, MaxAttempts: 20}
 	for k := 0; k < serviceSteps; k++ {
 		d.Steps = append(d.Steps, engine.StepDef{Name: fmt.Sprintf("s%d", k)})
+		h.Steps = append(h.Steps, engine.StepDef{Name: fmt.Sprintf("s%d", k), Action: "work", Compensation: "undo", Retry: retry, CompensationRetry: retry})
 	}
-	if _, err := e.Define(context.Background(), d); err != nil {
-		panic(err)
+	for _, def := range []engine.Definition{d, h} {
+		if _, err := e.Define(context.Background(), def); err != nil {
+			panic(err)
+		}
 	}
 	svc, err := service.New(e, service.Options{})
 	if err != nil {
@@ -61,12 +113,14 @@ func newServiceRig() *serviceRig {
 	}
 	srv := &http.Server{Handler: service.RequireToken(token, mux), Protocols: protocols, ReadHeaderTimeout: 10 * time.Second}
 	go func() { _ = srv.Serve(ln) }()
-	return &serviceRig{e: e, dir: dir, srv: srv, url: "http://" + ln.Addr().String(), token: token}
+	return &serviceRig{e: e, dir: dir, srv: srv, url: "http://" + ln.Addr().String(), token: token, handlers: hs, remote: rc}
 }
 
 func (r *serviceRig) close() {
 	_ = r.srv.Close()
 	_ = r.e.Close()
+	r.remote.Close()
+	_ = r.handlers.srv.Close()
 	_ = os.RemoveAll(r.dir)
 }
 
@@ -114,6 +168,36 @@ func (r *serviceRig) viaAPI(c sagav1connect.SagaServiceClient) sagaFunc {
 			}
 		}
 		return nil
+	}
+}
+
+// viaAPIRemote starts an engine-driven saga whose steps are remote
+// handlers and waits for it through the API.
+func (r *serviceRig) viaAPIRemote(c sagav1connect.SagaServiceClient) sagaFunc {
+	return func(ctx context.Context) error {
+		st, err := c.Start(ctx, connect.NewRequest(&sagav1.StartRequest{Definition: "remote"}))
+		if err != nil {
+			return err
+		}
+		w, err := c.Wait(ctx, connect.NewRequest(&sagav1.WaitRequest{SagaId: st.Msg.Saga.Id}))
+		if err != nil {
+			return err
+		}
+		if w.Msg.Saga.State != sagav1.SagaState_SAGA_STATE_COMPLETED {
+			return fmt.Errorf("saga %s: %s", w.Msg.Saga.Id, w.Msg.Saga.State)
+		}
+		return nil
+	}
+}
+
+// embeddedRemote runs the same saga on the embedded engine (Run).
+func (r *serviceRig) embeddedRemote() sagaFunc {
+	return func(ctx context.Context) error {
+		st, err := r.e.Run(ctx, "remote", nil, engine.StartOptions{})
+		if err == nil && st.State != engine.StateCompleted {
+			err = fmt.Errorf("saga %s: %s", st.ID, st.State)
+		}
+		return err
 	}
 }
 
@@ -178,14 +262,16 @@ func figService() (Figure, []Target) {
 	fig := Figure{Name: fmt.Sprintf("15. The saga service: caller-driven %d-step sagas (Start + %d Advance), embedded vs through the API", serviceSteps, serviceSteps),
 		Method: fmt.Sprintf("one engine (strict) behind service.Server on loopback, served as sagad serves it; per point %s of sagas from c goroutines, "+
 			"embedded (engine.Start + Advance in process), JSON (Connect protocol, HTTP/1.1) and gRPC (h2c) through the generated Go client; "+
-			"the three interleaved, median of %d rounds; added per transition = (api p50 − embedded p50) / %d calls at c=1", dur, rounds, serviceSteps+1)}
-	r := newServiceRig()
+			"then the same sagas engine-driven with each step and compensation a remote HTTP handler on loopback (package remote), embedded (Run) "+
+			"and through the API (Start + Wait); the modes interleaved, median of %d rounds; share = of the embedded run of the same shape; "+
+			"added per transition = (api p50 − embedded p50) / %d calls at c=1", dur, rounds, serviceSteps+1)}
+	r := newServiceRig(0)
 	defer r.close()
 	type point struct {
 		rate     []float64
 		p50, p99 []float64
 	}
-	modes := []string{"embedded", "JSON", "gRPC"}
+	modes := []string{"embedded", "JSON", "gRPC", "embedded, remote handlers", "JSON, remote handlers"}
 	points := map[string]*point{}
 	for round := 0; round < rounds; round++ {
 		for _, conc := range []int{1, 64} {
@@ -199,6 +285,10 @@ func figService() (Figure, []Target) {
 					f = r.viaAPI(r.client(false, conc))
 				case "gRPC":
 					f = r.viaAPI(r.client(true, conc))
+				case "embedded, remote handlers":
+					f = r.embeddedRemote()
+				case "JSON, remote handlers":
+					f = r.viaAPIRemote(r.client(false, conc))
 				}
 				t := time.Now()
 				n, lat, fails := runSagas(f, conc, dur)
@@ -220,13 +310,17 @@ func figService() (Figure, []Target) {
 	}
 	var ts []Target
 	for _, conc := range []int{1, 64} {
-		emb := points[fmt.Sprintf("embedded/%d", conc)]
 		for _, m := range modes {
+			base := "embedded"
+			if strings.HasSuffix(m, "remote handlers") {
+				base = "embedded, remote handlers"
+			}
+			emb := points[fmt.Sprintf("%s/%d", base, conc)]
 			p := points[fmt.Sprintf("%s/%d", m, conc)]
 			row := map[string]any{"mode": m, "concurrency": conc, "sagas_per_s": round(median(p.rate)),
 				"p50_ms": round2(median(p.p50)), "p99_ms": round2(median(p.p99)),
 				"share_of_embedded_pct": round2(100 * median(p.rate) / max(median(emb.rate), 1e-9))}
-			if conc == 1 && m != "embedded" {
+			if conc == 1 && (m == "JSON" || m == "gRPC") {
 				added := (median(p.p50) - median(emb.p50)) * 1000 / float64(serviceSteps+1)
 				row["added_us_per_transition"] = round(added)
 				ts = append(ts, Target{Name: fmt.Sprintf("service (%s), c=1: the server's added cost per transition", m), Want: "reported",
