@@ -85,6 +85,12 @@ type Options struct {
 	// replicated engine: required then (raftcluster.New(node) for a
 	// *replication.Node), refused for a single-node one. Default nil.
 	Cluster Cluster
+	// Console, if set, is the web console (console.New in package
+	// admin/console), served under /ui/ with a redirect from /. It
+	// authenticates with a session cookie of its own, not the bearer
+	// token. If it has a Close method, Close calls it (ending its live
+	// streams). Default nil: no console.
+	Console http.Handler
 	// Logger; default slog.Default().
 	Logger *slog.Logger
 }
@@ -99,6 +105,8 @@ type Server struct {
 	ln   net.Listener
 	quit chan struct{} // closed by Close: ends watch streams
 	once sync.Once
+	// closeConsole ends the console's live streams; nil without one.
+	closeConsole func() error
 }
 
 // New checks the options and builds the server; Start serves it.
@@ -140,6 +148,9 @@ func New(e *engine.Engine, o *Observer, opts Options) (*Server, error) {
 		opts.Logger = slog.Default()
 	}
 	s := &Server{e: e, o: o, auth: authn, opts: opts, quit: make(chan struct{})}
+	if c, ok := opts.Console.(interface{ Close() error }); ok {
+		s.closeConsole = c.Close
+	}
 	o.WatchStates(e)
 	s.srv = &http.Server{
 		Handler: s.Handler(),
@@ -203,7 +214,12 @@ func (s *Server) Addr() string {
 
 // Close stops the server, ending watch streams.
 func (s *Server) Close() error {
-	s.once.Do(func() { close(s.quit) })
+	s.once.Do(func() {
+		close(s.quit)
+		if s.closeConsole != nil {
+			_ = s.closeConsole()
+		}
+	})
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	err := s.srv.Shutdown(ctx)
@@ -233,7 +249,15 @@ func (s *Server) Handler() http.Handler {
 	mux.Handle("GET /v1/policy/explain", read(s.policyExplain))
 	mux.Handle("GET /v1/cluster", read(s.clusterGet))
 	mux.Handle("POST /v1/cluster/{action}", admin(s.clusterChange))
+	if s.opts.Console != nil {
+		mux.Handle("GET /{$}", http.RedirectHandler("/ui/", http.StatusSeeOther))
+	}
 	return s.authenticate(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if s.isConsole(r) && r.URL.Path != "/" {
+			r.Body = http.MaxBytesReader(w, r.Body, maxBody)
+			s.opts.Console.ServeHTTP(w, r) // its own authentication
+			return
+		}
 		if r.URL.Path == "/healthz" && r.Method == http.MethodGet {
 			mux.ServeHTTP(w, r)
 			return
@@ -269,11 +293,19 @@ func (r *statusRecorder) Header() http.Header         { return r.header }
 func (r *statusRecorder) Write(b []byte) (int, error) { return len(b), nil }
 func (r *statusRecorder) WriteHeader(code int)        { r.code = code }
 
+// isConsole says whether r is for the web console (or the redirect of /
+// to it), which authenticates by itself.
+func (s *Server) isConsole(r *http.Request) bool {
+	p := r.URL.Path
+	return s.opts.Console != nil && (p == "/" || p == "/ui" || strings.HasPrefix(p, "/ui/"))
+}
+
 // authenticate lets through to h only the requests with a known token
-// (and /healthz), with the caller in their context for need.
+// (and /healthz and the console's), with the caller in their context for
+// need.
 func (s *Server) authenticate(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/healthz" {
+		if r.URL.Path == "/healthz" || s.isConsole(r) {
 			h.ServeHTTP(w, r)
 			return
 		}
@@ -615,6 +647,44 @@ type ActionRequest struct {
 	Reason string `json:"reason"`
 }
 
+// Errors of Act.
+var (
+	// ErrUnknownAction: the action is none of Actions.
+	ErrUnknownAction = errors.New("admin: unknown action (actions: retry, abort, resolve)")
+	// ErrInvalidAction: the action lacks an actor or a reason it needs,
+	// or they are too long. Nothing was changed.
+	ErrInvalidAction = errors.New("admin: invalid action")
+)
+
+// Actions are the operator actions on a saga, as Act and
+// POST /v1/sagas/{id}/{action} name them.
+var Actions = []string{"retry", "resolve", "abort"}
+
+// Act runs the operator action (one of Actions) on the saga id, recorded
+// with who acted and why, and returns the saga's status once the action
+// is durable and applied. The JSON API and the web console both act
+// through it. Errors: ErrUnknownAction, ErrInvalidAction (no actor; no
+// reason for abort or resolve; actor over 256 or reason over 4096
+// bytes), or the engine's (fsm.ErrUnknownSaga, fsm.ErrIllegalTransition,
+// ...).
+func Act(ctx context.Context, e *engine.Engine, action, id, actor, reason string) (*engine.Status, error) {
+	do := map[string]func(context.Context, string, string, string) (*engine.Status, error){
+		"retry": e.Retry, "abort": e.Abort, "resolve": e.Resolve}[action]
+	switch {
+	case do == nil:
+		return nil, fmt.Errorf("%w: %q", ErrUnknownAction, action)
+	case actor == "":
+		return nil, fmt.Errorf("%w: actor is required: who is acting", ErrInvalidAction)
+	case len(actor) > 256 || len(reason) > 4096:
+		return nil, fmt.Errorf("%w: actor (256 bytes) or reason (4096 bytes) too long", ErrInvalidAction)
+	case reason == "" && action == "abort":
+		return nil, fmt.Errorf("%w: abort needs a reason", ErrInvalidAction)
+	case reason == "" && action == "resolve":
+		return nil, fmt.Errorf("%w: resolve needs a reason (what was done by hand)", ErrInvalidAction)
+	}
+	return do(ctx, id, actor, reason)
+}
+
 func (s *Server) act(w http.ResponseWriter, r *http.Request) {
 	var req ActionRequest
 	dec := json.NewDecoder(r.Body)
@@ -623,39 +693,19 @@ func (s *Server) act(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, fmt.Errorf("malformed request body: %w", err), `send {"reason": "…"} (the actor recorded is the token's name)`)
 		return
 	}
-	if len(req.Reason) > 4096 {
-		writeError(w, http.StatusBadRequest, errors.New("reason too long (4096 bytes)"), "")
-		return
-	}
 	caller, _ := auth.FromContext(r.Context())
-	actor := caller.Name // who acts is who holds the token, not what the body says
-	id := r.PathValue("id")
-	var st *engine.Status
-	var err error
-	switch r.PathValue("action") {
-	case "retry":
-		st, err = s.e.Retry(r.Context(), id, actor, req.Reason)
-	case "abort":
-		if req.Reason == "" {
-			writeError(w, http.StatusBadRequest, errors.New("abort needs a reason"), "")
-			return
-		}
-		st, err = s.e.Abort(r.Context(), id, actor, req.Reason)
-	case "resolve":
-		if req.Reason == "" {
-			writeError(w, http.StatusBadRequest, errors.New("resolve needs a reason (what was done by hand)"), "")
-			return
-		}
-		st, err = s.e.Resolve(r.Context(), id, actor, req.Reason)
-	default:
-		writeError(w, http.StatusNotFound, fmt.Errorf("unknown action %q", r.PathValue("action")), "actions: retry, abort, resolve")
-		return
-	}
-	if err != nil {
+	// Who acts is who holds the token, not what the body says.
+	st, err := Act(r.Context(), s.e, r.PathValue("action"), r.PathValue("id"), caller.Name, req.Reason)
+	switch {
+	case errors.Is(err, ErrUnknownAction):
+		writeError(w, http.StatusNotFound, err, "actions: retry, abort, resolve")
+	case errors.Is(err, ErrInvalidAction):
+		writeError(w, http.StatusBadRequest, err, "")
+	case err != nil:
 		engineError(w, err)
-		return
+	default:
+		writeJSON(w, http.StatusOK, NewSagaJSON(st))
 	}
-	writeJSON(w, http.StatusOK, NewSagaJSON(st))
 }
 
 func (s *Server) watch(w http.ResponseWriter, r *http.Request) {
@@ -668,7 +718,7 @@ func (s *Server) watch(w http.ResponseWriter, r *http.Request) {
 	rc := http.NewResponseController(w)
 	_ = rc.SetWriteDeadline(time.Time{})
 	_ = rc.SetReadDeadline(time.Time{})
-	ch, cancel := s.o.subscribe()
+	ch, cancel := s.o.Subscribe()
 	defer cancel()
 	w.Header().Set("Content-Type", "application/x-ndjson")
 	w.WriteHeader(http.StatusOK)
@@ -712,7 +762,7 @@ func (s *Server) policySet(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusRequestEntityTooLarge, err, "a policy is at most 1 MiB")
 		return
 	}
-	if err := s.opts.Policy.SetText("request body", body); err != nil {
+	if err := SetPolicy(s.opts.Policy, "request body", body); err != nil {
 		code := http.StatusBadRequest
 		if !policy.IsInvalid(err) {
 			code = http.StatusInternalServerError // it could not be kept
@@ -724,6 +774,15 @@ func (s *Server) policySet(w http.ResponseWriter, r *http.Request) {
 	caller, _ := auth.FromContext(r.Context())
 	s.opts.Logger.Info("admin: policy set", "actor", caller.Name, "version", d.Version)
 	writeJSON(w, http.StatusOK, d)
+}
+
+// SetPolicy parses data (YAML, named name in errors) and makes it m's
+// API layer, the highest (policy.Manager.SetText: kept in its APIFile, if
+// it has one, before it is in force). A policy that does not parse or
+// validate is rejected whole (policy.IsInvalid), and one that could not be
+// kept too: the policy in force stays.
+func SetPolicy(m *policy.Manager, name string, data []byte) error {
+	return m.SetText(name, data)
 }
 
 func (s *Server) policyExplain(w http.ResponseWriter, r *http.Request) {

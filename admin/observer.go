@@ -39,8 +39,36 @@ type Observer struct {
 	states                            *stateGauges
 	gatherer                          prometheus.Gatherer // what /metrics serves
 
+	// totals mirror the counters above, summed over definitions, for
+	// Counters; written by the engine's hooks, read by anyone.
+	totals struct {
+		started, completed, failed, stuck, compAttempts atomic.Uint64
+		failStopped                                     atomic.Bool
+		recovery                                        atomic.Int64 // ns
+	}
+
 	mu   sync.Mutex
 	subs map[chan Event]struct{}
+}
+
+// Counters are the observer's counters summed over definitions, since it
+// was created: what the web console computes rates from, without a
+// Prometheus server.
+type Counters struct {
+	Started, Completed, Failed, Stuck, CompensationAttempts uint64
+	// FailStopped is true once an I/O error stopped the engine, false
+	// again from its next Open (saga_engine_fail_stopped).
+	FailStopped bool
+	// Recovery is the duration of the last Open.
+	Recovery time.Duration
+}
+
+// Counters returns the counters now.
+func (o *Observer) Counters() Counters {
+	t := &o.totals
+	return Counters{Started: t.started.Load(), Completed: t.completed.Load(), Failed: t.failed.Load(),
+		Stuck: t.stuck.Load(), CompensationAttempts: t.compAttempts.Load(), FailStopped: t.failStopped.Load(),
+		Recovery: time.Duration(t.recovery.Load())}
 }
 
 // ObserverOptions configures an Observer; the zero value works.
@@ -188,11 +216,16 @@ func (o *Observer) Hooks() engine.Hooks {
 		},
 		OnRecovered: func(rs engine.RecoveryStats) {
 			o.recovery.Set(rs.Duration.Seconds())
+			o.totals.recovery.Store(int64(rs.Duration))
 			o.failStopped.Set(0) // an engine reopened with this observer runs again
+			o.totals.failStopped.Store(false)
 		},
 		// The engine calls it once, from the commit path, when it poisons
 		// itself; it stays poisoned until closed, so the gauge stays 1.
-		OnPoisoned: func(error) { o.failStopped.Set(1) },
+		OnPoisoned: func(error) {
+			o.failStopped.Set(1)
+			o.totals.failStopped.Store(true)
+		},
 	}
 }
 
@@ -205,8 +238,10 @@ func (o *Observer) onTransition(ev engine.TransitionEvent) {
 	switch r.Kind {
 	case fsm.KindSagaStarted:
 		o.started.WithLabelValues(def).Inc()
+		o.totals.started.Add(1)
 	case fsm.KindCompStarted:
 		o.compAttempts.WithLabelValues(def).Inc()
+		o.totals.compAttempts.Add(1)
 	case fsm.KindStepCompleted:
 		if st := sg.Steps[r.Step]; st.StartedAt > 0 && st.EndedAt >= st.StartedAt {
 			observe(o.stepLatency.WithLabelValues(def), time.Duration(st.EndedAt-st.StartedAt).Seconds(), sg)
@@ -220,10 +255,13 @@ func (o *Observer) onTransition(ev engine.TransitionEvent) {
 		switch sg.State {
 		case fsm.StateCompleted:
 			o.completed.WithLabelValues(def).Inc()
+			o.totals.completed.Add(1)
 		case fsm.StateFailed:
 			o.failed.WithLabelValues(def).Inc()
+			o.totals.failed.Add(1)
 		case fsm.StateStuck:
 			o.stuck.WithLabelValues(def).Inc()
+			o.totals.stuck.Add(1)
 		}
 	}
 	o.mu.Lock()
@@ -247,8 +285,11 @@ func (o *Observer) onTransition(ev engine.TransitionEvent) {
 	}
 }
 
-// subscribe returns a channel of events and its cancel function.
-func (o *Observer) subscribe() (chan Event, func()) {
+// Subscribe returns a feed of the engine's transitions from now on and
+// its cancel function, which the caller must call. A subscriber that
+// does not keep up misses events (the feed never slows the engine): a
+// reader that must not miss a change re-reads the state after one.
+func (o *Observer) Subscribe() (<-chan Event, func()) {
 	ch := make(chan Event, 1024)
 	o.mu.Lock()
 	o.subs[ch] = struct{}{}
