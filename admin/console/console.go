@@ -1,0 +1,465 @@
+// Package console is the operators' web console: an overview of the
+// engine, the saga list with live updates, a saga's timeline, the
+// operator actions (retry, resolve, abort) and the policy. It is served
+// by the admin server under /ui/ (admin.Options.Console) and rendered on
+// the server with html/template; its CSS and its one small script are
+// embedded (go:embed). It needs no build step and loads nothing from
+// elsewhere.
+//
+// It reads and acts through the same code as the JSON API
+// (admin.ParseQuery, admin.BuildShow, admin.Act, admin.SetPolicy, the
+// observer's watch feed): what the console shows is what sagactl shows.
+//
+// Security:
+//
+//   - Logging in exchanges a token (Options.Authenticate) for a session
+//     cookie: HttpOnly, SameSite=Strict, Secure on a TLS connection. The
+//     token is sent once, in a POST body, and never appears in a URL or a
+//     page. Logout ends the session on the server.
+//   - Every POST but the login carries the session's CSRF token in a form
+//     field; a request without it, or with another, is refused (403) and
+//     changes nothing. A request that a browser marks as cross-site
+//     (Sec-Fetch-Site) is refused too.
+//   - A session whose token may not act sees no action buttons and no
+//     policy editor, and the server refuses its actions (403).
+//   - Every answer carries a Content-Security-Policy that allows scripts,
+//     styles and connections from the console itself only, with no inline
+//     script or style.
+package console
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/subtle"
+	"embed"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"html/template"
+	"io/fs"
+	"log/slog"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/sagaengine/saga/admin"
+	"github.com/sagaengine/saga/engine"
+	"github.com/sagaengine/saga/policy"
+)
+
+// Prefix is the path the console is served under.
+const Prefix = "/ui/"
+
+// ErrInvalidOptions: New's options failed validation.
+var ErrInvalidOptions = errors.New("console: invalid options")
+
+// Options configures the console.
+type Options struct {
+	// Token logs in with full access: typically the admin API's own
+	// token. Required unless Authenticate is set.
+	Token string
+	// ReadOnlyToken, if set, logs in to look only. Default "": none.
+	ReadOnlyToken string
+	// Authenticate, if set, replaces Token and ReadOnlyToken: it says who
+	// holds token (recorded as the actor of their actions), whether they
+	// may act (retry, resolve, abort, edit the policy), and whether the
+	// token is valid at all. It must compare in constant time.
+	Authenticate func(token string) (who string, canAct bool, ok bool)
+	// Policy, if set, is shown, explained and edited on the policy page.
+	Policy *policy.Manager
+	// SessionTTL is how long a session lasts after its login. Default 12h.
+	SessionTTL time.Duration
+	// RateEvery is how often the overview's rates are sampled; they are
+	// computed over the last 30 samples. Default 10s.
+	RateEvery time.Duration
+	// Now is the clock of sessions and rates. Default time.Now.
+	Now func() time.Time
+	// Logger; default slog.Default().
+	Logger *slog.Logger
+}
+
+// Console is the web console of one engine: an http.Handler for the
+// paths under Prefix. Close ends its live streams.
+type Console struct {
+	e    *engine.Engine
+	o    *admin.Observer
+	opts Options
+	auth func(string) (string, bool, bool)
+	mux  *http.ServeMux
+	tmpl map[string]*template.Template // page name → layout + page
+
+	mu       sync.Mutex // guards sessions
+	sessions map[string]*session
+
+	rates *rates
+	quit  chan struct{} // closed by Close
+	once  sync.Once
+	done  chan struct{} // closed when the rate sampler has returned
+}
+
+// session is one login. Its fields never change after login but flash,
+// which the session's owner sets and the next page takes (under
+// Console.mu).
+type session struct {
+	who     string
+	canAct  bool
+	csrf    string
+	expires time.Time
+	flash   string
+}
+
+//go:embed templates static
+var files embed.FS
+
+// New builds the console of e, fed by o (the observer given to the admin
+// server). Errors: ErrInvalidOptions.
+func New(e *engine.Engine, o *admin.Observer, opts Options) (*Console, error) {
+	var probs []string
+	if e == nil || o == nil {
+		probs = append(probs, "an engine and its observer are required")
+	}
+	auth := opts.Authenticate
+	if auth == nil {
+		if len(opts.Token) < 16 {
+			probs = append(probs, "set Token (at least 16 characters) or Authenticate: nobody could log in")
+		}
+		if opts.ReadOnlyToken != "" && len(opts.ReadOnlyToken) < 16 {
+			probs = append(probs, "ReadOnlyToken is shorter than 16 characters")
+		}
+		if opts.ReadOnlyToken != "" && opts.ReadOnlyToken == opts.Token {
+			probs = append(probs, "ReadOnlyToken equals Token")
+		}
+		auth = Tokens(opts.Token, opts.ReadOnlyToken)
+	}
+	if len(probs) > 0 {
+		return nil, fmt.Errorf("%w: %s", ErrInvalidOptions, joinProblems(probs))
+	}
+	if opts.SessionTTL <= 0 {
+		opts.SessionTTL = 12 * time.Hour
+	}
+	if opts.RateEvery <= 0 {
+		opts.RateEvery = 10 * time.Second
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	c := &Console{e: e, o: o, opts: opts, auth: auth, sessions: map[string]*session{},
+		quit: make(chan struct{}), done: make(chan struct{}), tmpl: map[string]*template.Template{}}
+	for _, page := range []string{"login", "overview", "list", "detail", "policy"} {
+		t, err := template.New("").Funcs(funcs).ParseFS(files, "templates/layout.html", "templates/"+page+".html")
+		if err != nil {
+			return nil, fmt.Errorf("console: template %s: %w", page, err)
+		}
+		c.tmpl[page] = t
+	}
+	c.rates = newRates(30)
+	c.rates.add(opts.Now(), o.Counters())
+	go c.sample()
+	c.routes()
+	return c, nil
+}
+
+// Tokens is the Authenticate of Options.Token and Options.ReadOnlyToken:
+// full is "admin" and may act, readOnly (if not "") is "read-only" and
+// may not. Both compare in constant time.
+func Tokens(full, readOnly string) func(token string) (who string, canAct bool, ok bool) {
+	return func(token string) (string, bool, bool) {
+		if full != "" && subtle.ConstantTimeCompare([]byte(token), []byte(full)) == 1 {
+			return "admin", true, true
+		}
+		if readOnly != "" && subtle.ConstantTimeCompare([]byte(token), []byte(readOnly)) == 1 {
+			return "read-only", false, true
+		}
+		return "", false, false
+	}
+}
+
+func joinProblems(p []string) string {
+	s := ""
+	for i, x := range p {
+		if i > 0 {
+			s += "; "
+		}
+		s += x
+	}
+	return s
+}
+
+// Close ends the console's live streams and its rate sampler.
+func (c *Console) Close() error {
+	c.once.Do(func() { close(c.quit) })
+	<-c.done
+	return nil
+}
+
+// sample records the observer's counters every RateEvery, for the
+// overview's rates.
+func (c *Console) sample() {
+	defer close(c.done)
+	t := time.NewTicker(c.opts.RateEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-c.quit:
+			return
+		case <-t.C:
+			c.rates.add(c.opts.Now(), c.o.Counters())
+		}
+	}
+}
+
+// csp allows the console's own script, styles and streams, and nothing
+// inline.
+const csp = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; " +
+	"form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+
+// ServeHTTP serves the console's paths, with its security headers.
+func (c *Console) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	h := w.Header()
+	h.Set("Content-Security-Policy", csp)
+	h.Set("X-Content-Type-Options", "nosniff")
+	h.Set("Referrer-Policy", "no-referrer")
+	h.Set("X-Frame-Options", "DENY")
+	c.mux.ServeHTTP(w, r)
+}
+
+func (c *Console) routes() {
+	m := http.NewServeMux()
+	static, _ := fs.Sub(files, "static")
+	m.Handle("GET /ui/static/", http.StripPrefix("/ui/static/", http.FileServer(http.FS(static))))
+	m.Handle("GET /ui", http.RedirectHandler(Prefix, http.StatusSeeOther))
+	m.HandleFunc("GET /ui/login", c.loginPage)
+	m.HandleFunc("POST /ui/login", c.login)
+	m.HandleFunc("POST /ui/logout", c.post(false, c.logout))
+	m.HandleFunc("GET /ui/{$}", c.get(c.overview))
+	m.HandleFunc("GET /ui/sagas", c.get(c.list))
+	m.HandleFunc("GET /ui/sagas/{id}", c.get(c.detail))
+	m.HandleFunc("POST /ui/sagas/{id}/{action}", c.post(true, c.act))
+	m.HandleFunc("GET /ui/policy", c.get(c.policyPage))
+	m.HandleFunc("POST /ui/policy", c.post(true, c.policyEdit))
+	m.HandleFunc("GET /ui/events", c.events)
+	c.mux = m
+}
+
+const cookieName = "saga_console"
+
+// current returns r's session, nil if it has none or it expired.
+func (c *Console) current(r *http.Request) *session {
+	ck, err := r.Cookie(cookieName)
+	if err != nil || ck.Value == "" {
+		return nil
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	s := c.sessions[ck.Value]
+	if s != nil && !c.opts.Now().Before(s.expires) {
+		delete(c.sessions, ck.Value)
+		return nil
+	}
+	return s
+}
+
+// get wraps a page: without a session it sends the browser to the login.
+func (c *Console) get(h func(http.ResponseWriter, *http.Request, *session)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		s := c.current(r)
+		if s == nil {
+			if r.URL.Query().Get("fragment") != "" {
+				http.Error(w, "log in again", http.StatusUnauthorized)
+				return
+			}
+			http.Redirect(w, r, Prefix+"login", http.StatusSeeOther)
+			return
+		}
+		w.Header().Set("Cache-Control", "no-store")
+		h(w, r, s)
+	}
+}
+
+// post wraps a change: it needs a session, its CSRF token in the form
+// field "csrf", a browser that does not call it cross-site, and, if act,
+// a session that may act. Anything else is refused with 403 and reaches
+// no handler.
+func (c *Console) post(act bool, h func(http.ResponseWriter, *http.Request, *session)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		s := c.current(r)
+		if s == nil {
+			c.refuse(w, http.StatusUnauthorized, "Your session ended: log in again.")
+			return
+		}
+		if site := r.Header.Get("Sec-Fetch-Site"); site != "" && site != "same-origin" {
+			c.refuse(w, http.StatusForbidden, "Refused: a request from another site.")
+			return
+		}
+		got := r.PostFormValue("csrf")
+		if got == "" || subtle.ConstantTimeCompare([]byte(got), []byte(s.csrf)) != 1 {
+			c.refuse(w, http.StatusForbidden, "Refused: the form's CSRF token is missing or wrong. Reload the page and try again.")
+			return
+		}
+		if act && !s.canAct {
+			c.refuse(w, http.StatusForbidden, "Refused: "+s.who+" may look but not act.")
+			return
+		}
+		w.Header().Set("Cache-Control", "no-store")
+		h(w, r, s)
+	}
+}
+
+func (c *Console) refuse(w http.ResponseWriter, code int, msg string) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.WriteHeader(code)
+	_, _ = fmt.Fprintln(w, msg)
+}
+
+// newSecret returns 32 random bytes, base64url.
+func newSecret() string {
+	b := make([]byte, 32)
+	_, _ = rand.Read(b) // never fails (crypto/rand)
+	return base64.RawURLEncoding.EncodeToString(b)
+}
+
+func (c *Console) loginPage(w http.ResponseWriter, r *http.Request) {
+	if c.current(r) != nil {
+		http.Redirect(w, r, Prefix, http.StatusSeeOther)
+		return
+	}
+	c.render(w, r, http.StatusOK, "login", nil, "Log in", nil)
+}
+
+func (c *Console) login(w http.ResponseWriter, r *http.Request) {
+	who, canAct, ok := c.auth(r.PostFormValue("token"))
+	if !ok {
+		c.render(w, r, http.StatusUnauthorized, "login", nil, "Log in", map[string]string{"Error": "That token is not valid."})
+		return
+	}
+	id, now := newSecret(), c.opts.Now()
+	s := &session{who: who, canAct: canAct, csrf: newSecret(), expires: now.Add(c.opts.SessionTTL)}
+	c.mu.Lock()
+	for k, old := range c.sessions { // forget the expired ones
+		if !now.Before(old.expires) {
+			delete(c.sessions, k)
+		}
+	}
+	c.sessions[id] = s
+	c.mu.Unlock()
+	http.SetCookie(w, &http.Cookie{Name: cookieName, Value: id, Path: Prefix, HttpOnly: true,
+		Secure: r.TLS != nil, SameSite: http.SameSiteStrictMode, MaxAge: int(c.opts.SessionTTL / time.Second)})
+	c.opts.Logger.Info("console: login", "who", who, "can_act", canAct)
+	http.Redirect(w, r, Prefix, http.StatusSeeOther)
+}
+
+func (c *Console) logout(w http.ResponseWriter, r *http.Request, s *session) {
+	c.mu.Lock()
+	for k, v := range c.sessions {
+		if v == s {
+			delete(c.sessions, k)
+		}
+	}
+	c.mu.Unlock()
+	http.SetCookie(w, &http.Cookie{Name: cookieName, Value: "", Path: Prefix, HttpOnly: true,
+		Secure: r.TLS != nil, SameSite: http.SameSiteStrictMode, MaxAge: -1})
+	http.Redirect(w, r, Prefix+"login", http.StatusSeeOther)
+}
+
+// setFlash leaves a message for the session's next page.
+func (c *Console) setFlash(s *session, msg string) {
+	c.mu.Lock()
+	s.flash = msg
+	c.mu.Unlock()
+}
+
+func (c *Console) takeFlash(s *session) string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	f := s.flash
+	s.flash = ""
+	return f
+}
+
+// layout is what every page's layout shows.
+type layout struct {
+	Title  string
+	Nav    string
+	Who    string
+	CanAct bool
+	CSRF   string
+	Flash  string
+	P      any // the page's own data
+}
+
+// render executes page (or, with ?fragment=NAME, only its block NAME).
+func (c *Console) render(w http.ResponseWriter, r *http.Request, code int, page string, s *session, title string, p any) {
+	d := layout{Title: title, Nav: page, P: p}
+	if s != nil {
+		d.Who, d.CanAct, d.CSRF = s.who, s.canAct, s.csrf
+	}
+	name := "layout"
+	if f := r.URL.Query().Get("fragment"); f != "" && r.Method == http.MethodGet {
+		if c.tmpl[page].Lookup("fragment-"+f) == nil {
+			http.Error(w, "no such fragment", http.StatusNotFound)
+			return
+		}
+		name = "fragment-" + f
+	} else if s != nil {
+		d.Flash = c.takeFlash(s)
+	}
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	w.WriteHeader(code)
+	if err := c.tmpl[page].ExecuteTemplate(w, name, d); err != nil {
+		c.opts.Logger.Error("console: render", "page", page, "err", err)
+	}
+}
+
+// events streams the watch feed to a logged-in browser as server-sent
+// events ("saga", with the admin.Event as JSON), until the browser goes
+// away or Close. The browser re-reads what it shows on each one.
+func (c *Console) events(w http.ResponseWriter, r *http.Request) {
+	if c.current(r) == nil {
+		http.Error(w, "log in again", http.StatusUnauthorized)
+		return
+	}
+	fl, ok := w.(http.Flusher)
+	if !ok {
+		http.Error(w, "streaming unsupported", http.StatusInternalServerError)
+		return
+	}
+	rc := http.NewResponseController(w)
+	_ = rc.SetWriteDeadline(time.Time{}) // the stream outlives the server's timeouts
+	_ = rc.SetReadDeadline(time.Time{})
+	ch, cancel := c.o.Subscribe()
+	defer cancel()
+	w.Header().Set("Content-Type", "text/event-stream")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(http.StatusOK)
+	_, _ = fmt.Fprint(w, "retry: 2000\n\n")
+	fl.Flush()
+	keep := time.NewTicker(25 * time.Second)
+	defer keep.Stop()
+	ctx := r.Context()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-c.quit:
+			return
+		case <-keep.C:
+			if _, err := fmt.Fprint(w, ": keep-alive\n\n"); err != nil {
+				return
+			}
+			fl.Flush()
+		case ev := <-ch:
+			if err := writeEvent(w, ev); err != nil {
+				return
+			}
+			fl.Flush()
+		}
+	}
+}
+
+// ctx bounds the engine reads of one page.
+func pageCtx(r *http.Request) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(r.Context(), 10*time.Second)
+}
