@@ -104,7 +104,9 @@ func text(t *testing.T, ctx context.Context, sel string) string {
 	return strings.TrimSpace(get(t, ctx, "read "+sel, chromedp.Text(chromedp.CSS(sel))))
 }
 
-func visible(sel string) chromedp.Action[chromedp.Void] { return chromedp.WaitVisible(chromedp.CSS(sel)) }
+func visible(sel string) chromedp.Action[chromedp.Void] {
+	return chromedp.WaitVisible(chromedp.CSS(sel))
+}
 
 // screenshot saves the page as name.png.
 func screenshot(t *testing.T, ctx context.Context, name string) {
