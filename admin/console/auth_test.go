@@ -32,7 +32,7 @@ func TestForgedActionIsRefused(t *testing.T) {
 	} {
 		resp, body := c.do("POST", f.base+"/ui/sagas/stuck-1/resolve", form)
 		if resp.StatusCode != http.StatusForbidden || !strings.Contains(body, "CSRF") {
-			t.Errorf("%s: %s %q, want 403 naming the CSRF token", name, resp.Status, body)
+			t.Errorf("%s: %s %q, want 403 naming the CSRF token", name, resp.Status, short(body))
 		}
 	}
 	// A browser's cross-site request is refused even with the token.
@@ -69,7 +69,7 @@ func TestReadOnlyCannotAct(t *testing.T) {
 	for _, action := range []string{"retry", "resolve", "abort"} {
 		resp, body := c.do("POST", f.base+"/ui/sagas/stuck-1/"+action, url.Values{"reason": {"r"}, "confirm": {"yes"}, "csrf": {csrf}})
 		if resp.StatusCode != http.StatusForbidden || !strings.Contains(body, "may look but not act") {
-			t.Errorf("read-only %s: %s %q, want 403", action, resp.Status, body)
+			t.Errorf("read-only %s: %s %q, want 403", action, resp.Status, short(body))
 		}
 	}
 	v := f.pm.Snapshot().Describe().Version
@@ -156,4 +156,12 @@ func TestSessionCookieAndHeaders(t *testing.T) {
 	if resp.StatusCode != http.StatusUnauthorized {
 		t.Fatalf("/v1/status without the bearer token: %s, want 401", resp.Status)
 	}
+}
+
+// short is the start of a body, for a message.
+func short(s string) string {
+	if len(s) > 200 {
+		return s[:200] + "…"
+	}
+	return s
 }

@@ -17,7 +17,7 @@
   function refresh(el) {
     // Remember which <details> are open: a refresh must not close them.
     var open = Array.prototype.map.call(el.querySelectorAll("details[open][id]"), function (d) { return d.id; });
-    fetch(el.dataset.live, { credentials: "same-origin", headers: { "Accept": "text/html" } })
+    return fetch(el.dataset.live, { credentials: "same-origin", headers: { "Accept": "text/html" } })
       .then(function (r) {
         if (!r.ok) { throw new Error("HTTP " + r.status); }
         return r.text();
@@ -50,9 +50,12 @@
 
   var es = new EventSource("/ui/events");
   es.addEventListener("open", function () {
-    document.body.dataset.live = "on";
-    say("live");
-    schedule(parts); // catch up with what changed before the stream opened
+    // Catch up with what changed before the stream opened; from then on
+    // every change comes as an event. "live" is said only then.
+    Promise.all(parts.map(refresh)).then(function () {
+      document.body.dataset.live = "on";
+      say("live");
+    });
   });
   es.addEventListener("error", function () {
     document.body.dataset.live = "off";
