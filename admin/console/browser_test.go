@@ -255,7 +255,7 @@ func TestReadOnlyBrowserSeesNoActions(t *testing.T) {
 	forms := get(t, ctx, "action forms", chromedp.Evaluate[int](`document.querySelectorAll("form.act, #do-retry, #do-resolve, #do-abort").length`))
 	do(t, ctx, "open the policy read-only", chromedp.Navigate(f.base+"/ui/policy"), visible(`#policy-version`))
 	editors := get(t, ctx, "policy editors", chromedp.Evaluate[int](`document.querySelectorAll("#policy-form").length`))
-	if !strings.Contains(who, "read-only") || forms != 0 || editors != 0 {
+	if who != "viewer (read-only)" || forms != 0 || editors != 0 {
 		t.Fatalf("read-only session %q sees %d action forms and %d policy editors, want none", who, forms, editors)
 	}
 }

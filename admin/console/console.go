@@ -163,7 +163,7 @@ func New(e *engine.Engine, o *admin.Observer, opts Options) (*Console, error) {
 }
 
 // Tokens is the Authenticate of Options.Token and Options.ReadOnlyToken:
-// full is "admin" and may act, readOnly (if not "") is "read-only" and
+// full is "admin" and may act, readOnly (if not "") is "viewer" and
 // may not. Both compare in constant time.
 func Tokens(full, readOnly string) func(token string) (who string, canAct bool, ok bool) {
 	return func(token string) (string, bool, bool) {
@@ -171,7 +171,7 @@ func Tokens(full, readOnly string) func(token string) (who string, canAct bool, 
 			return "admin", true, true
 		}
 		if readOnly != "" && subtle.ConstantTimeCompare([]byte(token), []byte(readOnly)) == 1 {
-			return "read-only", false, true
+			return "viewer", false, true
 		}
 		return "", false, false
 	}
