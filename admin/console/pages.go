@@ -246,7 +246,7 @@ func (c *Console) act(w http.ResponseWriter, r *http.Request, s *session) {
 	}
 	if err == nil {
 		c.opts.Logger.Info("console: action", "saga", id, "action", action, "who", s.who, "reason", reason)
-		c.setFlash(s, fmt.Sprintf("%s accepted by the engine: the saga is now %s.", titleCase(action), st.State))
+		c.setFlash(s, fmt.Sprintf("%s accepted by the engine: the saga went to %s (this page follows it live).", titleCase(action), st.State))
 		http.Redirect(w, r, Prefix+"sagas/"+url.PathEscape(id), http.StatusSeeOther)
 		return
 	}
