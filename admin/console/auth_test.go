@@ -118,7 +118,7 @@ func TestSessionCookieAndHeaders(t *testing.T) {
 		t.Fatalf("the token is in the redirect %q", loc)
 	}
 	inline := regexp.MustCompile(`<script(\s[^>]*)?>`)
-	for _, p := range []string{"/ui/", "/ui/sagas", "/ui/sagas?state=STUCK", "/ui/sagas/stuck-1", "/ui/policy", "/ui/login"} {
+	for _, p := range []string{"/ui/", "/ui/sagas", "/ui/sagas?state=STUCK", "/ui/sagas/stuck-1", "/ui/policy", "/ui/cluster", "/ui/login"} {
 		resp, body := c.do("GET", f.base+p, nil)
 		if resp.StatusCode >= 400 {
 			t.Errorf("GET %s: %s", p, resp.Status)

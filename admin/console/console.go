@@ -67,6 +67,10 @@ type Options struct {
 	Authenticate func(token string) (who string, canAct bool, ok bool)
 	// Policy, if set, is shown, explained and edited on the policy page.
 	Policy *policy.Manager
+	// Cluster, for a replicated engine, is what the cluster page shows
+	// (the same value as admin.Options.Cluster). Default nil: the page
+	// describes a single-node engine.
+	Cluster admin.Cluster
 	// SessionTTL is how long a session lasts after its login. Default 12h.
 	SessionTTL time.Duration
 	// RateEvery is how often the overview's rates are sampled; they are
@@ -148,7 +152,7 @@ func New(e *engine.Engine, o *admin.Observer, opts Options) (*Console, error) {
 	}
 	c := &Console{e: e, o: o, opts: opts, auth: auth, sessions: map[string]*session{},
 		quit: make(chan struct{}), done: make(chan struct{}), tmpl: map[string]*template.Template{}}
-	for _, page := range []string{"login", "overview", "list", "detail", "policy"} {
+	for _, page := range []string{"login", "overview", "list", "detail", "policy", "cluster"} {
 		t, err := template.New("").Funcs(funcs).ParseFS(files, "templates/layout.html", "templates/"+page+".html")
 		if err != nil {
 			return nil, fmt.Errorf("console: template %s: %w", page, err)
@@ -240,6 +244,7 @@ func (c *Console) routes() {
 	m.HandleFunc("POST /ui/sagas/{id}/{action}", c.post(true, c.act))
 	m.HandleFunc("GET /ui/policy", c.get(c.policyPage))
 	m.HandleFunc("POST /ui/policy", c.post(true, c.policyEdit))
+	m.HandleFunc("GET /ui/cluster", c.get(c.cluster))
 	m.HandleFunc("GET /ui/events", c.events)
 	c.mux = m
 }

@@ -374,3 +374,23 @@ func (r *rates) view(now time.Time, cur admin.Counters) rateView {
 	}
 	return v
 }
+
+// clusterPage is the cluster page's data.
+type clusterPage struct {
+	C   *admin.ClusterReply
+	Err string
+}
+
+// cluster shows the member this engine is (admin.BuildCluster, as
+// GET /v1/cluster): the group's members and leader, and the indexes
+// that say how stale its reads are. Changing the group stays with
+// sagactl cluster.
+func (c *Console) cluster(w http.ResponseWriter, r *http.Request, s *session) {
+	var p clusterPage
+	rep, err := admin.BuildCluster(c.e, c.opts.Cluster)
+	if err != nil {
+		p.Err = err.Error()
+	}
+	p.C = rep
+	c.render(w, r, http.StatusOK, "cluster", s, "Cluster", p)
+}

@@ -1,0 +1,61 @@
+package console
+
+import (
+	"context"
+	"encoding/hex"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"strings"
+	"testing"
+
+	"github.com/sagaengine/saga/admin"
+	"github.com/sagaengine/saga/engine"
+	"github.com/sagaengine/saga/internal/testctx"
+)
+
+// fakeCluster is a group of three with n1 leading.
+type fakeCluster struct{}
+
+func (fakeCluster) Status() (admin.ClusterStatus, error) {
+	return admin.ClusterStatus{ID: "n2", State: "Follower", CommitIndex: 42, LastLogIndex: 43, Term: 7,
+		Members: []admin.Member{{ID: "n1", Address: "10.0.0.1:7001", Voter: true, Leader: true},
+			{ID: "n2", Address: "10.0.0.2:7001", Voter: true}, {ID: "n3", Address: "10.0.0.3:7001", Voter: true}}}, nil
+}
+func (fakeCluster) Join(context.Context, string, string) error { return nil }
+func (fakeCluster) Remove(context.Context, string) error       { return nil }
+
+// TestClusterPageShowsTheGroup: the cluster page shows the members, the
+// leader, the command index against the commit index and the state hash,
+// as GET /v1/cluster does.
+func TestClusterPageShowsTheGroup(t *testing.T) {
+	obs := admin.NewObserver()
+	e, err := engine.Open(t.TempDir(), engine.Options{Logger: quiet, Hooks: obs.Hooks()})
+	must(t, err)
+	t.Cleanup(func() { e.Close() })
+	ui, err := New(e, obs, Options{Token: fullToken, Cluster: fakeCluster{}, Logger: quiet})
+	must(t, err)
+	t.Cleanup(func() { ui.Close() })
+	ctx := testctx.New(t)
+	rec := httptest.NewRecorder()
+	login := httptest.NewRequestWithContext(ctx, "POST", "/ui/login", strings.NewReader(url.Values{"token": {fullToken}}.Encode()))
+	login.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	ui.ServeHTTP(rec, login)
+	req := httptest.NewRequestWithContext(ctx, "GET", "/ui/cluster", nil)
+	for _, ck := range rec.Result().Cookies() {
+		req.AddCookie(ck)
+	}
+	rec = httptest.NewRecorder()
+	ui.ServeHTTP(rec, req)
+	page := rec.Body.String()
+	h, err := e.StateHash()
+	must(t, err)
+	if rec.Code != http.StatusOK {
+		t.Fatalf("GET /ui/cluster: %d\n%s", rec.Code, page)
+	}
+	for _, want := range []string{"replicated", "n2 · Follower", "of commit index 42", "10.0.0.3:7001", hex.EncodeToString(h)} {
+		if !strings.Contains(page, want) {
+			t.Errorf("the cluster page lacks %q", want)
+		}
+	}
+}
