@@ -2,6 +2,7 @@ package console
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/hex"
 	"net/http"
 	"net/http/httptest"
@@ -56,6 +57,31 @@ func TestClusterPageShowsTheGroup(t *testing.T) {
 	for _, want := range []string{"replicated", "n2 · Follower", "of commit index 42", "10.0.0.3:7001", hex.EncodeToString(h)} {
 		if !strings.Contains(page, want) {
 			t.Errorf("the cluster page lacks %q", want)
+		}
+	}
+}
+
+// TestSessionCookieIsSecureUnderTLS: a login over TLS sets a Secure
+// cookie; over plain HTTP (loopback) it cannot.
+func TestSessionCookieIsSecureUnderTLS(t *testing.T) {
+	obs := admin.NewObserver()
+	e, err := engine.Open(t.TempDir(), engine.Options{Logger: quiet, Hooks: obs.Hooks()})
+	must(t, err)
+	t.Cleanup(func() { e.Close() })
+	ui, err := New(e, obs, Options{Token: fullToken, Logger: quiet})
+	must(t, err)
+	t.Cleanup(func() { ui.Close() })
+	for _, overTLS := range []bool{true, false} {
+		req := httptest.NewRequestWithContext(testctx.New(t), "POST", "/ui/login", strings.NewReader(url.Values{"token": {fullToken}}.Encode()))
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		if overTLS {
+			req.TLS = &tls.ConnectionState{}
+		}
+		rec := httptest.NewRecorder()
+		ui.ServeHTTP(rec, req)
+		cks := rec.Result().Cookies()
+		if len(cks) != 1 || cks[0].Secure != overTLS || !cks[0].HttpOnly || cks[0].SameSite != http.SameSiteStrictMode {
+			t.Fatalf("TLS %v: cookies %+v, want one HttpOnly SameSite=Strict cookie, Secure %v", overTLS, cks, overTLS)
 		}
 	}
 }
