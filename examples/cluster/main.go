@@ -45,6 +45,7 @@ import (
 	"time"
 
 	"github.com/sagaengine/saga/admin"
+	"github.com/sagaengine/saga/admin/console"
 	"github.com/sagaengine/saga/admin/raftcluster"
 	"github.com/sagaengine/saga/compensation"
 	"github.com/sagaengine/saga/engine"
@@ -193,8 +194,16 @@ func serve(o *options, log *slog.Logger) error {
 	}
 	var srv *admin.Server
 	if token := os.Getenv("SAGA_ADMIN_TOKEN"); token != "" {
-		if srv, err = admin.New(eng, obs, admin.Options{Addr: o.adminAddr, Token: token, Logger: log, Cluster: raftcluster.New(node)}); err == nil {
-			err = srv.Start()
+		// The web console (/ui/) comes with the admin API, with the same
+		// token and the member's cluster page.
+		cl := raftcluster.New(node)
+		var ui *console.Console
+		if ui, err = console.New(eng, obs, console.Options{Token: token, Cluster: cl, Logger: log}); err == nil {
+			if srv, err = admin.New(eng, obs, admin.Options{Addr: o.adminAddr, Token: token, Logger: log, Cluster: cl, Console: ui}); err == nil {
+				err = srv.Start()
+			} else {
+				_ = ui.Close()
+			}
 		}
 		if err != nil {
 			return errors.Join(err, eng.Close())
