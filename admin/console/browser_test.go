@@ -14,6 +14,7 @@ import (
 
 	"github.com/sagaengine/saga/fsm"
 	"github.com/sagaengine/saga/internal/testctx"
+	"github.com/sagaengine/saga/policy"
 )
 
 // The browser tests drive Debian's chromium (headless) through
@@ -240,6 +241,17 @@ func TestRejectedPolicyEditKeepsPolicy(t *testing.T) {
 	)
 	if e := text(t, ctx, `#enable-saga`); e != "true" || !f.pm.Snapshot().Describe().EnableSaga {
 		t.Fatalf("after a valid edit the page says enable_saga %q, the manager %v", e, f.pm.Snapshot().Describe().EnableSaga)
+	}
+
+	do(t, ctx, "explain an operation for a user",
+		chromedp.SendKeys(chromedp.CSS(`#x-op`), "upload"),
+		chromedp.SendKeys(chromedp.CSS(`#x-user`), "ada"),
+		chromedp.Submit(chromedp.CSS(`#x-op`)),
+		visible(`#explain`),
+	)
+	want := f.pm.Explain("upload", policy.UserContext{UserID: "ada"})
+	if x := text(t, ctx, `#explain`); !strings.Contains(x, "upload") || len(want.Reasons) == 0 || !strings.Contains(x, want.Reasons[0]) {
+		t.Fatalf("explain reads %q, want the manager's reasons %q", x, want.Reasons)
 	}
 }
 
