@@ -165,3 +165,59 @@ func short(s string) string {
 	}
 	return s
 }
+
+// TestListFilters: the list passes its filters to admin.ParseQuery, and
+// a bad one is shown, not ignored.
+func TestListFilters(t *testing.T) {
+	f := newFixture(t)
+	c := newClient(t)
+	c.login(f.base, fullToken)
+	ids := regexp.MustCompile(`<tr data-id="([^"]+)"`)
+	for q, want := range map[string]string{
+		"":                                   "stuck-1 failed-1 done-1",
+		"state=stuck":                        "stuck-1",
+		"definition=checkout":                "failed-1",
+		"user=ada&state=COMPLETED":           "done-1",
+		"user=nobody":                        "",
+		"since=1h&updated_since=1h":          "stuck-1 failed-1 done-1",
+		"until=2000-01-01T00:00:00Z":         "",
+		"updated_until=2000-01-01T00:00:00Z": "",
+	} {
+		resp, page := c.do("GET", f.base+"/ui/sagas?"+q, nil)
+		var got []string
+		for _, m := range ids.FindAllStringSubmatch(page, -1) {
+			got = append(got, m[1])
+		}
+		if resp.StatusCode != http.StatusOK || strings.Join(got, " ") != want {
+			t.Errorf("?%s: %s %v, want %q (newest first)", q, resp.Status, got, want)
+		}
+	}
+	// Cursor pages: two, then the last one, the filters kept.
+	next := regexp.MustCompile(`<a href="([^"]+)" rel="next"`)
+	u := "/ui/sagas?limit=2&user=ada"
+	var pages []string
+	for range 3 {
+		_, page := c.do("GET", f.base+u, nil)
+		var got []string
+		for _, m := range ids.FindAllStringSubmatch(page, -1) {
+			got = append(got, m[1])
+		}
+		pages = append(pages, strings.Join(got, " "))
+		m := next.FindStringSubmatch(page)
+		if m == nil {
+			break
+		}
+		u = strings.ReplaceAll(m[1], "&amp;", "&")
+	}
+	if strings.Join(pages, " | ") != "stuck-1 failed-1 | done-1" {
+		t.Errorf("pages of 2: %q, want \"stuck-1 failed-1 | done-1\"", strings.Join(pages, " | "))
+	}
+	resp, page := c.do("GET", f.base+"/ui/sagas?since=yesterday", nil)
+	if resp.StatusCode != http.StatusBadRequest || !strings.Contains(page, `id="list-error"`) || !strings.Contains(page, "since") {
+		t.Errorf("a bad filter: %s, want 400 and the error on the page", resp.Status)
+	}
+	resp, _ = c.do("GET", f.base+"/ui/sagas?id=stuck-1", nil)
+	if resp.StatusCode != http.StatusSeeOther || resp.Header.Get("Location") != "/ui/sagas/stuck-1" {
+		t.Errorf("search by id: %s to %q, want 303 to the saga", resp.Status, resp.Header.Get("Location"))
+	}
+}

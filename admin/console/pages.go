@@ -21,6 +21,7 @@ import (
 
 var funcs = template.FuncMap{
 	"lower": strings.ToLower,
+	"list":  func(s ...string) []string { return s },
 	"when": func(t time.Time) string {
 		if t.IsZero() {
 			return "—"
@@ -88,7 +89,7 @@ type listPage struct {
 }
 
 // filters are the list's form fields, passed to admin.ParseQuery.
-var filters = []string{"state", "definition", "user", "tenant", "meta", "since", "until"}
+var filters = []string{"state", "definition", "user", "tenant", "meta", "since", "until", "updated_since", "updated_until", "limit"}
 
 func (c *Console) list(w http.ResponseWriter, r *http.Request, s *session) {
 	ctx, cancel := pageCtx(r)
@@ -124,6 +125,9 @@ func (c *Console) list(w http.ResponseWriter, r *http.Request, s *session) {
 		case "order":
 			return "newest"
 		case "limit":
+			if v := p.Form.Get("limit"); v != "" {
+				return v
+			}
 			return "50"
 		case "cursor":
 			return in.Get("cursor")
