@@ -7,8 +7,11 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"strconv"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/sagaengine/saga/admin"
 	"github.com/sagaengine/saga/engine"
@@ -83,5 +86,41 @@ func TestSessionCookieIsSecureUnderTLS(t *testing.T) {
 		if len(cks) != 1 || cks[0].Secure != overTLS || !cks[0].HttpOnly || cks[0].SameSite != http.SameSiteStrictMode {
 			t.Fatalf("TLS %v: cookies %+v, want one HttpOnly SameSite=Strict cookie, Secure %v", overTLS, cks, overTLS)
 		}
+	}
+}
+
+// TestFailedLoginsAreThrottled: after ten failed logins in a minute every
+// login is refused, the right token too, until the minute has passed.
+func TestFailedLoginsAreThrottled(t *testing.T) {
+	obs := admin.NewObserver()
+	e, err := engine.Open(t.TempDir(), engine.Options{Logger: quiet, Hooks: obs.Hooks()})
+	must(t, err)
+	t.Cleanup(func() { e.Close() })
+	var mu sync.Mutex
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	ui, err := New(e, obs, Options{Token: fullToken, Logger: quiet, Now: clock})
+	must(t, err)
+	t.Cleanup(func() { ui.Close() })
+	login := func(token string) int {
+		req := httptest.NewRequestWithContext(testctx.New(t), "POST", "/ui/login", strings.NewReader(url.Values{"token": {token}}.Encode()))
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		rec := httptest.NewRecorder()
+		ui.ServeHTTP(rec, req)
+		return rec.Code
+	}
+	for i := range 10 {
+		if code := login("guess-guess-guess-" + strconv.Itoa(i)); code != http.StatusUnauthorized {
+			t.Fatalf("failed login %d: %d, want 401", i, code)
+		}
+	}
+	if code := login(fullToken); code != http.StatusTooManyRequests {
+		t.Fatalf("the right token after ten failures: %d, want 429", code)
+	}
+	mu.Lock()
+	now = now.Add(time.Minute)
+	mu.Unlock()
+	if code := login(fullToken); code != http.StatusSeeOther {
+		t.Fatalf("the right token a minute later: %d, want 303", code)
 	}
 }

@@ -92,8 +92,9 @@ type Console struct {
 	mux  *http.ServeMux
 	tmpl map[string]*template.Template // page name → layout + page
 
-	mu       sync.Mutex // guards sessions
+	mu       sync.Mutex // guards sessions and failures
 	sessions map[string]*session
+	failures []time.Time // failed logins in the last loginWindow
 
 	rates *rates
 	quit  chan struct{} // closed by Close
@@ -334,9 +335,43 @@ func (c *Console) loginPage(w http.ResponseWriter, r *http.Request) {
 	c.render(w, r, http.StatusOK, "login", nil, "Log in", nil)
 }
 
+// At most loginFailures failed logins per loginWindow: past them every
+// login is refused (429) until the window has moved on, so that the
+// login form is no oracle for guessing tokens. The JSON API is not
+// affected.
+const (
+	loginFailures = 10
+	loginWindow   = time.Minute
+)
+
+// throttled says whether logins are refused now; failed records a
+// failed one.
+func (c *Console) throttled(now time.Time, failed bool) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	keep := c.failures[:0]
+	for _, at := range c.failures {
+		if now.Sub(at) < loginWindow {
+			keep = append(keep, at)
+		}
+	}
+	c.failures = keep
+	if failed {
+		c.failures = append(c.failures, now)
+	}
+	return len(c.failures) >= loginFailures
+}
+
 func (c *Console) login(w http.ResponseWriter, r *http.Request) {
+	if c.throttled(c.opts.Now(), false) {
+		c.render(w, r, http.StatusTooManyRequests, "login", nil, "Log in",
+			map[string]string{"Error": "Too many failed logins: wait a minute and try again."})
+		return
+	}
 	who, canAct, ok := c.auth(r.PostFormValue("token"))
 	if !ok {
+		c.throttled(c.opts.Now(), true)
+		c.opts.Logger.Warn("console: failed login", "remote", r.RemoteAddr)
 		c.render(w, r, http.StatusUnauthorized, "login", nil, "Log in", map[string]string{"Error": "That token is not valid."})
 		return
 	}
