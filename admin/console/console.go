@@ -15,7 +15,8 @@
 //   - Logging in exchanges a token (Options.Authenticate) for a session
 //     cookie: HttpOnly, SameSite=Strict, Secure on a TLS connection. The
 //     token is sent once, in a POST body, and never appears in a URL or a
-//     page. Logout ends the session on the server.
+//     page. Logout ends the session on the server. Ten failed logins in a
+//     minute refuse every login until the minute has passed.
 //   - Every POST but the login carries the session's CSRF token in a form
 //     field; a request without it, or with another, is refused (403) and
 //     changes nothing. A request that a browser marks as cross-site
