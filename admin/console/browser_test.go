@@ -2,6 +2,7 @@ package console
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -99,10 +100,18 @@ func get[T any](t *testing.T, ctx context.Context, what string, a chromedp.Actio
 	return v
 }
 
-// text is the visible text of the element sel (CSS) selects.
+// text is the visible text of the element sel (CSS) selects, read in
+// one step of the page's own script: a live refresh may replace the
+// element at any time, and a node looked up before it would be stale.
 func text(t *testing.T, ctx context.Context, sel string) string {
 	t.Helper()
-	return strings.TrimSpace(get(t, ctx, "read "+sel, chromedp.Text(chromedp.CSS(sel))))
+	q, _ := json.Marshal(sel)
+	v := get(t, ctx, "read "+sel, chromedp.Evaluate[*string](fmt.Sprintf(
+		`(function () { var e = document.querySelector(%s); return e ? e.innerText : null; })()`, q)))
+	if v == nil {
+		t.Fatalf("no element %s on the page", sel)
+	}
+	return strings.TrimSpace(*v)
 }
 
 func visible(sel string) chromedp.Action[chromedp.Void] {

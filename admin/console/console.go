@@ -40,6 +40,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"net/http"
+	"strconv"
 	"sync"
 	"time"
 
@@ -282,9 +283,17 @@ func (c *Console) get(h func(http.ResponseWriter, *http.Request, *session)) http
 			return
 		}
 		w.Header().Set("Cache-Control", "no-store")
-		h(w, r, s)
+		// The applied index before the page reads anything: the page
+		// shows this state or a newer one. The script skips a refresh
+		// whose version is the one it shows, so an unchanged part is
+		// never replaced under the user's hands.
+		v := c.e.Stats().AppliedIndex
+		h(w, r.WithContext(context.WithValue(r.Context(), versionKey{}, v)), s)
 	}
 }
+
+// versionKey keys the applied index a page was read at.
+type versionKey struct{}
 
 // post wraps a change: it needs a session, its CSRF token in the form
 // field "csrf", a browser that does not call it cross-site, and, if act,
@@ -428,7 +437,10 @@ type layout struct {
 	CanAct bool
 	CSRF   string
 	Flash  string
-	P      any // the page's own data
+	// Version is the engine's applied index when the page was read (0
+	// outside a page of get).
+	Version uint64
+	P       any // the page's own data
 }
 
 // render executes page (or, with ?fragment=NAME, only its block NAME).
@@ -437,8 +449,10 @@ func (c *Console) render(w http.ResponseWriter, r *http.Request, code int, page 
 	if s != nil {
 		d.Who, d.CanAct, d.CSRF = s.who, s.canAct, s.csrf
 	}
+	d.Version, _ = r.Context().Value(versionKey{}).(uint64)
 	name := "layout"
 	if f := r.URL.Query().Get("fragment"); f != "" && r.Method == http.MethodGet {
+		w.Header().Set("X-Saga-Version", strconv.FormatUint(d.Version, 10))
 		if c.tmpl[page].Lookup("fragment-"+f) == nil {
 			http.Error(w, "no such fragment", http.StatusNotFound)
 			return

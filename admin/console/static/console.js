@@ -14,15 +14,25 @@
   var pending = [];
   var timer = null;
 
+  // Each part shows the engine's state at a version (its applied index,
+  // X-Saga-Version); a refresh at the version it shows changes nothing
+  // and leaves the part alone.
+  var page = document.body.dataset.version || "";
+  parts.forEach(function (el) { el.dataset.version = page; });
+
   function refresh(el) {
     // Remember which <details> are open: a refresh must not close them.
     var open = Array.prototype.map.call(el.querySelectorAll("details[open][id]"), function (d) { return d.id; });
+    var version = "";
     return fetch(el.dataset.live, { credentials: "same-origin", headers: { "Accept": "text/html" } })
       .then(function (r) {
         if (!r.ok) { throw new Error("HTTP " + r.status); }
+        version = r.headers.get("X-Saga-Version") || "";
         return r.text();
       })
       .then(function (html) {
+        if (version !== "" && version === el.dataset.version) { return; }
+        el.dataset.version = version;
         el.innerHTML = html; // rendered and escaped by the server's templates
         open.forEach(function (id) {
           var d = document.getElementById(id);
