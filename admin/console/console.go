@@ -41,6 +41,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -139,7 +140,7 @@ func New(e *engine.Engine, o *admin.Observer, opts Options) (*Console, error) {
 		auth = Tokens(opts.Token, opts.ReadOnlyToken)
 	}
 	if len(probs) > 0 {
-		return nil, fmt.Errorf("%w: %s", ErrInvalidOptions, joinProblems(probs))
+		return nil, fmt.Errorf("%w: %s", ErrInvalidOptions, strings.Join(probs, "; "))
 	}
 	if opts.SessionTTL <= 0 {
 		opts.SessionTTL = 12 * time.Hour
@@ -182,17 +183,6 @@ func Tokens(full, readOnly string) func(token string) (who string, canAct bool, 
 		}
 		return "", false, false
 	}
-}
-
-func joinProblems(p []string) string {
-	s := ""
-	for i, x := range p {
-		if i > 0 {
-			s += "; "
-		}
-		s += x
-	}
-	return s
 }
 
 // Close ends the console's live streams and its rate sampler.
