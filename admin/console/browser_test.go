@@ -114,6 +114,16 @@ func text(t *testing.T, ctx context.Context, sel string) string {
 	return strings.TrimSpace(*v)
 }
 
+// labelled fails the test if a form control of the page has no label.
+func labelled(t *testing.T, ctx context.Context, page string) {
+	t.Helper()
+	bad := get(t, ctx, "unlabelled controls", chromedp.Evaluate[[]string](`Array.from(document.querySelectorAll(
+		"input:not([type=hidden]), select, textarea")).filter(e => !e.labels || e.labels.length === 0).map(e => e.outerHTML)`))
+	if len(bad) > 0 {
+		t.Errorf("%s: controls without a label: %v", page, bad)
+	}
+}
+
 func visible(sel string) chromedp.Action[chromedp.Void] {
 	return chromedp.WaitVisible(chromedp.CSS(sel))
 }
@@ -166,6 +176,7 @@ func TestStuckSagaStory(t *testing.T) {
 		visible(`tr[data-id="stuck-1"]`),
 	)
 	rows := get(t, ctx, "the rows", chromedp.Evaluate[[]string](`Array.from(document.querySelectorAll("#rows tr[data-id]")).map(r => r.dataset.id)`))
+	labelled(t, ctx, "the saga list")
 	if strings.Join(rows, ",") != "stuck-1" {
 		t.Fatalf("the STUCK list shows %v, want only stuck-1", rows)
 	}
@@ -177,6 +188,7 @@ func TestStuckSagaStory(t *testing.T) {
 	if e := text(t, ctx, `#timeline tr[data-kind="compensation"][data-outcome="stuck"] .err`); !strings.Contains(e, "payment service down") {
 		t.Fatalf("the failed compensation's error reads %q", e)
 	}
+	labelled(t, ctx, "the saga's page")
 	screenshot(t, ctx, "console-stuck-saga")
 
 	f.healed.Store(true) // the payment service is back: the next refund succeeds, once released
@@ -241,6 +253,7 @@ func TestRejectedPolicyEditKeepsPolicy(t *testing.T) {
 	if v := get(t, ctx, "the textarea", chromedp.Value(chromedp.CSS(`#policy-text`))); !strings.Contains(v, "maybe") {
 		t.Fatalf("the textarea holds %q after the rejection", v)
 	}
+	labelled(t, ctx, "the policy page")
 	screenshot(t, ctx, "console-policy-rejected")
 
 	do(t, ctx, "a valid edit takes effect",
