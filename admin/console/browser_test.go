@@ -192,10 +192,15 @@ func TestStuckSagaStory(t *testing.T) {
 	screenshot(t, ctx, "console-stuck-saga")
 
 	f.healed.Store(true) // the payment service is back: the next refund succeeds, once released
-	do(t, ctx, "retry with a reason and a confirmation",
-		chromedp.SendKeys(chromedp.CSS(`#reason-retry`), "payment service is back"),
-		chromedp.Click(chromedp.CSS(`#confirm-retry`)),
-		chromedp.Click(chromedp.CSS(`#do-retry`)),
+	// By keyboard: type the reason, Tab to the confirmation, Space to
+	// tick it, Tab to the button, Enter.
+	do(t, ctx, "retry with a reason and a confirmation, by keyboard",
+		chromedp.Focus(chromedp.CSS(`#reason-retry`)),
+		chromedp.KeyEvent("payment service is back"),
+		chromedp.KeyEvent("\t"),
+		chromedp.KeyEvent(" "),
+		chromedp.KeyEvent("\t"),
+		chromedp.KeyEvent("\r"),
 		visible(`#flash`),
 		visible(`body[data-live="on"]`),
 	)
