@@ -39,7 +39,7 @@ import (
 var (
 	quick   = flag.Bool("quick", false, "small sizes: a smoke run")
 	cpuProf = flag.String("cpuprofile", "", "write a CPU profile of the run to this file")
-	only    = flag.String("only", "", `"replication": figures 9 and 10 only (with the single-node points they compare to); "parallel": figures 1c, 2b, 11 and the ceiling they compare to; "queries": figure 12; "retention": figure 13; "tracing": figure 14; "service": figure 15`)
+	only    = flag.String("only", "", `"replication": figures 9 and 10 only (with the single-node points they compare to); "parallel": figures 1c, 2b, 11 and the ceiling they compare to; "queries": figure 12; "retention": figure 13; "tracing": figure 14; "service": figures 15 and 16`)
 	outDir  = flag.String("out", "bench/results", "directory for latest.json and latest.md")
 	quiet   = slog.New(slog.NewTextHandler(io.Discard, nil))
 )
@@ -136,7 +136,8 @@ func main() {
 		return
 	case "service":
 		fig15, ts := figService()
-		rep.Figures, rep.Targets = []Figure{fig15}, ts
+		fig16, ts16 := figServiceLoad()
+		rep.Figures, rep.Targets = []Figure{fig15, fig16}, append(ts, ts16...)
 		finish(rep)
 		return
 	}
@@ -158,12 +159,14 @@ func main() {
 	fig13, retTargets := figRetention()
 	fig14, traceTargets := figTracing()
 	fig15, serviceTargets := figService()
-	rep.Figures = []Figure{fig1, fig1b, fig1c, fig2, fig2b, ceiling.fig, fig4, fig5, fig6, fig7, fig8, fig9, fig10, fig11, fig12, fig13, fig14, fig15}
+	fig16, loadTargets := figServiceLoad()
+	rep.Figures = []Figure{fig1, fig1b, fig1c, fig2, fig2b, ceiling.fig, fig4, fig5, fig6, fig7, fig8, fig9, fig10, fig11, fig12, fig13, fig14, fig15, fig16}
 	rep.Targets = targets(tput, over, modes, ceiling.perSec, ratio, replay, rss, repl)
 	rep.Targets = append(rep.Targets, parallelTargets(fan, diamond, tput, ceiling.perSec)...)
 	rep.Targets = append(rep.Targets, retTargets...)
 	rep.Targets = append(rep.Targets, traceTargets...)
 	rep.Targets = append(rep.Targets, serviceTargets...)
+	rep.Targets = append(rep.Targets, loadTargets...)
 	finish(rep)
 }
 

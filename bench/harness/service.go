@@ -332,3 +332,95 @@ func figService() (Figure, []Target) {
 	}
 	return fig, ts
 }
+
+// figServiceLoad: many sagas in flight at once through the API, with
+// remote handlers that fail a fifth of the time (503, retried): every
+// saga must reach COMPLETED, none lost, and the process's memory stays
+// bounded while they run.
+func figServiceLoad() (Figure, []Target) {
+	n, starters := 10000, 256
+	if *quick {
+		n = 1000
+	}
+	const failPct = 20
+	fig := Figure{Name: fmt.Sprintf("16. Load through the API: %d engine-driven sagas in flight at once, remote handlers failing %d%% (503, retried)", n, failPct),
+		Method: fmt.Sprintf("one engine behind the service on loopback; %d sagas of 4 remote steps (each step and compensation an HTTP endpoint with a "+
+			"concurrency bound of 64; %d of every 100 calls answer 503, retried by the steps' policy: 20 attempts, 1-20 ms backoff) started "+
+			"through the JSON API by %d goroutines without waiting, then followed with Count until every one is terminal; RSS sampled every 100 ms", n, failPct, starters)}
+	r := newServiceRig(failPct)
+	defer r.close()
+	c := r.client(false, starters)
+	var peak atomic.Uint64
+	stop := make(chan struct{})
+	sampled := make(chan struct{})
+	go func() {
+		defer close(sampled)
+		tk := time.NewTicker(100 * time.Millisecond)
+		defer tk.Stop()
+		for {
+			if mb := rssMB(); mb > float64(peak.Load())/1024 {
+				peak.Store(uint64(mb * 1024))
+			}
+			select {
+			case <-stop:
+				return
+			case <-tk.C:
+			}
+		}
+	}()
+	rss0 := rssMB()
+	t0 := time.Now()
+	var next atomic.Int64
+	fails := &failures{}
+	var wg sync.WaitGroup
+	for w := 0; w < starters; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for next.Add(1) <= int64(n) {
+				if _, err := c.Start(context.Background(), connect.NewRequest(&sagav1.StartRequest{Definition: "remote"})); err != nil {
+					fails.add(err)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	started := time.Since(t0)
+	progress("service load: %d started in %s", n, started.Round(time.Millisecond))
+	counts := func() map[engine.SagaState]int {
+		m, _ := r.e.Count(context.Background())
+		return m
+	}
+	deadline := time.Now().Add(10 * time.Minute)
+	var m map[engine.SagaState]int
+	for {
+		m = counts()
+		if m[engine.StateCompleted]+m[engine.StateFailed]+m[engine.StateStuck] >= n || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	settled := time.Since(t0)
+	close(stop)
+	<-sampled
+	peakMB := float64(peak.Load()) / 1024
+	total := 0
+	for _, k := range m {
+		total += k
+	}
+	lost := n - total
+	row := map[string]any{"sagas": n, "started_s": round2(started.Seconds()), "settled_s": round2(settled.Seconds()),
+		"sagas_per_s": round(float64(n) / settled.Seconds()), "completed": m[engine.StateCompleted], "failed": m[engine.StateFailed],
+		"stuck": m[engine.StateStuck], "in_flight_at_end": m[engine.StateInProgress] + m[engine.StateCompensating], "lost": lost,
+		"handler_calls": r.handlers.calls.Load(), "rss_before_mb": round(rss0), "rss_peak_mb": round(peakMB)}
+	fails.mark(row)
+	fig.Rows = append(fig.Rows, row)
+	ok := lost == 0 && m[engine.StateCompleted] == n && fails.n.Load() == 0
+	return fig, []Target{
+		{Name: fmt.Sprintf("load: %d sagas in flight through the API, handlers failing %d%%: every saga COMPLETED, none lost", n, failPct),
+			Want: "all", Measured: float64(m[engine.StateCompleted]), Unit: "sagas", Pass: ok,
+			Bound: fmt.Sprintf("%d handler calls (%d%% answered 503 and retried); settled in %.1f s", r.handlers.calls.Load(), failPct, settled.Seconds())},
+		{Name: fmt.Sprintf("load: peak RSS with %d sagas in flight (before: %.0f MB)", n, rss0), Want: "reported", Measured: round(peakMB), Unit: "MB",
+			Pass: true, Bound: "the live sagas' state (cached up to Options.LiveSagas), Pebble's memtables and cache, the HTTP connections and the waiting calls"},
+	}
+}
