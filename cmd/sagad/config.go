@@ -28,6 +28,7 @@ import (
 //	data: /var/lib/sagad          # default ./sagad-data
 //	policy: policy.yaml           # default: env SAGA_POLICY_FILE; none
 //	tokens: tokens.yaml           # named, scoped tokens (see package auth)
+//	admin: 127.0.0.1:7071         # /metrics, the admin API and the web console (/ui/); default off
 //	handlers:                     # remote step actions and compensations
 //	  reserve_inventory:
 //	    url: http://127.0.0.1:9000/reserve_inventory
@@ -58,6 +59,11 @@ type Config struct {
 	// TokenFile holds the single token (not with Tokens). Default: the
 	// environment's SAGAD_TOKEN, else DATA/sagad.token.
 	TokenFile string `yaml:"token_file"`
+	// Admin, if set, is the address of the admin API: /metrics
+	// (Prometheus), the operator endpoints of package admin and the web
+	// console under /ui/, with the same tokens and TLS as the service.
+	// Default "": not served. Loopback only without TLS, as Listen.
+	Admin string `yaml:"admin"`
 	// Handlers maps each handler name that definitions may use as an
 	// action or a compensation to its HTTP endpoint (package remote: url,
 	// timeout, concurrency, max_response_bytes, tls, hmac_secret_file).
@@ -115,6 +121,9 @@ func loadConfig(path string, c *Config) (problems, err error) {
 	if f.Listen != "" {
 		c.Listen = f.Listen
 	}
+	if f.Admin != "" {
+		c.Admin = f.Admin
+	}
 	if f.TLS.Cert != "" || f.TLS.Key != "" {
 		c.TLS = TLSConfig{Cert: rel(f.TLS.Cert), Key: rel(f.TLS.Key)}
 	}
@@ -158,6 +167,13 @@ func (c *Config) Validate() (*tls.Certificate, error) {
 		bad("listen %q: %w", c.Listen, err)
 	} else if !loopback(host) && c.TLS.Cert == "" && !c.InsecureListen {
 		bad("listen %q is not a loopback address: without TLS the tokens would cross the network in clear (set tls, or insecure_listen / -insecure-listen to accept that)", c.Listen)
+	}
+	if c.Admin != "" {
+		if host, _, err := net.SplitHostPort(c.Admin); err != nil {
+			bad("admin %q: %w", c.Admin, err)
+		} else if !loopback(host) && c.TLS.Cert == "" && !c.InsecureListen {
+			bad("admin %q is not a loopback address: without TLS the tokens would cross the network in clear (set tls, or insecure_listen / -insecure-listen to accept that)", c.Admin)
+		}
 	}
 	if c.Data == "" {
 		bad("data: a data directory is required")

@@ -55,6 +55,7 @@ func TestSagadConfigProblemsAreNamedAtOnce(t *testing.T) {
 	t.Chdir(t.TempDir())
 	write(t, "bad.yaml", `
 listen: 0.0.0.0:7080
+admin: 0.0.0.0:7071
 colour: red
 tls:
   key: key.pem
@@ -72,6 +73,7 @@ handlers:
 		"field colour not found", "field chain not found", // unknown keys
 		"tls: give both cert and key",
 		`listen "0.0.0.0:7080" is not a loopback address`,
+		`admin "0.0.0.0:7071" is not a loopback address`,
 		"tokens and token_file: give one",
 		"field retries not found", "handlers:", "ftp",
 	} {

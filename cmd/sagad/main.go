@@ -45,9 +45,12 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
+	"github.com/sagaengine/saga/admin"
+	"github.com/sagaengine/saga/admin/console"
 	"github.com/sagaengine/saga/auth"
 	"github.com/sagaengine/saga/compensation"
 	"github.com/sagaengine/saga/engine"
@@ -90,6 +93,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	insecure := fs.Bool("insecure-listen", false, "allow a non-loopback -listen without TLS (tokens cross the network in clear)")
 	dataDir := fs.String("data", def.Data, "the engine's data directory (created if missing)")
 	policyFile := fs.String("policy", "", "policy file (YAML), hot-reloaded (default: env SAGA_POLICY_FILE; none)")
+	adminAddr := fs.String("admin", "", "serve /metrics, the admin API and the web console (/ui/) on this address (default: not served)")
 	tokensFile := fs.String("tokens", "", "tokens file: named tokens with scopes read, service, operator, admin (see package auth)")
 	tokenFile := fs.String("token-file", "", "file holding a single admin token named \"default\" (default: env "+TokenEnv+", else DATA/"+tokenFileName+", generated on first start)")
 	if err := fs.Parse(args); err != nil {
@@ -110,6 +114,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		switch f.Name {
 		case "listen":
 			cfg.Listen = *listen
+		case "admin":
+			cfg.Admin = *adminAddr
 		case "tls-cert":
 			cfg.TLS.Cert = *certFile
 		case "tls-key":
@@ -172,7 +178,18 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return err
 	}
 	defer ln.Close()
-	eng, err := engine.Open(cfg.Data, engine.Options{Logger: log, Registry: reg})
+	var adminLn net.Listener
+	var obs *admin.Observer
+	var hooks engine.Hooks
+	if cfg.Admin != "" {
+		if adminLn, err = net.Listen("tcp", cfg.Admin); err != nil {
+			return fmt.Errorf("admin: %w", err)
+		}
+		defer adminLn.Close()
+		obs = admin.NewObserver()
+		hooks = obs.Hooks()
+	}
+	eng, err := engine.Open(cfg.Data, engine.Options{Logger: log, Registry: reg, Hooks: hooks})
 	if err != nil {
 		return fmt.Errorf("open the engine in %s: %w", cfg.Data, err)
 	}
@@ -226,6 +243,17 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		fmt.Fprintf(stdout, "sagad: token %s, scope %s\n", id.Name, id.Scope)
 	}
 
+	stopAdmin := func() {}
+	if adminLn != nil {
+		stop, err := serveAdmin(adminLn, eng, obs, pm, tokens, cert, log)
+		if err != nil {
+			return err
+		}
+		stopAdmin = stop
+		defer stop()
+		fmt.Fprintf(stdout, "sagad: admin API and /metrics on %s://%s, the web console on %s://%s/ui/\n", scheme, adminLn.Addr(), scheme, adminLn.Addr())
+	}
+
 	served := make(chan error, 1)
 	go func() {
 		if cert != nil {
@@ -247,7 +275,41 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if err := srv.Shutdown(sctx); err != nil {
 		_ = srv.Close()
 	}
+	stopAdmin() // before the engine closes under it
 	return eng.Close()
+}
+
+// serveAdmin serves the admin API, /metrics and the web console on ln
+// with the service's tokens (the console's actions and policy edits
+// need the admin scope, as the admin API's policy changes do) and TLS;
+// stop ends it.
+func serveAdmin(ln net.Listener, eng *engine.Engine, obs *admin.Observer, pm *policy.Manager, tokens auth.Authenticator,
+	cert *tls.Certificate, log *slog.Logger) (stop func(), err error) {
+	ui, err := console.New(eng, obs, console.Options{Authenticate: auth.ConsoleFunc(tokens, auth.Admin), Policy: pm, Logger: log})
+	if err != nil {
+		return nil, err
+	}
+	adm, err := admin.New(eng, obs, admin.Options{Addr: ln.Addr().String(), Tokens: tokens, Policy: pm, Console: ui, Logger: log})
+	if err != nil {
+		return nil, err
+	}
+	srv := &http.Server{Handler: adm.Handler(), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute,
+		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
+	if cert != nil {
+		ln = tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{*cert}, MinVersion: tls.VersionTLS12})
+	}
+	go func() { _ = srv.Serve(ln) }()
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			_ = adm.Close() // ends the watch and console streams
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			if srv.Shutdown(ctx) != nil {
+				_ = srv.Close()
+			}
+		})
+	}, nil
 }
 
 // loadToken returns the token and says where it came from: the file

@@ -281,3 +281,53 @@ func TestSagadKeepsThePolicySetThroughTheAPIAcrossARestart(t *testing.T) {
 		t.Fatalf("explain after a restart: %d %s", code, body)
 	}
 }
+
+// With -admin, sagad serves /metrics, the admin API and the web console
+// beside the service, with the same tokens: a request without one is
+// refused.
+func TestSagadServesMetricsTheAdminAPIAndTheConsole(t *testing.T) {
+	t.Chdir(t.TempDir())
+	addr, out := start(t, map[string]string{TokenEnv: "tok-0123456789abcdef"}, "-admin", "127.0.0.1:0")
+	post(t, addr, "tok-0123456789abcdef", "Define", `{"definition":{"name":"order","steps":[{"name":"reserve"}]}}`)
+	if code, body := post(t, addr, "tok-0123456789abcdef", "Start", `{"definition":"order"}`); code != 200 {
+		t.Fatalf("start: %d %s", code, body)
+	}
+	var adminURL string
+	for _, l := range strings.Split(out.String(), "\n") {
+		if rest, ok := strings.CutPrefix(l, "sagad: admin API and /metrics on "); ok {
+			adminURL = strings.Fields(rest)[0]
+			adminURL = strings.TrimSuffix(adminURL, ",")
+		}
+	}
+	if adminURL == "" {
+		t.Fatalf("sagad did not say where the admin API is:\n%s", out.String())
+	}
+	get := func(path, token string) (int, string) {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		req, _ := http.NewRequestWithContext(ctx, "GET", adminURL+path, nil)
+		if token != "" {
+			req.Header.Set("Authorization", "Bearer "+token)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	if code, body := get("/metrics", "tok-0123456789abcdef"); code != 200 || !strings.Contains(body, "saga_sagas_started_total") {
+		t.Fatalf("/metrics: %d %.300s", code, body)
+	}
+	if code, _ := get("/metrics", ""); code != http.StatusUnauthorized {
+		t.Fatalf("/metrics without a token: %d", code)
+	}
+	if code, body := get("/v1/sagas?state=IN_PROGRESS", "tok-0123456789abcdef"); code != 200 || !strings.Contains(body, `"definition":"order"`) {
+		t.Fatalf("/v1/sagas: %d %.300s", code, body)
+	}
+	if code, body := get("/ui/login", ""); code != 200 || !strings.Contains(body, "<form") {
+		t.Fatalf("the console's login page: %d %.300s", code, body)
+	}
+}
