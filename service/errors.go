@@ -14,6 +14,23 @@ import (
 // a replicated member that does not lead (empty when none is known).
 const LeaderHeader = "Saga-Leader"
 
+// leaderAddress rewrites the LeaderHeader of a follower's refusal from
+// the leader's raft address to the address f gives.
+func leaderAddress(f func(raftAddr string) string) connect.UnaryInterceptorFunc {
+	return func(next connect.UnaryFunc) connect.UnaryFunc {
+		return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
+			res, err := next(ctx, req)
+			var ce *connect.Error
+			if errors.As(err, &ce) && ce.Code() == connect.CodeUnavailable {
+				if addr := ce.Meta().Get(LeaderHeader); addr != "" {
+					ce.Meta().Set(LeaderHeader, f(addr))
+				}
+			}
+			return res, err
+		}
+	}
+}
+
 // connectError maps an engine (or request) error to a connect code:
 //
 //   - CodeInvalidArgument: a malformed request or definition, a query that

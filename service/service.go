@@ -81,6 +81,11 @@ type Options struct {
 	// Logger receives a line for each policy change, with its actor.
 	// Default: a logger that discards.
 	Logger *slog.Logger
+	// LeaderAddress, in a replicated group, maps the leader's raft
+	// address to the address its clients should call (its API's URL):
+	// a follower's CodeUnavailable names it in LeaderHeader. Default nil:
+	// LeaderHeader holds the raft address.
+	LeaderAddress func(raftAddr string) string
 }
 
 // EnsureDefaults fills the unset fields.
@@ -152,6 +157,9 @@ const compressMinBytes = 4 << 10
 // with Require or RequireToken).
 func (s *Server) Handler() (string, http.Handler) {
 	opts := append(jsonCodecs(), connect.WithReadMaxBytes(s.opts.MaxRequestBytes), connect.WithCompressMinBytes(compressMinBytes))
+	if s.opts.LeaderAddress != nil {
+		opts = append(opts, connect.WithInterceptors(leaderAddress(s.opts.LeaderAddress)))
+	}
 	path, h := sagav1connect.NewSagaServiceHandler(s, opts...)
 	if s.opts.Tokens != nil {
 		h = Require(s.opts.Tokens, h)

@@ -8,8 +8,10 @@ import (
 	"io"
 	"net"
 	"os"
+	"net/url"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"gopkg.in/yaml.v3"
 
@@ -64,6 +66,11 @@ type Config struct {
 	// console under /ui/, with the same tokens and TLS as the service.
 	// Default "": not served. Loopback only without TLS, as Listen.
 	Admin string `yaml:"admin"`
+	// Raft, if set, makes this sagad a member of a replicated group
+	// (package replication): the engine's transitions are committed by
+	// raft before they are applied, and only the leader changes sagas.
+	// Default nil: a single node.
+	Raft *RaftConfig `yaml:"raft"`
 	// Handlers maps each handler name that definitions may use as an
 	// action or a compensation to its HTTP endpoint (package remote: url,
 	// timeout, concurrency, max_response_bytes, tls, hmac_secret_file).
@@ -74,6 +81,100 @@ type Config struct {
 
 // remote is the handlers' configuration as package remote reads it.
 func (c *Config) remote() remote.Config { return remote.Config{Endpoints: c.Handlers} }
+
+// RaftConfig is this member's part in a replicated group.
+//
+//	raft:
+//	  id: n1
+//	  bind: 10.0.0.1:7001        # raft's TCP address
+//	  bootstrap: true            # a new group of peers (every initial member may say so)
+//	  peers:                     # every member: its raft address and its API's URL
+//	    - {id: n1, raft: 10.0.0.1:7001, api: https://10.0.0.1:7443}
+//	    - {id: n2, raft: 10.0.0.2:7001, api: https://10.0.0.2:7443}
+//	    - {id: n3, raft: 10.0.0.3:7001, api: https://10.0.0.3:7443}
+//	  tls: {cert: member.pem, key: member-key.pem, ca: ca.pem}   # mutual TLS between members
+//
+// A follower refuses the calls that change sagas with CodeUnavailable and
+// the leader's API URL (from peers) in the Saga-Leader header; it does
+// not forward them. Reads are served from its own, replicated, state.
+type RaftConfig struct {
+	// ID is this member's id in the group.
+	ID string `yaml:"id"`
+	// Bind is raft's TCP address (host:port).
+	Bind string `yaml:"bind"`
+	// Advertise is the address the peers dial; default Bind.
+	Advertise string `yaml:"advertise"`
+	// Bootstrap starts a new group with Peers when this member has no
+	// raft state yet; ignored afterwards.
+	Bootstrap bool `yaml:"bootstrap"`
+	// Peers are the group's members, this one included.
+	Peers []RaftPeer `yaml:"peers"`
+	// TLS secures raft with mutual TLS (all three files, or none).
+	TLS RaftTLS `yaml:"tls"`
+	// Heartbeat and Election are raft's timeouts; default 1s each.
+	Heartbeat time.Duration `yaml:"heartbeat"`
+	Election  time.Duration `yaml:"election"`
+}
+
+// RaftPeer is one member of the group.
+type RaftPeer struct {
+	ID   string `yaml:"id"`
+	Raft string `yaml:"raft"`
+	// API is the member's saga service URL, which a follower names as the
+	// leader's.
+	API string `yaml:"api"`
+}
+
+// RaftTLS are the PEM files of raft's mutual TLS.
+type RaftTLS struct {
+	Cert string `yaml:"cert"`
+	Key  string `yaml:"key"`
+	CA   string `yaml:"ca"`
+}
+
+// validate names every problem of r.
+func (r *RaftConfig) validate(bad func(format string, args ...any)) {
+	if r.ID == "" {
+		bad("raft: id is required")
+	}
+	if _, _, err := net.SplitHostPort(r.Bind); err != nil {
+		bad("raft: bind %q: %v", r.Bind, err)
+	}
+	ids := map[string]bool{}
+	self := false
+	for i, p := range r.Peers {
+		switch {
+		case p.ID == "":
+			bad("raft: peers[%d]: id is required", i)
+		case ids[p.ID]:
+			bad("raft: peers: id %q is given twice", p.ID)
+		}
+		ids[p.ID] = true
+		self = self || p.ID == r.ID
+		if _, _, err := net.SplitHostPort(p.Raft); err != nil {
+			bad("raft: peers[%d] (%s): raft %q: %v", i, p.ID, p.Raft, err)
+		}
+		if u, err := url.Parse(p.API); p.API != "" && (err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "") {
+			bad("raft: peers[%d] (%s): api %q is not an http or https URL", i, p.ID, p.API)
+		}
+	}
+	if len(r.Peers) > 0 && !self {
+		bad("raft: peers does not list this member (%q)", r.ID)
+	}
+	if n := btoi(r.TLS.Cert != "") + btoi(r.TLS.Key != "") + btoi(r.TLS.CA != ""); n != 0 && n != 3 {
+		bad("raft: tls: give cert, key and ca, or none")
+	}
+	if r.Heartbeat < 0 || r.Election < 0 {
+		bad("raft: heartbeat and election must not be negative")
+	}
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
 
 // TLSConfig is the key pair sagad serves HTTPS with.
 type TLSConfig struct {
@@ -138,6 +239,11 @@ func loadConfig(path string, c *Config) (problems, err error) {
 			*v.dst = rel(v.val)
 		}
 	}
+	if f.Raft != nil {
+		r := *f.Raft
+		r.TLS = RaftTLS{Cert: rel(r.TLS.Cert), Key: rel(r.TLS.Key), CA: rel(r.TLS.CA)}
+		c.Raft = &r
+	}
 	if f.Handlers != nil {
 		rc := f.remote()
 		rc.ResolvePaths(dir)
@@ -180,6 +286,9 @@ func (c *Config) Validate() (*tls.Certificate, error) {
 	}
 	if c.Tokens != "" && c.TokenFile != "" {
 		bad("tokens and token_file: give one (a tokens file of named tokens, or a single token)")
+	}
+	if c.Raft != nil {
+		c.Raft.validate(bad)
 	}
 	if len(c.Handlers) > 0 {
 		rc := c.remote()

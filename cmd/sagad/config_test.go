@@ -64,6 +64,11 @@ tokens: tokens.yaml
 token_file: token
 handlers:
   refund: {url: "ftp://127.0.0.1:9/refund", retries: 3}
+raft:
+  bind: nowhere
+  peers:
+    - {id: n2, raft: "127.0.0.1:7002", api: "ftp://x"}
+    - {id: n2, raft: "127.0.0.1:7003"}
 `)
 	err := refused(t, "-config", "bad.yaml")
 	if !errors.Is(err, errConfig) {
@@ -76,6 +81,7 @@ handlers:
 		`admin "0.0.0.0:7071" is not a loopback address`,
 		"tokens and token_file: give one",
 		"field retries not found", "handlers:", "ftp",
+		"raft: id is required", `raft: bind "nowhere"`, `id "n2" is given twice`, `api "ftp://x" is not an http or https URL`,
 	} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("the error does not say %q:\n%v", want, err)

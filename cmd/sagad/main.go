@@ -51,11 +51,13 @@ import (
 
 	"github.com/sagaengine/saga/admin"
 	"github.com/sagaengine/saga/admin/console"
+	"github.com/sagaengine/saga/admin/raftcluster"
 	"github.com/sagaengine/saga/auth"
 	"github.com/sagaengine/saga/compensation"
 	"github.com/sagaengine/saga/engine"
 	"github.com/sagaengine/saga/policy"
 	"github.com/sagaengine/saga/remote"
+	"github.com/sagaengine/saga/replication"
 	"github.com/sagaengine/saga/service"
 )
 
@@ -189,8 +191,21 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		obs = admin.NewObserver()
 		hooks = obs.Hooks()
 	}
-	eng, err := engine.Open(cfg.Data, engine.Options{Logger: log, Registry: reg, Hooks: hooks})
+	var node *replication.Node
+	if cfg.Raft != nil {
+		if node, err = openRaft(cfg, log); err != nil {
+			return err
+		}
+	}
+	eopts := engine.Options{Logger: log, Registry: reg, Hooks: hooks}
+	if node != nil {
+		eopts.Replicator = node
+	}
+	eng, err := engine.Open(cfg.Data, eopts)
 	if err != nil {
+		if node != nil {
+			_ = node.Close() // if Open has not closed it already
+		}
 		return fmt.Errorf("open the engine in %s: %w", cfg.Data, err)
 	}
 	defer eng.Close()
@@ -205,7 +220,11 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		}
 		from = "bearer token " + from + " (named " + auth.DefaultName + ", scope admin)"
 	}
-	svc, err := service.New(eng, service.Options{Policy: pm, Tokens: tokens, Logger: log})
+	sopts := service.Options{Policy: pm, Tokens: tokens, Logger: log}
+	if cfg.Raft != nil {
+		sopts.LeaderAddress = cfg.Raft.apiOf
+	}
+	svc, err := service.New(eng, sopts)
 	if err != nil {
 		return err
 	}
@@ -245,7 +264,11 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 
 	stopAdmin := func() {}
 	if adminLn != nil {
-		stop, err := serveAdmin(adminLn, eng, obs, pm, tokens, cert, log)
+		var cl admin.Cluster
+		if node != nil {
+			cl = raftcluster.New(node)
+		}
+		stop, err := serveAdmin(adminLn, eng, obs, pm, tokens, cl, cert, log)
 		if err != nil {
 			return err
 		}
@@ -284,12 +307,12 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 // need the admin scope, as the admin API's policy changes do) and TLS;
 // stop ends it.
 func serveAdmin(ln net.Listener, eng *engine.Engine, obs *admin.Observer, pm *policy.Manager, tokens auth.Authenticator,
-	cert *tls.Certificate, log *slog.Logger) (stop func(), err error) {
-	ui, err := console.New(eng, obs, console.Options{Authenticate: auth.ConsoleFunc(tokens, auth.Admin), Policy: pm, Logger: log})
+	cl admin.Cluster, cert *tls.Certificate, log *slog.Logger) (stop func(), err error) {
+	ui, err := console.New(eng, obs, console.Options{Authenticate: auth.ConsoleFunc(tokens, auth.Admin), Policy: pm, Cluster: cl, Logger: log})
 	if err != nil {
 		return nil, err
 	}
-	adm, err := admin.New(eng, obs, admin.Options{Addr: ln.Addr().String(), Tokens: tokens, Policy: pm, Console: ui, Logger: log})
+	adm, err := admin.New(eng, obs, admin.Options{Addr: ln.Addr().String(), Tokens: tokens, Policy: pm, Console: ui, Cluster: cl, Logger: log})
 	if err != nil {
 		return nil, err
 	}
@@ -310,6 +333,39 @@ func serveAdmin(ln net.Listener, eng *engine.Engine, obs *admin.Observer, pm *po
 			}
 		})
 	}, nil
+}
+
+// openRaft starts this member's raft node, its state in DATA/raft.
+func openRaft(cfg Config, log *slog.Logger) (*replication.Node, error) {
+	r := cfg.Raft
+	rc := replication.Config{
+		ID: r.ID, Dir: filepath.Join(cfg.Data, "raft"), Bind: r.Bind, Advertise: r.Advertise, Bootstrap: r.Bootstrap,
+		HeartbeatTimeout: r.Heartbeat, ElectionTimeout: r.Election, LeaderLeaseTimeout: r.Heartbeat / 2, Logger: log,
+	}
+	if r.TLS.Cert != "" {
+		rc.TLS = &replication.TLSConfig{CertFile: r.TLS.Cert, KeyFile: r.TLS.Key, CAFile: r.TLS.CA}
+	}
+	if r.Bootstrap {
+		for _, p := range r.Peers {
+			rc.Peers = append(rc.Peers, replication.Server{ID: p.ID, Address: p.Raft})
+		}
+	}
+	node, err := replication.New(rc)
+	if err != nil {
+		return nil, fmt.Errorf("raft: %w", err)
+	}
+	return node, nil
+}
+
+// apiOf returns the API URL of the member at raft address addr, or addr
+// itself for a member that peers does not list.
+func (r *RaftConfig) apiOf(addr string) string {
+	for _, p := range r.Peers {
+		if p.Raft == addr && p.API != "" {
+			return p.API
+		}
+	}
+	return addr
 }
 
 // loadToken returns the token and says where it came from: the file

@@ -1,0 +1,116 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// freeAddrs returns n loopback addresses that were free a moment ago.
+func freeAddrs(t *testing.T, n int) []string {
+	t.Helper()
+	var out []string
+	var lns []net.Listener
+	for range n {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		lns = append(lns, ln)
+		out = append(out, ln.Addr().String())
+	}
+	for _, ln := range lns {
+		ln.Close()
+	}
+	return out
+}
+
+// call posts a JSON body to a method of the service at url and returns
+// the status, the body and the response's headers.
+func call(t *testing.T, url, token, method, body string) (int, string, http.Header) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, "POST", url+"/saga.v1.SagaService/"+method, strings.NewReader(body))
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b), resp.Header
+}
+
+// Three sagad members form a raft group from their config files. The
+// leader takes the calls that change sagas; a follower refuses them with
+// unavailable and the leader's API URL in Saga-Leader, having changed
+// nothing, and serves reads from its replicated state.
+func TestSagadRaftGroupFollowersNameTheLeader(t *testing.T) {
+	const token = "tok-raft-0123456789abcdef"
+	root := t.TempDir()
+	raftAddrs, apiAddrs := freeAddrs(t, 3), freeAddrs(t, 3)
+	var peers strings.Builder
+	for i := range 3 {
+		fmt.Fprintf(&peers, "    - {id: n%d, raft: %q, api: \"http://%s\"}\n", i, raftAddrs[i], apiAddrs[i])
+	}
+	urls := make([]string, 3)
+	for i := range 3 {
+		cfg := filepath.Join(root, fmt.Sprintf("n%d.yaml", i))
+		body := fmt.Sprintf("raft:\n  id: n%d\n  bind: %q\n  bootstrap: true\n  heartbeat: 500ms\n  election: 500ms\n  peers:\n%s",
+			i, raftAddrs[i], peers.String())
+		if err := os.WriteFile(cfg, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		addr, _ := start(t, map[string]string{TokenEnv: token}, "-listen", apiAddrs[i], "-config", cfg,
+			"-data", filepath.Join(root, fmt.Sprintf("data%d", i)))
+		urls[i] = "http://" + addr
+	}
+	def := `{"definition":{"name":"order","steps":[{"name":"reserve"},{"name":"pay"}]}}`
+	leader := -1
+	deadline := time.Now().Add(time.Minute)
+	for leader < 0 {
+		for i, u := range urls {
+			if code, _, _ := call(t, u, token, "Define", def); code == 200 {
+				leader = i
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no member took the definition within a minute: no leader")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	follower := (leader + 1) % 3
+	code, body, h := call(t, urls[follower], token, "Start", `{"definition":"order","id":"o-1"}`)
+	if code != http.StatusServiceUnavailable || !strings.Contains(body, `"unavailable"`) {
+		t.Fatalf("a start on a follower: %d %s", code, body)
+	}
+	if got := h.Get("Saga-Leader"); got != urls[leader] {
+		t.Fatalf("a follower names %q as the leader, want %q (its API URL)", got, urls[leader])
+	}
+	if code, body, _ := call(t, urls[follower], token, "Status", `{"sagaId":"o-1"}`); code != http.StatusNotFound {
+		t.Fatalf("a refused start changed something: %d %s", code, body)
+	}
+	if code, body, _ := call(t, urls[leader], token, "Start", `{"definition":"order","id":"o-1"}`); code != 200 {
+		t.Fatalf("a start on the leader: %d %s", code, body)
+	}
+	for {
+		code, body, _ := call(t, urls[follower], token, "Status", `{"sagaId":"o-1"}`)
+		if code == 200 && strings.Contains(body, `"currentStep":"reserve"`) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the follower never saw the saga: %d %s", code, body)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
