@@ -265,6 +265,18 @@ func (e *Engine) start(ctx context.Context, definition string, input []byte, o S
 	if errors.As(res[0].Err, &dk) {
 		return dk.Existing, false, nil
 	}
+	if o.IdempotencyKey != "" && errors.Is(res[0].Err, fsm.ErrSagaExists) {
+		// A re-send that raced the start it repeats (same id, same key):
+		// Apply refuses it for its id and never looks at the key, which
+		// the first start now holds. The key answers, as it does above.
+		var owner string
+		if err := e.read(func() (err error) { owner, err = e.store.KeyOwner(o.IdempotencyKey); return err }); err != nil {
+			return "", false, err
+		}
+		if owner != "" {
+			return owner, false, nil
+		}
+	}
 	if o.parent != "" && errors.Is(res[0].Err, fsm.ErrSagaExists) {
 		// A child step run again: its child exists. A saga with that id
 		// that another parent (or a caller) started is not this step's.
