@@ -763,11 +763,15 @@ func (s *Server) policySet(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if err := SetPolicy(s.opts.Policy, "request body", body); err != nil {
-		code := http.StatusBadRequest
-		if !policy.IsInvalid(err) {
+		code, hint := http.StatusBadRequest, "nothing was changed; the policy in force stays"
+		switch {
+		case errors.Is(err, policy.ErrNotDurable):
+			// Its file was replaced, not synced: in force, maybe not durable.
+			code, hint = http.StatusInternalServerError, "the new policy is in force but may not survive a crash: set it again"
+		case !policy.IsInvalid(err):
 			code = http.StatusInternalServerError // it could not be kept
 		}
-		writeError(w, code, err, "nothing was changed; the policy in force stays")
+		writeError(w, code, err, hint)
 		return
 	}
 	d := s.opts.Policy.Snapshot().Describe()

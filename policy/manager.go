@@ -160,14 +160,18 @@ func (m *Manager) applyThen(keep func() error) error {
 	if len(errs) > 0 {
 		return errors.Join(errs...)
 	}
+	var kept error
 	if keep != nil {
-		if err := keep(); err != nil {
-			return err
+		if kept = keep(); kept != nil && !errors.Is(kept, ErrNotDurable) {
+			return kept
 		}
 	}
+	// ErrNotDurable: the file holds the new text already (the rename was
+	// done), so the next start reads it: it is in force now too, and the
+	// error says it may not survive a crash.
 	m.version++
 	m.snap.Store(s)
-	return nil
+	return kept
 }
 
 // switchable lists every operation that some override or the base policy
@@ -204,12 +208,16 @@ func (m *Manager) change(f func(), keep func() error) error {
 	file, env, api := m.file, m.env, m.api
 	f()
 	err := m.applyThen(keep)
-	if err != nil {
+	inForce := err == nil || errors.Is(err, ErrNotDurable)
+	if !inForce {
 		m.file, m.env, m.api = file, env, api
 	}
 	version := m.version
 	m.mu.Unlock()
-	if err != nil {
+	if err != nil && inForce {
+		m.changes.Add(1)
+		m.opts.Logger.Warn("policy: change in force, but it may not survive a crash", "version", version, "err", err)
+	} else if err != nil {
 		m.rejected.Add(1)
 		m.opts.Logger.Error("policy: change rejected; the previous policy stays in force", "version", version, "err", err)
 	} else {
@@ -239,12 +247,23 @@ func (m *Manager) Set(p *Policy) error {
 // layer in Options.APIFile, which holds text.
 var ErrAPIFile = errors.New("policy: the API layer is kept in a file: set it with SetText")
 
+// ErrNotDurable: SetText replaced Options.APIFile but could not sync its
+// directory. The new policy is in force (the file holds it, and the next
+// start reads it), but a crash may bring the previous one back: set it
+// again to make it durable.
+var ErrNotDurable = errors.New("policy: the change is in force, but its file may not survive a crash")
+
+// syncDir syncs a directory; a test replaces it.
+var syncDir = func(d *os.File) error { return d.Sync() }
+
 // SetText parses a policy document (the policy file's format; name labels
 // its errors) and makes it the API layer, as Set does. With
 // Options.APIFile the text is written there, synced, before the change is
 // in force: a policy set this way survives a restart, and one that could
 // not be written is not in force. An invalid policy, or one that could not
-// be kept, changes nothing.
+// be kept, changes nothing. The one exception: when the file was replaced
+// but its directory could not be synced, the new policy is in force (the
+// file holds it) and the error wraps ErrNotDurable.
 func (m *Manager) SetText(name string, data []byte) error {
 	p, err := Parse(name, data)
 	if err != nil {
@@ -292,13 +311,14 @@ func writeSynced(path string, data []byte) error {
 		_ = os.Remove(tmp)
 		return fmt.Errorf("policy: keep the API layer in %s: %w", path, err)
 	}
+	// From here on path holds the new text: a failure says so.
 	d, err := os.Open(dir)
 	if err != nil {
-		return fmt.Errorf("policy: keep the API layer in %s: %w", path, err)
+		return fmt.Errorf("%w: keep the API layer in %s: %w", ErrNotDurable, path, err)
 	}
 	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("policy: keep the API layer in %s: sync %s: %w", path, dir, err)
+	if err := syncDir(d); err != nil {
+		return fmt.Errorf("%w: keep the API layer in %s: sync %s: %w", ErrNotDurable, path, dir, err)
 	}
 	return nil
 }

@@ -59,6 +59,11 @@ func (s *Server) SetPolicy(ctx context.Context, req *connect.Request[sagav1.SetP
 		return nil, connectError(fmt.Errorf("%w: yaml is required (a policy in the policy file's format)", errBadRequest))
 	}
 	if err := s.opts.Policy.SetText("request", []byte(req.Msg.Yaml)); err != nil {
+		if errors.Is(err, policy.ErrNotDurable) {
+			// In force, its file not known to be durable: the outcome
+			// of a crash now is unknown (see connectError).
+			return nil, connect.NewError(connect.CodeUnknown, err)
+		}
 		// Nothing changed: the policy in force stays.
 		if !policy.IsInvalid(err) {
 			return nil, connect.NewError(connect.CodeInternal, err) // it could not be kept

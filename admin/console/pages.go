@@ -315,7 +315,11 @@ func (c *Console) policyEdit(w http.ResponseWriter, r *http.Request, s *session)
 	if err := admin.SetPolicy(c.opts.Policy, "the console's edit", []byte(text)); err != nil {
 		p := c.policyData(r)
 		p.Text, p.EditErr = text, err.Error()
-		c.render(w, r, http.StatusUnprocessableEntity, "policy", s, "Policy", p)
+		code := http.StatusUnprocessableEntity
+		if !policy.IsInvalid(err) {
+			code = http.StatusInternalServerError // it could not be kept (or, ErrNotDurable, not synced)
+		}
+		c.render(w, r, code, "policy", s, "Policy", p)
 		return
 	}
 	v := c.opts.Policy.Snapshot().Describe().Version
