@@ -232,6 +232,10 @@ func (s *Server) Start(ctx context.Context, req *connect.Request[sagav1.StartReq
 	if err != nil {
 		return nil, connectError(err)
 	}
+	// Start the version looked at: a Define in between must not start a
+	// version whose steps say otherwise (ErrNotDriven for a step without
+	// an action, or a caller-driven saga of actions).
+	o.Version = d.Version
 	var id string
 	if engineDriven(d) {
 		id, _, err = s.eng.Launch(ctx, m.Definition, m.Input, o)
