@@ -505,26 +505,21 @@ func (e *Engine) Run(ctx context.Context, definition string, input []byte, o Sta
 // Launch starts a saga as Run does, engine-driven, and returns once its
 // start is durable, without waiting for it to settle: the engine drives
 // it in the background (Wait or Status follow it). created is false when
-// the idempotency key was used already: id is then the existing saga's.
-// A key of a caller-driven saga is refused (ErrInvalidArgument), as by
-// Run.
+// the idempotency key was used already: id is then the existing saga's,
+// whoever drives it (Status says; a saga removed after its retention
+// keeps its key, and Status then answers ErrUnknownSaga). Unlike Run,
+// Launch does not refuse the key of a caller-driven saga: it waits for
+// nothing, and a re-send (say, after the definition gained a version whose
+// steps all have actions) must be answered with the saga it started.
 func (e *Engine) Launch(ctx context.Context, definition string, input []byte, o StartOptions) (id string, created bool, err error) {
 	id, created, err = e.start(ctx, definition, input, o, true)
 	if err != nil {
 		return "", false, err
 	}
-	if !created {
-		var sg *fsm.Saga
-		err := e.read(func() (err error) { sg, err = e.store.Peek(id); return err })
-		if err == nil && !sg.Driven {
-			return "", false, fmt.Errorf("%w: idempotency key %q belongs to saga %s, which its caller drives with Advance",
-				ErrInvalidArgument, o.IdempotencyKey, id)
-		}
-		// A saga removed after its retention keeps its key: id says so.
-		return id, false, nil
+	if created {
+		e.kick(id)
 	}
-	e.kick(id)
-	return id, true, nil
+	return id, created, nil
 }
 
 // waitStarted waits for a saga Run started; an early return says the saga
