@@ -84,6 +84,9 @@ def finish(client, sid):
     saga = settle(client, sid)
     check(saga["state"] == "SAGA_STATE_FAILED", f"the held order finishes compensating after the restart ({saga['state']})")
     cs = calls(sid)
+    # Recovery resumes the compensation: it runs no action again.
+    actions = [e["handler"] for e in cs if e["handler"] not in ("release_inventory", "refund_payment", "cancel_order")]
+    check(actions == [a for a, _ in STEPS], f"each action was called once, before the kill: {actions}")
     comps = [e["handler"] for e in cs if e["handler"] in ("release_inventory", "refund_payment", "cancel_order")]
     # release_inventory ran when sagad was killed, and again after it.
     check(comps[0] == "release_inventory" and comps.count("release_inventory") >= 2,
