@@ -1,9 +1,13 @@
 package engine
 
 import (
+	"errors"
 	"fmt"
 	"sync"
 	"testing"
+	"time"
+
+	"github.com/sagaengine/saga/fsm"
 )
 
 // Re-sends of one start (the same id and the same idempotency key) that
@@ -37,5 +41,38 @@ func TestRacingResendsOfAStartWithItsKeyAllAnswerTheSaga(t *testing.T) {
 				t.Fatalf("round %d: re-send %d: %q, %v (want %q, nil)", round, i, ids[i], errs[i], id)
 			}
 		}
+	}
+}
+
+// Launch starts and drives a saga without waiting; a key used already
+// answers its saga (created false) whether the saga is engine-driven,
+// caller-driven, or removed after its retention with its key kept.
+func TestLaunchDrivesANewSagaAndAnswersAKeyUsedAlready(t *testing.T) {
+	e, clk := retentionEngine(t, Options{Retention: time.Hour, DedupeWindow: 2 * time.Hour})
+	id, created, err := e.Launch(ctx, "fails", nil, StartOptions{IdempotencyKey: "k-launch"})
+	if err != nil || !created {
+		t.Fatalf("launch: %q %v %v", id, created, err)
+	}
+	st, err := e.Wait(waitCtx(t), id)
+	if err != nil || st.State != fsm.StateFailed {
+		t.Fatalf("the launched saga was not driven: %v %v", st, err)
+	}
+	if again, created, err := e.Launch(ctx, "fails", nil, StartOptions{IdempotencyKey: "k-launch"}); err != nil || created || again != id {
+		t.Fatalf("re-sent launch: %q %v %v, want %q false nil", again, created, err, id)
+	}
+	manual, err := e.Start(ctx, "driven", nil, StartOptions{IdempotencyKey: "k-manual"})
+	must(t, err)
+	if got, created, err := e.Launch(ctx, "ok", nil, StartOptions{IdempotencyKey: "k-manual"}); err != nil || created || got != manual {
+		t.Fatalf("launch with a caller-driven saga's key: %q %v %v, want %q false nil", got, created, err, manual)
+	}
+	clk.Advance(61 * time.Minute)
+	if _, err := e.RemoveExpired(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.Status(ctx, id); !errors.Is(err, ErrUnknownSaga) {
+		t.Fatalf("the saga was not removed: %v", err)
+	}
+	if got, created, err := e.Launch(ctx, "fails", nil, StartOptions{IdempotencyKey: "k-launch"}); err != nil || created || got != id {
+		t.Fatalf("launch with a kept key: %q %v %v, want %q false nil", got, created, err, id)
 	}
 }
