@@ -162,14 +162,15 @@ func (e *Engine) start(ctx context.Context, definition string, input []byte, o S
 	if e.opts.Inspect {
 		return "", false, ErrReadOnly
 	}
-	if o.IdempotencyKey != "" {
-		var owner string
-		if err := e.read(func() (err error) { owner, err = e.store.KeyOwner(o.IdempotencyKey); return err }); err != nil {
-			return "", false, err
+	// keyOwner is the saga that holds o's idempotency key, if any.
+	keyOwner := func() (owner string, err error) {
+		if o.IdempotencyKey != "" {
+			err = e.read(func() (err error) { owner, err = e.store.KeyOwner(o.IdempotencyKey); return err })
 		}
-		if owner != "" {
-			return owner, false, nil
-		}
+		return owner, err
+	}
+	if owner, err := keyOwner(); err != nil || owner != "" {
+		return owner, false, err
 	}
 	def, err := e.peekDefinition(definition, o.Version)
 	if err != nil {
@@ -213,6 +214,11 @@ func (e *Engine) start(ctx context.Context, definition string, input []byte, o S
 		case err != nil:
 			return "", false, err
 		case o.parent == "":
+			// A re-send that raced the start it repeats finds the id
+			// taken after the key was looked up: the key answers.
+			if owner, err := keyOwner(); err != nil || owner != "" {
+				return owner, false, err
+			}
 			return "", false, fmt.Errorf("%w: saga %s", ErrSagaExists, id)
 		case sg.Parent != o.parent:
 			return "", false, fmt.Errorf("%w: saga %s exists and is not a child of %s", ErrInvalidArgument, id, o.parent)
@@ -265,16 +271,12 @@ func (e *Engine) start(ctx context.Context, definition string, input []byte, o S
 	if errors.As(res[0].Err, &dk) {
 		return dk.Existing, false, nil
 	}
-	if o.IdempotencyKey != "" && errors.Is(res[0].Err, fsm.ErrSagaExists) {
+	if errors.Is(res[0].Err, fsm.ErrSagaExists) {
 		// A re-send that raced the start it repeats (same id, same key):
 		// Apply refuses it for its id and never looks at the key, which
 		// the first start now holds. The key answers, as it does above.
-		var owner string
-		if err := e.read(func() (err error) { owner, err = e.store.KeyOwner(o.IdempotencyKey); return err }); err != nil {
-			return "", false, err
-		}
-		if owner != "" {
-			return owner, false, nil
+		if owner, err := keyOwner(); err != nil || owner != "" {
+			return owner, false, err
 		}
 	}
 	if o.parent != "" && errors.Is(res[0].Err, fsm.ErrSagaExists) {
