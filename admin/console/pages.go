@@ -272,13 +272,16 @@ func titleCase(s string) string {
 
 // policyPage is the policy page's data.
 type policyPage struct {
-	None     bool // no policy manager
-	Desc     policy.Description
-	Explain  *policy.Decision
-	Form     url.Values // the explain form
-	Text     string     // the edit as submitted
-	EditErr  string     // why it was rejected
-	Accepted bool
+	None    bool // no policy manager
+	Desc    policy.Description
+	Explain *policy.Decision
+	Form    url.Values // the explain form
+	Text    string     // the edit as submitted
+	EditErr string     // why it was rejected
+	// NotDurable: the edit is in force, but its file may not survive a
+	// crash (policy.ErrNotDurable); EditErr says why.
+	NotDurable bool
+	Accepted   bool
 }
 
 func (c *Console) policyData(r *http.Request) *policyPage {
@@ -314,7 +317,7 @@ func (c *Console) policyEdit(w http.ResponseWriter, r *http.Request, s *session)
 	text := r.PostFormValue("policy")
 	if err := admin.SetPolicy(c.opts.Policy, "the console's edit", []byte(text)); err != nil {
 		p := c.policyData(r)
-		p.Text, p.EditErr = text, err.Error()
+		p.Text, p.EditErr, p.NotDurable = text, err.Error(), errors.Is(err, policy.ErrNotDurable)
 		code := http.StatusUnprocessableEntity
 		if !policy.IsInvalid(err) {
 			code = http.StatusInternalServerError // it could not be kept (or, ErrNotDurable, not synced)
