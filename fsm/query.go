@@ -106,20 +106,58 @@ func appendSort(dst []byte, created int64, id string) []byte {
 
 // queryKeys returns the q/ keys of sg, in no particular order.
 func queryKeys(sg *Saga) [][]byte {
-	sort := appendSort(nil, sg.CreatedAt, sg.ID)
-	ks := [][]byte{
-		key(prefixQAll, sort),
-		key(prefixQState, []byte{byte(sg.State)}, sort),
-		key(appendStr(slices.Clone(prefixQDef), sg.Definition), sort),
-		key(binary.BigEndian.AppendUint64(appendStr(slices.Clone(prefixQVersion), sg.Definition), uint64(sg.Version)), sort),
+	var ks [][]byte
+	var kb []byte
+	_ = eachQueryKey(&kb, sg, func(k []byte) error {
+		ks = append(ks, slices.Clone(k))
+		return nil
+	})
+	return ks
+}
+
+// eachQueryKey calls fn with each q/ key of sg, built in *kb (reused: fn
+// must not keep it; Pebble's Batch.Set and Delete copy what they are
+// given). Applying a batch builds the keys of every new saga: doing it in
+// one buffer, instead of a slice of keys each joined from parts, took
+// most of the allocations of a replay's commit.
+func eachQueryKey(kb *[]byte, sg *Saga, fn func(k []byte) error) error {
+	// The <sort> part goes at the end of every key: build it once at the
+	// buffer's end, and each key before it, then move it.
+	k := *kb
+	defer func() { *kb = k }()
+	put := func(build func(dst []byte) []byte) error {
+		k = build(k[:0])
+		k = appendSort(k, sg.CreatedAt, sg.ID)
+		return fn(k)
+	}
+	if err := put(func(d []byte) []byte { return append(d, prefixQAll...) }); err != nil {
+		return err
+	}
+	if err := put(func(d []byte) []byte { return append(append(d, prefixQState...), byte(sg.State)) }); err != nil {
+		return err
+	}
+	if err := put(func(d []byte) []byte { return appendStr(append(d, prefixQDef...), sg.Definition) }); err != nil {
+		return err
+	}
+	if err := put(func(d []byte) []byte {
+		return binary.BigEndian.AppendUint64(appendStr(append(d, prefixQVersion...), sg.Definition), uint64(sg.Version))
+	}); err != nil {
+		return err
 	}
 	if sg.User != "" {
-		ks = append(ks, key(appendStr(slices.Clone(prefixQUser), sg.User), sort))
+		if err := put(func(d []byte) []byte { return appendStr(append(d, prefixQUser...), sg.User) }); err != nil {
+			return err
+		}
 	}
-	for _, k := range slices.Sorted(maps.Keys(sg.Meta)) {
-		ks = append(ks, key(appendStr(appendStr(slices.Clone(prefixQMeta), k), sg.Meta[k]), sort))
+	if len(sg.Meta) == 0 {
+		return nil
 	}
-	return ks
+	for _, mk := range slices.Sorted(maps.Keys(sg.Meta)) {
+		if err := put(func(d []byte) []byte { return appendStr(appendStr(append(d, prefixQMeta...), mk), sg.Meta[mk]) }); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // sameQueryKeys reports whether prev and next have the same q/ keys
@@ -131,9 +169,12 @@ func sameQueryKeys(prev, next *Saga) bool {
 }
 
 // writeQueryKeys moves the q/ keys of a saga from prev's (nil: none) to
-// next's, in b.
-func writeQueryKeys(b *pebble.Batch, prev, next *Saga) error {
-	if err := writeRetentionKey(b, prev, next); err != nil {
+// next's, in b. kb is scratch for the keys (nil: allocate).
+func writeQueryKeys(b *pebble.Batch, kb *[]byte, prev, next *Saga) error {
+	if kb == nil {
+		kb = new([]byte)
+	}
+	if err := writeRetentionKey(b, kb, prev, next); err != nil {
 		return err
 	}
 	if prev != nil && prev.State != next.State {
@@ -141,23 +182,27 @@ func writeQueryKeys(b *pebble.Batch, prev, next *Saga) error {
 		st.State = next.State
 		if sameQueryKeys(&st, next) {
 			// Only the state changed (the common transition): move its key.
-			sort := appendSort(nil, next.CreatedAt, next.ID)
-			if err := b.Delete(key(prefixQState, []byte{byte(prev.State)}, sort), nil); err != nil {
+			k := appendSort(append(append((*kb)[:0], prefixQState...), byte(prev.State)), next.CreatedAt, next.ID)
+			if err := b.Delete(k, nil); err != nil {
 				return err
 			}
-			return b.Set(key(prefixQState, []byte{byte(next.State)}, sort), nil, nil)
+			k[len(prefixQState)] = byte(next.State)
+			*kb = k
+			return b.Set(k, nil, nil)
 		}
 	}
 	if prev != nil && sameQueryKeys(prev, next) {
 		return nil
 	}
+	if prev == nil {
+		// A new saga (the common case of the rest): nothing to delete.
+		return eachQueryKey(kb, next, func(k []byte) error { return b.Set(k, nil, nil) })
+	}
 	nk := queryKeys(next)
-	if prev != nil {
-		for _, k := range queryKeys(prev) {
-			if !slices.ContainsFunc(nk, func(n []byte) bool { return bytes.Equal(n, k) }) {
-				if err := b.Delete(k, nil); err != nil {
-					return err
-				}
+	for _, k := range queryKeys(prev) {
+		if !slices.ContainsFunc(nk, func(n []byte) bool { return bytes.Equal(n, k) }) {
+			if err := b.Delete(k, nil); err != nil {
+				return err
 			}
 		}
 	}
@@ -209,7 +254,7 @@ func (s *Store) ensureQueryIndex(readOnly bool) error {
 		if err := unmarshal(it.Value(), &sg); err != nil {
 			return fmt.Errorf("fsm: rebuild query index: decode saga %s: %w", it.Key()[len(prefixSaga):], err)
 		}
-		if err := writeQueryKeys(b, nil, &sg); err != nil {
+		if err := writeQueryKeys(b, nil, nil, &sg); err != nil {
 			return err
 		}
 		if b.Len() >= 4<<20 {

@@ -38,22 +38,40 @@ var (
 
 // retentionKey is the q/r/ key of sg, nil unless sg is a finished
 // top-level saga.
-func retentionKey(sg *Saga) []byte {
-	if sg == nil || sg.Parent != "" || !sg.State.Terminal() {
+func retentionKey(sg *Saga) []byte { return appendRetentionKey(nil, sg) }
+
+// appendRetentionKey appends the q/r/ key of sg to dst, or returns nil
+// unless sg is a finished top-level saga.
+func appendRetentionKey(dst []byte, sg *Saga) []byte {
+	if !hasRetentionKey(sg) {
 		return nil
 	}
-	return appendSort(retentionPrefix(sg.Definition, sg.Version), sg.UpdatedAt, sg.ID)
+	return appendSort(appendRetentionPrefix(dst, sg.Definition, sg.Version), sg.UpdatedAt, sg.ID)
 }
+
+func hasRetentionKey(sg *Saga) bool { return sg != nil && sg.Parent == "" && sg.State.Terminal() }
 
 // retentionPrefix is the q/r/ prefix of a definition version's sagas.
 func retentionPrefix(definition string, version int) []byte {
-	return binary.BigEndian.AppendUint64(appendStr(slices.Clone(prefixQRetain), definition), uint64(version))
+	return appendRetentionPrefix(nil, definition, version)
+}
+
+func appendRetentionPrefix(dst []byte, definition string, version int) []byte {
+	return binary.BigEndian.AppendUint64(appendStr(append(dst, prefixQRetain...), definition), uint64(version))
 }
 
 // writeRetentionKey moves the q/r/ key of a saga from prev's (nil: none)
-// to next's, in b.
-func writeRetentionKey(b *pebble.Batch, prev, next *Saga) error {
-	pk, nk := retentionKey(prev), retentionKey(next)
+// to next's, in b. kb is scratch for the keys.
+func writeRetentionKey(b *pebble.Batch, kb *[]byte, prev, next *Saga) error {
+	// A saga has a q/r/ key only once finished, and a top-level one
+	// finishes once: the common transition has none before or after.
+	if !hasRetentionKey(prev) && !hasRetentionKey(next) {
+		return nil
+	}
+	pk, nk := retentionKey(prev), appendRetentionKey((*kb)[:0], next)
+	if nk != nil {
+		*kb = nk
+	}
 	if bytes.Equal(pk, nk) {
 		return nil
 	}

@@ -59,8 +59,9 @@ func appendHistKey(dst []byte, id string, seq uint64) []byte {
 	dst = append(append(append(dst, prefixHist...), id...), '/')
 	return binary.BigEndian.AppendUint64(dst, seq)
 }
-func stateKey(st SagaState, id string) []byte {
-	return key(prefixState, []byte{byte(st), '/'}, []byte(id))
+func stateKey(st SagaState, id string) []byte { return appendStateKey(nil, st, id) }
+func appendStateKey(dst []byte, st SagaState, id string) []byte {
+	return append(append(append(dst, prefixState...), byte(st), '/'), id...)
 }
 func idemKey(k string) []byte { return key(prefixKey, []byte(k)) }
 func defKey(name string, v int) []byte {
@@ -482,6 +483,7 @@ type applier struct {
 	s      *Store
 	b      *pebble.Batch
 	hk, hv []byte           // scratch for history keys and values
+	kb     []byte           // scratch for the keys commit writes
 	w      enc              // scratch for saga values
 	sagas  map[string]*Saga // overlay of sagas written by this batch
 	before map[string]*Saga // their state before the batch (nil: new)
@@ -675,7 +677,7 @@ func (a *applier) commit(source uint64) error {
 		if a.sagas[id] == nil {
 			continue // removed by this batch (see removeTree)
 		}
-		if err := s.writeSaga(b, &a.w, a.before[id], a.sagas[id]); err != nil {
+		if err := s.writeSaga(b, &a.w, &a.kb, a.before[id], a.sagas[id]); err != nil {
 			return err
 		}
 	}
@@ -802,31 +804,40 @@ func sagaSizeHint(sg *Saga) int {
 }
 
 // writeSaga writes a saga's value and updates its indexes from prev (nil
-// for a new saga) to next.
-func (s *Store) writeSaga(b *pebble.Batch, w *enc, prev, next *Saga) error {
+// for a new saga) to next. w and kb are scratch for the value and the
+// keys (Pebble's Batch.Set and Delete copy what they are given).
+func (s *Store) writeSaga(b *pebble.Batch, w *enc, kb *[]byte, prev, next *Saga) error {
 	w.b = slices.Grow(w.b[:0], sagaSizeHint(next))
 	next.appendMsgpack(w)
-	if err := b.Set(sagaKey(next.ID), w.b, nil); err != nil {
+	k := append(append((*kb)[:0], prefixSaga...), next.ID...)
+	*kb = k
+	if err := b.Set(k, w.b, nil); err != nil {
 		return err
 	}
 	if prev == nil {
 		if next.IdempotencyKey != "" {
-			if err := b.Set(idemKey(next.IdempotencyKey), []byte(next.ID), nil); err != nil {
+			k = append(append(k[:0], prefixKey...), next.IdempotencyKey...)
+			*kb = k
+			if err := b.Set(k, []byte(next.ID), nil); err != nil {
 				return err
 			}
 		}
 	}
 	if prev == nil || prev.State != next.State {
 		if prev != nil {
-			if err := b.Delete(stateKey(prev.State, prev.ID), nil); err != nil {
+			k = appendStateKey(k[:0], prev.State, prev.ID)
+			*kb = k
+			if err := b.Delete(k, nil); err != nil {
 				return err
 			}
 		}
-		if err := b.Set(stateKey(next.State, next.ID), nil, nil); err != nil {
+		k = appendStateKey(k[:0], next.State, next.ID)
+		*kb = k
+		if err := b.Set(k, nil, nil); err != nil {
 			return err
 		}
 	}
-	return writeQueryKeys(b, prev, next)
+	return writeQueryKeys(b, kb, prev, next)
 }
 
 // Get returns a saga, or an error wrapping ErrUnknownSaga. The caller
