@@ -531,11 +531,14 @@ func (e *Engine) replay() error {
 			readErr <- nil
 			return
 		}
+		// The Replayer only reads the records: they may share their
+		// starts' step definitions (fsm.Decoder).
+		dec := fsm.NewDecoder()
 		err := e.log.Scan(applied+1, func(idx uint64, p []byte) error {
 			// p is valid only during the call: the chunk keeps a copy.
 			n := len(c.entries)
 			r := &c.recs[n]
-			if err := fsm.DecodeInto(p, r); err != nil {
+			if err := dec.Decode(p, r); err != nil {
 				return fmt.Errorf("%w: log entry %d: %v", ErrRecovery, idx, err)
 			}
 			off := len(c.raw)

@@ -190,6 +190,9 @@ type rd struct {
 	b   []byte
 	p   int
 	err error
+	// shared, when set, lets decodeSteps and StartInfo share values with
+	// earlier records (see Decoder).
+	shared *Decoder
 }
 
 // decoder is a durable type that reads itself from rd.
@@ -611,6 +614,27 @@ func encodeSteps(w *enc, steps []StepDef) {
 }
 
 func decodeSteps(r *dec, p *[]StepDef) {
+	if sh := r.r.shared; sh != nil && r.r.err == nil && r.i < r.n {
+		// The steps an earlier record encoded the same way: the same
+		// (read-only) definitions.
+		start := r.r.p
+		r.r.skip()
+		if r.r.err != nil {
+			return
+		}
+		raw := r.r.b[start:r.r.p]
+		if steps, ok := sh.steps[string(raw)]; ok {
+			r.i++
+			*p = steps
+			return
+		}
+		r.r.p = start
+		defer func() {
+			if r.r.err == nil {
+				sh.keepSteps(raw, *p)
+			}
+		}()
+	}
 	n := r.arrayLen()
 	var out []StepDef
 	if n > 0 {
@@ -730,7 +754,11 @@ func (si *StartInfo) DecodeMsgpack(md *msgpack.Decoder) error { return decodeVia
 
 func (si *StartInfo) decodeFrom(rr *rd) {
 	r := newDec(rr)
-	r.str(&si.Definition)
+	if rr.shared != nil {
+		rr.shared.str(&r, &si.Definition)
+	} else {
+		r.str(&si.Definition)
+	}
 	r.int(&si.Version)
 	decodeSteps(&r, &si.Steps)
 	r.bool(&si.Driven)
@@ -987,4 +1015,72 @@ func (s *Saga) decodeFrom(rr *rd) {
 	r.u64(&s.HistoryDroppedLast)
 	r.strMap(&s.Trace)
 	r.done()
+}
+
+// Decoder decodes log records as DecodeInto does, except that records
+// share values with the records it decoded before them: the step
+// definitions of starts whose steps are encoded alike (the starts of one
+// definition version, most of them), and definition names. Replay keeps
+// each start's steps as its saga's plan, so a log of a million
+// transitions held hundreds of thousands of identical copies: decoding
+// them was a fifth of a replay's allocations. The shared values must be
+// treated as read-only, as the store treats a saga's step definitions
+// (Saga.Clone shares them). A Decoder is for one goroutine.
+type Decoder struct {
+	steps map[string][]StepDef
+	strs  map[string]string
+}
+
+// NewDecoder returns a Decoder.
+func NewDecoder() *Decoder {
+	return &Decoder{steps: map[string][]StepDef{}, strs: map[string]string{}}
+}
+
+// maxShared bounds each of a Decoder's tables: past it they start over,
+// so a log of ever-new plans costs a lookup per start and bounded memory.
+const maxShared = 256
+
+// Decode is DecodeInto, sharing values with earlier records (see
+// Decoder).
+func (d *Decoder) Decode(b []byte, r *Record) error {
+	*r = Record{}
+	if err := checkMsgpack(b); err != nil {
+		return fmt.Errorf("%w: %v", ErrInvalidRecord, err)
+	}
+	rr := rd{b: b, shared: d}
+	r.decodeFrom(&rr)
+	if rr.err != nil {
+		return fmt.Errorf("%w: %v", ErrInvalidRecord, rr.err)
+	}
+	return r.checkDecoded()
+}
+
+func (d *Decoder) keepSteps(raw []byte, steps []StepDef) {
+	if len(d.steps) >= maxShared {
+		clear(d.steps)
+	}
+	d.steps[string(raw)] = steps
+}
+
+// str is dec.str, returning an earlier string of the same bytes.
+func (d *Decoder) str(r *dec, p *string) {
+	if !r.next() {
+		return
+	}
+	n := r.r.bytesLen()
+	if n <= 0 {
+		*p = ""
+		return
+	}
+	b := r.r.take(n)
+	if s, ok := d.strs[string(b)]; ok {
+		*p = s
+		return
+	}
+	if len(d.strs) >= maxShared {
+		clear(d.strs)
+	}
+	s := string(b)
+	d.strs[s] = s
+	*p = s
 }

@@ -2,6 +2,8 @@ package fsm
 
 import (
 	"bytes"
+	"fmt"
+	"math/rand/v2"
 	"reflect"
 	"testing"
 	"time"
@@ -204,5 +206,41 @@ func TestTraceContextIsWrittenOnlyWhenSet(t *testing.T) {
 	got.Trace = nil
 	if without := marshal(&got, 0); bytes.Equal(without, withTrace) || !bytes.Equal(without, marshal(sg, 0)) {
 		t.Fatal("a saga without a trace context does not keep the encoding it had before the field")
+	}
+}
+
+// TestDecoderMatchesDecodeInto: a Decoder, which shares step definitions
+// and definition names between records, decodes every record as
+// DecodeInto does, and fails where it fails.
+func TestDecoderMatchesDecodeInto(t *testing.T) {
+	rng := rand.New(rand.NewPCG(7, 7))
+	log := randomLog(t, rng, 3000)
+	for i := range 600 { // more plans than a Decoder keeps
+		r := startRec(fmt.Sprintf("p%d", i), "", "x", fmt.Sprintf("y%d", i%300))
+		r.Start.Definition = fmt.Sprintf("def%d", i%400)
+		log = append(log, entries(t, uint64(len(log)+1), r)...)
+	}
+	d := NewDecoder()
+	for pass := range 2 { // the second pass finds the plans kept
+		for _, e := range log {
+			var want, got Record
+			if err := DecodeInto(e.Raw, &want); err != nil {
+				t.Fatal(err)
+			}
+			if err := d.Decode(e.Raw, &got); err != nil {
+				t.Fatalf("pass %d: %v", pass, err)
+			}
+			if !reflect.DeepEqual(&got, &want) {
+				t.Fatalf("pass %d: the Decoder read %+v, DecodeInto %+v", pass, got, want)
+			}
+		}
+	}
+	raw := log[0].Raw
+	for n := range len(raw) {
+		var a, b Record
+		errA, errB := DecodeInto(raw[:n], &a), d.Decode(raw[:n], &b)
+		if (errA == nil) != (errB == nil) {
+			t.Fatalf("%d bytes: DecodeInto %v, Decoder %v", n, errA, errB)
+		}
 	}
 }

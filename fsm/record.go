@@ -163,6 +163,11 @@ func DecodeInto(b []byte, r *Record) error {
 	if err := unmarshal(b, r); err != nil {
 		return fmt.Errorf("%w: %v", ErrInvalidRecord, err)
 	}
+	return r.checkDecoded()
+}
+
+// checkDecoded checks a decoded record's version and validity.
+func (r *Record) checkDecoded() error {
 	if r.V == 0 || r.V > RecordVersion {
 		return fmt.Errorf("%w: version %d (this build reads up to %d)", ErrUnsupportedVersion, r.V, RecordVersion)
 	}

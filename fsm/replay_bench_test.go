@@ -36,7 +36,8 @@ func benchReplayLog(tb testing.TB, n, pending int) []Entry {
 
 // BenchmarkReplayer replays a log of the harness's shape (figure 6, the
 // "recovery replay" target) into an empty store on disk, as the engine's
-// recovery does: each entry decoded from its bytes into a reused record,
+// recovery does: each entry decoded from its bytes into a reused record
+// (by a Decoder),
 // applied by a Replayer in chunks of 4096, then Finish. It reports
 // transitions/s of the whole replay, Pebble's flushes and compactions that
 // run meanwhile included (on a loaded machine, compare allocs/op and CPU
@@ -47,6 +48,7 @@ func BenchmarkReplayer(b *testing.B) {
 	const n, chunk = 1_000_000, 4096
 	log := benchReplayLog(b, n, 1000)
 	recs := make([]Record, chunk)
+	dec := NewDecoder()
 	ents := make([]Entry, chunk)
 	var cpu time.Duration
 	var compactions int64
@@ -69,7 +71,7 @@ func BenchmarkReplayer(b *testing.B) {
 			k := min(chunk, n-i)
 			for j := range k {
 				e := log[i+j]
-				if err := DecodeInto(e.Raw, &recs[j]); err != nil {
+				if err := dec.Decode(e.Raw, &recs[j]); err != nil {
 					b.Fatal(err)
 				}
 				ents[j] = Entry{Index: e.Index, Rec: &recs[j], Raw: e.Raw}

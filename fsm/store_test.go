@@ -242,8 +242,13 @@ func FuzzDecodeRecord(f *testing.F) {
 	// (issue "Trust what exists", item 21): now refused as truncated.
 	f.Add([]byte("\x9d02\xa200,00\xdb\xc0\u00a0\xa0"))
 	f.Add([]byte("\x9d00\xa200000\xdb\xc0\u00a0\xa0"))
+	shared := NewDecoder() // across inputs: it keeps what earlier ones held
 	f.Fuzz(func(t *testing.T, b []byte) {
 		r, err := Decode(b)
+		var viaDecoder Record
+		if derr := shared.Decode(b, &viaDecoder); (derr == nil) != (err == nil) || err == nil && !reflect.DeepEqual(r, &viaDecoder) {
+			t.Fatalf("Decode: %+v (%v); a Decoder: %+v (%v)", r, err, &viaDecoder, derr)
+		}
 		if err != nil {
 			return
 		}
