@@ -170,7 +170,7 @@ func sameQueryKeys(prev, next *Saga) bool {
 
 // writeQueryKeys moves the q/ keys of a saga from prev's (nil: none) to
 // next's, in b. kb is scratch for the keys (nil: allocate).
-func writeQueryKeys(b *pebble.Batch, kb *[]byte, prev, next *Saga) error {
+func writeQueryKeys(b batchWriter, kb *[]byte, prev, next *Saga) error {
 	if kb == nil {
 		kb = new([]byte)
 	}

@@ -3,6 +3,7 @@ package fsm
 import (
 	"fmt"
 	"os"
+	"strconv"
 	"syscall"
 	"testing"
 	"time"
@@ -44,8 +45,14 @@ func benchReplayLog(tb testing.TB, n, pending int) []Entry {
 // profiles rather than the rate alone).
 //
 //	go test ./fsm -run '^$' -bench Replayer -benchtime 3x
+//
+// SAGA_REPLAY_N sets the number of transitions (default 1M).
 func BenchmarkReplayer(b *testing.B) {
-	const n, chunk = 1_000_000, 4096
+	const chunk = 4096
+	n := 1_000_000
+	if v, err := strconv.Atoi(os.Getenv("SAGA_REPLAY_N")); err == nil && v > 0 {
+		n = v // a shorter run, for valgrind --tool=callgrind
+	}
 	log := benchReplayLog(b, n, 1000)
 	recs := make([]Record, chunk)
 	dec := NewDecoder()

@@ -62,7 +62,7 @@ func appendRetentionPrefix(dst []byte, definition string, version int) []byte {
 
 // writeRetentionKey moves the q/r/ key of a saga from prev's (nil: none)
 // to next's, in b. kb is scratch for the keys.
-func writeRetentionKey(b *pebble.Batch, kb *[]byte, prev, next *Saga) error {
+func writeRetentionKey(b batchWriter, kb *[]byte, prev, next *Saga) error {
 	// A saga has a q/r/ key only once finished, and a top-level one
 	// finishes once: the common transition has none before or after.
 	if !hasRetentionKey(prev) && !hasRetentionKey(next) {
@@ -299,6 +299,11 @@ func (a *applier) removeTree(sg *Saga, keepKeys bool, removed []*Saga) ([]*Saga,
 				}
 			}
 		}
+	}
+	// The range delete covers the history this batch deferred, which
+	// must come before it in the batch.
+	if err := a.writeHistory(id); err != nil {
+		return nil, err
 	}
 	hp := histPrefix(id)
 	if err := b.DeleteRange(hp, upperBound(hp), nil); err != nil {
