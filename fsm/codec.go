@@ -1042,11 +1042,18 @@ const maxShared = 256
 
 // Decode is DecodeInto, sharing values with earlier records (see
 // Decoder).
+//
+// It does not walk b with checkMsgpack first, as unmarshal does: that
+// walk was the costliest function of a replay (10% of BenchmarkReplayer's
+// instructions) and a record needs none of it. Every read of a record's
+// decodeFrom is bounds-checked; each of its slices and maps is made with
+// a capacity bounded by a constant and grows only by what the input
+// holds; its nesting is fixed by its type, and what it skips (fields of a
+// newer writer, a plan's extent) goes through valueEnd, which keeps the
+// checks. FuzzDecodeRecord checks that Decode accepts and refuses what
+// DecodeInto does.
 func (d *Decoder) Decode(b []byte, r *Record) error {
 	*r = Record{}
-	if err := checkMsgpack(b); err != nil {
-		return fmt.Errorf("%w: %v", ErrInvalidRecord, err)
-	}
 	rr := rd{b: b, shared: d}
 	r.decodeFrom(&rr)
 	if rr.err != nil {
