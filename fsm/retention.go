@@ -163,8 +163,8 @@ func (s *Store) ExpiredKeys(before int64, limit int) ([]string, error) {
 // lookup returns the saga as this batch sees it: nil if it does not exist
 // or this batch removed it.
 func (a *applier) lookup(id string) (*Saga, error) {
-	if sg, ok := a.sagas[id]; ok {
-		return sg, nil
+	if o, ok := a.ov[id]; ok {
+		return o.saga, nil
 	}
 	sg, err := a.s.get(id)
 	if errors.Is(err, ErrUnknownSaga) {
@@ -282,8 +282,8 @@ func (a *applier) removeTree(sg *Saga, keepKeys bool, removed []*Saga) ([]*Saga,
 	// batch touched it (the batch's own value is only written at commit),
 	// or the value just read.
 	inStore := sg
-	if prev, touched := a.before[id]; touched {
-		inStore = prev
+	if o, touched := a.ov[id]; touched {
+		inStore = o.before
 	}
 	if inStore != nil {
 		if err := b.Delete(sagaKey(id), nil); err != nil {
@@ -328,12 +328,10 @@ func (a *applier) removeTree(sg *Saga, keepKeys bool, removed []*Saga) ([]*Saga,
 	}
 	// The batch now sees no such saga: commit writes nothing for it, and
 	// a start of the same id later in the batch makes a new one.
-	if _, touched := a.before[id]; !touched {
-		a.touched = append(a.touched, id)
-	}
-	a.before[id] = nil
-	a.sagas[id] = nil
-	delete(a.owned, id)
+	// The overlay's before becomes nil too: what Pebble holds of the
+	// saga is deleted by this batch.
+	o := a.touch(id, nil)
+	o.before, o.saga, o.owned = nil, nil, false
 	removed = append(removed, sg)
 	for _, c := range cs {
 		if removed, err = a.removeTree(c, keepKeys, removed); err != nil {

@@ -493,15 +493,13 @@ type applier struct {
 	hist     []histOp
 	histB    []byte
 	histKeys int // the bytes of the deferred history's keys
-	chains   map[string]histChain
 	sw       sortedWriter
-	w        enc              // scratch for saga values
-	sagas    map[string]*Saga // overlay of sagas written by this batch
-	before   map[string]*Saga // their state before the batch (nil: new)
-	// owned marks the sagas in the overlay whose value no one else has
-	// seen (no Result carried it): add may change them in place.
-	owned   map[string]bool
-	touched []string               // ids in order of first change
+	w        enc // scratch for saga values
+	// ov is the overlay of the sagas this batch changed (or removed):
+	// one map for what were four, looked up once per entry.
+	ov      map[string]*overlay
+	slab    []overlay              // where touch takes the next overlay from
+	touched []string               // ids in order of first change (those of ov)
 	keys    map[string]string      // idempotency keys taken by this batch
 	defs    map[string]*Definition // latest definitions written by this batch
 	maxID   string
@@ -512,19 +510,46 @@ type applier struct {
 
 func (s *Store) newApplier(size int) *applier {
 	return &applier{
-		s:      s,
-		b:      s.db.NewBatchWithSize(size),
-		sagas:  make(map[string]*Saga),
-		before: make(map[string]*Saga),
-		owned:  make(map[string]bool),
-		keys:   make(map[string]string),
-		defs:   make(map[string]*Definition),
-		maxID:  s.maxID,
-		last:   s.applied.Load(),
+		s:     s,
+		b:     s.db.NewBatchWithSize(size),
+		ov:    make(map[string]*overlay),
+		keys:  make(map[string]string),
+		defs:  make(map[string]*Definition),
+		maxID: s.maxID,
+		last:  s.applied.Load(),
 	}
 }
 
 func (a *applier) close() { a.b.Close() }
+
+// overlay is what a batch holds of one saga it changed or removed.
+type overlay struct {
+	saga   *Saga // as the batch leaves it (nil: removed by it)
+	before *Saga // as Pebble holds it (nil: none)
+	// owned is set when no one else has seen saga (no Result carried
+	// it): add may change it in place.
+	owned bool
+	// hist is the saga's chain of deferred history writes (a Replayer's
+	// batch): indexes in applier.hist, head -1 for none.
+	hist histChain
+}
+
+// touch returns the overlay of saga id, made with before as its state in
+// Pebble if the batch had none.
+func (a *applier) touch(id string, before *Saga) *overlay {
+	if o, ok := a.ov[id]; ok {
+		return o
+	}
+	if len(a.slab) == 0 {
+		a.slab = make([]overlay, 256) // one allocation for many sagas
+	}
+	o := &a.slab[0]
+	a.slab = a.slab[1:]
+	*o = overlay{before: before, saga: before, hist: histChain{-1, -1}}
+	a.ov[id] = o
+	a.touched = append(a.touched, id)
+	return o
+}
 
 // histOp is one deferred history write: the set of h/<id>/<seq> to
 // histB[off:end] (index BE and the record as logged), or its delete.
@@ -538,8 +563,8 @@ type histOp struct {
 // histChain is a saga's deferred history writes, in order.
 type histChain struct{ head, tail int }
 
-// deferHistory records a history write of saga id for commit.
-func (a *applier) deferHistory(id string, seq, index uint64, raw []byte, del bool) {
+// deferHistory records a history write of the saga of o for commit.
+func (a *applier) deferHistory(o *overlay, id string, seq, index uint64, raw []byte, del bool) {
 	op := histOp{seq: seq, next: -1, del: del}
 	if !del {
 		op.off = len(a.histB)
@@ -549,28 +574,23 @@ func (a *applier) deferHistory(id string, seq, index uint64, raw []byte, del boo
 	i := len(a.hist)
 	a.hist = append(a.hist, op)
 	a.histKeys += len(prefixHist) + len(id) + 9
-	if c, ok := a.chains[id]; ok {
-		a.hist[c.tail].next = i
-		c.tail = i
-		a.chains[id] = c
+	if o.hist.head < 0 {
+		o.hist = histChain{i, i}
 		return
 	}
-	if a.chains == nil {
-		a.chains = make(map[string]histChain)
-	}
-	a.chains[id] = histChain{i, i}
+	a.hist[o.hist.tail].next = i
+	o.hist.tail = i
 }
 
 // writeHistory writes the deferred history of saga id to the batch, in
 // the order it was deferred. removeTree calls it before its range
 // delete of the saga's history, which must cover it.
 func (a *applier) writeHistory(id string) error {
-	c, ok := a.chains[id]
+	o, ok := a.ov[id]
 	if !ok {
 		return nil
 	}
-	delete(a.chains, id)
-	for i := c.head; i >= 0; i = a.hist[i].next {
+	for i := o.hist.head; i >= 0; i = a.hist[i].next {
 		op := &a.hist[i]
 		a.hk = appendHistKey(a.hk[:0], id, op.seq)
 		var err error
@@ -583,6 +603,7 @@ func (a *applier) writeHistory(id string) error {
 			return err
 		}
 	}
+	o.hist = histChain{-1, -1}
 	return nil
 }
 
@@ -640,9 +661,11 @@ func (a *applier) add(entries []Entry, out []Result) error {
 			}
 			continue
 		}
-		cur, ok := a.sagas[r.Saga]
+		o := a.ov[r.Saga]
+		var cur *Saga
 		switch {
-		case ok:
+		case o != nil:
+			cur = o.saga
 		case r.Kind == KindSagaStarted && hexID(r.Saga) && r.Saga > a.maxID:
 			// Greater than every id of its form ever applied: new for sure.
 		default:
@@ -662,7 +685,7 @@ func (a *applier) add(entries []Entry, out []Result) error {
 		var next *Saga
 		switch {
 		case err != nil:
-		case out == nil && cur != nil && a.owned[r.Saga] && r.Kind != KindSagaStarted:
+		case out == nil && o != nil && cur != nil && o.owned && r.Kind != KindSagaStarted:
 			// Validated as Apply would; cur is this batch's own copy.
 			if err = r.Validate(); err == nil {
 				if err = applyInPlace(cur, r); err == nil {
@@ -685,15 +708,14 @@ func (a *applier) add(entries []Entry, out []Result) error {
 			}
 			continue
 		}
-		if _, seen := a.before[r.Saga]; !seen {
-			a.before[r.Saga] = cur
-			a.touched = append(a.touched, r.Saga)
+		if o == nil {
+			o = a.touch(r.Saga, cur)
 			a.pending += sagaSizeHint(next) + 3*64 // its value, keys and index keys
 		}
 		if a.sorted {
-			a.deferHistory(next.ID, next.Seq, e.Index, e.Raw, false)
+			a.deferHistory(o, next.ID, next.Seq, e.Index, e.Raw, false)
 			if next.HistoryDropped != dropped {
-				a.deferHistory(next.ID, next.HistoryDroppedLast, 0, nil, true)
+				a.deferHistory(o, next.ID, next.HistoryDroppedLast, 0, nil, true)
 			}
 		} else {
 			a.hk = appendHistKey(a.hk[:0], next.ID, next.Seq)
@@ -715,8 +737,7 @@ func (a *applier) add(entries []Entry, out []Result) error {
 		if r.Kind == KindSagaStarted && hexID(r.Saga) && r.Saga > a.maxID {
 			a.maxID = r.Saga
 		}
-		a.sagas[r.Saga] = next
-		a.owned[r.Saga] = out == nil
+		o.saga, o.owned = next, out == nil
 		if out != nil {
 			res.Saga = next
 			if cur != nil {
@@ -756,24 +777,20 @@ func (a *applier) commit(source uint64) error {
 		// The history first (h/ sorts before every key commit writes),
 		// each saga's in order, the sagas in id order; then the rest,
 		// sorted by sortedWriter.
-		ids := make([]string, 0, len(a.chains))
-		for id := range a.chains {
-			ids = append(ids, id)
-		}
-		slices.Sort(ids)
-		for _, id := range ids {
+		slices.Sort(a.touched)
+		for _, id := range a.touched {
 			if err := a.writeHistory(id); err != nil {
 				return err
 			}
 		}
-		slices.Sort(a.touched)
 		w = &a.sw
 	}
 	for _, id := range a.touched {
-		if a.sagas[id] == nil {
+		o := a.ov[id]
+		if o.saga == nil {
 			continue // removed by this batch (see removeTree)
 		}
-		if err := s.writeSaga(w, &a.w, &a.kb, a.before[id], a.sagas[id]); err != nil {
+		if err := s.writeSaga(w, &a.w, &a.kb, o.before, o.saga); err != nil {
 			return err
 		}
 	}
@@ -810,11 +827,11 @@ func (a *applier) commit(source uint64) error {
 	for name, d := range a.defs {
 		s.latest[name] = d
 	}
-	for id, sg := range a.sagas {
-		if sg == nil || sg.State.Terminal() {
+	for id, o := range a.ov {
+		if sg := o.saga; sg == nil || sg.State.Terminal() {
 			delete(s.live, id)
 		} else if _, ok := s.live[id]; ok || len(s.live) < s.liveMax {
-			s.live[id] = sg
+			s.live[id] = o.saga
 		}
 	}
 	s.mu.Unlock()
