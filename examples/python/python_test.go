@@ -57,14 +57,11 @@ type server struct {
 
 var serving = regexp.MustCompile(`serving saga\.v1\.SagaService on (http://\S+)`)
 
-// startSagad starts bin in dir with a token and waits, with ctx's
-// deadline, for it to print its address. It is killed at the end of the
-// test.
-func startSagad(t *testing.T, ctx context.Context, bin, dir, token string, args ...string) *server {
+// startProcess starts cmd, killed at the end of the test, and waits with
+// ctx's deadline for a line of its standard output that match accepts,
+// returning what match made of it.
+func startProcess(t *testing.T, ctx context.Context, cmd *exec.Cmd, match func(line string) (string, bool)) string {
 	t.Helper()
-	cmd := exec.Command(bin, append([]string{"-listen", "127.0.0.1:0", "-data", filepath.Join(dir, "data")}, args...)...)
-	cmd.Dir = dir
-	cmd.Env = append(os.Environ(), "SAGAD_TOKEN="+token)
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -74,22 +71,39 @@ func startSagad(t *testing.T, ctx context.Context, bin, dir, token string, args 
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
-	addr := make(chan string, 1)
+	found := make(chan string, 1)
 	go func() {
 		sc := bufio.NewScanner(out)
 		for sc.Scan() {
-			if m := serving.FindStringSubmatch(sc.Text()); m != nil {
-				addr <- m[1]
+			if v, ok := match(sc.Text()); ok {
+				found <- v
 			}
 		}
 	}()
 	select {
-	case u := <-addr:
-		return &server{cmd: cmd, url: u, token: token}
+	case v := <-found:
+		return v
 	case <-ctx.Done():
-		t.Fatalf("sagad did not print its address: %v", ctx.Err())
-		return nil
+		t.Fatalf("%s did not say it was ready: %v", cmd.Path, ctx.Err())
+		return ""
 	}
+}
+
+// startSagad starts bin in dir with a token and waits, with ctx's
+// deadline, for it to print its address. It is killed at the end of the
+// test.
+func startSagad(t *testing.T, ctx context.Context, bin, dir, token string, args ...string) *server {
+	t.Helper()
+	cmd := exec.Command(bin, append([]string{"-listen", "127.0.0.1:0", "-data", filepath.Join(dir, "data")}, args...)...)
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), "SAGAD_TOKEN="+token)
+	u := startProcess(t, ctx, cmd, func(l string) (string, bool) {
+		if m := serving.FindStringSubmatch(l); m != nil {
+			return m[1], true
+		}
+		return "", false
+	})
+	return &server{cmd: cmd, url: u, token: token}
 }
 
 // runPython runs a script of this directory against s and returns its
@@ -129,31 +143,7 @@ func handlers(t *testing.T, ctx context.Context, py string, args ...string) stri
 	t.Helper()
 	cmd := exec.Command(py, append([]string{"order_handlers.py"}, args...)...)
 	cmd.Env = append(os.Environ(), "PYTHONDONTWRITEBYTECODE=1")
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
-	addr := make(chan string, 1)
-	go func() {
-		sc := bufio.NewScanner(out)
-		for sc.Scan() {
-			if u, ok := strings.CutPrefix(sc.Text(), "handlers on "); ok {
-				addr <- u
-			}
-		}
-	}()
-	select {
-	case u := <-addr:
-		return u
-	case <-ctx.Done():
-		t.Fatalf("the handler server did not print its address: %v", ctx.Err())
-		return ""
-	}
+	return startProcess(t, ctx, cmd, func(l string) (string, bool) { return strings.CutPrefix(l, "handlers on ") })
 }
 
 // The seed's order pattern with its handlers in Python behind sagad:
