@@ -464,6 +464,7 @@ func (s *Store) applyBatch(entries []Entry, source uint64) ([]Result, error) {
 	}
 	a := s.newApplier(size)
 	defer a.close()
+	a.slabSize = len(entries)
 	out := make([]Result, len(entries))
 	if err := a.add(entries, out); err != nil {
 		return nil, err
@@ -499,6 +500,10 @@ type applier struct {
 	// one map for what were four, looked up once per entry.
 	ov      map[string]*overlay
 	slab    []overlay              // where touch takes the next overlay from
+	// slabSize is the size of the next slab: the batch's entries at
+	// first (a live batch of one record touches one saga: a slab of 256
+	// tripled the bytes a saga allocated), 256 after.
+	slabSize int
 	touched []string               // ids in order of first change (those of ov)
 	keys    map[string]string      // idempotency keys taken by this batch
 	defs    map[string]*Definition // latest definitions written by this batch
@@ -541,7 +546,12 @@ func (a *applier) touch(id string, before *Saga) *overlay {
 		return o
 	}
 	if len(a.slab) == 0 {
-		a.slab = make([]overlay, 256) // one allocation for many sagas
+		n := a.slabSize
+		if n <= 0 || n > 256 {
+			n = 256
+		}
+		a.slab = make([]overlay, n) // one allocation for many sagas
+		a.slabSize = 256
 	}
 	o := &a.slab[0]
 	a.slab = a.slab[1:]
