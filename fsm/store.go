@@ -498,19 +498,19 @@ type applier struct {
 	w        enc // scratch for saga values
 	// ov is the overlay of the sagas this batch changed (or removed):
 	// one map for what were four, looked up once per entry.
-	ov      map[string]*overlay
-	slab    []overlay              // where touch takes the next overlay from
+	ov   map[string]*overlay
+	slab []overlay // where touch takes the next overlay from
 	// slabSize is the size of the next slab: the batch's entries at
 	// first (a live batch of one record touches one saga: a slab of 256
 	// tripled the bytes a saga allocated), 256 after.
 	slabSize int
-	touched []string               // ids in order of first change (those of ov)
-	keys    map[string]string      // idempotency keys taken by this batch
-	defs    map[string]*Definition // latest definitions written by this batch
-	maxID   string
-	last    uint64 // index of the last entry added; 0 before the first
-	n       int    // entries added
-	pending int    // about the bytes commit will add (saga values, indexes)
+	touched  []string               // ids in order of first change (those of ov)
+	keys     map[string]string      // idempotency keys taken by this batch
+	defs     map[string]*Definition // latest definitions written by this batch
+	maxID    string
+	last     uint64 // index of the last entry added; 0 before the first
+	n        int    // entries added
+	pending  int    // about the bytes commit will add (saga values, indexes)
 }
 
 func (s *Store) newApplier(size int) *applier {
