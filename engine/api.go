@@ -162,14 +162,7 @@ func (e *Engine) start(ctx context.Context, definition string, input []byte, o S
 	if e.opts.Inspect {
 		return "", false, ErrReadOnly
 	}
-	// keyOwner is the saga that holds o's idempotency key, if any.
-	keyOwner := func() (owner string, err error) {
-		if o.IdempotencyKey != "" {
-			err = e.read(func() (err error) { owner, err = e.store.KeyOwner(o.IdempotencyKey); return err })
-		}
-		return owner, err
-	}
-	if owner, err := keyOwner(); err != nil || owner != "" {
+	if owner, err := e.keyOwner(o.IdempotencyKey); err != nil || owner != "" {
 		return owner, false, err
 	}
 	def, err := e.peekDefinition(definition, o.Version)
@@ -213,17 +206,8 @@ func (e *Engine) start(ctx context.Context, definition string, input []byte, o S
 		case errors.Is(err, fsm.ErrUnknownSaga):
 		case err != nil:
 			return "", false, err
-		case o.parent == "":
-			// A re-send that raced the start it repeats finds the id
-			// taken after the key was looked up: the key answers.
-			if owner, err := keyOwner(); err != nil || owner != "" {
-				return owner, false, err
-			}
-			return "", false, fmt.Errorf("%w: saga %s", ErrSagaExists, id)
-		case sg.Parent != o.parent:
-			return "", false, fmt.Errorf("%w: saga %s exists and is not a child of %s", ErrInvalidArgument, id, o.parent)
 		default:
-			return id, false, nil // a child step run again: its child exists
+			return e.usedID(id, o, sg)
 		}
 	}
 	now := e.now()
@@ -272,24 +256,9 @@ func (e *Engine) start(ctx context.Context, definition string, input []byte, o S
 		return dk.Existing, false, nil
 	}
 	if errors.Is(res[0].Err, fsm.ErrSagaExists) {
-		// A re-send that raced the start it repeats (same id, same key):
-		// Apply refuses it for its id and never looks at the key, which
-		// the first start now holds. The key answers, as it does above.
-		if owner, err := keyOwner(); err != nil || owner != "" {
-			return owner, false, err
-		}
-	}
-	if o.parent != "" && errors.Is(res[0].Err, fsm.ErrSagaExists) {
-		// A child step run again: its child exists. A saga with that id
-		// that another parent (or a caller) started is not this step's.
-		var sg *fsm.Saga
-		if err := e.read(func() (err error) { sg, err = e.store.Peek(id); return err }); err != nil {
-			return "", false, err
-		}
-		if sg.Parent != o.parent {
-			return "", false, fmt.Errorf("%w: saga %s exists and is not a child of %s", ErrInvalidArgument, id, o.parent)
-		}
-		return id, false, nil
+		// Taken since the look above: Apply refuses a start for its id
+		// and never looks at the key.
+		return e.usedID(id, o, nil)
 	}
 	if res[0].Err != nil {
 		return "", false, res[0].Err
@@ -304,6 +273,37 @@ func (e *Engine) start(ctx context.Context, definition string, input []byte, o S
 		e.armDeadline(id, si.Deadline)
 	}
 	return id, true, nil
+}
+
+// keyOwner returns the saga that holds idempotency key k ("" for none,
+// or no key).
+func (e *Engine) keyOwner(k string) (owner string, err error) {
+	if k != "" {
+		err = e.read(func() (err error) { owner, err = e.store.KeyOwner(k); return err })
+	}
+	return owner, err
+}
+
+// usedID answers a start whose id is taken (sg, or looked up if nil): a
+// re-send that raced the start it repeats is answered by its key; a child
+// step run again gets its child; any other start is refused, having
+// logged nothing.
+func (e *Engine) usedID(id string, o StartOptions, sg *fsm.Saga) (string, bool, error) {
+	if owner, err := e.keyOwner(o.IdempotencyKey); err != nil || owner != "" {
+		return owner, false, err
+	}
+	if o.parent == "" {
+		return "", false, fmt.Errorf("%w: saga %s", ErrSagaExists, id)
+	}
+	if sg == nil {
+		if err := e.read(func() (err error) { sg, err = e.store.Peek(id); return err }); err != nil {
+			return "", false, err
+		}
+	}
+	if sg.Parent != o.parent {
+		return "", false, fmt.Errorf("%w: saga %s exists and is not a child of %s", ErrInvalidArgument, id, o.parent)
+	}
+	return id, false, nil // a child step run again: its child exists
 }
 
 // plan snapshots the definition's steps with the engine's default retry
@@ -481,7 +481,7 @@ func truncate(msg string) string {
 // durable and continues in the background. With an idempotency key
 // already used, Run waits for the existing saga.
 func (e *Engine) Run(ctx context.Context, definition string, input []byte, o StartOptions) (*Status, error) {
-	id, created, err := e.start(ctx, definition, input, o, true)
+	id, created, err := e.Launch(ctx, definition, input, o)
 	if err != nil {
 		return nil, err
 	}
@@ -498,9 +498,7 @@ func (e *Engine) Run(ctx context.Context, definition string, input []byte, o Sta
 			return nil, fmt.Errorf("%w: idempotency key %q belongs to saga %s, which its caller drives with Advance",
 				ErrInvalidArgument, o.IdempotencyKey, id)
 		}
-		return e.waitStarted(ctx, id)
 	}
-	e.kick(id)
 	return e.waitStarted(ctx, id)
 }
 
