@@ -76,7 +76,7 @@ func (s *orderServer) calls() []seen {
 func TestEngineCompensatesRemoteStepsInReverse(t *testing.T) {
 	srv := &orderServer{}
 	hs := httptest.NewServer(srv)
-	defer hs.Close()
+	defer closeServer(hs)
 	names := []string{"create_order", "cancel_order", "process_payment", "refund_payment",
 		"reserve_inventory", "release_inventory", "ship_product", "cancel_shipment"}
 	eps := map[string]remote.EndpointConfig{}
@@ -260,7 +260,7 @@ func TestEngineResumeAfterRestartRespectsTheBound(t *testing.T) {
 		case <-r.Context().Done():
 		}
 	}))
-	defer hs.Close()
+	defer closeServer(hs)
 	client := newClient(t, map[string]remote.EndpointConfig{"step": {URL: hs.URL, Concurrency: bound}}, remote.Options{})
 	reg := engine.NewRegistry()
 	if err := client.Register(reg); err != nil {

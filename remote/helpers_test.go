@@ -11,6 +11,7 @@ import (
 	"encoding/pem"
 	"math/big"
 	"net"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"testing"
@@ -27,6 +28,16 @@ func testCtx(t *testing.T) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	t.Cleanup(cancel)
 	return ctx
+}
+
+// closeServer closes srv's connections, then srv. A handler still blocked
+// on its request's context (the test failed before releasing it, or
+// before the engine that made the call was closed) then returns, instead
+// of httptest.Server.Close waiting for it forever: the test fails rather
+// than hangs.
+func closeServer(srv *httptest.Server) {
+	srv.CloseClientConnections()
+	srv.Close()
 }
 
 func newClient(t *testing.T, eps map[string]remote.EndpointConfig, o remote.Options) *remote.Client {

@@ -146,7 +146,7 @@ func TestTimeoutIsRetryable(t *testing.T) {
 		io.Copy(io.Discard, r.Body) // then the server notices the client hanging up
 		<-r.Context().Done()        // never answers: the client's timeout ends it
 	}))
-	defer srv.Close()
+	defer closeServer(srv)
 	c := newClient(t, map[string]remote.EndpointConfig{"pay": {URL: srv.URL, Timeout: 50 * time.Millisecond}}, remote.Options{})
 	_, err := action(t, c, "pay")(testCtx(t), testCall(compensation.KindAction))
 	var re *remote.Error
@@ -216,7 +216,7 @@ func TestConcurrencyBoundHolds(t *testing.T) {
 		case <-r.Context().Done():
 		}
 	}))
-	defer srv.Close()
+	defer closeServer(srv)
 	c := newClient(t, map[string]remote.EndpointConfig{"pay": {URL: srv.URL, Concurrency: bound}}, remote.Options{})
 	a := action(t, c, "pay")
 	ctx := testCtx(t)
@@ -274,7 +274,7 @@ func TestConcurrencyWaitEndsWithContext(t *testing.T) {
 		case <-r.Context().Done():
 		}
 	}))
-	defer srv.Close()
+	defer closeServer(srv)
 	defer close(release)
 	c := newClient(t, map[string]remote.EndpointConfig{"pay": {URL: srv.URL, Concurrency: 1}}, remote.Options{})
 	a := action(t, c, "pay")
