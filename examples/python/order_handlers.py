@@ -64,8 +64,13 @@ class Store:
         self.done = {}  # idempotency key -> (status, body)
         self.effects = {}  # (saga, action) -> resource id, while not undone
         self.held = set()  # keys whose first call waited for the release file
+        self.key_locks = {}  # idempotency key -> lock held while a call with it runs
         self.journal_path = journal_path
         self.release_path = release_path
+
+    def key_lock(self, key):
+        with self.lock:
+            return self.key_locks.setdefault(key, threading.Lock())
 
     def journal(self, entry):
         if not self.journal_path:
@@ -89,6 +94,14 @@ def handle(store, name, req):
     saga, key = req.get("saga_id", ""), req.get("idempotency_key", "")
     store.journal({"handler": name, "saga": saga, "key": key, "attempt": req.get("attempt"),
                    "uncertain": req.get("uncertain", False)})
+    # Calls with one key run one at a time: sagad retries an attempt that
+    # timed out while the first may still be running here, and the retry
+    # must find the first one's answer, not do the effect again.
+    with store.key_lock(key):
+        return _handle_once(store, name, saga, key, req)
+
+
+def _handle_once(store, name, saga, key, req):
     with store.lock:
         if key in store.done:
             return store.done[key]  # the same answer for a key seen before
@@ -119,17 +132,22 @@ def handle(store, name, req):
 
 
 REPLAY_WINDOW_S = 300
+# The most a request body may hold, as remote.DefaultMaxRequestBytes: a
+# saga input and a step output of 4 MiB each, base64.
+MAX_REQUEST_BYTES = 16 << 20
 
 
 def signed(secret, method, target, header, body):
     """Checks a Saga-Signature header: t=<unix>,v1=<hex HMAC-SHA256 of
     method \n target \n t \n body>, t within the replay window."""
-    parts = dict(p.split("=", 1) for p in (header or "").split(",") if "=" in p)
+    parts = dict(p.strip().split("=", 1) for p in (header or "").split(",") if "=" in p)
     t, sig = parts.get("t", ""), parts.get("v1", "")
-    if not t.isdigit() or abs(time.time() - int(t)) > REPLAY_WINDOW_S:
+    # isascii: str.isdigit accepts "²", which int() refuses.
+    if not (t.isascii() and t.isdigit()) or abs(time.time() - int(t)) > REPLAY_WINDOW_S:
         return False
     want = hmac.new(secret, f"{method}\n{target}\n{t}\n".encode() + body, hashlib.sha256).hexdigest()
-    return hmac.compare_digest(want, sig)
+    # Bytes: compare_digest raises TypeError on a non-ASCII str.
+    return hmac.compare_digest(want.encode(), sig.encode("latin-1", "replace"))
 
 
 def server(store, port, secret=None):
@@ -139,7 +157,13 @@ def server(store, port, secret=None):
             if name not in ACTIONS and name not in COMPENSATIONS:
                 self.send_error(404, f"no handler {name}")
                 return
-            n = int(self.headers.get("Content-Length") or 0)
+            try:
+                n = int(self.headers.get("Content-Length") or 0)
+            except ValueError:
+                n = -1
+            if n < 0 or n > MAX_REQUEST_BYTES:
+                self.send_error(413 if n > 0 else 400, f"the body must have a Content-Length of at most {MAX_REQUEST_BYTES}")
+                return
             raw = self.rfile.read(n)
             if secret is not None and not signed(secret, "POST", self.path, self.headers.get("Saga-Signature"), raw):
                 self.send_error(401, "unsigned or badly signed request")
