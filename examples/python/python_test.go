@@ -72,17 +72,34 @@ func startProcess(t *testing.T, ctx context.Context, cmd *exec.Cmd, match func(l
 	}
 	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
 	found := make(chan string, 1)
+	eof := make(chan struct{})
 	go func() {
+		defer close(eof)
 		sc := bufio.NewScanner(out)
 		for sc.Scan() {
 			if v, ok := match(sc.Text()); ok {
-				found <- v
+				// Only the first match is wanted; a later one must not
+				// block this loop, which keeps the process's stdout drained.
+				select {
+				case found <- v:
+				default:
+				}
 			}
 		}
 	}()
 	select {
 	case v := <-found:
 		return v
+	case <-eof:
+		// The process exited (or closed its stdout) without saying it was
+		// ready: fail now, not at ctx's deadline minutes later.
+		select {
+		case v := <-found:
+			return v
+		default:
+		}
+		t.Fatalf("%s exited before it said it was ready (its stderr is above)", cmd.Path)
+		return ""
 	case <-ctx.Done():
 		t.Fatalf("%s did not say it was ready: %v", cmd.Path, ctx.Err())
 		return ""
