@@ -51,10 +51,6 @@ def _b64(data: Optional[bytes]) -> Optional[str]:
     return None if data is None else base64.b64encode(data).decode("ascii")
 
 
-def _unb64(text: Optional[str]) -> bytes:
-    return base64.b64decode(text) if text else b""
-
-
 class SagaClient:
     """One method per call of saga.v1.SagaService.
 
