@@ -128,9 +128,10 @@ func New(c Config, o Options) (*Client, error) {
 
 func newEndpoint(name string, cfg EndpointConfig, o Options) (*endpoint, []error) {
 	var errs []error
+	conc := max(cfg.Concurrency, 1)
 	ep := &endpoint{
 		name: name, url: cfg.URL, timeout: cfg.Timeout, maxBody: cfg.MaxResponseBytes,
-		sem: make(chan struct{}, max(cfg.Concurrency, 1)), prop: o.Propagator, now: o.Now,
+		sem: make(chan struct{}, conc), prop: o.Propagator, now: o.Now,
 	}
 	if u, err := url.Parse(cfg.URL); err == nil {
 		ep.target = u.RequestURI()
@@ -169,7 +170,6 @@ func newEndpoint(name string, cfg EndpointConfig, o Options) (*endpoint, []error
 			}
 		}
 	}
-	conc := max(cfg.Concurrency, 1)
 	ep.client = &http.Client{
 		Transport: &http.Transport{
 			// No proxy from the environment: the configured URL is where
@@ -193,9 +193,7 @@ func newEndpoint(name string, cfg EndpointConfig, o Options) (*endpoint, []error
 // still work (they open new connections).
 func (c *Client) Close() {
 	for _, ep := range c.endpoints {
-		if ep != nil {
-			ep.client.CloseIdleConnections()
-		}
+		ep.client.CloseIdleConnections()
 	}
 }
 
