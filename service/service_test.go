@@ -127,6 +127,10 @@ func (f *fixture) advance(ctx context.Context, id, step, output string) (*sagav1
 	return res.Msg.Saga, nil
 }
 
+// errOf is the error of a call that returns a value and an error, for
+// tables of calls that must be refused.
+func errOf[T any](_ T, err error) error { return err }
+
 func wantCode(t *testing.T, what string, err error, code connect.Code) {
 	t.Helper()
 	if err == nil {
@@ -322,99 +326,76 @@ func TestBadRequestsChangeNothing(t *testing.T) {
 		code connect.Code
 	}{
 		{"start of an unknown definition", func() error {
-			_, err := c.Start(ctx, connect.NewRequest(&sagav1.StartRequest{Definition: "nope"}))
-			return err
+			return errOf(c.Start(ctx, connect.NewRequest(&sagav1.StartRequest{Definition: "nope"})))
 		}, connect.CodeNotFound},
 		{"start without a definition", func() error {
-			_, err := c.Start(ctx, connect.NewRequest(&sagav1.StartRequest{}))
-			return err
+			return errOf(c.Start(ctx, connect.NewRequest(&sagav1.StartRequest{})))
 		}, connect.CodeInvalidArgument},
 		{"start with a malformed id", func() error {
-			_, err := c.Start(ctx, connect.NewRequest(&sagav1.StartRequest{Definition: "checkout", Id: "a b"}))
-			return err
+			return errOf(c.Start(ctx, connect.NewRequest(&sagav1.StartRequest{Definition: "checkout", Id: "a b"})))
 		}, connect.CodeInvalidArgument},
 		{"start with an id already used", func() error {
-			_, err := c.Start(ctx, connect.NewRequest(&sagav1.StartRequest{Definition: "checkout", Id: sg.Id}))
-			return err
+			return errOf(c.Start(ctx, connect.NewRequest(&sagav1.StartRequest{Definition: "checkout", Id: sg.Id})))
 		}, connect.CodeAlreadyExists},
 		{"start with an id already used and a new idempotency key", func() error {
-			_, err := c.Start(ctx, connect.NewRequest(&sagav1.StartRequest{Definition: "checkout", Id: sg.Id, IdempotencyKey: "fresh-key"}))
-			return err
+			return errOf(c.Start(ctx, connect.NewRequest(&sagav1.StartRequest{Definition: "checkout", Id: sg.Id, IdempotencyKey: "fresh-key"})))
 		}, connect.CodeAlreadyExists},
 		{"start with a negative timeout", func() error {
-			_, err := c.Start(ctx, connect.NewRequest(&sagav1.StartRequest{Definition: "checkout", Timeout: durationpb.New(-time.Second)}))
-			return err
+			return errOf(c.Start(ctx, connect.NewRequest(&sagav1.StartRequest{Definition: "checkout", Timeout: durationpb.New(-time.Second)})))
 		}, connect.CodeInvalidArgument},
 		{"define without a definition", func() error {
-			_, err := c.Define(ctx, connect.NewRequest(&sagav1.DefineRequest{}))
-			return err
+			return errOf(c.Define(ctx, connect.NewRequest(&sagav1.DefineRequest{})))
 		}, connect.CodeInvalidArgument},
 		{"define with duplicate steps", func() error {
-			_, err := c.Define(ctx, connect.NewRequest(&sagav1.DefineRequest{Definition: &sagav1.Definition{Name: "dup",
-				Steps: []*sagav1.StepDef{{Name: "a"}, {Name: "a"}}}}))
-			return err
+			return errOf(c.Define(ctx, connect.NewRequest(&sagav1.DefineRequest{Definition: &sagav1.Definition{Name: "dup",
+				Steps: []*sagav1.StepDef{{Name: "a"}, {Name: "a"}}}})))
 		}, connect.CodeInvalidArgument},
 		{"define with no name", func() error {
-			_, err := c.Define(ctx, connect.NewRequest(&sagav1.DefineRequest{Definition: &sagav1.Definition{Steps: []*sagav1.StepDef{{Name: "a"}}}}))
-			return err
+			return errOf(c.Define(ctx, connect.NewRequest(&sagav1.DefineRequest{Definition: &sagav1.Definition{Steps: []*sagav1.StepDef{{Name: "a"}}}})))
 		}, connect.CodeInvalidArgument},
 		{"define with a bad jitter", func() error {
-			_, err := c.Define(ctx, connect.NewRequest(&sagav1.DefineRequest{Definition: &sagav1.Definition{Name: "j",
-				Steps: []*sagav1.StepDef{{Name: "a", Retry: &sagav1.RetryPolicy{Jitter: 2}}}}}))
-			return err
+			return errOf(c.Define(ctx, connect.NewRequest(&sagav1.DefineRequest{Definition: &sagav1.Definition{Name: "j",
+				Steps: []*sagav1.StepDef{{Name: "a", Retry: &sagav1.RetryPolicy{Jitter: 2}}}}})))
 		}, connect.CodeInvalidArgument},
 		{"define with an unknown handler", func() error {
-			_, err := c.Define(ctx, connect.NewRequest(&sagav1.DefineRequest{Definition: &sagav1.Definition{Name: "h",
-				Steps: []*sagav1.StepDef{{Name: "a", Compensation: "nobody"}}}}))
-			return err
+			return errOf(c.Define(ctx, connect.NewRequest(&sagav1.DefineRequest{Definition: &sagav1.Definition{Name: "h",
+				Steps: []*sagav1.StepDef{{Name: "a", Compensation: "nobody"}}}})))
 		}, connect.CodeFailedPrecondition},
 		{"advance of a step that is not current", func() error {
-			_, err := f.advance(ctx, sg.Id, "shipping", "x")
-			return err
+			return errOf(f.advance(ctx, sg.Id, "shipping", "x"))
 		}, connect.CodeFailedPrecondition},
 		{"advance of a step the saga does not have", func() error {
-			_, err := f.advance(ctx, sg.Id, "nope", "x")
-			return err
+			return errOf(f.advance(ctx, sg.Id, "nope", "x"))
 		}, connect.CodeFailedPrecondition},
 		{"advance of an unknown saga", func() error {
-			_, err := f.advance(ctx, "nope", "payment", "x")
-			return err
+			return errOf(f.advance(ctx, "nope", "payment", "x"))
 		}, connect.CodeNotFound},
 		{"advance without a step", func() error {
-			_, err := f.advance(ctx, sg.Id, "", "x")
-			return err
+			return errOf(f.advance(ctx, sg.Id, "", "x"))
 		}, connect.CodeInvalidArgument},
 		{"advance of a failure without a message", func() error {
-			_, err := c.Advance(ctx, connect.NewRequest(&sagav1.AdvanceRequest{SagaId: sg.Id, Step: "payment", Error: &sagav1.ErrorInfo{}}))
-			return err
+			return errOf(c.Advance(ctx, connect.NewRequest(&sagav1.AdvanceRequest{SagaId: sg.Id, Step: "payment", Error: &sagav1.ErrorInfo{}})))
 		}, connect.CodeInvalidArgument},
 		{"status of an unknown saga", func() error {
-			_, err := c.Status(ctx, connect.NewRequest(&sagav1.StatusRequest{SagaId: "nope"}))
-			return err
+			return errOf(c.Status(ctx, connect.NewRequest(&sagav1.StatusRequest{SagaId: "nope"})))
 		}, connect.CodeNotFound},
 		{"list with a version but no definition", func() error {
-			_, err := c.List(ctx, connect.NewRequest(&sagav1.ListRequest{Filter: &sagav1.SagaFilter{Version: 2}}))
-			return err
+			return errOf(c.List(ctx, connect.NewRequest(&sagav1.ListRequest{Filter: &sagav1.SagaFilter{Version: 2}})))
 		}, connect.CodeInvalidArgument},
 		{"list with a malformed cursor", func() error {
-			_, err := c.List(ctx, connect.NewRequest(&sagav1.ListRequest{Cursor: "!!"}))
-			return err
+			return errOf(c.List(ctx, connect.NewRequest(&sagav1.ListRequest{Cursor: "!!"})))
 		}, connect.CodeInvalidArgument},
 		{"list with an unknown state", func() error {
-			_, err := c.List(ctx, connect.NewRequest(&sagav1.ListRequest{Filter: &sagav1.SagaFilter{State: 42}}))
-			return err
+			return errOf(c.List(ctx, connect.NewRequest(&sagav1.ListRequest{Filter: &sagav1.SagaFilter{State: 42}})))
 		}, connect.CodeInvalidArgument},
 		{"wait longer than the bound", func() error {
-			_, err := c.Wait(ctx, connect.NewRequest(&sagav1.WaitRequest{SagaId: sg.Id, Timeout: durationpb.New(time.Hour)}))
-			return err
+			return errOf(c.Wait(ctx, connect.NewRequest(&sagav1.WaitRequest{SagaId: sg.Id, Timeout: durationpb.New(time.Hour)})))
 		}, connect.CodeInvalidArgument},
 		{"resolve without a reason", func() error {
-			_, err := c.Resolve(ctx, connect.NewRequest(&sagav1.ResolveRequest{SagaId: sg.Id, Actor: "bob"}))
-			return err
+			return errOf(c.Resolve(ctx, connect.NewRequest(&sagav1.ResolveRequest{SagaId: sg.Id, Actor: "bob"})))
 		}, connect.CodeInvalidArgument},
 		{"an oversized request", func() error {
-			_, err := c.Start(ctx, connect.NewRequest(&sagav1.StartRequest{Definition: "checkout", Input: make([]byte, 100<<10)}))
-			return err
+			return errOf(c.Start(ctx, connect.NewRequest(&sagav1.StartRequest{Definition: "checkout", Input: make([]byte, 100<<10)})))
 		}, connect.CodeResourceExhausted},
 	} {
 		wantCode(t, tc.name, tc.call(), tc.code)
