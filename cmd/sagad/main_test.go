@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
 	"io"
 	"net/http"
 	"os"
@@ -32,12 +33,13 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
-// start runs sagad in the current directory with args and returns its
-// address; it stops at the end of the test.
-func start(t *testing.T, env map[string]string, args ...string) (addr string, stdout *syncBuffer) {
+// serve runs sagad in the current directory with args and returns its
+// address and stop, which stops it and returns what run returned (or an
+// error if it did not stop within 30s). It is also stopped at the end of
+// the test; an error there fails the test.
+func serve(t *testing.T, env map[string]string, stdout io.Writer, args ...string) (addr string, stop func() error) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	stdout = &syncBuffer{}
 	ready := make(chan string, 1)
 	done := make(chan error, 1)
 	go func() {
@@ -53,17 +55,33 @@ func start(t *testing.T, env map[string]string, args ...string) (addr string, st
 		cancel()
 		t.Fatal("sagad did not serve within 30s")
 	}
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("sagad stopped with %v", err)
+	var once sync.Once
+	var stopErr error
+	stop = func() error {
+		once.Do(func() {
+			cancel()
+			select {
+			case stopErr = <-done:
+			case <-time.After(30 * time.Second):
+				stopErr = errors.New("sagad did not stop within 30s")
 			}
-		case <-time.After(30 * time.Second):
-			t.Error("sagad did not stop within 30s")
+		})
+		return stopErr
+	}
+	t.Cleanup(func() {
+		if err := stop(); err != nil {
+			t.Errorf("stop: %v", err)
 		}
 	})
+	return addr, stop
+}
+
+// start is serve for a test that lets sagad run to its end; it returns
+// what sagad wrote to stdout.
+func start(t *testing.T, env map[string]string, args ...string) (addr string, stdout *syncBuffer) {
+	t.Helper()
+	stdout = &syncBuffer{}
+	addr, _ = serve(t, env, stdout, args...)
 	return addr, stdout
 }
 
@@ -128,22 +146,7 @@ func TestSagadStartsOnAFreshDirectory(t *testing.T) {
 
 func TestSagadRestartKeepsTokenAndSagas(t *testing.T) {
 	t.Chdir(t.TempDir())
-	ctx, cancel := context.WithCancel(context.Background())
-	ready := make(chan string, 1)
-	done := make(chan error, 1)
-	go func() {
-		done <- run(ctx, []string{"-listen", "127.0.0.1:0"}, func(string) string { return "" }, io.Discard, io.Discard, func(a string) { ready <- a })
-	}()
-	var addr string
-	select {
-	case addr = <-ready:
-	case err := <-done:
-		cancel()
-		t.Fatalf("sagad stopped before serving: %v", err)
-	case <-time.After(30 * time.Second):
-		cancel()
-		t.Fatal("sagad did not serve within 30s")
-	}
+	addr, stop := serve(t, nil, io.Discard)
 	b, _ := os.ReadFile(filepath.Join("sagad-data", tokenFileName))
 	token := strings.TrimSpace(string(b))
 	post(t, addr, token, "Define", `{"definition":{"name":"order","steps":[{"name":"reserve"},{"name":"pay"}]}}`)
@@ -154,14 +157,8 @@ func TestSagadRestartKeepsTokenAndSagas(t *testing.T) {
 	if code, body := post(t, addr, token, "Advance", reserved); code != 200 {
 		t.Fatalf("advance: %d %s", code, body)
 	}
-	cancel()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("stop: %v", err)
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatal("sagad did not stop within 30s")
+	if err := stop(); err != nil {
+		t.Fatalf("stop: %v", err)
 	}
 	addr, _ = start(t, nil)
 	if code, body := post(t, addr, token, "Status", `{"sagaId":"o-1"}`); code != 200 || !strings.Contains(body, `"currentStep":"pay"`) {
