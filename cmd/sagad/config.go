@@ -269,17 +269,9 @@ func (c *Config) Validate() (*tls.Certificate, error) {
 			cert = &kp
 		}
 	}
-	if host, _, err := net.SplitHostPort(c.Listen); err != nil {
-		bad("listen %q: %w", c.Listen, err)
-	} else if !loopback(host) && c.TLS.Cert == "" && !c.InsecureListen {
-		bad("listen %q is not a loopback address: without TLS the tokens would cross the network in clear (set tls, or insecure_listen / -insecure-listen to accept that)", c.Listen)
-	}
+	c.checkListen(bad, "listen", c.Listen)
 	if c.Admin != "" {
-		if host, _, err := net.SplitHostPort(c.Admin); err != nil {
-			bad("admin %q: %w", c.Admin, err)
-		} else if !loopback(host) && c.TLS.Cert == "" && !c.InsecureListen {
-			bad("admin %q is not a loopback address: without TLS the tokens would cross the network in clear (set tls, or insecure_listen / -insecure-listen to accept that)", c.Admin)
-		}
+		c.checkListen(bad, "admin", c.Admin)
 	}
 	if c.Data == "" {
 		bad("data: a data directory is required")
@@ -300,6 +292,17 @@ func (c *Config) Validate() (*tls.Certificate, error) {
 		return nil, err
 	}
 	return cert, nil
+}
+
+// checkListen refuses an address (of the key named) that does not parse,
+// or that is not a loopback one while the tokens would cross the network
+// in clear.
+func (c *Config) checkListen(bad func(string, ...any), key, addr string) {
+	if host, _, err := net.SplitHostPort(addr); err != nil {
+		bad("%s %q: %w", key, addr, err)
+	} else if !loopback(host) && c.TLS.Cert == "" && !c.InsecureListen {
+		bad("%s %q is not a loopback address: without TLS the tokens would cross the network in clear (set tls, or insecure_listen / -insecure-listen to accept that)", key, addr)
+	}
 }
 
 func loopback(host string) bool {
