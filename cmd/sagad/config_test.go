@@ -35,8 +35,8 @@ func write(t *testing.T, path, content string) {
 }
 
 // refused runs sagad with args, which must refuse to start, and returns
-// its error. A sagad that starts instead is stopped after 30s, and the
-// test fails.
+// its error. A sagad that starts instead is stopped as soon as it
+// serves, and the test fails.
 func refused(t *testing.T, args ...string) error {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)

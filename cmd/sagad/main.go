@@ -102,7 +102,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return err
 	}
 	if fs.NArg() > 0 {
-		return fmt.Errorf("unexpected arguments %q", fs.Args())
+		return fmt.Errorf("%w: unexpected arguments %q", errConfig, fs.Args())
 	}
 	cfg := def
 	var fileErr error // unknown keys: named beside Validate's problems
@@ -376,10 +376,10 @@ func loadToken(file, env, dataDir string) (token, from string, err error) {
 	if file != "" {
 		b, err := os.ReadFile(file)
 		if err != nil {
-			return "", "", fmt.Errorf("-token-file: %w", err)
+			return "", "", fmt.Errorf("%w: -token-file: %w", errConfig, err)
 		}
 		if token = strings.TrimSpace(string(b)); token == "" {
-			return "", "", fmt.Errorf("-token-file %s is empty", file)
+			return "", "", fmt.Errorf("%w: -token-file %s is empty", errConfig, file)
 		}
 		return token, "read from " + file, nil
 	}
