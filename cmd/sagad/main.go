@@ -193,6 +193,16 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	var node *replication.Node
 	if cfg.Raft != nil {
+		// The raft node opens DATA/raft before engine.Open takes the
+		// directory's lock: a data directory that another sagad holds is
+		// refused first, so that its live raft log is not opened (nor
+		// its torn tail repaired) by a start that would be refused.
+		// (A sagad starting in between is still refused by engine.Open.)
+		if release, err := engine.LockDir(cfg.Data); err == nil {
+			release()
+		} else if errors.Is(err, engine.ErrLocked) {
+			return fmt.Errorf("open the engine in %s: %w", cfg.Data, err)
+		}
 		if node, err = openRaft(cfg, log); err != nil {
 			return err
 		}

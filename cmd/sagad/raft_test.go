@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -11,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/sagaengine/saga/engine"
 )
 
 // freeAddrs returns n loopback addresses that were free a moment ago.
@@ -112,5 +115,17 @@ func TestSagadRaftGroupFollowersNameTheLeader(t *testing.T) {
 			t.Fatalf("the follower never saw the saga: %d %s", code, body)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// A member whose data directory another sagad holds is refused before
+// its raft node opens that directory's live raft log (and its address).
+func TestSagadRaftRefusesAHeldDataDirectoryBeforeRaft(t *testing.T) {
+	t.Chdir(t.TempDir())
+	raft := freeAddrs(t, 1)[0]
+	write(t, "n0.yaml", fmt.Sprintf("raft:\n  id: n0\n  bind: %q\n  bootstrap: true\n  peers:\n    - {id: n0, raft: %q}\n", raft, raft))
+	start(t, map[string]string{TokenEnv: "tok"}, "-config", "n0.yaml")
+	if err := refused(t, "-listen", "127.0.0.1:0", "-config", "n0.yaml"); !errors.Is(err, engine.ErrLocked) {
+		t.Fatalf("a second member on a held data directory: %v, want engine.ErrLocked", err)
 	}
 }
