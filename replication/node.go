@@ -309,9 +309,13 @@ func New(cfg Config) (*Node, error) {
 				return nil, err
 			}
 		}
-		if n.trans, err = NewTCPTransport(cfg.Bind, cfg.Advertise, tlsConf, 3, 10*time.Second, n.hlog); err != nil {
+		// Through a variable of its own: a nil *NetworkTransport in
+		// n.trans would be a non-nil interface that closeStores closes.
+		tr, err := NewTCPTransport(cfg.Bind, cfg.Advertise, tlsConf, 3, 10*time.Second, n.hlog)
+		if err != nil {
 			return nil, err
 		}
+		n.trans = tr
 	}
 	n.rtrans = track(n.trans, &n.prog)
 	ok = true

@@ -129,3 +129,19 @@ func TestSagadRaftRefusesAHeldDataDirectoryBeforeRaft(t *testing.T) {
 		t.Fatalf("a second member on a held data directory: %v, want engine.ErrLocked", err)
 	}
 }
+
+// A raft address already in use refuses the start with an error (it
+// used to panic while closing the transport that was never made).
+func TestSagadRaftRefusesABindInUse(t *testing.T) {
+	t.Chdir(t.TempDir())
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	raft := ln.Addr().String()
+	write(t, "n0.yaml", fmt.Sprintf("raft:\n  id: n0\n  bind: %q\n  bootstrap: true\n  peers:\n    - {id: n0, raft: %q}\n", raft, raft))
+	if err := refused(t, "-listen", "127.0.0.1:0", "-config", "n0.yaml"); !strings.Contains(err.Error(), "raft") {
+		t.Fatalf("a raft bind in use: %v", err)
+	}
+}
