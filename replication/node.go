@@ -281,9 +281,6 @@ func New(cfg Config) (*Node, error) {
 		Name: "raft", Level: hclog.LevelFromString(cfg.RaftLogLevel),
 		Output: slogWriter{cfg.Logger}, DisableTime: true,
 	})
-	if err := os.MkdirAll(cfg.Dir, 0o750); err != nil {
-		return nil, fmt.Errorf("replication: create %s: %w", cfg.Dir, err)
-	}
 	ok := false
 	defer func() {
 		if !ok {
@@ -291,15 +288,8 @@ func New(cfg Config) (*Node, error) {
 		}
 	}()
 	var err error
-	if n.logs, err = OpenLogStore(filepath.Join(cfg.Dir, "wal"), cfg.WAL); err != nil {
-		return nil, err
-	}
-	if n.stable, err = OpenStableStore(filepath.Join(cfg.Dir, "stable")); err != nil {
-		return nil, err
-	}
-	if n.snaps, err = raft.NewFileSnapshotStoreWithLogger(cfg.Dir, 2, n.hlog); err != nil {
-		return nil, fmt.Errorf("replication: snapshot store: %w", err)
-	}
+	// The transport first: an address in use (or a TLS file that will not
+	// load) refuses the member before it writes its directory.
 	if cfg.Transport != nil {
 		n.trans = cfg.Transport
 	} else {
@@ -316,6 +306,18 @@ func New(cfg Config) (*Node, error) {
 			return nil, err
 		}
 		n.trans = tr
+	}
+	if err := os.MkdirAll(cfg.Dir, 0o750); err != nil {
+		return nil, fmt.Errorf("replication: create %s: %w", cfg.Dir, err)
+	}
+	if n.logs, err = OpenLogStore(filepath.Join(cfg.Dir, "wal"), cfg.WAL); err != nil {
+		return nil, err
+	}
+	if n.stable, err = OpenStableStore(filepath.Join(cfg.Dir, "stable")); err != nil {
+		return nil, err
+	}
+	if n.snaps, err = raft.NewFileSnapshotStoreWithLogger(cfg.Dir, 2, n.hlog); err != nil {
+		return nil, fmt.Errorf("replication: snapshot store: %w", err)
 	}
 	n.rtrans = track(n.trans, &n.prog)
 	ok = true

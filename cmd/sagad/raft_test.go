@@ -131,7 +131,8 @@ func TestSagadRaftRefusesAHeldDataDirectoryBeforeRaft(t *testing.T) {
 }
 
 // A raft address already in use refuses the start with an error (it
-// used to panic while closing the transport that was never made).
+// used to panic while closing the transport that was never made), and
+// before the data directory is made.
 func TestSagadRaftRefusesABindInUse(t *testing.T) {
 	t.Chdir(t.TempDir())
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -143,5 +144,8 @@ func TestSagadRaftRefusesABindInUse(t *testing.T) {
 	write(t, "n0.yaml", fmt.Sprintf("raft:\n  id: n0\n  bind: %q\n  bootstrap: true\n  peers:\n    - {id: n0, raft: %q}\n", raft, raft))
 	if err := refused(t, "-listen", "127.0.0.1:0", "-config", "n0.yaml"); !strings.Contains(err.Error(), "raft") {
 		t.Fatalf("a raft bind in use: %v", err)
+	}
+	if _, err := os.Stat("sagad-data"); !os.IsNotExist(err) {
+		t.Errorf("a refused start made the data directory: %v", err)
 	}
 }
