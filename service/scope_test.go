@@ -150,66 +150,51 @@ const claimed = "mallory"
 
 var scopedCalls = []scopedCall{
 	{"GetDefinition", auth.Read, func(ctx context.Context, c sagav1connect.SagaServiceClient) error {
-		_, err := c.GetDefinition(ctx, connect.NewRequest(&sagav1.GetDefinitionRequest{Name: "checkout"}))
-		return err
+		return errOf(c.GetDefinition(ctx, connect.NewRequest(&sagav1.GetDefinitionRequest{Name: "checkout"})))
 	}},
 	{"Status", auth.Read, func(ctx context.Context, c sagav1connect.SagaServiceClient) error {
-		_, err := c.Status(ctx, connect.NewRequest(&sagav1.StatusRequest{SagaId: "in-1"}))
-		return err
+		return errOf(c.Status(ctx, connect.NewRequest(&sagav1.StatusRequest{SagaId: "in-1"})))
 	}},
 	{"List", auth.Read, func(ctx context.Context, c sagav1connect.SagaServiceClient) error {
-		_, err := c.List(ctx, connect.NewRequest(&sagav1.ListRequest{}))
-		return err
+		return errOf(c.List(ctx, connect.NewRequest(&sagav1.ListRequest{})))
 	}},
 	{"Count", auth.Read, func(ctx context.Context, c sagav1connect.SagaServiceClient) error {
-		_, err := c.Count(ctx, connect.NewRequest(&sagav1.CountRequest{}))
-		return err
+		return errOf(c.Count(ctx, connect.NewRequest(&sagav1.CountRequest{})))
 	}},
 	{"History", auth.Read, func(ctx context.Context, c sagav1connect.SagaServiceClient) error {
-		_, err := c.History(ctx, connect.NewRequest(&sagav1.HistoryRequest{SagaId: "stuck-1"}))
-		return err
+		return errOf(c.History(ctx, connect.NewRequest(&sagav1.HistoryRequest{SagaId: "stuck-1"})))
 	}},
 	{"Wait", auth.Read, func(ctx context.Context, c sagav1connect.SagaServiceClient) error {
 		// stuck-1 is settled: the wait answers at once.
-		_, err := c.Wait(ctx, connect.NewRequest(&sagav1.WaitRequest{SagaId: "stuck-1", Timeout: durationpb.New(0)}))
-		return err
+		return errOf(c.Wait(ctx, connect.NewRequest(&sagav1.WaitRequest{SagaId: "stuck-1", Timeout: durationpb.New(0)})))
 	}},
 	{"GetPolicy", auth.Read, func(ctx context.Context, c sagav1connect.SagaServiceClient) error {
-		_, err := c.GetPolicy(ctx, connect.NewRequest(&sagav1.GetPolicyRequest{}))
-		return err
+		return errOf(c.GetPolicy(ctx, connect.NewRequest(&sagav1.GetPolicyRequest{})))
 	}},
 	{"ExplainPolicy", auth.Read, func(ctx context.Context, c sagav1connect.SagaServiceClient) error {
-		_, err := c.ExplainPolicy(ctx, connect.NewRequest(&sagav1.ExplainPolicyRequest{Operation: "checkout"}))
-		return err
+		return errOf(c.ExplainPolicy(ctx, connect.NewRequest(&sagav1.ExplainPolicyRequest{Operation: "checkout"})))
 	}},
 	{"Define", auth.Service, func(ctx context.Context, c sagav1connect.SagaServiceClient) error {
-		_, err := c.Define(ctx, connect.NewRequest(&sagav1.DefineRequest{Definition: &sagav1.Definition{Name: "newdef",
-			Steps: []*sagav1.StepDef{{Name: "a"}}}}))
-		return err
+		return errOf(c.Define(ctx, connect.NewRequest(&sagav1.DefineRequest{Definition: &sagav1.Definition{Name: "newdef",
+			Steps: []*sagav1.StepDef{{Name: "a"}}}})))
 	}},
 	{"Start", auth.Service, func(ctx context.Context, c sagav1connect.SagaServiceClient) error {
-		_, err := c.Start(ctx, connect.NewRequest(&sagav1.StartRequest{Definition: "checkout", Id: "new-1", User: "bob"}))
-		return err
+		return errOf(c.Start(ctx, connect.NewRequest(&sagav1.StartRequest{Definition: "checkout", Id: "new-1", User: "bob"})))
 	}},
 	{"Advance", auth.Service, func(ctx context.Context, c sagav1connect.SagaServiceClient) error {
-		_, err := c.Advance(ctx, connect.NewRequest(&sagav1.AdvanceRequest{SagaId: "in-2", Step: "payment", Output: []byte("ch_1")}))
-		return err
+		return errOf(c.Advance(ctx, connect.NewRequest(&sagav1.AdvanceRequest{SagaId: "in-2", Step: "payment", Output: []byte("ch_1")})))
 	}},
 	{"Abort", auth.Operator, func(ctx context.Context, c sagav1connect.SagaServiceClient) error {
-		_, err := c.Abort(ctx, connect.NewRequest(&sagav1.AbortRequest{SagaId: "in-1", Actor: claimed, Reason: "customer cancelled"}))
-		return err
+		return errOf(c.Abort(ctx, connect.NewRequest(&sagav1.AbortRequest{SagaId: "in-1", Actor: claimed, Reason: "customer cancelled"})))
 	}},
 	{"Retry", auth.Operator, func(ctx context.Context, c sagav1connect.SagaServiceClient) error {
-		_, err := c.Retry(ctx, connect.NewRequest(&sagav1.RetryRequest{SagaId: "stuck-1", Actor: claimed, Reason: "outage over"}))
-		return err
+		return errOf(c.Retry(ctx, connect.NewRequest(&sagav1.RetryRequest{SagaId: "stuck-1", Actor: claimed, Reason: "outage over"})))
 	}},
 	{"Resolve", auth.Operator, func(ctx context.Context, c sagav1connect.SagaServiceClient) error {
-		_, err := c.Resolve(ctx, connect.NewRequest(&sagav1.ResolveRequest{SagaId: "stuck-2", Actor: claimed, Reason: "refunded by hand"}))
-		return err
+		return errOf(c.Resolve(ctx, connect.NewRequest(&sagav1.ResolveRequest{SagaId: "stuck-2", Actor: claimed, Reason: "refunded by hand"})))
 	}},
 	{"SetPolicy", auth.Admin, func(ctx context.Context, c sagav1connect.SagaServiceClient) error {
-		_, err := c.SetPolicy(ctx, connect.NewRequest(&sagav1.SetPolicyRequest{Yaml: "enable_saga: true\n"}))
-		return err
+		return errOf(c.SetPolicy(ctx, connect.NewRequest(&sagav1.SetPolicyRequest{Yaml: "enable_saga: true\n"})))
 	}},
 }
 
