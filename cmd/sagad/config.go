@@ -280,7 +280,17 @@ func (c *Config) Validate() (*tls.Certificate, error) {
 		bad("tokens and token_file: give one (a tokens file of named tokens, or a single token)")
 	}
 	if c.Raft != nil {
+		n := len(errs)
 		c.Raft.validate(bad)
+		// What replication.New would refuse (an id it does not take,
+		// a heartbeat below 5ms, an election below the heartbeat, a bad
+		// advertise address) is refused here with the rest, not once
+		// the listeners are open.
+		if len(errs) == n {
+			if err := c.raftConfig(nil).Validate(); err != nil {
+				bad("raft: %w", err)
+			}
+		}
 	}
 	if len(c.Handlers) > 0 {
 		rc := c.remote()

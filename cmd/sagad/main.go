@@ -347,6 +347,17 @@ func serveAdmin(ln net.Listener, eng *engine.Engine, obs *admin.Observer, pm *po
 
 // openRaft starts this member's raft node, its state in DATA/raft.
 func openRaft(cfg Config, log *slog.Logger) (*replication.Node, error) {
+	rc := cfg.raftConfig(log)
+	node, err := replication.New(rc)
+	if err != nil {
+		return nil, fmt.Errorf("raft: %w", err)
+	}
+	return node, nil
+}
+
+// raftConfig is the member's replication.Config; Validate checks it, and
+// openRaft opens it.
+func (cfg Config) raftConfig(log *slog.Logger) replication.Config {
 	r := cfg.Raft
 	rc := replication.Config{
 		ID: r.ID, Dir: filepath.Join(cfg.Data, "raft"), Bind: r.Bind, Advertise: r.Advertise, Bootstrap: r.Bootstrap,
@@ -360,11 +371,7 @@ func openRaft(cfg Config, log *slog.Logger) (*replication.Node, error) {
 			rc.Peers = append(rc.Peers, replication.Server{ID: p.ID, Address: p.Raft})
 		}
 	}
-	node, err := replication.New(rc)
-	if err != nil {
-		return nil, fmt.Errorf("raft: %w", err)
-	}
-	return node, nil
+	return rc
 }
 
 // apiOf returns the API URL of the member at raft address addr, or addr

@@ -149,3 +149,18 @@ func TestSagadRaftRefusesABindInUse(t *testing.T) {
 		t.Errorf("a refused start made the data directory: %v", err)
 	}
 }
+
+// What the raft node would refuse is a bad configuration, refused with
+// the rest before anything listens or is written.
+func TestSagadRaftTimingsTheNodeRefusesAreABadConfiguration(t *testing.T) {
+	t.Chdir(t.TempDir())
+	for _, timing := range []string{"heartbeat: 1ms", "heartbeat: 500ms\n  election: 100ms"} {
+		write(t, "n0.yaml", "raft:\n  id: n0\n  bind: 127.0.0.1:0\n  "+timing+"\n")
+		if err := refused(t, "-listen", "127.0.0.1:0", "-config", "n0.yaml"); !errors.Is(err, errConfig) {
+			t.Errorf("raft %q: %v, want a bad configuration", timing, err)
+		}
+	}
+	if _, err := os.Stat("sagad-data"); !os.IsNotExist(err) {
+		t.Errorf("a refused start made the data directory: %v", err)
+	}
+}
