@@ -375,29 +375,37 @@ func writeError(w http.ResponseWriter, code int, err error, hint string) {
 	writeJSON(w, code, apiError{Error: err.Error(), Hint: hint})
 }
 
-// engineError maps an engine error to a status code and a hint.
+// engineError answers an engine error (EngineErrorStatus).
 func engineError(w http.ResponseWriter, err error) {
+	code, hint := EngineErrorStatus(err)
+	writeError(w, code, err, hint)
+}
+
+// EngineErrorStatus maps an engine error to the HTTP status the JSON API
+// answers it with, and a hint for the operator. The web console answers
+// with the same codes.
+func EngineErrorStatus(err error) (code int, hint string) {
 	// A replicator's (or a Cluster's) errors say what they mean by method,
 	// as engine.Replicator documents, so that admin need not import it.
 	var notLeader interface{ NotLeader() (id, addr string) }
 	var unknown interface{ OutcomeUnknown() bool }
 	switch {
 	case errors.Is(err, fsm.ErrUnknownSaga):
-		writeError(w, http.StatusNotFound, err, "list sagas with: sagactl list")
+		return http.StatusNotFound, "list sagas with: sagactl list"
 	case errors.Is(err, fsm.ErrIllegalTransition):
-		writeError(w, http.StatusConflict, err, "look at the saga's state with: sagactl show ID")
+		return http.StatusConflict, "look at the saga's state with: sagactl show ID"
 	case errors.Is(err, engine.ErrInvalidArgument), errors.Is(err, fsm.ErrInvalidRecord), errors.Is(err, fsm.ErrInvalidQuery):
-		writeError(w, http.StatusBadRequest, err, "")
+		return http.StatusBadRequest, ""
 	case errors.Is(err, engine.ErrReadOnly):
-		writeError(w, http.StatusConflict, err, "")
+		return http.StatusConflict, ""
 	case errors.Is(err, engine.ErrNotLeader), errors.As(err, &notLeader):
-		writeError(w, http.StatusConflict, err, "this member follows: send changes to the leader's admin API (see sagactl cluster status)")
+		return http.StatusConflict, "this member follows: send changes to the leader's admin API (see sagactl cluster status)"
 	case errors.As(err, &unknown) && unknown.OutcomeUnknown():
-		writeError(w, http.StatusServiceUnavailable, err, "leadership changed while the change was in flight: look at the saga on the new leader")
+		return http.StatusServiceUnavailable, "leadership changed while the change was in flight: look at the saga on the new leader"
 	case errors.Is(err, engine.ErrPoisoned), errors.Is(err, engine.ErrClosed), errors.Is(err, engine.ErrOutcomeUnknown):
-		writeError(w, http.StatusServiceUnavailable, err, "the engine stopped after an I/O error: restart the process")
+		return http.StatusServiceUnavailable, "the engine stopped after an I/O error: restart the process"
 	default:
-		writeError(w, http.StatusInternalServerError, err, "")
+		return http.StatusInternalServerError, ""
 	}
 }
 

@@ -238,14 +238,10 @@ func (c *Console) act(w http.ResponseWriter, r *http.Request, s *session) {
 		cancel()
 		switch {
 		case err == nil:
-		case errors.Is(err, fsm.ErrUnknownSaga):
-			code = http.StatusNotFound
-		case errors.Is(err, fsm.ErrIllegalTransition):
-			code = http.StatusConflict
-		case errors.Is(err, admin.ErrInvalidAction), errors.Is(err, engine.ErrInvalidArgument):
+		case errors.Is(err, admin.ErrInvalidAction):
 			code = http.StatusBadRequest
 		default:
-			code = http.StatusServiceUnavailable
+			code, _ = admin.EngineErrorStatus(err) // the JSON API's codes
 		}
 	}
 	if err == nil {
