@@ -12,31 +12,15 @@ import (
 
 	"github.com/sagaengine/saga/auth"
 	"github.com/sagaengine/saga/engine"
+	"github.com/sagaengine/saga/internal/authtest"
 	"github.com/sagaengine/saga/internal/testctx"
 )
 
-// scopedTokens: one token per scope.
-var scopedTokens = []struct {
-	name, secret string
-	scope        auth.Scope
-}{
-	{"dashboard", "read-secret-0123456789", auth.Read},
-	{"checkout-svc", "service-secret-0123456789", auth.Service},
-	{"alice", "operator-secret-0123456789", auth.Operator},
-	{"root", "admin-secret-0123456789", auth.Admin},
-}
-
 func scopedFixture(t *testing.T) (*engine.Engine, http.Handler) {
 	t.Helper()
-	var ts []auth.Token
-	for _, tok := range scopedTokens {
-		ts = append(ts, auth.Token{Name: tok.name, Scope: tok.scope, SHA256: auth.HashSecret(tok.secret)})
-	}
-	tokens, err := auth.New(ts...)
-	must(t, err)
-	e, _, h := fixtureWith(t, Options{Tokens: tokens})
+	e, _, h := fixtureWith(t, Options{Tokens: authtest.Authenticator(t)})
 	ctx := testctx.New(t)
-	_, err = e.Define(ctx, engine.Definition{Name: "manual", Steps: []engine.StepDef{{Name: "wait"}}})
+	_, err := e.Define(ctx, engine.Definition{Name: "manual", Steps: []engine.StepDef{{Name: "wait"}}})
 	must(t, err)
 	_, err = e.Start(ctx, "manual", nil, engine.StartOptions{ID: "manual-1"})
 	must(t, err)
@@ -92,14 +76,14 @@ var adminRoutes = []struct {
 // cluster change on a single node); one it does not is answered 403
 // naming the scope it needs, and changes nothing.
 func TestScopeMatrix(t *testing.T) {
-	for _, tok := range scopedTokens {
-		t.Run(tok.name, func(t *testing.T) {
+	for _, tok := range authtest.Scoped {
+		t.Run(tok.Name, func(t *testing.T) {
 			e, h := scopedFixture(t)
 			for _, rt := range adminRoutes {
 				before := adminSnapshot(t, e, h)
-				rec := scopedCall(h, rt.method, rt.path, tok.secret, rt.body)
-				what := fmt.Sprintf("%s %s with a %s token", rt.method, rt.path, tok.scope)
-				if !tok.scope.Allows(rt.need) {
+				rec := scopedCall(h, rt.method, rt.path, tok.Secret, rt.body)
+				what := fmt.Sprintf("%s %s with a %s token", rt.method, rt.path, tok.Scope)
+				if !tok.Scope.Allows(rt.need) {
 					if rec.Code != http.StatusForbidden || !strings.Contains(rec.Body.String(), "needs scope "+rt.need.String()) {
 						t.Errorf("%s: %d %s, want 403 naming scope %s", what, rec.Code, rec.Body.String(), rt.need)
 					}

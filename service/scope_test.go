@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"testing"
 
@@ -19,21 +20,10 @@ import (
 	"github.com/sagaengine/saga/engine"
 	sagav1 "github.com/sagaengine/saga/gen/saga/v1"
 	"github.com/sagaengine/saga/gen/saga/v1/sagav1connect"
+	"github.com/sagaengine/saga/internal/authtest"
 	"github.com/sagaengine/saga/policy"
 	"github.com/sagaengine/saga/service"
 )
-
-// The secrets of scopedFixture's tokens: one token per scope, named after
-// its scope's holder.
-var scopedTokens = []struct {
-	name, secret string
-	scope        auth.Scope
-}{
-	{"dashboard", "read-secret-0123456789", auth.Read},
-	{"checkout-svc", "service-secret-0123456789", auth.Service},
-	{"alice", "operator-secret-0123456789", auth.Operator},
-	{"root", "admin-secret-0123456789", auth.Admin},
-}
 
 // scopedFixture is an engine served with one token per scope, holding:
 // in-1 and in-2, IN_PROGRESS at their first step (caller-driven); stuck-1
@@ -88,13 +78,7 @@ func newScopedFixture(t *testing.T, ctx context.Context) *scopedFixture {
 	pm, err := policy.New(policy.Options{NoWatch: true, Logger: quiet, LookupEnv: func(string) (string, bool) { return "", false }})
 	must(err)
 	t.Cleanup(func() { _ = pm.Close() })
-	var ts []auth.Token
-	for _, tok := range scopedTokens {
-		ts = append(ts, auth.Token{Name: tok.name, Scope: tok.scope, SHA256: auth.HashSecret(tok.secret)})
-	}
-	tokens, err := auth.New(ts...)
-	must(err)
-	srv, err := service.New(e, service.Options{Policy: pm, Tokens: tokens})
+	srv, err := service.New(e, service.Options{Policy: pm, Tokens: authtest.Authenticator(t)})
 	must(err)
 	mux := http.NewServeMux()
 	mux.Handle(srv.Handler())
@@ -215,39 +199,34 @@ func TestScopeMatrix(t *testing.T) {
 			t.Errorf("the matrix does not cover %s", name)
 		}
 	}
-	for _, tok := range append(scopedTokens, struct {
-		name, secret string
-		scope        auth.Scope
-	}{"nobody", "", 0}, struct {
-		name, secret string
-		scope        auth.Scope
-	}{"stranger", "unknown-secret-0123456789", 0}) {
-		t.Run(tok.name, func(t *testing.T) {
+	for _, tok := range append(slices.Clip(authtest.Scoped),
+		authtest.Token{Name: "nobody"}, authtest.Token{Name: "stranger", Secret: "unknown-secret-0123456789"}) {
+		t.Run(tok.Name, func(t *testing.T) {
 			ctx := testCtx(t)
 			f := newScopedFixture(t, ctx)
-			c := f.client(tok.secret)
+			c := f.client(tok.Secret)
 			for _, call := range scopedCalls {
 				before := f.snapshot(t, ctx)
 				err := call.call(ctx, c)
 				switch {
-				case tok.scope == 0:
+				case tok.Scope == 0:
 					if connect.CodeOf(err) != connect.CodeUnauthenticated {
 						t.Errorf("%s without a known token: %v, want unauthenticated", call.name, err)
 					}
-				case tok.scope.Allows(call.need):
+				case tok.Scope.Allows(call.need):
 					if err != nil {
-						t.Errorf("%s with a %s token: %v", call.name, tok.scope, err)
+						t.Errorf("%s with a %s token: %v", call.name, tok.Scope, err)
 					}
 					continue
 				default:
 					if connect.CodeOf(err) != connect.CodePermissionDenied {
-						t.Errorf("%s with a %s token: %v, want permission_denied", call.name, tok.scope, err)
+						t.Errorf("%s with a %s token: %v, want permission_denied", call.name, tok.Scope, err)
 					} else if want := "needs scope " + call.need.String(); !strings.Contains(err.Error(), want) {
 						t.Errorf("%s refused without naming its scope: %v", call.name, err)
 					}
 				}
 				if after := f.snapshot(t, ctx); fmt.Sprint(after) != fmt.Sprint(before) {
-					t.Errorf("%s refused to %s changed things:\nbefore %v\nafter  %v", call.name, tok.name, before, after)
+					t.Errorf("%s refused to %s changed things:\nbefore %v\nafter  %v", call.name, tok.Name, before, after)
 				}
 			}
 		})
