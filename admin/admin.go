@@ -770,7 +770,7 @@ func (s *Server) policySet(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusRequestEntityTooLarge, err, "a policy is at most 1 MiB")
 		return
 	}
-	if err := SetPolicy(s.opts.Policy, "request body", body); err != nil {
+	if err := s.opts.Policy.SetText("request body", body); err != nil {
 		code, hint := http.StatusBadRequest, "nothing was changed; the policy in force stays"
 		switch {
 		case errors.Is(err, policy.ErrNotDurable):
@@ -786,15 +786,6 @@ func (s *Server) policySet(w http.ResponseWriter, r *http.Request) {
 	caller, _ := auth.FromContext(r.Context())
 	s.opts.Logger.Info("admin: policy set", "actor", caller.Name, "version", d.Version)
 	writeJSON(w, http.StatusOK, d)
-}
-
-// SetPolicy parses data (YAML, named name in errors) and makes it m's
-// API layer, the highest (policy.Manager.SetText: kept in its APIFile, if
-// it has one, before it is in force). A policy that does not parse or
-// validate is rejected whole (policy.IsInvalid), and one that could not be
-// kept too: the policy in force stays.
-func SetPolicy(m *policy.Manager, name string, data []byte) error {
-	return m.SetText(name, data)
 }
 
 func (s *Server) policyExplain(w http.ResponseWriter, r *http.Request) {

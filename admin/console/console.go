@@ -7,8 +7,8 @@
 // elsewhere.
 //
 // It reads and acts through the same code as the JSON API
-// (admin.ParseQuery, admin.BuildShow, admin.Act, admin.SetPolicy, the
-// observer's watch feed): what the console shows is what sagactl shows.
+// (admin.ParseQuery, admin.BuildShow, admin.Act, policy.Manager.SetText,
+// the observer's watch feed): what the console shows is what sagactl shows.
 //
 // Security:
 //

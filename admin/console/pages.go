@@ -311,7 +311,7 @@ func (c *Console) policyEdit(w http.ResponseWriter, r *http.Request, s *session)
 		return
 	}
 	text := r.PostFormValue("policy")
-	if err := admin.SetPolicy(c.opts.Policy, "the console's edit", []byte(text)); err != nil {
+	if err := c.opts.Policy.SetText("the console's edit", []byte(text)); err != nil {
 		p := c.policyData(r)
 		p.Text, p.EditErr, p.NotDurable = text, err.Error(), errors.Is(err, policy.ErrNotDurable)
 		code := http.StatusUnprocessableEntity
