@@ -36,9 +36,11 @@ type Options struct {
 	// before the change is in force, and New reads it back. "" keeps the
 	// API layer in memory only, as Set does.
 	APIFile string
-	// OnChange is called after every attempted change (file reload or
-	// Set) with the version in force and the rejection error, if any. It
-	// may run on the watcher's goroutine: it must not call Close.
+	// OnChange is called after every attempted change (file reload, Set
+	// or SetText) with the version in force and the error, if any: a
+	// rejection, or one wrapping ErrNotDurable, which says the change IS
+	// in force (only not known to be durable). It may run on the
+	// watcher's goroutine: it must not call Close.
 	OnChange func(version uint64, err error)
 }
 
