@@ -134,10 +134,15 @@ func (c *Console) list(w http.ResponseWriter, r *http.Request, s *session) {
 		}
 		return p.Form.Get(k)
 	})
-	if err == nil {
-		var sagas []*engine.Status
-		var next string
-		sagas, next, err = c.e.List(ctx, q)
+	if err != nil {
+		p.Err, code = err.Error(), http.StatusBadRequest
+	} else {
+		sagas, next, err := c.e.List(ctx, q)
+		if err != nil {
+			// The JSON API's code: a closed engine is no bad request.
+			code, _ = admin.EngineErrorStatus(err)
+			p.Err = err.Error()
+		}
 		for _, st := range sagas {
 			p.Sagas = append(p.Sagas, admin.NewSagaJSON(st))
 		}
@@ -151,9 +156,6 @@ func (c *Console) list(w http.ResponseWriter, r *http.Request, s *session) {
 			nq.Set("cursor", next)
 			p.Next = Prefix + "sagas?" + nq.Encode()
 		}
-	}
-	if err != nil {
-		p.Err, code = err.Error(), http.StatusBadRequest
 	}
 	if in.Get("cursor") == "" {
 		lq := url.Values{}
