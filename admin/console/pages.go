@@ -134,6 +134,17 @@ func (c *Console) list(w http.ResponseWriter, r *http.Request, s *session) {
 		}
 		return p.Form.Get(k)
 	})
+	// link is this list's URL: its filters (not the id) and key=value.
+	link := func(key, value string) string {
+		lq := url.Values{}
+		for k, v := range p.Form {
+			if k != "id" {
+				lq[k] = v
+			}
+		}
+		lq.Set(key, value)
+		return Prefix + "sagas?" + lq.Encode()
+	}
 	if err != nil {
 		p.Err, code = err.Error(), http.StatusBadRequest
 	} else {
@@ -147,25 +158,11 @@ func (c *Console) list(w http.ResponseWriter, r *http.Request, s *session) {
 			p.Sagas = append(p.Sagas, admin.NewSagaJSON(st))
 		}
 		if next != "" {
-			nq := url.Values{}
-			for k, v := range p.Form {
-				if k != "id" {
-					nq[k] = v
-				}
-			}
-			nq.Set("cursor", next)
-			p.Next = Prefix + "sagas?" + nq.Encode()
+			p.Next = link("cursor", next)
 		}
 	}
 	if in.Get("cursor") == "" {
-		lq := url.Values{}
-		for k, v := range p.Form {
-			if k != "id" {
-				lq[k] = v
-			}
-		}
-		lq.Set("fragment", "rows")
-		p.Live = Prefix + "sagas?" + lq.Encode()
+		p.Live = link("fragment", "rows")
 	}
 	c.render(w, r, code, "list", s, "Sagas", p)
 }
