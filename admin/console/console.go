@@ -46,6 +46,7 @@ import (
 	"time"
 
 	"github.com/sagaengine/saga/admin"
+	"github.com/sagaengine/saga/auth"
 	"github.com/sagaengine/saga/engine"
 	"github.com/sagaengine/saga/policy"
 )
@@ -126,8 +127,8 @@ func New(e *engine.Engine, o *admin.Observer, opts Options) (*Console, error) {
 	if e == nil || o == nil {
 		probs = append(probs, "an engine and its observer are required")
 	}
-	auth := opts.Authenticate
-	if auth == nil {
+	authn := opts.Authenticate
+	if authn == nil {
 		if len(opts.Token) < 16 {
 			probs = append(probs, "set Token (at least 16 characters) or Authenticate: nobody could log in")
 		}
@@ -137,7 +138,20 @@ func New(e *engine.Engine, o *admin.Observer, opts Options) (*Console, error) {
 		if opts.ReadOnlyToken != "" && opts.ReadOnlyToken == opts.Token {
 			probs = append(probs, "ReadOnlyToken equals Token")
 		}
-		auth = Tokens(opts.Token, opts.ReadOnlyToken)
+		if len(probs) == 0 {
+			// The token sets of package auth: hashed, compared in
+			// constant time, as the admin API's.
+			ts := []auth.Token{{Name: "admin", Scope: auth.Admin, SHA256: auth.HashSecret(opts.Token)}}
+			if opts.ReadOnlyToken != "" {
+				ts = append(ts, auth.Token{Name: "viewer", Scope: auth.Read, SHA256: auth.HashSecret(opts.ReadOnlyToken)})
+			}
+			a, err := auth.New(ts...)
+			if err != nil {
+				probs = append(probs, err.Error())
+			} else {
+				authn = auth.ConsoleFunc(a, auth.Admin)
+			}
+		}
 	}
 	if len(probs) > 0 {
 		return nil, fmt.Errorf("%w: %s", ErrInvalidOptions, strings.Join(probs, "; "))
@@ -154,7 +168,7 @@ func New(e *engine.Engine, o *admin.Observer, opts Options) (*Console, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
-	c := &Console{e: e, o: o, opts: opts, auth: auth, sessions: map[string]*session{},
+	c := &Console{e: e, o: o, opts: opts, auth: authn, sessions: map[string]*session{},
 		quit: make(chan struct{}), done: make(chan struct{}), tmpl: map[string]*template.Template{}}
 	for _, page := range []string{"login", "overview", "list", "detail", "policy", "cluster"} {
 		t, err := template.New("").Funcs(funcs).ParseFS(files, "templates/layout.html", "templates/"+page+".html")
@@ -168,21 +182,6 @@ func New(e *engine.Engine, o *admin.Observer, opts Options) (*Console, error) {
 	go c.sample()
 	c.routes()
 	return c, nil
-}
-
-// Tokens is the Authenticate of Options.Token and Options.ReadOnlyToken:
-// full is "admin" and may act, readOnly (if not "") is "viewer" and
-// may not. Both compare in constant time.
-func Tokens(full, readOnly string) func(token string) (who string, canAct bool, ok bool) {
-	return func(token string) (string, bool, bool) {
-		if full != "" && subtle.ConstantTimeCompare([]byte(token), []byte(full)) == 1 {
-			return "admin", true, true
-		}
-		if readOnly != "" && subtle.ConstantTimeCompare([]byte(token), []byte(readOnly)) == 1 {
-			return "viewer", false, true
-		}
-		return "", false, false
-	}
 }
 
 // Close ends the console's live streams and its rate sampler.
