@@ -20,7 +20,7 @@
 //   - Every POST but the login carries the session's CSRF token in a form
 //     field; a request without it, or with another, is refused (403) and
 //     changes nothing. A request that a browser marks as cross-site
-//     (Sec-Fetch-Site) is refused too.
+//     (Sec-Fetch-Site) is refused too, the login included.
 //   - A session whose token may not act sees no action buttons and no
 //     policy editor, and the server refuses its actions (403).
 //   - Every answer carries a Content-Security-Policy that allows scripts,
@@ -295,7 +295,7 @@ func (c *Console) post(act bool, h func(http.ResponseWriter, *http.Request, *ses
 			c.refuse(w, http.StatusUnauthorized, "Your session ended: log in again.")
 			return
 		}
-		if site := r.Header.Get("Sec-Fetch-Site"); site != "" && site != "same-origin" {
+		if crossSite(r) {
 			c.refuse(w, http.StatusForbidden, "Refused: a request from another site.")
 			return
 		}
@@ -311,6 +311,13 @@ func (c *Console) post(act bool, h func(http.ResponseWriter, *http.Request, *ses
 		w.Header().Set("Cache-Control", "no-store")
 		h(w, r, s)
 	}
+}
+
+// crossSite says whether the browser marks r as sent by another site
+// (Sec-Fetch-Site).
+func crossSite(r *http.Request) bool {
+	site := r.Header.Get("Sec-Fetch-Site")
+	return site != "" && site != "same-origin"
 }
 
 func (c *Console) refuse(w http.ResponseWriter, code int, msg string) {
@@ -362,6 +369,13 @@ func (c *Console) throttled(now time.Time, failed bool) bool {
 }
 
 func (c *Console) login(w http.ResponseWriter, r *http.Request) {
+	if crossSite(r) {
+		// Not counted as a failure: a page elsewhere must not be able to
+		// spend the login budget and lock the operators out (nor log a
+		// browser in under its own token).
+		c.refuse(w, http.StatusForbidden, "Refused: a request from another site.")
+		return
+	}
 	if c.throttled(c.opts.Now(), false) {
 		c.render(w, r, http.StatusTooManyRequests, "login", nil, "Log in",
 			map[string]string{"Error": "Too many failed logins: wait a minute and try again."})

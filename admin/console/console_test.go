@@ -124,3 +124,35 @@ func TestFailedLoginsAreThrottled(t *testing.T) {
 		t.Fatalf("the right token a minute later: %d, want 303", code)
 	}
 }
+
+// TestCrossSiteLoginsAreRefusedUncounted: a page of another site cannot
+// log a browser in, nor spend the failed-login budget that would lock
+// the operators out.
+func TestCrossSiteLoginsAreRefusedUncounted(t *testing.T) {
+	obs := admin.NewObserver()
+	e, err := engine.Open(t.TempDir(), engine.Options{Logger: quiet, Hooks: obs.Hooks()})
+	must(t, err)
+	t.Cleanup(func() { e.Close() })
+	ui, err := New(e, obs, Options{Token: fullToken, Logger: quiet})
+	must(t, err)
+	t.Cleanup(func() { ui.Close() })
+	login := func(token, site string) int {
+		req := httptest.NewRequestWithContext(testctx.New(t), "POST", "/ui/login", strings.NewReader(url.Values{"token": {token}}.Encode()))
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		req.Header.Set("Sec-Fetch-Site", site)
+		rec := httptest.NewRecorder()
+		ui.ServeHTTP(rec, req)
+		return rec.Code
+	}
+	for i := range 20 {
+		if code := login("guess-guess-guess-"+strconv.Itoa(i), "cross-site"); code != http.StatusForbidden {
+			t.Fatalf("cross-site login %d: %d, want 403", i, code)
+		}
+	}
+	if code := login(fullToken, "cross-site"); code != http.StatusForbidden {
+		t.Fatalf("cross-site login with the right token: %d, want 403", code)
+	}
+	if code := login(fullToken, "same-origin"); code != http.StatusSeeOther {
+		t.Fatalf("same-origin login after the cross-site ones: %d, want 303 (they must not count)", code)
+	}
+}
