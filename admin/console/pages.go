@@ -191,10 +191,8 @@ func (c *Console) detailData(r *http.Request, id string) (*detailPage, int, erro
 	defer cancel()
 	rep, err := admin.BuildShow(ctx, c.e, id)
 	if err != nil {
-		if errors.Is(err, fsm.ErrUnknownSaga) {
-			return nil, http.StatusNotFound, err
-		}
-		return nil, http.StatusInternalServerError, err
+		code, _ := admin.EngineErrorStatus(err)
+		return nil, code, err
 	}
 	p := &detailPage{Show: rep, Timeline: buildTimeline(rep, c.opts.Now()), Allowed: allowed[rep.Saga.State],
 		Live: Prefix + "sagas/" + url.PathEscape(id) + "?fragment=saga"}
