@@ -130,11 +130,14 @@ type StartOptions struct {
 	// nor in use: Start refuses those without writing anything.
 	ID string
 	// IdempotencyKey: a second Start with the same key returns the first
-	// saga's id and starts nothing.
+	// saga's id and starts nothing. At most MaxIdempotencyKey bytes of
+	// UTF-8.
 	IdempotencyKey string
-	// User is the user context recorded with the saga and passed to handlers.
+	// User is the user context recorded with the saga and passed to
+	// handlers. At most MaxUser bytes of UTF-8.
 	User string
-	// Meta is free-form data recorded with the saga.
+	// Meta is free-form data recorded with the saga: at most MaxMetaPairs
+	// entries, keys not empty; see MaxMetaKey and MaxMetaValue.
 	Meta map[string]string
 	// Version selects a definition version; default the latest.
 	Version int
@@ -161,6 +164,9 @@ func (e *Engine) Start(ctx context.Context, definition string, input []byte, o S
 func (e *Engine) start(ctx context.Context, definition string, input []byte, o StartOptions, driven bool) (id string, created bool, err error) {
 	if e.opts.Inspect {
 		return "", false, ErrReadOnly
+	}
+	if err := startTextCheck(o); o.parent == "" && err != nil {
+		return "", false, err // a child's user is its parent's, checked at its start
 	}
 	if owner, err := e.keyOwner(o.IdempotencyKey); err != nil || owner != "" {
 		return owner, false, err
@@ -631,6 +637,9 @@ func (e *Engine) Resolve(ctx context.Context, id, actor, reason string) (*Status
 func (e *Engine) operator(ctx context.Context, id string, kind fsm.Kind, actor, reason string) (*Status, error) {
 	if actor == "" {
 		return nil, fmt.Errorf("%w: an operator action needs an actor (who)", ErrInvalidArgument)
+	}
+	if err := checkOperatorText(actor, reason); err != nil {
+		return nil, err
 	}
 	var then func(*run, *fsm.Saga)
 	if kind == fsm.KindAborted {

@@ -825,3 +825,61 @@ func TestARefusedStartWritesNothingToTheLog(t *testing.T) {
 		}
 	}
 }
+
+// The caller's strings a saga records are bounded and valid UTF-8: a Start
+// or an operator action over a limit is ErrInvalidArgument, names what is
+// wrong and writes nothing; a string at its limit is accepted.
+func TestOversizedOrInvalidStartAndOperatorStringsAreRefusedBeforeTheLog(t *testing.T) {
+	e := openT(t, t.TempDir(), Options{Registry: registry(t, &journal{}, []string{"a", "b"})})
+	defer e.Close()
+	_, err := e.Define(ctx, def("x", "a", "b"))
+	must(t, err)
+	many := map[string]string{}
+	for i := range MaxMetaPairs + 1 {
+		many[fmt.Sprintf("k%d", i)] = "v"
+	}
+	long := func(n int) string { return strings.Repeat("a", n) }
+	before := e.Stats().Records
+	for _, c := range []struct {
+		o    StartOptions
+		want string
+	}{
+		{StartOptions{IdempotencyKey: long(MaxIdempotencyKey + 1)}, "idempotency key"},
+		{StartOptions{IdempotencyKey: "k\xff"}, "idempotency key is not valid UTF-8"},
+		{StartOptions{User: long(MaxUser + 1)}, "user"},
+		{StartOptions{Meta: many}, "meta has 65 entries"},
+		{StartOptions{Meta: map[string]string{"": "v"}}, "empty key"},
+		{StartOptions{Meta: map[string]string{long(MaxMetaKey + 1): "v"}}, "meta key"},
+		{StartOptions{Meta: map[string]string{"tenant": long(MaxMetaValue + 1)}}, `meta key "tenant"`},
+	} {
+		_, err := e.Start(ctx, "x", nil, c.o)
+		if !errors.Is(err, ErrInvalidArgument) || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("start naming %s: %v", c.want, err)
+		}
+	}
+	if got := e.Stats().Records; got != before {
+		t.Fatalf("refused starts logged %d records", got-before)
+	}
+	at := StartOptions{IdempotencyKey: long(MaxIdempotencyKey), User: long(MaxUser),
+		Meta: map[string]string{long(MaxMetaKey): long(MaxMetaValue)}}
+	id, err := e.Start(ctx, "x", nil, at)
+	if err != nil {
+		t.Fatalf("strings at their limits: %v", err)
+	}
+	before = e.Stats().Records
+	if _, err := e.Abort(ctx, id, long(MaxActor+1), "why"); !errors.Is(err, ErrInvalidArgument) || !strings.Contains(err.Error(), "actor") {
+		t.Errorf("abort with a long actor: %v", err)
+	}
+	if _, err := e.Abort(ctx, id, "ops", long(MaxReason+1)); !errors.Is(err, ErrInvalidArgument) || !strings.Contains(err.Error(), "reason") {
+		t.Errorf("abort with a long reason: %v", err)
+	}
+	if got := e.Stats().Records; got != before {
+		t.Fatalf("refused aborts logged %d records", got-before)
+	}
+	if st, err := e.Status(ctx, id); err != nil || st.State != fsm.StateInProgress {
+		t.Fatalf("after refused aborts: %+v, %v", st, err)
+	}
+	if _, err := e.Abort(ctx, id, long(MaxActor), long(MaxReason)); err != nil {
+		t.Fatalf("abort at the limits: %v", err)
+	}
+}

@@ -3,6 +3,7 @@ package fsm
 import (
 	"errors"
 	"fmt"
+	"math"
 	"reflect"
 	"strings"
 	"testing"
@@ -97,5 +98,37 @@ func TestMaxStepsBoundsNewDefinitionsNotReplay(t *testing.T) {
 	d.Steps = d.Steps[:MaxSteps]
 	if err := d.ValidateNew(); err != nil {
 		t.Fatalf("ValidateNew of %d steps: %v", MaxSteps, err)
+	}
+}
+
+// A retry policy's multiplier or jitter that is NaN or infinite is refused
+// for a new definition, naming the step and the policy (NaN passes every
+// comparison), and a definition already logged with one still replays.
+func TestNonFiniteRetryFactorsAreRefusedForNewDefinitionsOnly(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		set  func(*StepDef)
+		want string
+	}{
+		{"nan multiplier", func(s *StepDef) { s.Retry.Multiplier = math.NaN() }, `step "a": retry policy`},
+		{"inf multiplier", func(s *StepDef) { s.Retry.Multiplier = math.Inf(1) }, `step "a": retry policy`},
+		{"nan jitter", func(s *StepDef) { s.Retry.Jitter = math.NaN() }, `step "a": retry policy`},
+		{"nan compensation jitter", func(s *StepDef) { s.CompensationRetry.Jitter = math.NaN() }, `step "a": compensation retry policy`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			d := &Definition{Name: "d", Version: 1, Steps: []StepDef{{Name: "a"}, {Name: "b"}}}
+			tc.set(&d.Steps[0])
+			err := d.ValidateNew()
+			if !errors.Is(err, ErrInvalidRecord) || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), "not a finite number") {
+				t.Fatalf("ValidateNew: %v, want a definition error naming %s", err, tc.want)
+			}
+			if _, err := ApplyDefinition(nil, &Record{Kind: KindDefine, Def: d}); err != nil {
+				t.Fatalf("a logged definition no longer replays: %v", err)
+			}
+		})
+	}
+	ok := &Definition{Name: "d", Version: 1, Steps: []StepDef{{Name: "a", Retry: RetryPolicy{Multiplier: 2, Jitter: 0.5}}}}
+	if err := ok.ValidateNew(); err != nil {
+		t.Fatalf("finite factors refused: %v", err)
 	}
 }

@@ -2,6 +2,7 @@ package fsm
 
 import (
 	"fmt"
+	"math"
 )
 
 // RecordVersion is the version written into every record. Decoders accept
@@ -268,11 +269,25 @@ func (d *Definition) ValidateNew() error {
 		probs = append(probs, fmt.Sprintf("%d steps, over the limit of %d", len(d.Steps), MaxSteps))
 	}
 	probs = append(probs, d.problems()...)
+	// NaN passes every comparison of problems; an infinite multiplier
+	// makes the second delay the longest at once. A new bound, so here.
+	for _, s := range d.Steps {
+		for _, rp := range [...]struct {
+			what string
+			p    RetryPolicy
+		}{{"retry", s.Retry}, {"compensation retry", s.CompensationRetry}} {
+			if !finite(rp.p.Multiplier) || !finite(rp.p.Jitter) {
+				probs = append(probs, fmt.Sprintf("step %q: %s policy has a multiplier or jitter that is not a finite number", s.Name, rp.what))
+			}
+		}
+	}
 	if len(probs) == 0 {
 		return nil
 	}
 	return &DefinitionError{Name: d.Name, Problems: probs, TooManySteps: len(d.Steps) > MaxSteps}
 }
+
+func finite(f float64) bool { return !math.IsNaN(f) && !math.IsInf(f, 0) }
 
 // Validate reports every problem of a definition at once.
 func (d *Definition) Validate() error {
