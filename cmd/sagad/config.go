@@ -212,6 +212,19 @@ func loadConfig(path string, c *Config) (problems, err error) {
 	} else if err != nil && !errors.Is(err, io.EOF) {
 		return nil, fmt.Errorf("%w: %s: %w", errConfig, path, err) // not YAML: nothing to go on
 	}
+	// A second document (after "---") would be ignored: refuse it, so that
+	// no setting in the file goes unread.
+	for {
+		var more yaml.Node
+		err := dec.Decode(&more)
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err == nil && len(more.Content) == 1 && more.Content[0].Tag == "!!null" {
+			continue // an empty document, as a trailing "---" makes
+		}
+		return nil, fmt.Errorf("%w: %s holds more than one YAML document (a line \"---\" and more after it): put every setting in one", errConfig, path)
+	}
 	dir := filepath.Dir(path)
 	rel := func(p string) string {
 		if p == "" || filepath.IsAbs(p) {

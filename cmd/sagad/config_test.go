@@ -87,6 +87,10 @@ raft:
 			t.Errorf("the error does not say %q:\n%v", want, err)
 		}
 	}
+	write(t, "twodocs.yaml", "listen: 127.0.0.1:7080\n---\ndata: elsewhere\n")
+	if err := refused(t, "-config", "twodocs.yaml"); !errors.Is(err, errConfig) || !strings.Contains(err.Error(), "more than one YAML document") {
+		t.Errorf("a file of two documents: %v", err)
+	}
 	write(t, "notyaml.yaml", "listen: [\n")
 	refused(t, "-config", "notyaml.yaml")
 	refused(t, "-config", "missing.yaml")
@@ -116,7 +120,7 @@ raft:
 func TestSagadFlagsOverrideTheConfigFile(t *testing.T) {
 	t.Chdir(t.TempDir())
 	// The file's listen address is taken by start's -listen 127.0.0.1:0.
-	write(t, "etc/sagad.yaml", "listen: 192.0.2.1:7080\ndata: data\n")
+	write(t, "etc/sagad.yaml", "---\nlisten: 192.0.2.1:7080\ndata: data\n---\n") // markers of one document
 	start(t, map[string]string{TokenEnv: "tok"}, "-config", "etc/sagad.yaml")
 	if _, err := os.Stat(filepath.Join("etc", "data")); err != nil {
 		t.Fatalf("the file's data directory (relative to the file) was not used: %v", err)
