@@ -37,6 +37,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"strconv"
 	"strings"
@@ -465,7 +466,7 @@ type ListReply struct {
 //	state          IN_PROGRESS, COMPENSATING, COMPLETED, FAILED or STUCK (any case)
 //	definition     definition name; version: one of its versions (needs definition)
 //	user, tenant   the saga's user; its tenant (Meta["tenant"], as the policy layer records it)
-//	meta           key=value: a meta pair the saga must hold
+//	meta           key=value: a meta pair the saga must hold (repeat it for several)
 //	since, until   created in [since, until): RFC 3339 or a duration ago such as 1h
 //	updated_since, updated_until  last changed in that range (same forms)
 //	order          newest or oldest (default oldest)
@@ -474,10 +475,25 @@ type ListReply struct {
 var QueryParams = []string{"state", "definition", "version", "user", "tenant", "meta", "since", "until",
 	"updated_since", "updated_until", "order", "limit", "cursor", "after"}
 
-// ParseQuery reads the list filters of QueryParams through get. It reports
-// every bad parameter at once, in an error wrapping fsm.ErrInvalidQuery,
-// and checks the query as the store would (fsm.Query.Validate).
+// ParseQuery reads the list filters of QueryParams through get (one meta
+// pair at most; ParseQueryValues reads several). It reports every bad
+// parameter at once, in an error wrapping fsm.ErrInvalidQuery, and checks
+// the query as the store would (fsm.Query.Validate).
 func ParseQuery(get func(string) string) (fsm.Query, error) {
+	var metas []string
+	if v := get("meta"); v != "" {
+		metas = []string{v}
+	}
+	return parseQuery(get, metas)
+}
+
+// ParseQueryValues is ParseQuery of a URL's query, where meta may be
+// repeated: the saga must hold every pair.
+func ParseQueryValues(v url.Values) (fsm.Query, error) {
+	return parseQuery(v.Get, v["meta"])
+}
+
+func parseQuery(get func(string) string, metas []string) (fsm.Query, error) {
 	var q fsm.Query
 	var errs []string
 	bad := func(format string, args ...any) { errs = append(errs, fmt.Sprintf(format, args...)) }
@@ -496,12 +512,19 @@ func ParseQuery(get func(string) string) (fsm.Query, error) {
 		}
 		q.Version = n
 	}
-	if v := get("meta"); v != "" {
+	for _, v := range metas {
 		k, val, ok := strings.Cut(v, "=")
-		if !ok || k == "" {
+		prev, seen := q.Meta[k]
+		switch {
+		case !ok || k == "":
 			bad("meta %q: want key=value", v)
-		} else {
-			q.Meta = map[string]string{k: val}
+		case seen && prev != val:
+			bad("meta %q: key %q is given twice, with different values (no saga could hold both)", v, k)
+		default:
+			if q.Meta == nil {
+				q.Meta = map[string]string{}
+			}
+			q.Meta[k] = val
 		}
 	}
 	q.After = get("cursor")
@@ -556,7 +579,7 @@ func ParseQuery(get func(string) string) (fsm.Query, error) {
 }
 
 func (s *Server) list(w http.ResponseWriter, r *http.Request) {
-	q, err := ParseQuery(r.URL.Query().Get)
+	q, err := ParseQueryValues(r.URL.Query())
 	if err != nil {
 		writeError(w, http.StatusBadRequest, err, queryHint)
 		return
@@ -583,7 +606,7 @@ type CountReply struct {
 // count answers GET /v1/count: the number of sagas matching the list
 // filters (cursor and limit aside).
 func (s *Server) count(w http.ResponseWriter, r *http.Request) {
-	q, err := ParseQuery(r.URL.Query().Get)
+	q, err := ParseQueryValues(r.URL.Query())
 	if err != nil {
 		writeError(w, http.StatusBadRequest, err, queryHint)
 		return

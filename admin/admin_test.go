@@ -17,6 +17,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -348,5 +349,19 @@ func TestListCountAndDefinitions(t *testing.T) {
 	get("/v1/definitions", &ds)
 	if len(ds) != 3 || ds[0].Name != "failing" || len(ds[0].Versions) != 1 {
 		t.Fatalf("definitions %+v", ds)
+	}
+}
+
+// meta repeats in a URL's query: the query holds every pair, and one key
+// given twice with different values is refused (no saga holds both).
+func TestParseQueryValuesReadsEveryMetaPair(t *testing.T) {
+	q, err := ParseQueryValues(url.Values{"meta": {"region=eu", "tier=gold", "region=eu"}})
+	if err != nil || len(q.Meta) != 2 || q.Meta["region"] != "eu" || q.Meta["tier"] != "gold" {
+		t.Fatalf("two pairs: %+v, %v", q.Meta, err)
+	}
+	for _, metas := range [][]string{{"region=eu", "region=us"}, {"region=", "region=us"}, {"novalue"}} {
+		if _, err := ParseQueryValues(url.Values{"meta": metas}); !errors.Is(err, fsm.ErrInvalidQuery) {
+			t.Errorf("meta %v: %v, want an invalid query", metas, err)
+		}
 	}
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"net/url"
 	"strconv"
 	"text/tabwriter"
 
@@ -12,7 +13,8 @@ import (
 )
 
 func newList(g *globals) *cobra.Command {
-	var state, definition, user, tenant, meta, since, until, updatedSince, updatedUntil, order, cursor string
+	var state, definition, user, tenant, since, until, updatedSince, updatedUntil, order, cursor string
+	var metas []string
 	var version, limit int
 	var count bool
 	cmd := &cobra.Command{
@@ -21,11 +23,11 @@ func newList(g *globals) *cobra.Command {
 		Example: `  sagactl --dir DIR list --state STUCK
   sagactl --addr URL list --definition checkout --since 1h -o json
   sagactl --addr URL list --user alice --state STUCK --updated-since 2026-12-03T10:00:00Z --order newest
-  sagactl --addr URL list --tenant acme --meta region=eu --count`,
+  sagactl --addr URL list --tenant acme --meta region=eu --meta tier=gold --count`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			params := map[string]string{"state": state, "definition": definition, "user": user, "tenant": tenant,
-				"meta": meta, "since": since, "until": until, "updated_since": updatedSince,
+				"since": since, "until": until, "updated_since": updatedSince,
 				"updated_until": updatedUntil, "order": order, "cursor": cursor}
 			if version != 0 {
 				params["version"] = strconv.Itoa(version)
@@ -33,16 +35,25 @@ func newList(g *globals) *cobra.Command {
 			if limit != 100 || cmd.Flags().Changed("limit") {
 				params["limit"] = strconv.Itoa(limit)
 			}
-			q, err := admin.ParseQuery(func(k string) string { return params[k] })
+			v := url.Values{}
+			for k, p := range params {
+				if p != "" {
+					v.Set(k, p)
+				}
+			}
+			for _, m := range metas {
+				v.Add("meta", m)
+			}
+			q, err := admin.ParseQueryValues(v)
 			if err != nil {
 				return fail(exitUsage, err, "see sagactl list --help")
 			}
-			var kv []string
-			for _, k := range admin.QueryParams {
-				kv = append(kv, k, params[k])
+			qs := ""
+			if len(v) > 0 {
+				qs = "?" + v.Encode()
 			}
 			if count {
-				rep, err := fetch(g, cmd.Context(), "/v1/count"+query(kv...), func(e *engine.Engine) (*admin.CountReply, error) {
+				rep, err := fetch(g, cmd.Context(), "/v1/count"+qs, func(e *engine.Engine) (*admin.CountReply, error) {
 					n, err := e.CountQuery(cmd.Context(), q)
 					return &admin.CountReply{Count: n}, err
 				}, "")
@@ -55,7 +66,7 @@ func newList(g *globals) *cobra.Command {
 				_, err = fmt.Fprintln(g.out, rep.Count)
 				return err
 			}
-			rep, err := fetch(g, cmd.Context(), "/v1/sagas"+query(kv...), func(e *engine.Engine) (*admin.ListReply, error) {
+			rep, err := fetch(g, cmd.Context(), "/v1/sagas"+qs, func(e *engine.Engine) (*admin.ListReply, error) {
 				sagas, next, err := e.List(cmd.Context(), q)
 				if err != nil {
 					return nil, err
@@ -90,7 +101,7 @@ func newList(g *globals) *cobra.Command {
 	f.IntVar(&version, "version", 0, "definition version (needs --definition)")
 	f.StringVar(&user, "user", "", "the saga's user")
 	f.StringVar(&tenant, "tenant", "", "the saga's tenant (its meta tenant=…, as the policy layer records it)")
-	f.StringVar(&meta, "meta", "", "key=value: a meta pair the saga holds")
+	f.StringArrayVar(&metas, "meta", nil, "key=value: a meta pair the saga holds (repeat for several: each must hold)")
 	f.StringVar(&since, "since", "", "created at or after: RFC 3339 time or a duration ago such as 1h")
 	f.StringVar(&until, "until", "", "created before: RFC 3339 time or a duration ago")
 	f.StringVar(&updatedSince, "updated-since", "", "last changed at or after: RFC 3339 time or a duration ago")

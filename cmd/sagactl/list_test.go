@@ -23,7 +23,7 @@ func TestListFiltersAndRejectsBadFlags(t *testing.T) {
 	}
 	for i := 0; i < 6; i++ {
 		if _, err := e.Start(ctx, "manual", nil, engine.StartOptions{ID: fmt.Sprintf("s%d", i), User: fmt.Sprintf("u%d", i%2),
-			Meta: map[string]string{"tenant": fmt.Sprintf("t%d", i%3)}}); err != nil {
+			Meta: map[string]string{"tenant": fmt.Sprintf("t%d", i%3), "tier": fmt.Sprintf("g%d", i%2)}}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -42,10 +42,17 @@ func TestListFiltersAndRejectsBadFlags(t *testing.T) {
 	if c, out, se := runCLI("--dir", dir, "list", "--tenant", "t0", "--meta", "tenant=t0", "--count"); c != 0 || strings.TrimSpace(out) != "2" {
 		t.Fatalf("count of tenant t0: exit %d %q %s", c, out, se)
 	}
+	// --meta repeats, and a saga must hold every pair: of s0 and s3 (tenant
+	// t0) only s3 has tier g1, which s1 and s5 have too.
+	if c, out, se := runCLI("--dir", dir, "list", "--meta", "tenant=t0", "--meta", "tier=g1"); c != 0 || !strings.Contains(out, "s3") ||
+		strings.Contains(out, "s0") || strings.Contains(out, "s1") || strings.Contains(out, "s5") {
+		t.Fatalf("list of two meta pairs: exit %d\n%s%s", c, out, se)
+	}
 	for _, args := range [][]string{
 		{"--order", "sideways"},
 		{"--version", "2"},
 		{"--meta", "novalue"},
+		{"--meta", "tier=g0", "--meta", "tier=g1"},
 		{"--since", "yesterday"},
 		{"--cursor", "s1"},
 		{"--tenant", "a", "--meta", "tenant=b"},
