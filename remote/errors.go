@@ -67,7 +67,10 @@ func (e *Error) Error() string {
 func (e *Error) Unwrap() error { return e.Err }
 
 // Retryable reports whether retrying the call may succeed (ErrServer,
-// ErrTimeout, ErrUnavailable).
+// ErrTimeout, ErrUnavailable). A call abandoned because its caller's
+// context ended (an abort, the engine closing) is not retryable here: the
+// engine never retries it in that context, and whoever runs the step next
+// (a restart, the next raft leader) treats it as uncertain.
 func (e *Error) Retryable() bool {
 	return errors.Is(e.Err, ErrServer) || errors.Is(e.Err, ErrTimeout) || errors.Is(e.Err, ErrUnavailable)
 }

@@ -313,6 +313,11 @@ func (ep *endpoint) call(ctx context.Context, c compensation.Call, output bool) 
 	}
 	defer resp.Body.Close()
 	switch code := resp.StatusCode; {
+	case code >= 600:
+		// Not an HTTP status (Go's client accepts any three digits): a
+		// misbehaving endpoint, for an operator to look at.
+		return nil, compensation.Permanent(&Error{Endpoint: ep.name, Status: code, Body: errorBody(resp.Body),
+			Err: fmt.Errorf("%w: status %d is not an HTTP status", ErrRejected, code)})
 	case code >= 200 && code < 300 && !output:
 		// Drained (up to a bound) so that the connection is reused.
 		if _, err := io.Copy(io.Discard, io.LimitReader(resp.Body, ep.maxBody)); err != nil {

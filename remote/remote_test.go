@@ -128,6 +128,20 @@ func TestServerErrorsAndTooManyRequestsAreRetryable(t *testing.T) {
 	}
 }
 
+// A status of 600 or more is no HTTP status: a misbehaving endpoint, for
+// an operator, not a server error to retry.
+func TestStatusBeyondHTTPIsPermanent(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(799) }))
+	defer srv.Close()
+	c := newClient(t, map[string]remote.EndpointConfig{"pay": {URL: srv.URL}}, remote.Options{})
+	_, err := action(t, c, "pay")(testCtx(t), testCall(compensation.KindAction))
+	var re *remote.Error
+	if !errors.As(err, &re) || !errors.Is(err, remote.ErrRejected) || !compensation.IsPermanent(err) || re.Retryable() ||
+		re.Status != 799 || !strings.Contains(err.Error(), "not an HTTP status") {
+		t.Fatalf("err %v, want a permanent ErrRejected naming the status", err)
+	}
+}
+
 func TestRedirectIsNotFollowed(t *testing.T) {
 	var followed atomic.Bool
 	other := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { followed.Store(true) }))
