@@ -220,7 +220,9 @@ func Open(dir string, opts Options) (*Engine, error) {
 	if _, err := os.Stat(filepath.Join(dir, "wal")); opts.Inspect && err != nil {
 		return nil, fmt.Errorf("%w: %s holds no wal/ (%w)", ErrNotDataDir, dir, err)
 	}
+	created := false
 	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
+		created = true
 		if err := os.MkdirAll(dir, 0o750); err != nil {
 			return nil, fmt.Errorf("engine: create %s: %w", dir, err)
 		}
@@ -236,6 +238,20 @@ func Open(dir string, opts Options) (*Engine, error) {
 	lock, err := lockDir(dir)
 	if err != nil {
 		return nil, err
+	}
+	if opts.OpenReplicator != nil {
+		r, err := opts.OpenReplicator()
+		if err == nil && r == nil {
+			err = errors.New("engine: OpenReplicator returned no replicator and no error")
+		}
+		if err != nil {
+			unlockDir(lock)
+			if created {
+				_ = os.Remove(dir) // made above and still empty: a refused Open leaves no directory
+			}
+			return nil, err
+		}
+		opts.Replicator, opts.OpenReplicator = r, nil
 	}
 	e := &Engine{
 		dir:      dir,

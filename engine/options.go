@@ -128,6 +128,12 @@ type Options struct {
 	// CheckpointEvery do not apply) and owns the replicator: Close closes
 	// it.
 	Replicator Replicator
+	// OpenReplicator, if set, opens the Replicator once Open holds the
+	// data directory's lock, for a replicator whose files live in dir (as
+	// sagad's raft log does in DATA/raft): a second process started on the
+	// same directory is then refused before it opens them. Not with
+	// Replicator. An error is Open's error, and nothing else is opened.
+	OpenReplicator func() (Replicator, error)
 
 	// WrapLog, if set, receives the log after it is opened and returns
 	// the one the engine uses: a seam for fault injection (failing writes
@@ -254,10 +260,13 @@ func (o *Options) Validate() error {
 			errs = append(errs, fmt.Errorf("%s has a negative value or a jitter outside [0,1]", p.name))
 		}
 	}
-	if o.Replicator != nil && o.Inspect {
+	if o.Replicator != nil && o.OpenReplicator != nil {
+		errs = append(errs, errors.New("give Replicator or OpenReplicator, not both"))
+	}
+	if (o.Replicator != nil || o.OpenReplicator != nil) && o.Inspect {
 		errs = append(errs, errors.New("option Inspect opens a single-node data directory; a replicated member is inspected through its leader or the admin API"))
 	}
-	if o.Replicator != nil && o.WrapLog != nil {
+	if (o.Replicator != nil || o.OpenReplicator != nil) && o.WrapLog != nil {
 		errs = append(errs, errors.New("WrapLog does not apply with a Replicator (the replicator owns the log)"))
 	}
 	if len(errs) == 0 {

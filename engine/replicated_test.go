@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -554,5 +555,50 @@ func TestReplicatedParentRevertsItsCompletedChild(t *testing.T) {
 		c.get("undo_a") != 1 || c.get("undo_b") != 1 {
 		t.Fatalf("parent %s, child %s (%v); undo a=%d b=%d: want both FAILED, the child reverted, each step undone once",
 			st.State, kid.State, kid.LastError, c.get("undo_a"), c.get("undo_b"))
+	}
+}
+
+// OpenReplicator runs once Open holds the data directory's lock, so that a
+// replicator whose files live in the directory is never opened by a
+// second process that Open would refuse. Its error is Open's, with the
+// lock released and a directory Open made removed.
+func TestOpenReplicatorRunsUnderTheDirectoryLock(t *testing.T) {
+	dir := t.TempDir()
+	f := newFake()
+	held := false
+	e, err := engine.Open(dir, engine.Options{Registry: compensation.NewRegistry(), Logger: quietLog,
+		OpenReplicator: func() (engine.Replicator, error) {
+			_, err := engine.LockDir(dir)
+			held = errors.Is(err, engine.ErrLocked)
+			return f, nil
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !held {
+		t.Fatal("OpenReplicator ran while the data directory was not locked")
+	}
+	opened := false
+	_, err = engine.Open(dir, engine.Options{Registry: compensation.NewRegistry(), Logger: quietLog,
+		OpenReplicator: func() (engine.Replicator, error) { opened = true; return newFake(), nil }})
+	if !errors.Is(err, engine.ErrLocked) || opened {
+		t.Fatalf("a second Open of a held directory: %v, replicator opened %v", err, opened)
+	}
+	if err := e.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	fresh := t.TempDir() + "/member"
+	boom := errors.New("bind: address already in use")
+	_, err = engine.Open(fresh, engine.Options{Registry: compensation.NewRegistry(), Logger: quietLog,
+		OpenReplicator: func() (engine.Replicator, error) { return nil, boom }})
+	if !errors.Is(err, boom) {
+		t.Fatalf("Open with a failing OpenReplicator: %v", err)
+	}
+	if _, err := os.Stat(fresh); !os.IsNotExist(err) {
+		t.Fatalf("a refused Open left the directory it made: %v", err)
+	}
+	if _, err := engine.Open(dir, engine.Options{Replicator: f, OpenReplicator: func() (engine.Replicator, error) { return f, nil }}); !errors.Is(err, engine.ErrInvalidOptions) {
+		t.Fatalf("both Replicator and OpenReplicator: %v", err)
 	}
 }

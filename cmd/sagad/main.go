@@ -192,24 +192,20 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		hooks = obs.Hooks()
 	}
 	var node *replication.Node
-	if cfg.Raft != nil {
-		// The raft node opens DATA/raft before engine.Open takes the
-		// directory's lock: a data directory that another sagad holds is
-		// refused first, so that its live raft log is not opened (nor
-		// its torn tail repaired) by a start that would be refused.
-		// (A sagad starting in between is still refused by engine.Open.)
-		if release, err := engine.LockDir(cfg.Data); err == nil {
-			release()
-		} else if errors.Is(err, engine.ErrLocked) {
-			return fmt.Errorf("open the engine in %s: %w", cfg.Data, err)
-		}
-		if node, err = openRaft(cfg, log); err != nil {
-			return err
-		}
-	}
 	eopts := engine.Options{Logger: log, Registry: reg, Hooks: hooks}
-	if node != nil {
-		eopts.Replicator = node
+	if cfg.Raft != nil {
+		// The raft node opens DATA/raft once engine.Open holds the data
+		// directory's lock: a directory that another sagad holds is
+		// refused before its live raft log is opened (or its torn tail
+		// repaired) by a start that is refused.
+		eopts.OpenReplicator = func() (engine.Replicator, error) {
+			n, err := openRaft(cfg, log)
+			if err != nil {
+				return nil, err
+			}
+			node = n
+			return n, nil
+		}
 	}
 	eng, err := engine.Open(cfg.Data, eopts)
 	if err != nil {
