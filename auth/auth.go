@@ -129,11 +129,11 @@ type Func func(token string) (Identity, error)
 // Authenticate calls f.
 func (f Func) Authenticate(token string) (Identity, error) { return f(token) }
 
-// ConsoleFunc adapts a to the shape a web console takes: who holds the
-// token, whether its scope allows act, and whether the token is known at
-// all. The console (admin/console) has one such bit for its saga actions
-// and its policy editor alike: pass Admin to keep the policy to admin
-// tokens as the admin API does, Operator to let operators edit it too.
+// ConsoleFunc adapts a to the older shape of a web console's login
+// (console.Options.Authenticate): who holds the token, whether its scope
+// allows act, and whether the token is known at all; one bit for the saga
+// actions and the policy editor alike. console.TokenLogin gives each its
+// own scope, as the admin API does.
 func ConsoleFunc(a Authenticator, act Scope) func(token string) (who string, canAct bool, ok bool) {
 	return func(token string) (string, bool, bool) {
 		id, err := a.Authenticate(token)

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/sagaengine/saga/auth"
 	"github.com/sagaengine/saga/fsm"
 	"github.com/sagaengine/saga/internal/testctx"
 )
@@ -219,5 +220,59 @@ func TestListFilters(t *testing.T) {
 	resp, _ = c.do("GET", f.base+"/ui/sagas?id=stuck-1", nil)
 	if resp.StatusCode != http.StatusSeeOther || resp.Header.Get("Location") != "/ui/sagas/stuck-1" {
 		t.Errorf("search by id: %s to %q, want 303 to the saga", resp.Status, resp.Header.Get("Location"))
+	}
+}
+
+// TestOperatorActsButCannotEditThePolicy: with scoped tokens (TokenLogin)
+// the console follows the admin API's rules: an operator token may retry,
+// resolve and abort, but saving the policy takes an admin token; the
+// refusal changes nothing and the page does not offer the editor.
+func TestOperatorActsButCannotEditThePolicy(t *testing.T) {
+	const opsToken = "ops-token-0123456789abcdef"
+	ts, err := auth.New(auth.Token{Name: "root", Scope: auth.Admin, SHA256: auth.HashSecret(fullToken)},
+		auth.Token{Name: "ops", Scope: auth.Operator, SHA256: auth.HashSecret(opsToken)},
+		auth.Token{Name: "viewer", Scope: auth.Read, SHA256: auth.HashSecret(readOnlyToken)})
+	must(t, err)
+	f := newFixtureWith(t, func(o *Options) { o.Token, o.ReadOnlyToken, o.Login = "", "", TokenLogin(ts) })
+	c := newClient(t)
+	csrf := c.login(f.base, opsToken)
+	v := f.pm.Snapshot().Describe().Version
+	resp, body := c.do("POST", f.base+"/ui/policy", url.Values{"policy": {"enable_saga: true\n"}, "csrf": {csrf}})
+	if resp.StatusCode != http.StatusForbidden || !strings.Contains(body, "admin token") {
+		t.Fatalf("an operator's policy edit: %s %q, want 403 naming the admin token", resp.Status, short(body))
+	}
+	if got := f.pm.Snapshot().Describe().Version; got != v {
+		t.Fatalf("policy version %d, want %d (unchanged)", got, v)
+	}
+	if _, page := c.do("GET", f.base+"/ui/policy", nil); strings.Contains(page, `id="policy-form"`) || !strings.Contains(page, "ops (operator)") {
+		t.Fatalf("the operator's policy page offers the editor or does not say operator:\n%s", short(page))
+	}
+	resp, _ = c.do("POST", f.base+"/ui/sagas/stuck-1/resolve", url.Values{"reason": {"refunded by hand"}, "confirm": {"yes"}, "csrf": {csrf}})
+	if resp.StatusCode != http.StatusSeeOther {
+		t.Fatalf("an operator's resolve: %s, want 303", resp.Status)
+	}
+	if st := f.stateOf(t, "stuck-1"); st != fsm.StateFailed {
+		t.Fatalf("after the operator's resolve stuck-1 is %s, want FAILED", st)
+	}
+	h, err := f.e.History(testctx.New(t), "stuck-1")
+	must(t, err)
+	found := false
+	for _, he := range h {
+		if he.Record.Kind == fsm.KindResolved && he.Record.Actor == "ops" {
+			found = true
+		}
+	}
+	if !found {
+		t.Fatal("the resolve is not recorded with the operator's name as its actor")
+	}
+	// An admin token may edit the policy.
+	c2 := newClient(t)
+	csrf2 := c2.login(f.base, fullToken)
+	resp, body = c2.do("POST", f.base+"/ui/policy", url.Values{"policy": {"enable_saga: true\n"}, "csrf": {csrf2}})
+	if resp.StatusCode >= 400 {
+		t.Fatalf("the admin's policy edit: %s %q", resp.Status, short(body))
+	}
+	if got := f.pm.Snapshot().Describe().Version; got == v {
+		t.Fatalf("the admin's policy edit left version %d", got)
 	}
 }

@@ -57,6 +57,29 @@ const Prefix = "/ui/"
 // ErrInvalidOptions: New's options failed validation.
 var ErrInvalidOptions = errors.New("console: invalid options")
 
+// Access is what one login may do.
+type Access struct {
+	// Who holds the token: the actor recorded for their actions.
+	Who string
+	// Act allows the saga actions: retry, resolve, abort.
+	Act bool
+	// EditPolicy allows saving the policy's API layer.
+	EditPolicy bool
+}
+
+// TokenLogin is Options.Login for a set of scoped tokens, with the admin
+// API's rules: the saga actions need the operator scope, the policy
+// editor the admin scope, and a read token looks only.
+func TokenLogin(a auth.Authenticator) func(token string) (Access, bool) {
+	return func(token string) (Access, bool) {
+		id, err := a.Authenticate(token)
+		if err != nil {
+			return Access{}, false
+		}
+		return Access{Who: id.Name, Act: id.Scope.Allows(auth.Operator), EditPolicy: id.Scope.Allows(auth.Admin)}, true
+	}
+}
+
 // Options configures the console.
 type Options struct {
 	// Token logs in with full access: typically the admin API's own
@@ -64,10 +87,13 @@ type Options struct {
 	Token string
 	// ReadOnlyToken, if set, logs in to look only. Default "": none.
 	ReadOnlyToken string
-	// Authenticate, if set, replaces Token and ReadOnlyToken: it says who
-	// holds token (recorded as the actor of their actions), whether they
-	// may act (retry, resolve, abort, edit the policy), and whether the
-	// token is valid at all. It must compare in constant time.
+	// Login, if set, replaces Token and ReadOnlyToken: it says what the
+	// holder of token may do (Access), and whether the token is valid at
+	// all. It must compare in constant time. TokenLogin builds it from a
+	// set of scoped tokens (package auth), with the admin API's rules.
+	Login func(token string) (Access, bool)
+	// Authenticate is Login's older form, where one bit allows both the
+	// saga actions and the policy editor. Ignored when Login is set.
 	Authenticate func(token string) (who string, canAct bool, ok bool)
 	// Policy, if set, is shown, explained and edited on the policy page.
 	Policy *policy.Manager
@@ -92,7 +118,7 @@ type Console struct {
 	e    *engine.Engine
 	o    *admin.Observer
 	opts Options
-	auth func(string) (string, bool, bool)
+	auth func(string) (Access, bool)
 	mux  *http.ServeMux
 	tmpl map[string]*template.Template // page name → layout + page
 
@@ -111,7 +137,7 @@ type Console struct {
 // Console.mu).
 type session struct {
 	who     string
-	canAct  bool
+	access  Access
 	csrf    string
 	expires time.Time
 	flash   string
@@ -127,10 +153,17 @@ func New(e *engine.Engine, o *admin.Observer, opts Options) (*Console, error) {
 	if e == nil || o == nil {
 		probs = append(probs, "an engine and its observer are required")
 	}
-	authn := opts.Authenticate
+	authn := opts.Login
+	if authn == nil && opts.Authenticate != nil {
+		old := opts.Authenticate
+		authn = func(token string) (Access, bool) {
+			who, canAct, ok := old(token)
+			return Access{Who: who, Act: canAct, EditPolicy: canAct}, ok
+		}
+	}
 	if authn == nil {
 		if len(opts.Token) < 16 {
-			probs = append(probs, "set Token (at least 16 characters) or Authenticate: nobody could log in")
+			probs = append(probs, "set Token (at least 16 characters) or Login: nobody could log in")
 		}
 		if opts.ReadOnlyToken != "" && len(opts.ReadOnlyToken) < 16 {
 			probs = append(probs, "ReadOnlyToken is shorter than 16 characters")
@@ -149,7 +182,7 @@ func New(e *engine.Engine, o *admin.Observer, opts Options) (*Console, error) {
 			if err != nil {
 				probs = append(probs, err.Error())
 			} else {
-				authn = auth.ConsoleFunc(a, auth.Admin)
+				authn = TokenLogin(a)
 			}
 		}
 	}
@@ -229,13 +262,13 @@ func (c *Console) routes() {
 	m.Handle("GET /ui", http.RedirectHandler(Prefix, http.StatusSeeOther))
 	m.HandleFunc("GET /ui/login", c.loginPage)
 	m.HandleFunc("POST /ui/login", c.login)
-	m.HandleFunc("POST /ui/logout", c.post(false, c.logout))
+	m.HandleFunc("POST /ui/logout", c.post(needLogin, c.logout))
 	m.HandleFunc("GET /ui/{$}", c.get(c.overview))
 	m.HandleFunc("GET /ui/sagas", c.get(c.list))
 	m.HandleFunc("GET /ui/sagas/{id}", c.get(c.detail))
-	m.HandleFunc("POST /ui/sagas/{id}/{action}", c.post(true, c.act))
+	m.HandleFunc("POST /ui/sagas/{id}/{action}", c.post(needAct, c.act))
 	m.HandleFunc("GET /ui/policy", c.get(c.policyPage))
-	m.HandleFunc("POST /ui/policy", c.post(true, c.policyEdit))
+	m.HandleFunc("POST /ui/policy", c.post(needPolicy, c.policyEdit))
 	m.HandleFunc("GET /ui/cluster", c.get(c.cluster))
 	m.HandleFunc("GET /ui/events", c.events)
 	c.mux = m
@@ -284,11 +317,20 @@ func (c *Console) get(h func(http.ResponseWriter, *http.Request, *session)) http
 // versionKey keys the applied index a page was read at.
 type versionKey struct{}
 
+// need is what a POST route requires of its session beyond a login.
+type need int
+
+const (
+	needLogin  need = iota // any session
+	needAct                // Access.Act: the saga actions
+	needPolicy             // Access.EditPolicy: the policy editor
+)
+
 // post wraps a change: it needs a session, its CSRF token in the form
-// field "csrf", a browser that does not call it cross-site, and, if act,
-// a session that may act. Anything else is refused with 403 and reaches
-// no handler.
-func (c *Console) post(act bool, h func(http.ResponseWriter, *http.Request, *session)) http.HandlerFunc {
+// field "csrf", a browser that does not call it cross-site, and a session
+// whose Access allows what need names. Anything else is refused with 403
+// and reaches no handler.
+func (c *Console) post(need need, h func(http.ResponseWriter, *http.Request, *session)) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		s := c.current(r)
 		if s == nil {
@@ -304,8 +346,12 @@ func (c *Console) post(act bool, h func(http.ResponseWriter, *http.Request, *ses
 			c.refuse(w, http.StatusForbidden, "Refused: the form's CSRF token is missing or wrong. Reload the page and try again.")
 			return
 		}
-		if act && !s.canAct {
+		switch {
+		case need == needAct && !s.access.Act:
 			c.refuse(w, http.StatusForbidden, "Refused: "+s.who+" may look but not act.")
+			return
+		case need == needPolicy && !s.access.EditPolicy:
+			c.refuse(w, http.StatusForbidden, "Refused: "+s.who+" may not edit the policy (it takes an admin token).")
 			return
 		}
 		w.Header().Set("Cache-Control", "no-store")
@@ -381,7 +427,7 @@ func (c *Console) login(w http.ResponseWriter, r *http.Request) {
 			map[string]string{"Error": "Too many failed logins: wait a minute and try again."})
 		return
 	}
-	who, canAct, ok := c.auth(r.PostFormValue("token"))
+	access, ok := c.auth(r.PostFormValue("token"))
 	if !ok {
 		c.throttled(c.opts.Now(), true)
 		c.opts.Logger.Warn("console: failed login", "remote", r.RemoteAddr)
@@ -389,7 +435,7 @@ func (c *Console) login(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	id, now := newSecret(), c.opts.Now()
-	s := &session{who: who, canAct: canAct, csrf: newSecret(), expires: now.Add(c.opts.SessionTTL)}
+	s := &session{who: access.Who, access: access, csrf: newSecret(), expires: now.Add(c.opts.SessionTTL)}
 	c.mu.Lock()
 	for k, old := range c.sessions { // forget the expired ones
 		if !now.Before(old.expires) {
@@ -400,7 +446,7 @@ func (c *Console) login(w http.ResponseWriter, r *http.Request) {
 	c.mu.Unlock()
 	http.SetCookie(w, &http.Cookie{Name: cookieName, Value: id, Path: Prefix, HttpOnly: true,
 		Secure: r.TLS != nil, SameSite: http.SameSiteStrictMode, MaxAge: int(c.opts.SessionTTL / time.Second)})
-	c.opts.Logger.Info("console: login", "who", who, "can_act", canAct)
+	c.opts.Logger.Info("console: login", "who", access.Who, "can_act", access.Act, "can_edit_policy", access.EditPolicy)
 	http.Redirect(w, r, Prefix, http.StatusSeeOther)
 }
 
@@ -437,9 +483,11 @@ type layout struct {
 	Title  string
 	Nav    string
 	Who    string
-	CanAct bool
-	CSRF   string
-	Flash  string
+	CanAct bool // the saga actions
+	// CanEditPolicy: the policy editor.
+	CanEditPolicy bool
+	CSRF          string
+	Flash         string
 	// Version is the engine's applied index when the page was read (0
 	// outside a page of get).
 	Version uint64
@@ -450,7 +498,7 @@ type layout struct {
 func (c *Console) render(w http.ResponseWriter, r *http.Request, code int, page string, s *session, title string, p any) {
 	d := layout{Title: title, Nav: page, P: p}
 	if s != nil {
-		d.Who, d.CanAct, d.CSRF = s.who, s.canAct, s.csrf
+		d.Who, d.CanAct, d.CanEditPolicy, d.CSRF = s.who, s.access.Act, s.access.EditPolicy, s.csrf
 	}
 	d.Version, _ = r.Context().Value(versionKey{}).(uint64)
 	name := "layout"

@@ -43,7 +43,10 @@ type fixture struct {
 	release chan struct{}
 }
 
-func newFixture(t *testing.T) *fixture {
+func newFixture(t *testing.T) *fixture { t.Helper(); return newFixtureWith(t, nil) }
+
+// newFixtureWith is newFixture with the console's options changed by mod.
+func newFixtureWith(t *testing.T, mod func(*Options)) *fixture {
 	t.Helper()
 	f := &fixture{release: make(chan struct{})}
 	ctx := testctx.New(t)
@@ -103,8 +106,12 @@ func newFixture(t *testing.T) *fixture {
 			t.Errorf("the console logged errors:\n%s", s)
 		}
 	})
-	ui, err := New(e, obs, Options{Token: fullToken, ReadOnlyToken: readOnlyToken, Policy: f.pm,
-		Logger: slog.New(slog.NewTextHandler(&errs, &slog.HandlerOptions{Level: slog.LevelError}))})
+	uo := Options{Token: fullToken, ReadOnlyToken: readOnlyToken, Policy: f.pm,
+		Logger: slog.New(slog.NewTextHandler(&errs, &slog.HandlerOptions{Level: slog.LevelError}))}
+	if mod != nil {
+		mod(&uo)
+	}
+	ui, err := New(e, obs, uo)
 	must(t, err)
 	srv, err := admin.New(e, obs, admin.Options{Addr: "127.0.0.1:0", Token: fullToken, Policy: f.pm, Logger: quiet, Console: ui})
 	must(t, err)

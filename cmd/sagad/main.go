@@ -314,7 +314,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 // stop ends it.
 func serveAdmin(ln net.Listener, eng *engine.Engine, obs *admin.Observer, pm *policy.Manager, tokens auth.Authenticator,
 	cl admin.Cluster, cert *tls.Certificate, log *slog.Logger) (stop func(), err error) {
-	ui, err := console.New(eng, obs, console.Options{Authenticate: auth.ConsoleFunc(tokens, auth.Admin), Policy: pm, Cluster: cl, Logger: log})
+	ui, err := console.New(eng, obs, console.Options{Login: console.TokenLogin(tokens), Policy: pm, Cluster: cl, Logger: log})
 	if err != nil {
 		return nil, err
 	}
