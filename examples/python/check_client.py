@@ -6,8 +6,11 @@ first check that fails, saying which.
 """
 
 import asyncio
+import http.server
+import json
 import os
 import sys
+import threading
 import uuid
 
 from saga_client import SagaClient, SagaError, SagaJourneyOrchestrator
@@ -76,7 +79,60 @@ async def main():
         check(False, "a wrong token is refused")
     except SagaError as e:
         check(e.code == "unauthenticated", f"a wrong token: {e.code}")
+    check_follows_the_leader(os.environ["SAGAD_URL"], os.environ["SAGAD_TOKEN"], sid)
     print("all checks passed")
+
+
+def follower(leader_of):
+    """A stand-in for a raft follower: every call is refused with
+    unavailable and Saga-Leader set to leader_of(its own URL). Returns the
+    server and its URL."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            body = json.dumps({"code": "unavailable", "message": "not the leader"}).encode()
+            self.send_response(503)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Saga-Leader", leader_of(url))
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    srv = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    url = f"http://127.0.0.1:{srv.server_address[1]}"
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    return srv, url
+
+
+def check_follows_the_leader(leader, token, sid):
+    srv, url = follower(lambda own: leader)
+    try:
+        c = SagaClient(url, token)
+        st = c.status(sid)
+        check(st["saga"]["id"] == sid and c.base_url == leader.rstrip("/"),
+              "a follower's refusal is re-sent to the leader it names, which the client keeps")
+        c = SagaClient(url, token, follow_leader=False)
+        try:
+            c.status(sid)
+            check(False, "with follow_leader=False a follower's refusal raises")
+        except SagaError as e:
+            check(e.code == "unavailable" and e.leader == leader and c.base_url == url,
+                  f"with follow_leader=False the error names the leader: {e.code} {e.leader}")
+    finally:
+        srv.shutdown()
+    srv, url = follower(lambda own: own)  # names itself: no stable leader
+    try:
+        try:
+            SagaClient(url, token).status(sid)
+            check(False, "a follower that names itself is not followed forever")
+        except SagaError as e:
+            check(e.code == "unavailable", f"a follower that names itself: {e.code}")
+    finally:
+        srv.shutdown()
 
 
 if __name__ == "__main__":

@@ -20,6 +20,11 @@ Guarantees across the network (see README "The saga service"):
 - Start with an idempotency key is safe to re-send: the second start
   answers the first saga's id. Advance is safe to re-send with the same
   result: the server answers the saga as it is.
+- A follower of a raft group refuses a change with "unavailable" and the
+  leader's URL in the Saga-Leader header, having changed nothing. The
+  client then sends the same call to the leader and keeps using it
+  (follow_leader=True, the default); with follow_leader=False it raises,
+  and SagaError.leader names the leader.
 """
 
 from __future__ import annotations
@@ -40,11 +45,13 @@ class SagaError(Exception):
     "already_exists", "unauthenticated", "permission_denied", or
     "unknown" (the outcome is unknown)."""
 
-    def __init__(self, code: str, message: str, status: int = 0):
-        super().__init__(f"{code}: {message}")
+    def __init__(self, code: str, message: str, status: int = 0, leader: str = ""):
+        super().__init__(f"{code}: {message}" + (f" (the leader is {leader})" if leader else ""))
         self.code = code
         self.message = message
         self.status = status
+        # leader: a follower's Saga-Leader header, the URL to send to.
+        self.leader = leader
 
 
 def _b64(data: Optional[bytes]) -> Optional[str]:
@@ -58,16 +65,40 @@ class SagaClient:
     token is a bearer token (its scope decides which calls it may make).
     """
 
-    def __init__(self, base_url: str, token: str, timeout: float = 30.0):
+    # A follower names the leader; a leader that changed since names the
+    # next. More hops than this is a group without a stable leader.
+    MAX_LEADER_HOPS = 3
+
+    def __init__(self, base_url: str, token: str, timeout: float = 30.0, follow_leader: bool = True):
         self.base_url = base_url.rstrip("/")
         self.token = token
         self.timeout = timeout
+        self.follow_leader = follow_leader
 
     def call(self, method: str, body: Dict[str, Any], timeout: Optional[float] = None) -> Dict[str, Any]:
-        """POSTs body to the method and returns the decoded answer."""
+        """POSTs body to the method and returns the decoded answer. A
+        follower's refusal (unavailable, with Saga-Leader) is re-sent to the
+        leader it names, which the client then keeps using."""
+        data = json.dumps(body).encode("utf-8")
+        hops = 0
+        while True:
+            try:
+                return self._post(self.base_url, method, data, timeout)
+            except SagaError as e:
+                leader = e.leader.rstrip("/")
+                if (not self.follow_leader or e.code != "unavailable" or not leader
+                        or leader == self.base_url or hops >= self.MAX_LEADER_HOPS
+                        or not leader.startswith(("http://", "https://"))):
+                    raise
+                # The follower changed nothing: the same call is safe to
+                # send to the leader.
+                hops += 1
+                self.base_url = leader
+
+    def _post(self, base_url: str, method: str, data: bytes, timeout: Optional[float]) -> Dict[str, Any]:
         req = urllib.request.Request(
-            f"{self.base_url}/{SERVICE}/{method}",
-            data=json.dumps(body).encode("utf-8"),
+            f"{base_url}/{SERVICE}/{method}",
+            data=data,
             method="POST",
             headers={"Content-Type": "application/json", "Authorization": f"Bearer {self.token}"},
         )
@@ -76,11 +107,14 @@ class SagaClient:
                 return json.loads(resp.read() or b"{}")
         except urllib.error.HTTPError as err:
             raw = err.read()
+            leader = err.headers.get("Saga-Leader", "") if err.headers else ""
             try:
                 e = json.loads(raw)
-                raise SagaError(e.get("code", "unknown"), e.get("message", ""), err.code) from None
             except ValueError:
-                raise SagaError("unknown", raw.decode("utf-8", "replace"), err.code) from None
+                e = None
+            if not isinstance(e, dict):
+                raise SagaError("unknown", raw.decode("utf-8", "replace"), err.code, leader) from None
+            raise SagaError(e.get("code", "unknown"), e.get("message", ""), err.code, leader) from None
 
     # Definitions.
 
