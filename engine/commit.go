@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/sagaengine/saga/fsm"
@@ -29,7 +30,19 @@ type writerQueue struct {
 	writing bool        // a leader is in the log stage; false means queue is empty
 	closed  bool
 	active  sync.WaitGroup // proposals queued or being written; Close waits for them
+	// grew is signalled (without blocking) by every enqueue, for a
+	// leader that holds its write for the records of sibling steps.
+	grew chan struct{}
+	// cycle is a moving average of a write's append and fsync, in
+	// nanoseconds: what a hold may cost at most (holdWindow).
+	cycle atomic.Int64
+	// maxHold bounds a hold whatever the disk: defaultMaxHold (tests
+	// widen it).
+	maxHold time.Duration
 }
+
+// defaultMaxHold bounds a leader's hold for sibling records.
+const defaultMaxHold = 500 * time.Microsecond
 
 type proposal struct {
 	recs []*fsm.Record
@@ -70,13 +83,61 @@ func (e *Engine) enqueue(p *proposal) (lead bool, err error) {
 	q.queue = append(q.queue, p)
 	lead = !q.writing
 	q.writing = true
+	if q.grew != nil {
+		select {
+		case q.grew <- struct{}{}:
+		default:
+		}
+	}
 	return lead, nil
+}
+
+// holdWindow is how long a leader may hold a write for sibling records:
+// half a write's usual append and fsync (so that the hold costs less than
+// the fsync it saves), at most maxHold, and 0 before any write.
+func (q *writerQueue) holdWindow() time.Duration {
+	return min(time.Duration(q.cycle.Load())/2, q.maxHold)
+}
+
+// hold delays a leader's write until ready says the records it waits for
+// are queued, holdWindow has passed, or the engine closes. A saga whose parallel steps end
+// together (a fan-out) then shares one fsync among their completions:
+// without it the first to end finds the log idle and syncs alone, and the
+// others wait for a second fsync.
+func (e *Engine) hold(ready func() bool) {
+	w := e.wq.holdWindow()
+	if w <= 0 || ready() {
+		return
+	}
+	t := time.NewTimer(w)
+	defer t.Stop()
+	for {
+		select {
+		case <-e.wq.grew:
+			if ready() {
+				return
+			}
+		case <-t.C:
+			return
+		case <-e.ctx.Done():
+			return // closing: Close waits for this write
+		}
+	}
 }
 
 // await waits for the answer to an enqueued proposal, leading the writes
 // that fall to it.
 func (e *Engine) await(p *proposal, lead bool) ([]fsm.Result, error) {
+	return e.awaitHolding(p, lead, nil)
+}
+
+// awaitHolding is await; if p found the log idle and ready is set, it
+// first holds the write until ready (hold).
+func (e *Engine) awaitHolding(p *proposal, lead bool, ready func() bool) ([]fsm.Result, error) {
 	defer e.wq.active.Done()
+	if lead && ready != nil {
+		e.hold(ready)
+	}
 	for {
 		if lead {
 			e.lead()
@@ -112,6 +173,10 @@ func (e *Engine) lead() {
 		entries, err = e.write(batch, n)
 	}
 	appendTime := time.Since(t0)
+	if err == nil {
+		c := q.cycle.Load()
+		q.cycle.Store(c + (int64(appendTime)-c)/8) // one leader at a time
+	}
 
 	e.applyMu.Lock()
 	defer e.applyMu.Unlock()

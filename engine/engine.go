@@ -258,6 +258,7 @@ func Open(dir string, opts Options) (*Engine, error) {
 		opts:     opts,
 		lock:     lock,
 		runs:     map[string]*run{},
+		wq:       writerQueue{grew: make(chan struct{}, 1), maxHold: defaultMaxHold},
 		limits:   handlerLimits(opts.HandlerConcurrency),
 		watchers: map[string][]chan *fsm.Saga{},
 		ckpt:     make(chan struct{}, 1),
@@ -953,9 +954,20 @@ func (e *Engine) changeQueued(ctx context.Context, r *run, recs []*fsm.Record, n
 	if then != nil {
 		then(r, next)
 	}
+	// Steps of the saga still running whose records are not queued yet
+	// (r.calls holds every invocation in flight, this one too): a write
+	// this proposal leads holds for them, briefly, to share their fsync.
+	var siblings func() bool
+	if lead && len(r.calls) > r.queued {
+		siblings = func() bool {
+			r.mu.Lock()
+			defer r.mu.Unlock()
+			return len(r.calls) <= r.queued
+		}
+	}
 	r.mu.Unlock()
 	e.syncWaits.Add(1)
-	results, err := e.await(p, lead)
+	results, err := e.awaitHolding(p, lead, siblings)
 	for _, res := range results {
 		if err == nil && res.Err != nil {
 			err = res.Err // cannot happen: built under the lock, queued in order

@@ -321,3 +321,80 @@ func TestAJoinStartsOnlyOnceEveryBranchCompletionIsDurable(t *testing.T) {
 		t.Fatalf("state %s, want COMPLETED", st.State)
 	}
 }
+
+// widenHold makes a leader's hold for sibling records last up to w, as on
+// a disk whose fsync takes an hour, for the test's duration.
+func widenHold(e *Engine, w time.Duration) {
+	e.wq.maxHold = w
+	e.wq.cycle.Store(int64(time.Hour))
+}
+
+// The completions of a fan-out's branches that end together share one
+// write: the first to end finds the log idle and holds its write for its
+// siblings' records (they are still running), rather than syncing alone
+// and leaving the other seven to a second fsync.
+func TestFanOutCompletionsThatEndTogetherShareOneWrite(t *testing.T) {
+	g := &gate{want: 8, all: make(chan struct{})}
+	e := openT(t, t.TempDir(), Options{Registry: gateRegistry(t, g)})
+	defer e.Close()
+	_, err := e.Define(ctx, fanOut("fan", 8))
+	must(t, err)
+	widenHold(e, time.Minute)
+	s0 := e.Stats()
+	st, err := e.Run(waitCtx(t), "fan", nil, StartOptions{})
+	must(t, err)
+	if st.State != fsm.StateCompleted {
+		t.Fatalf("state %s, want COMPLETED", st.State)
+	}
+	// start; root done; the 8 branch completions; join done.
+	if commits := e.Stats().Commits - s0.Commits; commits != 4 {
+		t.Fatalf("%d writes for the saga, want 4: the 8 branch completions in one", commits)
+	}
+}
+
+// A hold lasts its window at most: a branch that is still running when
+// its siblings end does not keep their completions from the log.
+func TestAHoldForSiblingsEndsAtItsWindow(t *testing.T) {
+	release := make(chan struct{})
+	reg := compensation.NewRegistry()
+	must(t, reg.RegisterAction("act", func(ctx context.Context, c compensation.Call) ([]byte, error) {
+		if c.Step == "b7" {
+			select {
+			case <-release:
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+		}
+		return nil, nil
+	}))
+	must(t, reg.Register("undo", func(context.Context, compensation.Call) error { return nil }))
+	e := openT(t, t.TempDir(), Options{Registry: reg})
+	defer e.Close()
+	_, err := e.Define(ctx, fanOut("fan", 8))
+	must(t, err)
+	widenHold(e, 20*time.Millisecond)
+	id, _, err := e.Launch(ctx, "fan", nil, StartOptions{})
+	must(t, err)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		st, err := e.Status(ctx, id)
+		must(t, err)
+		done := 0
+		for _, s := range st.Steps {
+			if strings.HasPrefix(s.Name, "b") && s.Status == fsm.StepDone {
+				done++
+			}
+		}
+		if done == 7 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of the 7 ended branches are recorded done while b7 runs: a hold waited past its window", done)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	close(release)
+	if st, err := e.Wait(waitCtx(t), id); err != nil || st.State != fsm.StateCompleted {
+		t.Fatalf("after b7 ends: %+v, %v", st, err)
+	}
+}
