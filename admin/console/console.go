@@ -39,6 +39,7 @@ import (
 	"html/template"
 	"io/fs"
 	"log/slog"
+	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -122,9 +123,10 @@ type Console struct {
 	mux  *http.ServeMux
 	tmpl map[string]*template.Template // page name → layout + page
 
-	mu       sync.Mutex // guards sessions and failures
+	mu       sync.Mutex // guards sessions, failures and failed
 	sessions map[string]*session
-	failures []time.Time // failed logins in the last loginWindow
+	failures []time.Time            // failed logins in the last loginWindow, from anywhere
+	failed   map[string][]time.Time // the same, by client address
 
 	rates *rates
 	quit  chan struct{} // closed by Close
@@ -387,31 +389,63 @@ func (c *Console) loginPage(w http.ResponseWriter, r *http.Request) {
 	c.render(w, r, http.StatusOK, "login", nil, "Log in", nil)
 }
 
-// At most loginFailures failed logins per loginWindow: past them every
-// login is refused (429) until the window has moved on, so that the
-// login form is no oracle for guessing tokens. The JSON API is not
+// At most loginFailures failed logins per loginWindow from one client
+// address: past them that address's logins are refused (429) until the
+// window has moved on, so that the login form is no oracle for guessing
+// tokens, while a client that fails does not lock the operators out. From
+// all addresses together at most loginFailuresAll, the bound for a guesser
+// that spreads over many. At most maxThrottled addresses are tracked; the
+// failures of others count only in the total. The JSON API is not
 // affected.
 const (
-	loginFailures = 10
-	loginWindow   = time.Minute
+	loginFailures    = 10
+	loginFailuresAll = 100
+	loginWindow      = time.Minute
+	maxThrottled     = 4096
 )
 
-// throttled says whether logins are refused now; failed records a
-// failed one.
-func (c *Console) throttled(now time.Time, failed bool) bool {
+// throttled says whether logins from client are refused now; failed
+// records a failed one.
+func (c *Console) throttled(now time.Time, client string, failed bool) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	keep := c.failures[:0]
-	for _, at := range c.failures {
-		if now.Sub(at) < loginWindow {
-			keep = append(keep, at)
+	recent := func(ts []time.Time) []time.Time {
+		keep := ts[:0]
+		for _, at := range ts {
+			if now.Sub(at) < loginWindow {
+				keep = append(keep, at)
+			}
+		}
+		return keep
+	}
+	c.failures = recent(c.failures)
+	for k, ts := range c.failed {
+		if ts = recent(ts); len(ts) == 0 {
+			delete(c.failed, k)
+		} else {
+			c.failed[k] = ts
 		}
 	}
-	c.failures = keep
 	if failed {
 		c.failures = append(c.failures, now)
+		if _, known := c.failed[client]; known || len(c.failed) < maxThrottled {
+			if c.failed == nil {
+				c.failed = map[string][]time.Time{}
+			}
+			c.failed[client] = append(c.failed[client], now)
+		}
 	}
-	return len(c.failures) >= loginFailures
+	return len(c.failed[client]) >= loginFailures || len(c.failures) >= loginFailuresAll
+}
+
+// clientOf is the address a login comes from: the connection's host
+// (behind a proxy, the proxy's: every client then shares one budget).
+func clientOf(r *http.Request) string {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return r.RemoteAddr
+	}
+	return host
 }
 
 func (c *Console) login(w http.ResponseWriter, r *http.Request) {
@@ -422,14 +456,14 @@ func (c *Console) login(w http.ResponseWriter, r *http.Request) {
 		c.refuse(w, http.StatusForbidden, "Refused: a request from another site.")
 		return
 	}
-	if c.throttled(c.opts.Now(), false) {
+	if c.throttled(c.opts.Now(), clientOf(r), false) {
 		c.render(w, r, http.StatusTooManyRequests, "login", nil, "Log in",
 			map[string]string{"Error": "Too many failed logins: wait a minute and try again."})
 		return
 	}
 	access, ok := c.auth(r.PostFormValue("token"))
 	if !ok {
-		c.throttled(c.opts.Now(), true)
+		c.throttled(c.opts.Now(), clientOf(r), true)
 		c.opts.Logger.Warn("console: failed login", "remote", r.RemoteAddr)
 		c.render(w, r, http.StatusUnauthorized, "login", nil, "Log in", map[string]string{"Error": "That token is not valid."})
 		return

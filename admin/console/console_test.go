@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/hex"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -89,8 +90,10 @@ func TestSessionCookieIsSecureUnderTLS(t *testing.T) {
 	}
 }
 
-// TestFailedLoginsAreThrottled: after ten failed logins in a minute every
-// login is refused, the right token too, until the minute has passed.
+// TestFailedLoginsAreThrottled: after ten failed logins in a minute from
+// one address every login from it is refused, the right token too, until
+// the minute has passed, while another address logs in; a hundred
+// failures from many addresses refuse every address.
 func TestFailedLoginsAreThrottled(t *testing.T) {
 	obs := admin.NewObserver()
 	e, err := engine.Open(t.TempDir(), engine.Options{Logger: quiet, Hooks: obs.Hooks()})
@@ -102,13 +105,15 @@ func TestFailedLoginsAreThrottled(t *testing.T) {
 	ui, err := New(e, obs, Options{Token: fullToken, Logger: quiet, Now: clock})
 	must(t, err)
 	t.Cleanup(func() { ui.Close() })
-	login := func(token string) int {
+	loginFrom := func(addr, token string) int {
 		req := httptest.NewRequestWithContext(testctx.New(t), "POST", "/ui/login", strings.NewReader(url.Values{"token": {token}}.Encode()))
 		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		req.RemoteAddr = addr
 		rec := httptest.NewRecorder()
 		ui.ServeHTTP(rec, req)
 		return rec.Code
 	}
+	login := func(token string) int { return loginFrom("192.0.2.1:4000", token) }
 	for i := range 10 {
 		if code := login("guess-guess-guess-" + strconv.Itoa(i)); code != http.StatusUnauthorized {
 			t.Fatalf("failed login %d: %d, want 401", i, code)
@@ -117,11 +122,23 @@ func TestFailedLoginsAreThrottled(t *testing.T) {
 	if code := login(fullToken); code != http.StatusTooManyRequests {
 		t.Fatalf("the right token after ten failures: %d, want 429", code)
 	}
+	if code := loginFrom("192.0.2.1:4001", fullToken); code != http.StatusTooManyRequests {
+		t.Fatalf("the same address from another port: %d, want 429", code)
+	}
+	if code := loginFrom("198.51.100.7:4000", fullToken); code != http.StatusSeeOther {
+		t.Fatalf("another address after the first one's ten failures: %d, want 303 (no lock-out of everybody)", code)
+	}
 	mu.Lock()
 	now = now.Add(time.Minute)
 	mu.Unlock()
 	if code := login(fullToken); code != http.StatusSeeOther {
 		t.Fatalf("the right token a minute later: %d, want 303", code)
+	}
+	for i := range 100 {
+		loginFrom(fmt.Sprintf("203.0.113.%d:1", i), "guess-guess-guess")
+	}
+	if code := loginFrom("198.51.100.8:4000", fullToken); code != http.StatusTooManyRequests {
+		t.Fatalf("after a hundred failures from a hundred addresses: %d, want 429 for every address", code)
 	}
 }
 
