@@ -147,8 +147,13 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	// a generated token.
 	lookup := func(k string) (string, bool) { v := getenv(k); return v, v != "" }
 	// The API layer (SetPolicy) is kept in the data directory.
-	pm, err := policy.New(policy.Options{File: cfg.Policy, APIFile: filepath.Join(cfg.Data, policyAPIFile), LookupEnv: lookup, Logger: log})
+	apiPolicy := filepath.Join(cfg.Data, policyAPIFile)
+	pm, err := policy.New(policy.Options{File: cfg.Policy, APIFile: apiPolicy, LookupEnv: lookup, Logger: log})
 	if err != nil {
+		if strings.Contains(err.Error(), apiPolicy) {
+			// A file the operator never wrote by hand: say what it is.
+			return fmt.Errorf("%w\n%s holds the policy saved through the admin API or the console: fix it, or remove it to start with the policy file and environment alone", err, apiPolicy)
+		}
 		return err // "policy: …"
 	}
 	defer pm.Close()

@@ -275,6 +275,22 @@ func TestSagadKeepsThePolicySetThroughTheAPIAcrossARestart(t *testing.T) {
 	}
 }
 
+// A saved API layer that no longer validates refuses the start, naming
+// the file and saying what it holds and how to go on, and changes it not.
+func TestSagadNamesASavedAPIPolicyThatNoLongerValidates(t *testing.T) {
+	t.Chdir(t.TempDir())
+	write(t, "data/policy-api.yaml", "enable_saga: maybe\n")
+	err := refused(t, "-listen", "127.0.0.1:0", "-data", "data")
+	for _, want := range []string{"data/policy-api.yaml", "saved through the admin API", "remove it"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("the refusal does not say %q:\n%v", want, err)
+		}
+	}
+	if b, _ := os.ReadFile("data/policy-api.yaml"); string(b) != "enable_saga: maybe\n" {
+		t.Fatalf("the refused start changed the file: %q", b)
+	}
+}
+
 // With -admin, sagad serves /metrics, the admin API and the web console
 // beside the service, with the same tokens: a request without one is
 // refused.
