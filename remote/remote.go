@@ -90,9 +90,13 @@ type endpoint struct {
 	secret  []byte        // nil: unsigned
 	sem     chan struct{} // a slot per call in flight
 	waiting atomic.Int64  // calls waiting for a slot
-	client  *http.Client
-	prop    propagation.TextMapPropagator // nil: see Options.Propagator
-	now     func() time.Time
+	// outcomes counts the attempts that ended, by outcome; busy sums their
+	// time, the wait for a slot included.
+	outcomes [numOutcomes]atomic.Uint64
+	busy     atomic.Int64
+	client   *http.Client
+	prop     propagation.TextMapPropagator // nil: see Options.Propagator
+	now      func() time.Time
 }
 
 // New validates c, reads its files (certificates, keys, secrets) and
@@ -197,13 +201,52 @@ func (c *Client) Close() {
 	}
 }
 
-// Stats is the load of one endpoint at one instant.
+// Stats is the load of one endpoint at one instant, and the attempts
+// made since New.
 type Stats struct {
 	// InFlight counts the calls holding a slot of the concurrency bound:
 	// at most the endpoint's concurrency.
 	InFlight int
 	// Waiting counts the calls waiting for a slot.
 	Waiting int
+	// Attempts counts the attempts that ended, by outcome: "ok",
+	// "rejected" (4xx, a redirect, a body too large: permanent), "server"
+	// (5xx, 408, 429), "timeout", "unavailable" (no answer), "abandoned"
+	// (the caller's context ended). Every outcome is present.
+	Attempts map[string]uint64
+	// Time sums the ended attempts' time, the wait for a slot included.
+	Time time.Duration
+}
+
+// The outcomes of an attempt, as Stats.Attempts names them.
+const (
+	outcomeOK = iota
+	outcomeRejected
+	outcomeServer
+	outcomeTimeout
+	outcomeUnavailable
+	outcomeAbandoned
+	numOutcomes
+)
+
+var outcomeNames = [numOutcomes]string{"ok", "rejected", "server", "timeout", "unavailable", "abandoned"}
+
+// outcome classifies an attempt's error.
+func outcome(err error) int {
+	switch {
+	case err == nil:
+		return outcomeOK
+	case errors.Is(err, ErrServer):
+		return outcomeServer
+	case errors.Is(err, ErrTimeout):
+		return outcomeTimeout
+	case errors.Is(err, ErrUnavailable):
+		return outcomeUnavailable
+	case compensation.IsPermanent(err):
+		return outcomeRejected
+	default:
+		return outcomeAbandoned
+	}
 }
 
 // Stats returns the load of every endpoint, by name: how many calls are
@@ -213,7 +256,12 @@ type Stats struct {
 func (c *Client) Stats() map[string]Stats {
 	m := make(map[string]Stats, len(c.endpoints))
 	for name, ep := range c.endpoints {
-		m[name] = Stats{InFlight: len(ep.sem), Waiting: int(ep.waiting.Load())}
+		st := Stats{InFlight: len(ep.sem), Waiting: int(ep.waiting.Load()), Attempts: make(map[string]uint64, numOutcomes),
+			Time: time.Duration(ep.busy.Load())}
+		for i, n := range outcomeNames {
+			st.Attempts[n] = ep.outcomes[i].Load()
+		}
+		m[name] = st
 	}
 	return m
 }
@@ -276,6 +324,14 @@ var errAttemptTimeout = errors.New("attempt timeout")
 // endpoint's timeout. It returns the body of a 2xx answer when output is
 // set (an action's), and discards it otherwise.
 func (ep *endpoint) call(ctx context.Context, c compensation.Call, output bool) ([]byte, error) {
+	t0 := time.Now()
+	out, err := ep.attempt(ctx, c, output)
+	ep.outcomes[outcome(err)].Add(1)
+	ep.busy.Add(int64(time.Since(t0)))
+	return out, err
+}
+
+func (ep *endpoint) attempt(ctx context.Context, c compensation.Call, output bool) ([]byte, error) {
 	body, err := json.Marshal(Request{
 		SagaID: c.SagaID, Definition: c.Definition, Version: c.Version, Step: c.Step, StepIndex: c.StepIndex,
 		Kind: string(c.Kind), Input: c.Input, Output: c.Output, Attempt: c.Attempt, Uncertain: c.Uncertain,

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"io"
 	"log"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -167,8 +168,31 @@ func TestTimeoutIsRetryable(t *testing.T) {
 	if !errors.As(err, &re) || !errors.Is(err, remote.ErrTimeout) || compensation.IsPermanent(err) || !re.Retryable() {
 		t.Fatalf("err %v, want a retryable ErrTimeout", err)
 	}
-	if s := c.Stats()["pay"]; s != (remote.Stats{}) {
+	if s := c.Stats()["pay"]; s.InFlight != 0 || s.Waiting != 0 {
 		t.Fatalf("a timed-out call kept its slot: %+v", s)
+	}
+}
+
+// Stats counts the attempts that ended by outcome, every outcome named,
+// and sums their time.
+func TestStatsCountAttemptsByOutcome(t *testing.T) {
+	codes := []int{200, 200, 503, 422}
+	var i atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(codes[i.Add(1)-1])
+	}))
+	defer srv.Close()
+	c := newClient(t, map[string]remote.EndpointConfig{"pay": {URL: srv.URL}}, remote.Options{})
+	for range codes {
+		_, _ = action(t, c, "pay")(testCtx(t), testCall(compensation.KindAction))
+	}
+	ctx, cancel := context.WithCancel(testCtx(t))
+	cancel()
+	_, _ = action(t, c, "pay")(ctx, testCall(compensation.KindAction))
+	s := c.Stats()["pay"]
+	want := map[string]uint64{"ok": 2, "server": 1, "rejected": 1, "abandoned": 1, "timeout": 0, "unavailable": 0}
+	if !maps.Equal(s.Attempts, want) || s.Time <= 0 {
+		t.Fatalf("stats %+v, want attempts %v and a time", s, want)
 	}
 }
 
@@ -267,7 +291,7 @@ func TestConcurrencyBoundHolds(t *testing.T) {
 	if p := peak.Load(); p > bound || arrived.Load() != calls {
 		t.Fatalf("peak in flight %d (bound %d), %d of %d calls arrived", p, bound, arrived.Load(), calls)
 	}
-	if s := c.Stats()["pay"]; s != (remote.Stats{}) {
+	if s := c.Stats()["pay"]; s.InFlight != 0 || s.Waiting != 0 || s.Attempts["ok"] != calls {
 		t.Fatalf("stats after the calls: %+v", s)
 	}
 }

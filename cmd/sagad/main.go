@@ -37,6 +37,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/prometheus/client_golang/prometheus"
 	"io"
 	"log/slog"
 	"net"
@@ -170,9 +171,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	// The handlers' endpoints, with their certificates and secrets read:
 	// a file that is missing refuses the start here, before any write.
 	reg := compensation.NewRegistry()
+	var rc *remote.Client
 	if len(cfg.Handlers) > 0 {
-		rc, err := remote.New(cfg.remote(), remote.Options{})
-		if err != nil {
+		if rc, err = remote.New(cfg.remote(), remote.Options{}); err != nil {
 			return fmt.Errorf("%w: handlers: %w", errConfig, err)
 		}
 		defer rc.Close()
@@ -193,7 +194,13 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 			return fmt.Errorf("admin: %w", err)
 		}
 		defer adminLn.Close()
-		obs = admin.NewObserver()
+		metrics := prometheus.NewRegistry()
+		if obs, err = admin.NewObserverWith(admin.ObserverOptions{Registerer: metrics}); err != nil {
+			return err
+		}
+		if rc != nil {
+			metrics.MustRegister(newRemoteCollector(rc)) // a fresh registry: nothing to conflict with
+		}
 		hooks = obs.Hooks()
 	}
 	var node *replication.Node
