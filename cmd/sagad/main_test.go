@@ -291,6 +291,37 @@ func TestSagadNamesASavedAPIPolicyThatNoLongerValidates(t *testing.T) {
 	}
 }
 
+// adminURLOf is the admin server's URL, as sagad printed it.
+func adminURLOf(t *testing.T, out *syncBuffer) string {
+	t.Helper()
+	for _, l := range strings.Split(out.String(), "\n") {
+		if rest, ok := strings.CutPrefix(l, "sagad: admin API and /metrics on "); ok {
+			return strings.TrimSuffix(strings.Fields(rest)[0], ",")
+		}
+	}
+	t.Fatalf("sagad did not say where the admin API is:\n%s", out.String())
+	return ""
+}
+
+// getWith GETs url with token ("" for none) and returns the status and
+// the body.
+func getWith(t *testing.T, url, token string) (int, string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, "GET", url, nil)
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
 // With -admin, sagad serves /metrics, the admin API and the web console
 // beside the service, with the same tokens: a request without one is
 // refused.
@@ -301,32 +332,8 @@ func TestSagadServesMetricsTheAdminAPIAndTheConsole(t *testing.T) {
 	if code, body := post(t, addr, "tok-0123456789abcdef", "Start", `{"definition":"order"}`); code != 200 {
 		t.Fatalf("start: %d %s", code, body)
 	}
-	var adminURL string
-	for _, l := range strings.Split(out.String(), "\n") {
-		if rest, ok := strings.CutPrefix(l, "sagad: admin API and /metrics on "); ok {
-			adminURL = strings.Fields(rest)[0]
-			adminURL = strings.TrimSuffix(adminURL, ",")
-		}
-	}
-	if adminURL == "" {
-		t.Fatalf("sagad did not say where the admin API is:\n%s", out.String())
-	}
-	get := func(path, token string) (int, string) {
-		t.Helper()
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		req, _ := http.NewRequestWithContext(ctx, "GET", adminURL+path, nil)
-		if token != "" {
-			req.Header.Set("Authorization", "Bearer "+token)
-		}
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		return resp.StatusCode, string(b)
-	}
+	adminURL := adminURLOf(t, out)
+	get := func(path, token string) (int, string) { t.Helper(); return getWith(t, adminURL+path, token) }
 	if code, body := get("/metrics", "tok-0123456789abcdef"); code != 200 || !strings.Contains(body, "saga_sagas_started_total") {
 		t.Fatalf("/metrics: %d %.300s", code, body)
 	}

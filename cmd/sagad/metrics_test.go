@@ -1,14 +1,12 @@
 package main
 
 import (
-	"context"
 	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
-	"time"
 )
 
 // With -admin and remote handlers, /metrics carries each endpoint's load
@@ -29,25 +27,7 @@ func TestSagadServesTheRemoteHandlersMetrics(t *testing.T) {
 	if code, body := post(t, addr, tok, "Wait", `{"sagaId":"o-1","timeout":"30s"}`); code != 200 || !strings.Contains(body, "COMPLETED") {
 		t.Fatalf("wait: %d %s", code, body)
 	}
-	var adminURL string
-	for _, l := range strings.Split(out.String(), "\n") {
-		if rest, ok := strings.CutPrefix(l, "sagad: admin API and /metrics on "); ok {
-			adminURL = strings.TrimSuffix(strings.Fields(rest)[0], ",")
-		}
-	}
-	if adminURL == "" {
-		t.Fatalf("sagad did not say where the admin API is:\n%s", out.String())
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	req, _ := http.NewRequestWithContext(ctx, "GET", adminURL+"/metrics", nil)
-	req.Header.Set("Authorization", "Bearer "+tok)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
+	_, b := getWith(t, adminURLOf(t, out)+"/metrics", tok)
 	for _, want := range []string{
 		`saga_remote_attempts_total{endpoint="pay",outcome="ok"} 1`,
 		`saga_remote_attempts_total{endpoint="refund",outcome="ok"} 0`,
@@ -56,7 +36,7 @@ func TestSagadServesTheRemoteHandlersMetrics(t *testing.T) {
 		`saga_remote_attempt_seconds_total{endpoint="pay"}`,
 		`saga_sagas_started_total{definition="order"} 1`,
 	} {
-		if !strings.Contains(string(b), want) {
+		if !strings.Contains(b, want) {
 			t.Errorf("/metrics lacks %s", want)
 		}
 	}
