@@ -247,6 +247,7 @@ func (s *Server) Handler() http.Handler {
 	mux.Handle("GET /v1/watch", read(s.watch))
 	mux.Handle("GET /v1/policy", read(s.policyGet))
 	mux.Handle("PUT /v1/policy", admin(s.policySet))
+	mux.Handle("DELETE /v1/policy", admin(s.policyClear))
 	mux.Handle("GET /v1/policy/explain", read(s.policyExplain))
 	mux.Handle("GET /v1/cluster", read(s.clusterGet))
 	mux.Handle("POST /v1/cluster/{action}", admin(s.clusterChange))
@@ -808,6 +809,28 @@ func (s *Server) policySet(w http.ResponseWriter, r *http.Request) {
 	d := s.opts.Policy.Snapshot().Describe()
 	caller, _ := auth.FromContext(r.Context())
 	s.opts.Logger.Info("admin: policy set", "actor", caller.Name, "version", d.Version)
+	writeJSON(w, http.StatusOK, d)
+}
+
+// policyClear removes the policy's API layer (policy.Manager.ClearAPI).
+func (s *Server) policyClear(w http.ResponseWriter, r *http.Request) {
+	if !s.needPolicy(w) {
+		return
+	}
+	if err := s.opts.Policy.ClearAPI(); err != nil {
+		code, hint := http.StatusBadRequest, "nothing was changed; the policy in force stays"
+		switch {
+		case errors.Is(err, policy.ErrNotDurable):
+			code, hint = http.StatusInternalServerError, "the API layer is removed but its removal may not survive a crash: clear it again"
+		case !policy.IsInvalid(err):
+			code = http.StatusInternalServerError
+		}
+		writeError(w, code, err, hint)
+		return
+	}
+	d := s.opts.Policy.Snapshot().Describe()
+	caller, _ := auth.FromContext(r.Context())
+	s.opts.Logger.Info("admin: policy API layer removed", "actor", caller.Name, "version", d.Version)
 	writeJSON(w, http.StatusOK, d)
 }
 

@@ -125,6 +125,7 @@ func TestAuthMatrix(t *testing.T) {
 		{"GET", "/v1/watch", ""},
 		{"GET", "/v1/policy", ""},
 		{"PUT", "/v1/policy", "enable_saga: true\n"},
+		{"DELETE", "/v1/policy", ""},
 		{"GET", "/v1/policy/explain?operation=x", ""},
 		{"GET", "/v1/nothing-here", ""},
 	}

@@ -65,6 +65,7 @@ var adminRoutes = []struct {
 	{"POST", "/v1/sagas/stuck-1/resolve", `{"actor":"mallory","reason":"refunded by hand"}`, auth.Operator},
 	{"POST", "/v1/sagas/manual-1/abort", `{"actor":"mallory","reason":"customer cancelled"}`, auth.Operator},
 	{"PUT", "/v1/policy", "enable_saga: true\n", auth.Admin},
+	{"DELETE", "/v1/policy", "", auth.Admin},
 	// A single-node engine answers 409 to a cluster change; an admin
 	// token gets that far, and the others do not.
 	{"POST", "/v1/cluster/join", `{"id":"n2","address":"127.0.0.1:1"}`, auth.Admin},

@@ -88,3 +88,64 @@ func TestACorruptAPIFileRefusesToStart(t *testing.T) {
 		t.Fatalf("a corrupt API file: %v, want a validation error", err)
 	}
 }
+
+// ClearAPI removes the API layer and its file, durably: the file and
+// environment layers alone are in force, after a restart too. If what is
+// left does not validate, nothing changes; a directory sync that fails
+// after the removal leaves the change in force with ErrNotDurable.
+func TestClearAPIRemovesTheLayerAndItsFile(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "policy-api.yaml")
+	m, err := New(Options{APIFile: path, LookupEnv: noEnv, Logger: quiet})
+	must(t, err)
+	must(t, m.SetText("request", []byte(apiDoc)))
+	must(t, m.ClearAPI())
+	if m.Explain("ingest", UserContext{}).Saga {
+		t.Fatal("ingest is still a saga after ClearAPI")
+	}
+	if _, err := os.Stat(path); !os.IsNotExist(err) {
+		t.Fatalf("the API file is still there: %v", err)
+	}
+	v := m.Snapshot().Version
+	must(t, m.ClearAPI()) // nothing to remove: nothing changes
+	if got := m.Snapshot().Version; got != v {
+		t.Fatalf("a ClearAPI without a layer made version %d from %d", got, v)
+	}
+	_ = m.Close()
+	m2, err := New(Options{APIFile: path, LookupEnv: noEnv, Logger: quiet})
+	must(t, err)
+	if m2.Explain("ingest", UserContext{}).Saga {
+		t.Fatal("after a restart the cleared API layer is back")
+	}
+	_ = m2.Close()
+
+	// A file layer that needs the API layer's milestones: clearing it is
+	// refused, and the API file stays.
+	file := filepath.Join(dir, "policy.yaml")
+	must(t, os.WriteFile(file, []byte("enable_saga: true\nsaga_operations: [ingest]\n"), 0o600))
+	must(t, os.WriteFile(path, []byte("compensation_handlers:\n  ingest:\n    upload: delete_upload\n"), 0o600))
+	m3, err := New(Options{File: file, NoWatch: true, APIFile: path, LookupEnv: noEnv, Logger: quiet})
+	must(t, err)
+	defer m3.Close()
+	v = m3.Snapshot().Version
+	if err := m3.ClearAPI(); !IsInvalid(err) {
+		t.Fatalf("clearing a layer the file needs: %v, want a validation error", err)
+	}
+	if _, err := os.Stat(path); err != nil || m3.Snapshot().Version != v || !m3.Explain("ingest", UserContext{}).Saga {
+		t.Fatalf("a refused ClearAPI changed something: %v, version %d → %d", err, v, m3.Snapshot().Version)
+	}
+
+	// The removal's directory sync fails: in force, not known durable.
+	must(t, os.WriteFile(file, []byte("enable_saga: false\n"), 0o600))
+	must(t, m3.Reload())
+	failing := errors.New("injected dir sync failure")
+	old := syncDir
+	syncDir = func(*os.File) error { return failing }
+	defer func() { syncDir = old }()
+	if err := m3.ClearAPI(); !errors.Is(err, ErrNotDurable) || !errors.Is(err, failing) {
+		t.Fatalf("a failed directory sync: %v, want ErrNotDurable", err)
+	}
+	if _, err := os.Stat(path); !os.IsNotExist(err) || m3.Explain("ingest", UserContext{}).Saga {
+		t.Fatalf("after a not-durable clear the layer is still in force or its file there: %v", err)
+	}
+}

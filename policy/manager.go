@@ -278,6 +278,47 @@ func (m *Manager) SetText(name string, data []byte) error {
 	return m.change(func() { m.api = p }, keep)
 }
 
+// ClearAPI removes the API layer: the policy file and the environment
+// alone are in force again. With Options.APIFile the file is removed, and
+// its directory synced, before the change is in force. If what is left
+// does not validate (a file layer that relied on the API layer), nothing
+// changes. A directory sync that fails after the removal leaves the change
+// in force with ErrNotDurable. Without an API layer it changes nothing.
+func (m *Manager) ClearAPI() error {
+	m.mu.Lock()
+	had := m.api != nil
+	m.mu.Unlock()
+	var kept bool
+	if m.opts.APIFile != "" {
+		_, err := os.Stat(m.opts.APIFile)
+		kept = err == nil
+	}
+	if !had && !kept {
+		return nil
+	}
+	var keep func() error
+	if m.opts.APIFile != "" {
+		keep = func() error { return removeSynced(m.opts.APIFile) }
+	}
+	return m.change(func() { m.api = nil }, keep)
+}
+
+// removeSynced removes path, if it exists, and syncs its directory.
+func removeSynced(path string) error {
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("policy: remove the API layer %s: %w", path, err)
+	}
+	d, err := os.Open(filepath.Dir(path))
+	if err != nil {
+		return fmt.Errorf("%w: remove the API layer %s: %w", ErrNotDurable, path, err)
+	}
+	defer d.Close()
+	if err := syncDir(d); err != nil {
+		return fmt.Errorf("%w: remove the API layer %s: sync its directory: %w", ErrNotDurable, path, err)
+	}
+	return nil
+}
+
 // IsInvalid reports whether a Set, SetText or Reload error says the
 // policy is invalid (a *ValidationError), rather than that it could not be
 // read or kept.

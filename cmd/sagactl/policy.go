@@ -72,6 +72,26 @@ func newPolicy(g *globals) *cobra.Command {
 		},
 	}
 	set.Flags().StringVarP(&file, "file", "f", "", "policy file (YAML)")
+	clearCmd := &cobra.Command{
+		Use:   "clear",
+		Short: "Remove the API layer of the policy: the policy file and the environment alone are in force again",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := need()
+			if err != nil {
+				return err
+			}
+			var d policy.Description
+			if err := c.do(cmd.Context(), "DELETE", "/v1/policy", nil, &d); err != nil {
+				return err
+			}
+			if g.json() {
+				return g.printJSON(d)
+			}
+			fmt.Fprintf(g.out, "policy version %d in force (no API layer)\n", d.Version)
+			return nil
+		},
+	}
 	var user, tenant string
 	explain := &cobra.Command{
 		Use:   "explain OPERATION",
@@ -95,7 +115,7 @@ func newPolicy(g *globals) *cobra.Command {
 	}
 	explain.Flags().StringVar(&user, "user", "", "user id (for per-user overrides)")
 	explain.Flags().StringVar(&tenant, "tenant", "", "tenant id (for per-tenant overrides)")
-	cmd.AddCommand(get, set, explain)
+	cmd.AddCommand(get, set, clearCmd, explain)
 	return cmd
 }
 
