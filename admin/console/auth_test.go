@@ -10,6 +10,7 @@ import (
 	"github.com/sagaengine/saga/auth"
 	"github.com/sagaengine/saga/fsm"
 	"github.com/sagaengine/saga/internal/testctx"
+	"github.com/sagaengine/saga/policy"
 )
 
 // stateOf is the saga's state in the engine.
@@ -241,10 +242,14 @@ func TestOperatorActsButCannotEditThePolicy(t *testing.T) {
 	if resp.StatusCode != http.StatusForbidden || !strings.Contains(body, "admin token") {
 		t.Fatalf("an operator's policy edit: %s %q, want 403 naming the admin token", resp.Status, short(body))
 	}
+	if resp, _ := c.do("POST", f.base+"/ui/policy/clear", url.Values{"csrf": {csrf}}); resp.StatusCode != http.StatusForbidden {
+		t.Fatalf("an operator's removal of the API layer: %s, want 403", resp.Status)
+	}
 	if got := f.pm.Snapshot().Describe().Version; got != v {
 		t.Fatalf("policy version %d, want %d (unchanged)", got, v)
 	}
-	if _, page := c.do("GET", f.base+"/ui/policy", nil); strings.Contains(page, `id="policy-form"`) || !strings.Contains(page, "ops (operator)") {
+	if _, page := c.do("GET", f.base+"/ui/policy", nil); strings.Contains(page, `id="policy-form"`) || strings.Contains(page, `id="policy-clear-form"`) ||
+		!strings.Contains(page, "ops (operator)") {
 		t.Fatalf("the operator's policy page offers the editor or does not say operator:\n%s", short(page))
 	}
 	resp, _ = c.do("POST", f.base+"/ui/sagas/stuck-1/resolve", url.Values{"reason": {"refunded by hand"}, "confirm": {"yes"}, "csrf": {csrf}})
@@ -274,5 +279,16 @@ func TestOperatorActsButCannotEditThePolicy(t *testing.T) {
 	}
 	if got := f.pm.Snapshot().Describe().Version; got == v {
 		t.Fatalf("the admin's policy edit left version %d", got)
+	}
+	// ... and remove the API layer again.
+	resp, _ = c2.do("POST", f.base+"/ui/policy/clear", url.Values{"csrf": {csrf2}})
+	if resp.StatusCode != http.StatusSeeOther {
+		t.Fatalf("the admin's removal of the API layer: %s, want 303", resp.Status)
+	}
+	if _, page := c2.do("GET", f.base+"/ui/policy", nil); !strings.Contains(page, "API layer removed") {
+		t.Fatalf("the policy page does not say the API layer was removed:\n%s", short(page))
+	}
+	if d := f.pm.Snapshot().Describe(); d.EnableSagaFrom == policy.SourceAPI {
+		t.Fatalf("after the removal enable_saga still comes from the API layer: %+v", d)
 	}
 }

@@ -271,6 +271,7 @@ func (c *Console) routes() {
 	m.HandleFunc("POST /ui/sagas/{id}/{action}", c.post(needAct, c.act))
 	m.HandleFunc("GET /ui/policy", c.get(c.policyPage))
 	m.HandleFunc("POST /ui/policy", c.post(needPolicy, c.policyEdit))
+	m.HandleFunc("POST /ui/policy/clear", c.post(needPolicy, c.policyClear))
 	m.HandleFunc("GET /ui/cluster", c.get(c.cluster))
 	m.HandleFunc("GET /ui/events", c.events)
 	c.mux = m

@@ -324,6 +324,29 @@ func (c *Console) policyEdit(w http.ResponseWriter, r *http.Request, s *session)
 	http.Redirect(w, r, Prefix+"policy", http.StatusSeeOther)
 }
 
+// policyClear removes the API layer of the policy; a refusal changes
+// nothing and the page says so.
+func (c *Console) policyClear(w http.ResponseWriter, r *http.Request, s *session) {
+	if c.opts.Policy == nil {
+		c.refuse(w, http.StatusNotFound, "No policy manager is configured on this engine.")
+		return
+	}
+	if err := c.opts.Policy.ClearAPI(); err != nil {
+		p := c.policyData(r)
+		p.EditErr, p.NotDurable = err.Error(), errors.Is(err, policy.ErrNotDurable)
+		code := http.StatusUnprocessableEntity
+		if !policy.IsInvalid(err) {
+			code = http.StatusInternalServerError
+		}
+		c.render(w, r, code, "policy", s, "Policy", p)
+		return
+	}
+	v := c.opts.Policy.Snapshot().Describe().Version
+	c.opts.Logger.Info("console: policy API layer removed", "who", s.who, "version", v)
+	c.setFlash(s, fmt.Sprintf("API layer removed: version %d is in force.", v))
+	http.Redirect(w, r, Prefix+"policy", http.StatusSeeOther)
+}
+
 // rates keeps the last samples of the observer's counters; the overview
 // computes rates over them. Safe for concurrent use.
 type rates struct {
