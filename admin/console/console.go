@@ -127,6 +127,8 @@ type Console struct {
 	sessions map[string]*session
 	failures []time.Time            // failed logins in the last loginWindow, from anywhere
 	failed   map[string][]time.Time // the same, by client address
+	// maxSessions is the const maxSessions (a test lowers it).
+	maxSessions int
 
 	rates *rates
 	quit  chan struct{} // closed by Close
@@ -203,7 +205,7 @@ func New(e *engine.Engine, o *admin.Observer, opts Options) (*Console, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
-	c := &Console{e: e, o: o, opts: opts, auth: authn, sessions: map[string]*session{},
+	c := &Console{e: e, o: o, opts: opts, auth: authn, sessions: map[string]*session{}, maxSessions: maxSessions,
 		quit: make(chan struct{}), done: make(chan struct{}), tmpl: map[string]*template.Template{}}
 	for _, page := range []string{"login", "overview", "list", "detail", "policy", "cluster"} {
 		t, err := template.New("").Funcs(funcs).ParseFS(files, "templates/layout.html", "templates/"+page+".html")
@@ -398,6 +400,10 @@ func (c *Console) loginPage(w http.ResponseWriter, r *http.Request) {
 // that spreads over many. At most maxThrottled addresses are tracked; the
 // failures of others count only in the total. The JSON API is not
 // affected.
+// maxSessions bounds the sessions kept at once (each is a login with a
+// valid token): past it a login ends the session that would end first.
+const maxSessions = 10000
+
 const (
 	loginFailures    = 10
 	loginFailuresAll = 100
@@ -476,6 +482,17 @@ func (c *Console) login(w http.ResponseWriter, r *http.Request) {
 		if !now.Before(old.expires) {
 			delete(c.sessions, k)
 		}
+	}
+	if len(c.sessions) >= c.maxSessions {
+		// A token holder logging in without end: the session that ends
+		// first makes room.
+		first := ""
+		for k, old := range c.sessions {
+			if first == "" || old.expires.Before(c.sessions[first].expires) {
+				first = k
+			}
+		}
+		delete(c.sessions, first)
 	}
 	c.sessions[id] = s
 	c.mu.Unlock()

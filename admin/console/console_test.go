@@ -173,3 +173,46 @@ func TestCrossSiteLoginsAreRefusedUncounted(t *testing.T) {
 		t.Fatalf("same-origin login after the cross-site ones: %d, want 303 (they must not count)", code)
 	}
 }
+
+// TestSessionsAreBounded: logins with a valid token keep at most
+// maxSessions sessions (lowered here to 50); a new one ends the one that
+// would end first.
+func TestSessionsAreBounded(t *testing.T) {
+	obs := admin.NewObserver()
+	e, err := engine.Open(t.TempDir(), engine.Options{Logger: quiet, Hooks: obs.Hooks()})
+	must(t, err)
+	t.Cleanup(func() { e.Close() })
+	var mu sync.Mutex
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); now = now.Add(time.Millisecond); return now }
+	ui, err := New(e, obs, Options{Token: fullToken, Logger: quiet, Now: clock})
+	must(t, err)
+	t.Cleanup(func() { ui.Close() })
+	ui.maxSessions = 50
+	var first *http.Cookie
+	for i := range ui.maxSessions + 1 {
+		req := httptest.NewRequestWithContext(testctx.New(t), "POST", "/ui/login", strings.NewReader(url.Values{"token": {fullToken}}.Encode()))
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		rec := httptest.NewRecorder()
+		ui.ServeHTTP(rec, req)
+		if rec.Code != http.StatusSeeOther {
+			t.Fatalf("login %d: %d", i, rec.Code)
+		}
+		if i == 0 {
+			first = rec.Result().Cookies()[0]
+		}
+	}
+	ui.mu.Lock()
+	n := len(ui.sessions)
+	ui.mu.Unlock()
+	if n != ui.maxSessions {
+		t.Fatalf("%d sessions kept, want %d", n, ui.maxSessions)
+	}
+	req := httptest.NewRequestWithContext(testctx.New(t), "GET", "/ui/", nil)
+	req.AddCookie(first)
+	rec := httptest.NewRecorder()
+	ui.ServeHTTP(rec, req)
+	if rec.Code != http.StatusSeeOther || rec.Header().Get("Location") != "/ui/login" {
+		t.Fatalf("the first session after the bound: %d to %q, want it ended (303 to /ui/login)", rec.Code, rec.Header().Get("Location"))
+	}
+}
