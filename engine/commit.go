@@ -30,8 +30,9 @@ type writerQueue struct {
 	writing bool        // a leader is in the log stage; false means queue is empty
 	closed  bool
 	active  sync.WaitGroup // proposals queued or being written; Close waits for them
-	// grew is signalled (without blocking) by every enqueue, for a
-	// leader that holds its write for the records of sibling steps.
+	// grew is signalled (without blocking) by every enqueue and every
+	// invocation's finish, for a leader that holds its write for the
+	// records of sibling steps.
 	grew chan struct{}
 	// cycle is a moving average of a write's append and fsync, in
 	// nanoseconds: what a hold may cost at most (holdWindow).
@@ -83,13 +84,20 @@ func (e *Engine) enqueue(p *proposal) (lead bool, err error) {
 	q.queue = append(q.queue, p)
 	lead = !q.writing
 	q.writing = true
+	q.signal()
+	return lead, nil
+}
+
+// signal wakes a leader's hold for sibling records (without blocking):
+// every enqueue, and every invocation that leaves its saga's calls, can
+// make what the hold waits for true.
+func (q *writerQueue) signal() {
 	if q.grew != nil {
 		select {
 		case q.grew <- struct{}{}:
 		default:
 		}
 	}
-	return lead, nil
 }
 
 // holdWindow is how long a leader may hold a write for sibling records:
@@ -100,7 +108,7 @@ func (q *writerQueue) holdWindow() time.Duration {
 }
 
 // hold delays a leader's write until ready says the records it waits for
-// are queued, holdWindow has passed, or the engine closes. A saga whose parallel steps end
+// are queued (or their steps are no longer running), holdWindow has passed, or the engine closes. A saga whose parallel steps end
 // together (a fan-out) then shares one fsync among their completions:
 // without it the first to end finds the log idle and syncs alone, and the
 // others wait for a second fsync.

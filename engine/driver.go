@@ -204,6 +204,9 @@ func (e *Engine) finish(tctx context.Context, id string, r *run, step int, err e
 	var pause time.Duration
 	r.mu.Lock()
 	delete(r.calls, step)
+	// A leader may be holding a write for this invocation's record, which
+	// it may never make (it ended, or its record is durable already).
+	e.wq.signal()
 	switch {
 	case err == nil:
 		r.backoff = 0

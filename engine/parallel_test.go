@@ -398,3 +398,73 @@ func TestAHoldForSiblingsEndsAtItsWindow(t *testing.T) {
 		t.Fatalf("after b7 ends: %+v, %v", st, err)
 	}
 }
+
+// A hold ends as soon as the siblings it waits for are out of the saga's
+// calls, even when the last of them leaves without a record: a branch
+// whose completion is durable is still in r.calls until its invocation
+// finishes, and the join can end (and lead a write) before then. Its
+// finish must wake the hold; without that the join's completion waited
+// the whole window (TestFanOutCompletionsThatEndTogetherShareOneWrite hit
+// its minute now and then).
+func TestAHoldEndsWhenTheLastSiblingFinishesWithoutARecord(t *testing.T) {
+	joinIn, joinGo := make(chan struct{}), make(chan struct{})
+	reg := compensation.NewRegistry()
+	must(t, reg.RegisterAction("act", func(ctx context.Context, c compensation.Call) ([]byte, error) {
+		if c.Step == "join" {
+			close(joinIn)
+			<-joinGo
+		}
+		return nil, nil
+	}))
+	must(t, reg.Register("undo", func(context.Context, compensation.Call) error { return nil }))
+	e := openT(t, t.TempDir(), Options{Registry: reg})
+	defer e.Close()
+	_, err := e.Define(ctx, fanOut("fan", 2))
+	must(t, err)
+	widenHold(e, time.Minute)
+	id, _, err := e.Launch(ctx, "fan", nil, StartOptions{})
+	must(t, err)
+	<-joinIn
+	// b0 (step 1) ended and its completion is durable, but its invocation
+	// has not finished yet: the state the join's completion finds when the
+	// branch's goroutine is slower than the join's.
+	e.mu.Lock()
+	r := e.runs[id]
+	e.mu.Unlock()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
+		r.mu.Lock()
+		if len(r.calls) == 1 { // the join alone: both branches finished
+			r.calls[1] = &invocation{cancel: func() {}, wake: make(chan struct{}, 1)}
+			r.mu.Unlock()
+			break
+		}
+		r.mu.Unlock()
+		if time.Now().After(deadline) {
+			t.Fatal("the branches' invocations never finished")
+		}
+	}
+	c0 := e.Stats().Commits
+	close(joinGo)
+	// The join's completion leads a write and holds it for b0.
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
+		e.wq.mu.Lock()
+		n := len(e.wq.queue)
+		e.wq.mu.Unlock()
+		if n > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the join's completion was never queued")
+		}
+	}
+	time.Sleep(20 * time.Millisecond)
+	if c := e.Stats().Commits; c != c0 {
+		t.Fatalf("%d writes while b0 is in the saga's calls, want the join's completion held", c-c0)
+	}
+	e.finish(e.curTerm().ctx, id, r, 1, nil)
+	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if st, err := e.Wait(wctx, id); err != nil || st.State != fsm.StateCompleted {
+		t.Fatalf("after b0's invocation finished: %+v, %v: the hold did not end with it", st, err)
+	}
+}
