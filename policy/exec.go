@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"unicode/utf8"
 
 	"github.com/sagaengine/saga/compensation"
 	"github.com/sagaengine/saga/engine"
@@ -272,7 +273,7 @@ func (x *Executor) withSaga(ctx context.Context, snap *Snapshot, operation strin
 		if p := recover(); p != nil {
 			h.shut(fmt.Errorf("the workflow panicked: %v", p))
 			if e := h.ending(); e.failing < 0 || !e.failRecorded {
-				_, _ = x.eng.Abort(durable(ctx), id, "policy", fmt.Sprintf("workflow panicked: %v", p))
+				_, _ = x.eng.Abort(durable(ctx), id, "policy", abortReason(fmt.Sprintf("workflow panicked: %v", p)))
 			}
 			panic(p)
 		}
@@ -310,7 +311,7 @@ func (x *Executor) withSaga(ctx context.Context, snap *Snapshot, operation strin
 		// was held back, or after milestones whose success is not
 		// recorded: abort, which compensates them (as uncertain: their
 		// output was not recorded) and every completed one.
-		_, rerr = x.eng.Abort(durable(ctx), id, "policy", werr.Error())
+		_, rerr = x.eng.Abort(durable(ctx), id, "policy", abortReason(werr.Error()))
 	default:
 		// The workflow failed between milestones: the next one never
 		// started, so it is reported failed (nothing to undo) and only the
@@ -328,6 +329,23 @@ func (x *Executor) withSaga(ctx context.Context, snap *Snapshot, operation strin
 	}
 	res.State = st.State
 	return res, werr
+}
+
+// abortReason makes a workflow's error (or panic) a reason the engine
+// takes for its abort: valid UTF-8 and at most engine.MaxReason bytes. The
+// engine refuses any other, which would leave the saga in progress until
+// its timeout instead of compensating it now.
+func abortReason(msg string) string {
+	msg = strings.ToValidUTF8(msg, "\uFFFD")
+	if len(msg) <= engine.MaxReason {
+		return msg
+	}
+	const more = "… (truncated)"
+	cut := engine.MaxReason - len(more)
+	for cut > 0 && !utf8.RuneStart(msg[cut]) {
+		cut--
+	}
+	return msg[:cut] + more
 }
 
 // unavailable reports whether a start error means the engine cannot run

@@ -433,3 +433,31 @@ func TestOutcomeUnknownStartDoesNotFallBack(t *testing.T) {
 		t.Fatalf("a stopped engine: %+v, %v, ran %d; want the run_without_saga fallback", res, err, ran)
 	}
 }
+
+// The abort that records a workflow's failure after its last milestone
+// (or its panic) carries the workflow's error as its reason: an error
+// longer than the engine's bound on a reason (engine.MaxReason), or not
+// UTF-8, must still abort the saga and compensate every milestone, not
+// leave it in progress until its timeout.
+func TestAWorkflowErrorOverTheReasonLimitStillCompensates(t *testing.T) {
+	for name, msg := range map[string]string{
+		"long":     strings.Repeat("x", engine.MaxReason+1),
+		"not utf8": "bad \xff byte",
+	} {
+		t.Run(name, func(t *testing.T) {
+			var mu sync.Mutex
+			var undone []string
+			_, x := execFixture(t, ingestPolicy, ingestRegistry(t, &undone, &mu))
+			boom := errors.New(msg)
+			res, _, err := runIngest(t, x, UserContext{}, 4, boom)
+			if !errors.Is(err, boom) || res.State != fsm.StateFailed {
+				t.Fatalf("result %+v, err %.300v; want FAILED and the workflow's error", res, err)
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if strings.Join(undone, ",") != "expose,embed,parse,ingest" {
+				t.Fatalf("compensated %v, want every milestone in reverse", undone)
+			}
+		})
+	}
+}
