@@ -245,10 +245,13 @@ func Open(dir string, opts Options) (*Engine, error) {
 			err = errors.New("engine: OpenReplicator returned no replicator and no error")
 		}
 		if err != nil {
-			unlockDir(lock)
 			if created {
-				_ = os.Remove(dir) // made above and still empty: a refused Open leaves no directory
+				// Made above and still empty: a refused Open leaves no
+				// directory. Removed under the lock: a second Open that
+				// locked it in between would go on in a directory gone.
+				_ = os.Remove(dir)
 			}
+			unlockDir(lock)
 			return nil, err
 		}
 		opts.Replicator, opts.OpenReplicator = r, nil
