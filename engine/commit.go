@@ -108,7 +108,8 @@ func (q *writerQueue) holdWindow() time.Duration {
 }
 
 // hold delays a leader's write until ready says the records it waits for
-// are queued (or their steps are no longer running), holdWindow has passed, or the engine closes. A saga whose parallel steps end
+// are queued (or their steps are no longer running), holdWindow has
+// passed, or the engine closes. A saga whose parallel steps end
 // together (a fan-out) then shares one fsync among their completions:
 // without it the first to end finds the log idle and syncs alone, and the
 // others wait for a second fsync.

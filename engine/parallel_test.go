@@ -339,7 +339,7 @@ func TestFanOutCompletionsThatEndTogetherShareOneWrite(t *testing.T) {
 	defer e.Close()
 	_, err := e.Define(ctx, fanOut("fan", 8))
 	must(t, err)
-	widenHold(e, time.Minute)
+	widenHold(e, 10*time.Second)
 	s0 := e.Stats()
 	st, err := e.Run(waitCtx(t), "fan", nil, StartOptions{})
 	must(t, err)
@@ -421,7 +421,7 @@ func TestAHoldEndsWhenTheLastSiblingFinishesWithoutARecord(t *testing.T) {
 	defer e.Close()
 	_, err := e.Define(ctx, fanOut("fan", 2))
 	must(t, err)
-	widenHold(e, time.Minute)
+	widenHold(e, 10*time.Second)
 	id, _, err := e.Launch(ctx, "fan", nil, StartOptions{})
 	must(t, err)
 	<-joinIn
