@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/sagaengine/saga/compensation"
 	"github.com/sagaengine/saga/fsm"
@@ -472,11 +473,19 @@ func errorInfo(err error) *fsm.ErrorInfo {
 	return &fsm.ErrorInfo{Kind: kind, Message: truncate(err.Error()), Retryable: !compensation.IsPermanent(err)}
 }
 
+// truncate cuts msg to maxErrorMessage bytes, at a character boundary,
+// and makes it valid UTF-8 (a handler's error may hold any bytes; every
+// reader of the record shows it as text).
 func truncate(msg string) string {
+	msg = strings.ToValidUTF8(msg, "\uFFFD")
 	if len(msg) <= maxErrorMessage {
 		return msg
 	}
-	return msg[:maxErrorMessage] + "… (truncated)"
+	cut := maxErrorMessage
+	for cut > 0 && !utf8.RuneStart(msg[cut]) {
+		cut--
+	}
+	return msg[:cut] + "… (truncated)"
 }
 
 // Run starts a saga whose steps all name actions and drives it: the engine

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/sagaengine/saga/compensation"
 	"github.com/sagaengine/saga/compensation/fakeclock"
@@ -346,5 +347,20 @@ func TestAbortNeverCancelsItsOwnCompensation(t *testing.T) {
 			t.Fatalf("round %d: state %s after %d compensation attempts (%v): the abort cancelled its own compensation",
 				iter, st.State, st.Steps[0].CompAttempts, st.LastError)
 		}
+	}
+}
+
+// A handler's error message is kept as valid UTF-8: truncation cuts at a
+// character boundary, and invalid bytes become U+FFFD.
+func TestErrorMessagesAreKeptAsValidUTF8(t *testing.T) {
+	long := strings.Repeat("é", maxErrorMessage) // two bytes each: the limit falls inside one
+	for _, msg := range []string{long, "bad \xff byte", "x" + long} {
+		got := truncate(msg)
+		if !utf8.ValidString(got) || len(got) > maxErrorMessage+len("… (truncated)") {
+			t.Fatalf("truncate of %d bytes: %d bytes, valid UTF-8 %v", len(msg), len(got), utf8.ValidString(got))
+		}
+	}
+	if got := truncate("bad \xff byte"); got != "bad \uFFFD byte" {
+		t.Fatalf("invalid bytes: %q", got)
 	}
 }

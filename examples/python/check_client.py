@@ -124,6 +124,13 @@ def check_follows_the_leader(leader, token, sid):
                   f"with follow_leader=False the error names the leader: {e.code} {e.leader}")
     finally:
         srv.shutdown()
+    tls = SagaClient("https://a.example:7080", token)
+    check(tls._leader_to_follow(SagaError("unavailable", "", 503, "http://b.example:7080")) is None,
+          "a follower reached over https is not followed to a plain http leader")
+    check(tls._leader_to_follow(SagaError("unavailable", "", 503, "https://b.example:7080")) == "https://b.example:7080",
+          "a follower reached over https is followed to an https leader")
+    check(tls._leader_to_follow(SagaError("invalid_argument", "", 400, "https://b.example:7080")) is None,
+          "only unavailable is followed")
     srv, url = follower(lambda own: own)  # names itself: no stable leader
     try:
         try:

@@ -23,8 +23,9 @@ Guarantees across the network (see README "The saga service"):
 - A follower of a raft group refuses a change with "unavailable" and the
   leader's URL in the Saga-Leader header, having changed nothing. The
   client then sends the same call to the leader and keeps using it
-  (follow_leader=True, the default); with follow_leader=False it raises,
-  and SagaError.leader names the leader.
+  (follow_leader=True, the default), but never from https to plain http;
+  with follow_leader=False it raises, and SagaError.leader names the
+  leader.
 """
 
 from __future__ import annotations
@@ -85,15 +86,27 @@ class SagaClient:
             try:
                 return self._post(self.base_url, method, data, timeout)
             except SagaError as e:
-                leader = e.leader.rstrip("/")
-                if (not self.follow_leader or e.code != "unavailable" or not leader
-                        or leader == self.base_url or hops >= self.MAX_LEADER_HOPS
-                        or not leader.startswith(("http://", "https://"))):
+                leader = self._leader_to_follow(e)
+                if leader is None or hops >= self.MAX_LEADER_HOPS:
                     raise
                 # The follower changed nothing: the same call is safe to
                 # send to the leader.
                 hops += 1
                 self.base_url = leader
+
+    def _leader_to_follow(self, e: SagaError) -> Optional[str]:
+        """The leader to re-send a refused call to, or None: only a
+        follower's "unavailable" is followed, to another http(s) URL, and
+        never from https down to http (the bearer token would go in clear
+        text to an address the server named)."""
+        leader = e.leader.rstrip("/")
+        if not self.follow_leader or e.code != "unavailable" or not leader or leader == self.base_url:
+            return None
+        if not leader.startswith(("http://", "https://")):
+            return None
+        if self.base_url.startswith("https://") and not leader.startswith("https://"):
+            return None
+        return leader
 
     def _post(self, base_url: str, method: str, data: bytes, timeout: Optional[float]) -> Dict[str, Any]:
         req = urllib.request.Request(
