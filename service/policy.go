@@ -22,6 +22,9 @@ type Policy interface {
 	// invalid policy, or one that could not be kept, is refused whole
 	// and changes nothing.
 	SetText(name string, data []byte) error
+	// ClearAPI removes the API layer; if the rest does not validate
+	// alone it is refused and changes nothing.
+	ClearAPI() error
 	// Explain says whether a call runs as a saga, and why.
 	Explain(operation string, uc policy.UserContext) policy.Decision
 }
@@ -55,10 +58,18 @@ func (s *Server) SetPolicy(ctx context.Context, req *connect.Request[sagav1.SetP
 	if id, ok := auth.FromContext(ctx); ok {
 		who = id.Name
 	}
-	if req.Msg.Yaml == "" {
-		return nil, connectError(fmt.Errorf("%w: yaml is required (a policy in the policy file's format)", errBadRequest))
+	var err error
+	switch {
+	case req.Msg.Clear && req.Msg.Yaml != "":
+		return nil, connectError(fmt.Errorf("%w: give yaml or clear, not both", errBadRequest))
+	case req.Msg.Clear:
+		err = s.opts.Policy.ClearAPI()
+	case req.Msg.Yaml == "":
+		return nil, connectError(fmt.Errorf("%w: yaml is required (a policy in the policy file's format), or clear to remove the API layer", errBadRequest))
+	default:
+		err = s.opts.Policy.SetText("request", []byte(req.Msg.Yaml))
 	}
-	if err := s.opts.Policy.SetText("request", []byte(req.Msg.Yaml)); err != nil {
+	if err != nil {
 		if errors.Is(err, policy.ErrNotDurable) {
 			// In force, its file not known to be durable: the outcome
 			// of a crash now is unknown (see connectError).
@@ -71,7 +82,7 @@ func (s *Server) SetPolicy(ctx context.Context, req *connect.Request[sagav1.SetP
 		return nil, connect.NewError(connect.CodeInvalidArgument, err)
 	}
 	d := s.opts.Policy.Snapshot().Describe()
-	s.opts.Logger.Info("service: policy set", "actor", who, "version", d.Version)
+	s.opts.Logger.Info("service: policy set", "actor", who, "version", d.Version, "cleared", req.Msg.Clear)
 	return connect.NewResponse(&sagav1.SetPolicyResponse{Policy: policyOf(d)}), nil
 }
 

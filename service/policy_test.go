@@ -74,6 +74,13 @@ tenants:
 	}
 	_, err = c.ExplainPolicy(ctx, connect.NewRequest(&sagav1.ExplainPolicyRequest{}))
 	wantCode(t, "explain without an operation", err, connect.CodeInvalidArgument)
+	// clear removes the API layer; with yaml too it is refused.
+	_, err = c.SetPolicy(ctx, connect.NewRequest(&sagav1.SetPolicyRequest{Yaml: "enable_saga: true\n", Clear: true}))
+	wantCode(t, "yaml and clear", err, connect.CodeInvalidArgument)
+	cleared, err := c.SetPolicy(ctx, connect.NewRequest(&sagav1.SetPolicyRequest{Clear: true}))
+	if err != nil || cleared.Msg.Policy.EnableSaga || cleared.Msg.Policy.EnableSagaFrom == "api" {
+		t.Fatalf("after clear: %v, %v; want the default policy in force", cleared, err)
+	}
 }
 
 func TestPolicyCallsWithoutAManager(t *testing.T) {

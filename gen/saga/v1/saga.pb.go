@@ -3028,7 +3028,11 @@ func (x *GetPolicyResponse) GetPolicy() *Policy {
 type SetPolicyRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// A policy in the policy file's YAML (or JSON) format; at most 1 MiB.
-	Yaml          string `protobuf:"bytes,1,opt,name=yaml,proto3" json:"yaml,omitempty"`
+	Yaml string `protobuf:"bytes,1,opt,name=yaml,proto3" json:"yaml,omitempty"`
+	// clear removes the API layer instead (yaml must then be empty): the
+	// policy file and the environment alone are in force again. Refused
+	// (INVALID_ARGUMENT, nothing changed) if they do not validate alone.
+	Clear         bool `protobuf:"varint,2,opt,name=clear,proto3" json:"clear,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -3068,6 +3072,13 @@ func (x *SetPolicyRequest) GetYaml() string {
 		return x.Yaml
 	}
 	return ""
+}
+
+func (x *SetPolicyRequest) GetClear() bool {
+	if x != nil {
+		return x.Clear
+	}
+	return false
 }
 
 type SetPolicyResponse struct {
@@ -3522,9 +3533,10 @@ const file_saga_v1_saga_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\v2\x17.saga.v1.PolicyOverrideR\x05value:\x028\x01\"\x12\n" +
 	"\x10GetPolicyRequest\"<\n" +
 	"\x11GetPolicyResponse\x12'\n" +
-	"\x06policy\x18\x01 \x01(\v2\x0f.saga.v1.PolicyR\x06policy\"&\n" +
+	"\x06policy\x18\x01 \x01(\v2\x0f.saga.v1.PolicyR\x06policy\"<\n" +
 	"\x10SetPolicyRequest\x12\x12\n" +
-	"\x04yaml\x18\x01 \x01(\tR\x04yaml\"<\n" +
+	"\x04yaml\x18\x01 \x01(\tR\x04yaml\x12\x14\n" +
+	"\x05clear\x18\x02 \x01(\bR\x05clear\"<\n" +
 	"\x11SetPolicyResponse\x12'\n" +
 	"\x06policy\x18\x01 \x01(\v2\x0f.saga.v1.PolicyR\x06policy\"`\n" +
 	"\x14ExplainPolicyRequest\x12\x1c\n" +

@@ -127,8 +127,9 @@ type SagaServiceClient interface {
 	// merged. FAILED_PRECONDITION when the server has no policy manager.
 	GetPolicy(context.Context, *connect.Request[v1.GetPolicyRequest]) (*connect.Response[v1.GetPolicyResponse], error)
 	// SetPolicy replaces the policy's API layer (the highest) with a policy
-	// in the policy file's YAML format. An invalid policy is refused whole
-	// (INVALID_ARGUMENT) and the policy in force stays.
+	// in the policy file's YAML format, or removes it (clear). An invalid
+	// policy is refused whole (INVALID_ARGUMENT) and the policy in force
+	// stays.
 	SetPolicy(context.Context, *connect.Request[v1.SetPolicyRequest]) (*connect.Response[v1.SetPolicyResponse], error)
 	// ExplainPolicy says whether a call of an operation, by a user of a
 	// tenant, runs as a saga, and why.
@@ -388,8 +389,9 @@ type SagaServiceHandler interface {
 	// merged. FAILED_PRECONDITION when the server has no policy manager.
 	GetPolicy(context.Context, *connect.Request[v1.GetPolicyRequest]) (*connect.Response[v1.GetPolicyResponse], error)
 	// SetPolicy replaces the policy's API layer (the highest) with a policy
-	// in the policy file's YAML format. An invalid policy is refused whole
-	// (INVALID_ARGUMENT) and the policy in force stays.
+	// in the policy file's YAML format, or removes it (clear). An invalid
+	// policy is refused whole (INVALID_ARGUMENT) and the policy in force
+	// stays.
 	SetPolicy(context.Context, *connect.Request[v1.SetPolicyRequest]) (*connect.Response[v1.SetPolicyResponse], error)
 	// ExplainPolicy says whether a call of an operation, by a user of a
 	// tenant, runs as a saga, and why.
