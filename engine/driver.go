@@ -183,7 +183,7 @@ func (e *Engine) launch(t *term, id string, r *run, w work) {
 	}
 	r.calls[w.step] = inv
 	sg := r.saga
-	go func() {
+	e.workers.run(func() {
 		defer e.drivers.Done()
 		defer t.wg.Done()
 		var last int
@@ -195,7 +195,7 @@ func (e *Engine) launch(t *term, id string, r *run, w work) {
 		}
 		cancel()
 		e.finish(t.ctx, id, r, last, err)
-	}()
+	})
 }
 
 // finish takes an ended invocation out of its saga's run and kicks the

@@ -145,6 +145,7 @@ type Engine struct {
 	ckptDone chan struct{}
 
 	ctx     context.Context // cancelled by Close: stops drivers and timers
+	workers *workers        // the goroutines that run handler invocations
 	cancel  context.CancelFunc
 	drivers sync.WaitGroup // goroutines that drive sagas
 	bg      sync.WaitGroup // the deadline scheduler
@@ -274,6 +275,9 @@ func Open(dir string, opts Options) (*Engine, error) {
 		if e.cancel != nil {
 			e.cancel()
 		}
+		if e.workers != nil {
+			e.workers.close()
+		}
 		if replicated {
 			_ = opts.Replicator.Close() // before the store it applies to
 		}
@@ -312,6 +316,7 @@ func Open(dir string, opts Options) (*Engine, error) {
 		return fail(err)
 	}
 	e.ctx, e.cancel = context.WithCancel(context.Background())
+	e.workers = &workers{}
 	if replicated {
 		if err := e.openReplicated(); err != nil {
 			return fail(err)
@@ -1017,6 +1022,7 @@ func (e *Engine) Close() error {
 	e.mu.Unlock()
 	e.bg.Wait()
 	e.drivers.Wait()
+	e.workers.close()
 	e.tr.endAll("engine closed")
 	var errs []error
 	// Stop what feeds the store first: the replicator's applies, or the
