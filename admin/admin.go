@@ -794,12 +794,29 @@ func (s *Server) policySet(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusRequestEntityTooLarge, err, "a policy is at most 1 MiB")
 		return
 	}
-	if err := s.opts.Policy.SetText("request body", body); err != nil {
+	s.policyChange(w, r, "policy set", s.opts.Policy.SetText("request body", body),
+		"the new policy is in force but may not survive a crash: set it again")
+}
+
+// policyClear removes the policy's API layer (policy.Manager.ClearAPI).
+func (s *Server) policyClear(w http.ResponseWriter, r *http.Request) {
+	if !s.needPolicy(w) {
+		return
+	}
+	s.policyChange(w, r, "policy API layer removed", s.opts.Policy.ClearAPI(),
+		"the API layer is removed but its removal may not survive a crash: clear it again")
+}
+
+// policyChange answers a change of the policy's API layer: the policy in
+// force afterwards, or err's status (400 for an invalid policy: nothing
+// changed; 500 when it could not be kept, or, with notDurable as the
+// hint, when it is in force but not known durable).
+func (s *Server) policyChange(w http.ResponseWriter, r *http.Request, what string, err error, notDurable string) {
+	if err != nil {
 		code, hint := http.StatusBadRequest, "nothing was changed; the policy in force stays"
 		switch {
 		case errors.Is(err, policy.ErrNotDurable):
-			// Its file was replaced, not synced: in force, maybe not durable.
-			code, hint = http.StatusInternalServerError, "the new policy is in force but may not survive a crash: set it again"
+			code, hint = http.StatusInternalServerError, notDurable
 		case !policy.IsInvalid(err):
 			code = http.StatusInternalServerError // it could not be kept
 		}
@@ -808,29 +825,7 @@ func (s *Server) policySet(w http.ResponseWriter, r *http.Request) {
 	}
 	d := s.opts.Policy.Snapshot().Describe()
 	caller, _ := auth.FromContext(r.Context())
-	s.opts.Logger.Info("admin: policy set", "actor", caller.Name, "version", d.Version)
-	writeJSON(w, http.StatusOK, d)
-}
-
-// policyClear removes the policy's API layer (policy.Manager.ClearAPI).
-func (s *Server) policyClear(w http.ResponseWriter, r *http.Request) {
-	if !s.needPolicy(w) {
-		return
-	}
-	if err := s.opts.Policy.ClearAPI(); err != nil {
-		code, hint := http.StatusBadRequest, "nothing was changed; the policy in force stays"
-		switch {
-		case errors.Is(err, policy.ErrNotDurable):
-			code, hint = http.StatusInternalServerError, "the API layer is removed but its removal may not survive a crash: clear it again"
-		case !policy.IsInvalid(err):
-			code = http.StatusInternalServerError
-		}
-		writeError(w, code, err, hint)
-		return
-	}
-	d := s.opts.Policy.Snapshot().Describe()
-	caller, _ := auth.FromContext(r.Context())
-	s.opts.Logger.Info("admin: policy API layer removed", "actor", caller.Name, "version", d.Version)
+	s.opts.Logger.Info("admin: "+what, "actor", caller.Name, "version", d.Version)
 	writeJSON(w, http.StatusOK, d)
 }
 

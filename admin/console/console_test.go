@@ -30,17 +30,24 @@ func (fakeCluster) Status() (admin.ClusterStatus, error) {
 func (fakeCluster) Join(context.Context, string, string) error { return nil }
 func (fakeCluster) Remove(context.Context, string) error       { return nil }
 
-// TestClusterPageShowsTheGroup: the cluster page shows the members, the
-// leader, the command index against the commit index and the state hash,
-// as GET /v1/cluster does.
-func TestClusterPageShowsTheGroup(t *testing.T) {
+// bareConsole is a console of an empty engine of its own, with opts.
+func bareConsole(t *testing.T, opts Options) *Console {
+	t.Helper()
 	obs := admin.NewObserver()
 	e, err := engine.Open(t.TempDir(), engine.Options{Logger: quiet, Hooks: obs.Hooks()})
 	must(t, err)
 	t.Cleanup(func() { e.Close() })
-	ui, err := New(e, obs, Options{Token: fullToken, Cluster: fakeCluster{}, Logger: quiet})
+	ui, err := New(e, obs, opts)
 	must(t, err)
 	t.Cleanup(func() { ui.Close() })
+	return ui
+}
+
+// TestClusterPageShowsTheGroup: the cluster page shows the members, the
+// leader, the command index against the commit index and the state hash,
+// as GET /v1/cluster does.
+func TestClusterPageShowsTheGroup(t *testing.T) {
+	ui := bareConsole(t, Options{Token: fullToken, Cluster: fakeCluster{}, Logger: quiet})
 	ctx := testctx.New(t)
 	rec := httptest.NewRecorder()
 	login := httptest.NewRequestWithContext(ctx, "POST", "/ui/login", strings.NewReader(url.Values{"token": {fullToken}}.Encode()))
@@ -53,7 +60,7 @@ func TestClusterPageShowsTheGroup(t *testing.T) {
 	rec = httptest.NewRecorder()
 	ui.ServeHTTP(rec, req)
 	page := rec.Body.String()
-	h, err := e.StateHash()
+	h, err := ui.e.StateHash()
 	must(t, err)
 	if rec.Code != http.StatusOK {
 		t.Fatalf("GET /ui/cluster: %d\n%s", rec.Code, page)
@@ -68,13 +75,7 @@ func TestClusterPageShowsTheGroup(t *testing.T) {
 // TestSessionCookieIsSecureUnderTLS: a login over TLS sets a Secure
 // cookie; over plain HTTP (loopback) it cannot.
 func TestSessionCookieIsSecureUnderTLS(t *testing.T) {
-	obs := admin.NewObserver()
-	e, err := engine.Open(t.TempDir(), engine.Options{Logger: quiet, Hooks: obs.Hooks()})
-	must(t, err)
-	t.Cleanup(func() { e.Close() })
-	ui, err := New(e, obs, Options{Token: fullToken, Logger: quiet})
-	must(t, err)
-	t.Cleanup(func() { ui.Close() })
+	ui := bareConsole(t, Options{Token: fullToken, Logger: quiet})
 	for _, overTLS := range []bool{true, false} {
 		req := httptest.NewRequestWithContext(testctx.New(t), "POST", "/ui/login", strings.NewReader(url.Values{"token": {fullToken}}.Encode()))
 		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
@@ -95,16 +96,10 @@ func TestSessionCookieIsSecureUnderTLS(t *testing.T) {
 // the minute has passed, while another address logs in; a hundred
 // failures from many addresses refuse every address.
 func TestFailedLoginsAreThrottled(t *testing.T) {
-	obs := admin.NewObserver()
-	e, err := engine.Open(t.TempDir(), engine.Options{Logger: quiet, Hooks: obs.Hooks()})
-	must(t, err)
-	t.Cleanup(func() { e.Close() })
 	var mu sync.Mutex
 	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
-	ui, err := New(e, obs, Options{Token: fullToken, Logger: quiet, Now: clock})
-	must(t, err)
-	t.Cleanup(func() { ui.Close() })
+	ui := bareConsole(t, Options{Token: fullToken, Logger: quiet, Now: clock})
 	loginFrom := func(addr, token string) int {
 		req := httptest.NewRequestWithContext(testctx.New(t), "POST", "/ui/login", strings.NewReader(url.Values{"token": {token}}.Encode()))
 		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
@@ -146,13 +141,7 @@ func TestFailedLoginsAreThrottled(t *testing.T) {
 // log a browser in, nor spend the failed-login budget that would lock
 // the operators out.
 func TestCrossSiteLoginsAreRefusedUncounted(t *testing.T) {
-	obs := admin.NewObserver()
-	e, err := engine.Open(t.TempDir(), engine.Options{Logger: quiet, Hooks: obs.Hooks()})
-	must(t, err)
-	t.Cleanup(func() { e.Close() })
-	ui, err := New(e, obs, Options{Token: fullToken, Logger: quiet})
-	must(t, err)
-	t.Cleanup(func() { ui.Close() })
+	ui := bareConsole(t, Options{Token: fullToken, Logger: quiet})
 	login := func(token, site string) int {
 		req := httptest.NewRequestWithContext(testctx.New(t), "POST", "/ui/login", strings.NewReader(url.Values{"token": {token}}.Encode()))
 		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
@@ -178,16 +167,10 @@ func TestCrossSiteLoginsAreRefusedUncounted(t *testing.T) {
 // maxSessions sessions (lowered here to 50); a new one ends the one that
 // would end first.
 func TestSessionsAreBounded(t *testing.T) {
-	obs := admin.NewObserver()
-	e, err := engine.Open(t.TempDir(), engine.Options{Logger: quiet, Hooks: obs.Hooks()})
-	must(t, err)
-	t.Cleanup(func() { e.Close() })
 	var mu sync.Mutex
 	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); now = now.Add(time.Millisecond); return now }
-	ui, err := New(e, obs, Options{Token: fullToken, Logger: quiet, Now: clock})
-	must(t, err)
-	t.Cleanup(func() { ui.Close() })
+	ui := bareConsole(t, Options{Token: fullToken, Logger: quiet, Now: clock})
 	ui.maxSessions = 50
 	var first *http.Cookie
 	for i := range ui.maxSessions + 1 {

@@ -308,7 +308,24 @@ func (c *Console) policyEdit(w http.ResponseWriter, r *http.Request, s *session)
 		return
 	}
 	text := r.PostFormValue("policy")
-	if err := c.opts.Policy.SetText("the console's edit", []byte(text)); err != nil {
+	c.policyChanged(w, r, s, c.opts.Policy.SetText("the console's edit", []byte(text)), text, "policy set", "Policy accepted")
+}
+
+// policyClear removes the API layer of the policy; a refusal changes
+// nothing and the page says so.
+func (c *Console) policyClear(w http.ResponseWriter, r *http.Request, s *session) {
+	if c.opts.Policy == nil {
+		c.refuse(w, http.StatusNotFound, "No policy manager is configured on this engine.")
+		return
+	}
+	c.policyChanged(w, r, s, c.opts.Policy.ClearAPI(), "", "policy API layer removed", "API layer removed")
+}
+
+// policyChanged answers a change of the policy's API layer: on err the
+// policy page with the error (and text, as submitted) beside the policy
+// still in force; else a redirect to it with done's flash.
+func (c *Console) policyChanged(w http.ResponseWriter, r *http.Request, s *session, err error, text, what, done string) {
+	if err != nil {
 		p := c.policyData(r)
 		p.Text, p.EditErr, p.NotDurable = text, err.Error(), errors.Is(err, policy.ErrNotDurable)
 		code := http.StatusUnprocessableEntity
@@ -319,31 +336,8 @@ func (c *Console) policyEdit(w http.ResponseWriter, r *http.Request, s *session)
 		return
 	}
 	v := c.opts.Policy.Snapshot().Describe().Version
-	c.opts.Logger.Info("console: policy set", "who", s.who, "version", v)
-	c.setFlash(s, fmt.Sprintf("Policy accepted: version %d is in force.", v))
-	http.Redirect(w, r, Prefix+"policy", http.StatusSeeOther)
-}
-
-// policyClear removes the API layer of the policy; a refusal changes
-// nothing and the page says so.
-func (c *Console) policyClear(w http.ResponseWriter, r *http.Request, s *session) {
-	if c.opts.Policy == nil {
-		c.refuse(w, http.StatusNotFound, "No policy manager is configured on this engine.")
-		return
-	}
-	if err := c.opts.Policy.ClearAPI(); err != nil {
-		p := c.policyData(r)
-		p.EditErr, p.NotDurable = err.Error(), errors.Is(err, policy.ErrNotDurable)
-		code := http.StatusUnprocessableEntity
-		if !policy.IsInvalid(err) {
-			code = http.StatusInternalServerError
-		}
-		c.render(w, r, code, "policy", s, "Policy", p)
-		return
-	}
-	v := c.opts.Policy.Snapshot().Describe().Version
-	c.opts.Logger.Info("console: policy API layer removed", "who", s.who, "version", v)
-	c.setFlash(s, fmt.Sprintf("API layer removed: version %d is in force.", v))
+	c.opts.Logger.Info("console: "+what, "who", s.who, "version", v)
+	c.setFlash(s, fmt.Sprintf("%s: version %d is in force.", done, v))
 	http.Redirect(w, r, Prefix+"policy", http.StatusSeeOther)
 }
 
