@@ -23,6 +23,23 @@ func newPolicy(g *globals) *cobra.Command {
 		}
 		return g.client()
 	}
+	// change sends method to /v1/policy and prints the policy in force
+	// after it: its JSON, or done's line with its version.
+	change := func(cmd *cobra.Command, method string, body []byte, done string) error {
+		c, err := need()
+		if err != nil {
+			return err
+		}
+		var d policy.Description
+		if err := c.do(cmd.Context(), method, "/v1/policy", body, &d); err != nil {
+			return err
+		}
+		if g.json() {
+			return g.printJSON(d)
+		}
+		fmt.Fprintf(g.out, done+"\n", d.Version)
+		return nil
+	}
 	get := &cobra.Command{
 		Use:   "get",
 		Short: "Print the policy in force",
@@ -56,19 +73,7 @@ func newPolicy(g *globals) *cobra.Command {
 			if err != nil {
 				return fail(exitUsage, err, "")
 			}
-			c, err := need()
-			if err != nil {
-				return err
-			}
-			var d policy.Description
-			if err := c.do(cmd.Context(), "PUT", "/v1/policy", body, &d); err != nil {
-				return err
-			}
-			if g.json() {
-				return g.printJSON(d)
-			}
-			fmt.Fprintf(g.out, "policy version %d in force\n", d.Version)
-			return nil
+			return change(cmd, "PUT", body, "policy version %d in force")
 		},
 	}
 	set.Flags().StringVarP(&file, "file", "f", "", "policy file (YAML)")
@@ -77,19 +82,7 @@ func newPolicy(g *globals) *cobra.Command {
 		Short: "Remove the API layer of the policy: the policy file and the environment alone are in force again",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := need()
-			if err != nil {
-				return err
-			}
-			var d policy.Description
-			if err := c.do(cmd.Context(), "DELETE", "/v1/policy", nil, &d); err != nil {
-				return err
-			}
-			if g.json() {
-				return g.printJSON(d)
-			}
-			fmt.Fprintf(g.out, "policy version %d in force (no API layer)\n", d.Version)
-			return nil
+			return change(cmd, "DELETE", nil, "policy version %d in force (no API layer)")
 		},
 	}
 	var user, tenant string
