@@ -87,23 +87,34 @@ func start(t *testing.T, env map[string]string, args ...string) (addr string, st
 
 func post(t *testing.T, addr, token, method, body string) (int, string) {
 	t.Helper()
-	req, err := http.NewRequest("POST", "http://"+addr+"/saga.v1.SagaService/"+method, strings.NewReader(body))
+	code, b, _ := request(t, "POST", "http://"+addr+"/saga.v1.SagaService/"+method, token, body)
+	return code, b
+}
+
+// request sends method to url with token ("" for none) and body (JSON
+// for a POST), within 30 s, and returns the status, the body and the
+// response's headers.
+func request(t *testing.T, method, url, token, body string) (int, string, http.Header) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, method, url, strings.NewReader(body))
 	if err != nil {
 		t.Fatal(err)
 	}
-	req.Header.Set("Content-Type", "application/json")
+	if method == "POST" {
+		req.Header.Set("Content-Type", "application/json")
+	}
 	if token != "" {
 		req.Header.Set("Authorization", "Bearer "+token)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	resp, err := http.DefaultClient.Do(req.WithContext(ctx))
+	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(b)
+	return resp.StatusCode, string(b), resp.Header
 }
 
 // TestSagadStartsOnAFreshDirectory runs sagad as `sagad` alone would, in
@@ -307,19 +318,8 @@ func adminURLOf(t *testing.T, out *syncBuffer) string {
 // the body.
 func getWith(t *testing.T, url, token string) (int, string) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	req, _ := http.NewRequestWithContext(ctx, "GET", url, nil)
-	if token != "" {
-		req.Header.Set("Authorization", "Bearer "+token)
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(b)
+	code, b, _ := request(t, "GET", url, token, "")
+	return code, b
 }
 
 // With -admin, sagad serves /metrics, the admin API and the web console

@@ -1,10 +1,8 @@
 package main
 
 import (
-	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"os"
@@ -39,18 +37,7 @@ func freeAddrs(t *testing.T, n int) []string {
 // the status, the body and the response's headers.
 func call(t *testing.T, url, token, method, body string) (int, string, http.Header) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	req, _ := http.NewRequestWithContext(ctx, "POST", url+"/saga.v1.SagaService/"+method, strings.NewReader(body))
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("Authorization", "Bearer "+token)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(b), resp.Header
+	return request(t, "POST", url+"/saga.v1.SagaService/"+method, token, body)
 }
 
 // Three sagad members form a raft group from their config files. The
