@@ -179,7 +179,11 @@ func TestStatsCountAttemptsByOutcome(t *testing.T) {
 	codes := []int{200, 200, 503, 422}
 	var i atomic.Int32
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		w.WriteHeader(codes[i.Add(1)-1])
+		if n := int(i.Add(1)) - 1; n < len(codes) {
+			w.WriteHeader(codes[n])
+			return
+		}
+		t.Error("the abandoned call reached the endpoint")
 	}))
 	defer srv.Close()
 	c := newClient(t, map[string]remote.EndpointConfig{"pay": {URL: srv.URL}}, remote.Options{})
