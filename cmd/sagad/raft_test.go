@@ -14,7 +14,9 @@ import (
 	"github.com/sagaengine/saga/engine"
 )
 
-// freeAddrs returns n loopback addresses that were free a moment ago.
+// freeAddrs returns n distinct loopback addresses that were free a moment
+// ago: all n listeners are held until every port is known, so that no
+// two are the same port.
 func freeAddrs(t *testing.T, n int) []string {
 	t.Helper()
 	var out []string
@@ -47,7 +49,10 @@ func call(t *testing.T, url, token, method, body string) (int, string, http.Head
 func TestSagadRaftGroupFollowersNameTheLeader(t *testing.T) {
 	const token = "tok-raft-0123456789abcdef"
 	root := t.TempDir()
-	raftAddrs, apiAddrs := freeAddrs(t, 3), freeAddrs(t, 3)
+	// One call: the ports of a first call are free again once it returns,
+	// and a second could be given one of them.
+	addrs := freeAddrs(t, 6)
+	raftAddrs, apiAddrs := addrs[:3], addrs[3:]
 	var peers strings.Builder
 	for i := range 3 {
 		fmt.Fprintf(&peers, "    - {id: n%d, raft: %q, api: \"http://%s\"}\n", i, raftAddrs[i], apiAddrs[i])
