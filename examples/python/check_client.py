@@ -13,7 +13,8 @@ import sys
 import threading
 import uuid
 
-from saga_client import SagaClient, SagaError, SagaJourneyOrchestrator
+from saga_client import (IncompleteError, MilestoneOrderError, SagaClient, SagaError,
+                         SagaJourneyOrchestrator)
 
 
 def check(cond, what):
@@ -79,8 +80,179 @@ async def main():
         check(False, "a wrong token is refused")
     except SagaError as e:
         check(e.code == "unauthenticated", f"a wrong token: {e.code}")
+    await check_execute_with_saga(client, orch, run)
     check_follows_the_leader(os.environ["SAGAD_URL"], os.environ["SAGAD_TOKEN"], sid)
     print("all checks passed")
+
+
+POLICY = """
+enable_saga: true
+saga_operations: [{op}, {dag}]
+users:
+  bob: {{enable_saga: false}}
+operations:
+  {op}:
+    milestones: [{{name: ingest}}, {{name: parse}}, {{name: embed}}]
+    retry: {{max_attempts: 3}}
+  {dag}:
+    milestones:
+      - {{name: analyze_source}}
+      - {{name: analyze_target}}
+      - {{name: map, after: [analyze_source, analyze_target]}}
+"""
+
+
+def newest(client, definition):
+    return client.list(definition=definition, order="ORDER_NEWEST", limit=1)["sagas"][0]
+
+
+async def check_execute_with_saga(client, orch, run):
+    """The seed plan's _execute_with_saga, decided by the server's policy."""
+    op, dag = f"py_ingest_{run}", f"py_mapping_{run}"
+    pol = client.set_policy(POLICY.format(op=op, dag=dag))["policy"]
+    check(op in pol["sagaOperations"] and pol["enableSagaFrom"] == "api", f"set_policy: {pol}")
+    check(client.get_policy()["policy"]["version"] == pol["version"], "get_policy answers the policy set")
+    ex = client.explain_policy(op, "alice", "acme")
+    check(ex["saga"] and [m["name"] for m in ex["spec"]["milestones"]] == ["ingest", "parse", "embed"],
+          f"explain_policy: {ex}")
+    check(await orch.saga_enabled(op, {"user_id": "alice"}) and not await orch.saga_enabled(op, {"user_id": "bob"}),
+          "saga_enabled follows the policy's user override")
+    try:
+        client.set_policy("enable_saga: maybe\n")
+        check(False, "an invalid policy is refused")
+    except SagaError as e:
+        check(e.code == "invalid_argument" and client.get_policy()["policy"]["version"] == pol["version"],
+              f"an invalid policy is refused whole: {e.code}")
+
+    ran = []
+
+    def work(name, out=None):
+        def fn():
+            ran.append(name)
+            return out if out is not None else {"milestone": name}
+        return fn
+
+    async def ok(h):
+        await h.step("ingest", work("ingest"))
+        await h.step("parse", work("parse", b"parsed"))
+        # Before the workflow returns, the saga is not complete: the last
+        # milestone's success waits for it.
+        await h.step("embed", work("embed"))
+        if h.saga_id:
+            st = client.status(h.saga_id)["saga"]
+            check(st["state"] == "SAGA_STATE_IN_PROGRESS", f"the saga waits for the workflow to return: {st['state']}")
+        return "exposed"
+
+    uc = {"user_id": "alice", "tenant_id": "acme"}
+    r = await orch.execute_with_saga(op, ok, uc)
+    check(r["saga"] and r["result"] == "exposed" and r["state"] == "SAGA_STATE_COMPLETED",
+          f"execute_with_saga completes: {r}")
+    st = client.status(r["saga_id"])["saga"]
+    check(st["completed"] == ["ingest", "parse", "embed"] and st["meta"].get("tenant") == "acme" and st["user"] == "alice",
+          f"its saga: {st['completed']} {st['meta']}")
+    d = client.get_definition(op)["definition"]
+    check([s["name"] for s in d["steps"]] == ["ingest", "parse", "embed"], f"get_definition: {d}")
+
+    async def fails(h):
+        await h.step("ingest", work("ingest"))
+
+        def broken():
+            raise RuntimeError("parser down")
+        await h.step("parse", broken)
+        await h.step("embed", work("embed"))  # never reached
+
+    ran.clear()
+    try:
+        await orch.execute_with_saga(op, fails, uc)
+        check(False, "a failed milestone raises")
+    except RuntimeError as e:
+        check(str(e) == "parser down" and ran == ["ingest"], f"a failed milestone raises its error: {e} {ran}")
+    st = newest(client, op)
+    check(st["state"] == "SAGA_STATE_FAILED" and st.get("compensated") == ["ingest"],
+          f"a failed milestone compensates the done ones: {st['state']} {st.get('compensated')}")
+
+    async def raises_after(h):
+        for m in ("ingest", "parse", "embed"):
+            await h.step(m, work(m))
+        raise ValueError("could not publish")
+
+    try:
+        await orch.execute_with_saga(op, raises_after, uc)
+        check(False, "a workflow that raises after its last milestone raises")
+    except ValueError:
+        pass
+    st = newest(client, op)
+    check(st["state"] == "SAGA_STATE_FAILED" and sorted(st.get("compensated", [])) == ["embed", "ingest", "parse"],
+          f"a workflow that raises after its last milestone is compensated whole: {st.get('compensated')}")
+
+    async def stops(h):
+        await h.step("ingest", work("ingest"))
+
+    try:
+        await orch.execute_with_saga(op, stops, uc)
+        check(False, "a workflow that stops early raises IncompleteError")
+    except IncompleteError:
+        st = newest(client, op)
+        check(st["state"] == "SAGA_STATE_FAILED", f"a workflow that stops early fails its saga: {st['state']}")
+
+    async def out_of_order(h):
+        try:
+            await h.step("parse", work("parse"))
+            check(False, "a milestone out of order is refused")
+        except MilestoneOrderError:
+            pass
+        for m in ("ingest", "parse", "embed"):
+            await h.step(m, work(m))
+        return "in order"
+
+    ran.clear()
+    r = await orch.execute_with_saga(op, out_of_order, uc)
+    check(r["state"] == "SAGA_STATE_COMPLETED" and ran == ["ingest", "parse", "embed"],
+          f"a milestone out of order is refused without running, and changes nothing: {r['state']} {ran}")
+
+    ran.clear()
+    r = await orch.execute_with_saga(op, ok, {"user_id": "bob"})
+    check(not r["saga"] and r["result"] == "exposed" and ran == ["ingest", "parse", "embed"],
+          f"a user the policy switches off runs without a saga: {r}")
+
+    key = {"user_id": "alice", "idempotency_key": f"{run}-exec"}
+    before = client.count(definition=op)
+    first = await orch.execute_with_saga(op, ok, key)
+    ran.clear()
+    again = await orch.execute_with_saga(op, ok, key)
+    check(again["duplicate"] and again["saga_id"] == first["saga_id"] and ran == [] and
+          again["state"] == "SAGA_STATE_COMPLETED" and client.count(definition=op) == before + 1,
+          f"a call with a used key runs nothing and answers the first saga: {again}")
+
+    async def fan_out(h):
+        await asyncio.gather(h.step("analyze_source", work("analyze_source")),
+                             h.step("analyze_target", work("analyze_target")))
+        await h.step("map", work("map"))
+        return "mapped"
+
+    r = await orch.execute_with_saga(dag, fan_out, uc)
+    check(r["state"] == "SAGA_STATE_COMPLETED", f"a DAG operation's parallel milestones: {r}")
+
+    async def map_first(h):
+        await h.step("map", work("map"))
+
+    try:
+        await orch.execute_with_saga(dag, map_first, uc)
+        check(False, "a DAG milestone before its dependencies is refused")
+    except MilestoneOrderError:
+        check(newest(client, dag)["state"] == "SAGA_STATE_FAILED", "and its saga fails with nothing to undo")
+
+    ran.clear()
+    gone = SagaJourneyOrchestrator(SagaClient("http://127.0.0.1:9", client.token, timeout=5))
+    r = await gone.execute_with_saga(op, ok, uc)
+    check(r["fallback"] and not r["saga"] and r["result"] == "exposed" and ran == ["ingest", "parse", "embed"],
+          f"a server out of reach: the operation runs without a saga (the seed plan's fallback): {r}")
+
+    client.clear_policy()
+    check(not client.explain_policy(op, "alice").get("saga"), "clear_policy removes the API layer")
+    ran.clear()
+    r = await orch.execute_with_saga(op, ok, uc)
+    check(not r["saga"] and ran == ["ingest", "parse", "embed"], "without the layer the operation runs without a saga")
 
 
 def follower(leader_of):

@@ -142,7 +142,9 @@ func runPython(t *testing.T, ctx context.Context, py string, s *server, env []st
 
 // The seed's four calls, from Python with only the standard library:
 // a journey that completes, one that fails and settles FAILED, a re-sent
-// start answered from its key, and bad input refused with typed codes.
+// start answered from its key, and bad input refused with typed codes;
+// then the seed's _execute_with_saga (execute_with_saga) under a policy
+// set, explained and cleared through the API.
 func TestPythonClientRunsTheSeedsFourCallsAgainstSagad(t *testing.T) {
 	py := python3(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)

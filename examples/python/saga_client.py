@@ -10,7 +10,10 @@ Two layers:
 - SagaJourneyOrchestrator: the four calls of the platform plan, under
   their names (design_saga_journey, execute_saga_journey,
   advance_saga_step, get_saga_status), async like the plan's code, and
-  answering dicts with "success" as it expects.
+  answering dicts with "success" as it expects; and the plan's
+  _execute_with_saga as execute_with_saga, decided by the server's
+  policy (ExplainPolicy), with the guarantees of the Go executor
+  (policy.Executor.ExecuteWithSaga).
 
 Guarantees across the network (see README "The saga service"):
 
@@ -32,10 +35,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import inspect
 import json
+import secrets
 import urllib.error
 import urllib.request
-from typing import Any, Dict, List, Optional
+from typing import Any, Awaitable, Callable, Dict, List, Optional
 
 SERVICE = "saga.v1.SagaService"
 
@@ -137,6 +142,13 @@ class SagaClient:
         "retry", "timeout"."""
         return self.call("Define", {"definition": {"name": name, "steps": steps, **extra}})
 
+    def get_definition(self, name: str, version: int = 0) -> Dict[str, Any]:
+        """A definition; version 0: the latest."""
+        body: Dict[str, Any] = {"name": name}
+        if version:
+            body["version"] = version
+        return self.call("GetDefinition", body)
+
     # Sagas.
 
     def start(self, definition: str, input: Optional[bytes] = None, *, id: str = "",
@@ -181,6 +193,11 @@ class SagaClient:
         body["filter"] = filter
         return self.call("List", body)
 
+    def count(self, **filter: Any) -> int:
+        """Counts the sagas a filter selects (the keyword arguments of
+        list, without order, limit and cursor)."""
+        return int(self.call("Count", {"filter": filter}).get("count", 0))
+
     def abort(self, saga_id: str, reason: str, actor: str = "") -> Dict[str, Any]:
         body = {"sagaId": saga_id, "reason": reason}
         if actor:
@@ -199,6 +216,147 @@ class SagaClient:
             body["actor"] = actor
         return self.call("Resolve", body)
 
+    # The policy ("optional by policy"): which operations run as sagas.
+
+    def get_policy(self) -> Dict[str, Any]:
+        """The policy in force, every layer merged ("policy")."""
+        return self.call("GetPolicy", {})
+
+    def set_policy(self, yaml: str) -> Dict[str, Any]:
+        """Replaces the policy's API layer (admin scope) with a policy in
+        the policy file's YAML format. An invalid policy is refused whole
+        (invalid_argument) and the policy in force stays."""
+        return self.call("SetPolicy", {"yaml": yaml})
+
+    def clear_policy(self) -> Dict[str, Any]:
+        """Removes the policy's API layer (admin scope): the policy file
+        and the environment alone are in force again."""
+        return self.call("SetPolicy", {"clear": True})
+
+    def explain_policy(self, operation: str, user: str = "", tenant: str = "") -> Dict[str, Any]:
+        """Whether a call of operation, by user of tenant, runs as a saga
+        ("saga"), with the operation's milestones ("spec"), what to do when
+        the engine is unavailable ("fallback") and why ("reasons")."""
+        body = {"operation": operation}
+        if user:
+            body["user"] = user
+        if tenant:
+            body["tenant"] = tenant
+        return self.call("ExplainPolicy", body)
+
+
+class MilestoneOrderError(Exception):
+    """A milestone that is unknown, already started, not yet ready (a
+    milestone it comes after is not done), or asked for after another
+    failed. Raised before the milestone's function runs; nothing changed."""
+
+
+class IncompleteError(Exception):
+    """The workflow returned without error but did not complete every
+    milestone of its operation: its saga is compensated and fails."""
+
+
+def _encode_output(out: Any) -> Optional[bytes]:
+    if out is None or isinstance(out, bytes):
+        return out
+    if isinstance(out, str):
+        return out.encode()
+    return json.dumps(out).encode()
+
+
+async def _call(fn: Callable[[], Any]) -> Any:
+    out = fn()
+    if inspect.isawaitable(out):
+        out = await out
+    return out
+
+
+class NoSaga:
+    """The handle of a call that runs without a saga: step just runs the
+    milestone's function."""
+
+    saga_id = ""
+
+    async def step(self, milestone: str, fn: Callable[[], Any]) -> Any:
+        return await _call(fn)
+
+
+class SagaHandle:
+    """The handle of a call that runs as a saga (execute_with_saga). Each
+    milestone of the operation is a step the workflow performs with step;
+    the server records that it runs before fn is called, and compensates
+    it if the call fails later."""
+
+    def __init__(self, orch: "SagaJourneyOrchestrator", saga_id: str, milestones: List[Dict[str, Any]]):
+        self._orch = orch
+        self.saga_id = saga_id
+        self._names = [m["name"] for m in milestones]
+        dag = any(m.get("after") for m in milestones)
+        # What each milestone waits for: its after, or in a sequence the
+        # milestone before it.
+        self._after = {m["name"]: list(m.get("after") or []) if dag else self._names[i - 1:i]
+                       for i, m in enumerate(milestones)}
+        self._started: Dict[str, bool] = {}  # name -> its success is known
+        self._done: set = set()
+        self.failing = ""  # the milestone that failed
+        self.fail_error = ""
+        self.fail_recorded = False
+        self.held: Optional[tuple] = None  # (name, output) of the last success, not yet reported
+        self.closed = False
+
+    async def step(self, milestone: str, fn: Callable[[], Any]) -> Any:
+        """Runs one milestone: fn (sync or async) does the work; its result
+        (bytes, str, or JSON-able) is recorded as the step's output and
+        handed to its compensation. When fn raises, the saga compensates
+        every completed milestone, in reverse, and the error propagates.
+        The success of the last milestone is recorded only when the
+        workflow returns."""
+        if self.closed or self.failing:
+            raise MilestoneOrderError(f"milestone {milestone}: the call already failed or returned")
+        if milestone not in self._after:
+            raise MilestoneOrderError(f"milestone {milestone} is not one of {self._names}")
+        if milestone in self._started:
+            raise MilestoneOrderError(f"milestone {milestone} was started already")
+        waiting = [d for d in self._after[milestone] if d not in self._done]
+        if waiting:
+            raise MilestoneOrderError(f"milestone {milestone} comes after {waiting}, not done yet")
+        self._started[milestone] = False
+        try:
+            out = await _call(fn)
+        except BaseException as e:
+            self._started[milestone] = True
+            if self.closed or self.failing:
+                raise
+            self.failing, self.fail_error = milestone, str(e) or type(e).__name__
+            try:
+                await self._orch._run(self._orch.client.advance, self.saga_id, milestone, error=self.fail_error)
+                self.fail_recorded = True
+            except SagaError:
+                pass  # execute_with_saga tries once more
+            raise
+        self._started[milestone] = True
+        if self.closed or self.failing:
+            # Another milestone failed meanwhile, or the workflow returned:
+            # the saga compensates this one as uncertain.
+            return out
+        self._done.add(milestone)
+        if len(self._done) == len(self._names):
+            # Its success would complete the saga: held until the
+            # workflow returns without error.
+            self.held = (milestone, _encode_output(out))
+            return out
+        await self._orch._run(self._orch.client.advance, self.saga_id, milestone, output=_encode_output(out))
+        return out
+
+    def running(self) -> bool:
+        return not all(self._started.values())
+
+    def next_not_started(self) -> str:
+        for n in self._names:
+            if n not in self._started and all(d in self._done for d in self._after[n]):
+                return n
+        return ""
+
 
 class SagaJourneyOrchestrator:
     """The platform plan's four calls, under its names.
@@ -212,6 +370,7 @@ class SagaJourneyOrchestrator:
 
     def __init__(self, client: SagaClient):
         self.client = client
+        self._defined: Dict[tuple, int] = {}  # (operation, policy version) -> definition version
 
     async def _run(self, fn, *args, **kwargs):
         return await asyncio.to_thread(fn, *args, **kwargs)
@@ -289,3 +448,175 @@ class SagaJourneyOrchestrator:
             "pending_compensations": saga.get("pending", []),
             "running": saga.get("running", []),
         }
+
+    # The seed plan's _execute_with_saga, with the server's policy.
+
+    async def saga_enabled(self, operation: str, user_context: Optional[Dict[str, Any]] = None) -> bool:
+        """Whether the server's policy runs operation as a saga for this
+        user and tenant (the seed plan's _saga_enabled, decided by the
+        server's policy rather than this process's environment)."""
+        uc = user_context or {}
+        d = await self._run(self.client.explain_policy, operation, uc.get("user_id", ""), uc.get("tenant_id", ""))
+        return bool(d.get("saga"))
+
+    async def execute_with_saga(self, operation: str, workflow: Callable[[Any], Awaitable[Any]],
+                                user_context: Optional[Dict[str, Any]] = None,
+                                input: Optional[bytes] = None) -> Dict[str, Any]:
+        """Runs workflow(handle) for one operation, as a saga when the
+        server's policy says so for this user and tenant (ExplainPolicy).
+
+        The workflow marks each milestone of the operation with
+        ``await handle.step(name, fn)``. Without a saga the handle just
+        runs fn. With one, the server records that a milestone runs before
+        fn is called; if fn or the workflow raises, every completed
+        milestone is compensated by its handler, in reverse (dependency)
+        order, and this raises the workflow's error once the saga settled.
+        The last milestone's success is recorded only when the workflow
+        returns: a saga never completes before its workflow does. A
+        workflow that raises after its last milestone, or leaves a
+        milestone running, has its saga aborted: those milestones are
+        compensated as uncertain (without their output).
+
+        user_context may hold user_id, tenant_id and idempotency_key (a
+        second call with the key runs nothing and answers the first
+        call's saga, "duplicate"). When the server cannot be reached, or
+        cannot start the saga, the operation's on_engine_unavailable
+        decides: run_without_saga (the result says "fallback") or fail.
+
+        Returns {"saga", "saga_id", "state", "fallback", "duplicate",
+        "result"}, result being what the workflow returned.
+        """
+        uc = user_context or {}
+        user, tenant, key = uc.get("user_id", ""), uc.get("tenant_id", ""), uc.get("idempotency_key", "")
+        out = {"saga": False, "saga_id": "", "state": "", "fallback": False, "duplicate": False, "result": None}
+        try:
+            d = await self._run(self.client.explain_policy, operation, user, tenant)
+        except (SagaError, OSError) as e:
+            if isinstance(e, SagaError) and not _unavailable(e):
+                raise
+            # The policy itself is out of reach: run as the seed plan
+            # does when its orchestrator is unavailable.
+            out["fallback"] = True
+            out["result"] = await workflow(NoSaga())
+            return out
+        if not d.get("saga"):
+            out["result"] = await workflow(NoSaga())
+            return out
+        spec = d.get("spec") or {}
+        fallback = spec.get("onEngineUnavailable") or d.get("fallback") or "run_without_saga"
+        milestones = spec.get("milestones") or []
+        try:
+            version = await self._run(self._define, operation, d.get("version", "0"), spec)
+            want = "pol-" + secrets.token_hex(10) if key else ""
+            meta = {"policy_version": str(d.get("version", "0"))}
+            if tenant:
+                meta["tenant"] = str(tenant)
+            body: Dict[str, Any] = {"definition": operation, "version": version, "user": user, "meta": meta,
+                                    "timeout": spec.get("timeout") or "3600s"}
+            if input is not None:
+                body["input"] = _b64(input)
+            if key:
+                body.update(id=want, idempotencyKey=key)
+            if spec.get("durability"):
+                body["durability"] = "DURABILITY_" + spec["durability"].upper()
+            saga = (await self._run(self.client.call, "Start", body))["saga"]
+        except (SagaError, OSError) as e:
+            if (isinstance(e, SagaError) and not _unavailable(e)) or fallback == "fail":
+                raise
+            out["fallback"] = True
+            out["result"] = await workflow(NoSaga())
+            return out
+        out.update(saga=True, saga_id=saga["id"])
+        if want and saga["id"] != want:
+            # An earlier call holds the key: its saga is the answer.
+            w = await self._settle(saga["id"])
+            out.update(duplicate=True, state=w.get("state", ""))
+            return out
+        h = SagaHandle(self, saga["id"], milestones)
+        try:
+            out["result"] = await workflow(h)
+        except BaseException as e:
+            h.closed = True
+            await self._record_failure(h, str(e) or type(e).__name__)
+            w = await self._settle(h.saga_id)
+            out["state"] = w.get("state", "")
+            raise
+        h.closed = True
+        if h.held and not h.running() and not h.failing:
+            name, output = h.held
+            st = await self._run(self.client.advance, h.saga_id, name, output)
+            out["state"] = st["saga"].get("state", "")
+            return out
+        why = (f"milestone {h.failing} failed but the workflow returned no error" if h.failing else
+               f"the workflow returned before completing every milestone of {operation}")
+        await self._record_failure(h, why)
+        w = await self._settle(h.saga_id)
+        out["state"] = w.get("state", "")
+        raise IncompleteError(f"{why}: saga {h.saga_id} is {out['state']}")
+
+    async def _record_failure(self, h: SagaHandle, why: str) -> None:
+        """Tells the server how the call failed, so that it compensates."""
+        if h.failing and h.fail_recorded:
+            return
+        if h.failing:
+            await self._run(self.client.advance, h.saga_id, h.failing, error=h.fail_error)
+        elif h.held or h.running() or not h.next_not_started():
+            # Milestones whose success is not recorded: abort compensates
+            # them as uncertain, with every completed one.
+            await self._run(self.client.abort, h.saga_id, why[:4096], "policy")
+        else:
+            # The next milestone never ran: reported failed, so only the
+            # completed ones are compensated.
+            await self._run(self.client.advance, h.saga_id, h.next_not_started(),
+                            error=f"not started: the workflow returned first: {why}"[:4096])
+
+    async def _settle(self, saga_id: str) -> Dict[str, Any]:
+        while True:
+            w = await self._run(self.client.wait, saga_id, 30.0)
+            if w.get("settled"):
+                return w["saga"]
+
+    def _define(self, operation: str, policy_version: str, spec: Dict[str, Any]) -> int:
+        """Defines the operation's saga from its policy spec, once per
+        policy version, and returns the definition's version."""
+        cached = self._defined.get((operation, policy_version))
+        if cached:
+            return cached
+        steps = []
+        retry = _compensation_retry(spec.get("retry"))
+        for m in spec.get("milestones") or []:
+            step: Dict[str, Any] = {"name": m["name"]}
+            if m.get("compensation"):
+                step["compensation"] = m["compensation"]
+                step["compensationRetry"] = retry
+            if m.get("after"):
+                step["after"] = m["after"]
+            steps.append(step)
+        version = int(self.client.define(operation, steps)["definition"]["version"])
+        self._defined[(operation, policy_version)] = version
+        return version
+
+
+def _unavailable(e: SagaError) -> bool:
+    """The server could not be reached or could not act: what the policy's
+    on_engine_unavailable is for (not a refusal of the call itself)."""
+    return e.code in ("unavailable", "deadline_exceeded", "resource_exhausted", "aborted")
+
+
+def _compensation_retry(r: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+    """The operation's retry settings over the engine's compensation
+    defaults (compensation.DefaultCompensationPolicy), as the Go
+    executor does: a partial setting never means "no backoff"."""
+    p: Dict[str, Any] = {"initialBackoff": "0.1s", "maxBackoff": "30s", "multiplier": 2, "jitter": 0.2,
+                         "maxElapsed": "600s"}
+    r = r or {}
+    for k in ("initialBackoff", "maxBackoff"):
+        if r.get(k):
+            p[k] = r[k]
+    if r.get("maxAttempts"):
+        p["maxAttempts"] = r["maxAttempts"]
+        if not r.get("maxElapsed"):
+            p.pop("maxElapsed")  # bounded by the count alone
+    if r.get("maxElapsed"):
+        p["maxElapsed"] = r["maxElapsed"]
+    return p
