@@ -247,6 +247,11 @@ async def check_execute_with_saga(client, orch, run):
     r = await gone.execute_with_saga(op, ok, uc)
     check(r["fallback"] and not r["saga"] and r["result"] == "exposed" and ran == ["ingest", "parse", "embed"],
           f"a server out of reach: the operation runs without a saga (the seed plan's fallback): {r}")
+    try:
+        await gone.execute_with_saga(op, ok, uc, on_unreachable="fail")
+        check(False, "on_unreachable='fail' raises when the server is out of reach")
+    except OSError:
+        pass
 
     client.clear_policy()
     check(not client.explain_policy(op, "alice").get("saga"), "clear_policy removes the API layer")

@@ -461,7 +461,8 @@ class SagaJourneyOrchestrator:
 
     async def execute_with_saga(self, operation: str, workflow: Callable[[Any], Awaitable[Any]],
                                 user_context: Optional[Dict[str, Any]] = None,
-                                input: Optional[bytes] = None) -> Dict[str, Any]:
+                                input: Optional[bytes] = None,
+                                on_unreachable: str = "run_without_saga") -> Dict[str, Any]:
         """Runs workflow(handle) for one operation, as a saga when the
         server's policy says so for this user and tenant (ExplainPolicy).
 
@@ -479,9 +480,12 @@ class SagaJourneyOrchestrator:
 
         user_context may hold user_id, tenant_id and idempotency_key (a
         second call with the key runs nothing and answers the first
-        call's saga, "duplicate"). When the server cannot be reached, or
+        call's saga, "duplicate"). When the server answers the policy but
         cannot start the saga, the operation's on_engine_unavailable
-        decides: run_without_saga (the result says "fallback") or fail.
+        decides: run_without_saga (the result says "fallback") or fail
+        (the error is raised). When the policy itself cannot be read, the
+        server being out of reach, on_unreachable decides the same way
+        (default run_without_saga, as the seed plan does).
 
         Returns {"saga", "saga_id", "state", "fallback", "duplicate",
         "result"}, result being what the workflow returned.
@@ -492,10 +496,8 @@ class SagaJourneyOrchestrator:
         try:
             d = await self._run(self.client.explain_policy, operation, user, tenant)
         except (SagaError, OSError) as e:
-            if isinstance(e, SagaError) and not _unavailable(e):
+            if (isinstance(e, SagaError) and not _unavailable(e)) or on_unreachable == "fail":
                 raise
-            # The policy itself is out of reach: run as the seed plan
-            # does when its orchestrator is unavailable.
             out["fallback"] = True
             out["result"] = await workflow(NoSaga())
             return out
