@@ -142,8 +142,17 @@ func Open(dir string, opts Options) (*Writer, error) {
 	if err := opts.Validate(); err != nil {
 		return nil, err
 	}
+	missing := missingDirs(opts.FS, dir)
 	if err := opts.FS.MkdirAll(dir); err != nil {
 		return nil, fmt.Errorf("archive: %w", err)
+	}
+	// A directory MkdirAll created is durable only once its parent is
+	// synced: until then a crash can lose it, and with it every file a
+	// Write acknowledged (whose sagas the engine then removed).
+	for _, d := range missing {
+		if err := syncDir(opts.FS, filepath.Dir(d)); err != nil {
+			return nil, fmt.Errorf("archive: %w", err)
+		}
 	}
 	names, err := opts.FS.ReadDir(dir)
 	if err != nil {
@@ -251,8 +260,32 @@ func (w *Writer) append(batch []byte, n int) error {
 	return nil
 }
 
-func (w *Writer) syncDir() error {
-	d, err := w.opts.FS.OpenDir(w.dir)
+// missingDirs lists dir and those of its parents that do not exist, dir
+// first: what MkdirAll(dir) creates.
+func missingDirs(fsys FS, dir string) []string {
+	var missing []string
+	for p := filepath.Clean(dir); ; {
+		d, err := fsys.OpenDir(p)
+		if err == nil {
+			d.Close()
+			return missing
+		}
+		if !errors.Is(err, os.ErrNotExist) {
+			return missing // MkdirAll reports it
+		}
+		missing = append(missing, p)
+		parent := filepath.Dir(p)
+		if parent == p {
+			return missing
+		}
+		p = parent
+	}
+}
+
+func (w *Writer) syncDir() error { return syncDir(w.opts.FS, w.dir) }
+
+func syncDir(fsys FS, dir string) error {
+	d, err := fsys.OpenDir(dir)
 	if err != nil {
 		return err
 	}

@@ -340,3 +340,61 @@ func TestConcurrentWritesLandWholeAndOnce(t *testing.T) {
 		seen[id] = true
 	}
 }
+
+// dirSyncFS records the directories whose Sync returned.
+type dirSyncFS struct {
+	OSFS
+	mu     sync.Mutex
+	synced []string
+}
+
+func (f *dirSyncFS) OpenDir(dir string) (File, error) {
+	d, err := f.OSFS.OpenDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	return &dirSyncFile{File: d, fs: f, dir: filepath.Clean(dir)}, nil
+}
+
+type dirSyncFile struct {
+	File
+	fs  *dirSyncFS
+	dir string
+}
+
+func (f *dirSyncFile) Sync() error {
+	err := f.File.Sync()
+	if err == nil {
+		f.fs.mu.Lock()
+		f.fs.synced = append(f.fs.synced, f.dir)
+		f.fs.mu.Unlock()
+	}
+	return err
+}
+
+// A directory Open creates is durable only once its parent is synced:
+// without that, a crash after the first Write returned (and the engine
+// removed the sagas) can lose the directory with every file in it. Open
+// creates the missing parents too, and each of them needs the same.
+func TestACreatedDirectoryIsDurableBeforeTheFirstWriteReturns(t *testing.T) {
+	base := t.TempDir()
+	dir := filepath.Join(base, "data", "archive")
+	fsys := &dirSyncFS{}
+	w := openWriter(t, dir, Options{FS: fsys})
+	write(t, w, rec("a", 1))
+	fsys.mu.Lock()
+	synced := slices.Clone(fsys.synced)
+	fsys.mu.Unlock()
+	for _, d := range []string{base, filepath.Join(base, "data"), dir} {
+		if !slices.Contains(synced, d) {
+			t.Errorf("%s was not synced before Write returned (synced: %v)", d, synced)
+		}
+	}
+	// An existing directory: nothing above it is synced again.
+	fsys2 := &dirSyncFS{}
+	w2 := openWriter(t, dir, Options{FS: fsys2})
+	write(t, w2, rec("b", 1))
+	if got := fsys2.synced; !slices.Equal(got, []string{dir}) {
+		t.Errorf("reopened on an existing directory: synced %v, want only %s", got, dir)
+	}
+}
