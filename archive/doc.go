@@ -51,8 +51,9 @@
 // Write (nothing of the batch counts as archived) and poisons the
 // Writer (ErrPoisoned).
 //
-// A crash during a Write can leave the file cut inside that batch, which
-// was never acknowledged. Read reports it as ErrTornTail after every
+// A crash during a Write can leave the file cut inside that batch, or at
+// its full length with the batch's sectors that never reached the disk
+// reading as zeros; that batch was never acknowledged. Read reports it as ErrTornTail after every
 // intact record; ReadOptions.TolerateTornTail ends the file there
 // quietly. A batch is all or nothing: the reader yields none of a torn
 // or corrupt batch. Other damage is ErrCorrupt.

@@ -67,13 +67,15 @@ func (h batchHeader) append(b []byte) []byte {
 	return binary.LittleEndian.AppendUint32(b, h.crc)
 }
 
-// parseHeader reads a header; ok is false when b is not one.
+// parseHeader reads a header; ok is false when b is not one the Writer
+// writes (a batch has a record, and its frame a byte, at least: a header
+// whose last fields are zeros is one whose end never reached the disk).
 func parseHeader(b []byte) (h batchHeader, ok bool) {
 	if len(b) < headerSize || binary.LittleEndian.Uint32(b) != batchMagic || binary.LittleEndian.Uint32(b[4:]) != payloadSize {
 		return h, false
 	}
 	h = batchHeader{binary.LittleEndian.Uint32(b[8:]), binary.LittleEndian.Uint32(b[12:]), binary.LittleEndian.Uint32(b[16:])}
-	return h, h.length <= maxFrame
+	return h, h.length > 0 && h.records > 0 && h.length <= maxFrame
 }
 
 // encodeBatch is the batch of n lines, each ending in a newline.

@@ -71,15 +71,15 @@ func readFile(ctx context.Context, dec *zstd.Decoder, name string, opts ReadOpti
 			return false
 		}
 		rest := data[off:]
-		if len(bytes.Trim(rest, "\x00")) == 0 {
+		if allZero(rest) {
 			// A crash after the file grew but before its data was
 			// written can leave zeros.
 			return fail(ErrTornTail, off, "%d zero bytes after the last batch", len(rest))
 		}
 		h, ok := parseHeader(rest)
 		switch {
-		case !ok && len(rest) < headerSize && bytes.HasPrefix(binary.LittleEndian.AppendUint32(nil, batchMagic), rest[:min(4, len(rest))]):
-			return fail(ErrTornTail, off, "%d bytes of a batch header", len(rest))
+		case !ok && torn(data, off):
+			return fail(ErrTornTail, off, "a batch header cut short (%d bytes to the end of the file)", len(rest))
 		case !ok && off == 0:
 			return fail(ErrCorrupt, off, "not an archive file (no batch header; a file the archive Writer wrote starts with %08x)", batchMagic)
 		case !ok:
@@ -89,6 +89,9 @@ func readFile(ctx context.Context, dec *zstd.Decoder, name string, opts ReadOpti
 		}
 		frame := rest[headerSize : headerSize+int(h.length)]
 		if crc32.Checksum(frame, castagnoli) != h.crc {
+			if torn(data, off) {
+				return fail(ErrTornTail, off, "the last batch (%d bytes) fails its checksum, with a sector of it never written (zeros)", headerSize+int(h.length))
+			}
 			return fail(ErrCorrupt, off, "batch checksum mismatch")
 		}
 		lines, err := dec.DecodeAll(frame, nil)
@@ -128,4 +131,59 @@ func Find(ctx context.Context, path, id string, opts ReadOptions) (Record, error
 		return Record{}, fmt.Errorf("%w: %s in %s", ErrNotFound, id, path)
 	}
 	return *found, nil
+}
+
+// sectorSize is the unit in which a disk writes or loses data: after a
+// crash, a sector of an interrupted write holds its data or reads as
+// zeros.
+const sectorSize = 512
+
+// torn reports whether data from off, where no valid batch starts, is
+// what a Write that a crash interrupted leaves of its batch, as
+// wal.Verify judges the log's tail: a prefix of the batch's header, then
+// only zeros (the sectors that never reached the disk), or a batch cut
+// short by the end of the file, or a batch of its full length, nothing
+// but zeros after it, that fails its checksum with a sector of its frame
+// all zeros (at least 16 bytes of it, so that a zero byte or two of
+// damage does not pass for a lost sector). Anything else is damage.
+func torn(data []byte, off int) bool {
+	rest := data[off:]
+	fixed := binary.LittleEndian.AppendUint32(binary.LittleEndian.AppendUint32(nil, batchMagic), payloadSize)
+	for i := range min(len(fixed), len(rest)) {
+		if rest[i] != fixed[i] {
+			return allZero(rest[i:])
+		}
+	}
+	if len(rest) < headerSize {
+		return true
+	}
+	length, records := binary.LittleEndian.Uint32(rest[8:]), binary.LittleEndian.Uint32(rest[12:])
+	if length == 0 || records == 0 || length > maxFrame {
+		// Not a header the Writer writes: its last bytes never landed.
+		return allZero(rest[headerSize:])
+	}
+	end := headerSize + int(length)
+	if end > len(rest) {
+		return true
+	}
+	if !allZero(rest[end:]) {
+		return false
+	}
+	lo, hi := off+headerSize, off+end
+	for sec := lo / sectorSize * sectorSize; sec < hi; sec += sectorSize {
+		a, b := max(sec, lo), min(sec+sectorSize, hi)
+		if b-a >= min(16, hi-lo) && allZero(data[a:b]) {
+			return true
+		}
+	}
+	return false
+}
+
+func allZero(b []byte) bool {
+	for _, c := range b {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
 }

@@ -3,7 +3,10 @@ package archive
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
+	"math/rand/v2"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -141,4 +144,85 @@ func TestFindReturnsTheLatestCopy(t *testing.T) {
 	if _, err := Find(ctx, dir+"/missing", "a", ReadOptions{}); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("Find in a missing file: %v", err)
 	}
+}
+
+// bigLastBatch writes batches {a}, {b c} and a last one {d} that spans
+// several sectors, and returns the file's bytes and where {d} starts.
+func bigLastBatch(t *testing.T) (whole []byte, last int) {
+	t.Helper()
+	dir := t.TempDir()
+	w := openWriter(t, dir, Options{})
+	write(t, w, rec("a", 1))
+	write(t, w, rec("b", 1), rec("c", 1))
+	fi, err := os.Stat(files(t, dir)[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := rec("d", 1)
+	rng := rand.New(rand.NewPCG(1, 2))
+	noise := make([]byte, 6000)
+	for i := range noise {
+		noise[i] = "0123456789abcdef"[rng.IntN(16)]
+	}
+	d.Saga.Meta = map[string]string{"noise": string(noise)} // compresses to a few sectors
+	write(t, w, d)
+	w.Close()
+	whole, err = os.ReadFile(files(t, dir)[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(whole)-int(fi.Size()) < 4*sectorSize {
+		t.Fatalf("the last batch is %d bytes: want several sectors", len(whole)-int(fi.Size()))
+	}
+	return whole, int(fi.Size())
+}
+
+// A crash can leave the file at its full length with some sectors of its
+// last Write never written: they read as zeros. That is a torn tail, as a
+// cut is (wal.Verify says the same of the log): the earlier batches are
+// read, and TolerateTornTail ends the file there. Damage that is not
+// what a tear leaves stays ErrCorrupt.
+func TestZeroedSectorsOfTheLastBatchAreATornTail(t *testing.T) {
+	whole, last := bigLastBatch(t)
+	p := filepath.Join(t.TempDir(), "f"+Suffix)
+	check := func(what string, data []byte, want error) {
+		t.Helper()
+		if err := os.WriteFile(p, data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		ids, err := readAll(t, p, ReadOptions{})
+		if !errors.Is(err, want) || !slices.Equal(ids, []string{"a", "b", "c"}) {
+			t.Fatalf("%s: read %v, %v; want a b c then %v", what, ids, err, want)
+		}
+		ids, err = readAll(t, p, ReadOptions{TolerateTornTail: true})
+		if want == ErrTornTail && (err != nil || !slices.Equal(ids, []string{"a", "b", "c"})) {
+			t.Fatalf("%s, tolerant: read %v, %v; want a b c", what, ids, err)
+		}
+	}
+	// Every sector from some one on never written (the header's too).
+	for s := (last/sectorSize + 1) * sectorSize; s < len(whole); s += sectorSize {
+		data := slices.Clone(whole)
+		clear(data[s:])
+		check(fmt.Sprintf("zeros from offset %d of %d (last batch at %d)", s, len(whole), last), data, ErrTornTail)
+	}
+	// One sector in the middle of the last batch never written.
+	for s := (last/sectorSize + 1) * sectorSize; s+sectorSize < len(whole); s += sectorSize {
+		data := slices.Clone(whole)
+		clear(data[s : s+sectorSize])
+		check(fmt.Sprintf("sector at %d zeroed", s), data, ErrTornTail)
+	}
+	// A header cut after each of its bytes, zeros after.
+	for n := 1; n < headerSize; n++ {
+		data := slices.Clone(whole)
+		clear(data[last+n:])
+		check(fmt.Sprintf("header cut after %d bytes, then zeros", n), data, ErrTornTail)
+	}
+	// Not a tear: a flipped byte, a few zeroed bytes, bytes after the batch.
+	check("a flipped byte in the last batch", flip(whole, int64(last+headerSize+100)), ErrCorrupt)
+	data := slices.Clone(whole)
+	clear(data[last+headerSize+100 : last+headerSize+104])
+	check("four zeroed bytes in the last batch", data, ErrCorrupt)
+	data = slices.Clone(whole)
+	clear(data[last+headerSize:])
+	check("a zeroed batch, then a byte after its end", append(data, 7), ErrCorrupt)
 }
