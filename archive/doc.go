@@ -36,7 +36,9 @@
 // to a file it did not create; it rotates to a new file once a file
 // reaches Options.MaxFileSize bytes or Options.MaxFileRecords records.
 //
-// Each Write is one batch: a zstd skippable frame holding the batch's
+// Each Write is one batch (several, for a Write over 256 MiB of lines:
+// the reader decodes at most 1 GiB of a batch), all in one file: a zstd
+// skippable frame holding the batch's
 // length, record count and CRC-32C, then one zstd frame of its lines (see
 // format.go). Every file, even one whose Write is still running, is a
 // valid zstd stream of JSON Lines to any zstd tool, which skips the

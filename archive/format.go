@@ -55,6 +55,17 @@ const (
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
+// maxLines bounds the decoded lines of a batch the reader accepts, so
+// that a damaged frame cannot make it allocate more. maxBatchLines
+// bounds those of a batch the Writer writes, well below (zstd can grow
+// incompressible data a little): every batch it acknowledges is one the
+// reader reads. A Write of more is cut into several batches. Variables
+// for the tests.
+var (
+	maxLines      uint64 = maxFrame
+	maxBatchLines        = maxFrame / 4
+)
+
 type batchHeader struct {
 	length, records, crc uint32
 }

@@ -37,7 +37,7 @@ func Read(ctx context.Context, path string, opts ReadOptions) iter.Seq2[Record, 
 				return
 			}
 		}
-		dec, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(maxFrame))
+		dec, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(maxLines))
 		if err != nil {
 			yield(Record{}, fmt.Errorf("archive: %w", err))
 			return

@@ -187,12 +187,17 @@ func fileSeq(name string) (uint64, bool) {
 	return s, err == nil
 }
 
-// Write appends the records as one batch and returns once they are
-// durable (see the Writer's ordering contract). A record's V is set to
-// Version. It fails without writing for a record without a saga id, and
-// with ctx's error when ctx is done before it starts writing.
+// Write appends the records as one batch (several, if their lines are
+// over maxBatchLines bytes) and returns once they are durable (see the
+// Writer's ordering contract). A record's V is set to Version. It fails
+// without writing for a record without a saga id or over maxBatchLines
+// bytes, and with ctx's error when ctx is done before it starts writing.
 func (w *Writer) Write(ctx context.Context, recs ...Record) error {
 	var lines []byte
+	// starts[i] is where the lines of batch i start, and counts[i] how
+	// many records they hold: a Write over maxBatchLines is several
+	// batches.
+	var starts, counts []int
 	for i := range recs {
 		r := recs[i]
 		if r.Saga.ID == "" {
@@ -203,7 +208,14 @@ func (w *Writer) Write(ctx context.Context, recs ...Record) error {
 		if err != nil {
 			return fmt.Errorf("archive: saga %s: %w", r.Saga.ID, err)
 		}
+		if len(b)+1 > maxBatchLines {
+			return fmt.Errorf("archive: saga %s: its record is %d bytes, over the %d of a batch", r.Saga.ID, len(b)+1, maxBatchLines)
+		}
+		if len(starts) == 0 || len(lines)-starts[len(starts)-1]+len(b)+1 > maxBatchLines {
+			starts, counts = append(starts, len(lines)), append(counts, 0)
+		}
 		lines = append(append(lines, b...), '\n')
+		counts[len(counts)-1]++
 	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -216,14 +228,23 @@ func (w *Writer) Write(ctx context.Context, recs ...Record) error {
 	if len(recs) == 0 {
 		return nil
 	}
-	if err := w.append(encodeBatch(w.enc, lines, len(recs)), len(recs)); err != nil {
+	var batches []byte
+	for i, start := range starts {
+		end := len(lines)
+		if i+1 < len(starts) {
+			end = starts[i+1]
+		}
+		batches = append(batches, encodeBatch(w.enc, lines[start:end], counts[i])...)
+	}
+	if err := w.append(batches, len(recs)); err != nil {
 		w.err = fmt.Errorf("%w: %w", ErrPoisoned, err)
 		return fmt.Errorf("archive: %s: %w", w.name, err)
 	}
 	return nil
 }
 
-// append writes one batch, rotating first if the file is full, and syncs.
+// append writes the batches of one Write, rotating first if the file is
+// full, and syncs.
 func (w *Writer) append(batch []byte, n int) error {
 	if w.cur != nil && (w.size >= w.opts.MaxFileSize || (w.opts.MaxFileRecords > 0 && w.records >= w.opts.MaxFileRecords)) {
 		// Every batch in it is synced already: closing loses nothing.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"slices"
@@ -396,5 +397,72 @@ func TestACreatedDirectoryIsDurableBeforeTheFirstWriteReturns(t *testing.T) {
 	write(t, w2, rec("b", 1))
 	if got := fsys2.synced; !slices.Equal(got, []string{dir}) {
 		t.Errorf("reopened on an existing directory: synced %v, want only %s", got, dir)
+	}
+}
+
+// bigRecords returns n records of about size bytes each, incompressible.
+func bigRecords(n, size int) []Record {
+	rng := rand.New(rand.NewPCG(3, 4))
+	recs := make([]Record, n)
+	for i := range recs {
+		recs[i] = rec(fmt.Sprint("big-", i), 1)
+		recs[i].Saga.Input = make([]byte, size)
+		for j := range recs[i].Saga.Input {
+			recs[i].Saga.Input[j] = byte(rng.Uint32())
+		}
+	}
+	return recs
+}
+
+// A Write is acknowledged only if the reader can read it back: one whose
+// lines are over what the reader decodes of a batch becomes several
+// batches (the engine removes the sagas once Write returns; a batch the
+// reader refuses would lose them, and stop every read of the directory
+// there). A record over the limit on its own is refused, unwritten.
+func TestAWriteOverTheReadersLimitReadsBack(t *testing.T) {
+	defer func(l uint64, b int) { maxLines, maxBatchLines = l, b }(maxLines, maxBatchLines)
+	maxLines, maxBatchLines = 1<<20, 1<<18
+	dir := t.TempDir()
+	w := openWriter(t, dir, Options{})
+	recs := bigRecords(50, 45<<10) // 60 KiB lines: 3 MB in all
+	write(t, w, recs...)
+	ids, err := readAll(t, dir, ReadOptions{})
+	if err != nil || len(ids) != len(recs) {
+		t.Fatalf("read %d of %d records back, %v", len(ids), len(recs), err)
+	}
+	for i, id := range ids {
+		if id != recs[i].Saga.ID {
+			t.Fatalf("record %d is %s, want %s", i, id, recs[i].Saga.ID)
+		}
+	}
+	before, err := os.ReadFile(files(t, dir)[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Write(testctx.New(t), bigRecords(1, 300<<10)...); err == nil || !strings.Contains(err.Error(), "big-0") {
+		t.Fatalf("Write of a record over the batch limit: %v, want an error naming it", err)
+	}
+	if after, _ := os.ReadFile(files(t, dir)[0]); len(after) != len(before) {
+		t.Fatalf("the refused Write wrote %d bytes", len(after)-len(before))
+	}
+	write(t, w, rec("after", 1)) // refused, not poisoned
+}
+
+// The same at the real limits (a gigabyte of lines): opt in with
+// SAGA_ARCHIVE_BIG=1; it needs about 5 GB of memory.
+func TestAWriteOverTheReadersLimitReadsBackAtScale(t *testing.T) {
+	if os.Getenv("SAGA_ARCHIVE_BIG") == "" {
+		t.Skip("writes a gigabyte: set SAGA_ARCHIVE_BIG=1")
+	}
+	dir := t.TempDir()
+	w := openWriter(t, dir, Options{})
+	recs := make([]Record, 100)
+	for i := range recs {
+		recs[i] = rec(fmt.Sprint("s-", i), 1)
+		recs[i].Saga.Input = make([]byte, 8<<20) // the engine's largest input
+	}
+	write(t, w, recs...)
+	if ids, err := readAll(t, dir, ReadOptions{}); err != nil || len(ids) != len(recs) {
+		t.Fatalf("read %d of %d records back, %v", len(ids), len(recs), err)
 	}
 }
