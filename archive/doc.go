@@ -67,5 +67,7 @@
 // sagas were removed, then archiving them again. Two copies have the
 // same saga id; the one with the highest seq is the latest, and Find
 // returns it. A finished saga does not change, so copies of it with the
-// same seq are the same.
+// same seq are the same. An id is free again once its saga is removed:
+// records of a later saga with the id have a later created_at, and Find
+// returns the latest saga's.
 package archive

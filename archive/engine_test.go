@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"testing"
+	"time"
 
 	"github.com/sagaengine/saga/admin"
 	"github.com/sagaengine/saga/compensation"
@@ -72,4 +73,61 @@ func mustJSON(t *testing.T, v any) string {
 		t.Fatal(err)
 	}
 	return string(b)
+}
+
+// An id is free again once its saga is removed (README, "Ids"): the
+// archive then holds two sagas under it, and Find returns the later one,
+// even when the earlier one has more transitions (a higher seq).
+func TestFindReturnsTheLaterSagaOfAReusedID(t *testing.T) {
+	ctx := testctx.New(t)
+	reg := compensation.NewRegistry()
+	_ = reg.RegisterAction("ok", func(context.Context, compensation.Call) ([]byte, error) { return []byte("done"), nil })
+	_ = reg.RegisterAction("boom", func(context.Context, compensation.Call) ([]byte, error) {
+		return nil, compensation.Permanent(errors.New("payment declined"))
+	})
+	_ = reg.Register("undo", func(context.Context, compensation.Call) error { return nil })
+	dir := t.TempDir()
+	w := openWriter(t, dir, Options{})
+	e, err := engine.Open(t.TempDir(), engine.Options{Registry: reg, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Retention: time.Nanosecond, RemovalInterval: engine.ManualRemoval, Archiver: w})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	for _, d := range []engine.Definition{
+		{Name: "failing", Steps: []engine.StepDef{{Name: "pay", Action: "ok", Compensation: "undo"}, {Name: "ship", Action: "boom"}}},
+		{Name: "simple", Steps: []engine.StepDef{{Name: "pay", Action: "ok"}}},
+	} {
+		if _, err := e.Define(ctx, d); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var seqs []uint64
+	for _, def := range []string{"failing", "simple"} {
+		st, err := e.Run(ctx, def, nil, engine.StartOptions{ID: "o-1"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		seqs = append(seqs, st.Saga.Seq)
+		for { // until the removal (after its archive) took it
+			if st, err := e.RemoveExpired(ctx); err != nil {
+				t.Fatal(err)
+			} else if st.Sagas == 1 {
+				break
+			}
+			if err := ctx.Err(); err != nil {
+				t.Fatalf("saga %s of %s never removed: %v", "o-1", def, err)
+			}
+		}
+	}
+	if seqs[0] <= seqs[1] {
+		t.Fatalf("seqs %v: the test wants the earlier saga to have the higher seq", seqs)
+	}
+	got, err := Find(ctx, dir, "o-1", ReadOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Saga.Definition != "simple" || got.Saga.State != "COMPLETED" {
+		t.Fatalf("Find returned the saga of %s (%s, seq %d), want the later one, of simple", got.Saga.Definition, got.Saga.State, got.Saga.Seq)
+	}
 }

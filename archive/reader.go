@@ -113,17 +113,19 @@ func readFile(ctx context.Context, dec *zstd.Decoder, name string, opts ReadOpti
 }
 
 // Find returns the record of saga id in path (a file or a directory).
-// When the archive holds several copies (a batch archived again after a
-// failed Write or a crash before removal), it returns the one with the
-// highest seq, the latest of those. ErrNotFound when there is none; an
-// error of Read when reading fails.
+// When the archive holds several records of the id, it returns the
+// latest: that of the saga created last (an id is free again once its
+// saga is removed, so a later saga can have it), and of its copies (a
+// batch archived again after a failed Write or a crash before removal)
+// the one with the highest seq. ErrNotFound when there is none; an error
+// of Read when reading fails.
 func Find(ctx context.Context, path, id string, opts ReadOptions) (Record, error) {
 	var found *Record
 	for r, err := range Read(ctx, path, opts) {
 		if err != nil {
 			return Record{}, err
 		}
-		if r.Saga.ID == id && (found == nil || r.Saga.Seq >= found.Saga.Seq) {
+		if r.Saga.ID == id && (found == nil || later(r.Saga, found.Saga)) {
 			found = &r
 		}
 	}
@@ -186,4 +188,14 @@ func allZero(b []byte) bool {
 		}
 	}
 	return true
+}
+
+// later reports whether a is a later record of a saga id than b, or as
+// late: a later saga (created after b's, which was removed before the id
+// could start another), or a copy of the same one with as high a seq.
+func later(a, b Saga) bool {
+	if c := a.CreatedAt.Compare(b.CreatedAt); c != 0 {
+		return c > 0
+	}
+	return a.Seq >= b.Seq
 }
