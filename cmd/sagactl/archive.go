@@ -1,8 +1,11 @@
 package main
 
 import (
+	"bufio"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"text/tabwriter"
 
@@ -41,22 +44,46 @@ func newArchiveShow(g *globals) *cobra.Command {
 				}
 				return printShow(g, rec.Show())
 			}
-			// Read it all first: a damaged file prints nothing but the error.
-			sagas := []archive.Saga{}
-			for rec, err := range archive.Read(cmd.Context(), path, opts) {
+			// Read it all once to check it, so that a damaged file prints
+			// nothing but the error, then again to print it: the records
+			// are not held, and an archive of months fits in the memory of
+			// one file. The second reading stops at the records the first
+			// checked (a file being written may have grown since).
+			n := 0
+			for _, err := range archive.Read(cmd.Context(), path, opts) {
 				if err != nil {
 					return archiveError(path, err)
 				}
-				sagas = append(sagas, rec.Saga)
+				n++
+			}
+			each := func(f func(archive.Saga) error) error {
+				seen := 0
+				for rec, err := range archive.Read(cmd.Context(), path, opts) {
+					if err != nil {
+						return archiveError(path, err)
+					}
+					if seen == n {
+						break
+					}
+					seen++
+					if err := f(rec.Saga); err != nil {
+						return err
+					}
+				}
+				return nil
 			}
 			if g.json() {
-				return g.printJSON(map[string]any{"sagas": sagas})
+				return printSagasJSON(g.out, each)
 			}
 			w := tabwriter.NewWriter(g.out, 0, 4, 2, ' ', 0)
 			fmt.Fprintln(w, "ID\tDEFINITION\tSTATE\tCREATED\tUPDATED")
-			for _, s := range sagas {
-				fmt.Fprintf(w, "%s\t%s@v%d\t%s\t%s\t%s\n", s.ID, s.Definition, s.Version, s.State,
+			err := each(func(s archive.Saga) error {
+				_, err := fmt.Fprintf(w, "%s\t%s@v%d\t%s\t%s\t%s\n", s.ID, s.Definition, s.Version, s.State,
 					s.CreatedAt.Format("2006-01-02 15:04:05"), s.UpdatedAt.Format("2006-01-02 15:04:05"))
+				return err
+			})
+			if err != nil {
+				return err
 			}
 			return w.Flush()
 		},
@@ -64,6 +91,35 @@ func newArchiveShow(g *globals) *cobra.Command {
 	cmd.Flags().BoolVar(&opts.TolerateTornTail, "tolerate-torn-tail", false,
 		"end a file quietly at a torn last batch (a Write a crash interrupted, never acknowledged)")
 	return cmd
+}
+
+// printSagasJSON writes {"sagas": [...]} as printJSON would, one saga
+// at a time.
+func printSagasJSON(out io.Writer, each func(func(archive.Saga) error) error) error {
+	bw := bufio.NewWriter(out)
+	bw.WriteString("{\n  \"sagas\": [")
+	first := true
+	err := each(func(s archive.Saga) error {
+		b, err := json.MarshalIndent(s, "    ", "  ")
+		if err != nil {
+			return err
+		}
+		if !first {
+			bw.WriteByte(',')
+		}
+		first = false
+		bw.WriteString("\n    ")
+		_, err = bw.Write(b)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	if !first {
+		bw.WriteString("\n  ")
+	}
+	bw.WriteString("]\n}\n")
+	return bw.Flush()
 }
 
 // archiveError gives an archive's read error its exit code and a hint.

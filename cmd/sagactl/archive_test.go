@@ -160,3 +160,35 @@ func snapshot(t *testing.T, paths ...string) string {
 	}
 	return b.String()
 }
+
+// The JSON of `archive show FILE` is written one saga at a time (an
+// archive of months is not held in memory), byte for byte what printJSON
+// writes for the whole list.
+func TestArchiveShowStreamsTheJSONPrintJSONWouldWrite(t *testing.T) {
+	_, file := archivedDir(t)
+	var all []archive.Saga
+	for rec, err := range archive.Read(testctx.New(t), file, archive.ReadOptions{}) {
+		if err != nil {
+			t.Fatal(err)
+		}
+		all = append(all, rec.Saga)
+	}
+	for n := 0; n <= len(all); n++ {
+		var want, got bytes.Buffer
+		g := &globals{out: &want}
+		if err := g.printJSON(map[string]any{"sagas": append([]archive.Saga{}, all[:n]...)}); err != nil {
+			t.Fatal(err)
+		}
+		err := printSagasJSON(&got, func(f func(archive.Saga) error) error {
+			for _, s := range all[:n] {
+				if err := f(s); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil || got.String() != want.String() {
+			t.Fatalf("%d sagas: %v\n got:\n%s\nwant:\n%s", n, err, got.String(), want.String())
+		}
+	}
+}
