@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -84,7 +85,9 @@ func mac(secret []byte, method, target, ts string, body []byte) []byte {
 // handler server. The zero value except Secrets is ready to use.
 type Verifier struct {
 	// Secrets are the accepted secrets: one, or during a rotation the new
-	// and the old. Required.
+	// and the old. Required: a secret shorter than the 32 bytes the
+	// engine signs with is never accepted (anyone can compute the HMAC of
+	// an empty key), and without one Verify refuses every request.
 	Secrets [][]byte
 	// Window is the replay window: a signature's timestamp may be at most
 	// this far from Now, either way. Default DefaultReplayWindow (5m).
@@ -125,6 +128,9 @@ func (v *Verifier) Verify(r *http.Request) ([]byte, error) {
 		}
 		body = b
 	}
+	if !slices.ContainsFunc(v.Secrets, usableSecret) {
+		return nil, fmt.Errorf("%w: the server has no secret of %d bytes or more to check it with", ErrBadSignature, minSecretBytes)
+	}
 	ts, sigs, ok := parseSignature(r.Header.Get(SignatureHeader))
 	if !ok {
 		return nil, ErrUnsigned
@@ -135,6 +141,9 @@ func (v *Verifier) Verify(r *http.Request) ([]byte, error) {
 	}
 	matched := false
 	for _, secret := range v.Secrets {
+		if !usableSecret(secret) {
+			continue
+		}
 		want := mac(secret, r.Method, target, ts, body)
 		for _, sig := range sigs {
 			if hmac.Equal(want, sig) {
@@ -164,6 +173,9 @@ func (v *Verifier) Verify(r *http.Request) ([]byte, error) {
 	}
 	return body, nil
 }
+
+// usableSecret: a secret as long as New requires of hmac_secret_file's.
+func usableSecret(secret []byte) bool { return len(secret) >= minSecretBytes }
 
 // parseSignature splits "t=…,v1=…[,v1=…]" into its timestamp and the
 // decoded signatures.
