@@ -38,8 +38,25 @@ func (p *problems) duration(field string, d *durationpb.Duration, negativeOK boo
 		return 0
 	}
 	v := d.AsDuration()
+	if v == math.MaxInt64 {
+		// AsDuration saturates: the request asked for a longer one.
+		// (A negative one is refused below, or means "forever".)
+		p.add("%s is out of range (at most %v)", field, time.Duration(math.MaxInt64).Truncate(time.Second))
+		return 0
+	}
 	if v < 0 && !negativeOK {
 		p.add("%s is negative", field)
+		return 0
+	}
+	return v
+}
+
+// sagaTimeout converts a saga's timeout, whose deadline (now + timeout,
+// in Unix nanoseconds) must be a time the engine can record.
+func (p *problems) sagaTimeout(field string, d *durationpb.Duration) time.Duration {
+	v := p.duration(field, d, false)
+	if v > 0 && time.Now().UnixNano() > math.MaxInt64-int64(v) {
+		p.add("%s %v is out of range: the deadline would be after 2262", field, v.Truncate(time.Second))
 		return 0
 	}
 	return v
@@ -116,7 +133,7 @@ func definitionFrom(d *sagav1.Definition) (engine.Definition, error) {
 	}
 	out := engine.Definition{
 		Name:      d.Name,
-		Timeout:   p.duration("timeout", d.Timeout, false),
+		Timeout:   p.sagaTimeout("timeout", d.Timeout),
 		Retention: p.duration("retention", d.Retention, true),
 	}
 	if out.Retention < 0 {

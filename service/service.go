@@ -219,7 +219,7 @@ func (s *Server) Start(ctx context.Context, req *connect.Request[sagav1.StartReq
 	o := engine.StartOptions{
 		ID: m.Id, IdempotencyKey: m.IdempotencyKey, User: m.User, Meta: m.Meta,
 		Version:    p.int32("version", m.Version),
-		Timeout:    p.duration("timeout", m.Timeout, false),
+		Timeout:    p.sagaTimeout("timeout", m.Timeout),
 		Durability: p.durability("durability", m.Durability),
 	}
 	if err := p.err(); err != nil {
