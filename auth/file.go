@@ -52,14 +52,27 @@ func Load(path string) (*Tokens, error) {
 //	    scope: operator
 //	    secret_file: secrets/alice.token  # holds the secret (16 bytes or more), mode 0600
 //
-// Unknown keys are refused. Every problem is reported at once, in an
-// error wrapping ErrInvalidToken.
+// Unknown keys, and a second YAML document, are refused. Every problem
+// is reported at once, in an error wrapping ErrInvalidToken.
 func Parse(src string, data []byte, dir string) (*Tokens, error) {
 	var f fileFormat
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
 	if err := dec.Decode(&f); err != nil && !errors.Is(err, io.EOF) {
 		return nil, fmt.Errorf("%w: %s: %w", ErrInvalidToken, src, err)
+	}
+	// A second document (after "---") would be ignored, and its tokens
+	// refused as unknown without a word: refuse the file.
+	for {
+		var more yaml.Node
+		err := dec.Decode(&more)
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err == nil && len(more.Content) == 1 && more.Content[0].Tag == "!!null" {
+			continue // an empty document, as a trailing "---" makes
+		}
+		return nil, fmt.Errorf("%w: %s holds more than one YAML document (a line \"---\" and more after it): put every token in one", ErrInvalidToken, src)
 	}
 	var probs []string
 	var ts []Token
