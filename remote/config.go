@@ -129,8 +129,9 @@ func LoadConfig(path string) (*Config, error) {
 	return ParseConfig(data, filepath.Dir(path))
 }
 
-// ParseConfig parses YAML (see Config), refusing unknown keys, validates it
-// and resolves its relative file paths against baseDir. Every problem —
+// ParseConfig parses YAML (see Config), refusing unknown keys and a
+// second document, validates it and resolves its relative file paths
+// against baseDir. Every problem —
 // unknown keys and invalid values alike — is reported at once in a
 // *ConfigError. Files are not read until New.
 func ParseConfig(data []byte, baseDir string) (*Config, error) {
@@ -146,6 +147,20 @@ func ParseConfig(data []byte, baseDir string) (*Config, error) {
 		// Unknown keys and values of the wrong type: yaml.v3 goes on
 		// decoding the rest and reports them all.
 		problems = append(problems, te.Errors...)
+	}
+	// A second document (after "---") would be ignored, its endpoints
+	// dropped without a word: refuse it.
+	for {
+		var more yaml.Node
+		err := dec.Decode(&more)
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err == nil && len(more.Content) == 1 && more.Content[0].Tag == "!!null" {
+			continue // an empty document, as a trailing "---" makes
+		}
+		problems = append(problems, `more than one YAML document (a line "---" and more after it): put every endpoint in one`)
+		break
 	}
 	if err := c.Validate(); err != nil {
 		var ce *ConfigError
