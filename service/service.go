@@ -209,7 +209,8 @@ func engineDriven(d *engine.Definition) bool {
 
 // Start implements saga.v1.SagaService.Start: an engine-driven saga when
 // every step of the definition names an action (or a child saga), else a
-// caller-driven one.
+// caller-driven one. A saga started whose status cannot then be read is
+// CodeUnknown, naming it: never a code that says "not applied".
 func (s *Server) Start(ctx context.Context, req *connect.Request[sagav1.StartRequest]) (*connect.Response[sagav1.StartResponse], error) {
 	m := req.Msg
 	var p problems
@@ -248,11 +249,15 @@ func (s *Server) Start(ctx context.Context, req *connect.Request[sagav1.StartReq
 	st, err := s.eng.Status(ctx, id)
 	if errors.Is(err, engine.ErrUnknownSaga) && m.IdempotencyKey != "" {
 		// The key outlives its saga for the dedupe window.
-		err = fmt.Errorf("%w: idempotency key %q belongs to saga %s, which finished and was removed; the key refuses a new start for the dedupe window: %w",
-			engine.ErrRemoved, m.IdempotencyKey, id, err)
+		return nil, connectError(fmt.Errorf("%w: idempotency key %q belongs to saga %s, which finished and was removed; the key refuses a new start for the dedupe window: %w",
+			engine.ErrRemoved, m.IdempotencyKey, id, err))
 	}
 	if err != nil {
-		return nil, connectError(err)
+		// The saga is durable: its code must not say "not applied" (an
+		// ErrClosed would be CodeUnavailable, "send it again"), so only
+		// the cause's text goes along, as engine.Run does.
+		return nil, connect.NewError(connect.CodeUnknown,
+			fmt.Errorf("saga %s is started (durable), but its status could not be read: look at it before starting again: %v", id, err))
 	}
 	return connect.NewResponse(&sagav1.StartResponse{Saga: sagaOf(st)}), nil
 }
