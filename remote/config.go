@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -177,8 +178,9 @@ func ParseConfig(data []byte, baseDir string) (*Config, error) {
 
 // Validate reports every problem of c at once in a *ConfigError: a name
 // the handler registry would refuse, a missing or malformed URL (only
-// http and https, with a host, no fragment), negative or out-of-range
-// numbers, a client certificate without its key, or tls on an http URL.
+// http and https, with a host, a port in 1-65535 if any, no fragment),
+// negative or out-of-range numbers, a client certificate without its
+// key, or tls on an http URL.
 // It reads no file.
 func (c *Config) Validate() error {
 	var problems []string
@@ -206,6 +208,8 @@ func (c *Config) Validate() error {
 				add(name, "url must not hold credentials (use tls or hmac_secret_file)")
 			case u.Fragment != "":
 				add(name, "url must not have a fragment")
+			case u.Port() != "" && !validPort(u.Port()):
+				add(name, "url port %q is not a TCP port (1-65535)", u.Port())
 			}
 		}
 		if ep.Timeout < 0 {
@@ -233,6 +237,12 @@ func (c *Config) Validate() error {
 		return nil
 	}
 	return &ConfigError{Problems: problems}
+}
+
+// validPort: p (digits, as url.Parse checks) is a TCP port one can dial.
+func validPort(p string) bool {
+	n, err := strconv.Atoi(p)
+	return err == nil && n >= 1 && n <= 65535
 }
 
 // ResolvePaths makes c's relative file paths (tls, hmac_secret_file)

@@ -20,3 +20,19 @@ func TestParseConfigRefusesASecondDocument(t *testing.T) {
 		t.Fatalf("a trailing ---: %v %v", c, err)
 	}
 }
+
+// A URL whose port is no TCP port parses as a URL, and used to be
+// accepted: every call then failed to dial, as a retryable ErrUnavailable,
+// until the step's retries ran out. It is a problem of the configuration.
+func TestValidateRefusesAPortOutOfRange(t *testing.T) {
+	for _, u := range []string{"http://127.0.0.1:99999/pay", "https://orders.internal:0/pay", "http://[::1]:65536/pay"} {
+		c := remote.Config{Endpoints: map[string]remote.EndpointConfig{"pay": {URL: u}}}
+		if err := c.Validate(); !errors.Is(err, remote.ErrInvalidConfig) {
+			t.Errorf("url %s: %v, want ErrInvalidConfig", u, err)
+		}
+	}
+	c := remote.Config{Endpoints: map[string]remote.EndpointConfig{"pay": {URL: "http://127.0.0.1:65535/pay"}, "ship": {URL: "https://[::1]/ship"}}}
+	if err := c.Validate(); err != nil {
+		t.Errorf("ports in range: %v", err)
+	}
+}
