@@ -376,8 +376,8 @@ func (s *Server) Wait(ctx context.Context, req *connect.Request[sagav1.WaitReque
 	if err := p.err(); err != nil {
 		return nil, connectError(err)
 	}
-	if d == 0 {
-		d = s.opts.DefaultWait
+	if req.Msg.Timeout == nil {
+		d = s.opts.DefaultWait // unset; a timeout set to zero is a poll
 	}
 	wctx, cancel := context.WithTimeout(ctx, d)
 	defer cancel()
