@@ -386,12 +386,14 @@ func (s *Server) Wait(ctx context.Context, req *connect.Request[sagav1.WaitReque
 	case err == nil:
 		return connect.NewResponse(&sagav1.WaitResponse{Saga: sagaOf(st), Settled: true}), nil
 	case ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded):
-		// The wait's own timeout: the saga as it is now.
+		// The wait's own timeout: the saga as it is now, which may have
+		// settled since.
 		st, err := s.status(ctx, req.Msg.SagaId)
 		if err != nil {
 			return nil, err
 		}
-		return connect.NewResponse(&sagav1.WaitResponse{Saga: sagaOf(st)}), nil
+		settled := st.State.Terminal() || st.State == engine.StateStuck
+		return connect.NewResponse(&sagav1.WaitResponse{Saga: sagaOf(st), Settled: settled}), nil
 	default:
 		return nil, connectError(err)
 	}
