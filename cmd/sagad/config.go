@@ -58,8 +58,9 @@ type Config struct {
 	// Default: none, and a single admin token named "default" from
 	// TokenFile, SAGAD_TOKEN or DATA/sagad.token (generated).
 	Tokens string `yaml:"tokens"`
-	// TokenFile holds the single token (not with Tokens). Default: the
-	// environment's SAGAD_TOKEN, else DATA/sagad.token.
+	// TokenFile holds the single token (not with Tokens), 16 bytes or
+	// more, as SAGAD_TOKEN's must be. Default: the environment's
+	// SAGAD_TOKEN, else DATA/sagad.token.
 	TokenFile string `yaml:"token_file"`
 	// Admin, if set, is the address of the admin API: /metrics
 	// (Prometheus), the operator endpoints of package admin and the web

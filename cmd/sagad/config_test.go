@@ -121,11 +121,11 @@ func TestSagadFlagsOverrideTheConfigFile(t *testing.T) {
 	t.Chdir(t.TempDir())
 	// The file's listen address is taken by start's -listen 127.0.0.1:0.
 	write(t, "etc/sagad.yaml", "---\nlisten: 192.0.2.1:7080\ndata: data\n---\n") // markers of one document
-	start(t, map[string]string{TokenEnv: "tok"}, "-config", "etc/sagad.yaml")
+	start(t, map[string]string{TokenEnv: testToken}, "-config", "etc/sagad.yaml")
 	if _, err := os.Stat(filepath.Join("etc", "data")); err != nil {
 		t.Fatalf("the file's data directory (relative to the file) was not used: %v", err)
 	}
-	start(t, map[string]string{TokenEnv: "tok"}, "-config", "etc/sagad.yaml", "-data", "fromflag")
+	start(t, map[string]string{TokenEnv: testToken}, "-config", "etc/sagad.yaml", "-data", "fromflag")
 	if _, err := os.Stat("fromflag"); err != nil {
 		t.Fatalf("-data did not override the file: %v", err)
 	}
@@ -142,7 +142,7 @@ func TestSagadNamedTokens(t *testing.T) {
 		"  - {name: alice, scope: operator, secret_file: alice.token}\n")
 	write(t, "sagad.yaml", "tokens: tokens.yaml\n")
 	// SAGAD_TOKEN is not a token when a tokens file is served.
-	addr, out := start(t, map[string]string{TokenEnv: "env-token"}, "-config", "sagad.yaml")
+	addr, out := start(t, map[string]string{TokenEnv: "env-token-0123456789"}, "-config", "sagad.yaml")
 	if !strings.Contains(out.String(), "token alice, scope operator") {
 		t.Errorf("the tokens are not listed:\n%s", out)
 	}
@@ -150,7 +150,7 @@ func TestSagadNamedTokens(t *testing.T) {
 		t.Errorf("a token was generated beside a tokens file: %v", err)
 	}
 	define := `{"definition":{"name":"order","steps":[{"name":"pay"}]}}`
-	if code, body := post(t, addr, "env-token", "Define", define); code != http.StatusUnauthorized {
+	if code, body := post(t, addr, "env-token-0123456789", "Define", define); code != http.StatusUnauthorized {
 		t.Fatalf("the env token: %d %s", code, body)
 	}
 	if code, body := post(t, addr, "dashboard-secret-0123456789", "Define", define); code != http.StatusForbidden ||
@@ -180,7 +180,7 @@ func TestSagadServesTLS(t *testing.T) {
 	t.Chdir(t.TempDir())
 	certFile, keyFile, pool := selfSigned(t, ".")
 	write(t, "sagad.yaml", "tls:\n  cert: "+certFile+"\n  key: "+keyFile+"\n")
-	addr, out := start(t, map[string]string{TokenEnv: "tok"}, "-config", "sagad.yaml")
+	addr, out := start(t, map[string]string{TokenEnv: testToken}, "-config", "sagad.yaml")
 	if !strings.Contains(out.String(), "https://"+addr) {
 		t.Errorf("the https address is not printed:\n%s", out)
 	}
@@ -191,7 +191,7 @@ func TestSagadServesTLS(t *testing.T) {
 	defer cancel()
 	req, _ := http.NewRequestWithContext(ctx, "POST", "https://"+addr+"/saga.v1.SagaService/Status", strings.NewReader(`{"sagaId":"x"}`))
 	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("Authorization", "Bearer tok")
+	req.Header.Set("Authorization", "Bearer "+testToken)
 	resp, err := hc.Do(req)
 	if err != nil {
 		t.Fatal(err)
@@ -202,7 +202,7 @@ func TestSagadServesTLS(t *testing.T) {
 		t.Fatalf("over HTTPS: %s %d %s", resp.Proto, resp.StatusCode, b)
 	}
 	preq, _ := http.NewRequestWithContext(ctx, "POST", "http://"+addr+"/saga.v1.SagaService/Status", strings.NewReader(`{"sagaId":"x"}`))
-	preq.Header.Set("Authorization", "Bearer tok")
+	preq.Header.Set("Authorization", "Bearer "+testToken)
 	if resp, err := http.DefaultClient.Do(preq); err == nil {
 		resp.Body.Close()
 		if resp.StatusCode != http.StatusBadRequest { // Go's answer to HTTP on a TLS port

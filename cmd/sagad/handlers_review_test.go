@@ -15,7 +15,7 @@ func TestSagadHandlersPathsAreTheConfigFilesAndARefusalWritesNothing(t *testing.
 	write(t, "etc/inventory.secret", "a-secret-shared-with-the-handlers\n")
 	write(t, "etc/sagad.yaml", "data: data\nhandlers:\n"+
 		"  reserve: {url: \"http://127.0.0.1:9/reserve\", hmac_secret_file: inventory.secret}\n")
-	start(t, map[string]string{TokenEnv: "tok"}, "-config", "etc/sagad.yaml")
+	start(t, map[string]string{TokenEnv: testToken}, "-config", "etc/sagad.yaml")
 	if _, err := os.Stat(filepath.Join("etc", "data")); err != nil {
 		t.Fatalf("sagad did not start with a secret relative to its config file: %v", err)
 	}

@@ -6,9 +6,9 @@
 //
 // starts it on the embedded default: the data directory ./sagad-data, the
 // address 127.0.0.1:7080, and a single bearer token (named "default", of
-// scope admin) read from -token-file or SAGAD_TOKEN, or else generated
-// on first start into ./sagad-data/sagad.token (mode 0600; its path is
-// printed). -tokens FILE serves named tokens with scopes instead (read,
+// scope admin) read from -token-file or SAGAD_TOKEN (16 bytes or more),
+// or else generated on first start into ./sagad-data/sagad.token (mode
+// 0600; its path is printed). -tokens FILE serves named tokens with scopes instead (read,
 // service, operator, admin: see package auth); the actor recorded by
 // Abort, Retry and Resolve is the token's name.
 //
@@ -98,7 +98,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	policyFile := fs.String("policy", "", "policy file (YAML), hot-reloaded (default: env SAGA_POLICY_FILE; none)")
 	adminAddr := fs.String("admin", "", "serve /metrics, the admin API and the web console (/ui/) on this address (default: not served)")
 	tokensFile := fs.String("tokens", "", "tokens file: named tokens with scopes read, service, operator, admin (see package auth)")
-	tokenFile := fs.String("token-file", "", "file holding a single admin token named \"default\" (default: env "+TokenEnv+", else DATA/"+tokenFileName+", generated on first start)")
+	tokenFile := fs.String("token-file", "", "file holding a single admin token named \"default\", 16 bytes or more (default: env "+TokenEnv+", else DATA/"+tokenFileName+", generated on first start)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -396,8 +396,18 @@ func (r *RaftConfig) apiOf(addr string) string {
 // loadToken returns the token and says where it came from: the file
 // named (which must hold one), the environment, or DATA/sagad.token; it
 // writes nothing, and returns "" when DATA/sagad.token is still to be
-// generated.
+// generated. A token shorter than auth.MinSecretBytes is refused: it is
+// the admin scope's, and a short one can be guessed.
 func loadToken(file, env, dataDir string) (token, from string, err error) {
+	token, from, err = findToken(file, env, dataDir)
+	if err == nil && token != "" && len(token) < auth.MinSecretBytes {
+		return "", "", fmt.Errorf("%w: the token %s is shorter than %d bytes: a token of the admin scope must not be guessable",
+			errConfig, from, auth.MinSecretBytes)
+	}
+	return token, from, err
+}
+
+func findToken(file, env, dataDir string) (token, from string, err error) {
 	if file != "" {
 		b, err := os.ReadFile(file)
 		if err != nil {

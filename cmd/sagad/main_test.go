@@ -14,6 +14,10 @@ import (
 	"time"
 )
 
+// testToken is the single token the tests give sagad: as long as a
+// token must be (auth.MinSecretBytes).
+const testToken = "tok-0123456789abcdef"
+
 // syncBuffer is a bytes.Buffer safe for the server's goroutine and the
 // test's.
 type syncBuffer struct {
@@ -187,21 +191,21 @@ func TestSagadRestartKeepsTokenAndSagas(t *testing.T) {
 
 func TestSagadTokenFromEnvOrFile(t *testing.T) {
 	t.Chdir(t.TempDir())
-	addr, out := start(t, map[string]string{TokenEnv: "from-env-token"}, "-data", "d1")
-	if code, body := post(t, addr, "from-env-token", "Status", `{"sagaId":"x"}`); code != http.StatusNotFound {
+	addr, out := start(t, map[string]string{TokenEnv: "from-env-token-0123456789"}, "-data", "d1")
+	if code, body := post(t, addr, "from-env-token-0123456789", "Status", `{"sagaId":"x"}`); code != http.StatusNotFound {
 		t.Fatalf("with the env token: %d %s", code, body)
 	}
 	if _, err := os.Stat(filepath.Join("d1", tokenFileName)); !os.IsNotExist(err) {
 		t.Fatalf("a token file was written though the env had one: %v\n%s", err, out)
 	}
-	if err := os.WriteFile("tok", []byte("from-file-token\n"), 0o600); err != nil {
+	if err := os.WriteFile("tok", []byte("from-file-token-0123456789\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	addr, _ = start(t, map[string]string{TokenEnv: "from-env-token"}, "-data", "d2", "-token-file", "tok")
-	if code, _ := post(t, addr, "from-file-token", "Status", `{"sagaId":"x"}`); code != http.StatusNotFound {
+	addr, _ = start(t, map[string]string{TokenEnv: "from-env-token-0123456789"}, "-data", "d2", "-token-file", "tok")
+	if code, _ := post(t, addr, "from-file-token-0123456789", "Status", `{"sagaId":"x"}`); code != http.StatusNotFound {
 		t.Fatalf("with the file's token: %d", code)
 	}
-	if code, _ := post(t, addr, "from-env-token", "Status", `{"sagaId":"x"}`); code != http.StatusUnauthorized {
+	if code, _ := post(t, addr, "from-env-token-0123456789", "Status", `{"sagaId":"x"}`); code != http.StatusUnauthorized {
 		t.Fatalf("the env token beside -token-file: %d, want 401", code)
 	}
 }
@@ -232,8 +236,8 @@ func TestSagadServesThePolicyFile(t *testing.T) {
 	if err := os.WriteFile("policy.yaml", []byte("enable_saga: true\nsaga_operations: [checkout]\ncompensation_handlers:\n  checkout:\n    payment: refund\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	addr, _ := start(t, map[string]string{TokenEnv: "tok"}, "-policy", "policy.yaml")
-	code, body := post(t, addr, "tok", "ExplainPolicy", `{"operation":"checkout"}`)
+	addr, _ := start(t, map[string]string{TokenEnv: testToken}, "-policy", "policy.yaml")
+	code, body := post(t, addr, testToken, "ExplainPolicy", `{"operation":"checkout"}`)
 	if code != 200 || !strings.Contains(body, `"saga":true`) {
 		t.Fatalf("explain: %d %s", code, body)
 	}
@@ -257,7 +261,7 @@ func TestSagadRefusedStartWritesNothing(t *testing.T) {
 
 	// A first sagad holds "held" with a token from the environment; a
 	// second one without it is refused and must not write a token there.
-	start(t, map[string]string{TokenEnv: "tok"}, "-data", "held")
+	start(t, map[string]string{TokenEnv: testToken}, "-data", "held")
 	if err := run(context.Background(), []string{"-listen", "127.0.0.1:0", "-data", "held"},
 		func(string) string { return "" }, io.Discard, io.Discard, nil); err == nil {
 		t.Fatal("a second sagad opened a held data directory")
@@ -271,16 +275,16 @@ func TestSagadRefusedStartWritesNothing(t *testing.T) {
 // restart it is still in force.
 func TestSagadKeepsThePolicySetThroughTheAPIAcrossARestart(t *testing.T) {
 	t.Chdir(t.TempDir())
-	env := map[string]string{TokenEnv: "tok"}
+	env := map[string]string{TokenEnv: testToken}
 	t.Run("set", func(t *testing.T) {
 		addr, _ := start(t, env)
 		yaml := `enable_saga: true\nsaga_operations: [checkout]\ncompensation_handlers:\n  checkout:\n    payment: refund\n`
-		if code, body := post(t, addr, "tok", "SetPolicy", `{"yaml":"`+yaml+`"}`); code != 200 {
+		if code, body := post(t, addr, testToken, "SetPolicy", `{"yaml":"`+yaml+`"}`); code != 200 {
 			t.Fatalf("set policy: %d %s", code, body)
 		}
 	}) // sagad stops here
 	addr, _ := start(t, env)
-	code, body := post(t, addr, "tok", "ExplainPolicy", `{"operation":"checkout"}`)
+	code, body := post(t, addr, testToken, "ExplainPolicy", `{"operation":"checkout"}`)
 	if code != 200 || !strings.Contains(body, `"saga":true`) {
 		t.Fatalf("explain after a restart: %d %s", code, body)
 	}

@@ -116,7 +116,7 @@ func TestSagadRaftRefusesAHeldDataDirectoryBeforeRaft(t *testing.T) {
 	t.Chdir(t.TempDir())
 	raft := freeAddrs(t, 1)[0]
 	write(t, "n0.yaml", fmt.Sprintf("raft:\n  id: n0\n  bind: %q\n  bootstrap: true\n  peers:\n    - {id: n0, raft: %q}\n", raft, raft))
-	start(t, map[string]string{TokenEnv: "tok"}, "-config", "n0.yaml")
+	start(t, map[string]string{TokenEnv: testToken}, "-config", "n0.yaml")
 	if err := refused(t, "-listen", "127.0.0.1:0", "-config", "n0.yaml"); !errors.Is(err, engine.ErrLocked) {
 		t.Fatalf("a second member on a held data directory: %v, want engine.ErrLocked", err)
 	}
