@@ -85,9 +85,12 @@ func mac(secret []byte, method, target, ts string, body []byte) []byte {
 // handler server. The zero value except Secrets is ready to use.
 type Verifier struct {
 	// Secrets are the accepted secrets: one, or during a rotation the new
-	// and the old. Required: a secret shorter than the 32 bytes the
-	// engine signs with is never accepted (anyone can compute the HMAC of
-	// an empty key), and without one Verify refuses every request.
+	// and the old, each taken as the engine takes hmac_secret_file's
+	// content, surrounding white space trimmed (so a secret file's
+	// content may be given as read). Required: a secret shorter than the
+	// 32 bytes the engine signs with is never accepted (anyone can
+	// compute the HMAC of an empty key), and without one Verify refuses
+	// every request.
 	Secrets [][]byte
 	// Window is the replay window: a signature's timestamp may be at most
 	// this far from Now, either way. Default DefaultReplayWindow (5m).
@@ -144,7 +147,7 @@ func (v *Verifier) Verify(r *http.Request) ([]byte, error) {
 		if !usableSecret(secret) {
 			continue
 		}
-		want := mac(secret, r.Method, target, ts, body)
+		want := mac(bytes.TrimSpace(secret), r.Method, target, ts, body)
 		for _, sig := range sigs {
 			if hmac.Equal(want, sig) {
 				matched = true
@@ -174,8 +177,9 @@ func (v *Verifier) Verify(r *http.Request) ([]byte, error) {
 	return body, nil
 }
 
-// usableSecret: a secret as long as New requires of hmac_secret_file's.
-func usableSecret(secret []byte) bool { return len(secret) >= minSecretBytes }
+// usableSecret: a secret as long as New requires of hmac_secret_file's
+// (trimmed, as New trims it).
+func usableSecret(secret []byte) bool { return len(bytes.TrimSpace(secret)) >= minSecretBytes }
 
 // parseSignature splits "t=…,v1=…[,v1=…]" into its timestamp and the
 // decoded signatures.
