@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"math"
 	"math/rand/v2"
 	"reflect"
 	"sort"
@@ -243,6 +244,11 @@ func (e *Engine) start(ctx context.Context, definition string, input []byte, o S
 		timeout = o.Timeout
 	}
 	if timeout > 0 {
+		if int64(timeout) > math.MaxInt64-now {
+			// now + timeout would wrap to a deadline in the past (about
+			// 1700), which the engine never arms: a saga with no deadline.
+			return "", false, fmt.Errorf("%w: timeout %v puts the saga's deadline past the year 2262", ErrInvalidArgument, timeout)
+		}
 		si.Deadline = now + int64(timeout)
 	}
 	span, bag, tc := e.tr.begin(ctx, id, si)

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"os"
 	"runtime"
 	"slices"
@@ -211,6 +212,11 @@ func TestBadInputsChangeNothing(t *testing.T) {
 	must(t, err)
 	if _, err := e.Start(ctx, "x", nil, StartOptions{ID: "has/slash"}); !errors.Is(err, ErrInvalidArgument) {
 		t.Fatalf("bad id: %v", err)
+	}
+	// A timeout whose deadline would wrap past int64 nanoseconds (a
+	// deadline in 1700: never armed) is refused, not taken as none.
+	if _, err := e.Start(ctx, "x", nil, StartOptions{ID: "forever", Timeout: time.Duration(math.MaxInt64)}); !errors.Is(err, ErrInvalidArgument) {
+		t.Fatalf("a timeout whose deadline overflows: %v", err)
 	}
 	id, err := e.Start(ctx, "x", nil, StartOptions{ID: "order-1"})
 	must(t, err)
