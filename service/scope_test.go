@@ -89,6 +89,17 @@ func newScopedFixture(t *testing.T, ctx context.Context) *scopedFixture {
 	}}
 }
 
+// settle waits until the engine-driven sagas (stuck-1, stuck-2) are
+// settled: STUCK or terminal, as a snapshot must see them.
+func (f *scopedFixture) settle(t *testing.T, ctx context.Context) {
+	t.Helper()
+	for _, id := range []string{"stuck-1", "stuck-2"} {
+		if _, err := f.eng.Wait(ctx, id); err != nil {
+			t.Fatalf("waiting for %s to settle: %v", id, err)
+		}
+	}
+}
+
 // snapshot is what a refused call must leave as it was.
 type snapshot struct {
 	lastIndex     uint64
@@ -217,6 +228,10 @@ func TestScopeMatrix(t *testing.T) {
 					if err != nil {
 						t.Errorf("%s with a %s token: %v", call.name, tok.Scope, err)
 					}
+					// A call that succeeds may set the engine going (Retry
+					// compensates stuck-1 again until it is STUCK again):
+					// the next call's "before" waits for that to end.
+					f.settle(t, ctx)
 					continue
 				default:
 					if connect.CodeOf(err) != connect.CodePermissionDenied {
