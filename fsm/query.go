@@ -362,6 +362,11 @@ func encodeCursor(sg *Saga, o Order) string {
 	return base64.RawURLEncoding.EncodeToString(b)
 }
 
+// CursorAfter returns the cursor that goes on after sg in order o: the
+// next cursor List returns for a page that ends with sg. A server that
+// cuts a page short (to bound its size) continues from its last saga.
+func CursorAfter(sg *Saga, o Order) string { return encodeCursor(sg, o) }
+
 func decodeCursor(s string, o Order) (cursor, error) {
 	b, err := base64.RawURLEncoding.DecodeString(s)
 	if err != nil || len(b) < 2+8+1 || b[0] != cursorVersion {
