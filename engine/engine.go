@@ -221,6 +221,10 @@ func Open(dir string, opts Options) (*Engine, error) {
 	if _, err := os.Stat(filepath.Join(dir, "wal")); opts.Inspect && err != nil {
 		return nil, fmt.Errorf("%w: %s holds no wal/ (%w)", ErrNotDataDir, dir, err)
 	}
+	if ok, err := wal.Exists(filepath.Join(dir, "wal")); opts.Inspect && err == nil && !ok {
+		// Open would create the log: inspection changes nothing.
+		return nil, fmt.Errorf("%w: %s holds no log (no segment, no EXTENT file)", ErrNotDataDir, filepath.Join(dir, "wal"))
+	}
 	created := false
 	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
 		created = true

@@ -68,6 +68,9 @@ var (
 	// ErrRepairNeeded is returned by Open with Options.NoRepair when its
 	// plan makes a safe change other than cutting a torn tail.
 	ErrRepairNeeded = errors.New("wal: the log needs a repair that Open makes by itself")
+	// ErrReadOnly is returned by the calls that change a log opened with
+	// Options.NoRepair, and by such an Open where it would create a log.
+	ErrReadOnly = errors.New("wal: the log is open for reading only (Options.NoRepair)")
 	// ErrVanished poisons the log when its tail segment file was unlinked or
 	// replaced while the log was open: records written to it would be lost.
 	ErrVanished = errors.New("wal: the tail segment file was unlinked or replaced while the log was open")
@@ -126,7 +129,10 @@ type Options struct {
 	Logger *slog.Logger
 	// NoRepair makes Open refuse (ErrTornTail, or ErrRepairNeeded) instead
 	// of making any change its plan calls for: for inspection that must not
-	// change the files.
+	// change the files. No file is changed at all: Open does not finish an
+	// interrupted truncation (ErrRepairNeeded) or create a log where there
+	// is none (ErrReadOnly), Close writes no EXTENT, and Append and the
+	// truncations fail with ErrReadOnly.
 	NoRepair bool
 	// Applied, if set, is called once by Open, before it changes anything,
 	// for the index up to which the caller's durable state holds every
@@ -242,7 +248,14 @@ func Open(dir string, opts Options) (*Log, error) {
 	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
 		exists = false
 	}
-	if exists {
+	if exists && opts.NoRepair {
+		if pending, err := hasPending(dir); err != nil || pending {
+			if err == nil {
+				err = fmt.Errorf("%w: Open would finish a truncation that a crash interrupted (its .START or .END file)", ErrRepairNeeded)
+			}
+			return nil, err
+		}
+	} else if exists {
 		if err := settlePending(dir, opts); err != nil {
 			return nil, err
 		}
@@ -276,6 +289,10 @@ func Open(dir string, opts Options) (*Log, error) {
 			l.tornBytes = plan.Truncate.Bytes
 		}
 		opts.Logger.Warn("wal: repaired at open", "dir", dir, "what", plan.Summary)
+	}
+	if opts.NoRepair && plan.Report.Segments == 0 {
+		// tidwall would create the first segment file (and the directory).
+		return nil, fmt.Errorf("%w: %s holds no log, and Open would create one", ErrReadOnly, dir)
 	}
 	if !exists {
 		if err := os.MkdirAll(dir, 0o750); err != nil {
@@ -342,18 +359,9 @@ func (l *Log) twalOptions() *twal.Options {
 // settlePending lets tidwall finish a truncation that a crash interrupted
 // (its .START/.END files), so that the scan below sees plain segments.
 func settlePending(dir string, opts Options) error {
-	names, err := os.ReadDir(dir)
-	if err != nil {
-		return fmt.Errorf("wal: read %s: %w", dir, err)
-	}
-	pending := false
-	for _, n := range names {
-		if strings.HasSuffix(n.Name(), ".START") || strings.HasSuffix(n.Name(), ".END") {
-			pending = true
-		}
-	}
-	if !pending {
-		return nil
+	pending, err := hasPending(dir)
+	if err != nil || !pending {
+		return err
 	}
 	o := (&Log{opts: opts}).twalOptions()
 	tl, err := twal.Open(dir, o)
@@ -366,6 +374,21 @@ func settlePending(dir string, opts Options) error {
 		return fmt.Errorf("wal: settle interrupted truncation in %s: %w", dir, err)
 	}
 	return syncDir(dir)
+}
+
+// hasPending reports whether dir holds the .START or .END file of a
+// truncation that a crash interrupted.
+func hasPending(dir string) (bool, error) {
+	names, err := os.ReadDir(dir)
+	if err != nil {
+		return false, fmt.Errorf("wal: read %s: %w", dir, err)
+	}
+	for _, n := range names {
+		if strings.HasSuffix(n.Name(), ".START") || strings.HasSuffix(n.Name(), ".END") {
+			return true, nil
+		}
+	}
+	return false, nil
 }
 
 // segmentFiles lists the segment files of dir in index order.
@@ -708,6 +731,9 @@ func (l *Log) Append(recs [][]byte) (first uint64, err error) {
 	if err := l.check(); err != nil {
 		return 0, err
 	}
+	if l.opts.NoRepair {
+		return 0, ErrReadOnly
+	}
 	for i, r := range recs {
 		if len(r) > l.opts.MaxRecordSize {
 			return 0, fmt.Errorf("%w: record %d of the batch has %d bytes, the maximum is %d",
@@ -981,6 +1007,9 @@ func (l *Log) TruncateFront(index uint64) error {
 	if err := l.check(); err != nil {
 		return err
 	}
+	if l.opts.NoRepair {
+		return ErrReadOnly
+	}
 	if index > l.last+1 {
 		return fmt.Errorf("%w: truncate front to %d, last index is %d", ErrOutOfRange, index, l.last)
 	}
@@ -1076,6 +1105,9 @@ func (l *Log) TruncateBack(index uint64) error {
 	defer l.mu.Unlock()
 	if err := l.check(); err != nil {
 		return err
+	}
+	if l.opts.NoRepair {
+		return ErrReadOnly
 	}
 	if index+1 < l.first {
 		return fmt.Errorf("%w: truncate back to %d, first index is %d", ErrOutOfRange, index, l.first)
@@ -1250,6 +1282,9 @@ func (l *Log) Close() error {
 	}
 	if err != nil {
 		return fmt.Errorf("wal: close: %w", err)
+	}
+	if l.opts.NoRepair {
+		return nil // opened for reading: nothing changed, nothing to record
 	}
 	if err := l.writeExtent(l.last, true); err != nil {
 		return fmt.Errorf("wal: close: %w", err)

@@ -4,6 +4,9 @@
 package dirtest
 
 import (
+	"crypto/sha256"
+	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
@@ -70,4 +73,34 @@ func RequireSame(t testing.TB, before, after map[string]string) {
 			t.Errorf("%s was created", p)
 		}
 	}
+}
+
+// Snapshot maps every entry under dir (directories included, dir itself
+// as "."), relative to it, to its type and mode, and for a file its size
+// and the SHA-256 of its bytes: what RequireSame compares to show that a
+// command left a directory exactly as it was, a created or removed empty
+// directory and a changed mode included.
+func Snapshot(t testing.TB, dir string) map[string]string {
+	t.Helper()
+	out := map[string]string{}
+	err := filepath.Walk(dir, func(p string, info os.FileInfo, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(dir, p)
+		if !info.Mode().IsRegular() {
+			out[rel] = info.Mode().String()
+			return nil
+		}
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		out[rel] = fmt.Sprintf("%s %d %x", info.Mode(), len(b), sha256.Sum256(b))
+		return nil
+	})
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		t.Fatal(err)
+	}
+	return out
 }

@@ -1,0 +1,91 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/sagaengine/saga/internal/dirtest"
+)
+
+// inspections are the offline commands that only read a data directory.
+var inspections = [][]string{{"status"}, {"list"}, {"show", "a"}, {"export"}, {"recover"},
+	{"wal", "verify"}, {"wal", "dump"}, {"wal", "repair", "--dry-run"}}
+
+// requireUntouched runs sagactl --dir dir args and fails the test unless
+// it exits with want (any non-zero code if want is -1) and leaves every
+// entry of dir, and of the temporary directory, exactly as it was.
+func requireUntouched(t *testing.T, dir string, want int, args ...string) (string, string) {
+	t.Helper()
+	tmp := t.TempDir() // inspection's scratch copies go here, and must go
+	t.Setenv("TMPDIR", tmp)
+	before := dirtest.Snapshot(t, dir)
+	c, out, se := runCLI(append([]string{"--dir", dir}, args...)...)
+	if (want == -1 && c == 0) || (want != -1 && c != want) {
+		t.Errorf("sagactl %v: exit %d, want %d\n%s%s", args, c, want, out, se)
+	}
+	after := dirtest.Snapshot(t, dir)
+	for p, b := range before {
+		if a, ok := after[p]; !ok {
+			t.Errorf("sagactl %v removed %s", args, p)
+		} else if a != b {
+			t.Errorf("sagactl %v changed %s: %s, was %s", args, p, a, b)
+		}
+	}
+	for p, a := range after {
+		if _, ok := before[p]; !ok {
+			t.Errorf("sagactl %v created %s (%s)", args, p, a)
+		}
+	}
+	if ents, _ := os.ReadDir(tmp); len(ents) > 0 {
+		t.Errorf("sagactl %v left %d file(s) in TMPDIR, such as %s", args, len(ents), ents[0].Name())
+	}
+	return out, se
+}
+
+// An engine killed mid-run leaves an EXTENT file that says so (not
+// clean): reading the directory must not rewrite it as a clean Close's.
+func TestInspectionOfACrashedDirectoryChangesNothing(t *testing.T) {
+	dir := manySegments(t, true)
+	for _, cmd := range inspections {
+		want := 0
+		if cmd[0] == "show" {
+			want = exitFailed // no saga "a": refused, and nothing changes either
+		}
+		requireUntouched(t, dir, want, cmd...)
+	}
+}
+
+// A truncation a crash interrupted leaves tidwall's .END file: the
+// engine's Open finishes it (removing and renaming segment files), an
+// inspection must refuse instead.
+func TestInspectionOfAnInterruptedTruncationChangesNothing(t *testing.T) {
+	dir := seedDir(t)
+	seg := lastSeg(t, dir)
+	b, err := os.ReadFile(seg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(seg+".END", b, 0o640); err != nil {
+		t.Fatal(err)
+	}
+	for _, cmd := range [][]string{{"status"}, {"list"}, {"show", "a"}, {"export"}, {"recover"}} {
+		requireUntouched(t, dir, exitFailed, cmd...)
+	}
+}
+
+// A wal/ directory that holds no log is no data directory: inspection
+// says so (a usage error) and creates no segment and no EXTENT in it.
+func TestInspectionOfAnEmptyLogDirectoryCreatesNothing(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.Mkdir(filepath.Join(dir, "wal"), 0o750); err != nil {
+		t.Fatal(err)
+	}
+	for _, cmd := range [][]string{{"status"}, {"list"}, {"show", "a"}, {"export"}, {"recover"}} {
+		_, se := requireUntouched(t, dir, exitUsage, cmd...)
+		if !strings.Contains(se, "not a saga data directory") {
+			t.Errorf("sagactl %v: %s", cmd, se)
+		}
+	}
+}
