@@ -89,3 +89,23 @@ func TestInspectionOfAnEmptyLogDirectoryCreatesNothing(t *testing.T) {
 		}
 	}
 }
+
+// The wal commands refuse a --dir that does not exist, or that is no data
+// directory, as a usage error (as the other offline commands do), and
+// create nothing there: `wal repair` on a mistyped --dir is no success.
+func TestWalCommandsRefuseWhatIsNoDataDirectory(t *testing.T) {
+	for _, cmd := range [][]string{{"wal", "verify"}, {"wal", "dump"}, {"wal", "repair", "--dry-run"}, {"wal", "repair"}, {"wal", "repair", "--force"}} {
+		missing := filepath.Join(t.TempDir(), "nope")
+		_, se := requireUntouched(t, missing, exitUsage, cmd...)
+		if _, err := os.Stat(missing); err == nil {
+			t.Errorf("sagactl %v created %s", cmd, missing)
+		}
+		if !strings.Contains(se, "nope") {
+			t.Errorf("sagactl %v on a missing directory: %s", cmd, se)
+		}
+		_, se = requireUntouched(t, t.TempDir(), exitUsage, cmd...)
+		if !strings.Contains(se, "not a saga data directory") {
+			t.Errorf("sagactl %v on an empty directory: %s", cmd, se)
+		}
+	}
+}

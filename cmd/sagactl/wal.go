@@ -34,6 +34,16 @@ func (g *globals) lockOffline() (func(), error) {
 	if g.online() || g.dir == "" {
 		return nil, fail(exitUsage, errors.New("wal commands work on a stopped engine's directory"), "pass --dir DIR")
 	}
+	// As openOffline: a --dir that does not exist, or that holds neither
+	// wal/ nor state/, is a usage error, not a log with nothing to repair.
+	if _, err := os.Stat(g.dir); err != nil {
+		return nil, fail(exitUsage, fmt.Errorf("data directory %s: %w", g.dir, err), "")
+	}
+	_, werr := os.Stat(g.walDir())
+	if _, serr := os.Stat(filepath.Join(g.dir, "state")); werr != nil && serr != nil {
+		return nil, fail(exitUsage, fmt.Errorf("%w: %s holds no wal/ and no state/", engine.ErrNotDataDir, g.dir),
+			"--dir names the directory an engine was opened on (it holds wal/ and state/)")
+	}
 	release, err := engine.LockDir(g.dir)
 	if errors.Is(err, engine.ErrLocked) {
 		return nil, fail(exitRefused, err, "stop the engine first: the log of a running engine is not touched")
