@@ -39,6 +39,8 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"slices"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -238,19 +240,21 @@ func (s *Server) Handler() http.Handler {
 	})
 	read, operator, admin := need(auth.Read), need(auth.Operator), need(auth.Admin)
 	mux.Handle("GET /metrics", read(promhttp.HandlerFor(s.o.gatherer, promhttp.HandlerOpts{EnableOpenMetrics: true}).ServeHTTP))
-	mux.Handle("GET /v1/status", read(s.status))
-	mux.Handle("GET /v1/sagas", read(s.list))
-	mux.Handle("GET /v1/sagas/{id}", read(s.show))
-	mux.Handle("GET /v1/count", read(s.count))
-	mux.Handle("GET /v1/definitions", read(s.definitions))
-	mux.Handle("POST /v1/sagas/{id}/{action}", operator(s.act))
-	mux.Handle("GET /v1/watch", read(s.watch))
-	mux.Handle("GET /v1/policy", read(s.policyGet))
-	mux.Handle("PUT /v1/policy", admin(s.policySet))
-	mux.Handle("DELETE /v1/policy", admin(s.policyClear))
-	mux.Handle("GET /v1/policy/explain", read(s.policyExplain))
-	mux.Handle("GET /v1/cluster", read(s.clusterGet))
-	mux.Handle("POST /v1/cluster/{action}", admin(s.clusterChange))
+	// Each endpoint names the query parameters it reads: any other is
+	// refused (params), not ignored.
+	mux.Handle("GET /v1/status", read(params(s.status)))
+	mux.Handle("GET /v1/sagas", read(params(s.list, QueryParams...)))
+	mux.Handle("GET /v1/sagas/{id}", read(params(s.show)))
+	mux.Handle("GET /v1/count", read(params(s.count, QueryParams...)))
+	mux.Handle("GET /v1/definitions", read(params(s.definitions)))
+	mux.Handle("POST /v1/sagas/{id}/{action}", operator(params(s.act)))
+	mux.Handle("GET /v1/watch", read(params(s.watch)))
+	mux.Handle("GET /v1/policy", read(params(s.policyGet)))
+	mux.Handle("PUT /v1/policy", admin(params(s.policySet)))
+	mux.Handle("DELETE /v1/policy", admin(params(s.policyClear)))
+	mux.Handle("GET /v1/policy/explain", read(params(s.policyExplain, "operation", "user", "tenant")))
+	mux.Handle("GET /v1/cluster", read(params(s.clusterGet)))
+	mux.Handle("POST /v1/cluster/{action}", admin(params(s.clusterChange)))
 	if s.opts.Console != nil {
 		mux.Handle("GET /{$}", http.RedirectHandler("/ui/", http.StatusSeeOther))
 	}
@@ -319,6 +323,41 @@ func (s *Server) authenticate(h http.Handler) http.Handler {
 		r.Body = http.MaxBytesReader(w, r.Body, maxBody)
 		h.ServeHTTP(w, r.WithContext(auth.NewContext(r.Context(), id)))
 	})
+}
+
+// params wraps h so that a request is refused with 400, before h runs,
+// when its query does not parse, names a parameter not in allowed, or
+// repeats one (but meta, of which the list filters take several): a
+// typo'd filter would otherwise widen the answer (stat=STUCK listing every
+// saga) and an unknown option (dry_run=1) be taken for one that is obeyed.
+func params(h http.HandlerFunc, allowed ...string) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		q, err := url.ParseQuery(r.URL.RawQuery)
+		if err != nil {
+			writeError(w, http.StatusBadRequest, fmt.Errorf("malformed query: %w", err), "")
+			return
+		}
+		var probs []string
+		for k, vs := range q {
+			switch {
+			case !slices.Contains(allowed, k):
+				probs = append(probs, fmt.Sprintf("unknown query parameter %q", k))
+			case len(vs) > 1 && k != "meta":
+				probs = append(probs, fmt.Sprintf("query parameter %q is given %d times", k, len(vs)))
+			}
+		}
+		if len(probs) > 0 {
+			sort.Strings(probs)
+			takes := "no query parameter"
+			if len(allowed) > 0 {
+				takes = "the query parameters " + strings.Join(allowed, " ")
+			}
+			writeError(w, http.StatusBadRequest, fmt.Errorf("%s %s: %s", r.Method, r.URL.Path, strings.Join(probs, "; ")),
+				"nothing was done; this endpoint takes "+takes)
+			return
+		}
+		h(w, r)
+	}
 }
 
 // need returns a wrapper that refuses, with 403 and before the body is
@@ -721,7 +760,11 @@ func (s *Server) act(w http.ResponseWriter, r *http.Request) {
 	var req ActionRequest
 	dec := json.NewDecoder(r.Body)
 	dec.DisallowUnknownFields()
-	if err := dec.Decode(&req); err != nil {
+	err := dec.Decode(&req)
+	if err == nil && dec.Decode(&struct{}{}) != io.EOF {
+		err = errors.New("more than one JSON value") // which one was meant?
+	}
+	if err != nil {
 		writeError(w, http.StatusBadRequest, fmt.Errorf("malformed request body: %w", err), `send {"reason": "…"} (the actor recorded is the token's name)`)
 		return
 	}
