@@ -44,6 +44,12 @@ func DecodeFrame(frame []byte, maxPayload int) (index uint64, payload []byte, er
 	if len(frame) < HeaderSize {
 		return 0, nil, fmt.Errorf("frame of %d bytes is shorter than its %d-byte header", len(frame), HeaderSize)
 	}
+	if frame[0] > FormatVersion && frameCRCMatches(frame) {
+		// Not damage: a whole frame, its checksum valid, of a format this
+		// build does not know. A bit flipped in the version byte fails the
+		// checksum (it covers that byte) and is damage, as below.
+		return 0, nil, fmt.Errorf("%w: frame format version %d (this build reads %d)", ErrNewerFormat, frame[0], FormatVersion)
+	}
 	if frame[0] != FormatVersion {
 		return 0, nil, fmt.Errorf("unknown frame format version %d", frame[0])
 	}
@@ -58,6 +64,14 @@ func DecodeFrame(frame []byte, maxPayload int) (index uint64, payload []byte, er
 		return 0, nil, fmt.Errorf("checksum mismatch (stored %08x, computed %08x)", want, crc)
 	}
 	return index, frame[HeaderSize:], nil
+}
+
+// frameCRCMatches reports whether frame's stored CRC32C is that of its
+// header and payload (frame is at least HeaderSize long).
+func frameCRCMatches(frame []byte) bool {
+	crc := crc32.Update(0, castagnoli, frame[:9])
+	crc = crc32.Update(crc, castagnoli, frame[HeaderSize:])
+	return crc == binary.BigEndian.Uint32(frame[9:13])
 }
 
 // entry is one parsed tidwall entry inside a segment file.

@@ -107,6 +107,12 @@ func lastValid(rep *Report, segs []segmentFile) uint64 {
 
 func decide(segs []segmentFile, rep *Report, ext *Extent, applied uint64) (*Plan, error) {
 	p := &Plan{Report: rep, Extent: ext, Applied: applied}
+	if n := rep.Newer; n != nil {
+		// Records this build cannot read are not damage: nothing to cut.
+		p.Problem = fmt.Errorf("%w: %s offset %d (index %d): %s", ErrNewerFormat, filepath.Base(n.Segment), n.Offset, n.Index, n.Reason)
+		p.Summary = "leave it as it is: the log holds records of a newer version, which this version does not cut, even forced; use a newer version"
+		return p, nil
+	}
 	valid := lastValid(rep, segs)
 	known, source := applied, fmt.Sprintf("the state has applied index %d", applied)
 	if ext != nil && ext.Last > known {
@@ -163,7 +169,7 @@ func decide(segs []segmentFile, rep *Report, ext *Extent, applied uint64) (*Plan
 		if err != nil {
 			return nil, err
 		}
-		if rest.Corrupt == nil && lastValid(rest, keep) >= known {
+		if rest.Corrupt == nil && rest.Newer == nil && lastValid(rest, keep) >= known {
 			p.Safe = true
 			p.Remove = paths(segs[:dropped])
 			p.Summary = fmt.Sprintf("remove the %d oldest segment(s), whose records (all before index %d) the state holds, and the damage with them",
@@ -294,6 +300,9 @@ func Repair(dir string, applied uint64, force bool) (*Plan, error) {
 	p, err := PlanRepair(dir, applied)
 	if err != nil {
 		return nil, err
+	}
+	if errors.Is(p.Problem, ErrNewerFormat) {
+		return p, fmt.Errorf("%w; refusing, even with force: nothing was changed", p.Problem)
 	}
 	if !p.Safe && !force {
 		return p, fmt.Errorf("%w; refusing without force: %s", p.Problem, p.Summary)

@@ -68,6 +68,11 @@ var (
 	// ErrRepairNeeded is returned by Open with Options.NoRepair when its
 	// plan makes a safe change other than cutting a torn tail.
 	ErrRepairNeeded = errors.New("wal: the log needs a repair that Open makes by itself")
+	// ErrNewerFormat: the log holds a record written by a newer version, in
+	// a frame format this build does not read (its checksum valid, so not
+	// damage). Open, Repair (even forced) and Plan refuse and change
+	// nothing: read the log with a newer version.
+	ErrNewerFormat = errors.New("wal: the log was written by a newer version")
 	// ErrReadOnly is returned by the calls that change a log opened with
 	// Options.NoRepair, and by such an Open where it would create a log.
 	ErrReadOnly = errors.New("wal: the log is open for reading only (Options.NoRepair)")
@@ -437,6 +442,9 @@ type Report struct {
 	LastIndex  uint64           `json:"last_index"`
 	Torn       *TornTail        `json:"torn,omitempty"`    // nil when the tail is clean
 	Corrupt    *CorruptionError `json:"corrupt,omitempty"` // damage Open refuses; nil when none
+	// Newer is the first record of a newer frame format (ErrNewerFormat),
+	// where reading stopped; nil when none. It is not damage.
+	Newer *CorruptionError `json:"newer_format,omitempty"`
 	// DroppedByForce counts the records from the corruption on (those a
 	// forced repair would cut); 0 without corruption.
 	DroppedByForce uint64 `json:"dropped_by_force"`
@@ -477,6 +485,9 @@ func verifySegments(segs []segmentFile, fn func(index uint64, payload []byte) er
 		}
 		maxFrame := len(data)
 		rep.Bytes += int64(len(data))
+		if rep.Newer != nil {
+			continue
+		}
 		if rep.Corrupt != nil {
 			n, hi := countFrames(data, maxFrame)
 			rep.DroppedByForce += n
@@ -492,6 +503,9 @@ func verifySegments(segs []segmentFile, fn func(index uint64, payload []byte) er
 			}
 			if perr != nil {
 				switch {
+				case errors.Is(perr, ErrNewerFormat):
+					rep.Newer = &CorruptionError{Segment: s.path, Offset: int64(off), Index: next,
+						Reason: strings.TrimPrefix(perr.Error(), ErrNewerFormat.Error()+": ")}
 				case !isLast || validFrameAfter(data, off+1, next, maxFrame):
 					rep.Corrupt = &CorruptionError{Segment: s.path, Offset: int64(off), Index: next, Reason: perr.Error()}
 					rep.countDropped(data[off:], maxFrame)
@@ -519,7 +533,7 @@ func verifySegments(segs []segmentFile, fn func(index uint64, payload []byte) er
 			off = e.end
 			next++
 		}
-		if rep.Corrupt == nil && !isLast && next != segs[i+1].first {
+		if rep.Corrupt == nil && rep.Newer == nil && !isLast && next != segs[i+1].first {
 			rep.Corrupt = &CorruptionError{Segment: s.path, Offset: int64(len(data)), Index: next,
 				Reason: fmt.Sprintf("segment ends before index %d where the next segment starts", segs[i+1].first)}
 		}

@@ -74,6 +74,8 @@ func (g *globals) openOffline() (*engine.Engine, error) {
 			"a replicated member keeps its log in raft/: inspect it online with --addr")
 	case errors.Is(err, wal.ErrTornTail):
 		return nil, fail(exitFailed, err, "inspection changes nothing: cut the tail with `sagactl --dir "+g.dir+" wal repair` (or start the engine, which cuts it)")
+	case errors.Is(err, wal.ErrNewerFormat):
+		return nil, fail(exitFailed, err, "written by a newer version: inspect it with a newer sagactl; nothing was changed")
 	case errors.Is(err, wal.ErrRepairNeeded):
 		return nil, fail(exitFailed, err, "inspection changes nothing: starting the engine makes this change; "+
 			"see what it would do with: sagactl --dir "+g.dir+" wal repair --dry-run")

@@ -80,6 +80,9 @@ func printReport(g *globals, rep *wal.Report) {
 		fmt.Fprintf(g.out, "torn tail: %d byte(s) at %s offset %d (index %d would follow): %s\n",
 			t.Bytes, t.Segment, t.Offset, t.FirstIndex, t.Reason)
 	}
+	if n := rep.Newer; n != nil {
+		fmt.Fprintf(g.out, "NEWER FORMAT: %s offset %d (index %d): %s; this version reads no further\n", n.Segment, n.Offset, n.Index, n.Reason)
+	}
 	if c := rep.Corrupt; c != nil {
 		fmt.Fprintf(g.out, "CORRUPT: %s offset %d (index %d): %s; %d record(s) from there on would be lost by a forced repair\n",
 			c.Segment, c.Offset, c.Index, c.Reason, rep.DroppedByForce)
@@ -208,6 +211,9 @@ saga whose whole history the log holds and the state has applied).`,
 					fmt.Fprintf(g.out, "the engine's Open, or sagactl wal repair, will %s\n", plan.Summary)
 				}
 			}
+			if errors.Is(plan.Problem, wal.ErrNewerFormat) {
+				return fail(exitFailed, plan.Problem, "not damage: verify it with a newer sagactl")
+			}
 			if !ok {
 				return fail(exitFailed, errors.New("the log or the state is damaged"),
 					"see what a repair would do: sagactl --dir "+g.dir+" wal repair --dry-run")
@@ -255,7 +261,7 @@ func printPlan(g *globals, p *wal.Plan) {
 		fmt.Fprintf(g.out, "  continue the log, empty, from index %d\n", p.Restart)
 	}
 	fmt.Fprintf(g.out, "plan: %s\n", p.Summary)
-	if !p.Safe {
+	if !p.Safe && !errors.Is(p.Problem, wal.ErrNewerFormat) {
 		fmt.Fprintf(g.out, "needs --force: at least %d record(s) that may have been acknowledged are lost\n", p.Lost)
 	}
 }
@@ -299,6 +305,18 @@ needs --force, and changes nothing.`,
 			}
 			if !plan.Changes() && plan.Problem == nil {
 				return say("nothing to repair")
+			}
+			if errors.Is(plan.Problem, wal.ErrNewerFormat) {
+				if !g.json() {
+					printPlan(g, plan)
+				}
+				if dryRun {
+					return say("dry run: nothing changed; the real run refuses: the log was written by a newer version")
+				}
+				if g.json() {
+					_ = say("refused")
+				}
+				return fail(exitFailed, fmt.Errorf("%w; nothing was changed", plan.Problem), "repair it, if at all, with a newer sagactl")
 			}
 			if !g.json() {
 				printPlan(g, plan)
@@ -392,6 +410,10 @@ func newWalDump(g *globals) *cobra.Command {
 			})
 			if err != nil && !errors.Is(err, errStop) {
 				return fail(exitFailed, err, "")
+			}
+			if rep.Newer != nil {
+				return fail(exitFailed, fmt.Errorf("%w: %s", wal.ErrNewerFormat, rep.Newer.Reason),
+					"records from there on are not shown: dump them with a newer sagactl")
 			}
 			if rep.Corrupt != nil {
 				return fail(exitFailed, rep.Corrupt, "records after the damage are not shown: see sagactl wal verify")
