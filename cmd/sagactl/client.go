@@ -56,7 +56,11 @@ func (c *client) do(ctx context.Context, method, path string, body []byte, out a
 		return err
 	}
 	defer resp.Body.Close()
-	return json.NewDecoder(resp.Body).Decode(out)
+	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+		return fail(exitUnavailable, fmt.Errorf("the reply to %s %s is not the admin API's: %w", method, path, err),
+			"is --addr the admin API of a running engine?")
+	}
+	return nil
 }
 
 func (c *client) send(ctx context.Context, method, path string, body []byte) (*http.Response, error) {

@@ -43,6 +43,10 @@ type globals struct {
 	tokenFile string
 	output    string
 	out, err  io.Writer
+	// running is set once cobra has parsed the flags and arguments and a
+	// command runs: an error without an exit code is then a failure of
+	// the command, not a usage error.
+	running bool
 }
 
 func (g *globals) json() bool { return g.output == "json" }
@@ -115,6 +119,7 @@ unauthorized.`,
 			if g.dir != "" && g.addr != "" {
 				return fail(exitUsage, errors.New("--dir and --addr exclude each other"), "use --dir offline or --addr online")
 			}
+			g.running = true
 			return nil
 		},
 	}
@@ -139,7 +144,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return exitOK
 	}
 	ce, ok := errors.AsType[*cliError](err)
-	if !ok {
+	switch {
+	case !ok && g.running:
+		ce = &cliError{code: exitFailed, err: err} // writing the output, say
+	case !ok:
 		// cobra's own errors: unknown command or flag, wrong argument count.
 		ce = &cliError{code: exitUsage, err: err, hint: "see: " + strings.Join(strings.Fields("sagactl "+commandPath(root, args)+" --help"), " ")}
 	}
