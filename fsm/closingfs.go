@@ -1,6 +1,9 @@
 package fsm
 
 import (
+	"errors"
+	"io"
+	"os"
 	"sync"
 
 	"github.com/cockroachdb/pebble/v2/vfs"
@@ -84,3 +87,22 @@ func (fs *closingFS) closeAll() int {
 	}
 	return len(left)
 }
+
+// readOnlyFS is the filesystem of a read-only store. Pebble locks its
+// directory even to read it, through a LOCK file it creates (os.Create)
+// when it is missing: a read-only open would leave a file behind. Where
+// the file is missing no Pebble holds it, so there is nothing to exclude
+// and nothing is created; an existing one is locked as usual. (The
+// callers hold the data directory's own lock besides.)
+type readOnlyFS struct{ vfs.FS }
+
+func (fs readOnlyFS) Lock(name string) (io.Closer, error) {
+	if _, err := fs.FS.Stat(name); errors.Is(err, os.ErrNotExist) {
+		return nopCloser{}, nil
+	}
+	return fs.FS.Lock(name)
+}
+
+type nopCloser struct{}
+
+func (nopCloser) Close() error { return nil }

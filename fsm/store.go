@@ -192,6 +192,9 @@ func OpenStore(dir string, o StoreOptions) (*Store, error) {
 	if base == nil {
 		base = vfs.Default
 	}
+	if o.ReadOnly {
+		base = readOnlyFS{base}
+	}
 	fs := newClosingFS(base)
 	opts := &pebble.Options{
 		FS:         fs,

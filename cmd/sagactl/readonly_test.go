@@ -109,3 +109,16 @@ func TestWalCommandsRefuseWhatIsNoDataDirectory(t *testing.T) {
 		}
 	}
 }
+
+// A state without Pebble's LOCK file (restored by a tool that skips lock
+// files, say) gets none from an inspection: Pebble's read-only open
+// creates it unless told otherwise.
+func TestInspectionCreatesNoStateLockFile(t *testing.T) {
+	for _, cmd := range inspections {
+		dir := seedDir(t)
+		if err := os.Remove(filepath.Join(dir, "state", "LOCK")); err != nil {
+			t.Fatal(err)
+		}
+		requireUntouched(t, dir, 0, cmd...) // seedDir holds saga "a": show succeeds
+	}
+}
