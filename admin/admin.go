@@ -756,15 +756,23 @@ func Act(ctx context.Context, e *engine.Engine, action, id, actor, reason string
 	return do(ctx, id, actor, reason)
 }
 
-func (s *Server) act(w http.ResponseWriter, r *http.Request) {
-	var req ActionRequest
+// decodeBody decodes r's body, which must be one JSON object with no
+// field v lacks and nothing after it (two objects: which one was meant?).
+func decodeBody(r *http.Request, v any) error {
 	dec := json.NewDecoder(r.Body)
 	dec.DisallowUnknownFields()
-	err := dec.Decode(&req)
-	if err == nil && dec.Decode(&struct{}{}) != io.EOF {
-		err = errors.New("more than one JSON value") // which one was meant?
+	if err := dec.Decode(v); err != nil {
+		return err
 	}
-	if err != nil {
+	if dec.Decode(&struct{}{}) != io.EOF {
+		return errors.New("more than one JSON value")
+	}
+	return nil
+}
+
+func (s *Server) act(w http.ResponseWriter, r *http.Request) {
+	var req ActionRequest
+	if err := decodeBody(r, &req); err != nil {
 		writeError(w, http.StatusBadRequest, fmt.Errorf("malformed request body: %w", err), `send {"reason": "…"} (the actor recorded is the token's name)`)
 		return
 	}

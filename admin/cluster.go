@@ -3,7 +3,6 @@ package admin
 import (
 	"context"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -135,9 +134,7 @@ func (s *Server) clusterChange(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var req MemberRequest
-	dec := json.NewDecoder(r.Body)
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&req); err != nil {
+	if err := decodeBody(r, &req); err != nil {
 		writeError(w, http.StatusBadRequest, fmt.Errorf("malformed request body: %w", err), `send {"id": "n4", "address": "host:port"}`)
 		return
 	}

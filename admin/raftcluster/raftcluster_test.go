@@ -102,6 +102,7 @@ func TestClusterEndpoints(t *testing.T) {
 		{"/v1/cluster/join", `{"id":"bad id!","address":"x:1"}`},
 		{"/v1/cluster/join", `{"id":"n2","address":"no-port"}`},
 		{"/v1/cluster/join", `{"id":"n2","address":"x:1","extra":1}`},
+		{"/v1/cluster/join", `{"id":"n2","address":"x:1"} {"id":"n3","address":"y:1"}`}, // which one?
 		{"/v1/cluster/remove", `{"id":"nobody"}`},
 		{"/v1/cluster/remove", `{}`},
 	} {
