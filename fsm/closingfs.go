@@ -2,9 +2,11 @@ package fsm
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"sync"
+	"syscall"
 
 	"github.com/cockroachdb/pebble/v2/vfs"
 )
@@ -89,18 +91,34 @@ func (fs *closingFS) closeAll() int {
 }
 
 // readOnlyFS is the filesystem of a read-only store. Pebble locks its
-// directory even to read it, through a LOCK file it creates (os.Create)
-// when it is missing: a read-only open would leave a file behind. Where
-// the file is missing no Pebble holds it, so there is nothing to exclude
-// and nothing is created; an existing one is locked as usual. (The
-// callers hold the data directory's own lock besides.)
+// directory even to read it, through a LOCK file it opens for writing,
+// creating it (os.Create) when it is missing: a read-only open would leave
+// a file behind, and fail on a read-only filesystem (a mounted backup) or
+// a LOCK file the user may not write. Where the file is missing no Pebble
+// holds it, so there is nothing to exclude and nothing is created; an
+// existing one is locked as usual or, where it cannot be opened for
+// writing, read-locked (which a writer's lock still excludes). The
+// callers hold the data directory's own lock besides.
 type readOnlyFS struct{ vfs.FS }
 
 func (fs readOnlyFS) Lock(name string) (io.Closer, error) {
 	if _, err := fs.FS.Stat(name); errors.Is(err, os.ErrNotExist) {
 		return nopCloser{}, nil
 	}
-	return fs.FS.Lock(name)
+	c, err := fs.FS.Lock(name)
+	if err == nil || fs.FS != vfs.Default || !(errors.Is(err, syscall.EROFS) || errors.Is(err, os.ErrPermission)) {
+		return c, err
+	}
+	f, oerr := os.Open(name)
+	if oerr != nil {
+		return nil, err
+	}
+	spec := syscall.Flock_t{Type: syscall.F_RDLCK, Whence: io.SeekStart}
+	if lerr := syscall.FcntlFlock(f.Fd(), syscall.F_SETLK, &spec); lerr != nil {
+		f.Close()
+		return nil, fmt.Errorf("fsm: read-lock %s: %w", name, lerr)
+	}
+	return f, nil // closing it releases the lock
 }
 
 type nopCloser struct{}

@@ -299,6 +299,25 @@ func Open(dir string, opts Options) (*Log, error) {
 		// tidwall would create the first segment file (and the directory).
 		return nil, fmt.Errorf("%w: %s holds no log, and Open would create one", ErrReadOnly, dir)
 	}
+	if opts.NoRepair {
+		// Read without tidwall, which opens the tail segment for writing
+		// (and so fails on a read-only filesystem): the plan's scan found
+		// the log whole, from its first record to its last.
+		rep := plan.Report
+		segs, err := segmentFiles(dir)
+		if err != nil {
+			return nil, err
+		}
+		l.first, l.last = segs[0].first, segs[0].first-1
+		if rep.Records > 0 {
+			l.first, l.last = rep.FirstIndex, rep.LastIndex
+		}
+		l.st = readOnlyStore{dir: dir}
+		if err := l.reloadTail(); err != nil {
+			return nil, fmt.Errorf("wal: open %s: %w", dir, err)
+		}
+		return l, nil
+	}
 	if !exists {
 		if err := os.MkdirAll(dir, 0o750); err != nil {
 			return nil, fmt.Errorf("wal: create %s: %w", dir, err)
@@ -335,6 +354,50 @@ func Open(dir string, opts Options) (*Log, error) {
 		return nil, fmt.Errorf("wal: open %s: %w", dir, err)
 	}
 	return l, nil
+}
+
+// readOnlyStore is the segment store of a log opened with NoRepair: it
+// reads the segment files itself and changes none.
+type readOnlyStore struct{ dir string }
+
+func (readOnlyStore) WriteBatch(*twal.Batch) error { return ErrReadOnly }
+func (readOnlyStore) Sync() error                  { return ErrReadOnly }
+func (readOnlyStore) TruncateFront(uint64) error   { return ErrReadOnly }
+func (readOnlyStore) TruncateBack(uint64) error    { return ErrReadOnly }
+func (readOnlyStore) Close() error                 { return nil }
+
+// FirstIndex and LastIndex are not asked of it: Open sets the Log's.
+func (readOnlyStore) FirstIndex() (uint64, error) { return 0, ErrReadOnly }
+func (readOnlyStore) LastIndex() (uint64, error)  { return 0, ErrReadOnly }
+
+// Read returns the frame of the record at index (checked by the caller),
+// found by walking the segment that holds it.
+func (s readOnlyStore) Read(index uint64) ([]byte, error) {
+	segs, err := segmentFiles(s.dir)
+	if err != nil {
+		return nil, err
+	}
+	for i := len(segs) - 1; i >= 0; i-- {
+		if segs[i].first > index {
+			continue
+		}
+		data, err := readSegment(segs[i].path, nil)
+		if err != nil {
+			return nil, err
+		}
+		for off, next := 0, segs[i].first; off < len(data); next++ {
+			size, n := binary.Uvarint(data[off:])
+			if n <= 0 || uint64(len(data)-off-n) < size {
+				break
+			}
+			if next == index {
+				return data[off+n : off+n+int(size)], nil
+			}
+			off += n + int(size)
+		}
+		break
+	}
+	return nil, fmt.Errorf("%w: %d", ErrNotFound, index)
 }
 
 // writeExtent records the log's current reach in its EXTENT file. l.mu held

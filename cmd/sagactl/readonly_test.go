@@ -2,6 +2,7 @@ package main
 
 import (
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -120,5 +121,44 @@ func TestInspectionCreatesNoStateLockFile(t *testing.T) {
 			t.Fatal(err)
 		}
 		requireUntouched(t, dir, 0, cmd...) // seedDir holds saga "a": show succeeds
+	}
+}
+
+// readOnlyMount bind-mounts dir read-only (a mounted backup, say) for the
+// test's duration, or skips the test where mounting is not allowed.
+func readOnlyMount(t *testing.T, dir string) string {
+	t.Helper()
+	mnt := filepath.Join(t.TempDir(), "ro")
+	if err := os.Mkdir(mnt, 0o750); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("mount", "--bind", dir, mnt).CombinedOutput(); err != nil {
+		t.Skipf("cannot bind-mount here: %v %s", err, out)
+	}
+	t.Cleanup(func() { _ = exec.Command("umount", mnt).Run() }) // before TempDir's removal
+	if out, err := exec.Command("mount", "-o", "remount,ro,bind", mnt).CombinedOutput(); err != nil {
+		t.Skipf("cannot make the bind mount read-only: %v %s", err, out)
+	}
+	if f, err := os.Create(filepath.Join(mnt, "probe")); err == nil {
+		f.Close()
+		t.Fatal("the read-only mount is writable")
+	}
+	return mnt
+}
+
+// Inspection needs no write access: on a read-only filesystem every
+// inspection works (Pebble's LOCK and tidwall's tail segment were opened
+// for writing, and failed).
+func TestInspectionOfAReadOnlyFilesystem(t *testing.T) {
+	for _, crash := range []bool{false, true} {
+		mnt := readOnlyMount(t, manySegments(t, crash))
+		for _, cmd := range inspections {
+			if cmd[0] == "show" {
+				continue // no saga "a" here
+			}
+			if c, out, se := runCLI(append([]string{"--dir", mnt}, cmd...)...); c != 0 {
+				t.Errorf("crashed %v: sagactl %v on a read-only filesystem: exit %d\n%s%s", crash, cmd, c, out, se)
+			}
+		}
 	}
 }
