@@ -116,8 +116,17 @@ unauthorized.`,
 			if g.output != "table" && g.output != "json" {
 				return fail(exitUsage, fmt.Errorf("-o %q: want table or json", g.output), "")
 			}
-			if g.dir != "" && g.addr != "" {
-				return fail(exitUsage, errors.New("--dir and --addr exclude each other"), "use --dir offline or --addr online")
+			// A flag given wins over the other's value from the environment
+			// (SAGACTL_ADDR exported, --dir for an offline look).
+			pf := cmd.Root().PersistentFlags()
+			switch dirSet, addrSet := pf.Changed("dir"), pf.Changed("addr"); {
+			case g.dir == "" || g.addr == "":
+			case dirSet && !addrSet:
+				g.addr = ""
+			case addrSet && !dirSet:
+				g.dir = ""
+			default:
+				return fail(exitUsage, errors.New("--dir and --addr exclude each other"), "use --dir offline or --addr online (or unset SAGA_DIR or SAGACTL_ADDR)")
 			}
 			g.running = true
 			return nil
