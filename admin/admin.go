@@ -44,7 +44,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -181,13 +180,21 @@ func (s *Server) Start() error {
 			_ = os.Remove(addr)
 		}
 	}
-	if network == "unix" {
-		old := syscall.Umask(0o177) // the socket is created 0600: only its owner connects
-		defer syscall.Umask(old)
-	}
 	ln, err := net.Listen(network, addr)
 	if err != nil {
 		return fmt.Errorf("admin: listen on %s: %w", s.opts.Addr, err)
+	}
+	if network == "unix" {
+		// Only its owner may connect. Set on the socket, not through the
+		// umask: the umask is the whole process's, and a file or directory
+		// the engine made meanwhile would have lost its permissions (a
+		// directory 0600, which nobody can enter). Until the chmod the
+		// socket has the umask's mode (0755 by default: connecting takes
+		// write permission), and every request needs a token anyway.
+		if err := os.Chmod(addr, 0o600); err != nil {
+			ln.Close()
+			return fmt.Errorf("admin: restrict the socket %s to its owner: %w", addr, err)
+		}
 	}
 	if s.opts.CertFile != "" {
 		cert, err := tls.LoadX509KeyPair(s.opts.CertFile, s.opts.KeyFile)

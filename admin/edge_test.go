@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"syscall"
 	"testing"
 	"time"
 
@@ -61,5 +62,24 @@ func TestUnixSocketNeverRemovesAFile(t *testing.T) {
 	}
 	if b, _ := os.ReadFile(p); string(b) != "precious" {
 		t.Errorf("admin.Start removed the regular file %s (start err %v)", p, err)
+	}
+}
+
+// The unix socket is its owner's alone (0600), set on the socket: the
+// process's umask, shared with the engine's files, is never changed.
+func TestUnixSocketIsTheOwnersAloneAndTheUmaskStays(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "admin.sock")
+	before := syscall.Umask(0o022)
+	syscall.Umask(before)
+	_, srv := listeningServer(t, "unix:"+p)
+	must(t, srv.Start())
+	defer srv.Close()
+	fi, err := os.Stat(p)
+	must(t, err)
+	if fi.Mode()&os.ModeSocket == 0 || fi.Mode().Perm() != 0o600 {
+		t.Errorf("the socket's mode is %v, want a socket of 0600", fi.Mode())
+	}
+	if now := syscall.Umask(before); now != before {
+		t.Errorf("the umask is %#o after Start, was %#o", now, before)
 	}
 }
