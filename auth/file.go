@@ -11,6 +11,8 @@ import (
 	"strings"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/sagaengine/saga/internal/yamldoc"
 )
 
 // MinSecretBytes is the shortest secret a secret file may hold.
@@ -63,15 +65,7 @@ func Parse(src string, data []byte, dir string) (*Tokens, error) {
 	}
 	// A second document (after "---") would be ignored, and its tokens
 	// refused as unknown without a word: refuse the file.
-	for {
-		var more yaml.Node
-		err := dec.Decode(&more)
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err == nil && len(more.Content) == 1 && more.Content[0].Tag == "!!null" {
-			continue // an empty document, as a trailing "---" makes
-		}
+	if yamldoc.More(dec) {
 		return nil, fmt.Errorf("%w: %s holds more than one YAML document (a line \"---\" and more after it): put every token in one", ErrInvalidToken, src)
 	}
 	var probs []string

@@ -17,6 +17,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/sagaengine/saga/compensation"
+	"github.com/sagaengine/saga/internal/yamldoc"
 )
 
 // Defaults of an endpoint's settings (EndpointConfig).
@@ -151,17 +152,8 @@ func ParseConfig(data []byte, baseDir string) (*Config, error) {
 	}
 	// A second document (after "---") would be ignored, its endpoints
 	// dropped without a word: refuse it.
-	for {
-		var more yaml.Node
-		err := dec.Decode(&more)
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err == nil && len(more.Content) == 1 && more.Content[0].Tag == "!!null" {
-			continue // an empty document, as a trailing "---" makes
-		}
+	if yamldoc.More(dec) {
 		problems = append(problems, `more than one YAML document (a line "---" and more after it): put every endpoint in one`)
-		break
 	}
 	if err := c.Validate(); err != nil {
 		var ce *ConfigError

@@ -15,6 +15,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/sagaengine/saga/internal/yamldoc"
 	"github.com/sagaengine/saga/remote"
 )
 
@@ -215,15 +216,7 @@ func loadConfig(path string, c *Config) (problems, err error) {
 	}
 	// A second document (after "---") would be ignored: refuse it, so that
 	// no setting in the file goes unread.
-	for {
-		var more yaml.Node
-		err := dec.Decode(&more)
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err == nil && len(more.Content) == 1 && more.Content[0].Tag == "!!null" {
-			continue // an empty document, as a trailing "---" makes
-		}
+	if yamldoc.More(dec) {
 		return nil, fmt.Errorf("%w: %s holds more than one YAML document (a line \"---\" and more after it): put every setting in one", errConfig, path)
 	}
 	dir := filepath.Dir(path)
