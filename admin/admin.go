@@ -631,6 +631,7 @@ func (s *Server) list(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, err, queryHint)
 		return
 	}
+	q.MaxBytes = maxListBytes
 	sagas, next, err := s.e.List(r.Context(), q)
 	if err != nil {
 		engineError(w, err)
@@ -642,6 +643,12 @@ func (s *Server) list(w http.ResponseWriter, r *http.Request) {
 	}
 	writeJSON(w, http.StatusOK, rep)
 }
+
+// maxListBytes bounds the data of the sagas of a list page
+// (fsm.Query.MaxBytes): a page of up to 10000 sagas with large inputs and
+// outputs was read whole into memory. A page holds one saga at least,
+// and fewer than limit when they are large.
+const maxListBytes = 4 << 20
 
 const queryHint = "parameters: state definition version user tenant meta=k=v since until updated_since updated_until order=newest|oldest limit cursor"
 

@@ -307,6 +307,12 @@ type Query struct {
 	After string
 	// Limit bounds the page; default 100. Count ignores it.
 	Limit int
+	// MaxBytes, if not 0, bounds the page by its sagas' data (DataSize):
+	// the page stops before the saga that would take it past MaxBytes,
+	// holding one saga at least, and the next cursor goes on from its
+	// last. A server sets it so that a page of large sagas is neither
+	// held whole in memory nor too large a message. Count ignores it.
+	MaxBytes int
 }
 
 // Validate reports every problem of q at once, wrapping ErrInvalidQuery.
@@ -329,6 +335,9 @@ func (q *Query) Validate() error {
 	}
 	if q.Limit < 0 {
 		errs = append(errs, fmt.Sprintf("limit %d is negative", q.Limit))
+	}
+	if q.MaxBytes < 0 {
+		errs = append(errs, fmt.Sprintf("max bytes %d is negative", q.MaxBytes))
 	}
 	if q.CreatedSince != 0 && q.CreatedUntil != 0 && q.CreatedSince >= q.CreatedUntil {
 		errs = append(errs, "created since is not before created until")
@@ -362,10 +371,28 @@ func encodeCursor(sg *Saga, o Order) string {
 	return base64.RawURLEncoding.EncodeToString(b)
 }
 
-// CursorAfter returns the cursor that goes on after sg in order o: the
-// next cursor List returns for a page that ends with sg. A server that
-// cuts a page short (to bound its size) continues from its last saga.
-func CursorAfter(sg *Saga, o Order) string { return encodeCursor(sg, o) }
+// DataSize is about the bytes of sg's data: its input, meta, outputs and
+// error messages, and a fixed charge per step (Query.MaxBytes).
+func (sg *Saga) DataSize() int {
+	n := 256 + len(sg.Input)
+	for k, v := range sg.Meta {
+		n += len(k) + len(v)
+	}
+	if sg.LastError != nil {
+		n += len(sg.LastError.Message)
+	}
+	for i := range sg.Steps {
+		st := &sg.Steps[i]
+		n += 128 + len(st.Output)
+		if st.Err != nil {
+			n += len(st.Err.Message)
+		}
+		if st.CompErr != nil {
+			n += len(st.CompErr.Message)
+		}
+	}
+	return n
+}
 
 func decodeCursor(s string, o Order) (cursor, error) {
 	b, err := base64.RawURLEncoding.DecodeString(s)
@@ -617,7 +644,7 @@ func (s *Store) List(q Query) ([]*Saga, string, error) {
 	snap := s.db.NewSnapshot()
 	defer snap.Close()
 	var out []*Saga
-	next := ""
+	next, size := "", 0
 	err := s.scan(snap, &q, q.plan(), cur, func(id string) (bool, error) {
 		sg, err := s.getFrom(snap, id)
 		if err != nil {
@@ -626,7 +653,8 @@ func (s *Store) List(q Query) ([]*Saga, string, error) {
 		if !q.Matches(sg) {
 			return true, nil
 		}
-		if len(out) == q.Limit {
+		size += sg.DataSize()
+		if len(out) == q.Limit || q.MaxBytes > 0 && size > q.MaxBytes && len(out) > 0 {
 			next = encodeCursor(out[len(out)-1], q.Order)
 			return false, nil
 		}
@@ -662,7 +690,7 @@ func (s *Store) getFrom(src *pebble.Snapshot, id string) (*Saga, error) {
 // filters' indexes decides it (see scan), and it counts index keys
 // without reading the sagas.
 func (s *Store) Count(q Query) (int, error) {
-	q.After, q.Limit = "", 0
+	q.After, q.Limit, q.MaxBytes = "", 0, 0
 	if err := q.Validate(); err != nil {
 		return 0, err
 	}
@@ -727,8 +755,15 @@ func (s *Store) listByScan(q *Query, cur *cursor) ([]*Saga, string, error) {
 		}
 		return c < 0
 	})
-	if len(all) > q.Limit {
-		return all[:q.Limit], encodeCursor(all[q.Limit-1], q.Order), nil
+	n, size := min(len(all), q.Limit), 0
+	for i := range n {
+		if size += all[i].DataSize(); q.MaxBytes > 0 && size > q.MaxBytes && i > 0 {
+			n = i
+			break
+		}
+	}
+	if len(all) > n {
+		return all[:n], encodeCursor(all[n-1], q.Order), nil
 	}
 	return all, "", nil
 }

@@ -122,6 +122,9 @@ func randomQuery(rng *rand.Rand, createdMax int64) Query {
 	}
 	q.Order = Order(rng.IntN(2))
 	q.Limit = 1 + rng.IntN(40)
+	if rng.IntN(4) == 0 {
+		q.MaxBytes = 300 + rng.IntN(3000) // a page of one saga to a dozen
+	}
 	return q
 }
 
@@ -216,8 +219,17 @@ func listAll(t testing.TB, s *Store, q Query) []string {
 		if err != nil {
 			t.Fatalf("%+v: %v", q, err)
 		}
-		if next != "" && len(page) != q.Limit {
+		size := 0
+		for _, sg := range page {
+			size += sg.DataSize()
+		}
+		switch {
+		case q.MaxBytes > 0 && size > q.MaxBytes && len(page) > 1:
+			t.Fatalf("%+v: a page of %d sagas holds %d bytes", q, len(page), size)
+		case next != "" && len(page) != q.Limit && q.MaxBytes == 0:
 			t.Fatalf("%+v: a page of %d before the end", q, len(page))
+		case next != "" && len(page) == 0:
+			t.Fatalf("%+v: an empty page before the end", q)
 		}
 		for _, sg := range page {
 			got = append(got, sg.ID)

@@ -30,7 +30,6 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/sagaengine/saga/auth"
 	"github.com/sagaengine/saga/engine"
@@ -320,29 +319,22 @@ func (s *Server) List(ctx context.Context, req *connect.Request[sagav1.ListReque
 	if err != nil {
 		return nil, connectError(err)
 	}
+	q.MaxBytes = maxListBytes
 	sts, next, err := s.eng.List(ctx, q)
 	if err != nil {
 		return nil, connectError(err)
 	}
 	out := &sagav1.ListResponse{NextCursor: next}
-	size := 0
-	for i, st := range sts {
-		sg := sagaOf(st)
-		if size += proto.Size(sg); size > maxListBytes && i > 0 {
-			// Large sagas: the page stops before this one, and the
-			// next goes on from the last it holds.
-			out.NextCursor = fsm.CursorAfter(sts[i-1].Saga, q.Order)
-			break
-		}
-		out.Sagas = append(out.Sagas, sg)
+	for _, st := range sts {
+		out.Sagas = append(out.Sagas, sagaOf(st))
 	}
 	return connect.NewResponse(out), nil
 }
 
-// maxListBytes bounds the sagas of a List page, encoded: a page of 1000
-// sagas of large inputs and outputs would be held whole in memory, and
-// past 4 MiB a gRPC client refuses it by default. A page holds one saga
-// at least, whatever its size.
+// maxListBytes bounds the data of the sagas of a List page
+// (fsm.Query.MaxBytes): a page of 1000 sagas with large inputs and
+// outputs was read whole into memory, and past 4 MiB a gRPC client
+// refuses the message by default.
 const maxListBytes = 2 << 20
 
 // Count implements saga.v1.SagaService.Count.

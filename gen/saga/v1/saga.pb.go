@@ -1785,9 +1785,9 @@ func (x *ListRequest) GetCursor() string {
 type ListResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// At most the request's limit, and fewer when the sagas are large: a
-	// page stops once its sagas take 2 MiB encoded (under gRPC's default
-	// 4 MiB message limit), holding one saga at least. next_cursor goes on
-	// from the last.
+	// page stops before its sagas' data (inputs, outputs, errors) passes
+	// 2 MiB (under gRPC's default 4 MiB message limit), holding one saga
+	// at least. next_cursor goes on from the last.
 	Sagas []*Saga `protobuf:"bytes,1,rep,name=sagas,proto3" json:"sagas,omitempty"`
 	// Empty at the end.
 	NextCursor    string `protobuf:"bytes,2,opt,name=next_cursor,json=nextCursor,proto3" json:"next_cursor,omitempty"`
