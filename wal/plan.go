@@ -90,6 +90,11 @@ func PlanRepair(dir string, applied uint64) (*Plan, error) {
 	if err != nil {
 		return nil, err
 	}
+	if len(segs) > 0 {
+		if rep.PendingTruncation, err = hasPending(dir); err != nil {
+			return nil, err
+		}
+	}
 	return decide(segs, rep, ext, applied)
 }
 

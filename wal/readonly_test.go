@@ -74,3 +74,44 @@ func TestNoRepairReadsAndChangesNothing(t *testing.T) {
 		t.Errorf("NoRepair Open of an empty directory created %v", ents)
 	}
 }
+
+// A truncation a crash interrupted (its .START file left) is reported by
+// Verify and PlanRepair, which change nothing; NoRepair's Open refuses it.
+func TestVerifyReportsAPendingTruncation(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "wal")
+	l, err := Open(dir, Options{SegmentSize: 256})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 1; i <= 20; i++ {
+		if _, err := l.Append([][]byte{[]byte(fmt.Sprintf("record %d", i))}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if rep, err := Verify(dir, nil); err != nil || rep.PendingTruncation {
+		t.Fatalf("a log without a pending truncation: %+v, %v", rep, err)
+	}
+	segs, err := segmentFiles(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// tidwall names the file of a pending front truncation after the
+	// segment it keeps, with .START.
+	if err := os.WriteFile(segs[len(segs)-1].path+".START", nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	before := dirtest.Snapshot(t, dir)
+	if rep, err := Verify(dir, nil); err != nil || !rep.PendingTruncation {
+		t.Errorf("Verify of a log with a .START file: %+v, %v", rep, err)
+	}
+	if p, err := PlanRepair(dir, 0); err != nil || !p.Report.PendingTruncation {
+		t.Errorf("PlanRepair of a log with a .START file: %+v, %v", p, err)
+	}
+	if _, err := Open(dir, Options{SegmentSize: 256, NoRepair: true}); !errors.Is(err, ErrRepairNeeded) {
+		t.Errorf("NoRepair Open of a log with a .START file: %v, want ErrRepairNeeded", err)
+	}
+	dirtest.RequireSame(t, before, dirtest.Snapshot(t, dir))
+}

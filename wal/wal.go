@@ -508,6 +508,11 @@ type Report struct {
 	// Newer is the first record of a newer frame format (ErrNewerFormat),
 	// where reading stopped; nil when none. It is not damage.
 	Newer *CorruptionError `json:"newer_format,omitempty"`
+	// PendingTruncation is set when the directory holds the .START or .END
+	// file of a truncation that a crash interrupted: Open finishes it
+	// (Options.NoRepair refuses), and the report is of the segments as
+	// they are before.
+	PendingTruncation bool `json:"pending_truncation,omitempty"`
 	// DroppedByForce counts the records from the corruption on (those a
 	// forced repair would cut); 0 without corruption.
 	DroppedByForce uint64 `json:"dropped_by_force"`
@@ -532,7 +537,15 @@ func Verify(dir string, fn func(index uint64, payload []byte) error) (*Report, e
 	if err != nil {
 		return nil, err
 	}
-	return verifySegments(segs, fn)
+	rep, err := verifySegments(segs, fn)
+	if rep != nil {
+		// (With fn's error too: its caller may stop the walk on purpose.)
+		var perr error
+		if rep.PendingTruncation, perr = hasPending(dir); err == nil {
+			err = perr
+		}
+	}
+	return rep, err
 }
 
 func verifySegments(segs []segmentFile, fn func(index uint64, payload []byte) error) (*Report, error) {

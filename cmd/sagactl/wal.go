@@ -87,6 +87,10 @@ func printReport(g *globals, rep *wal.Report) {
 		fmt.Fprintf(g.out, "CORRUPT: %s offset %d (index %d): %s; %d record(s) from there on would be lost by a forced repair\n",
 			c.Segment, c.Offset, c.Index, c.Reason, rep.DroppedByForce)
 	}
+	if rep.PendingTruncation {
+		fmt.Fprintln(g.out, "pending truncation: a crash interrupted a truncation of the log (its .START or .END file is there); "+
+			"the engine's Open finishes it, and the segments above are as they are before")
+	}
 }
 
 func newWalVerify(g *globals) *cobra.Command {
