@@ -368,7 +368,27 @@ func (e *Engine) openLog(stateDir string) error {
 	}
 	walOpts := e.opts.WAL
 	walOpts.NoRepair = walOpts.NoRepair || e.opts.Inspect
-	walOpts.Applied = func() (uint64, error) { return storedAppliedIndex(stateDir, e.opts.StoreFS) }
+	walOpts.Applied = func() (uint64, error) {
+		applied, err := storedAppliedIndex(stateDir, e.opts.StoreFS)
+		if err != nil {
+			return 0, err
+		}
+		// A log that starts after the state's next index lacks records the
+		// state lacks too. Refused here, before wal.Open or the state's
+		// read-write open change a file (replay would refuse only after
+		// Pebble had rewritten its MANIFEST, or created a new store where
+		// the state was removed).
+		starts, err := wal.SegmentStartsIn(walDir)
+		if err != nil {
+			return 0, err
+		}
+		if len(starts) > 0 && starts[0] > applied+1 {
+			return 0, fmt.Errorf("%w: the state has applied index %d but the log starts at %d: "+
+				"entries in between are gone (was the state directory removed or replaced?); nothing was changed",
+				ErrRecovery, applied, starts[0])
+		}
+		return applied, nil
+	}
 	w, err := wal.Open(walDir, walOpts)
 	if err != nil {
 		var refused *wal.RefusedError

@@ -320,3 +320,49 @@ func crashImage(t *testing.T, e *Engine, dir string) string {
 	_ = e.Close()
 	return img
 }
+
+// A state that is missing, emptied or older than the log's start leaves
+// the records in between in neither: Open refuses, and must do so before
+// it opens the state for writing, which would create a new Pebble store
+// in the missing state's place (or rewrite the old one's MANIFEST and
+// OPTIONS), so that a refused Open changed files.
+func TestOpenRefusesAStateBehindTheLogWithoutChangingAFile(t *testing.T) {
+	for _, damage := range []string{"removed", "emptied", "older"} {
+		for _, crashed := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s/crashed=%v", damage, crashed), func(t *testing.T) {
+				dir := t.TempDir()
+				e := openT(t, dir, Options{WAL: wal.Options{SegmentSize: 16 << 10}, CheckpointEvery: 50})
+				runSagas(t, e, 5)
+				must(t, e.Close())
+				old := dirtest.Copy(t, filepath.Join(dir, "state"))
+				e = openT(t, dir, Options{WAL: wal.Options{SegmentSize: 16 << 10}, CheckpointEvery: 50})
+				runSagas(t, e, 100)
+				if crashed {
+					dir = crashImage(t, e, dir)
+				} else {
+					must(t, e.Close())
+				}
+				if first := segments(t, dir)[0]; filepath.Base(first) <= "00000000000000000016" {
+					t.Fatalf("the checkpoints did not truncate the log: it starts with %s", first)
+				}
+				state := filepath.Join(dir, "state")
+				switch damage {
+				case "removed":
+					must(t, os.RemoveAll(state))
+				case "emptied":
+					must(t, os.RemoveAll(state))
+					must(t, os.Mkdir(state, 0o750))
+				case "older":
+					must(t, os.RemoveAll(state))
+					must(t, os.Rename(old, state))
+				}
+				before := dirtest.Files(t, dir)
+				_, err := Open(dir, Options{Logger: quiet})
+				if !errors.Is(err, ErrRecovery) || !strings.Contains(err.Error(), "log starts at") {
+					t.Fatalf("open with the state %s: %v, want ErrRecovery naming the log's start", damage, err)
+				}
+				dirtest.RequireSame(t, before, dirtest.Files(t, dir))
+			})
+		}
+	}
+}

@@ -1331,8 +1331,16 @@ func (l *Log) checkTail() error {
 
 // SegmentStarts returns the first index of each segment, in order: the
 // indexes TruncateFront handles without rewriting data.
-func (l *Log) SegmentStarts() ([]uint64, error) {
-	segs, err := segmentFiles(l.dir)
+func (l *Log) SegmentStarts() ([]uint64, error) { return SegmentStartsIn(l.dir) }
+
+// SegmentStartsIn returns the first index of each segment file in dir, in
+// order, from the file names alone (none when dir does not exist): the
+// first is the log's first index. It reads no segment and changes nothing.
+func SegmentStartsIn(dir string) ([]uint64, error) {
+	segs, err := segmentFiles(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
 	if err != nil {
 		return nil, err
 	}
