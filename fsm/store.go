@@ -220,6 +220,14 @@ func OpenStore(dir string, o StoreOptions) (*Store, error) {
 		L0StopWritesThreshold: 48,
 		ReadOnly:              o.ReadOnly,
 		ErrorIfNotExists:      o.ReadOnly,
+		// Pebble's default reaction to a damaged block is Logger.Fatalf,
+		// which does not return (pebbleLogger panics): one flipped bit in
+		// an sstable brought the process down, from a read or from a
+		// compaction. The read that finds the damage returns it as an
+		// error (pebble.IsCorruptionError) anyway: log it, and let it.
+		EventListener: &pebble.EventListener{DataCorruption: func(info pebble.DataCorruptionInfo) {
+			o.Logger.Error("fsm: damaged state file", "info", info.String())
+		}},
 	}
 	// Bloom filters make the lookups that miss (a new saga id, a new
 	// idempotency key) cheap.
