@@ -371,7 +371,7 @@ func (e *Engine) openLog(stateDir string) error {
 	walOpts.Applied = func() (uint64, error) {
 		applied, err := storedAppliedIndex(stateDir, e.opts.StoreFS)
 		if err != nil {
-			return 0, err
+			return 0, fmt.Errorf("%w: read the applied index of the state in %s: %w", ErrRecovery, stateDir, err)
 		}
 		// A log that starts after the state's next index lacks records the
 		// state lacks too. Refused here, before wal.Open or the state's

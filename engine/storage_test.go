@@ -366,3 +366,50 @@ func TestOpenRefusesAStateBehindTheLogWithoutChangingAFile(t *testing.T) {
 		}
 	}
 }
+
+// A damaged state file makes Open refuse with ErrRecovery and Pebble's
+// corruption error, without a panic and without changing a file.
+func TestOpenRefusesACorruptStateWithoutChangingAFile(t *testing.T) {
+	for _, damage := range []string{"sstable-bit-flip", "manifest-cut"} {
+		t.Run(damage, func(t *testing.T) {
+			dir := t.TempDir()
+			e := openT(t, dir, Options{WAL: wal.Options{SegmentSize: 16 << 10}, CheckpointEvery: 50})
+			runSagas(t, e, 100)
+			must(t, e.Close())
+			ents, err := os.ReadDir(filepath.Join(dir, "state"))
+			must(t, err)
+			damaged := 0
+			for _, ent := range ents {
+				p := filepath.Join(dir, "state", ent.Name())
+				b, err := os.ReadFile(p)
+				must(t, err)
+				switch {
+				case damage == "sstable-bit-flip" && strings.HasSuffix(ent.Name(), ".sst"):
+					b[len(b)*9/10] ^= 0x5a
+				case damage == "manifest-cut" && strings.HasPrefix(ent.Name(), "MANIFEST-"):
+					b = b[:len(b)/2]
+				default:
+					continue
+				}
+				must(t, os.WriteFile(p, b, 0o640))
+				damaged++
+			}
+			if damaged == 0 {
+				t.Fatalf("no file to damage in %v", ents)
+			}
+			before := dirtest.Files(t, dir)
+			func() {
+				defer func() {
+					if r := recover(); r != nil {
+						t.Fatalf("Open of a damaged state panicked: %v", r)
+					}
+				}()
+				_, err = Open(dir, Options{Logger: quiet})
+			}()
+			if !errors.Is(err, ErrRecovery) {
+				t.Fatalf("Open of a damaged state: %v, want ErrRecovery", err)
+			}
+			dirtest.RequireSame(t, before, dirtest.Files(t, dir))
+		})
+	}
+}
