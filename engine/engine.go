@@ -392,7 +392,7 @@ func (e *Engine) openLog(stateDir string) error {
 	w, err := wal.Open(walDir, walOpts)
 	if err != nil {
 		var refused *wal.RefusedError
-		if errors.As(err, &refused) || errors.Is(err, wal.ErrBadExtent) {
+		if errors.As(err, &refused) || errors.Is(err, wal.ErrBadExtent) || errors.Is(err, wal.ErrCorrupt) {
 			err = fmt.Errorf("%w: %w. See what a repair would do: sagactl --dir %s wal repair --dry-run", ErrRecovery, err, e.dir)
 		}
 		return err

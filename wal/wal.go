@@ -431,6 +431,17 @@ func settlePending(dir string, opts Options) error {
 	if err != nil || !pending {
 		return err
 	}
+	names, err := os.ReadDir(dir)
+	if err != nil {
+		return fmt.Errorf("wal: read %s: %w", dir, err)
+	}
+	for _, n := range names {
+		if strings.HasSuffix(n.Name(), ".START") || strings.HasSuffix(n.Name(), ".END") {
+			if err := checkPending(dir, n.Name()); err != nil {
+				return err
+			}
+		}
+	}
 	o := (&Log{opts: opts}).twalOptions()
 	tl, err := twal.Open(dir, o)
 	if err == nil {
@@ -457,6 +468,83 @@ func hasPending(dir string) (bool, error) {
 		}
 	}
 	return false, nil
+}
+
+// checkPending refuses, before tidwall acts on it, a .START or .END file
+// that no interrupted truncation of this log left: tidwall settles one by
+// removing every segment before it (START) or after it (END), which for a
+// stray file removes acknowledged records. tidwall writes such a file
+// whole (through a temp file) with at least one record, from the segment
+// its name starts; an END file, moreover, follows our TruncateBack, which
+// first lowers the EXTENT file to the file's last record.
+func checkPending(dir, name string) error {
+	tidwallName := (len(name) == 26 && strings.HasSuffix(name, ".START")) || (len(name) == 24 && strings.HasSuffix(name, ".END"))
+	first, err := strconv.ParseUint(name[:min(20, len(name))], 10, 64)
+	if !tidwallName || err != nil || first == 0 {
+		return nil // tidwall ignores it
+	}
+	path := filepath.Join(dir, name)
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("wal: read %s: %w", path, err)
+	}
+	side := "after"
+	if strings.HasSuffix(name, ".START") {
+		side = "before"
+	}
+	refuse := func(why string) error {
+		return fmt.Errorf("%w: %s, the file an interrupted truncation leaves, %s; settling it would remove "+
+			"the segments %s it, so nothing was changed. Remove it if no truncation was under way",
+			ErrCorrupt, path, why, side)
+	}
+	next := first
+	for off := 0; off < len(data); next++ {
+		e, err := parseEntry(data, off, len(data))
+		if err == nil && e.index != next {
+			err = fmt.Errorf("record carries index %d", e.index)
+		}
+		if err != nil {
+			return refuse(fmt.Sprintf("is not a segment starting at index %d (index %d at offset %d: %v)", first, next, off, err))
+		}
+		off = e.end
+	}
+	if next == first && strings.HasSuffix(name, ".START") {
+		// Only a truncation of every record leaves an empty START file,
+		// named after the index the log continues from.
+		segs, err := segmentFiles(dir)
+		if err != nil {
+			return err
+		}
+		end := uint64(0)
+		if len(segs) > 0 {
+			tail := segs[len(segs)-1]
+			data, err := os.ReadFile(tail.path)
+			if err != nil {
+				return fmt.Errorf("wal: read %s: %w", tail.path, err)
+			}
+			end = tail.first
+			for off := 0; off < len(data); end++ {
+				e, err := parseEntry(data, off, len(data))
+				if err != nil || e.index != end {
+					break
+				}
+				off = e.end
+			}
+		}
+		if end != first {
+			return refuse(fmt.Sprintf("holds no record, but the log does not end at index %d", first-1))
+		}
+	}
+	if strings.HasSuffix(name, ".END") {
+		ext, err := ReadExtent(dir)
+		if err != nil {
+			return err
+		}
+		if ext != nil && ext.Last > next-1 {
+			return refuse(fmt.Sprintf("ends at index %d, but the log's EXTENT file says it held index %d", next-1, ext.Last))
+		}
+	}
+	return nil
 }
 
 // segmentFiles lists the segment files of dir in index order.

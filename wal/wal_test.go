@@ -500,6 +500,94 @@ func TestInterruptedTruncationIsSettled(t *testing.T) {
 	}
 }
 
+// tidwall settles a .START or .END file by removing the segments before
+// or after it, before anything is verified: a file of that name that no
+// truncation of this log wrote (empty, damaged, or a copy of a segment
+// the EXTENT file says the log reached past) removed segments of
+// acknowledged records, and then the plan refused the log. Open must
+// refuse such a file and change nothing.
+func TestStrayTruncationFileRefusesWithoutChangingAFile(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		suffix  string
+		seg     int  // the segment the file is named after
+		content bool // a copy of that segment, or nothing
+	}{
+		{"empty-START", ".START", 2, false},
+		{"empty-END", ".END", 1, false},
+		{"copied-END", ".END", 1, true},
+		{"copied-START", ".START", 2, true}, // named after segment 2, holding segment 1's records
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			opts := Options{SegmentSize: 200}
+			writeN(t, dir, opts, 40, 1)
+			segs, _ := segmentFiles(dir)
+			var data []byte
+			if tc.content {
+				src := segs[tc.seg]
+				if tc.suffix == ".START" {
+					src = segs[tc.seg-1]
+				}
+				data, _ = os.ReadFile(src.path)
+			}
+			name := filepath.Join(dir, segmentName(segs[tc.seg].first)+tc.suffix)
+			if err := os.WriteFile(name, data, 0o640); err != nil {
+				t.Fatal(err)
+			}
+			before := dirtest.Files(t, dir)
+			_, err := Open(dir, Options{SegmentSize: 200, Logger: quiet})
+			if !errors.Is(err, ErrCorrupt) {
+				t.Fatalf("open with a stray %s: %v, want ErrCorrupt", filepath.Base(name), err)
+			}
+			dirtest.RequireSame(t, before, dirtest.Files(t, dir))
+		})
+	}
+}
+
+// The files interrupted truncations do leave still settle (see
+// checkPending): cut back inside a segment, and cut to an empty log from
+// either end.
+func TestInterruptedTruncationsOfEveryKindSettle(t *testing.T) {
+	for _, tc := range []string{"back-inside-a-segment", "front-to-empty", "back-to-empty"} {
+		t.Run(tc, func(t *testing.T) {
+			dir := t.TempDir()
+			opts := Options{SegmentSize: 200}
+			writeN(t, dir, opts, 40, 1)
+			segs, _ := segmentFiles(dir)
+			var name string
+			var data []byte
+			var first, last uint64
+			switch tc {
+			case "back-inside-a-segment":
+				last = segs[1].first + 2
+				b, _ := os.ReadFile(segs[1].path)
+				data = b[:entryEnds(t, b)[2]]
+				name = segmentName(segs[1].first) + ".END"
+				first = 1
+				if err := writeExtent(dir, Extent{TailStart: segs[1].first, Last: last}, false); err != nil {
+					t.Fatal(err)
+				}
+			case "front-to-empty":
+				name, first, last = segmentName(41)+".START", 41, 40
+			case "back-to-empty":
+				name, first, last = segmentName(1)+".END", 1, 0
+				if err := writeExtent(dir, Extent{TailStart: 1, Last: 0}, false); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := os.WriteFile(filepath.Join(dir, name), data, 0o640); err != nil {
+				t.Fatal(err)
+			}
+			l := openT(t, dir, opts)
+			defer l.Close()
+			if l.FirstIndex() != first || l.LastIndex() != last {
+				t.Fatalf("after settling %s: [%d,%d], want [%d,%d]", name, l.FirstIndex(), l.LastIndex(), first, last)
+			}
+		})
+	}
+}
+
 func TestVerifyAndRepair(t *testing.T) {
 	opts := Options{SegmentSize: 200}
 	// A torn tail of a crashed log: Verify reports it and changes nothing;
