@@ -413,3 +413,43 @@ func TestOpenRefusesACorruptStateWithoutChangingAFile(t *testing.T) {
 		})
 	}
 }
+
+// A log closed cleanly at index L can never be behind its state: the
+// state applies only what the log holds. A state with applied index A > L
+// beside such a log means the wal directory was replaced by an older one
+// (a backup): the records after A, acknowledged, are in no file here.
+// Open took the clean EXTENT for proof that the state held everything and
+// continued the log, empty, from A+1: the sagas started after A were gone
+// without a word. It must refuse, and change nothing.
+func TestOpenRefusesAnOlderCleanLogBesideANewerStateWithoutChangingAFile(t *testing.T) {
+	dir := t.TempDir()
+	e := openT(t, dir, Options{CheckpointEvery: 40})
+	runSagas(t, e, 5)
+	must(t, e.Close())
+	oldLog := dirtest.Copy(t, filepath.Join(dir, "wal"))
+	e = openT(t, dir, Options{CheckpointEvery: 40})
+	runSagas(t, e, 30)
+	c, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	late, err := e.Start(c, "pair", nil, StartOptions{})
+	must(t, err)
+	dir = crashImage(t, e, dir)
+	applied, err := StoredAppliedIndex(dir)
+	must(t, err)
+	if old, err := wal.ReadExtent(oldLog); err != nil || old == nil || !old.Clean || old.Last >= applied {
+		t.Fatalf("the old log's extent %+v (%v) is not clean and behind the state's applied index %d", old, err, applied)
+	}
+	must(t, os.RemoveAll(filepath.Join(dir, "wal")))
+	must(t, os.Rename(oldLog, filepath.Join(dir, "wal")))
+	before := dirtest.Files(t, dir)
+	e, err = Open(dir, Options{Logger: quiet})
+	if err == nil {
+		_, serr := e.Status(ctx, late)
+		e.Close()
+		t.Fatalf("Open of a newer state beside an older clean log succeeded (the saga started last: %v)", serr)
+	}
+	if !errors.Is(err, ErrRecovery) || !errors.Is(err, wal.ErrLost) {
+		t.Fatalf("Open of a newer state beside an older clean log: %v, want ErrRecovery and wal.ErrLost", err)
+	}
+	dirtest.RequireSame(t, before, dirtest.Files(t, dir))
+}

@@ -267,3 +267,18 @@ func TestForcedPlanCountsTheRecordsItDropsPastTheState(t *testing.T) {
 		t.Fatalf("the plan drops records %d..40 but counts %d lost, want at least %d", applied+1, plan.Lost, want)
 	}
 }
+
+// A state past the index a log was closed at proves the log an older
+// copy, not that the state holds everything: Open refuses with ErrLost
+// and changes nothing (it continued the log, empty, after the state).
+func TestCleanLogBehindTheStateIsRefusedAsLost(t *testing.T) {
+	dir := t.TempDir()
+	writeN(t, dir, Options{SegmentSize: 200}, 40, 1)
+	before := dirtest.Files(t, dir)
+	_, err := Open(dir, Options{SegmentSize: 200, Logger: quiet, Applied: func() (uint64, error) { return 60, nil }})
+	var refused *RefusedError
+	if !errors.As(err, &refused) || !errors.Is(err, ErrLost) {
+		t.Fatalf("open of a clean log ending at 40 beside a state at 60: %v, want a refusal matching ErrLost", err)
+	}
+	dirtest.RequireSame(t, before, dirtest.Files(t, dir))
+}

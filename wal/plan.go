@@ -128,7 +128,11 @@ func decide(segs []segmentFile, rep *Report, ext *Extent, applied uint64) (*Plan
 	damaged := rep.Corrupt != nil
 	// heldAll: the log was closed cleanly at ext.Last and the state holds
 	// every record up to it, so no record of the log is needed any more.
-	heldAll := ext != nil && ext.Clean && applied >= ext.Last && applied >= valid
+	// A state past ext.Last is no such proof: the state applies only what
+	// the log holds, so a log closed before it is an older copy of the
+	// log (a backup put back), which lacks the acknowledged records after
+	// the state's index.
+	heldAll := ext != nil && ext.Clean && applied == ext.Last && applied >= valid
 
 	switch {
 	case !damaged && !short:
