@@ -422,6 +422,17 @@ func TestOpenRefusesACorruptStateWithoutChangingAFile(t *testing.T) {
 // continued the log, empty, from A+1: the sagas started after A were gone
 // without a word. It must refuse, and change nothing.
 func TestOpenRefusesAnOlderCleanLogBesideANewerStateWithoutChangingAFile(t *testing.T) {
+	for _, junk := range []bool{false, true} {
+		t.Run(fmt.Sprintf("junk-after-the-clean-end=%v", junk), func(t *testing.T) {
+			olderCleanLogBesideANewerState(t, junk)
+		})
+	}
+}
+
+// olderCleanLogBesideANewerState is the test above; with junk, bytes
+// follow the old log's clean end, which Open cuts (they were never part
+// of the log) only if the state does not say the log is an older copy.
+func olderCleanLogBesideANewerState(t *testing.T, junk bool) {
 	dir := t.TempDir()
 	e := openT(t, dir, Options{CheckpointEvery: 40})
 	runSagas(t, e, 5)
@@ -441,6 +452,13 @@ func TestOpenRefusesAnOlderCleanLogBesideANewerStateWithoutChangingAFile(t *test
 	}
 	must(t, os.RemoveAll(filepath.Join(dir, "wal")))
 	must(t, os.Rename(oldLog, filepath.Join(dir, "wal")))
+	if junk {
+		segs := segments(t, dir)
+		f, err := os.OpenFile(segs[len(segs)-1], os.O_WRONLY|os.O_APPEND, 0)
+		must(t, err)
+		_, err = f.Write([]byte("junk after the clean end of the log"))
+		must(t, errors.Join(err, f.Close()))
+	}
 	before := dirtest.Files(t, dir)
 	e, err = Open(dir, Options{Logger: quiet})
 	if err == nil {
@@ -448,8 +466,10 @@ func TestOpenRefusesAnOlderCleanLogBesideANewerStateWithoutChangingAFile(t *test
 		e.Close()
 		t.Fatalf("Open of a newer state beside an older clean log succeeded (the saga started last: %v)", serr)
 	}
-	if !errors.Is(err, ErrRecovery) || !errors.Is(err, wal.ErrLost) {
+	dirtest.RequireSame(t, before, dirtest.Files(t, dir))
+	// With junk the log is damaged past the state's index too: the
+	// refusal may name either.
+	if !errors.Is(err, ErrRecovery) || !(errors.Is(err, wal.ErrLost) || junk && errors.Is(err, wal.ErrCorrupt)) {
 		t.Fatalf("Open of a newer state beside an older clean log: %v, want ErrRecovery and wal.ErrLost", err)
 	}
-	dirtest.RequireSame(t, before, dirtest.Files(t, dir))
 }

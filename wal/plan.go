@@ -145,9 +145,11 @@ func decide(segs []segmentFile, rep *Report, ext *Extent, applied uint64) (*Plan
 			p.Summary = "nothing to do"
 		}
 		return p, nil
-	case damaged && !tailGone && ext != nil && ext.Clean && valid >= ext.Last && rep.Corrupt.Index > ext.Last:
+	case damaged && !tailGone && ext != nil && ext.Clean && valid >= ext.Last && rep.Corrupt.Index > ext.Last && applied <= ext.Last:
 		// Closed cleanly at ext.Last, which is intact: whatever follows was
-		// written after the log was closed, not by it.
+		// written after the log was closed, not by it. (Unless the state
+		// is past ext.Last: then this is an older copy of the log; see
+		// heldAll.)
 		c := rep.Corrupt
 		p.Safe = true
 		p.Truncate = &Cut{Segment: c.Segment, Offset: c.Offset, Bytes: fileSize(c.Segment) - c.Offset}
