@@ -474,9 +474,10 @@ func hasPending(dir string) (bool, error) {
 // that no interrupted truncation of this log left: tidwall settles one by
 // removing every segment before it (START) or after it (END), which for a
 // stray file removes acknowledged records. tidwall writes such a file
-// whole (through a temp file) with at least one record, from the segment
-// its name starts; an END file, moreover, follows our TruncateBack, which
-// first lowers the EXTENT file to the file's last record.
+// whole (through a temp file): the records of a segment from the index
+// its name gives on, none only for a truncation of every record. An END
+// file, moreover, follows our TruncateBack, which first lowers the EXTENT
+// file to the file's last record.
 func checkPending(dir, name string) error {
 	tidwallName := (len(name) == 26 && strings.HasSuffix(name, ".START")) || (len(name) == 24 && strings.HasSuffix(name, ".END"))
 	first, err := strconv.ParseUint(name[:min(20, len(name))], 10, 64)
