@@ -296,6 +296,7 @@ func (s *Store) Restore(r io.Reader) error {
 	s.mu.Lock()
 	s.live = map[string]*Saga{}
 	s.latest = map[string]*Definition{}
+	s.cacheGen++
 	s.mu.Unlock()
 	commit := func() error {
 		if err := b.Commit(pebble.NoSync); err != nil {
@@ -334,6 +335,7 @@ func (s *Store) Restore(r io.Reader) error {
 	s.mu.Lock()
 	s.live = map[string]*Saga{}
 	s.latest = map[string]*Definition{}
+	s.cacheGen++
 	s.mu.Unlock()
 	if err := s.loadMeta(); err != nil {
 		return err

@@ -190,3 +190,61 @@ func TestApplyCommandsEqualsOneByOne(t *testing.T) {
 		t.Fatal("repeated command index accepted")
 	}
 }
+
+// A reader that read a definition from the disk before a Restore and
+// caches it after the Restore ended must not leave the old state's
+// version in the cache: the restored store would refuse the next
+// version the leader accepts, and the members diverge. (The reader is
+// held between its read and its caching by a seam; without one, see
+// replication's TestRestoreKeepsTheLatestDefinitionOfTheNewState.)
+func TestARestoreBetweenAReadersReadAndItsCachingLeavesNoStaleDefinition(t *testing.T) {
+	def := func(v int) *Record {
+		return &Record{Kind: KindDefine, At: 1, Def: &Definition{Name: "order", Version: v,
+			Steps: []StepDef{{Name: fmt.Sprint("step-v", v), Compensation: "undo"}}}}
+	}
+	src := openDiskStore(t)
+	for v := 1; v <= 2; v++ {
+		if _, err := src.ApplyCommand(uint64(v), entries(t, src.AppliedIndex()+1, def(v))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	snap, err := src.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	if _, err := snap.WriteTo(&buf); err != nil {
+		t.Fatal(err)
+	}
+	snap.Release()
+
+	dst := openDiskStore(t)
+	if _, err := dst.ApplyCommand(1, entries(t, 1, def(1))); err != nil {
+		t.Fatal(err)
+	}
+	dst.mu.Lock()
+	dst.latest = map[string]*Definition{} // the reader misses the cache
+	dst.mu.Unlock()
+	read, release := make(chan struct{}), make(chan struct{})
+	dst.afterDiskRead = func() { close(read); <-release }
+	done := make(chan *Definition)
+	go func() {
+		d, err := dst.PeekLatestDefinition("order")
+		if err != nil {
+			t.Error(err)
+		}
+		done <- d
+	}()
+	<-read // the reader holds version 1, read before the restore
+	dst.afterDiskRead = nil
+	if err := dst.Restore(bytes.NewReader(buf.Bytes())); err != nil {
+		t.Fatal(err)
+	}
+	close(release)
+	if d := <-done; d == nil || d.Version != 1 {
+		t.Fatalf("the reader read %v, want version 1 (from before the restore)", d)
+	}
+	if d, err := dst.LatestDefinition("order"); err != nil || d.Version != 2 {
+		t.Fatalf("after the restore the latest definition is %v (%v), want version 2", d, err)
+	}
+}

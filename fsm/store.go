@@ -136,6 +136,13 @@ type Store struct {
 	// latest caches the latest version of each definition read or written
 	// (Start reads it for every saga). Values are never mutated.
 	latest map[string]*Definition
+	// cacheGen counts the times Restore dropped the caches (under mu): a
+	// reader caches what it read from the disk only if no restore began
+	// or ended since it read.
+	cacheGen uint64
+	// afterDiskRead, if set, runs between a reader's disk read of a
+	// definition and its caching (a test seam).
+	afterDiskRead func()
 	// replayBatch is the memtable size at which a Replayer commits its
 	// batch: over Pebble's large-batch threshold (half a memtable less
 	// its empty size), so that the batch bypasses the memtable, and
@@ -1211,6 +1218,7 @@ func (s *Store) LatestDefinition(name string) (*Definition, error) {
 func (s *Store) PeekLatestDefinition(name string) (*Definition, error) {
 	s.mu.RLock()
 	d, ok := s.latest[name]
+	gen := s.cacheGen
 	s.mu.RUnlock()
 	if ok {
 		return d, nil
@@ -1219,10 +1227,14 @@ func (s *Store) PeekLatestDefinition(name string) (*Definition, error) {
 	if err != nil {
 		return nil, err
 	}
+	if s.afterDiskRead != nil {
+		s.afterDiskRead()
+	}
 	s.mu.Lock()
 	// A newer version applied meanwhile wins; during a restore the disk
-	// is changing under us: do not cache what was read.
-	if _, ok := s.latest[name]; !ok && !s.restoring.Load() {
+	// is changing under us, and one that began and ended since the read
+	// replaced what was read: do not cache it.
+	if _, ok := s.latest[name]; !ok && !s.restoring.Load() && s.cacheGen == gen {
 		s.latest[name] = d
 	}
 	s.mu.Unlock()
