@@ -382,21 +382,13 @@ func TestQueryIndexesSurviveReplayRebuildAndSnapshot(t *testing.T) {
 	if err := snapSrc.db.Delete(keyQueryIndex, pebble.NoSync); err != nil {
 		t.Fatal(err)
 	}
-	snap, err := snapSrc.Snapshot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var buf bytes.Buffer
-	if _, err := snap.WriteTo(&buf); err != nil {
-		t.Fatal(err)
-	}
-	snap.Release()
+	snapshot := snapshotBytes(t, snapSrc)
 	restored, err := OpenStore(t.TempDir(), StoreOptions{Logger: quiet})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer restored.Close()
-	if err := restored.Restore(&buf); err != nil {
+	if err := restored.Restore(bytes.NewReader(snapshot)); err != nil {
 		t.Fatal(err)
 	}
 	if h := mustHash(t, restored); !bytes.Equal(h, refHash) {

@@ -18,6 +18,21 @@ func openDiskStore(t *testing.T) *Store {
 	return s
 }
 
+// snapshotBytes is a snapshot of s, written out.
+func snapshotBytes(t *testing.T, s *Store) []byte {
+	t.Helper()
+	snap, err := s.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer snap.Release()
+	var buf bytes.Buffer
+	if _, err := snap.WriteTo(&buf); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
 func mustHash(t *testing.T, s *Store) []byte {
 	t.Helper()
 	h, err := s.Hash()
@@ -91,16 +106,7 @@ func TestSnapshotRestoreReproducesTheState(t *testing.T) {
 func TestRestoreRefusesDamagedSnapshotsAndChangesNothing(t *testing.T) {
 	src := openDiskStore(t)
 	fill(t, src, 1, "a", 20)
-	snap, err := src.Snapshot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var buf bytes.Buffer
-	if _, err := snap.WriteTo(&buf); err != nil {
-		t.Fatal(err)
-	}
-	snap.Release()
-	good := buf.Bytes()
+	good := snapshotBytes(t, src)
 
 	dst := openDiskStore(t)
 	fill(t, dst, 1, "mine", 3)
@@ -208,15 +214,7 @@ func TestARestoreBetweenAReadersReadAndItsCachingLeavesNoStaleDefinition(t *test
 			t.Fatal(err)
 		}
 	}
-	snap, err := src.Snapshot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var buf bytes.Buffer
-	if _, err := snap.WriteTo(&buf); err != nil {
-		t.Fatal(err)
-	}
-	snap.Release()
+	snapshot := snapshotBytes(t, src)
 
 	dst := openDiskStore(t)
 	if _, err := dst.ApplyCommand(1, entries(t, 1, def(1))); err != nil {
@@ -237,7 +235,7 @@ func TestARestoreBetweenAReadersReadAndItsCachingLeavesNoStaleDefinition(t *test
 	}()
 	<-read // the reader holds version 1, read before the restore
 	dst.afterDiskRead = nil
-	if err := dst.Restore(bytes.NewReader(buf.Bytes())); err != nil {
+	if err := dst.Restore(bytes.NewReader(snapshot)); err != nil {
 		t.Fatal(err)
 	}
 	close(release)

@@ -11,11 +11,10 @@ import (
 	"github.com/sagaengine/saga/internal/dirtest"
 )
 
-// A log opened with NoRepair reads every record and changes no file: not
-// at Open, not by a refused change, not at Close; and it opens none for
-// writing (a read-only filesystem is enough).
-func TestNoRepairReadsAndChangesNothing(t *testing.T) {
-	dir := filepath.Join(t.TempDir(), "wal")
+// twentyRecords opens a log of small segments in dir and appends
+// "record 1" to "record 20".
+func twentyRecords(t *testing.T, dir string) *Log {
+	t.Helper()
 	l, err := Open(dir, Options{SegmentSize: 256})
 	if err != nil {
 		t.Fatal(err)
@@ -25,6 +24,15 @@ func TestNoRepairReadsAndChangesNothing(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	return l
+}
+
+// A log opened with NoRepair reads every record and changes no file: not
+// at Open, not by a refused change, not at Close; and it opens none for
+// writing (a read-only filesystem is enough).
+func TestNoRepairReadsAndChangesNothing(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "wal")
+	l := twentyRecords(t, dir)
 	if err := l.TruncateFront(5); err != nil {
 		t.Fatal(err)
 	}
@@ -79,16 +87,7 @@ func TestNoRepairReadsAndChangesNothing(t *testing.T) {
 // Verify and PlanRepair, which change nothing; NoRepair's Open refuses it.
 func TestVerifyReportsAPendingTruncation(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "wal")
-	l, err := Open(dir, Options{SegmentSize: 256})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for i := 1; i <= 20; i++ {
-		if _, err := l.Append([][]byte{[]byte(fmt.Sprintf("record %d", i))}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := l.Close(); err != nil {
+	if err := twentyRecords(t, dir).Close(); err != nil {
 		t.Fatal(err)
 	}
 	if rep, err := Verify(dir, nil); err != nil || rep.PendingTruncation {
