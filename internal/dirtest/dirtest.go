@@ -13,12 +13,22 @@ import (
 )
 
 // Copy copies the tree under src into a new temporary directory and
-// returns it. Copied while an engine runs, it is what a SIGKILL at that
-// instant leaves on disk.
+// returns it. src must be still: a tree in use is copied file by file at
+// different instants (see CopyTo).
 func Copy(t testing.TB, src string) string {
 	t.Helper()
 	dst := t.TempDir()
-	err := filepath.Walk(src, func(p string, info os.FileInfo, err error) error {
+	if err := CopyTo(dst, src); err != nil {
+		t.Fatal(err)
+	}
+	return dst
+}
+
+// CopyTo copies the tree under src into dst, file by file; an error
+// wrapping os.ErrNotExist says a file vanished while it was copied (src
+// is in use).
+func CopyTo(dst, src string) error {
+	return filepath.Walk(src, func(p string, info os.FileInfo, err error) error {
 		if err != nil {
 			return err
 		}
@@ -32,10 +42,6 @@ func Copy(t testing.TB, src string) string {
 		}
 		return os.WriteFile(filepath.Join(dst, rel), b, 0o640)
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return dst
 }
 
 // Files maps the path of every file under dir, relative to it, to its bytes.
