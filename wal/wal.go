@@ -516,8 +516,19 @@ func checkPending(dir, name string) error {
 		if err != nil {
 			return err
 		}
-		end := uint64(0)
-		if len(segs) > 0 {
+		// With no segment left (a crash after tidwall removed the last,
+		// before its rename), settling removes nothing: the log continues,
+		// empty, from first, which must not fall short of the EXTENT file.
+		end := first
+		if len(segs) == 0 {
+			ext, err := ReadExtent(dir)
+			if err != nil {
+				return err
+			}
+			if ext != nil && ext.Last > first-1 {
+				end = 0
+			}
+		} else {
 			tail := segs[len(segs)-1]
 			data, err := os.ReadFile(tail.path)
 			if err != nil {

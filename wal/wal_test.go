@@ -958,3 +958,58 @@ func TestTruncateFrontDropFailurePoisons(t *testing.T) {
 	defer l.Close()
 	checkRecords(t, l, 30) // the failure came before any file was removed
 }
+
+// tidwall's TruncateFront to LastIndex+1 (the engine's checkpoint when the
+// tail segment is empty, a raft log emptied after a snapshot) writes an
+// empty START file named after the index the log continues from, removes
+// every segment oldest first, then renames the START file. A crash after
+// any of those removals, the last included, leaves a log that settles to
+// an empty one continuing from there.
+func TestInterruptedTruncationToEmptySettlesAtEveryRemoval(t *testing.T) {
+	opts := Options{SegmentSize: 200}
+	probe := t.TempDir()
+	writeN(t, probe, opts, 40, 1)
+	n, _ := segmentFiles(probe)
+	for removed := 0; removed <= len(n); removed++ {
+		t.Run(fmt.Sprintf("after-%d-of-%d-removals", removed, len(n)), func(t *testing.T) {
+			dir := t.TempDir()
+			writeN(t, dir, opts, 40, 1)
+			segs, _ := segmentFiles(dir)
+			if err := os.WriteFile(filepath.Join(dir, segmentName(41)+".START"), nil, 0o640); err != nil {
+				t.Fatal(err)
+			}
+			for _, s := range segs[:removed] {
+				if err := os.Remove(s.path); err != nil {
+					t.Fatal(err)
+				}
+			}
+			l := openT(t, dir, opts)
+			defer l.Close()
+			if l.FirstIndex() != 41 || l.LastIndex() != 40 {
+				t.Fatalf("after settling: [%d,%d], want [41,40]", l.FirstIndex(), l.LastIndex())
+			}
+		})
+	}
+}
+
+// An empty START file alone in a log whose EXTENT file says it reached
+// past the file's name is no truncation's: Open refuses and changes nothing.
+func TestLoneEmptyStartShortOfTheExtentIsRefused(t *testing.T) {
+	dir := t.TempDir()
+	opts := Options{SegmentSize: 200}
+	writeN(t, dir, opts, 40, 1)
+	segs, _ := segmentFiles(dir)
+	for _, s := range segs {
+		if err := os.Remove(s.path); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(dir, segmentName(30)+".START"), nil, 0o640); err != nil {
+		t.Fatal(err)
+	}
+	before := dirtest.Files(t, dir)
+	if _, err := Open(dir, Options{SegmentSize: 200, Logger: quiet}); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("open: %v, want ErrCorrupt", err)
+	}
+	dirtest.RequireSame(t, before, dirtest.Files(t, dir))
+}
