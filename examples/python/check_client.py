@@ -195,6 +195,77 @@ async def check_execute_with_saga(client, orch, run):
         st = newest(client, op)
         check(st["state"] == "SAGA_STATE_FAILED", f"a workflow that stops early fails its saga: {st['state']}")
 
+    class LosesAdvance:
+        """The client, except that the success of one milestone is lost on
+        its way to the server (the request never arrives)."""
+
+        def __init__(self, inner, milestone):
+            self._inner, self._milestone, self.lost = inner, milestone, 0
+
+        def __getattr__(self, name):
+            return getattr(self._inner, name)
+
+        def advance(self, saga_id, step, output=None, error=None):
+            if step == self._milestone and error is None and not self.lost:
+                self.lost += 1
+                raise SagaError("unavailable", "connection reset before the request was sent")
+            return self._inner.advance(saga_id, step, output=output, error=error)
+
+    lossy = SagaJourneyOrchestrator(LosesAdvance(client, "parse"))
+
+    async def through(h):
+        for m in ("ingest", "parse", "embed"):
+            await h.step(m, work(m))
+
+    try:
+        await lossy.execute_with_saga(op, through, uc)
+        check(False, "a milestone whose success was not recorded raises")
+    except SagaError as e:
+        check(e.code == "unavailable", f"a milestone whose success was not recorded raises that error: {e}")
+    st = newest(client, op)
+    check(st["state"] == "SAGA_STATE_FAILED" and "ingest" in st.get("compensated", []),
+          f"a milestone whose success was not recorded is compensated with the done ones: {st['state']} {st.get('compensated')}")
+
+    class HoldsAdvance:
+        """The client, except that the success of one milestone reaches
+        the server only once released."""
+
+        def __init__(self, inner, milestone):
+            self._inner, self._milestone = inner, milestone
+            self.sending, self.release = threading.Event(), threading.Event()
+
+        def __getattr__(self, name):
+            return getattr(self._inner, name)
+
+        def advance(self, saga_id, step, output=None, error=None):
+            if step == self._milestone:
+                self.sending.set()
+                if not self.release.wait(30):
+                    raise SagaError("deadline_exceeded", "never released")
+            return self._inner.advance(saga_id, step, output=output, error=error)
+
+    slow = HoldsAdvance(client, "ingest")
+
+    async def overlaps(h):
+        first = asyncio.ensure_future(h.step("ingest", work("ingest")))
+        check(await asyncio.to_thread(slow.sending.wait, 30), "the success of ingest is on its way")
+        try:
+            await h.step("parse", work("parse"))
+            check(False, "a milestone whose predecessor's success is not yet recorded is refused")
+        except MilestoneOrderError:
+            pass
+        finally:
+            slow.release.set()
+        await first
+        for m in ("parse", "embed"):
+            await h.step(m, work(m))
+        return "in order"
+
+    ran.clear()
+    r = await SagaJourneyOrchestrator(slow).execute_with_saga(op, overlaps, uc)
+    check(r["state"] == "SAGA_STATE_COMPLETED" and ran == ["ingest", "parse", "embed"],
+          f"a milestone runs only once the server recorded the one before it: {r['state']} {ran}")
+
     async def out_of_order(h):
         try:
             await h.step("parse", work("parse"))

@@ -302,6 +302,8 @@ class SagaHandle:
         self.fail_error = ""
         self.fail_recorded = False
         self.held: Optional[tuple] = None  # (name, output) of the last success, not yet reported
+        self.lost = False  # a milestone ran and the server does not have its success
+        self._left = len(self._names)  # milestones whose success is still to come
         self.closed = False
 
     async def step(self, milestone: str, fn: Callable[[], Any]) -> Any:
@@ -339,13 +341,23 @@ class SagaHandle:
             # Another milestone failed meanwhile, or the workflow returned:
             # the saga compensates this one as uncertain.
             return out
-        self._done.add(milestone)
-        if len(self._done) == len(self._names):
+        self._left -= 1
+        if self._left == 0:
             # Its success would complete the saga: held until the
             # workflow returns without error.
+            self._done.add(milestone)
             self.held = (milestone, _encode_output(out))
             return out
-        await self._orch._run(self._orch.client.advance, self.saga_id, milestone, output=_encode_output(out))
+        try:
+            await self._orch._run(self._orch.client.advance, self.saga_id, milestone, output=_encode_output(out))
+        except BaseException:
+            # Not done for the server (it may still hold it running): no
+            # milestone after it may start, and the saga is aborted.
+            self.lost = True
+            raise
+        # Done only once recorded: a milestone after it is running for
+        # the server only from then on.
+        self._done.add(milestone)
         return out
 
     def running(self) -> bool:
@@ -544,7 +556,7 @@ class SagaJourneyOrchestrator:
             out["state"] = w.get("state", "")
             raise
         h.closed = True
-        if h.held and not h.running() and not h.failing:
+        if h.held and not h.running() and not h.failing and not h.lost:
             name, output = h.held
             st = await self._run(self.client.advance, h.saga_id, name, output)
             out["state"] = st["saga"].get("state", "")
@@ -562,7 +574,7 @@ class SagaJourneyOrchestrator:
             return
         if h.failing:
             await self._run(self.client.advance, h.saga_id, h.failing, error=h.fail_error)
-        elif h.held or h.running() or not h.next_not_started():
+        elif h.held or h.running() or h.lost or not h.next_not_started():
             # Milestones whose success is not recorded: abort compensates
             # them as uncertain, with every completed one.
             await self._run(self.client.abort, h.saga_id, why[:4096], "policy")
