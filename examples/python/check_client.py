@@ -226,6 +226,33 @@ async def check_execute_with_saga(client, orch, run):
     check(st["state"] == "SAGA_STATE_FAILED" and "ingest" in st.get("compensated", []),
           f"a milestone whose success was not recorded is compensated with the done ones: {st['state']} {st.get('compensated')}")
 
+    class LosesFailure:
+        """The client, except that the first report of a failed milestone
+        is lost with the connection."""
+
+        def __init__(self, inner):
+            self._inner, self.lost = inner, 0
+
+        def __getattr__(self, name):
+            return getattr(self._inner, name)
+
+        def advance(self, saga_id, step, output=None, error=None):
+            if error is not None and not self.lost:
+                self.lost += 1
+                raise ConnectionResetError("connection reset by peer")
+            return self._inner.advance(saga_id, step, output=output, error=error)
+
+    ran.clear()
+    try:
+        await SagaJourneyOrchestrator(LosesFailure(client)).execute_with_saga(op, fails, uc)
+        check(False, "a failed milestone whose report was lost raises")
+    except Exception as e:
+        check(isinstance(e, RuntimeError) and str(e) == "parser down",
+              f"a failed milestone whose report was lost raises the milestone's error: {e!r}")
+    st = newest(client, op)
+    check(st["state"] == "SAGA_STATE_FAILED" and st.get("compensated") == ["ingest"],
+          f"and its failure is reported again: {st['state']} {st.get('compensated')}")
+
     class HoldsAdvance:
         """The client, except that the success of one milestone reaches
         the server only once released."""

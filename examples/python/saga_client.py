@@ -333,8 +333,8 @@ class SagaHandle:
             try:
                 await self._orch._run(self._orch.client.advance, self.saga_id, milestone, error=self.fail_error)
                 self.fail_recorded = True
-            except SagaError:
-                pass  # execute_with_saga tries once more
+            except (SagaError, OSError):
+                pass  # execute_with_saga tries once more; the milestone's error is the one to raise
             raise
         self._started[milestone] = True
         if self.closed or self.failing:
