@@ -48,12 +48,14 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
 
+	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/vfs"
 
 	"github.com/sagaengine/saga/fsm"
@@ -444,6 +446,14 @@ func storedAppliedIndex(stateDir string, fs vfs.FS) (uint64, error) {
 	}
 	st, err := fsm.OpenStore(stateDir, fsm.StoreOptions{ReadOnly: true, CacheSize: 1 << 20, FS: fs,
 		Logger: slog.New(slog.DiscardHandler)})
+	if errors.Is(err, pebble.ErrDBDoesNotExist) && !slices.ContainsFunc(ents, func(e os.DirEntry) bool {
+		return strings.HasSuffix(e.Name(), ".sst")
+	}) {
+		// A crash while Pebble created the store (its LOCK written, its
+		// MANIFEST not yet made current) left no state: none was applied.
+		// (A log that does not start at 1 is refused by the caller.)
+		return 0, nil
+	}
 	if err != nil {
 		return 0, err
 	}

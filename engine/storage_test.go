@@ -489,3 +489,53 @@ func olderCleanLogBesideANewerState(t *testing.T, junk bool) {
 		t.Fatalf("Open of a newer state beside an older clean log: %v, want ErrRecovery and wal.ErrLost", err)
 	}
 }
+
+// A crash inside the first Open, while Pebble created the state (its LOCK
+// written, its MANIFEST not yet made current), leaves a state directory
+// that holds no store: no transition was applied, and Open goes on from
+// the log. Such a directory beside a log that no longer starts at 1 is
+// still refused, and nothing changes.
+func TestOpenAfterACrashWhilePebbleCreatedTheState(t *testing.T) {
+	for _, left := range [][]string{{"LOCK"}, {"LOCK", "MANIFEST-000001"}} {
+		t.Run(strings.Join(left, "+"), func(t *testing.T) {
+			dir := t.TempDir()
+			w, err := wal.Open(filepath.Join(dir, "wal"), wal.Options{Logger: quiet})
+			must(t, err)
+			must(t, w.Close())
+			state := filepath.Join(dir, "state")
+			must(t, os.MkdirAll(state, 0o750))
+			for _, name := range left {
+				must(t, os.WriteFile(filepath.Join(state, name), nil, 0o640))
+			}
+			e, err := Open(dir, Options{Logger: quiet})
+			if err != nil {
+				t.Fatalf("open after a crash in the state's creation: %v", err)
+			}
+			runSagas(t, e, 2)
+			must(t, e.Close())
+			e = openT(t, dir, Options{})
+			if e.recovery.AppliedIndex == 0 {
+				t.Errorf("reopened: the state applied nothing")
+			}
+			must(t, e.Close())
+		})
+	}
+	t.Run("beside-a-truncated-log", func(t *testing.T) {
+		dir := t.TempDir()
+		e := openT(t, dir, Options{WAL: wal.Options{SegmentSize: 16 << 10}, CheckpointEvery: 50})
+		runSagas(t, e, 100)
+		must(t, e.Close())
+		if first := segments(t, dir)[0]; filepath.Base(first) <= "00000000000000000001" {
+			t.Fatalf("the checkpoints did not truncate the log: it starts with %s", first)
+		}
+		state := filepath.Join(dir, "state")
+		must(t, os.RemoveAll(state))
+		must(t, os.MkdirAll(state, 0o750))
+		must(t, os.WriteFile(filepath.Join(state, "LOCK"), nil, 0o640))
+		before := dirtest.Files(t, dir)
+		if _, err := Open(dir, Options{Logger: quiet}); !errors.Is(err, ErrRecovery) {
+			t.Fatalf("open: %v, want ErrRecovery", err)
+		}
+		dirtest.RequireSame(t, before, dirtest.Files(t, dir))
+	})
+}
