@@ -539,3 +539,32 @@ func TestOpenAfterACrashWhilePebbleCreatedTheState(t *testing.T) {
 		dirtest.RequireSame(t, before, dirtest.Files(t, dir))
 	})
 }
+
+// A crash inside a checkpoint's front truncation leaves its .START file:
+// once Open settles it, the log starts at the file's index. A state
+// removed meanwhile (so behind that start) must be refused before the
+// settling, which deletes segments and renames the file: the refused
+// Open changes nothing.
+func TestOpenRefusesAStateBehindAPendingTruncationWithoutChangingAFile(t *testing.T) {
+	dir := t.TempDir()
+	e := openT(t, dir, Options{WAL: wal.Options{SegmentSize: 16 << 10}, CheckpointEvery: 1 << 20})
+	runSagas(t, e, 100)
+	must(t, e.Close())
+	segs := segments(t, dir)
+	if len(segs) < 3 || filepath.Base(segs[0]) != "00000000000000000001" {
+		t.Fatalf("want a log of 3 segments or more from index 1, have %v", segs)
+	}
+	// What tidwall's TruncateFront writes first, before it removes the
+	// segments before it: the kept segment's records, as NAME.START.
+	keep := segs[len(segs)/2]
+	b, err := os.ReadFile(keep)
+	must(t, err)
+	must(t, os.WriteFile(keep+".START", b, 0o640))
+	must(t, os.RemoveAll(filepath.Join(dir, "state")))
+	before := dirtest.Files(t, dir)
+	_, err = Open(dir, Options{Logger: quiet})
+	if !errors.Is(err, ErrRecovery) || !strings.Contains(err.Error(), "log starts at") {
+		t.Fatalf("open with the state removed and a truncation pending: %v, want ErrRecovery naming the log's start", err)
+	}
+	dirtest.RequireSame(t, before, dirtest.Files(t, dir))
+}

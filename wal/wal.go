@@ -253,6 +253,16 @@ func Open(dir string, opts Options) (*Log, error) {
 	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
 		exists = false
 	}
+	// Asked before a pending truncation is settled, which changes files:
+	// a caller that refuses (its state behind the log's start, say) must
+	// find every file as it was.
+	var applied uint64
+	if opts.Applied != nil {
+		var err error
+		if applied, err = opts.Applied(); err != nil {
+			return nil, fmt.Errorf("wal: the caller's applied index: %w", err)
+		}
+	}
 	if exists && opts.NoRepair {
 		if pending, err := hasPending(dir); err != nil || pending {
 			if err == nil {
@@ -263,13 +273,6 @@ func Open(dir string, opts Options) (*Log, error) {
 	} else if exists {
 		if err := settlePending(dir, opts); err != nil {
 			return nil, err
-		}
-	}
-	var applied uint64
-	if opts.Applied != nil {
-		var err error
-		if applied, err = opts.Applied(); err != nil {
-			return nil, fmt.Errorf("wal: the caller's applied index: %w", err)
 		}
 	}
 	plan, err := PlanRepair(dir, applied)
@@ -1435,7 +1438,10 @@ func (l *Log) SegmentStarts() ([]uint64, error) { return SegmentStartsIn(l.dir) 
 
 // SegmentStartsIn returns the first index of each segment file in dir, in
 // order, from the file names alone (none when dir does not exist): the
-// first is the log's first index. It reads no segment and changes nothing.
+// first is the log's first index. A front truncation that a crash
+// interrupted (its .START file) is counted as Open will settle it: the
+// segments before it are gone and it starts one. It reads no segment and
+// changes nothing.
 func SegmentStartsIn(dir string) ([]uint64, error) {
 	segs, err := segmentFiles(dir)
 	if errors.Is(err, os.ErrNotExist) {
@@ -1444,11 +1450,37 @@ func SegmentStartsIn(dir string) ([]uint64, error) {
 	if err != nil {
 		return nil, err
 	}
-	out := make([]uint64, len(segs))
-	for i, s := range segs {
-		out[i] = s.first
+	from, err := pendingStart(dir)
+	if err != nil {
+		return nil, err
+	}
+	var out []uint64
+	if from > 0 {
+		out = append(out, from)
+	}
+	for _, s := range segs {
+		if s.first > from {
+			out = append(out, s.first)
+		}
 	}
 	return out, nil
+}
+
+// pendingStart is the index a front truncation that a crash interrupted
+// cuts the log to (the name of its .START file), or 0.
+func pendingStart(dir string) (uint64, error) {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return 0, fmt.Errorf("wal: read %s: %w", dir, err)
+	}
+	for _, e := range ents {
+		if n := e.Name(); len(n) == 26 && strings.HasSuffix(n, ".START") {
+			if idx, err := strconv.ParseUint(n[:20], 10, 64); err == nil && idx > 0 {
+				return idx, nil
+			}
+		}
+	}
+	return 0, nil
 }
 
 // Stats returns cumulative counters.
