@@ -266,6 +266,9 @@ func (o *Options) Validate() error {
 	if (o.Replicator != nil || o.OpenReplicator != nil) && o.Inspect {
 		errs = append(errs, errors.New("option Inspect opens a single-node data directory; a replicated member is inspected through its leader or the admin API"))
 	}
+	if o.WAL.NoRepair && !o.Inspect {
+		errs = append(errs, errors.New("WAL.NoRepair opens the log for reading only, and every transition would fail: set Inspect to inspect a data directory"))
+	}
 	if (o.Replicator != nil || o.OpenReplicator != nil) && o.WrapLog != nil {
 		errs = append(errs, errors.New("WrapLog does not apply with a Replicator (the replicator owns the log)"))
 	}

@@ -568,3 +568,21 @@ func TestOpenRefusesAStateBehindAPendingTruncationWithoutChangingAFile(t *testin
 	}
 	dirtest.RequireSame(t, before, dirtest.Files(t, dir))
 }
+
+// WAL.NoRepair opens the log for reading only (inspection's mode): an
+// engine that could start nothing is refused at Open, and with Inspect
+// it opens.
+func TestWALNoRepairWithoutInspectIsRefused(t *testing.T) {
+	dir := t.TempDir()
+	e := openT(t, dir, Options{})
+	runSagas(t, e, 2)
+	must(t, e.Close())
+	before := dirtest.Files(t, dir)
+	if _, err := Open(dir, Options{Logger: quiet, WAL: wal.Options{NoRepair: true}}); !errors.Is(err, ErrInvalidOptions) || !strings.Contains(err.Error(), "Inspect") {
+		t.Fatalf("WAL.NoRepair without Inspect: %v, want ErrInvalidOptions naming Inspect", err)
+	}
+	dirtest.RequireSame(t, before, dirtest.Files(t, dir))
+	e, err := Open(dir, Options{Logger: quiet, Inspect: true, WAL: wal.Options{NoRepair: true}})
+	must(t, err)
+	must(t, e.Close())
+}
