@@ -230,14 +230,14 @@ async def check_execute_with_saga(client, orch, run):
         """The client, except that the first report of a failed milestone
         is lost with the connection."""
 
-        def __init__(self, inner):
-            self._inner, self.lost = inner, 0
+        def __init__(self, inner, lose=1):
+            self._inner, self.lost, self.lose = inner, 0, lose
 
         def __getattr__(self, name):
             return getattr(self._inner, name)
 
         def advance(self, saga_id, step, output=None, error=None):
-            if error is not None and not self.lost:
+            if error is not None and self.lost < self.lose:
                 self.lost += 1
                 raise ConnectionResetError("connection reset by peer")
             return self._inner.advance(saga_id, step, output=output, error=error)
@@ -252,6 +252,15 @@ async def check_execute_with_saga(client, orch, run):
     st = newest(client, op)
     check(st["state"] == "SAGA_STATE_FAILED" and st.get("compensated") == ["ingest"],
           f"and its failure is reported again: {st['state']} {st.get('compensated')}")
+    try:
+        await SagaJourneyOrchestrator(LosesFailure(client, lose=2)).execute_with_saga(op, fails, uc)
+        check(False, "a failed milestone whose reports were both lost raises")
+    except Exception as e:
+        st = newest(client, op)
+        notes = " ".join(getattr(e, "__notes__", []))
+        check(isinstance(e, RuntimeError) and str(e) == "parser down" and
+              (not hasattr(e, "add_note") or st["id"] in notes),
+              f"both reports lost: the milestone's error, noting the saga to look at: {e!r} {notes}")
 
     class HoldsAdvance:
         """The client, except that the success of one milestone reaches

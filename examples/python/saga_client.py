@@ -551,9 +551,17 @@ class SagaJourneyOrchestrator:
             out["result"] = await workflow(h)
         except BaseException as e:
             h.closed = True
-            await self._record_failure(h, str(e) or type(e).__name__)
-            w = await self._settle(h.saga_id)
-            out["state"] = w.get("state", "")
+            try:
+                await self._record_failure(h, str(e) or type(e).__name__)
+                w = await self._settle(h.saga_id)
+                out["state"] = w.get("state", "")
+            except (SagaError, OSError) as rerr:
+                # The workflow's error is the answer, as the Go executor
+                # wraps both: the note says the saga may not compensate
+                # until its timeout, and where to look.
+                if hasattr(e, "add_note"):
+                    e.add_note(f"saga {h.saga_id}: recording the failure failed ({rerr!r}); it may still be "
+                               f"in progress: look at it (status) before acting again")
             raise
         h.closed = True
         if h.held and not h.running() and not h.failing and not h.lost:
