@@ -403,7 +403,11 @@ func TestOpenRefusesACorruptStateWithoutChangingAFile(t *testing.T) {
 				case damage == "sstable-bit-flip" && strings.HasSuffix(ent.Name(), ".sst"):
 					b[len(b)*9/10] ^= 0x5a
 				case damage == "manifest-cut" && strings.HasPrefix(ent.Name(), "MANIFEST-"):
-					b = b[:len(b)/2]
+					// Short of its first record's header. Cut at half, it
+					// could end at a record boundary, which Pebble reads
+					// as a torn tail and opens at the version before
+					// (whose tables may still be there): no damage seen.
+					b = b[:5]
 				default:
 					continue
 				}
