@@ -430,19 +430,13 @@ func (l *Log) twalOptions() *twal.Options {
 // settlePending lets tidwall finish a truncation that a crash interrupted
 // (its .START/.END files), so that the scan below sees plain segments.
 func settlePending(dir string, opts Options) error {
-	pending, err := hasPending(dir)
-	if err != nil || !pending {
+	files, err := pendingFiles(dir)
+	if err != nil || len(files) == 0 {
 		return err
 	}
-	names, err := os.ReadDir(dir)
-	if err != nil {
-		return fmt.Errorf("wal: read %s: %w", dir, err)
-	}
-	for _, n := range names {
-		if strings.HasSuffix(n.Name(), ".START") || strings.HasSuffix(n.Name(), ".END") {
-			if err := checkPending(dir, n.Name()); err != nil {
-				return err
-			}
+	for _, f := range files {
+		if err := checkPending(dir, f); err != nil {
+			return err
 		}
 	}
 	o := (&Log{opts: opts}).twalOptions()
@@ -458,19 +452,40 @@ func settlePending(dir string, opts Options) error {
 	return syncDir(dir)
 }
 
-// hasPending reports whether dir holds the .START or .END file of a
-// truncation that a crash interrupted.
-func hasPending(dir string) (bool, error) {
-	names, err := os.ReadDir(dir)
+// pendingFile is a .START or .END file that a truncation a crash
+// interrupted left, named as tidwall names (and settles) one: the
+// segment's 20-digit first index and the suffix. tidwall ignores any
+// other name.
+type pendingFile struct {
+	name  string
+	index uint64 // from the name
+	start bool   // .START (a front truncation), else .END
+}
+
+// pendingFiles lists dir's pending truncation files.
+func pendingFiles(dir string) ([]pendingFile, error) {
+	ents, err := os.ReadDir(dir)
 	if err != nil {
-		return false, fmt.Errorf("wal: read %s: %w", dir, err)
+		return nil, fmt.Errorf("wal: read %s: %w", dir, err)
 	}
-	for _, n := range names {
-		if strings.HasSuffix(n.Name(), ".START") || strings.HasSuffix(n.Name(), ".END") {
-			return true, nil
+	var out []pendingFile
+	for _, e := range ents {
+		n := e.Name()
+		start := len(n) == 26 && strings.HasSuffix(n, ".START")
+		if !start && !(len(n) == 24 && strings.HasSuffix(n, ".END")) {
+			continue
+		}
+		if idx, err := strconv.ParseUint(n[:20], 10, 64); err == nil && idx > 0 {
+			out = append(out, pendingFile{name: n, index: idx, start: start})
 		}
 	}
-	return false, nil
+	return out, nil
+}
+
+// hasPending reports whether dir holds a pending truncation file.
+func hasPending(dir string) (bool, error) {
+	files, err := pendingFiles(dir)
+	return len(files) > 0, err
 }
 
 // checkPending refuses, before tidwall acts on it, a .START or .END file
@@ -481,19 +496,15 @@ func hasPending(dir string) (bool, error) {
 // its name gives on, none only for a truncation of every record. An END
 // file, moreover, follows our TruncateBack, which first lowers the EXTENT
 // file to the file's last record.
-func checkPending(dir, name string) error {
-	tidwallName := (len(name) == 26 && strings.HasSuffix(name, ".START")) || (len(name) == 24 && strings.HasSuffix(name, ".END"))
-	first, err := strconv.ParseUint(name[:min(20, len(name))], 10, 64)
-	if !tidwallName || err != nil || first == 0 {
-		return nil // tidwall ignores it
-	}
+func checkPending(dir string, pf pendingFile) error {
+	name, first := pf.name, pf.index
 	path := filepath.Join(dir, name)
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return fmt.Errorf("wal: read %s: %w", path, err)
 	}
 	side := "after"
-	if strings.HasSuffix(name, ".START") {
+	if pf.start {
 		side = "before"
 	}
 	refuse := func(why string) error {
@@ -512,7 +523,7 @@ func checkPending(dir, name string) error {
 		}
 		off = e.end
 	}
-	if next == first && strings.HasSuffix(name, ".START") {
+	if next == first && pf.start {
 		// Only a truncation of every record leaves an empty START file,
 		// named after the index the log continues from.
 		segs, err := segmentFiles(dir)
@@ -550,7 +561,7 @@ func checkPending(dir, name string) error {
 			return refuse(fmt.Sprintf("holds no record, but the log does not end at index %d", first-1))
 		}
 	}
-	if strings.HasSuffix(name, ".END") {
+	if !pf.start {
 		ext, err := ReadExtent(dir)
 		if err != nil {
 			return err
@@ -1450,9 +1461,15 @@ func SegmentStartsIn(dir string) ([]uint64, error) {
 	if err != nil {
 		return nil, err
 	}
-	from, err := pendingStart(dir)
+	var from uint64 // where a pending front truncation cuts the log to
+	files, err := pendingFiles(dir)
 	if err != nil {
 		return nil, err
+	}
+	for _, f := range files {
+		if f.start {
+			from = max(from, f.index)
+		}
 	}
 	var out []uint64
 	if from > 0 {
@@ -1464,23 +1481,6 @@ func SegmentStartsIn(dir string) ([]uint64, error) {
 		}
 	}
 	return out, nil
-}
-
-// pendingStart is the index a front truncation that a crash interrupted
-// cuts the log to (the name of its .START file), or 0.
-func pendingStart(dir string) (uint64, error) {
-	ents, err := os.ReadDir(dir)
-	if err != nil {
-		return 0, fmt.Errorf("wal: read %s: %w", dir, err)
-	}
-	for _, e := range ents {
-		if n := e.Name(); len(n) == 26 && strings.HasSuffix(n, ".START") {
-			if idx, err := strconv.ParseUint(n[:20], 10, 64); err == nil && idx > 0 {
-				return idx, nil
-			}
-		}
-	}
-	return 0, nil
 }
 
 // Stats returns cumulative counters.
