@@ -10,6 +10,8 @@ import (
 	"os"
 
 	"github.com/klauspost/compress/zstd"
+
+	"github.com/sagaengine/saga/internal/torn"
 )
 
 // ReadOptions configure reading. The zero value is strict.
@@ -78,7 +80,7 @@ func readFile(ctx context.Context, dec *zstd.Decoder, name string, opts ReadOpti
 		}
 		h, ok := parseHeader(rest)
 		switch {
-		case !ok && torn(data, off):
+		case !ok && tornAt(data, off):
 			return fail(ErrTornTail, off, "a batch header cut short (%d bytes to the end of the file)", len(rest))
 		case !ok && off == 0:
 			return fail(ErrCorrupt, off, "not an archive file (no batch header; a file the archive Writer wrote starts with %08x)", batchMagic)
@@ -89,7 +91,7 @@ func readFile(ctx context.Context, dec *zstd.Decoder, name string, opts ReadOpti
 		}
 		frame := rest[headerSize : headerSize+int(h.length)]
 		if crc32.Checksum(frame, castagnoli) != h.crc {
-			if torn(data, off) {
+			if tornAt(data, off) {
 				return fail(ErrTornTail, off, "the last batch (%d bytes) fails its checksum, with a sector of it never written (zeros)", headerSize+int(h.length))
 			}
 			return fail(ErrCorrupt, off, "batch checksum mismatch")
@@ -135,12 +137,7 @@ func Find(ctx context.Context, path, id string, opts ReadOptions) (Record, error
 	return *found, nil
 }
 
-// sectorSize is the unit in which a disk writes or loses data: after a
-// crash, a sector of an interrupted write holds its data or reads as
-// zeros.
-const sectorSize = 512
-
-// torn reports whether data from off, where no valid batch starts, is
+// tornAt reports whether data from off, where no valid batch starts, is
 // what a Write that a crash interrupted leaves of its batch, as
 // wal.Verify judges the log's tail: a prefix of the batch's header, then
 // only zeros (the sectors that never reached the disk), or a batch cut
@@ -148,7 +145,7 @@ const sectorSize = 512
 // but zeros after it, that fails its checksum with a sector of its frame
 // all zeros (at least 16 bytes of it, so that a zero byte or two of
 // damage does not pass for a lost sector). Anything else is damage.
-func torn(data []byte, off int) bool {
+func tornAt(data []byte, off int) bool {
 	rest := data[off:]
 	fixed := binary.LittleEndian.AppendUint32(binary.LittleEndian.AppendUint32(nil, batchMagic), payloadSize)
 	for i := range min(len(fixed), len(rest)) {
@@ -171,24 +168,10 @@ func torn(data []byte, off int) bool {
 	if !allZero(rest[end:]) {
 		return false
 	}
-	lo, hi := off+headerSize, off+end
-	for sec := lo / sectorSize * sectorSize; sec < hi; sec += sectorSize {
-		a, b := max(sec, lo), min(sec+sectorSize, hi)
-		if b-a >= min(16, hi-lo) && allZero(data[a:b]) {
-			return true
-		}
-	}
-	return false
+	return torn.LostSector(data, off+headerSize, off+end)
 }
 
-func allZero(b []byte) bool {
-	for _, c := range b {
-		if c != 0 {
-			return false
-		}
-	}
-	return true
-}
+func allZero(b []byte) bool { return torn.AllZero(b) }
 
 // later reports whether a is a later record of a saga id than b, or as
 // late: a later saga (created after b's, which was removed before the id

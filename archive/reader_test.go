@@ -14,6 +14,7 @@ import (
 	"github.com/klauspost/compress/zstd"
 
 	"github.com/sagaengine/saga/internal/testctx"
+	"github.com/sagaengine/saga/internal/torn"
 )
 
 // threeBatches writes batches {a}, {b c}, {d} to one file and returns it
@@ -171,7 +172,7 @@ func bigLastBatch(t *testing.T) (whole []byte, last int) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(whole)-int(fi.Size()) < 4*sectorSize {
+	if len(whole)-int(fi.Size()) < 4*torn.SectorSize {
 		t.Fatalf("the last batch is %d bytes: want several sectors", len(whole)-int(fi.Size()))
 	}
 	return whole, int(fi.Size())
@@ -200,15 +201,15 @@ func TestZeroedSectorsOfTheLastBatchAreATornTail(t *testing.T) {
 		}
 	}
 	// Every sector from some one on never written (the header's too).
-	for s := (last/sectorSize + 1) * sectorSize; s < len(whole); s += sectorSize {
+	for s := (last/torn.SectorSize + 1) * torn.SectorSize; s < len(whole); s += torn.SectorSize {
 		data := slices.Clone(whole)
 		clear(data[s:])
 		check(fmt.Sprintf("zeros from offset %d of %d (last batch at %d)", s, len(whole), last), data, ErrTornTail)
 	}
 	// One sector in the middle of the last batch never written.
-	for s := (last/sectorSize + 1) * sectorSize; s+sectorSize < len(whole); s += sectorSize {
+	for s := (last/torn.SectorSize + 1) * torn.SectorSize; s+torn.SectorSize < len(whole); s += torn.SectorSize {
 		data := slices.Clone(whole)
-		clear(data[s : s+sectorSize])
+		clear(data[s : s+torn.SectorSize])
 		check(fmt.Sprintf("sector at %d zeroed", s), data, ErrTornTail)
 	}
 	// A header cut after each of its bytes, zeros after.

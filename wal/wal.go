@@ -40,6 +40,8 @@ import (
 	"unsafe"
 
 	twal "github.com/tidwall/wal"
+
+	"github.com/sagaengine/saga/internal/torn"
 )
 
 // Errors returned by this package. Match them with errors.Is.
@@ -757,11 +759,6 @@ func readSegment(path string, buf []byte) ([]byte, error) {
 	return buf[:n], nil // a file that shrank since Stat: what is there
 }
 
-// sectorSize is the unit in which a disk persists a write: an interrupted
-// write leaves whole sectors of it unwritten (zeros, in a file that only
-// grows).
-const sectorSize = 512
-
 // isTear reports whether the invalid bytes data[off:] at the end of the
 // last segment are what an interrupted append leaves, and so were never
 // acknowledged: their fsync did not return. Appends only add to the file,
@@ -813,13 +810,7 @@ func isTear(data []byte, off int, next uint64) bool {
 	// if part of it never landed, i.e. its bytes in some sector are all
 	// zeros (at least 16 of them, so that a zero byte or two of a damaged
 	// record do not pass for a lost sector).
-	for sec := frameStart / sectorSize * sectorSize; sec < frameEnd; sec += sectorSize {
-		lo, hi := max(sec, frameStart), min(sec+sectorSize, frameEnd)
-		if hi-lo >= min(16, frameEnd-frameStart) && allZero(data[lo:hi]) {
-			return true
-		}
-	}
-	return false
+	return torn.LostSector(data, frameStart, frameEnd)
 }
 
 // bytesPrefixOfIndex reports whether hdr (shorter than 9 bytes) is a prefix
@@ -836,14 +827,7 @@ func bytesPrefixOfIndex(hdr []byte, next uint64) bool {
 	return true
 }
 
-func allZero(b []byte) bool {
-	for _, c := range b {
-		if c != 0 {
-			return false
-		}
-	}
-	return true
-}
+func allZero(b []byte) bool { return torn.AllZero(b) }
 
 // countFrames counts the parseable records in data (best effort, for
 // reporting what a forced repair drops).
