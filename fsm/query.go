@@ -653,7 +653,9 @@ func (s *Store) List(q Query) ([]*Saga, string, error) {
 		if !q.Matches(sg) {
 			return true, nil
 		}
-		size += sg.DataSize()
+		if q.MaxBytes > 0 {
+			size += sg.DataSize()
+		}
 		if len(out) == q.Limit || q.MaxBytes > 0 && size > q.MaxBytes && len(out) > 0 {
 			next = encodeCursor(out[len(out)-1], q.Order)
 			return false, nil
@@ -756,8 +758,8 @@ func (s *Store) listByScan(q *Query, cur *cursor) ([]*Saga, string, error) {
 		return c < 0
 	})
 	n, size := min(len(all), q.Limit), 0
-	for i := range n {
-		if size += all[i].DataSize(); q.MaxBytes > 0 && size > q.MaxBytes && i > 0 {
+	for i := 0; i < n && q.MaxBytes > 0; i++ {
+		if size += all[i].DataSize(); size > q.MaxBytes && i > 0 {
 			n = i
 			break
 		}
