@@ -13,6 +13,7 @@ import (
 	twal "github.com/tidwall/wal"
 
 	"github.com/sagaengine/saga/internal/dirtest"
+	"github.com/sagaengine/saga/internal/torn"
 )
 
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -1012,4 +1013,54 @@ func TestLoneEmptyStartShortOfTheExtentIsRefused(t *testing.T) {
 		t.Fatalf("open: %v, want ErrCorrupt", err)
 	}
 	dirtest.RequireSame(t, before, dirtest.Files(t, dir))
+}
+
+// A last record of its full length that fails its checksum is a torn
+// write when a sector of it reads all zeros (the disk never wrote that
+// sector), and damage when it does not (a flipped byte).
+func TestFullLengthLastRecordWithALostSectorIsATornTail(t *testing.T) {
+	for _, c := range []struct {
+		name   string
+		damage func(d []byte, start int)
+		torn   bool
+	}{
+		{"sector-lost", func(d []byte, start int) {
+			s := (start/torn.SectorSize + 1) * torn.SectorSize // the first sector boundary inside it
+			clear(d[s:min(s+torn.SectorSize, len(d))])
+		}, true},
+		{"byte-flipped", func(d []byte, _ int) { d[len(d)-5] ^= 0x40 }, false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			dir := t.TempDir()
+			l := openT(t, dir, Options{})
+			for i := 1; i <= 3; i++ {
+				if _, err := l.Append([][]byte{bytes.Repeat([]byte{byte('a' + i)}, 700)}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := l.Close(); err != nil {
+				t.Fatal(err)
+			}
+			asIfCrashed(t, dir)
+			p, d := lastSegment(t, dir)
+			ends := entryEnds(t, d)
+			c.damage(d, ends[len(ends)-2])
+			if err := os.WriteFile(p, d, 0o640); err != nil {
+				t.Fatal(err)
+			}
+			l, err := Open(dir, Options{Logger: quiet})
+			switch {
+			case c.torn && err != nil:
+				t.Fatalf("a last record with a lost sector: %v, want a torn tail cut", err)
+			case c.torn:
+				last := l.LastIndex()
+				l.Close()
+				if last != 2 {
+					t.Fatalf("after cutting the torn last record the log ends at %d, want 2", last)
+				}
+			case !errors.Is(err, ErrCorrupt):
+				t.Fatalf("a last record with a flipped byte: %v, want ErrCorrupt", err)
+			}
+		})
+	}
 }
