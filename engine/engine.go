@@ -162,6 +162,7 @@ type Engine struct {
 	applyMu  sync.Mutex // the apply stage: applies in log order, ordered with poisoning
 	mu       sync.Mutex
 	closing  bool // Close has begun
+	refused  bool // Open failed after starting the engine: Close flushes nothing
 	poison   error
 	runs     map[string]*run
 	watchers map[string][]chan *fsm.Saga // woken with the settled saga
@@ -344,8 +345,11 @@ func Open(dir string, opts Options) (*Engine, error) {
 			go e.retentionLoop()
 			resumed, stuck, err := e.resumeAll(e.ctx)
 			if err != nil {
+				// A read of the state failed (a damaged table, say): refuse,
+				// and leave the state's files as they were.
+				e.refused = true
 				_ = e.Close()
-				return nil, err
+				return nil, fmt.Errorf("%w: read the sagas to resume: %w", ErrRecovery, err)
 			}
 			e.recovery.Resumed, e.recovery.Stuck = resumed, stuck
 		}
@@ -1072,7 +1076,7 @@ func (e *Engine) Close() error {
 	e.closeMu.Lock()
 	e.storeClosed = true
 	e.closeMu.Unlock()
-	if poison != nil || e.opts.Inspect {
+	if poison != nil || e.opts.Inspect || e.refused {
 		// Do not flush a state that may be ahead of an unknown log (an
 		// inspection's state is a scratch copy, removed below).
 		errs = append(errs, e.store.CloseNoFlush())
