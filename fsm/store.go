@@ -445,35 +445,82 @@ var _ Replica = (*Store)(nil)
 // command's results. Sources must increase; entry indexes must continue
 // from AppliedIndex() across commands.
 func (s *Store) ApplyCommands(cmds []Command) ([][]Result, error) {
+	st, res, err := s.StageCommands(cmds)
+	if err != nil || st == nil {
+		return nil, err
+	}
+	if err := st.Commit(); err != nil {
+		return nil, err
+	}
+	return res, nil
+}
+
+// StageCommands is the first half of ApplyCommands, as StageBatch is of
+// ApplyBatch: it returns the staged batch (nil for no commands) and each
+// command's results.
+func (s *Store) StageCommands(cmds []Command) (*Staged, [][]Result, error) {
 	if len(cmds) == 0 {
-		return nil, nil
+		return nil, nil, nil
 	}
 	if s.restoring.Load() {
-		return nil, ErrRestoreIncomplete
+		return nil, nil, ErrRestoreIncomplete
 	}
 	prev := s.source.Load()
 	var all []Entry
 	for _, c := range cmds {
 		if c.Source <= prev {
-			return nil, fmt.Errorf("fsm: command index %d does not follow the command index %d", c.Source, prev)
+			return nil, nil, fmt.Errorf("fsm: command index %d does not follow the command index %d", c.Source, prev)
 		}
 		prev = c.Source
 		all = append(all, c.Entries...)
 	}
-	res, err := s.applyBatch(all, prev)
+	st, err := s.stage(all, prev)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	out := make([][]Result, len(cmds))
 	off := 0
 	for i, c := range cmds {
-		out[i] = res[off : off+len(c.Entries) : off+len(c.Entries)]
+		out[i] = st.results[off : off+len(c.Entries) : off+len(c.Entries)]
 		off += len(c.Entries)
 	}
-	return out, nil
+	return st, out, nil
 }
 
 func (s *Store) applyBatch(entries []Entry, source uint64) ([]Result, error) {
+	st, err := s.stage(entries, source)
+	if err != nil {
+		return nil, err
+	}
+	if err := st.Commit(); err != nil {
+		return nil, err
+	}
+	return st.results, nil
+}
+
+// Staged is a batch of entries applied in memory but not yet to Pebble:
+// its results are final, as the entries are in the log, but readers of
+// the store see none of it until Commit. Between StageBatch and Commit
+// (or Discard) nothing else may be applied to the store: the next batch
+// starts from what this one commits.
+//
+// It lets an applier answer the entries' proposers from the results
+// while Pebble takes the batch, the larger half of an apply's cost.
+type Staged struct {
+	a       *applier
+	source  uint64
+	results []Result
+	done    bool
+}
+
+// StageBatch is the first half of ApplyBatch: it applies entries to a
+// batch in memory and returns it with one Result per entry. The returned
+// error is an I/O error: then nothing was staged.
+func (s *Store) StageBatch(entries []Entry) (*Staged, error) {
+	return s.stage(entries, 0)
+}
+
+func (s *Store) stage(entries []Entry, source uint64) (*Staged, error) {
 	// Sized up front: a replay batch of thousands of entries otherwise
 	// grows the batch by doubling and copying.
 	size := 0
@@ -481,16 +528,37 @@ func (s *Store) applyBatch(entries []Entry, source uint64) ([]Result, error) {
 		size += 2*len(e.Raw) + 64
 	}
 	a := s.newApplier(size)
-	defer a.close()
 	a.slabSize = len(entries)
 	out := make([]Result, len(entries))
 	if err := a.add(entries, out); err != nil {
+		a.close()
 		return nil, err
 	}
-	if err := a.commit(source); err != nil {
-		return nil, err
+	return &Staged{a: a, source: source, results: out}, nil
+}
+
+// Results are the staged entries' outcomes, one per entry.
+func (st *Staged) Results() []Result { return st.results }
+
+// Commit writes the staged batch to Pebble and makes it visible to
+// readers. An error means nothing of it was applied; the store must not
+// be applied to again (the entries are in the log: reopening replays
+// them).
+func (st *Staged) Commit() error {
+	if st.done {
+		return errors.New("fsm: staged batch committed or discarded already")
 	}
-	return out, nil
+	st.done = true
+	defer st.a.close()
+	return st.a.commit(st.source)
+}
+
+// Discard drops a staged batch without applying it.
+func (st *Staged) Discard() {
+	if !st.done {
+		st.done = true
+		st.a.close()
+	}
 }
 
 // applier builds one Pebble batch from consecutive entries, possibly
