@@ -40,12 +40,30 @@ type writerQueue struct {
 	// maxHold bounds a hold whatever the disk: defaultMaxHold (tests
 	// widen it).
 	maxHold time.Duration
+
+	// The proposers a write answers mostly come back within a moment
+	// with their sagas' next records (a handler that returns at once, a
+	// compensation's next step). A write led meanwhile holds for them
+	// (returnersReady): else they miss it, wait for the write after, and
+	// the sagas in flight split into two halves that take turns, each
+	// joining every second fsync.
+	gen        uint64       // under mu: the number of the latest write answered
+	returning  atomic.Int64 // sagas of write gen expected back with a record
+	answeredAt atomic.Int64 // when write gen was made durable, in UnixNano
+	// comeback is a moving average of the time from a write's fsync to
+	// the next record of a saga it answered, in nanoseconds: a hold for
+	// returners longer than the hold window would only cost the others.
+	comeback atomic.Int64
+	// holdTimeouts counts the holds that ended by their window rather
+	// than by what they waited for (tests).
+	holdTimeouts atomic.Int64
 }
 
 // defaultMaxHold bounds a leader's hold for sibling records.
 const defaultMaxHold = 500 * time.Microsecond
 
 type proposal struct {
+	run  *run // the saga the records change, if a change's (engine.change)
 	recs []*fsm.Record
 	raw  [][]byte
 	one  [1][]byte           // raw's room for a proposal of one record, the usual one
@@ -82,6 +100,15 @@ func (e *Engine) enqueue(p *proposal) (lead bool, err error) {
 	}
 	q.active.Add(1)
 	q.queue = append(q.queue, p)
+	if p.run != nil {
+		p.run.inQueue.Add(1)
+	}
+	if p.run != nil && q.gen != 0 && p.run.back.CompareAndSwap(q.gen, 0) {
+		q.returning.Add(-1)
+		d := time.Now().UnixNano() - q.answeredAt.Load()
+		c := q.comeback.Load()
+		q.comeback.Store(c + (d-c)/8) // under mu
+	}
 	lead = !q.writing
 	q.writing = true
 	q.signal()
@@ -113,25 +140,49 @@ func (q *writerQueue) holdWindow() time.Duration {
 // together (a fan-out) then shares one fsync among their completions:
 // without it the first to end finds the log idle and syncs alone, and the
 // others wait for a second fsync.
-func (e *Engine) hold(ready func() bool) {
-	w := e.wq.holdWindow()
-	if w <= 0 || ready() {
+func (e *Engine) hold(siblings func() bool) {
+	q := &e.wq
+	var w time.Duration
+	if siblings != nil && !siblings() {
+		w = q.holdWindow()
+	}
+	if !q.returnersReady() {
+		w = max(w, q.returnWindow())
+	}
+	if w <= 0 {
 		return
 	}
+	ready := func() bool { return (siblings == nil || siblings()) && q.returnersReady() }
 	t := time.NewTimer(w)
 	defer t.Stop()
 	for {
 		select {
-		case <-e.wq.grew:
+		case <-q.grew:
 			if ready() {
 				return
 			}
 		case <-t.C:
+			q.holdTimeouts.Add(1)
 			return
 		case <-e.ctx.Done():
 			return // closing: Close waits for this write
 		}
 	}
+}
+
+// returnWindow is how long a leader may hold a write for the sagas the
+// last write answered: a write's usual append and fsync, for which the
+// hold puts their records into this write instead of the next, at most
+// twice maxHold, and 0 before any write.
+func (q *writerQueue) returnWindow() time.Duration {
+	return min(time.Duration(q.cycle.Load()), 2*q.maxHold)
+}
+
+// returnersReady reports that a leader need not hold for the sagas the
+// last write answered: they are back with their records (or will not
+// be), or they usually take longer than a hold may (returnWindow).
+func (q *writerQueue) returnersReady() bool {
+	return q.returning.Load() <= 0 || time.Duration(q.comeback.Load()) > q.returnWindow()
 }
 
 // await waits for the answer to an enqueued proposal, leading the writes
@@ -140,22 +191,21 @@ func (e *Engine) await(p *proposal, lead bool) ([]fsm.Result, error) {
 	return e.awaitHolding(p, lead, nil)
 }
 
-// awaitHolding is await; if p found the log idle and ready is set, it
-// first holds the write until ready (hold).
-func (e *Engine) awaitHolding(p *proposal, lead bool, ready func() bool) ([]fsm.Result, error) {
+// awaitHolding is await. Each write it leads first holds (hold) for the
+// sagas the last write answered, and the first, if p found the log idle
+// and siblings is set, for p's siblings too.
+func (e *Engine) awaitHolding(p *proposal, lead bool, siblings func() bool) ([]fsm.Result, error) {
 	defer e.wq.active.Done()
-	if lead && ready != nil {
-		e.hold(ready)
-	}
 	for {
 		if lead {
+			e.hold(siblings)
 			e.lead()
 		}
 		res := <-p.done
 		if !res.lead {
 			return res.results, res.err
 		}
-		lead = true
+		lead, siblings = true, nil
 	}
 }
 
@@ -171,6 +221,11 @@ func (e *Engine) lead() {
 	}
 	batch := q.queue[:k:k]
 	q.queue = q.queue[k:]
+	for _, p := range batch {
+		if p.run != nil {
+			p.run.inQueue.Add(-1)
+		}
+	}
 	q.mu.Unlock()
 
 	var entries []fsm.Entry
@@ -195,6 +250,22 @@ func (e *Engine) lead() {
 		e.poisonLocked(batch, fmt.Errorf("log append: %w", err))
 	}
 	q.mu.Lock()
+	q.gen++
+	returning := int64(0)
+	if err == nil {
+		// Expected back: every change's saga with no record queued
+		// already; ack takes out those whose saga the batch settled.
+		// Counted before the next leader is named, so that it holds for
+		// them.
+		for _, p := range batch {
+			if p.run != nil && p.run.inQueue.Load() == 0 && p.run.back.Swap(q.gen) != q.gen { // once per saga
+				returning++
+			}
+		}
+		q.answeredAt.Store(time.Now().UnixNano())
+	}
+	q.returning.Store(returning)
+	gen := q.gen
 	if len(q.queue) > 0 {
 		q.queue[0].done <- proposalResult{lead: true}
 	} else {
@@ -208,7 +279,7 @@ func (e *Engine) lead() {
 			p.done <- proposalResult{err: err}
 		}
 	default:
-		e.ack(batch, entries, appendTime)
+		e.ack(batch, entries, appendTime, gen)
 	}
 }
 
@@ -241,23 +312,34 @@ func (e *Engine) write(batch []*proposal, n int) ([]fsm.Entry, error) {
 // applyLocked is the engine's one apply path, for both logs: the
 // single-node leader calls it with one command (Source 0) after its fsync,
 // the replicator (through replica) with the commands raft committed. It
-// applies them to the store, and only then counts them, runs the hooks and
-// wakes waiters. An error stops the engine (fail-stop): nothing is applied
-// after it. applyMu is held, so that poisoning is ordered with
-// acknowledgements: an ack either happens before the engine is poisoned or
-// not at all.
-func (e *Engine) applyLocked(cmds []fsm.Command) ([][]fsm.Result, error) {
+// stages them on the store, counts them, calls answer with the results
+// (the single-node leader acknowledges its proposals there), commits the
+// staged batch to Pebble, and only then runs the hooks and wakes waiters.
+// An error stops the engine (fail-stop): nothing is applied after it.
+// applyMu is held, so that poisoning is ordered with acknowledgements: an
+// acknowledgement either happens before the engine is poisoned or not at
+// all.
+//
+// Answering before Pebble's commit takes that commit, the larger half of
+// an apply, off the path from one fsync to the next: the proposers build
+// their next records while it runs. Their outcomes are durable already
+// (the log holds them). Until the commit ends, read (every read of the
+// store the engine makes) waits for it, so that no one who was answered
+// reads the state from before.
+func (e *Engine) applyLocked(cmds []fsm.Command, answer func([][]fsm.Result)) ([][]fsm.Result, error) {
 	if poison := e.poisoned(); poison != nil {
 		return nil, fmt.Errorf("%w (cause: %v)", ErrPoisoned, poison)
 	}
+	var staged *fsm.Staged
 	var results [][]fsm.Result
 	var err error
 	if e.opts.Replicator == nil {
-		var res []fsm.Result
-		res, err = e.store.ApplyBatch(cmds[0].Entries)
-		results = [][]fsm.Result{res}
+		staged, err = e.store.StageBatch(cmds[0].Entries)
+		if err == nil {
+			results = [][]fsm.Result{staged.Results()}
+		}
 	} else {
-		results, err = e.store.ApplyCommands(cmds)
+		staged, results, err = e.store.StageCommands(cmds)
 	}
 	if err != nil {
 		e.poisonLocked(nil, fmt.Errorf("apply: %w", err))
@@ -267,12 +349,39 @@ func (e *Engine) applyLocked(cmds []fsm.Command) ([][]fsm.Result, error) {
 	for _, c := range cmds {
 		n += len(c.Entries)
 	}
-	// Counted before any waiter is woken: a Run that returns sees its
-	// records in Stats.
+	// Counted before anyone is answered or woken: a Run that returns sees
+	// its records in Stats.
 	e.commits.Add(uint64(len(cmds)))
 	e.committedRecs.Add(uint64(n))
 	for k, c := range cmds {
 		e.countResults(c.Entries, results[k])
+	}
+	if staged != nil {
+		if answer != nil {
+			unseen := make(chan struct{})
+			e.unseen.Store(&unseen)
+			answer(results)
+			if e.beforeCommit != nil {
+				e.beforeCommit()
+			}
+			err = staged.Commit()
+			e.unseen.Store(nil)
+			close(unseen)
+		} else {
+			err = staged.Commit()
+		}
+		if err != nil {
+			e.poisonLocked(nil, fmt.Errorf("apply: %w", err))
+			if answer != nil {
+				// Answered already: durable, and the next Open applies it.
+				return results, nil
+			}
+			return nil, err
+		}
+	} else if answer != nil {
+		answer(results)
+	}
+	for k, c := range cmds {
 		e.afterApply(c.Entries, results[k])
 	}
 	if e.opts.Replicator == nil && e.sinceCkpt.Add(uint64(n)) >= e.opts.CheckpointEvery {
@@ -284,25 +393,49 @@ func (e *Engine) applyLocked(cmds []fsm.Command) ([][]fsm.Result, error) {
 	return results, nil
 }
 
+// awaitVisible waits until the batch being committed to Pebble, if one
+// is, is visible to readers of the store (applyLocked).
+func (e *Engine) awaitVisible() {
+	if c := e.unseen.Load(); c != nil {
+		<-*c
+	}
+}
+
 // ack applies a durable batch and answers its proposals.
-func (e *Engine) ack(batch []*proposal, entries []fsm.Entry, appendTime time.Duration) {
-	results, err := e.applyLocked([]fsm.Command{{Entries: entries}})
+func (e *Engine) ack(batch []*proposal, entries []fsm.Entry, appendTime time.Duration, gen uint64) {
+	_, err := e.applyLocked([]fsm.Command{{Entries: entries}}, func(results [][]fsm.Result) {
+		if h := e.opts.Hooks.OnCommit; h != nil {
+			h(len(entries), appendTime)
+		}
+		off := 0
+		for _, p := range batch {
+			res := results[0][off : off+len(p.recs)]
+			off += len(p.recs)
+			if p.run != nil && !comesBack(res) && p.run.back.CompareAndSwap(gen, 0) {
+				e.wq.returning.Add(-1)
+			}
+			p.done <- proposalResult{results: res}
+		}
+		e.wq.signal()
+	})
 	if err != nil {
 		// Durable, but not acknowledged after an I/O error: the next
 		// Open replays it.
 		for _, p := range batch {
 			p.done <- proposalResult{err: fmt.Errorf("%w: in the log but not applied before the engine stopped: %v", ErrOutcomeUnknown, err)}
 		}
-		return
 	}
-	if h := e.opts.Hooks.OnCommit; h != nil {
-		h(len(entries), appendTime)
+}
+
+// comesBack reports that a change's results leave its saga with a next
+// record to make soon, by the engine's own drivers: an engine-driven saga
+// still running or compensating.
+func comesBack(res []fsm.Result) bool {
+	if len(res) == 0 {
+		return false
 	}
-	off := 0
-	for _, p := range batch {
-		p.done <- proposalResult{results: results[0][off : off+len(p.recs)]}
-		off += len(p.recs)
-	}
+	sg := res[len(res)-1].Saga
+	return sg != nil && sg.Driven && (sg.State == fsm.StateInProgress || sg.State == fsm.StateCompensating)
 }
 
 // closeQueue refuses new proposals and waits for every queued one to be

@@ -159,15 +159,22 @@ type Engine struct {
 	closeMu     sync.RWMutex
 	storeClosed bool
 
-	applyMu  sync.Mutex // the apply stage: applies in log order, ordered with poisoning
-	mu       sync.Mutex
-	closing  bool // Close has begun
-	refused  bool // Open failed after starting the engine: Close flushes nothing
-	poison   error
-	runs     map[string]*run
-	watchers map[string][]chan *fsm.Saga // woken with the settled saga
-	defMu    sync.Mutex
-	removeMu sync.Mutex // one RemoveExpired at a time
+	applyMu sync.Mutex // the apply stage: applies in log order, ordered with poisoning
+	// unseen is set while a batch whose proposers were answered is being
+	// committed to Pebble: closed once readers of the store see it
+	// (applyLocked, awaitVisible).
+	unseen atomic.Pointer[chan struct{}]
+	// beforeCommit, if set (tests), runs after a batch's proposers were
+	// answered and before the batch is committed to Pebble.
+	beforeCommit func()
+	mu           sync.Mutex
+	closing      bool // Close has begun
+	refused      bool // Open failed after starting the engine: Close flushes nothing
+	poison       error
+	runs         map[string]*run
+	watchers     map[string][]chan *fsm.Saga // woken with the settled saga
+	defMu        sync.Mutex
+	removeMu     sync.Mutex // one RemoveExpired at a time
 
 	// counts holds the number of sagas per state once StateCounts has
 	// been called (counted lazily: a scan of the index); deltas gathers
@@ -209,6 +216,16 @@ type run struct {
 	// the change that brings queued to 0 makes it.
 	queued int
 	rekick bool
+	// back is the writer queue's generation of the write that answered
+	// this saga's latest proposal, while the queue counts the saga among
+	// those expected back with their next record (writerQueue.returning);
+	// 0 otherwise.
+	back atomic.Uint64
+	// inQueue counts the saga's proposals in the writer queue, not yet
+	// taken into a write (under the queue's mu): a saga with a record
+	// queued is not expected back, its record is (a parallel saga whose
+	// next step waits for that record would hold a write for itself).
+	inQueue atomic.Int32
 }
 
 // Open opens the engine in dir, creating it if needed, and recovers: it
@@ -738,10 +755,16 @@ func (e *Engine) checkpoint() error {
 // proposal is waited for even if ctx ends: abandoning it would turn a
 // known outcome into an unknown one.
 func (e *Engine) propose(ctx context.Context, recs []*fsm.Record) ([]fsm.Result, error) {
+	return e.proposeFor(ctx, recs, nil)
+}
+
+// proposeFor is propose for a change of the saga of r (nil for none).
+func (e *Engine) proposeFor(ctx context.Context, recs []*fsm.Record, r *run) ([]fsm.Result, error) {
 	p, err := e.proposal(ctx, recs)
 	if err != nil {
 		return nil, err
 	}
+	p.run = r
 	if e.opts.Replicator != nil {
 		return e.proposeReplicated(ctx, p.raw)
 	}
@@ -811,6 +834,7 @@ func (e *Engine) lockRun(id string) *run {
 
 // read runs f, a read of the store, unless Close has closed the store.
 func (e *Engine) read(f func() error) error {
+	e.awaitVisible()
 	e.closeMu.RLock()
 	defer e.closeMu.RUnlock()
 	if e.storeClosed {
@@ -921,6 +945,7 @@ func (e *Engine) change(ctx context.Context, id string, build func(cur *fsm.Saga
 		if err != nil {
 			return nil, nil, err
 		}
+		p.run = r
 		lead, err := e.enqueue(p)
 		if err != nil {
 			return nil, nil, err
@@ -954,7 +979,7 @@ func (e *Engine) change(ctx context.Context, id string, build func(cur *fsm.Saga
 		}
 		return sg, nil, err
 	}
-	results, err := e.propose(ctx, recs)
+	results, err := e.proposeFor(ctx, recs, r)
 	if err != nil {
 		if errors.Is(err, ErrOutcomeUnknown) {
 			r.saga = nil // reload from the store if ever used again
@@ -991,6 +1016,7 @@ func (e *Engine) changeQueued(ctx context.Context, r *run, recs []*fsm.Record, n
 	if err != nil {
 		return nil, err
 	}
+	p.run = r
 	lead, err := e.enqueue(p)
 	if err != nil {
 		return nil, err

@@ -129,7 +129,7 @@ func (r *replica) ApplyCommands(cmds []fsm.Command) ([][]fsm.Result, error) {
 	e := (*Engine)(r)
 	e.applyMu.Lock()
 	defer e.applyMu.Unlock()
-	return e.applyLocked(cmds)
+	return e.applyLocked(cmds, nil)
 }
 
 // Restore replaces the whole state with a snapshot's and forgets what was
