@@ -312,9 +312,10 @@ func (e *Engine) write(batch []*proposal, n int) ([]fsm.Entry, error) {
 // applyLocked is the engine's one apply path, for both logs: the
 // single-node leader calls it with one command (Source 0) after its fsync,
 // the replicator (through replica) with the commands raft committed. It
-// stages them on the store, counts them, calls answer with the results
-// (the single-node leader acknowledges its proposals there), commits the
-// staged batch to Pebble, and only then runs the hooks and wakes waiters.
+// stages them on the store, counts them and runs the OnTransition hook,
+// calls answer with the results (the single-node leader acknowledges its
+// proposals there), commits the staged batch to Pebble, and only then
+// wakes waiters.
 // An error stops the engine (fail-stop): nothing is applied after it.
 // applyMu is held, so that poisoning is ordered with acknowledgements: an
 // acknowledgement either happens before the engine is poisoned or not at
@@ -355,6 +356,7 @@ func (e *Engine) applyLocked(cmds []fsm.Command, answer func([][]fsm.Result)) ([
 	e.committedRecs.Add(uint64(n))
 	for k, c := range cmds {
 		e.countResults(c.Entries, results[k])
+		e.transitionHooks(c.Entries, results[k])
 	}
 	if staged != nil {
 		if answer != nil {
@@ -381,8 +383,8 @@ func (e *Engine) applyLocked(cmds []fsm.Command, answer func([][]fsm.Result)) ([
 	} else if answer != nil {
 		answer(results)
 	}
-	for k, c := range cmds {
-		e.afterApply(c.Entries, results[k])
+	for k := range cmds {
+		e.afterApply(results[k])
 	}
 	if e.opts.Replicator == nil && e.sinceCkpt.Add(uint64(n)) >= e.opts.CheckpointEvery {
 		select {

@@ -677,18 +677,24 @@ type replayChunk struct {
 	raw     []byte
 }
 
-// afterApply runs hooks and wakes waiters of sagas that settled.
-func (e *Engine) afterApply(entries []fsm.Entry, results []fsm.Result) {
+// transitionHooks runs the OnTransition hook for each applied entry.
+func (e *Engine) transitionHooks(entries []fsm.Entry, results []fsm.Result) {
 	hook := e.opts.Hooks.OnTransition
-	var settled []*fsm.Saga
+	if hook == nil {
+		return
+	}
 	for i, res := range results {
-		if res.Err != nil {
-			continue
-		}
-		if hook != nil {
+		if res.Err == nil {
 			hook(TransitionEvent{Index: entries[i].Index, Record: entries[i].Rec, Saga: res.Saga, Prev: res.Prev})
 		}
-		if res.Saga != nil && (res.Saga.State.Terminal() || res.Saga.State == fsm.StateStuck) {
+	}
+}
+
+// afterApply ends the spans and wakes the waiters of sagas that settled.
+func (e *Engine) afterApply(results []fsm.Result) {
+	var settled []*fsm.Saga
+	for _, res := range results {
+		if res.Err == nil && res.Saga != nil && (res.Saga.State.Terminal() || res.Saga.State == fsm.StateStuck) {
 			settled = append(settled, res.Saga)
 		}
 	}

@@ -282,8 +282,9 @@ func (o *Options) Validate() error {
 // they must be fast and must not call back into the engine.
 type Hooks struct {
 	// OnTransition is called for every applied transition, after it is
-	// durable and applied and before the caller that proposed it is
-	// acknowledged.
+	// durable and the state machine has applied it, and before the
+	// caller that proposed it is acknowledged. Pebble may not hold it
+	// yet: the engine's reads wait until it does.
 	OnTransition func(TransitionEvent)
 	// OnCommit is called after each group commit with its size and the
 	// time its log append (write + fsync) took.

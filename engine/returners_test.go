@@ -113,14 +113,17 @@ func TestAHoldForAnsweredSagasEndsWhenTheyAreBack(t *testing.T) {
 
 // A proposer is answered before its batch is in Pebble, but no read the
 // engine makes sees the state from before: a Status asked by a caller
-// that Start answered waits for the commit, then finds the saga. (The
+// that Start answered waits for the commit, then finds the saga. The
+// OnTransition hook has seen the transition before its caller is
+// answered, as Hooks documents. (The
 // leader's own proposal is answered when its write ends; the others in
 // its batch are answered before the commit: two Starts queue behind a
 // write marked in flight, and the test leads their batch.)
 func TestAReadAfterAnAnswerWaitsForTheCommitThatHoldsIt(t *testing.T) {
 	c, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	e := openT(t, t.TempDir(), Options{})
+	var hooked sync.Map
+	e := openT(t, t.TempDir(), Options{Hooks: Hooks{OnTransition: func(ev TransitionEvent) { hooked.Store(ev.Record.Saga, true) }}})
 	defer e.Close()
 	_, err := e.Define(c, Definition{Name: "manual", Steps: []StepDef{{Name: "a"}}})
 	must(t, err)
@@ -156,6 +159,11 @@ func TestAReadAfterAnAnswerWaitsForTheCommitThatHoldsIt(t *testing.T) {
 	// Both are answered (the test leads), neither is committed.
 	for range 2 {
 		must(t, <-started)
+	}
+	for _, id := range []string{"m1", "m2"} {
+		if _, ok := hooked.Load(id); !ok {
+			t.Errorf("Start of %s answered before OnTransition saw it", id)
+		}
 	}
 	got := make(chan error, 1)
 	go func() {
