@@ -456,8 +456,9 @@ func boundAt64(v, nosync float64, commit float64) string {
 			"profile: go test -run X -bench Run4Steps/c=64 -cpuprofile cpu.out ./engine (Pebble memtable inserts, the log's encoding and copy, GC)", nosync, nosync/v)
 	default:
 		return fmt.Sprintf("bound by the group-commit cycle, not the CPU: with fsync skipped the same load runs %.0f transitions/s (%.2f× this); "+
-			"each cycle is an fsync plus the wake of the next leader, and %.1f records join a commit of the 64 sagas in flight "+
-			"(a saga's next record is built only once its handler has run after the previous fsync)", nosync, nosync/v, commit)
+			"each cycle is an fsync plus the time the sagas it answered take to come back with their next records, which the next write holds for "+
+			"(the batch's staging, the answers, then each saga's handler and next record on 2 cores beside Pebble's commit of the batch); "+
+			"%.1f records join a commit of the 64 sagas in flight", nosync, nosync/v, commit)
 	}
 }
 
