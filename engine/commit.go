@@ -366,11 +366,11 @@ func (e *Engine) applyLocked(cmds []fsm.Command, answer func([][]fsm.Result)) ([
 			if e.beforeCommit != nil {
 				e.beforeCommit()
 			}
-			err = staged.Commit()
+			err = e.commitStaged(staged)
 			e.unseen.Store(nil)
 			close(unseen)
 		} else {
-			err = staged.Commit()
+			err = e.commitStaged(staged)
 		}
 		if err != nil {
 			e.poisonLocked(nil, fmt.Errorf("apply: %w", err))
@@ -393,6 +393,16 @@ func (e *Engine) applyLocked(cmds []fsm.Command, answer func([][]fsm.Result)) ([
 		}
 	}
 	return results, nil
+}
+
+// commitStaged commits a staged batch to Pebble, or fails it with
+// commitErr (tests).
+func (e *Engine) commitStaged(st *fsm.Staged) error {
+	if e.commitErr != nil {
+		st.Discard()
+		return e.commitErr
+	}
+	return st.Commit()
 }
 
 // awaitVisible waits until the batch being committed to Pebble, if one

@@ -167,14 +167,16 @@ type Engine struct {
 	// beforeCommit, if set (tests), runs after a batch's proposers were
 	// answered and before the batch is committed to Pebble.
 	beforeCommit func()
-	mu           sync.Mutex
-	closing      bool // Close has begun
-	refused      bool // Open failed after starting the engine: Close flushes nothing
-	poison       error
-	runs         map[string]*run
-	watchers     map[string][]chan *fsm.Saga // woken with the settled saga
-	defMu        sync.Mutex
-	removeMu     sync.Mutex // one RemoveExpired at a time
+	// commitErr, if set (tests), fails every Pebble commit of a batch.
+	commitErr error
+	mu        sync.Mutex
+	closing   bool // Close has begun
+	refused   bool // Open failed after starting the engine: Close flushes nothing
+	poison    error
+	runs      map[string]*run
+	watchers  map[string][]chan *fsm.Saga // woken with the settled saga
+	defMu     sync.Mutex
+	removeMu  sync.Mutex // one RemoveExpired at a time
 
 	// counts holds the number of sagas per state once StateCounts has
 	// been called (counted lazily: a scan of the index); deltas gathers
