@@ -85,8 +85,12 @@ func TestHoldsStopWhenAnsweredSagasComeBackAfterTheWindow(t *testing.T) {
 		t.Fatal(err)
 	}
 	commits := e.Stats().Commits
-	if n := e.wq.holdTimeouts.Load(); n > 15 {
-		t.Fatalf("%d of %d writes held their full window for sagas that come back 4x later", n, commits)
+	t.Logf("%d holds timed out, %d writes, comeback %v", e.wq.holdTimeouts.Load(), commits, time.Duration(e.wq.comeback.Load()))
+	if cb, w := time.Duration(e.wq.comeback.Load()), e.wq.returnWindow(); cb <= w {
+		t.Errorf("comeback average %v after sagas that come back in 40 ms, want above the window %v", cb, w)
+	}
+	if n := e.wq.holdTimeouts.Load(); n > int64(commits)/2 {
+		t.Errorf("%d of %d writes held their full window for sagas that come back 4x later", n, commits)
 	}
 }
 
