@@ -367,17 +367,22 @@ func (e *Engine) applyLocked(cmds []fsm.Command, answer func([][]fsm.Result)) ([
 				e.beforeCommit()
 			}
 			err = e.commitStaged(staged)
+			if err != nil {
+				// Answered already: durable, and the next Open applies
+				// it. Until then the store is behind what its proposers
+				// were told: reads refuse, from before they are let go.
+				err = fmt.Errorf("apply: %w", err)
+				cause := err
+				e.behind.Store(&cause)
+			}
 			e.unseen.Store(nil)
 			close(unseen)
-		} else {
-			err = e.commitStaged(staged)
-		}
-		if err != nil {
-			e.poisonLocked(nil, fmt.Errorf("apply: %w", err))
-			if answer != nil {
-				// Answered already: durable, and the next Open applies it.
+			if err != nil {
+				e.poisonLocked(nil, err)
 				return results, nil
 			}
+		} else if err = e.commitStaged(staged); err != nil {
+			e.poisonLocked(nil, fmt.Errorf("apply: %w", err))
 			return nil, err
 		}
 	} else if answer != nil {

@@ -169,14 +169,18 @@ type Engine struct {
 	beforeCommit func()
 	// commitErr, if set (tests), fails every Pebble commit of a batch.
 	commitErr error
-	mu        sync.Mutex
-	closing   bool // Close has begun
-	refused   bool // Open failed after starting the engine: Close flushes nothing
-	poison    error
-	runs      map[string]*run
-	watchers  map[string][]chan *fsm.Saga // woken with the settled saga
-	defMu     sync.Mutex
-	removeMu  sync.Mutex // one RemoveExpired at a time
+	// behind is set when a batch whose proposers were answered failed
+	// its Pebble commit: the store is behind what they were told, and
+	// read refuses.
+	behind   atomic.Pointer[error]
+	mu       sync.Mutex
+	closing  bool // Close has begun
+	refused  bool // Open failed after starting the engine: Close flushes nothing
+	poison   error
+	runs     map[string]*run
+	watchers map[string][]chan *fsm.Saga // woken with the settled saga
+	defMu    sync.Mutex
+	removeMu sync.Mutex // one RemoveExpired at a time
 
 	// counts holds the number of sagas per state once StateCounts has
 	// been called (counted lazily: a scan of the index); deltas gathers
@@ -847,6 +851,9 @@ func (e *Engine) read(f func() error) error {
 	defer e.closeMu.RUnlock()
 	if e.storeClosed {
 		return ErrClosed
+	}
+	if cause := e.behind.Load(); cause != nil {
+		return fmt.Errorf("%w (cause: %v): the state is behind what was acknowledged; reopen to replay the log", ErrPoisoned, *cause)
 	}
 	return f()
 }
