@@ -47,9 +47,8 @@ type writerQueue struct {
 	// (returnersReady): else they miss it, wait for the write after, and
 	// the sagas in flight split into two halves that take turns, each
 	// joining every second fsync.
-	gen        uint64       // under mu: the number of the latest write answered
-	returning  atomic.Int64 // sagas of write gen expected back with a record
-	answeredAt atomic.Int64 // when write gen was made durable, in UnixNano
+	gen       uint64       // under mu: the number of the latest write answered
+	returning atomic.Int64 // sagas of write gen expected back with a record
 	// comeback is a moving average of the time from a write's fsync to
 	// the next record of a saga it answered, in nanoseconds: a hold for
 	// returners longer than the hold window would only cost the others.
@@ -63,7 +62,10 @@ type writerQueue struct {
 const defaultMaxHold = 500 * time.Microsecond
 
 type proposal struct {
-	run  *run // the saga the records change, if a change's (engine.change)
+	run *run // the saga the records change, if a change's (engine.change)
+	// from is the saga whose step invocation proposed the records (a
+	// child's start, a handler calling the engine), if any.
+	from *run
 	recs []*fsm.Record
 	raw  [][]byte
 	one  [1][]byte           // raw's room for a proposal of one record, the usual one
@@ -102,12 +104,29 @@ func (e *Engine) enqueue(p *proposal) (lead bool, err error) {
 	q.queue = append(q.queue, p)
 	if p.run != nil {
 		p.run.inQueue.Add(1)
+		// Back: whether the write it is expected by is the latest
+		// (returning) or one led since (it came back too late for it),
+		// its comeback counts. Counting only those in time would keep
+		// the average within the window whatever the sagas do, and the
+		// holds on (returnersReady). A late one counts as twice the
+		// window: one saga parked for minutes must not turn holds off
+		// for long.
+		if b := p.run.back.Swap(0); b != 0 {
+			if b == q.gen {
+				q.returning.Add(-1)
+			}
+			d := min(time.Now().UnixNano()-p.run.backAt.Load(), 2*int64(q.returnWindow()))
+			c := q.comeback.Load()
+			q.comeback.Store(c + (d-c)/8) // under mu
+		}
 	}
-	if p.run != nil && q.gen != 0 && p.run.back.CompareAndSwap(q.gen, 0) {
-		q.returning.Add(-1)
-		d := time.Now().UnixNano() - q.answeredAt.Load()
-		c := q.comeback.Load()
-		q.comeback.Store(c + (d-c)/8) // under mu
+	if f := p.from; f != nil && f != p.run {
+		// Proposed from inside a step of f's saga: f comes back only
+		// after this record's write (a parent waits for its child), so
+		// no write may hold for it.
+		if f.back.Swap(0) == q.gen && q.gen != 0 {
+			q.returning.Add(-1)
+		}
 	}
 	lead = !q.writing
 	q.writing = true
@@ -257,12 +276,13 @@ func (e *Engine) lead() {
 		// already; ack takes out those whose saga the batch settled.
 		// Counted before the next leader is named, so that it holds for
 		// them.
+		now := time.Now().UnixNano()
 		for _, p := range batch {
 			if p.run != nil && p.run.inQueue.Load() == 0 && p.run.back.Swap(q.gen) != q.gen { // once per saga
+				p.run.backAt.Store(now)
 				returning++
 			}
 		}
-		q.answeredAt.Store(time.Now().UnixNano())
 	}
 	q.returning.Store(returning)
 	gen := q.gen

@@ -176,7 +176,11 @@ func (e *Engine) launch(t *term, id string, r *run, w work) {
 	e.drivers.Add(1)
 	t.wg.Add(1)
 	e.mu.Unlock()
-	ctx, cancel := context.WithCancel(t.ctx)
+	// The invocation's context names its saga's run: a record proposed
+	// from inside it (a child saga's start, a handler calling the
+	// engine) tells the writer queue the saga is not coming back before
+	// that record's write (enqueue).
+	ctx, cancel := context.WithCancel(context.WithValue(t.ctx, invokerKey{}, r))
 	inv := &invocation{cancel: cancel, wake: make(chan struct{}, 1)}
 	if r.calls == nil {
 		r.calls = map[int]*invocation{}

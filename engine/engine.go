@@ -232,6 +232,19 @@ type run struct {
 	// queued is not expected back, its record is (a parallel saga whose
 	// next step waits for that record would hold a write for itself).
 	inQueue atomic.Int32
+	// backAt is when the write that set back was made durable, in
+	// UnixNano: the start of the saga's comeback.
+	backAt atomic.Int64
+}
+
+// invokerKey is the context key of the run whose step invocation a
+// context belongs to (launch).
+type invokerKey struct{}
+
+// invokerOf returns the run whose step invocation ctx belongs to, if any.
+func invokerOf(ctx context.Context) *run {
+	r, _ := ctx.Value(invokerKey{}).(*run)
+	return r
 }
 
 // Open opens the engine in dir, creating it if needed, and recovers: it
@@ -785,7 +798,7 @@ func (e *Engine) proposeFor(ctx context.Context, recs []*fsm.Record, r *run) ([]
 
 // proposal encodes recs and checks that the engine takes proposals.
 func (e *Engine) proposal(ctx context.Context, recs []*fsm.Record) (*proposal, error) {
-	p := &proposal{recs: recs}
+	p := &proposal{recs: recs, from: invokerOf(ctx)}
 	raw := p.one[:]
 	if len(recs) > len(p.one) {
 		raw = make([][]byte, len(recs))
