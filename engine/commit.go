@@ -440,10 +440,13 @@ func (e *Engine) awaitVisible() {
 
 // ack applies a durable batch and answers its proposals.
 func (e *Engine) ack(batch []*proposal, entries []fsm.Entry, appendTime time.Duration, gen uint64) {
+	// Before the batch is staged: the proposers see the hook's effect
+	// once answered, and a hook that reads the engine does not wait for
+	// a commit that waits for it (awaitVisible).
+	if h := e.opts.Hooks.OnCommit; h != nil {
+		h(len(entries), appendTime)
+	}
 	_, err := e.applyLocked([]fsm.Command{{Entries: entries}}, func(results [][]fsm.Result) {
-		if h := e.opts.Hooks.OnCommit; h != nil {
-			h(len(entries), appendTime)
-		}
 		off := 0
 		for _, p := range batch {
 			res := results[0][off : off+len(p.recs)]

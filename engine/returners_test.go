@@ -187,3 +187,39 @@ func TestAReadAfterAnAnswerWaitsForTheCommitThatHoldsIt(t *testing.T) {
 	}
 	e.beforeCommit = nil
 }
+
+// An OnCommit hook that reads the engine does not wait for the commit
+// that waits for it: the hook runs before its batch is staged, not while
+// readers wait for the batch's Pebble commit (awaitVisible). Hooks asks
+// hooks not to call back into the engine; one that reads anyway must not
+// stop it.
+func TestAnOnCommitHookThatReadsTheEngineDoesNotStopIt(t *testing.T) {
+	c, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	var eng atomic.Pointer[Engine]
+	var reads atomic.Int64
+	e := openT(t, t.TempDir(), Options{Hooks: Hooks{OnCommit: func(int, time.Duration) {
+		if e := eng.Load(); e != nil {
+			_, _ = e.Status(c, "m1")
+			reads.Add(1)
+		}
+	}}})
+	defer e.Close()
+	eng.Store(e)
+	_, err := e.Define(c, Definition{Name: "manual", Steps: []StepDef{{Name: "a"}}})
+	must(t, err)
+	done := make(chan error, 1)
+	go func() {
+		_, err := e.Start(c, "manual", nil, StartOptions{ID: "m1"})
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		must(t, err)
+	case <-c.Done():
+		t.Fatal("Start never returned: the hook's read waited for the commit")
+	}
+	if reads.Load() == 0 {
+		t.Fatal("the hook never read")
+	}
+}
