@@ -1169,12 +1169,16 @@ type Stats struct {
 	Recovery     RecoveryStats
 }
 
-// Stats returns counters since Open.
+// Stats returns counters since Open. AppliedIndex covers every record
+// whose proposer has been answered.
 func (e *Engine) Stats() Stats {
 	var ws wal.Stats
 	if e.wal != nil {
 		ws = e.wal.Stats()
 	}
+	// AppliedIndex covers every record a proposer was answered for: the
+	// batch answered before its Pebble commit is waited for.
+	e.awaitVisible()
 	return Stats{
 		Commits:      e.commits.Load(),
 		Records:      e.committedRecs.Load(),

@@ -71,6 +71,7 @@ type LogInfo struct {
 
 // LogInfo describes the saga log.
 func (e *Engine) LogInfo() (LogInfo, error) {
+	e.awaitVisible() // an applied index covering every record answered
 	if e.log == nil {
 		return LogInfo{AppliedIndex: e.store.AppliedIndex()}, fmt.Errorf("%w: a replicated member keeps its log in the replicator's directory", ErrInvalidArgument)
 	}

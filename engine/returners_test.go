@@ -165,6 +165,14 @@ func TestAReadAfterAnAnswerWaitsForTheCommitThatHoldsIt(t *testing.T) {
 			t.Errorf("Start of %s answered before OnTransition saw it", id)
 		}
 	}
+	// Stats and LogInfo too: an applied index below the records a caller
+	// was answered for would say they are not applied.
+	want := e.store.AppliedIndex() + 2
+	indexes := make(chan [2]uint64, 1)
+	go func() {
+		li, _ := e.LogInfo()
+		indexes <- [2]uint64{e.Stats().AppliedIndex, li.AppliedIndex}
+	}()
 	got := make(chan error, 1)
 	go func() {
 		st, err := e.Status(c, "m2")
@@ -184,6 +192,14 @@ func TestAReadAfterAnAnswerWaitsForTheCommitThatHoldsIt(t *testing.T) {
 		must(t, err)
 	case <-c.Done():
 		t.Fatal("Status never returned after the commit")
+	}
+	select {
+	case got := <-indexes:
+		if got[0] < want || got[1] < want {
+			t.Errorf("after both Starts were answered, Stats and LogInfo gave applied index %d and %d, want at least %d", got[0], got[1], want)
+		}
+	case <-c.Done():
+		t.Fatal("Stats never returned after the commit")
 	}
 	e.beforeCommit = nil
 }
