@@ -239,3 +239,86 @@ func TestAnOnCommitHookThatReadsTheEngineDoesNotStopIt(t *testing.T) {
 		t.Fatal("the hook never read")
 	}
 }
+
+// A saga whose next record is still in the writer queue when a write
+// takes one of its records is not among the sagas that write's successor
+// holds for: its record is back already, and counting it would hold the
+// next write for its whole window for a saga that cannot come back
+// sooner. Two branches of one saga end together, their records queue
+// behind a write in progress, and a write of one record (MaxBatch 1)
+// takes the first.
+func TestASagaWithARecordStillQueuedIsNotHeldFor(t *testing.T) {
+	c, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	entered, release := make(chan string, 2), make(chan struct{})
+	reg := compensation.NewRegistry()
+	must(t, reg.RegisterAction("act", func(_ context.Context, call compensation.Call) ([]byte, error) {
+		if call.Step == "b0" || call.Step == "b1" {
+			entered <- call.Step
+			<-release
+		}
+		return nil, nil
+	}))
+	must(t, reg.Register("undo", func(context.Context, compensation.Call) error { return nil }))
+	e := openT(t, t.TempDir(), Options{Registry: reg, MaxBatch: 1})
+	defer e.Close()
+	// Set before any write (leaders read it); armed for the test's own.
+	var armed atomic.Bool
+	returning := make(chan int64, 1)
+	e.beforeCommit = func() {
+		if armed.CompareAndSwap(true, false) {
+			returning <- e.wq.returning.Load()
+		}
+	}
+	_, err := e.Define(c, fanOut("two", 2))
+	must(t, err)
+	id, _, err := e.Launch(c, "two", nil, StartOptions{})
+	must(t, err)
+	for range 2 {
+		select {
+		case <-entered:
+		case <-c.Done():
+			t.Fatal("the branches never ran")
+		}
+	}
+	// As if a leader were writing (once the log is idle): the branches'
+	// records queue, and the test leads.
+	for {
+		e.wq.mu.Lock()
+		idle := !e.wq.writing
+		if idle {
+			e.wq.writing = true
+		}
+		e.wq.mu.Unlock()
+		if idle {
+			break
+		}
+		if c.Err() != nil {
+			t.Fatal("the log never went idle")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	close(release)
+	for {
+		e.wq.mu.Lock()
+		n := len(e.wq.queue)
+		e.wq.mu.Unlock()
+		if n == 2 {
+			break
+		}
+		if c.Err() != nil {
+			t.Fatal("the branches' records never queued")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	armed.Store(true)
+	e.lead() // the first branch's record; the second's leads next
+	if got := <-returning; got != 0 {
+		t.Errorf("after a write of one of the saga's two queued records, %d sagas are expected back, want 0 (its other record is queued)", got)
+	}
+	st, err := e.Wait(c, id)
+	must(t, err)
+	if st.State != fsm.StateCompleted {
+		t.Fatalf("saga %s, want COMPLETED", st.State)
+	}
+}
