@@ -287,7 +287,10 @@ type Hooks struct {
 	// yet: the engine's reads wait until it does.
 	OnTransition func(TransitionEvent)
 	// OnCommit is called after each group commit with its size and the
-	// time its log append (write + fsync) took.
+	// time its log append (write + fsync) took: once the batch is
+	// durable, before the state machine applies it and before any of its
+	// proposers is acknowledged. Single-node mode only: a replicated
+	// member's log appends are its replicator's.
 	OnCommit func(records int, appendTime time.Duration)
 	// OnPoisoned is called once when an I/O error stops the engine.
 	OnPoisoned func(err error)
